@@ -1,0 +1,484 @@
+/*
+ * libnetd: the semantics of Node's `net` module (v0.10 reference) in C, on libevent.
+ *
+ * This header is the manual. Read it top to bottom once; every function says what it
+ * takes, what it returns, which events it causes later, and who owns what.
+ *
+ * General rules
+ * -------------
+ * Loops.    Every object belongs to one nd_loop_t, and every call on an object must be
+ *           made on the thread that runs that loop, unless the function's comment says
+ *           "any thread" (those end in _post or _mp). A loop is one libevent event_base.
+ * Errors.   Fallible calls return 0 (or a documented non-negative value) on success and
+ *           a negative code on failure: -errno for system errors, or one of the ND_E*
+ *           codes below for conditions that are not errnos. nd_err_name() gives the
+ *           name ("ECONNREFUSED", "ENOTFOUND"), nd_strerror() the message. Failures of
+ *           asynchronous work arrive later as an 'error' event carrying an nd_error_t.
+ * Events.   Objects are emitters: nd_*_on() adds a listener, nd_*_once() a one-shot
+ *           listener, nd_*_off() removes one. Several listeners per event run in the order
+ *           they were added. Events are never emitted from inside the call that caused
+ *           them: listen() emits 'listening' on a later loop turn, destroy() emits 'close'
+ *           later, a failed write reports its error later.
+ * Lifetime. The library frees a server or socket after its 'close' event has run every
+ *           listener, never earlier, unless a listener started it again (listen or
+ *           connect) or the application holds it (nd_*_hold). Destroying or closing an
+ *           object from inside one of its own callbacks is always safe. nd_loop_free()
+ *           frees whatever is left.
+ * Signals.  The library never lets SIGPIPE kill the process: every send uses
+ *           MSG_NOSIGNAL and nothing else writes to sockets. It never calls exit().
+ * Strings.  Strings passed in and out are UTF-8 and NUL-terminated unless a length is
+ *           given. Binary data is (pointer, length).
+ */
+#ifndef NETD_NET_H
+#define NETD_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+/* ------------------------------------------------------------------------------------ */
+/* Error codes                                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Codes that are not errnos, all below ND__ERRNO_MIN so they never collide with -errno.
+ * X(name, value, message). The name is what nd_err_name() returns and what an error
+ * object's `name` holds (Node's err.code).
+ */
+#define ND_ERRNO_MAP(X)                                                                       \
+    X(ENOTFOUND, -10001, "getaddrinfo ENOTFOUND")                                             \
+    X(ENOTRUNNING, -10002, "Not running")                                                     \
+    X(ELISTENING, -10003, "Server is already listening")                                      \
+    X(EWRITEAFTEREND, -10004, "write after end")                                              \
+    X(ECLOSED, -10005, "This socket is closed")                                               \
+    X(EENCODING, -10006, "Unknown encoding")                                                  \
+    X(ECONNECTING, -10007, "Socket is already connecting or connected")                       \
+    X(EDNS, -10008, "DNS resolution failed")                                                  \
+    X(ENOTCONNECTED, -10009, "Socket is not connected")
+
+enum {
+#define ND__ERRNO_ENUM(name, value, msg) ND_##name = (value),
+    ND_ERRNO_MAP(ND__ERRNO_ENUM)
+#undef ND__ERRNO_ENUM
+    ND__ERRNO_MIN = -10000
+};
+
+/* The name of a code: "ECONNREFUSED", "ENOTFOUND", ... ("UNKNOWN" for unknown codes).
+ * Accepts negative codes and positive errnos alike. Never NULL; static storage. */
+const char *nd_err_name(int code);
+/* A human message for a code; static storage, never NULL. */
+const char *nd_strerror(int code);
+
+/*
+ * An asynchronous error, as given to 'error' and 'lookup' listeners and to callbacks.
+ * Valid only for the duration of the callback: copy what you need.
+ */
+typedef struct nd_error {
+    int code;             /* negative: -errno or ND_E* */
+    const char *name;     /* nd_err_name(code), e.g. "EADDRINUSE" */
+    const char *syscall;  /* "connect", "listen", "bind", "getaddrinfo", "read", "write"... or NULL */
+    const char *address;  /* the IP or unix path involved, or NULL */
+    int port;             /* the port involved, or -1 */
+    const char *hostname; /* the name that failed to resolve (ENOTFOUND), or NULL */
+    const char *message;  /* "connect ECONNREFUSED 127.0.0.1:8124", "listen EADDRINUSE ..." */
+} nd_error_t;
+
+/* ------------------------------------------------------------------------------------ */
+/* Loops                                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct nd_loop nd_loop_t;
+
+/* Creates a loop with its own event_base. Returns NULL when out of memory or when
+ * libevent cannot create a base. The loop belongs to the thread that runs it. */
+nd_loop_t *nd_loop_new(void);
+
+/*
+ * Runs the loop until no ref'd handle is active (Node's exit rule): a listening server,
+ * a socket that is connecting, reading, or has output queued, and any pending event
+ * keep it running; unref'd handles, socket idle timers and paused sockets do not.
+ * Returns 0 when the loop ran out of work, 1 when nd_loop_stop() ended it, or a
+ * negative code if libevent failed.
+ */
+int nd_loop_run(nd_loop_t *loop);
+
+/* Runs one iteration: waits for at least one event unless nonblocking is set. Returns 1
+ * if ref'd work remains afterwards, 0 if not. */
+int nd_loop_run_once(nd_loop_t *loop, int nonblocking);
+
+/* Makes nd_loop_run() return after the current iteration. Loop thread only. */
+void nd_loop_stop(nd_loop_t *loop);
+
+/* Frees the loop and every handle still attached to it, without emitting events.
+ * Must not be called from inside nd_loop_run(). */
+void nd_loop_free(nd_loop_t *loop);
+
+/* The loop's event_base, for the application's own timers and signals. Owned by the
+ * loop. */
+struct event_base *nd_loop_base(nd_loop_t *loop);
+
+/* Number of servers and sockets attached to the loop and not yet freed. Tests assert
+ * that it is 0 at the end. */
+int nd_loop_handle_count(const nd_loop_t *loop);
+
+/* Number of active, ref'd handles: what keeps nd_loop_run() running. */
+int nd_loop_alive_count(const nd_loop_t *loop);
+
+/*
+ * Points this loop's resolver at one nameserver ("127.0.0.1:5353" or "[::1]:53") instead
+ * of the system's resolv.conf, and stops it from searching domains. The hosts file is
+ * still consulted first. Returns 0, -EINVAL for a bad address, -ENOMEM.
+ */
+int nd_loop_set_nameserver(nd_loop_t *loop, const char *addr_port);
+
+/* Keeps the loop alive for the application's own events on nd_loop_base() (a timer, a
+ * signal): nd_loop_run() does not return while the count of such refs is above 0. */
+void nd_loop_ref(nd_loop_t *loop);
+void nd_loop_unref(nd_loop_t *loop);
+
+/* Adds a callback that runs on a later turn of this loop. Loop thread only. Returns 0 or
+ * -ENOMEM. Pending callbacks keep the loop alive. */
+int nd_loop_defer(nd_loop_t *loop, void (*fn)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------------------------ */
+/* Events                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+typedef enum nd_event_type {
+    /* Server events */
+    ND_EV_LISTENING,  /* bound and accepting */
+    ND_EV_CONNECTION, /* ev->socket: the new connection, owned by the library */
+    /* Socket events */
+    ND_EV_LOOKUP,  /* ev->error (NULL on success), ev->address, ev->family (4 or 6) */
+    ND_EV_CONNECT, /* connected; writes queued before it are being flushed */
+    ND_EV_DATA,    /* ev->data, ev->len: bytes, or a UTF-8 string if an encoding is set */
+    ND_EV_END,     /* the peer sent FIN */
+    ND_EV_TIMEOUT, /* idle for the setTimeout() delay; nothing is closed */
+    ND_EV_DRAIN,   /* the write queue emptied after a write() that returned 0 */
+    ND_EV_FINISH,  /* our FIN was sent after end() and every queued byte was written */
+    /* Both */
+    ND_EV_ERROR, /* ev->error; for a socket 'close' follows; for a server, 'close' follows a
+                    listen failure */
+    ND_EV_CLOSE, /* ev->had_error (sockets): the last event; the object is freed after it */
+    ND_EV__COUNT
+} nd_event_type_t;
+
+typedef struct nd_socket nd_socket_t;
+typedef struct nd_server nd_server_t;
+
+typedef struct nd_event {
+    nd_event_type_t type;
+    const nd_error_t *error; /* ERROR; LOOKUP when it failed */
+    nd_socket_t *socket;     /* CONNECTION */
+    const char *data;        /* DATA: not NUL-terminated for bytes; NUL-terminated strings */
+    size_t len;              /* DATA: bytes in data (without the NUL) */
+    const char *address;     /* LOOKUP: the resolved IP as text */
+    int family;              /* LOOKUP: 4 or 6 */
+    int had_error;           /* CLOSE of a socket: 1 if closed because of an error */
+} nd_event_t;
+
+/*
+ * A listener. `self` is the nd_server_t* or nd_socket_t* that emitted; `arg` is what was
+ * given to nd_*_on(). The event and everything it points to is valid only during the call.
+ */
+typedef void (*nd_listener_fn)(void *self, const nd_event_t *ev, void *arg);
+
+/* ------------------------------------------------------------------------------------ */
+/* Addresses and isIP                                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct nd_address {
+    char address[108]; /* "127.0.0.1", "::1", or the unix path */
+    int family;        /* 4, 6, or 0 for a unix path */
+    int port;          /* 0 for a unix path */
+} nd_address_t;
+
+/* "IPv4", "IPv6", or NULL for a unix socket or family 0. */
+const char *nd_family_name(int family);
+
+/* 4 if input is an IPv4 address in dotted-decimal, 6 if IPv6, 0 otherwise (NULL gives 0).
+ * Exactly Node v0.10's tables: no inet_aton shortcuts, no leading-zero octets. */
+int nd_is_ip(const char *input);
+int nd_is_ipv4(const char *input); /* 1 or 0 */
+int nd_is_ipv6(const char *input); /* 1 or 0 */
+
+/* ------------------------------------------------------------------------------------ */
+/* Server                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct nd_server_options {
+    int allow_half_open; /* accepted sockets do not end their side after the peer's FIN */
+} nd_server_options_t;
+
+/*
+ * createServer. opts may be NULL (defaults). If on_connection is not NULL it is added as a
+ * 'connection' listener with arg. Returns NULL only when out of memory. The server is
+ * owned by the library (see Lifetime); it keeps nothing alive until it listens.
+ */
+nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t *opts,
+                           nd_listener_fn on_connection, void *arg);
+
+/*
+ * Starts listening on a TCP port. host NULL means INADDR_ANY (0.0.0.0); a host that is
+ * not an IP literal is resolved first. port 0 picks a random port. backlog <= 0 means
+ * 511. SO_REUSEADDR is always set. Returns 0 when the attempt started: 'listening' is
+ * emitted on a later turn, or 'error' (code, syscall "listen" or "bind", address, port)
+ * followed by 'close', after which listen may be called again on the same server.
+ * Synchronous failures: -EINVAL (port out of 0..65535), ND_ELISTENING (already listening
+ * or about to), ECLOSED (closing and still waiting for connections).
+ */
+int nd_server_listen(nd_server_t *server, int port, const char *host, int backlog);
+
+/*
+ * Listens on a unix socket path. A socket file left behind by a dead process is removed
+ * only after a connect to it is refused; a live one gives EADDRINUSE. The file is removed
+ * when the server closes. Errors as nd_server_listen(), with address = path.
+ */
+int nd_server_listen_path(nd_server_t *server, const char *path, int backlog);
+
+/*
+ * Listens on an existing, already bound descriptor (TCP or unix). The server takes
+ * ownership of fd and closes it when it closes. A descriptor that is not a socket gives
+ * an async 'error' EINVAL (v0.10) or ENOTSOCK. The file of a unix socket taken this way is
+ * never removed.
+ */
+int nd_server_listen_fd(nd_server_t *server, int fd, int backlog);
+
+/* Listens on another listening server's handle (Node's listen(server._handle)): a dup()
+ * of its descriptor. The other server is not changed. */
+int nd_server_listen_handle(nd_server_t *server, const nd_server_t *other, int backlog);
+
+/* Listens on a socket's descriptor (a dup()), e.g. one bound but not connected. */
+int nd_server_listen_socket_handle(nd_server_t *server, const nd_socket_t *sock, int backlog);
+
+/*
+ * Stops accepting at once and keeps existing connections; 'close' is emitted once the
+ * last connection has closed (on a later turn, even with none). If on_close is not NULL
+ * it is added as a one-shot 'close' listener. Returns 0, or ND_ENOTRUNNING when the
+ * server is not listening (never listened, already closed or closing), in which case
+ * nothing is emitted. A close on the same turn as listen() cancels 'listening' and any
+ * listen 'error': only 'close' is emitted.
+ */
+int nd_server_close(nd_server_t *server, nd_listener_fn on_close, void *arg);
+
+/* The bound address (as the OS reports it). 0, or ND_ENOTRUNNING before the bind. */
+int nd_server_address(const nd_server_t *server, nd_address_t *out);
+
+/* unref: the listening server no longer keeps the loop alive. ref undoes it. Both may be
+ * called before listen; they are remembered. */
+void nd_server_ref(nd_server_t *server);
+void nd_server_unref(nd_server_t *server);
+
+/* maxConnections: further connections are closed at once with no 'connection' event.
+ * 0 or negative means unlimited (the default). */
+void nd_server_set_max_connections(nd_server_t *server, int max);
+int nd_server_max_connections(const nd_server_t *server);
+
+/* The deprecated `connections` property: live connections of this server, or -1 (Node's
+ * null) once the server has handed sockets to other loops. */
+int nd_server_connections(const nd_server_t *server);
+
+/* getConnections(cb): always called back on a later turn with err 0 and the count. */
+typedef void (*nd_count_fn)(nd_server_t *server, int err, int count, void *arg);
+int nd_server_get_connections(nd_server_t *server, nd_count_fn cb, void *arg);
+
+/* 1 while listening (bound, not closed). */
+int nd_server_listening(const nd_server_t *server);
+
+int nd_server_on(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+int nd_server_once(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+/* Removes the first listener with this fn and arg. Returns 0, or -ENOENT. */
+int nd_server_off(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+
+/* hold: the library will not free the server after 'close' until nd_server_release().
+ * Use it to keep a server across a close, e.g. to listen again later from a timer. */
+void nd_server_hold(nd_server_t *server);
+void nd_server_release(nd_server_t *server);
+
+/* The loop a server belongs to. */
+nd_loop_t *nd_server_loop(const nd_server_t *server);
+
+/* Application data slot, never touched by the library. */
+void nd_server_set_data(nd_server_t *server, void *data);
+void *nd_server_data(const nd_server_t *server);
+
+/* ------------------------------------------------------------------------------------ */
+/* Socket                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct nd_socket_options {
+    int fd;              /* an existing connected descriptor to wrap, or -1 (0 is a valid fd:
+                            set it explicitly; a zeroed struct means fd 0) */
+    int allow_half_open; /* see ND_EV_END */
+    int readable;        /* with fd: read from it (else reading stays off) */
+    int writable;        /* with fd: allow writes (else write gives ECLOSED) */
+} nd_socket_options_t;
+
+/* Initialises options to Node's defaults: fd -1, everything false. */
+void nd_socket_options_init(nd_socket_options_t *opts);
+
+/*
+ * new net.Socket([options]). opts may be NULL. With an fd the socket is open at once
+ * (no 'connect' event) and takes ownership of the descriptor, which is made non-blocking.
+ * Returns NULL when out of memory or for an fd that is not a socket (errno set).
+ */
+nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t *opts);
+
+typedef struct nd_connect_options {
+    int port;                  /* TCP: 0..65535 */
+    const char *host;          /* TCP: NULL means "localhost" */
+    const char *local_address; /* TCP: an IP literal to bind to, or NULL */
+    int local_port;            /* TCP: 0 for any */
+    int family;                /* TCP: 4 (default when 0) or 6 */
+    const char *path;          /* unix socket: when not NULL, port/host are ignored */
+    int allow_half_open;
+} nd_connect_options_t;
+
+/*
+ * socket.connect(options). Resolves the host (always emitting 'lookup' first, even for an
+ * IP literal, as v0.10 does), then connects: 'connect' on success, or 'error' (ENOTFOUND,
+ * ECONNREFUSED, ENOENT for a missing path, EADDRINUSE for a taken local port, ...) then
+ * 'close' with had_error 1. A socket whose 'close' has run may connect again (from inside
+ * its 'close' listener or while held): counters restart.
+ * Synchronous failures: -EINVAL (port out of range, NULL opts, a local_address that is not
+ * an IP: v0.10's "localAddress should be a valid IP"), ND_ECONNECTING (connecting or
+ * connected), ND_ECLOSED (destroyed and not yet closed).
+ */
+int nd_socket_connect(nd_socket_t *sock, const nd_connect_options_t *opts);
+
+/* net.connect / createConnection: nd_socket_new + optional one-shot 'connect' listener
+ * + nd_socket_connect. Returns NULL with errno set on a synchronous failure. */
+nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *opts,
+                        nd_listener_fn on_connect, void *arg);
+
+/* Called once the bytes of a write have been handed to the kernel (err 0), or with the
+ * error that prevented it (EPIPE, ECLOSED, EWRITEAFTEREND, ...). Always on a later turn. */
+typedef void (*nd_write_cb)(nd_socket_t *sock, int err, void *arg);
+
+/*
+ * Writes bytes. Before 'connect' they are queued and flushed in order once connected.
+ * With nothing queued and the socket open, the kernel is tried at once.
+ * Returns 1 when nothing stays queued in user memory, 0 when some of it is queued ('drain'
+ * follows once the queue empties), or a negative code for a write that will fail: the
+ * failure is also reported on a later turn as 'error' (and to cb). ND_EWRITEAFTEREND
+ * after end(); EPIPE after the peer's FIN when allowHalfOpen is false; ND_ECLOSED after
+ * destroy or on a socket that was never connected. cb may be NULL. len 0 is allowed.
+ */
+int nd_socket_write(nd_socket_t *sock, const void *data, size_t len, nd_write_cb cb, void *arg);
+
+/*
+ * Writes a string in an encoding: "utf8" (default when NULL), "utf16le"/"ucs2", "hex",
+ * "base64", "ascii", "latin1"/"binary". The string is UTF-8 text (for hex and base64 the
+ * encoded text); the bytes written are its encoding. Invalid hex stops at the first bad
+ * pair, as Node does. Returns as nd_socket_write(), or ND_EENCODING synchronously for an
+ * unknown encoding (nothing is written).
+ */
+int nd_socket_write_string(nd_socket_t *sock, const char *str, const char *encoding,
+                           nd_write_cb cb, void *arg);
+
+/*
+ * end([data]): writes data (may be NULL) then sends FIN once the queue is flushed
+ * ('finish'). The socket is no longer writable at once. On a socket that never connected
+ * it does nothing; while connecting it ends after connecting. Returns 0 or a negative
+ * code as nd_socket_write().
+ */
+int nd_socket_end(nd_socket_t *sock, const void *data, size_t len);
+
+/* destroy(): no more I/O; queued output is dropped; 'close' (had_error 0) follows on a
+ * later turn, exactly once however often it is called. */
+void nd_socket_destroy(nd_socket_t *sock);
+
+/* pause()/resume(): no 'data' while paused (the kernel holds the bytes). Either may be
+ * called before connect; the last call wins. */
+void nd_socket_pause(nd_socket_t *sock);
+void nd_socket_resume(nd_socket_t *sock);
+int nd_socket_is_paused(const nd_socket_t *sock);
+
+/* setEncoding: 'data' then carries UTF-8 strings decoded from the bytes. NULL turns
+ * decoding off (bytes again). utf8 and utf16le never split a character across 'data'
+ * events; base64 holds back an incomplete 3-byte group. Returns 0 or ND_EENCODING. */
+int nd_socket_set_encoding(nd_socket_t *sock, const char *encoding);
+
+/*
+ * setTimeout(ms, [cb]): emits 'timeout' after ms of inactivity (reads and writes, including
+ * write progress, count as activity). It does not close anything and does not keep the
+ * loop alive. 0 disables it and removes cb if given (v0.10). cb is added as a one-shot
+ * 'timeout' listener. After destroy it does nothing.
+ */
+void nd_socket_set_timeout(nd_socket_t *sock, unsigned ms, nd_listener_fn cb, void *arg);
+
+/* setNoDelay(noDelay): TCP_NODELAY (Nagle off when 1). Sockets start with Nagle on.
+ * Remembered until connected; a no-op on unix sockets and after close. */
+void nd_socket_set_no_delay(nd_socket_t *sock, int no_delay);
+
+/* setKeepAlive(enable, initialDelayMs): SO_KEEPALIVE; a delay > 0 sets TCP_KEEPIDLE to
+ * delay/1000 seconds (truncated), 0 leaves it unchanged. Remembered until connected. */
+void nd_socket_set_keep_alive(nd_socket_t *sock, int enable, unsigned initial_delay_ms);
+
+/* address(): the local bound address. 0, or ND_ENOTCONNECTED when never bound. Still
+ * readable inside 'close'. */
+int nd_socket_address(const nd_socket_t *sock, nd_address_t *out);
+
+/* Cached remote/local endpoint: NULL / 0 while unknown; still valid inside 'close'.
+ * Families are "IPv4", "IPv6", or NULL for unix sockets. */
+const char *nd_socket_remote_address(const nd_socket_t *sock);
+int nd_socket_remote_port(const nd_socket_t *sock);
+const char *nd_socket_remote_family(const nd_socket_t *sock);
+const char *nd_socket_local_address(const nd_socket_t *sock);
+int nd_socket_local_port(const nd_socket_t *sock);
+
+/* Byte counters of the current connection. bytesWritten counts bytes accepted by write(),
+ * queued ones included. */
+uint64_t nd_socket_bytes_read(const nd_socket_t *sock);
+uint64_t nd_socket_bytes_written(const nd_socket_t *sock);
+/* Bytes queued in user memory, waiting for the kernel. */
+size_t nd_socket_buffer_size(const nd_socket_t *sock);
+
+/* readable / writable as Node's stream flags; destroyed once destroy() ran or it closed;
+ * connecting between connect() and 'connect'. */
+int nd_socket_readable(const nd_socket_t *sock);
+int nd_socket_writable(const nd_socket_t *sock);
+int nd_socket_destroyed(const nd_socket_t *sock);
+int nd_socket_connecting(const nd_socket_t *sock);
+
+/* The server that accepted this socket, or NULL for a client socket. */
+nd_server_t *nd_socket_server(const nd_socket_t *sock);
+
+/* ref/unref: as for servers; remembered before connect and applied in order. */
+void nd_socket_ref(nd_socket_t *sock);
+void nd_socket_unref(nd_socket_t *sock);
+
+/*
+ * pipe(dst): every 'data' of src is written to dst; when a write returns 0 src is paused
+ * until dst's 'drain'; when src ends, dst is ended (unless end_dst is 0). pipe(s, s) is
+ * the echo server. Returns 0, -EINVAL (NULL), -EBUSY (src already piped). Piping ends
+ * when either side closes. Bytes are handed over without an extra copy where possible.
+ */
+int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst);
+/* Stops a pipe started from src. Returns 0 or -ENOENT. */
+int nd_socket_unpipe(nd_socket_t *src);
+
+int nd_socket_on(nd_socket_t *sock, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+int nd_socket_once(nd_socket_t *sock, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+int nd_socket_off(nd_socket_t *sock, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+
+void nd_socket_hold(nd_socket_t *sock);
+void nd_socket_release(nd_socket_t *sock);
+
+nd_loop_t *nd_socket_loop(const nd_socket_t *sock);
+/* The descriptor, or -1 when there is none. Do not close it. */
+int nd_socket_fd(const nd_socket_t *sock);
+
+void nd_socket_set_data(nd_socket_t *sock, void *data);
+void *nd_socket_data(const nd_socket_t *sock);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NETD_NET_H */
