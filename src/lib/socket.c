@@ -1,0 +1,1217 @@
+/*
+ * nd_socket_t: net.Socket. Owns one connection's descriptor, its write queue and idle
+ * timer; reads into the loop's shared buffer, so an idle socket holds no read memory.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+
+enum socket_state {
+    SK_NEW,        /* no descriptor, not connecting */
+    SK_RESOLVING,  /* waiting for the host's address */
+    SK_CONNECTING, /* connect() in progress */
+    SK_OPEN,       /* connected (or wrapped an fd) */
+    SK_CLOSED      /* destroyed: 'close' pending or done */
+};
+
+enum socket_pending {
+    PK_CONNECT = 1u << 0, /* a connect that completed inside connect() */
+    PK_WRITECB = 1u << 1,
+    PK_DRAIN = 1u << 2,
+    PK_FINISH = 1u << 3,
+    PK_ERROR = 1u << 4,
+    PK_CLOSE = 1u << 5,
+};
+
+typedef struct wreq {
+    uint64_t mark; /* done once flushed_total reaches it */
+    nd_write_cb cb;
+    void *arg;
+    int err;
+    bool done;
+    TAILQ_ENTRY(wreq) link;
+} wreq_t;
+
+struct nd_socket {
+    nd__handle_t h;
+    enum socket_state state;
+    int fd;
+    bool allow_half_open;
+    bool opt_readable;  /* reading allowed at all (false for fd sockets opened write-only) */
+    bool opt_writable;  /* writing allowed at all */
+    bool paused;
+    bool reading;       /* read_ev added */
+    bool writing;       /* write_ev added */
+    bool eof;           /* the peer's FIN arrived */
+    bool peer_ended;    /* eof with allowHalfOpen false: writes now fail with EPIPE */
+    bool ending;        /* end() called: FIN once the queue is flushed */
+    bool fin_sent;
+    bool need_drain;    /* a write returned 0: emit 'drain' when the queue empties */
+    bool had_error;
+    bool error_pending; /* at most one 'error' per connection */
+    bool closed_done;   /* 'close' has run */
+    bool timer_armed;
+    bool no_delay, keep_alive, opts_set;
+    unsigned keep_alive_delay_s;
+    unsigned timeout_ms;
+    struct timeval last_active;
+    struct event read_ev, write_ev, timer_ev;
+    struct evbuffer *out;
+    TAILQ_HEAD(, wreq) wreqs;
+    uint64_t queued_total, flushed_total;
+    uint64_t bytes_read, bytes_written;
+    nd_server_t *server;
+    nd__resolve_t *resolve;
+    nd__error_store_t err;
+    nd__decoder_t dec;
+    nd__strbuf_t text;
+    /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
+    nd_socket_t *pipe_dst, *pipe_src;
+    bool pipe_end, pipe_paused;
+    /* connect parameters, kept for errors and reconnects */
+    int port, family, local_port;
+    char host[256];
+    char local_address[64];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    char target[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the IP or path dialled */
+    bool is_unix;
+    nd_address_t local, remote;
+    bool have_local, have_remote;
+};
+
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void flush(nd_socket_t *s);
+
+/* ------------------------------------------------------------------ helpers */
+
+static bool is_destroyed(const nd_socket_t *s)
+{
+    return s->state == SK_CLOSED;
+}
+
+static void update_active(nd_socket_t *s)
+{
+    bool active = false;
+    switch (s->state) {
+    case SK_RESOLVING:
+    case SK_CONNECTING:
+        active = true;
+        break;
+    case SK_OPEN:
+        active = s->reading || s->writing || (s->out && evbuffer_get_length(s->out) > 0);
+        break;
+    default:
+        break;
+    }
+    nd__handle_set_active(&s->h, active);
+}
+
+static void touch(nd_socket_t *s)
+{
+    if (!s->timeout_ms)
+        return;
+    event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
+    if (!s->timer_armed) {
+        struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
+        evtimer_add(&s->timer_ev, &tv);
+        s->timer_armed = true;
+    }
+}
+
+static void start_reading(nd_socket_t *s)
+{
+    if (s->state != SK_OPEN || s->reading || s->paused || s->eof || !s->opt_readable)
+        return;
+    event_add(&s->read_ev, NULL);
+    s->reading = true;
+    update_active(s);
+}
+
+static void stop_reading(nd_socket_t *s)
+{
+    if (!s->reading)
+        return;
+    event_del(&s->read_ev);
+    s->reading = false;
+    update_active(s);
+}
+
+static void start_writing(nd_socket_t *s)
+{
+    if (!s->writing && s->fd >= 0) {
+        event_add(&s->write_ev, NULL);
+        s->writing = true;
+        update_active(s);
+    }
+}
+
+static void stop_writing(nd_socket_t *s)
+{
+    if (s->writing) {
+        event_del(&s->write_ev);
+        s->writing = false;
+        update_active(s);
+    }
+}
+
+static size_t queued(const nd_socket_t *s)
+{
+    return s->out ? evbuffer_get_length(s->out) : 0;
+}
+
+static void cache_local(nd_socket_t *s)
+{
+    if (s->have_local || s->fd < 0)
+        return;
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(s->fd, &sa.sa, &len) == 0) {
+        nd__address_from(&s->local, &sa.sa, len);
+        s->have_local = true;
+    }
+}
+
+static void cache_remote(nd_socket_t *s)
+{
+    if (s->have_remote || s->fd < 0)
+        return;
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    if (getpeername(s->fd, &sa.sa, &len) == 0) {
+        nd__address_from(&s->remote, &sa.sa, len);
+        s->have_remote = true;
+    }
+}
+
+static void apply_options(nd_socket_t *s)
+{
+    if (s->fd < 0 || s->is_unix || !s->opts_set)
+        return;
+    int v = s->no_delay;
+    setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v));
+    v = s->keep_alive;
+    setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof(v));
+    if (s->keep_alive && s->keep_alive_delay_s > 0) {
+        int d = (int)s->keep_alive_delay_s;
+        setsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &d, sizeof(d));
+    }
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void init_socket(nd_socket_t *s, nd_loop_t *loop)
+{
+    nd__handle_init(&s->h, loop, ND__SOCKET);
+    s->fd = -1;
+    s->opt_readable = s->opt_writable = true;
+    TAILQ_INIT(&s->wreqs);
+    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
+}
+
+static void bind_fd(nd_socket_t *s, int fd)
+{
+    s->fd = fd;
+    event_assign(&s->read_ev, s->h.loop->base, fd, EV_READ | EV_PERSIST, on_readable, s);
+    event_assign(&s->write_ev, s->h.loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
+}
+
+static void complete_wreqs(nd_socket_t *s, int err)
+{
+    wreq_t *w;
+    bool any = false;
+    TAILQ_FOREACH(w, &s->wreqs, link) {
+        if (!w->done && (err || s->flushed_total >= w->mark)) {
+            w->done = true;
+            w->err = err;
+            any = true;
+        } else if (!w->done) {
+            break;
+        }
+    }
+    if (any)
+        nd__handle_pend(&s->h, PK_WRITECB);
+}
+
+static void unpipe_both(nd_socket_t *s)
+{
+    if (s->pipe_dst) {
+        if (s->pipe_dst->pipe_src == s)
+            s->pipe_dst->pipe_src = NULL;
+        s->pipe_dst = NULL;
+    }
+    if (s->pipe_src) {
+        if (s->pipe_src->pipe_dst == s)
+            s->pipe_src->pipe_dst = NULL;
+        s->pipe_src = NULL;
+    }
+}
+
+/* Stops all I/O and releases the descriptor; 'close' follows on a later turn. */
+static void teardown(nd_socket_t *s)
+{
+    if (is_destroyed(s))
+        return;
+    if (s->resolve) {
+        nd__resolve_cancel(s->resolve);
+        s->resolve = NULL;
+    }
+    stop_reading(s);
+    stop_writing(s);
+    if (s->timer_armed) {
+        evtimer_del(&s->timer_ev);
+        s->timer_armed = false;
+    }
+    if (s->fd >= 0) {
+        cache_local(s);
+        cache_remote(s);
+        close(s->fd);
+        s->fd = -1;
+    }
+    if (s->out)
+        evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    complete_wreqs(s, ND_ECLOSED);
+    unpipe_both(s);
+    nd__handle_unpend(&s->h, PK_CONNECT | PK_DRAIN);
+    s->state = SK_CLOSED;
+    nd__handle_pend(&s->h, PK_CLOSE);
+    update_active(s);
+}
+
+static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address,
+                      int port, const char *hostname)
+{
+    s->had_error = true;
+    if (s->error_pending)
+        return;
+    s->error_pending = true;
+    nd__error_set(&s->err, code, syscall, address, port, hostname);
+    nd__handle_pend(&s->h, PK_ERROR);
+}
+
+/* A fatal error: 'error' then 'close'. Later errors of the same connection are dropped. */
+static void destroy_with(nd_socket_t *s, int code, const char *syscall, const char *address,
+                         int port, const char *hostname)
+{
+    if (is_destroyed(s))
+        return;
+    set_error(s, code, syscall, address, port, hostname);
+    teardown(s);
+}
+
+void nd__socket_free(nd_socket_t *s)
+{
+    if (s->resolve)
+        nd__resolve_cancel(s->resolve);
+    if (s->reading)
+        event_del(&s->read_ev);
+    if (s->writing)
+        event_del(&s->write_ev);
+    event_del(&s->timer_ev);
+    if (s->fd >= 0)
+        close(s->fd);
+    if (s->out)
+        evbuffer_free(s->out);
+    wreq_t *w;
+    while ((w = TAILQ_FIRST(&s->wreqs)) != NULL) {
+        TAILQ_REMOVE(&s->wreqs, w, link);
+        free(w);
+    }
+    unpipe_both(s);
+    nd__strbuf_free(&s->text);
+    nd__handle_fini(&s->h);
+    free(s);
+}
+
+/* ------------------------------------------------------------------ construction */
+
+ND_EXPORT void nd_socket_options_init(nd_socket_options_t *o)
+{
+    if (o)
+        *o = (nd_socket_options_t){.fd = -1};
+}
+
+ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t *opts)
+{
+    if (!loop) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int fd = opts ? opts->fd : -1;
+    int type = 0;
+    socklen_t tl = sizeof(type);
+    if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
+        return NULL; /* errno: ENOTSOCK or EBADF */
+    nd_socket_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    init_socket(s, loop);
+    s->allow_half_open = opts && opts->allow_half_open;
+    if (fd >= 0) {
+        nd__set_nonblock_cloexec(fd);
+        bind_fd(s, fd);
+        nd__sockaddr_t sa;
+        socklen_t len = sizeof(sa);
+        s->is_unix = getsockname(fd, &sa.sa, &len) == 0 && sa.sa.sa_family == AF_UNIX;
+        s->opt_readable = opts->readable;
+        s->opt_writable = opts->writable;
+        s->state = SK_OPEN;
+        start_reading(s);
+    }
+    return s;
+}
+
+nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
+                                 const struct sockaddr *peer, socklen_t peerlen)
+{
+    nd_socket_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    init_socket(s, nd_server_loop(srv));
+    s->allow_half_open = allow_half_open;
+    s->server = srv;
+    s->state = SK_OPEN;
+    bind_fd(s, fd);
+    s->is_unix = peer->sa_family == AF_UNIX;
+    if (!s->is_unix) {
+        nd__address_from(&s->remote, peer, peerlen);
+        s->have_remote = true;
+    }
+    return s;
+}
+
+void nd__socket_start(nd_socket_t *s)
+{
+    start_reading(s);
+}
+
+/* ------------------------------------------------------------------ connect */
+
+static void on_connected(nd_socket_t *s)
+{
+    s->state = SK_OPEN;
+    cache_local(s);
+    cache_remote(s);
+    apply_options(s);
+    touch(s);
+    nd_event_t ev = {.type = ND_EV_CONNECT};
+    nd__emit(&s->h.em, s, &ev);
+    if (s->state != SK_OPEN)
+        return;
+    start_reading(s);
+    if (queued(s) > 0)
+        flush(s);
+    else if (s->ending && !s->fin_sent)
+        flush(s);
+    update_active(s);
+}
+
+static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len,
+                         const char *address, int port)
+{
+    int fd = socket(sa->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        destroy_with(s, -errno, "connect", address, port, NULL);
+        return;
+    }
+    bind_fd(s, fd);
+    s->state = SK_CONNECTING;
+    snprintf(s->target, sizeof(s->target), "%s", address);
+    if (s->local_address[0] || s->local_port) {
+        nd__sockaddr_t la;
+        const char *lip = s->local_address[0] ? s->local_address
+                          : sa->sa.sa_family == AF_INET6 ? "::"
+                                                          : "0.0.0.0";
+        socklen_t llen = nd__sockaddr_ip(&la, lip, s->local_port,
+                                         sa->sa.sa_family == AF_INET6 ? 6 : 4);
+        if (!llen) {
+            destroy_with(s, -EINVAL, "bind", lip, s->local_port, NULL);
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, &la.sa, llen) != 0) {
+            destroy_with(s, -errno, "bind", lip, s->local_port, NULL);
+            return;
+        }
+    }
+    if (connect(fd, &sa->sa, len) == 0) {
+        nd__handle_pend(&s->h, PK_CONNECT); /* 'connect' is never emitted from connect() */
+    } else if (errno == EINPROGRESS || errno == EAGAIN) {
+        start_writing(s);
+    } else {
+        destroy_with(s, -errno, "connect", address, port, NULL);
+        return;
+    }
+    update_active(s);
+}
+
+static void on_resolved(void *arg, int err, const char *ip, int family)
+{
+    nd_socket_t *s = arg;
+    s->resolve = NULL;
+    nd__handle_retain(&s->h);
+    nd__error_store_t lerr;
+    if (err)
+        nd__error_set(&lerr, err, "getaddrinfo", NULL, s->port, s->host);
+    nd_event_t ev = {.type = ND_EV_LOOKUP,
+                     .error = err ? &lerr.err : NULL,
+                     .address = ip,
+                     .family = err ? 0 : family};
+    nd__emit(&s->h.em, s, &ev);
+    if (s->state == SK_RESOLVING) {
+        if (err) {
+            destroy_with(s, err, "getaddrinfo", NULL, s->port, s->host);
+        } else {
+            nd__sockaddr_t sa;
+            socklen_t len = nd__sockaddr_ip(&sa, ip, s->port, family);
+            if (len)
+                connect_addr(s, &sa, len, ip, s->port);
+            else
+                destroy_with(s, -EINVAL, "connect", ip, s->port, NULL);
+        }
+    }
+    nd__handle_release(&s->h);
+}
+
+static void reset_connection(nd_socket_t *s)
+{
+    /* A socket reused through connect() starts a new connection: fresh counters. */
+    if (!s->h.owned) {
+        s->h.owned = true;
+        nd__handle_retain(&s->h);
+    }
+    s->bytes_read = s->bytes_written = 0;
+    s->queued_total = s->flushed_total = 0;
+    s->eof = s->peer_ended = s->ending = s->fin_sent = false;
+    s->need_drain = s->had_error = s->error_pending = s->closed_done = false;
+    s->have_local = s->have_remote = false;
+    s->opt_readable = s->opt_writable = true;
+    s->server = NULL;
+    memset(&s->local, 0, sizeof(s->local));
+    memset(&s->remote, 0, sizeof(s->remote));
+    if (s->dec.enc != ND_ENC_NONE)
+        nd__decoder_init(&s->dec, s->dec.enc);
+}
+
+ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
+{
+    if (!s || !o)
+        return -EINVAL;
+    if (!o->path && (o->port < 0 || o->port > 65535))
+        return -EINVAL;
+    if (o->path && (!*o->path || strlen(o->path) >= sizeof(s->path)))
+        return o->path && *o->path ? -ENAMETOOLONG : -EINVAL;
+    if (!o->path && o->local_address && *o->local_address && !nd_is_ip(o->local_address))
+        return -EINVAL; /* v0.10: "localAddress should be a valid IP" */
+    if (!o->path && (o->local_port < 0 || o->local_port > 65535))
+        return -EINVAL;
+    if (o->family != 0 && o->family != 4 && o->family != 6)
+        return -EINVAL;
+    if (o->host && strlen(o->host) >= sizeof(s->host))
+        return -EINVAL;
+    if (s->state == SK_CLOSED && !s->closed_done)
+        return ND_ECLOSED;
+    if (s->state != SK_NEW && s->state != SK_CLOSED)
+        return ND_ECONNECTING;
+    reset_connection(s);
+    s->allow_half_open = s->allow_half_open || o->allow_half_open;
+    s->port = o->port;
+    s->family = o->family ? o->family : 4;
+    s->local_port = o->local_port;
+    snprintf(s->local_address, sizeof(s->local_address), "%s",
+             o->local_address ? o->local_address : "");
+    if (o->path) {
+        s->is_unix = true;
+        snprintf(s->path, sizeof(s->path), "%s", o->path);
+        nd__sockaddr_t sa;
+        int len = nd__sockaddr_unix(&sa, s->path);
+        s->state = SK_CONNECTING;
+        connect_addr(s, &sa, (socklen_t)len, s->path, -1);
+        return 0;
+    }
+    s->is_unix = false;
+    snprintf(s->host, sizeof(s->host), "%s", o->host && *o->host ? o->host : "localhost");
+    s->state = SK_RESOLVING;
+    s->resolve = nd__resolve_start(s->h.loop, s->host, s->family, on_resolved, s);
+    if (!s->resolve) {
+        s->state = SK_NEW;
+        return -ENOMEM;
+    }
+    update_active(s);
+    return 0;
+}
+
+ND_EXPORT nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *opts,
+                                  nd_listener_fn on_connect, void *arg)
+{
+    nd_socket_t *s = nd_socket_new(loop, NULL);
+    if (!s)
+        return NULL;
+    int rc = on_connect ? nd_socket_once(s, ND_EV_CONNECT, on_connect, arg) : 0;
+    if (rc == 0)
+        rc = nd_socket_connect(s, opts);
+    if (rc != 0) {
+        nd__handle_release(&s->h);
+        errno = rc < 0 && rc > ND__ERRNO_MIN ? -rc : EINVAL;
+        return NULL;
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------ reading */
+
+static void emit_data(nd_socket_t *s, const char *data, size_t len)
+{
+    if (s->dec.enc != ND_ENC_NONE) {
+        s->text.len = 0;
+        if (nd__decoder_write(&s->dec, (const unsigned char *)data, len, &s->text) != 0) {
+            destroy_with(s, -ENOMEM, "read", NULL, -1, NULL);
+            return;
+        }
+        if (s->text.len == 0)
+            return;
+        data = s->text.ptr;
+        len = s->text.len;
+    }
+    nd_event_t ev = {.type = ND_EV_DATA, .data = data, .len = len};
+    nd__emit(&s->h.em, s, &ev);
+    nd_socket_t *dst = s->pipe_dst;
+    if (dst && !is_destroyed(s) && nd_socket_write(dst, data, len, NULL, NULL) == 0 &&
+        s->pipe_dst == dst && !is_destroyed(dst)) {
+        /* Backpressure: hold the source until the destination drains. */
+        nd_socket_pause(s);
+        s->pipe_paused = true;
+    }
+}
+
+static void maybe_close_after_both_ends(nd_socket_t *s)
+{
+    /* Both directions are done: the connection ends cleanly. */
+    if (s->state == SK_OPEN && s->fin_sent && (s->eof || !s->opt_readable))
+        teardown(s);
+}
+
+static void on_eof(nd_socket_t *s)
+{
+    s->eof = true;
+    stop_reading(s);
+    if (!s->allow_half_open)
+        s->peer_ended = true;
+    if (s->dec.enc != ND_ENC_NONE && s->dec.npartial) {
+        s->text.len = 0;
+        if (nd__decoder_end(&s->dec, &s->text) == 0 && s->text.len) {
+            nd_event_t dev = {.type = ND_EV_DATA, .data = s->text.ptr, .len = s->text.len};
+            nd__emit(&s->h.em, s, &dev);
+            if (is_destroyed(s))
+                return;
+        }
+    }
+    nd_event_t ev = {.type = ND_EV_END};
+    nd__emit(&s->h.em, s, &ev);
+    if (is_destroyed(s))
+        return;
+    nd_socket_t *dst = s->pipe_dst;
+    if (dst && s->pipe_end && dst != s)
+        nd_socket_end(dst, NULL, 0);
+    if (is_destroyed(s))
+        return;
+    if (!s->allow_half_open)
+        nd_socket_end(s, NULL, 0);
+    maybe_close_after_both_ends(s);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    nd_socket_t *s = arg;
+    char *buf = (char *)s->h.loop->scratch;
+    nd__handle_retain(&s->h);
+    for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
+        ssize_t n = recv(s->fd, buf, ND__READ_CHUNK, 0);
+        if (n > 0) {
+            s->bytes_read += (uint64_t)n;
+            touch(s);
+            emit_data(s, buf, (size_t)n);
+            if (n < ND__READ_CHUNK)
+                break;
+        } else if (n == 0) {
+            on_eof(s);
+            break;
+        } else {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                destroy_with(s, -errno, "read", NULL, -1, NULL);
+            break;
+        }
+    }
+    nd__handle_release(&s->h);
+}
+
+/* ------------------------------------------------------------------ writing */
+
+static void send_fin(nd_socket_t *s)
+{
+    if (s->fin_sent || s->fd < 0)
+        return;
+    s->fin_sent = true;
+    shutdown(s->fd, SHUT_WR);
+    nd__handle_pend(&s->h, PK_FINISH);
+    maybe_close_after_both_ends(s);
+}
+
+/* Writes as much of the queue as the kernel takes, with one sendmsg of many chains. */
+static void flush(nd_socket_t *s)
+{
+    while (queued(s) > 0) {
+        struct evbuffer_iovec v[64];
+        struct iovec iov[64];
+        int n = evbuffer_peek(s->out, -1, NULL, v, 64);
+        if (n > 64)
+            n = 64;
+        for (int i = 0; i < n; i++) {
+            iov[i].iov_base = v[i].iov_base;
+            iov[i].iov_len = v[i].iov_len;
+        }
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            destroy_with(s, -errno, "write", NULL, -1, NULL);
+            return;
+        }
+        evbuffer_drain(s->out, (size_t)w);
+        s->flushed_total += (uint64_t)w;
+        touch(s);
+        if (n < 64 && queued(s) > 0)
+            break; /* the kernel took less than offered: wait for writability */
+    }
+    complete_wreqs(s, 0);
+    if (queued(s) > 0) {
+        start_writing(s);
+        return;
+    }
+    stop_writing(s);
+    if (s->need_drain) {
+        s->need_drain = false;
+        nd__handle_pend(&s->h, PK_DRAIN);
+    }
+    if (s->ending)
+        send_fin(s);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    nd_socket_t *s = arg;
+    nd__handle_retain(&s->h);
+    if (s->state == SK_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (err == EINPROGRESS) {
+            nd__handle_release(&s->h);
+            return;
+        }
+        stop_writing(s);
+        if (err) {
+            destroy_with(s, -err, "connect", s->target, s->is_unix ? -1 : s->port, NULL);
+        } else {
+            on_connected(s);
+        }
+    } else if (s->state == SK_OPEN) {
+        flush(s);
+    }
+    nd__handle_release(&s->h);
+}
+
+static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool fatal)
+{
+    if (cb) {
+        wreq_t *w = calloc(1, sizeof(*w));
+        if (w) {
+            w->cb = cb;
+            w->arg = arg;
+            w->err = code;
+            w->done = true;
+            TAILQ_INSERT_TAIL(&s->wreqs, w, link);
+            nd__handle_pend(&s->h, PK_WRITECB);
+        }
+    }
+    if (fatal)
+        destroy_with(s, code, "write", NULL, -1, NULL);
+    else if (!is_destroyed(s))
+        set_error(s, code, "write", NULL, -1, NULL);
+    return code;
+}
+
+ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_write_cb cb,
+                              void *arg)
+{
+    if (!s || (!data && len))
+        return -EINVAL;
+    if (is_destroyed(s) || !s->opt_writable || s->state == SK_NEW) {
+        /* Not an error event for a destroyed socket: its 'close' is already on the way. */
+        if (is_destroyed(s) || s->state == SK_NEW) {
+            if (cb)
+                fail_write(s, ND_ECLOSED, cb, arg, false);
+            return ND_ECLOSED;
+        }
+        return fail_write(s, ND_ECLOSED, cb, arg, false);
+    }
+    if (s->ending)
+        return fail_write(s, ND_EWRITEAFTEREND, cb, arg, false);
+    if (s->peer_ended)
+        return fail_write(s, -EPIPE, cb, arg, false);
+
+    s->bytes_written += len;
+    s->queued_total += len;
+    size_t done = 0;
+    if (s->state == SK_OPEN && queued(s) == 0 && len > 0) {
+        ssize_t n = send(s->fd, data, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                int e = -errno;
+                s->flushed_total = s->queued_total; /* nothing more will be sent */
+                fail_write(s, e, cb, arg, true);
+                return 0;
+            }
+            n = 0;
+        }
+        done = (size_t)n;
+        s->flushed_total += done;
+        if (done)
+            touch(s);
+    }
+    if (done < len) {
+        if (!s->out && !(s->out = evbuffer_new()))
+            return fail_write(s, -ENOMEM, cb, arg, true);
+        evbuffer_add(s->out, (const char *)data + done, len - done);
+    }
+    if (cb) {
+        wreq_t *w = calloc(1, sizeof(*w));
+        if (!w)
+            return fail_write(s, -ENOMEM, NULL, NULL, true);
+        w->cb = cb;
+        w->arg = arg;
+        w->mark = s->queued_total;
+        TAILQ_INSERT_TAIL(&s->wreqs, w, link);
+        if (s->state == SK_OPEN && queued(s) == 0)
+            complete_wreqs(s, 0);
+    }
+    if (queued(s) == 0 && s->state == SK_OPEN)
+        return 1;
+    s->need_drain = true;
+    if (s->state == SK_OPEN)
+        start_writing(s);
+    update_active(s);
+    return 0;
+}
+
+ND_EXPORT int nd_socket_write_string(nd_socket_t *s, const char *str, const char *encoding,
+                                     nd_write_cb cb, void *arg)
+{
+    if (!s || !str)
+        return -EINVAL;
+    int enc = nd__encoding_parse(encoding);
+    if (enc < 0)
+        return enc;
+    if (enc == ND_ENC_UTF8)
+        return nd_socket_write(s, str, strlen(str), cb, arg);
+    nd__strbuf_t b = {0};
+    if (nd__encode((nd__encoding_t)enc, str, strlen(str), &b) != 0) {
+        nd__strbuf_free(&b);
+        return -ENOMEM;
+    }
+    int rc = nd_socket_write(s, b.ptr ? b.ptr : "", b.len, cb, arg);
+    nd__strbuf_free(&b);
+    return rc;
+}
+
+ND_EXPORT int nd_socket_end(nd_socket_t *s, const void *data, size_t len)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->state == SK_NEW || is_destroyed(s))
+        return 0; /* v0.10: end() on a socket that never connected does nothing */
+    int rc = 0;
+    if (data && len && !s->ending)
+        rc = nd_socket_write(s, data, len, NULL, NULL);
+    if (s->ending || is_destroyed(s))
+        return rc < 0 ? rc : 0;
+    s->ending = true;
+    if (s->state == SK_OPEN && queued(s) == 0)
+        send_fin(s);
+    return rc < 0 ? rc : 0;
+}
+
+ND_EXPORT void nd_socket_destroy(nd_socket_t *s)
+{
+    if (s)
+        teardown(s);
+}
+
+/* ------------------------------------------------------------------ deferred events */
+
+static void emit_simple(nd_socket_t *s, nd_event_type_t type)
+{
+    nd_event_t ev = {.type = type};
+    nd__emit(&s->h.em, s, &ev);
+}
+
+void nd__socket_process(nd_socket_t *s, uint32_t bits)
+{
+    if ((bits & PK_CONNECT) && s->state == SK_CONNECTING) {
+        stop_writing(s);
+        on_connected(s);
+    }
+    if (bits & PK_WRITECB) {
+        wreq_t *w;
+        while ((w = TAILQ_FIRST(&s->wreqs)) != NULL && w->done) {
+            TAILQ_REMOVE(&s->wreqs, w, link);
+            w->cb(s, w->err, w->arg);
+            free(w);
+        }
+    }
+    if ((bits & PK_DRAIN) && !is_destroyed(s)) {
+        emit_simple(s, ND_EV_DRAIN);
+        nd_socket_t *src = s->pipe_src;
+        if (src && src->pipe_paused && !is_destroyed(src)) {
+            src->pipe_paused = false;
+            nd_socket_resume(src);
+        }
+    }
+    if (bits & PK_FINISH)
+        emit_simple(s, ND_EV_FINISH);
+    if ((bits & PK_ERROR) && s->error_pending) {
+        nd_event_t ev = {.type = ND_EV_ERROR, .error = &s->err.err};
+        nd__emit(&s->h.em, s, &ev);
+    }
+    if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
+        s->closed_done = true;
+        nd_server_t *srv = s->server;
+        nd_event_t ev = {.type = ND_EV_CLOSE, .had_error = s->had_error};
+        nd__emit(&s->h.em, s, &ev);
+        /* The connection counted until its 'close' ran. */
+        if (srv && s->server == srv) {
+            s->server = NULL;
+            nd__server_connection_closed(srv);
+        }
+        if (s->state == SK_CLOSED && s->h.owned) {
+            s->h.owned = false;
+            nd__handle_release(&s->h);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ flow control */
+
+ND_EXPORT void nd_socket_pause(nd_socket_t *s)
+{
+    if (!s)
+        return;
+    s->paused = true;
+    stop_reading(s);
+}
+
+ND_EXPORT void nd_socket_resume(nd_socket_t *s)
+{
+    if (!s)
+        return;
+    s->paused = false;
+    s->pipe_paused = false;
+    start_reading(s);
+}
+
+ND_EXPORT int nd_socket_is_paused(const nd_socket_t *s)
+{
+    return s && s->paused;
+}
+
+ND_EXPORT int nd_socket_set_encoding(nd_socket_t *s, const char *encoding)
+{
+    if (!s)
+        return -EINVAL;
+    if (!encoding) {
+        nd__decoder_init(&s->dec, ND_ENC_NONE);
+        return 0;
+    }
+    int enc = nd__encoding_parse(encoding);
+    if (enc < 0)
+        return enc;
+    nd__decoder_init(&s->dec, (nd__encoding_t)enc);
+    return 0;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    nd_socket_t *s = arg;
+    s->timer_armed = false;
+    if (!s->timeout_ms || is_destroyed(s))
+        return;
+    struct timeval now, idle;
+    event_base_gettimeofday_cached(s->h.loop->base, &now);
+    evutil_timersub(&now, &s->last_active, &idle);
+    uint64_t idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+    if (idle_ms + 1 < s->timeout_ms) {
+        /* Activity since the timer was armed: wait for the rest of the idle period. */
+        uint64_t rest = s->timeout_ms - idle_ms;
+        struct timeval tv = {(time_t)(rest / 1000), (suseconds_t)((rest % 1000) * 1000)};
+        evtimer_add(&s->timer_ev, &tv);
+        s->timer_armed = true;
+        return;
+    }
+    nd__handle_retain(&s->h);
+    emit_simple(s, ND_EV_TIMEOUT);
+    nd__handle_release(&s->h);
+}
+
+ND_EXPORT void nd_socket_set_timeout(nd_socket_t *s, unsigned ms, nd_listener_fn cb, void *arg)
+{
+    if (!s || is_destroyed(s))
+        return;
+    if (ms == 0) {
+        s->timeout_ms = 0;
+        if (s->timer_armed) {
+            evtimer_del(&s->timer_ev);
+            s->timer_armed = false;
+        }
+        if (cb)
+            nd_socket_off(s, ND_EV_TIMEOUT, cb, arg);
+        return;
+    }
+    if (cb)
+        nd_socket_once(s, ND_EV_TIMEOUT, cb, arg);
+    s->timeout_ms = ms;
+    if (s->timer_armed) {
+        evtimer_del(&s->timer_ev);
+        s->timer_armed = false;
+    }
+    touch(s);
+}
+
+ND_EXPORT void nd_socket_set_no_delay(nd_socket_t *s, int no_delay)
+{
+    if (!s || is_destroyed(s))
+        return;
+    s->no_delay = no_delay != 0;
+    s->opts_set = true;
+    if (s->state == SK_OPEN && s->fd >= 0 && !s->is_unix) {
+        int v = s->no_delay;
+        setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v));
+    }
+}
+
+ND_EXPORT void nd_socket_set_keep_alive(nd_socket_t *s, int enable, unsigned initial_delay_ms)
+{
+    if (!s || is_destroyed(s))
+        return;
+    s->keep_alive = enable != 0;
+    if (initial_delay_ms / 1000 > 0)
+        s->keep_alive_delay_s = initial_delay_ms / 1000;
+    s->opts_set = true;
+    if (s->state == SK_OPEN && s->fd >= 0 && !s->is_unix) {
+        int v = s->keep_alive;
+        setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof(v));
+        if (s->keep_alive && s->keep_alive_delay_s > 0) {
+            int d = (int)s->keep_alive_delay_s;
+            setsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &d, sizeof(d));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ pipe */
+
+ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
+{
+    if (!src || !dst)
+        return -EINVAL;
+    if (src->pipe_dst)
+        return -EBUSY;
+    if (is_destroyed(src) || is_destroyed(dst))
+        return ND_ECLOSED;
+    src->pipe_dst = dst;
+    src->pipe_end = end_dst != 0;
+    dst->pipe_src = src;
+    return 0;
+}
+
+ND_EXPORT int nd_socket_unpipe(nd_socket_t *src)
+{
+    if (!src)
+        return -EINVAL;
+    if (!src->pipe_dst)
+        return -ENOENT;
+    if (src->pipe_dst->pipe_src == src)
+        src->pipe_dst->pipe_src = NULL;
+    src->pipe_dst = NULL;
+    if (src->pipe_paused) {
+        src->pipe_paused = false;
+        nd_socket_resume(src);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ properties */
+
+ND_EXPORT int nd_socket_address(const nd_socket_t *cs, nd_address_t *out)
+{
+    nd_socket_t *s = (nd_socket_t *)cs;
+    if (!s || !out)
+        return -EINVAL;
+    cache_local(s);
+    if (!s->have_local)
+        return ND_ENOTCONNECTED;
+    *out = s->local;
+    if (s->is_unix && !out->address[0] && s->path[0])
+        snprintf(out->address, sizeof(out->address), "%s", s->path);
+    return 0;
+}
+
+ND_EXPORT const char *nd_socket_remote_address(const nd_socket_t *cs)
+{
+    nd_socket_t *s = (nd_socket_t *)cs;
+    if (!s || s->is_unix)
+        return NULL;
+    if (s->state == SK_OPEN)
+        cache_remote(s);
+    return s->have_remote ? s->remote.address : NULL;
+}
+
+ND_EXPORT int nd_socket_remote_port(const nd_socket_t *s)
+{
+    return nd_socket_remote_address(s) ? s->remote.port : 0;
+}
+
+ND_EXPORT const char *nd_socket_remote_family(const nd_socket_t *s)
+{
+    return nd_socket_remote_address(s) ? nd_family_name(s->remote.family) : NULL;
+}
+
+ND_EXPORT const char *nd_socket_local_address(const nd_socket_t *cs)
+{
+    nd_socket_t *s = (nd_socket_t *)cs;
+    if (!s || s->is_unix)
+        return NULL;
+    if (s->state == SK_OPEN || s->state == SK_CONNECTING)
+        cache_local(s);
+    return s->have_local ? s->local.address : NULL;
+}
+
+ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
+{
+    return nd_socket_local_address(s) ? s->local.port : 0;
+}
+
+ND_EXPORT uint64_t nd_socket_bytes_read(const nd_socket_t *s)
+{
+    return s ? s->bytes_read : 0;
+}
+
+ND_EXPORT uint64_t nd_socket_bytes_written(const nd_socket_t *s)
+{
+    return s ? s->bytes_written : 0;
+}
+
+ND_EXPORT size_t nd_socket_buffer_size(const nd_socket_t *s)
+{
+    return s ? queued(s) : 0;
+}
+
+ND_EXPORT int nd_socket_readable(const nd_socket_t *s)
+{
+    return s && s->state == SK_OPEN && s->opt_readable && !s->eof;
+}
+
+ND_EXPORT int nd_socket_writable(const nd_socket_t *s)
+{
+    return s && !is_destroyed(s) && s->state != SK_NEW && s->opt_writable && !s->ending &&
+           !s->peer_ended;
+}
+
+ND_EXPORT int nd_socket_destroyed(const nd_socket_t *s)
+{
+    return s && is_destroyed(s);
+}
+
+ND_EXPORT int nd_socket_connecting(const nd_socket_t *s)
+{
+    return s && (s->state == SK_RESOLVING || s->state == SK_CONNECTING);
+}
+
+ND_EXPORT nd_server_t *nd_socket_server(const nd_socket_t *s)
+{
+    return s ? s->server : NULL;
+}
+
+ND_EXPORT void nd_socket_ref(nd_socket_t *s)
+{
+    if (!s)
+        return;
+    s->h.user_ref = true;
+    update_active(s);
+}
+
+ND_EXPORT void nd_socket_unref(nd_socket_t *s)
+{
+    if (!s)
+        return;
+    s->h.user_ref = false;
+    update_active(s);
+}
+
+ND_EXPORT int nd_socket_on(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
+{
+    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, false) : -EINVAL;
+}
+
+ND_EXPORT int nd_socket_once(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
+{
+    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, true) : -EINVAL;
+}
+
+ND_EXPORT int nd_socket_off(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
+{
+    return s ? nd__emitter_off(&s->h.em, ev, fn, arg) : -EINVAL;
+}
+
+ND_EXPORT void nd_socket_hold(nd_socket_t *s)
+{
+    if (s)
+        nd__handle_retain(&s->h);
+}
+
+ND_EXPORT void nd_socket_release(nd_socket_t *s)
+{
+    if (s)
+        nd__handle_release(&s->h);
+}
+
+ND_EXPORT nd_loop_t *nd_socket_loop(const nd_socket_t *s)
+{
+    return s ? s->h.loop : NULL;
+}
+
+ND_EXPORT int nd_socket_fd(const nd_socket_t *s)
+{
+    return s ? s->fd : -1;
+}
+
+ND_EXPORT void nd_socket_set_data(nd_socket_t *s, void *data)
+{
+    if (s)
+        s->h.data = data;
+}
+
+ND_EXPORT void *nd_socket_data(const nd_socket_t *s)
+{
+    return s ? s->h.data : NULL;
+}
