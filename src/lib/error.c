@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Every errno a socket library can meet; the name is what Node puts in err.code. */
@@ -65,9 +66,12 @@ ND_EXPORT const char *nd_strerror(int code)
     return "Unknown error";
 }
 
-void nd__error_set(nd__error_store_t *st, int code, const char *syscall, const char *address,
-                   int port, const char *hostname)
+int nd__error_set(nd__error_store_t **stp, int code, const char *syscall, const char *address,
+                  int port, const char *hostname)
 {
+    if (!*stp && !(*stp = malloc(sizeof(**stp))))
+        return -ENOMEM;
+    nd__error_store_t *st = *stp;
     nd_error_t *e = &st->err;
     memset(st, 0, sizeof(*st));
     e->code = code;
@@ -102,4 +106,5 @@ void nd__error_set(nd__error_store_t *st, int code, const char *syscall, const c
     else if (address)
         snprintf(st->message + n, rest, " %s", address);
     e->message = st->message;
+    return 0;
 }

@@ -9,6 +9,8 @@
 
 #include <netd/net.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -28,15 +30,18 @@
 
 /* ------------------------------------------------------------------------- errors */
 
+/* Allocated only when an error happens, so healthy connections carry one pointer. */
 typedef struct nd__error_store {
     nd_error_t err;
-    char address[108];
+    char address[1024];
     char hostname[256];
-    char message[400];
+    char message[1400];
 } nd__error_store_t;
 
-void nd__error_set(nd__error_store_t *st, int code, const char *syscall, const char *address,
-                   int port, const char *hostname);
+/* Fills *st, allocating it first if NULL. Returns 0 or -ENOMEM (then *st stays NULL and
+ * the caller reports the bare code). */
+int nd__error_set(nd__error_store_t **st, int code, const char *syscall, const char *address,
+                  int port, const char *hostname);
 
 /* ------------------------------------------------------------------------ emitter */
 
@@ -116,8 +121,35 @@ struct nd__defer {
     STAILQ_ENTRY(nd__defer) link;
 };
 
+typedef struct nd__msg nd__msg_t;
+struct nd__msg {
+    void (*fn)(nd_loop_t *loop, void *arg);
+    void *arg;
+    bool owned; /* allocated by nd_loop_post, freed after fn */
+    STAILQ_ENTRY(nd__msg) link;
+};
+
+/* Per-thread counters: written only by the loop's thread, read by any (relaxed). */
+typedef struct nd__loop_stats {
+    _Atomic uint64_t connections, accepted, handed_off, moved_in, bytes_read, bytes_written;
+} nd__loop_stats_t;
+
+/* Single-writer counter update: no locked instruction on the hot path. */
+#define ND__STAT_ADD(field, n)                                                               \
+    atomic_store_explicit(&(field),                                                          \
+                          atomic_load_explicit(&(field), memory_order_relaxed) + (n),        \
+                          memory_order_relaxed)
+
 struct nd_loop {
     struct event_base *base;
+    /* mailbox: the only door between threads */
+    pthread_mutex_t mb_lock;
+    STAILQ_HEAD(, nd__msg) mb_queue;
+    bool mb_signalled; /* under mb_lock: an eventfd write is outstanding */
+    int mb_fd;         /* eventfd */
+    struct event mb_ev;
+    _Atomic int remote_refs;
+    nd__loop_stats_t stats;
     struct event pending_ev; /* activated whenever handles or defers are pending */
     bool pending_armed;
     bool stop;
@@ -135,6 +167,9 @@ struct nd_loop {
 };
 
 void nd__loop_arm_pending(nd_loop_t *loop);
+/* Posts with a node the caller embedded in its own message: cannot fail. */
+void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
+                        void *arg);
 /* The loop's resolver, created on first use. NULL when out of memory. */
 struct evdns_base *nd__loop_dns(nd_loop_t *loop);
 
@@ -160,6 +195,17 @@ int nd__set_nonblock_cloexec(int fd);
 /* Called by a socket's close when it belonged to a server: the count drops after 'close'
  * has run. */
 void nd__server_connection_closed(nd_server_t *s);
+
+
+/* Server groups (server.c): moving a socket between members of its group. */
+typedef struct nd__group nd__group_t;
+/* The member index of `target` in ws's group, or -EXDEV. */
+int nd__server_member_of(const nd_server_t *ws, const nd_loop_t *target);
+/* On the source thread: the socket leaves ws (it still counts in the group). */
+void nd__server_move_out(nd_server_t *ws, int to);
+/* On the target thread: the member `to`'s server takes the socket; returns it. */
+nd_server_t *nd__server_move_in(nd_server_t *old_ws, int to);
+void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock);
 
 #endif
 

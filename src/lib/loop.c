@@ -10,9 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <event2/dns.h>
 
 static void run_pending(evutil_socket_t fd, short what, void *arg);
+static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 
 ND_EXPORT nd_loop_t *nd_loop_new(void)
 {
@@ -37,7 +40,20 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
     TAILQ_INIT(&loop->handles);
     TAILQ_INIT(&loop->pending);
     STAILQ_INIT(&loop->defers);
+    STAILQ_INIT(&loop->mb_queue);
     event_assign(&loop->pending_ev, loop->base, -1, 0, run_pending, loop);
+    loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (loop->mb_fd < 0 || pthread_mutex_init(&loop->mb_lock, NULL) != 0) {
+        if (loop->mb_fd >= 0)
+            close(loop->mb_fd);
+        event_base_free(loop->base);
+        free(loop->scratch);
+        free(loop);
+        return NULL;
+    }
+    /* The mailbox is a plain libevent event: it never counts in loop->alive. */
+    event_assign(&loop->mb_ev, loop->base, loop->mb_fd, EV_READ | EV_PERSIST, on_mailbox, loop);
+    event_add(&loop->mb_ev, NULL);
     return loop;
 }
 
@@ -95,13 +111,15 @@ ND_EXPORT int nd_loop_run_once(nd_loop_t *loop, int nonblocking)
     loop->running = false;
     if (rc < 0)
         return -EIO;
-    return loop->alive > 0 || has_pending(loop);
+    return loop->alive > 0 || has_pending(loop) ||
+           atomic_load_explicit(&loop->remote_refs, memory_order_acquire) > 0;
 }
 
 ND_EXPORT int nd_loop_run(nd_loop_t *loop)
 {
     loop->stop = false;
-    while (loop->alive > 0 || has_pending(loop)) {
+    while (loop->alive > 0 || has_pending(loop) ||
+           atomic_load_explicit(&loop->remote_refs, memory_order_acquire) > 0) {
         if (loop->stop)
             return 1;
         int rc = nd_loop_run_once(loop, 0);
@@ -140,6 +158,15 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
         STAILQ_REMOVE_HEAD(&loop->defers, link);
         free(d);
     }
+    nd__msg_t *m;
+    while ((m = STAILQ_FIRST(&loop->mb_queue)) != NULL) {
+        STAILQ_REMOVE_HEAD(&loop->mb_queue, link);
+        if (m->owned)
+            free(m);
+    }
+    event_del(&loop->mb_ev);
+    close(loop->mb_fd);
+    pthread_mutex_destroy(&loop->mb_lock);
     event_del(&loop->pending_ev);
     event_base_free(loop->base);
     free(loop->scratch);
@@ -432,14 +459,13 @@ nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
     r->cb = cb;
     r->arg = arg;
     int kind = nd_is_ip(host);
-    if (kind && (family == 0 || family == kind)) {
+    if (kind) {
+        /* As dns.lookup does: a literal is its own answer, whatever family was asked. */
         snprintf(r->ip, sizeof(r->ip), "%s", host);
         r->family = kind;
     } else if (strcasecmp(host, "localhost") == 0) {
         snprintf(r->ip, sizeof(r->ip), "%s", family == 6 ? "::1" : "127.0.0.1");
         r->family = family == 6 ? 6 : 4;
-    } else if (kind) {
-        r->err = ND_ENOTFOUND; /* an IPv4 literal asked for as family 6, or the reverse */
     } else {
         struct evdns_base *dns = nd__loop_dns(loop);
         if (!dns) {
@@ -471,4 +497,104 @@ void nd__resolve_cancel(nd__resolve_t *r)
     r->cancelled = true;
     if (r->req)
         evdns_getaddrinfo_cancel(r->req);
+}
+
+/* ------------------------------------------------------------------ mailbox */
+
+static void post_node(nd_loop_t *loop, nd__msg_t *m);
+
+ND_EXPORT int nd_loop_post(nd_loop_t *loop, void (*fn)(nd_loop_t *, void *), void *arg)
+{
+    if (!loop || !fn)
+        return -EINVAL;
+    nd__msg_t *m = malloc(sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->fn = fn;
+    m->arg = arg;
+    m->owned = true;
+    post_node(loop, m);
+    return 0;
+}
+
+void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
+                        void *arg)
+{
+    node->fn = fn;
+    node->arg = arg;
+    node->owned = false;
+    post_node(loop, node);
+}
+
+static void post_node(nd_loop_t *loop, nd__msg_t *m)
+{
+    pthread_mutex_lock(&loop->mb_lock);
+    STAILQ_INSERT_TAIL(&loop->mb_queue, m, link);
+    /* One wake per batch: the loop drains everything queued when it wakes. */
+    bool wake = !loop->mb_signalled;
+    loop->mb_signalled = true;
+    pthread_mutex_unlock(&loop->mb_lock);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t n = write(loop->mb_fd, &one, sizeof(one));
+        (void)n; /* an eventfd write only fails on overflow, which still wakes */
+    }
+}
+
+static void on_mailbox(evutil_socket_t fd, short what, void *arg)
+{
+    nd_loop_t *loop = arg;
+    uint64_t v;
+    ssize_t n = read(loop->mb_fd, &v, sizeof(v));
+    (void)n;
+    STAILQ_HEAD(, nd__msg) batch = STAILQ_HEAD_INITIALIZER(batch);
+    pthread_mutex_lock(&loop->mb_lock);
+    STAILQ_CONCAT(&batch, &loop->mb_queue);
+    loop->mb_signalled = false;
+    pthread_mutex_unlock(&loop->mb_lock);
+    nd__msg_t *m;
+    while ((m = STAILQ_FIRST(&batch)) != NULL) {
+        STAILQ_REMOVE_HEAD(&batch, link);
+        bool owned = m->owned; /* a caller's node may be freed by its own fn */
+        m->fn(loop, m->arg);
+        if (owned)
+            free(m);
+    }
+}
+
+static void nop_msg(nd_loop_t *loop, void *arg)
+{
+}
+
+ND_EXPORT void nd_loop_ref_mp(nd_loop_t *loop)
+{
+    atomic_fetch_add_explicit(&loop->remote_refs, 1, memory_order_acq_rel);
+}
+
+ND_EXPORT void nd_loop_unref_mp(nd_loop_t *loop)
+{
+    atomic_fetch_sub_explicit(&loop->remote_refs, 1, memory_order_acq_rel);
+    /* Wake the loop so that it re-checks whether anything still keeps it running. */
+    nd_loop_post(loop, nop_msg, NULL);
+}
+
+static void stop_msg(nd_loop_t *loop, void *arg)
+{
+    nd_loop_stop(loop);
+}
+
+ND_EXPORT int nd_loop_stop_post(nd_loop_t *loop)
+{
+    return nd_loop_post(loop, stop_msg, NULL);
+}
+
+ND_EXPORT void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out)
+{
+    const nd__loop_stats_t *st = &loop->stats;
+    out->connections = atomic_load_explicit(&st->connections, memory_order_relaxed);
+    out->accepted = atomic_load_explicit(&st->accepted, memory_order_relaxed);
+    out->handed_off = atomic_load_explicit(&st->handed_off, memory_order_relaxed);
+    out->moved_in = atomic_load_explicit(&st->moved_in, memory_order_relaxed);
+    out->bytes_read = atomic_load_explicit(&st->bytes_read, memory_order_relaxed);
+    out->bytes_written = atomic_load_explicit(&st->bytes_written, memory_order_relaxed);
 }

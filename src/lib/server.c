@@ -51,10 +51,62 @@ struct nd_server {
     struct event backoff_ev;
     unsigned backoff_ms;
     nd__resolve_t *resolve;
-    nd__error_store_t err;
+    nd__error_store_t *err; /* allocated on the first listen failure */
     STAILQ_HEAD(, count_req) counts;
     uint64_t accepted_total, rejected_total, accept_paused_total;
+    nd__group_t *group; /* NULL for a plain server */
+    int index;          /* worker-side server: its member index; -1 otherwise */
 };
+
+/* A server group: the owner-side server plus one worker-side server per member loop. The
+ * atomics are the only state shared between threads; everything else of a member is
+ * touched on that member's thread only, and the owner fields on the owner's thread. */
+typedef struct group_member {
+    nd_loop_t *loop;
+    nd_server_t *server;  /* the worker-side server, on `loop`'s thread */
+    _Atomic int64_t live; /* live connections of the group held by this member */
+} group_member_t;
+
+struct nd__group {
+    nd_server_t *owner; /* owner thread only; NULL once the owner is freed */
+    nd_loop_t *owner_loop;
+    nd_balance_t balance;
+    int n;
+    group_member_t *m;
+    nd_worker_init_fn init;
+    void *init_arg;
+    bool allow_half_open;
+    unsigned rr_next;
+    int rp_waiting, rp_err; /* reuseport listen: replies still due, first failure */
+    unsigned listen_gen;    /* replies of an older listen attempt are ignored */
+    _Atomic int64_t live;   /* every live connection of the group, wherever it is */
+    _Atomic int max;        /* maxConnections, read by reuseport workers */
+    _Atomic bool closing;
+    _Atomic bool accept_paused;
+    _Atomic uint64_t accepted, rejected, handoff_failed, paused_total;
+    _Atomic int refs;
+};
+
+typedef struct group_msg {
+    nd__group_t *g;
+    int index;
+    int fd;
+    int err;
+    unsigned gen;
+    socklen_t plen;
+    nd__sockaddr_t peer;
+    char ip[64];
+    int port, backlog;
+} group_msg_t;
+
+static void group_release(nd__group_t *g);
+static int group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
+                      group_msg_t *msg);
+static void group_unlisten_members(nd__group_t *g);
+static bool group_is_owner(const nd_server_t *s)
+{
+    return s->group && s->index < 0;
+}
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
 static void on_backoff(evutil_socket_t fd, short what, void *arg);
@@ -77,6 +129,7 @@ ND_EXPORT nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t 
         return NULL;
     nd__handle_init(&s->h, loop, ND__SERVER);
     s->fd = -1;
+    s->index = -1;
     s->allow_half_open = opts && opts->allow_half_open;
     STAILQ_INIT(&s->counts);
     event_assign(&s->backoff_ev, loop->base, -1, 0, on_backoff, s);
@@ -101,8 +154,26 @@ void nd__server_free(nd_server_t *s)
         STAILQ_REMOVE_HEAD(&s->counts, link);
         free(c);
     }
+    nd__group_t *g = s->group;
+    if (g && s->index < 0) {
+        /* The owner goes: free the worker-side servers on their threads, let them go. */
+        g->owner = NULL;
+        for (int i = 0; i < g->n; i++) {
+            group_msg_t *msg = calloc(1, sizeof(*msg));
+            if (msg) {
+                msg->index = i;
+                group_post(g, g->m[i].loop, NULL, msg);
+            }
+            nd_loop_unref_mp(g->m[i].loop);
+        }
+    } else if (g) {
+        g->m[s->index].server = NULL;
+    }
+    free(s->err);
     nd__handle_fini(&s->h);
     free(s);
+    if (g)
+        group_release(g);
 }
 
 /* A listen attempt failed: report it as 'error' then 'close' on a later turn. */
@@ -152,6 +223,8 @@ static void finish_listen(nd_server_t *s, const char *address, int port)
 
 static int check_can_listen(nd_server_t *s)
 {
+    if (s->group && !group_is_owner(s))
+        return -EINVAL; /* a worker-side server listens through its group's owner */
     if (s->state == SRV_CLOSING)
         return ND_ECLOSED;
     /* From inside the 'error' listener of a failed listen, listening again is allowed. */
@@ -170,13 +243,23 @@ static void restart(nd_server_t *s, int backlog)
         nd__handle_retain(&s->h);
     }
     s->backlog = backlog > 0 ? backlog : ND__DEFAULT_BACKLOG;
+    if (s->group) {
+        atomic_store(&s->group->closing, false);
+        s->group->listen_gen++;
+    }
     s->unlink_on_close = false;
     s->path[0] = '\0';
     s->backoff_ms = 0;
 }
 
+static void listen_reuseport(nd_server_t *s, const char *ip, int port);
+
 static void bind_ip(nd_server_t *s, const char *ip, int port)
 {
+    if (s->group && s->group->balance == ND_BALANCE_REUSEPORT) {
+        listen_reuseport(s, ip, port);
+        return;
+    }
     nd__sockaddr_t sa;
     socklen_t len = nd__sockaddr_ip(&sa, ip, port, 0);
     if (!len) {
@@ -256,6 +339,8 @@ ND_EXPORT int nd_server_listen_path(nd_server_t *s, const char *path, int backlo
 {
     if (!s || !path || !*path)
         return -EINVAL;
+    if (s->group && s->group->balance == ND_BALANCE_REUSEPORT)
+        return -EINVAL; /* reuseport is TCP only */
     int rc = check_can_listen(s);
     if (rc)
         return rc;
@@ -292,6 +377,10 @@ ND_EXPORT int nd_server_listen_path(nd_server_t *s, const char *path, int backlo
 
 static int listen_on_fd(nd_server_t *s, int fd, int backlog)
 {
+    if (s->group && s->group->balance == ND_BALANCE_REUSEPORT) {
+        close(fd);
+        return -EINVAL;
+    }
     restart(s, backlog);
     s->port = -1;
     s->fd = fd;
@@ -349,9 +438,17 @@ ND_EXPORT int nd_server_listen_socket_handle(nd_server_t *s, const nd_socket_t *
     return listen_dup(s, nd_socket_fd(sock), backlog);
 }
 
+/* Live connections that hold back 'close': the whole group's for an owner. */
+static int64_t live_count(const nd_server_t *s)
+{
+    if (s->group)
+        return atomic_load_explicit(&s->group->live, memory_order_seq_cst);
+    return s->nconn;
+}
+
 static void maybe_finish_close(nd_server_t *s)
 {
-    if (s->state == SRV_CLOSING && s->nconn == 0)
+    if (s->state == SRV_CLOSING && live_count(s) == 0)
         nd__handle_pend(&s->h, SP_CLOSE);
 }
 
@@ -359,8 +456,17 @@ ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg
 {
     if (!s)
         return -EINVAL;
+    if (s->group && !group_is_owner(s))
+        return -EINVAL; /* a worker-side server closes with its group */
     if (s->state == SRV_IDLE || s->state == SRV_CLOSING)
         return ND_ENOTRUNNING;
+    if (s->group) {
+        /* Set before live is read (seq_cst): a worker dropping to zero either sees it and
+         * tells us, or we see zero here. */
+        atomic_store_explicit(&s->group->closing, true, memory_order_seq_cst);
+        if (s->group->balance == ND_BALANCE_REUSEPORT)
+            group_unlisten_members(s->group);
+    }
     if (on_close)
         nd_server_once(s, ND_EV_CLOSE, on_close, arg);
     /* Whatever the listen attempt would still report is cancelled: only 'close' comes. */
@@ -410,26 +516,34 @@ void nd__server_process(nd_server_t *s, uint32_t bits)
         count_req_t *c;
         while ((c = STAILQ_FIRST(&reqs)) != NULL) {
             STAILQ_REMOVE_HEAD(&reqs, link);
-            c->cb(s, 0, s->nconn, c->arg);
+            c->cb(s, 0, (int)live_count(s), c->arg);
             free(c);
         }
     }
     if ((bits & SP_LISTENING) && s->state == SRV_LISTENING)
         emit_simple(s, ND_EV_LISTENING, NULL);
     if ((bits & SP_ERROR) && s->state == SRV_FAILED) {
-        emit_simple(s, ND_EV_ERROR, &s->err.err);
+        nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
+        emit_simple(s, ND_EV_ERROR, s->err ? &s->err->err : &bare);
         /* 'close' directly follows a listen 'error', unless a listener started over. */
         if (s->state == SRV_FAILED)
             emit_close(s);
         return;
     }
-    if ((bits & SP_CLOSE) && s->state == SRV_CLOSING && s->nconn == 0)
+    if ((bits & SP_CLOSE) && s->state == SRV_CLOSING && live_count(s) == 0)
         emit_close(s);
 }
+
+static void group_uncount(nd__group_t *g, int index);
 
 void nd__server_connection_closed(nd_server_t *s)
 {
     s->nconn--;
+    ND__STAT_ADD(s->h.loop->stats.connections, -1);
+    if (s->group) {
+        group_uncount(s->group, s->index);
+        return;
+    }
     maybe_finish_close(s);
     /* A slot came free: accepting may resume if descriptors ran out earlier. */
     if (s->state == SRV_LISTENING && !s->accepting && s->fd >= 0) {
@@ -442,6 +556,10 @@ static void pause_accepting(nd_server_t *s)
 {
     stop_accepting(s);
     s->accept_paused_total++;
+    if (s->group) {
+        atomic_fetch_add(&s->group->paused_total, 1);
+        atomic_store(&s->group->accept_paused, true);
+    }
     s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 10;
     if (s->backoff_ms > 1000)
         s->backoff_ms = 1000;
@@ -454,6 +572,117 @@ static void on_backoff(evutil_socket_t fd, short what, void *arg)
     nd_server_t *s = arg;
     if (s->state == SRV_LISTENING)
         start_accepting(s);
+}
+
+/* Counts a new connection, or refuses it for maxConnections. A group counts with a CAS so
+ * that the limit holds exactly when several threads accept at once (reuseport). */
+static bool admit(nd_server_t *s)
+{
+    nd__group_t *g = s->group;
+    if (!g) {
+        if (s->max_connections > 0 && s->nconn >= s->max_connections) {
+            s->rejected_total++;
+            return false;
+        }
+        return true;
+    }
+    if (atomic_load(&g->closing)) {
+        atomic_fetch_add(&g->rejected, 1);
+        return false;
+    }
+    int max = atomic_load_explicit(&g->max, memory_order_relaxed);
+    int64_t cur = atomic_load(&g->live);
+    do {
+        if (max > 0 && cur >= max) {
+            atomic_fetch_add(&g->rejected, 1);
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(&g->live, &cur, cur + 1));
+    atomic_fetch_add(&g->accepted, 1);
+    if (s->index >= 0)
+        atomic_fetch_add(&g->m[s->index].live, 1);
+    return true;
+}
+
+/* Gives an accepted descriptor to the application on this loop: 'connection'. */
+static void deliver(nd_server_t *s, int fd, const struct sockaddr *peer, socklen_t plen)
+{
+    nd_socket_t *sock = nd__socket_accepted(s, fd, s->allow_half_open, peer, plen);
+    if (!sock) {
+        close(fd);
+        if (s->group) {
+            atomic_fetch_add(&s->group->handoff_failed, 1);
+            group_uncount(s->group, s->index);
+        } else {
+            s->rejected_total++;
+        }
+        return;
+    }
+    s->nconn++;
+    s->accepted_total++;
+    ND__STAT_ADD(s->h.loop->stats.connections, 1);
+    ND__STAT_ADD(s->h.loop->stats.accepted, 1);
+    nd_event_t ev = {.type = ND_EV_CONNECTION, .socket = sock};
+    nd__emit(&s->h.em, s, &ev);
+    nd__socket_start(sock);
+}
+
+static void handoff_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd__group_t *g = msg->g;
+    nd_server_t *ws = g->m[msg->index].server;
+    if (ws) {
+        ND__STAT_ADD(loop->stats.handed_off, 1);
+        deliver(ws, msg->fd, &msg->peer.sa, msg->plen);
+    } else {
+        close(msg->fd);
+        atomic_fetch_add(&g->handoff_failed, 1);
+        group_uncount(g, msg->index);
+    }
+    group_release(g);
+    free(msg);
+}
+
+static int pick_member(nd__group_t *g)
+{
+    if (g->balance == ND_BALANCE_ROUNDROBIN)
+        return (int)(g->rr_next++ % (unsigned)g->n);
+    int best = 0;
+    int64_t least = atomic_load_explicit(&g->m[0].live, memory_order_relaxed);
+    for (int i = 1; i < g->n; i++) {
+        int64_t v = atomic_load_explicit(&g->m[i].live, memory_order_relaxed);
+        if (v < least) {
+            least = v;
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* The owner passes an accepted descriptor through a worker's mailbox; it counts all along. */
+static void hand_off(nd_server_t *s, int fd, const nd__sockaddr_t *peer, socklen_t plen)
+{
+    nd__group_t *g = s->group;
+    int i = pick_member(g);
+    atomic_fetch_add(&g->m[i].live, 1);
+    s->handed_off = true;
+    group_msg_t *msg = malloc(sizeof(*msg));
+    if (!msg) {
+        close(fd);
+        atomic_fetch_add(&g->handoff_failed, 1);
+        group_uncount(g, i);
+        return;
+    }
+    msg->index = i;
+    msg->fd = fd;
+    msg->peer = *peer;
+    msg->plen = plen;
+    if (group_post(g, g->m[i].loop, handoff_msg, msg) != 0) {
+        close(fd);
+        atomic_fetch_add(&g->handoff_failed, 1);
+        group_uncount(g, i);
+    }
 }
 
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
@@ -475,22 +704,16 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             break; /* EAGAIN, or an error accept never reports as 'error' */
         }
         s->backoff_ms = 0;
-        if (s->max_connections > 0 && s->nconn >= s->max_connections) {
+        if (s->group && s->group->accept_paused)
+            atomic_store(&s->group->accept_paused, false);
+        if (!admit(s)) {
             close(fd);
-            s->rejected_total++;
             continue;
         }
-        nd_socket_t *sock = nd__socket_accepted(s, fd, s->allow_half_open, &peer.sa, plen);
-        if (!sock) {
-            close(fd);
-            s->rejected_total++;
-            continue;
-        }
-        s->nconn++;
-        s->accepted_total++;
-        nd_event_t ev = {.type = ND_EV_CONNECTION, .socket = sock};
-        nd__emit(&s->h.em, s, &ev);
-        nd__socket_start(sock);
+        if (group_is_owner(s))
+            hand_off(s, fd, &peer, plen);
+        else
+            deliver(s, fd, &peer.sa, plen);
     }
     nd__handle_release(&s->h);
 }
@@ -529,8 +752,11 @@ ND_EXPORT void nd_server_unref(nd_server_t *s)
 
 ND_EXPORT void nd_server_set_max_connections(nd_server_t *s, int max)
 {
-    if (s)
-        s->max_connections = max > 0 ? max : 0;
+    if (!s)
+        return;
+    s->max_connections = max > 0 ? max : 0;
+    if (s->group)
+        atomic_store(&s->group->max, s->max_connections);
 }
 
 ND_EXPORT int nd_server_max_connections(const nd_server_t *s)
@@ -605,4 +831,390 @@ ND_EXPORT void nd_server_set_data(nd_server_t *s, void *data)
 ND_EXPORT void *nd_server_data(const nd_server_t *s)
 {
     return s ? s->h.data : NULL;
+}
+
+/* ------------------------------------------------------------------ groups */
+
+static void member_free_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd_server_t *ws = msg->g->m[msg->index].server;
+    if (ws && ws->h.owned) {
+        ws->h.owned = false;
+        nd__handle_release(&ws->h);
+    }
+    group_release(msg->g);
+    free(msg);
+}
+
+/* Posts msg (which it owns from now on) to a member or the owner, holding a group ref. */
+static int group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
+                      group_msg_t *msg)
+{
+    msg->g = g;
+    atomic_fetch_add(&g->refs, 1);
+    int rc = nd_loop_post(to, fn ? fn : member_free_msg, msg);
+    if (rc != 0) {
+        atomic_fetch_sub(&g->refs, 1);
+        free(msg);
+    }
+    return rc;
+}
+
+static void group_release(nd__group_t *g)
+{
+    if (atomic_fetch_sub(&g->refs, 1) == 1) {
+        free(g->m);
+        free(g);
+    }
+}
+
+static void owner_check_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd_server_t *owner = msg->g->owner;
+    if (owner) {
+        maybe_finish_close(owner);
+        /* A slot came free: accept again if descriptors ran out. */
+        if (owner->state == SRV_LISTENING && !owner->accepting && owner->fd >= 0 &&
+            msg->g->balance != ND_BALANCE_REUSEPORT) {
+            event_del(&owner->backoff_ev);
+            start_accepting(owner);
+        }
+    }
+    group_release(msg->g);
+    free(msg);
+}
+
+static void member_resume_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd_server_t *ws = msg->g->m[msg->index].server;
+    if (ws && ws->state == SRV_LISTENING && !ws->accepting && ws->fd >= 0) {
+        event_del(&ws->backoff_ev);
+        start_accepting(ws);
+    }
+    group_release(msg->g);
+    free(msg);
+}
+
+/* A connection of the group ended (or never reached the application): uncount it, and tell
+ * whoever waits for the count to fall (a closing owner, a listener out of descriptors). */
+static void group_uncount(nd__group_t *g, int index)
+{
+    if (index >= 0)
+        atomic_fetch_sub(&g->m[index].live, 1);
+    int64_t left = atomic_fetch_sub_explicit(&g->live, 1, memory_order_seq_cst) - 1;
+    bool closing = atomic_load_explicit(&g->closing, memory_order_seq_cst);
+    bool paused = atomic_load(&g->accept_paused);
+    if ((left == 0 && closing) || paused) {
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (msg)
+            group_post(g, g->owner_loop, owner_check_msg, msg);
+    }
+    if (paused && g->balance == ND_BALANCE_REUSEPORT) {
+        for (int i = 0; i < g->n; i++) {
+            group_msg_t *msg = calloc(1, sizeof(*msg));
+            if (msg) {
+                msg->index = i;
+                group_post(g, g->m[i].loop, member_resume_msg, msg);
+            }
+        }
+    }
+}
+
+static void member_create_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd__group_t *g = msg->g;
+    nd_server_options_t opts = {.allow_half_open = g->allow_half_open};
+    nd_server_t *ws = nd_server_new(loop, &opts, NULL, NULL);
+    if (ws) {
+        ws->group = g;
+        ws->index = msg->index;
+        atomic_fetch_add(&g->refs, 1); /* dropped when ws is freed */
+        g->m[msg->index].server = ws;
+        if (g->init)
+            g->init(ws, msg->index, g->init_arg);
+    }
+    group_release(g);
+    free(msg);
+}
+
+ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
+                                           nd_loop_t *const *workers, int nworkers,
+                                           nd_balance_t balance, nd_worker_init_fn init,
+                                           void *arg)
+{
+    if (!owner || !workers || nworkers <= 0 || (unsigned)balance > ND_BALANCE_REUSEPORT) {
+        errno = EINVAL;
+        return NULL;
+    }
+    for (int i = 0; i < nworkers; i++) {
+        if (!workers[i]) {
+            errno = EINVAL;
+            return NULL;
+        }
+    }
+    nd__group_t *g = calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    g->m = calloc((size_t)nworkers, sizeof(*g->m));
+    nd_server_t *s = g->m ? nd_server_new(owner, opts, NULL, NULL) : NULL;
+    if (!s) {
+        free(g->m);
+        free(g);
+        return NULL;
+    }
+    g->owner = s;
+    g->owner_loop = owner;
+    g->balance = balance;
+    g->n = nworkers;
+    g->init = init;
+    g->init_arg = arg;
+    g->allow_half_open = opts && opts->allow_half_open;
+    atomic_init(&g->refs, 1); /* the owner's */
+    s->group = g;
+    for (int i = 0; i < nworkers; i++) {
+        g->m[i].loop = workers[i];
+        nd_loop_ref_mp(workers[i]);
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        /* Mailboxes are FIFO per sender: this runs before any handoff to that worker. */
+        if (msg) {
+            msg->index = i;
+            group_post(g, workers[i], member_create_msg, msg);
+        }
+    }
+    return s;
+}
+
+ND_EXPORT int nd_server_worker_index(const nd_server_t *s)
+{
+    return s && s->group ? s->index : -1;
+}
+
+ND_EXPORT void nd_server_stats(const nd_server_t *s, nd_server_stats_t *out)
+{
+    if (!s || !out)
+        return;
+    memset(out, 0, sizeof(*out));
+    nd__group_t *g = s->group;
+    if (!g) {
+        out->connections = (uint64_t)s->nconn;
+        out->accepted = s->accepted_total;
+        out->rejected = s->rejected_total;
+        out->accept_paused = s->accept_paused_total;
+        return;
+    }
+    out->connections = (uint64_t)atomic_load(&g->live);
+    out->accepted = atomic_load(&g->accepted);
+    out->rejected = atomic_load(&g->rejected);
+    out->handoff_failed = atomic_load(&g->handoff_failed);
+    out->accept_paused = atomic_load(&g->paused_total);
+}
+
+ND_EXPORT int nd_balance_parse(const char *name)
+{
+    if (!name)
+        return -EINVAL;
+    if (!strcmp(name, "leastconn"))
+        return ND_BALANCE_LEASTCONN;
+    if (!strcmp(name, "roundrobin"))
+        return ND_BALANCE_ROUNDROBIN;
+    if (!strcmp(name, "reuseport"))
+        return ND_BALANCE_REUSEPORT;
+    return -EINVAL;
+}
+
+ND_EXPORT const char *nd_balance_name(nd_balance_t b)
+{
+    switch (b) {
+    case ND_BALANCE_LEASTCONN:
+        return "leastconn";
+    case ND_BALANCE_ROUNDROBIN:
+        return "roundrobin";
+    case ND_BALANCE_REUSEPORT:
+        return "reuseport";
+    }
+    return NULL;
+}
+
+/* --- reuseport: every member listens on the owner's address with its own socket --- */
+
+static void rp_reply_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd__group_t *g = msg->g;
+    nd_server_t *s = g->owner;
+    if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING && g->rp_waiting > 0) {
+        if (msg->err && !g->rp_err)
+            g->rp_err = msg->err;
+        if (--g->rp_waiting == 0) {
+            if (g->rp_err) {
+                group_unlisten_members(g);
+                fail_listen(s, g->rp_err, "listen", g->rp_err ? s->host : NULL, s->port);
+            } else {
+                nd__handle_pend(&s->h, SP_LISTENING);
+            }
+        }
+    }
+    group_release(g);
+    free(msg);
+}
+
+static int reuseport_socket(const char *ip, int port, int *out)
+{
+    nd__sockaddr_t sa;
+    socklen_t len = nd__sockaddr_ip(&sa, ip, port, 0);
+    if (!len)
+        return -EINVAL;
+    int fd = socket(sa.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (sa.sa.sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, &sa.sa, len) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    *out = fd;
+    return 0;
+}
+
+static void member_listen_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd__group_t *g = msg->g;
+    nd_server_t *ws = g->m[msg->index].server;
+    int err = ws ? 0 : -ENOMEM;
+    if (ws && ws->fd < 0) {
+        int fd = -1;
+        err = reuseport_socket(msg->ip, msg->port, &fd);
+        if (!err && listen(fd, msg->backlog) != 0) {
+            err = -errno;
+            close(fd);
+        }
+        if (!err) {
+            ws->fd = fd;
+            ws->state = SRV_LISTENING;
+            start_accepting(ws);
+        }
+    }
+    group_msg_t *reply = calloc(1, sizeof(*reply));
+    if (reply) {
+        reply->err = err;
+        reply->gen = msg->gen;
+        group_post(g, g->owner_loop, rp_reply_msg, reply);
+    }
+    group_release(g);
+    free(msg);
+}
+
+static void member_unlisten_msg(nd_loop_t *loop, void *arg)
+{
+    group_msg_t *msg = arg;
+    nd_server_t *ws = msg->g->m[msg->index].server;
+    if (ws && ws->fd >= 0) {
+        stop_accepting(ws);
+        close(ws->fd);
+        ws->fd = -1;
+        ws->state = SRV_IDLE;
+    }
+    group_release(msg->g);
+    free(msg);
+}
+
+static void group_unlisten_members(nd__group_t *g)
+{
+    for (int i = 0; i < g->n; i++) {
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (msg) {
+            msg->index = i;
+            group_post(g, g->m[i].loop, member_unlisten_msg, msg);
+        }
+    }
+}
+
+/* The owner holds the port with a bound, never-listening socket (so port 0 resolves to one
+ * port for everyone); the members listen on it and accept by themselves. */
+static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+{
+    nd__group_t *g = s->group;
+    int fd = -1;
+    int err = reuseport_socket(ip, port, &fd);
+    if (err) {
+        fail_listen(s, err, "listen", ip, port);
+        return;
+    }
+    s->fd = fd;
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    getsockname(fd, &sa.sa, &len);
+    nd_address_t a;
+    nd__address_from(&a, &sa.sa, len);
+    snprintf(s->host, sizeof(s->host), "%s", ip);
+    s->state = SRV_LISTENING;
+    g->rp_waiting = g->n;
+    g->rp_err = 0;
+    for (int i = 0; i < g->n; i++) {
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (!msg) {
+            g->rp_waiting--;
+            g->rp_err = -ENOMEM;
+            continue;
+        }
+        msg->index = i;
+        msg->gen = g->listen_gen;
+        msg->port = a.port;
+        msg->backlog = s->backlog;
+        memcpy(msg->ip, a.address, sizeof(msg->ip) - 1); /* an IP literal fits */
+        if (group_post(g, g->m[i].loop, member_listen_msg, msg) != 0) {
+            g->rp_waiting--;
+            g->rp_err = -ENOMEM;
+        }
+    }
+    update_active(s);
+}
+
+/* --- moves between members --- */
+
+int nd__server_member_of(const nd_server_t *ws, const nd_loop_t *target)
+{
+    if (!ws->group || ws->index < 0)
+        return -EXDEV;
+    for (int i = 0; i < ws->group->n; i++)
+        if (ws->group->m[i].loop == target)
+            return i;
+    return -EXDEV;
+}
+
+void nd__server_move_out(nd_server_t *ws, int to)
+{
+    nd__group_t *g = ws->group;
+    ws->nconn--;
+    ND__STAT_ADD(ws->h.loop->stats.connections, -1);
+    atomic_fetch_add(&g->m[to].live, 1);
+    atomic_fetch_sub(&g->m[ws->index].live, 1);
+}
+
+nd_server_t *nd__server_move_in(nd_server_t *old_ws, int to)
+{
+    /* The group pointer never changes and the message's lock published it. */
+    nd_server_t *ws = old_ws->group->m[to].server;
+    ws->nconn++;
+    ND__STAT_ADD(ws->h.loop->stats.connections, 1);
+    ND__STAT_ADD(ws->h.loop->stats.moved_in, 1);
+    return ws;
+}
+
+void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock)
+{
+    nd_event_t ev = {.type = ND_EV_ADOPT, .socket = sock};
+    nd__handle_retain(&ws->h);
+    nd__emit(&ws->h.em, ws, &ev);
+    nd__handle_release(&ws->h);
 }

@@ -29,6 +29,7 @@ enum socket_pending {
     PK_FINISH = 1u << 3,
     PK_ERROR = 1u << 4,
     PK_CLOSE = 1u << 5,
+    PK_AUTOCLOSE = 1u << 6, /* both directions ended: close on the turn after 'finish' */
 };
 
 typedef struct wreq {
@@ -70,7 +71,7 @@ struct nd_socket {
     uint64_t bytes_read, bytes_written;
     nd_server_t *server;
     nd__resolve_t *resolve;
-    nd__error_store_t err;
+    nd__error_store_t *err; /* allocated on the first error */
     nd__decoder_t dec;
     nd__strbuf_t text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
@@ -328,6 +329,7 @@ void nd__socket_free(nd_socket_t *s)
     }
     unpipe_both(s);
     nd__strbuf_free(&s->text);
+    free(s->err);
     nd__handle_fini(&s->h);
     free(s);
 }
@@ -460,14 +462,16 @@ static void on_resolved(void *arg, int err, const char *ip, int family)
     nd_socket_t *s = arg;
     s->resolve = NULL;
     nd__handle_retain(&s->h);
-    nd__error_store_t lerr;
-    if (err)
-        nd__error_set(&lerr, err, "getaddrinfo", NULL, s->port, s->host);
+    nd__error_store_t *lerr = NULL;
+    nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = s->port};
+    if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, s->port, s->host) != 0)
+        bare.message = bare.name;
     nd_event_t ev = {.type = ND_EV_LOOKUP,
-                     .error = err ? &lerr.err : NULL,
+                     .error = err ? (lerr ? &lerr->err : &bare) : NULL,
                      .address = ip,
                      .family = err ? 0 : family};
     nd__emit(&s->h.em, s, &ev);
+    free(lerr);
     if (s->state == SK_RESOLVING) {
         if (err) {
             destroy_with(s, err, "getaddrinfo", NULL, s->port, s->host);
@@ -627,7 +631,8 @@ static void on_eof(nd_socket_t *s)
         return;
     if (!s->allow_half_open)
         nd_socket_end(s, NULL, 0);
-    maybe_close_after_both_ends(s);
+    if (s->fin_sent && !(s->h.pending & PK_FINISH))
+        nd__handle_pend(&s->h, PK_AUTOCLOSE);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -639,6 +644,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         ssize_t n = recv(s->fd, buf, ND__READ_CHUNK, 0);
         if (n > 0) {
             s->bytes_read += (uint64_t)n;
+            ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
             touch(s);
             emit_data(s, buf, (size_t)n);
             if (n < ND__READ_CHUNK)
@@ -664,7 +670,6 @@ static void send_fin(nd_socket_t *s)
     s->fin_sent = true;
     shutdown(s->fd, SHUT_WR);
     nd__handle_pend(&s->h, PK_FINISH);
-    maybe_close_after_both_ends(s);
 }
 
 /* Writes as much of the queue as the kernel takes, with one sendmsg of many chains. */
@@ -690,6 +695,7 @@ static void flush(nd_socket_t *s)
         }
         evbuffer_drain(s->out, (size_t)w);
         s->flushed_total += (uint64_t)w;
+        ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
         touch(s);
         if (n < 64 && queued(s) > 0)
             break; /* the kernel took less than offered: wait for writability */
@@ -758,15 +764,14 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
 {
     if (!s || (!data && len))
         return -EINVAL;
-    if (is_destroyed(s) || !s->opt_writable || s->state == SK_NEW) {
-        /* Not an error event for a destroyed socket: its 'close' is already on the way. */
-        if (is_destroyed(s) || s->state == SK_NEW) {
-            if (cb)
-                fail_write(s, ND_ECLOSED, cb, arg, false);
-            return ND_ECLOSED;
-        }
-        return fail_write(s, ND_ECLOSED, cb, arg, false);
+    if (is_destroyed(s)) {
+        /* No 'error' for a destroyed socket: its 'close' is already on the way. */
+        if (cb)
+            fail_write(s, ND_ECLOSED, cb, arg, false);
+        return ND_ECLOSED;
     }
+    if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
+        return fail_write(s, ND_ECLOSED, cb, arg, true);
     if (s->ending)
         return fail_write(s, ND_EWRITEAFTEREND, cb, arg, false);
     if (s->peer_ended)
@@ -788,6 +793,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
         }
         done = (size_t)n;
         s->flushed_total += done;
+        ND__STAT_ADD(s->h.loop->stats.bytes_written, done);
         if (done)
             touch(s);
     }
@@ -873,6 +879,12 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         stop_writing(s);
         on_connected(s);
     }
+    /* 'error' comes before the write callbacks it failed (v0.10 and libuv order). */
+    if ((bits & PK_ERROR) && s->error_pending) {
+        nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
+        nd_event_t ev = {.type = ND_EV_ERROR, .error = s->err ? &s->err->err : &bare};
+        nd__emit(&s->h.em, s, &ev);
+    }
     if (bits & PK_WRITECB) {
         wreq_t *w;
         while ((w = TAILQ_FIRST(&s->wreqs)) != NULL && w->done) {
@@ -889,12 +901,14 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
             nd_socket_resume(src);
         }
     }
-    if (bits & PK_FINISH)
+    if (bits & PK_FINISH) {
         emit_simple(s, ND_EV_FINISH);
-    if ((bits & PK_ERROR) && s->error_pending) {
-        nd_event_t ev = {.type = ND_EV_ERROR, .error = &s->err.err};
-        nd__emit(&s->h.em, s, &ev);
+        /* 'close' waits one more turn: at 'end' and the turn after, not yet destroyed. */
+        if (s->state == SK_OPEN && s->fin_sent && (s->eof || !s->opt_readable))
+            nd__handle_pend(&s->h, PK_AUTOCLOSE);
     }
+    if ((bits & PK_AUTOCLOSE) && !(bits & PK_FINISH))
+        maybe_close_after_both_ends(s);
     if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
         s->closed_done = true;
         nd_server_t *srv = s->server;
@@ -1214,4 +1228,174 @@ ND_EXPORT void nd_socket_set_data(nd_socket_t *s, void *data)
 ND_EXPORT void *nd_socket_data(const nd_socket_t *s)
 {
     return s ? s->h.data : NULL;
+}
+
+/* ------------------------------------------------------------------ moving between loops */
+
+typedef struct move_msg {
+    nd__msg_t node;
+    nd_socket_t *sock, *peer; /* peer: the other half of a proxy pair, or NULL */
+    bool reading[2], writing[2];
+    uint32_t pending[2];
+    int to[2]; /* member index in the socket's group, or -1 */
+    nd_adopt_fn on_adopt;
+    void *arg;
+    nd_loop_t *target;
+} move_msg_t;
+
+ND_EXPORT nd_socket_t *nd_socket_pipe_peer(const nd_socket_t *s)
+{
+    if (s && s->pipe_dst && s->pipe_dst != s && s->pipe_dst->pipe_dst == s &&
+        s->pipe_src == s->pipe_dst)
+        return s->pipe_dst;
+    return NULL;
+}
+
+/* Why s cannot leave its loop now, or 0. */
+static int move_blocker(const nd_socket_t *s, const nd_socket_t *peer)
+{
+    if (is_destroyed(s))
+        return ND_ECLOSED;
+    if (s->state != SK_OPEN)
+        return -EBUSY;
+    /* A pipe to anything but itself or its pair would be cut in two. */
+    if (s->pipe_dst && s->pipe_dst != s && s->pipe_dst != peer)
+        return -EBUSY;
+    if (s->pipe_src && s->pipe_src != s && s->pipe_src != peer)
+        return -EBUSY;
+    return 0;
+}
+
+static int move_check(nd_socket_t *s, nd_loop_t *target, nd_socket_t **peerp, int to[2])
+{
+    nd_socket_t *peer = nd_socket_pipe_peer(s);
+    int rc = move_blocker(s, peer);
+    if (!rc && peer)
+        rc = move_blocker(peer, s);
+    if (rc)
+        return rc;
+    nd_socket_t *both[2] = {s, peer};
+    for (int i = 0; i < 2; i++) {
+        to[i] = -1;
+        if (both[i] && both[i]->server) {
+            to[i] = nd__server_member_of(both[i]->server, target);
+            if (to[i] < 0)
+                return to[i];
+        }
+    }
+    *peerp = peer;
+    return 0;
+}
+
+/* On the owner: stop every event, leave the loop's books; the fd and state stay put. */
+static void detach(nd_socket_t *s, int to, bool *reading, bool *writing, uint32_t *pending)
+{
+    *reading = s->reading;
+    *writing = s->writing;
+    stop_reading(s);
+    stop_writing(s);
+    if (s->timer_armed) {
+        evtimer_del(&s->timer_ev);
+        s->timer_armed = false;
+    }
+    *pending = s->h.pending;
+    nd__handle_unpend(&s->h, s->h.pending);
+    nd__handle_set_active(&s->h, false);
+    if (s->server && to >= 0)
+        nd__server_move_out(s->server, to);
+    /* Listeners belong to the code that ran on this loop; the adopter attaches its own. */
+    s->h.em.n = 0;
+    s->h.em.has = 0;
+    TAILQ_REMOVE(&s->h.loop->handles, &s->h, link);
+    s->h.loop->nhandles--;
+}
+
+static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool reading, bool writing,
+                  uint32_t pending)
+{
+    s->h.loop = loop;
+    TAILQ_INSERT_TAIL(&loop->handles, &s->h, link);
+    loop->nhandles++;
+    event_assign(&s->read_ev, loop->base, s->fd, EV_READ | EV_PERSIST, on_readable, s);
+    event_assign(&s->write_ev, loop->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
+    if (s->server && to >= 0)
+        s->server = nd__server_move_in(s->server, to);
+    if (reading)
+        start_reading(s);
+    if (writing)
+        start_writing(s);
+    touch(s);
+    nd__handle_pend(&s->h, pending);
+    update_active(s);
+}
+
+static void adopt_msg(nd_loop_t *loop, void *arg)
+{
+    move_msg_t *m = arg;
+    nd_socket_t *both[2] = {m->sock, m->peer};
+    for (int i = 0; i < 2; i++) {
+        if (both[i]) {
+            adopt(both[i], loop, m->to[i], m->reading[i], m->writing[i], m->pending[i]);
+            nd__handle_retain(&both[i]->h);
+        }
+    }
+    if (m->on_adopt)
+        m->on_adopt(m->sock, m->arg);
+    for (int i = 0; i < 2; i++)
+        if (both[i] && both[i]->server && !is_destroyed(both[i]))
+            nd__server_emit_adopt(both[i]->server, both[i]);
+    for (int i = 0; i < 2; i++)
+        if (both[i])
+            nd__handle_release(&both[i]->h);
+    free(m);
+}
+
+/* Runs from the owner's defer queue, outside every callback of the socket, so no frame
+ * of this loop still holds it when the target thread takes over. */
+static void do_move(void *arg)
+{
+    move_msg_t *m = arg;
+    nd_socket_t *s = m->sock;
+    nd_socket_t *peer = NULL;
+    /* Checked again: the socket may have closed or been piped since the call. */
+    int rc = move_check(s, m->target, &peer, m->to);
+    nd__handle_release(&s->h); /* the guard nd_socket_move took; s is alive if rc == 0 */
+    if (rc) {
+        free(m);
+        return;
+    }
+    m->peer = peer;
+    detach(s, m->to[0], &m->reading[0], &m->writing[0], &m->pending[0]);
+    if (peer)
+        detach(peer, m->to[1], &m->reading[1], &m->writing[1], &m->pending[1]);
+    /* The message node is part of m: posting cannot fail and strand the sockets. */
+    nd__loop_post_node(m->target, &m->node, adopt_msg, m);
+}
+
+ND_EXPORT int nd_socket_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, void *arg)
+{
+    if (!s || !target)
+        return -EINVAL;
+    if (target == s->h.loop)
+        return 0;
+    nd_socket_t *peer = NULL;
+    int to[2];
+    int rc = move_check(s, target, &peer, to);
+    if (rc)
+        return rc;
+    move_msg_t *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->sock = s;
+    m->on_adopt = on_adopt;
+    m->arg = arg;
+    m->target = target;
+    nd__handle_retain(&s->h);
+    if (nd_loop_defer(s->h.loop, do_move, m) != 0) {
+        nd__handle_release(&s->h);
+        free(m);
+        return -ENOMEM;
+    }
+    return 0;
 }

@@ -165,6 +165,8 @@ typedef enum nd_event_type {
     ND_EV_ERROR, /* ev->error; for a socket 'close' follows; for a server, 'close' follows a
                     listen failure */
     ND_EV_CLOSE, /* ev->had_error (sockets): the last event; the object is freed after it */
+    /* Worker-side server of a group */
+    ND_EV_ADOPT, /* ev->socket: a live socket moved to this loop; re-attach listeners */
     ND_EV__COUNT
 } nd_event_type_t;
 
@@ -476,6 +478,134 @@ int nd_socket_fd(const nd_socket_t *sock);
 
 void nd_socket_set_data(nd_socket_t *sock, void *data);
 void *nd_socket_data(const nd_socket_t *sock);
+
+/* ------------------------------------------------------------------------------------ */
+/* Threads: mailboxes, loops in threads, server groups, moving live sockets             */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Threads talk only through mailboxes: each loop has a locked queue plus an eventfd; the
+ * loop drains the whole queue on each wake. The mailbox never keeps a loop alive.
+ * Functions marked "any thread" may be called from any thread; every other function in
+ * this header belongs to the thread running the object's loop.
+ */
+
+/* Any thread. Runs fn(loop, arg) on the loop's thread on a later turn. Messages from one
+ * sender run in the order they were posted. Returns 0, -EINVAL, -ENOMEM. */
+int nd_loop_post(nd_loop_t *loop, void (*fn)(nd_loop_t *loop, void *arg), void *arg);
+
+/* Any thread. Keeps the loop alive (like nd_loop_ref) / lets it go; atomic. */
+void nd_loop_ref_mp(nd_loop_t *loop);
+void nd_loop_unref_mp(nd_loop_t *loop);
+
+/* Any thread. A message that makes nd_loop_run() return. Returns 0 or -ENOMEM. */
+int nd_loop_stop_post(nd_loop_t *loop);
+
+/* Per-thread counters, written by the loop's own thread and readable from any thread
+ * (relaxed atomics): a snapshot, summed on request. */
+typedef struct nd_loop_stats {
+    uint64_t connections;   /* live sockets owned by this loop that belong to a server */
+    uint64_t accepted;      /* connections accepted by listeners on this loop */
+    uint64_t handed_off;    /* connections this loop adopted from another loop's accept */
+    uint64_t moved_in;      /* live sockets moved to this loop */
+    uint64_t bytes_read;
+    uint64_t bytes_written; /* bytes handed to the kernel */
+} nd_loop_stats_t;
+
+/* Any thread. */
+void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out);
+
+typedef struct nd_thread nd_thread_t;
+
+/*
+ * Starts a thread that runs nd_loop_run(loop) with every signal blocked (signals are
+ * handled by the main loop only). From now on the loop belongs to that thread. The thread
+ * holds a ref on the loop (nd_loop_ref_mp) until nd_thread_stop, so a worker waits for
+ * work. Returns NULL with errno set on failure.
+ */
+nd_thread_t *nd_thread_start(nd_loop_t *loop);
+
+/* Any thread but the worker's own. Drops the thread's ref and posts a stop message. */
+void nd_thread_stop(nd_thread_t *t);
+
+/* Waits for the thread to end and frees it; then frees the loop (nd_loop_free) on the
+ * caller's thread. Returns 0 or -errno of pthread_join. */
+int nd_thread_join(nd_thread_t *t);
+
+/* How a server group hands connections to its workers. */
+typedef enum nd_balance {
+    ND_BALANCE_LEASTCONN = 0, /* the worker with the fewest live connections of the group */
+    ND_BALANCE_ROUNDROBIN,    /* each worker in turn */
+    ND_BALANCE_REUSEPORT      /* each worker accepts on its own SO_REUSEPORT listener (TCP) */
+} nd_balance_t;
+
+/* "leastconn", "roundrobin", "reuseport" and back. parse returns -EINVAL for others. */
+int nd_balance_parse(const char *name);
+const char *nd_balance_name(nd_balance_t b);
+
+/*
+ * Called on each worker's thread once its worker-side server exists, before any
+ * connection reaches it: attach 'connection' (and 'adopt') listeners here. index is the
+ * worker's position in the array given to nd_server_new_group.
+ */
+typedef void (*nd_worker_init_fn)(nd_server_t *worker_server, int index, void *arg);
+
+/*
+ * A server group (Node's cluster over threads): the returned server lives on `owner` and
+ * is where listen, close, address, maxConnections, getConnections and ref/unref are called;
+ * one worker-side server per worker loop emits 'connection' (and 'adopt' for moved
+ * sockets) on that worker's thread. The worker loops must be running in threads
+ * (nd_thread_start) or be the owner itself. The group refs its workers while it exists.
+ *
+ * Counting: a connection counts from accept4 until its 'close' has run, including while it
+ * sits in a mailbox or is being moved. getConnections (on the owner or any worker-side
+ * server) gives that exact count; maxConnections holds over the whole group (extra
+ * connections are closed at once, no 'connection'); 'close' on the owner comes once every
+ * worker has closed its last connection. `connections` on the owner reads -1 once a socket
+ * was handed to a worker (Node's null). A handoff that fails (the worker cannot take it)
+ * closes the descriptor and is counted in nd_server_stats().handoff_failed.
+ * Returns NULL with errno set (EINVAL for no workers, ENOMEM).
+ */
+nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
+                                 nd_loop_t *const *workers, int nworkers, nd_balance_t balance,
+                                 nd_worker_init_fn init, void *arg);
+
+/* For a worker-side server: its index in the group; -1 for any other server. */
+int nd_server_worker_index(const nd_server_t *server);
+
+/* Counters of one server (of its whole group for the owner). Any thread may read a
+ * group's counters through its owner pointer only via a message; on the owner thread:
+ * direct. */
+typedef struct nd_server_stats {
+    uint64_t connections;  /* live, exact over the group */
+    uint64_t accepted;     /* accepted and counted */
+    uint64_t rejected;     /* closed at once because of maxConnections */
+    uint64_t handoff_failed;
+    uint64_t accept_paused; /* times accepting paused for lack of descriptors */
+} nd_server_stats_t;
+void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
+
+/*
+ * Moves a live socket to another loop (Node's child.send(msg, socket)). On a later turn
+ * the owner stops the socket's events and posts it to `target`; there it carries on with
+ * its descriptor, unsent output, pending write callbacks, decoder state, options
+ * (noDelay, keepAlive, timeout, encoding, allowHalfOpen, paused), counters and server
+ * membership. Its listeners are dropped: on the target, on_adopt(sock, arg) runs (if
+ * given), and the target's worker-side server of the same group emits ND_EV_ADOPT with
+ * ev->socket, so the application attaches its listeners again. The nd_socket_t pointer
+ * stays the same; between the call and the adopt nobody may touch it. Nothing is lost or
+ * duplicated: bytes the kernel holds are read on the target, in order.
+ * A socket piped both ways with another (a proxy pair) moves together with it.
+ * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
+ * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
+ * group or target is not a loop of its group; -EINVAL for NULL; 0 and nothing happens
+ * when target is its own loop.
+ */
+typedef void (*nd_adopt_fn)(nd_socket_t *sock, void *arg);
+int nd_socket_move(nd_socket_t *sock, nd_loop_t *target, nd_adopt_fn on_adopt, void *arg);
+
+/* The socket whose pipe pairs with this one both ways, or NULL. */
+nd_socket_t *nd_socket_pipe_peer(const nd_socket_t *sock);
 
 #ifdef __cplusplus
 }
