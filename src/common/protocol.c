@@ -1,0 +1,111 @@
+/*
+ * The command table of the control protocol, shared by netd and netctl.
+ */
+#include "config.h"
+
+#include "protocol.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define A(n, t, r) {n, NETD_ARG_##t, r}
+#define END {NULL, 0, false}
+
+static const netd_arg_t args_none[] = {A("id", ANY, false), END};
+static const netd_arg_t args_listen[] = {
+    A("id", ANY, false),          A("port", INT, false),           A("host", STRING, false),
+    A("path", STRING, false),     A("fd", INT_OR_STRING, false),   A("backlog", INT, false),
+    A("name", STRING, false),     A("handler", OBJECT, false),     A("allowHalfOpen", BOOL, false),
+    A("maxConnections", INT_OR_NULL, false), A("timeout", INT, false), A("noDelay", BOOL, false),
+    A("keepAlive", INT_OR_FALSE, false),     A("balance", STRING, false), END};
+static const netd_arg_t args_close[] = {A("id", ANY, false), A("server", SERVER, true),
+                                        A("destroy", BOOL, false), A("wait", BOOL, false), END};
+static const netd_arg_t args_server[] = {A("id", ANY, false), A("server", SERVER, true), END};
+static const netd_arg_t args_sockets[] = {
+    A("id", ANY, false),          A("server", SERVER, false),      A("limit", INT, false),
+    A("olderThanMs", INT, false), A("idleMoreThanMs", INT, false), A("role", STRING, false),
+    END};
+static const netd_arg_t args_destroy[] = {A("id", ANY, false), A("socket", INT, true), END};
+static const netd_arg_t args_move[] = {A("id", ANY, false), A("socket", INT, true),
+                                       A("thread", INT, true), END};
+static const netd_arg_t args_rebalance[] = {A("id", ANY, false), A("server", SERVER, false),
+                                            END};
+static const netd_arg_t args_set[] = {A("id", ANY, false), A("server", SERVER, true),
+                                      A("maxConnections", INT_OR_NULL, false),
+                                      A("timeout", INT, false), END};
+static const netd_arg_t args_watch[] = {A("id", ANY, false), A("events", STRING_ARRAY, false),
+                                        END};
+static const netd_arg_t args_shutdown[] = {A("id", ANY, false), A("timeoutMs", INT, false),
+                                           END};
+
+const netd_command_t netd_commands[] = {
+    {"ping", "{\"cmd\":\"ping\"}", "liveness: version, pid, uptimeMs", args_none},
+    {"listen",
+     "{\"cmd\":\"listen\", \"port\":N [, \"host\":H] | \"path\":P | \"fd\":N|NAME"
+     " [, \"backlog\":N, \"name\":S, \"handler\":{...}, \"allowHalfOpen\":B,"
+     " \"maxConnections\":N, \"timeout\":MS, \"noDelay\":B, \"keepAlive\":MS|false,"
+     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\"]}",
+     "open a server; replied once it listens", args_listen},
+    {"close", "{\"cmd\":\"close\", \"server\":ID|NAME [, \"destroy\":B, \"wait\":B]}",
+     "stop a server accepting; with wait, reply after its 'close'", args_close},
+    {"servers", "{\"cmd\":\"servers\"}", "list every server", args_none},
+    {"server", "{\"cmd\":\"server\", \"server\":ID|NAME}", "one server", args_server},
+    {"getConnections", "{\"cmd\":\"getConnections\", \"server\":ID|NAME}",
+     "live connections of a server, exact across threads", args_server},
+    {"sockets",
+     "{\"cmd\":\"sockets\" [, \"server\":ID|NAME, \"limit\":N, \"olderThanMs\":MS,"
+     " \"idleMoreThanMs\":MS, \"role\":\"client\"|\"upstream\"|\"all\"]}",
+     "list live connections", args_sockets},
+    {"destroy", "{\"cmd\":\"destroy\", \"socket\":ID}", "destroy one connection", args_destroy},
+    {"move", "{\"cmd\":\"move\", \"socket\":ID, \"thread\":N}",
+     "move a live connection to another thread", args_move},
+    {"rebalance", "{\"cmd\":\"rebalance\" [, \"server\":ID|NAME]}",
+     "move connections so no thread holds more than one above the mean", args_rebalance},
+    {"set", "{\"cmd\":\"set\", \"server\":ID|NAME [, \"maxConnections\":N|null, \"timeout\":MS]}",
+     "change a server's limits", args_set},
+    {"stats", "{\"cmd\":\"stats\"}", "daemon-wide and per-thread counters", args_none},
+    {"metrics", "{\"cmd\":\"metrics\"}", "the counters in Prometheus text format", args_none},
+    {"watch", "{\"cmd\":\"watch\" [, \"events\":[\"listening\",\"connection\",\"close\",\"error\"]]}",
+     "stream events, one line each, until the client disconnects", args_watch},
+    {"shutdown", "{\"cmd\":\"shutdown\" [, \"timeoutMs\":MS]}",
+     "drain: stop accepting, wait for connections, exit", args_shutdown},
+    {"help", "{\"cmd\":\"help\"}", "this list", args_none},
+    {NULL, NULL, NULL, NULL},
+};
+
+const netd_command_t *netd_command_find(const char *name)
+{
+    if (!name)
+        return NULL;
+    for (const netd_command_t *c = netd_commands; c->name; c++)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+const netd_arg_t *netd_command_arg(const netd_command_t *cmd, const char *name)
+{
+    for (const netd_arg_t *a = cmd->args; a->name; a++)
+        if (strcmp(a->name, name) == 0)
+            return a;
+    return NULL;
+}
+
+const char *netd_default_socket_path(char *buf, size_t len)
+{
+    const char *rd = getenv("RUNTIME_DIRECTORY");
+    if (rd && *rd) {
+        /* systemd may list several directories separated by ':'; the first is ours. */
+        size_t n = strcspn(rd, ":");
+        snprintf(buf, len, "%.*s/netd.sock", (int)n, rd);
+    } else if (geteuid() == 0) {
+        snprintf(buf, len, "/run/netd/netd.sock");
+    } else if ((rd = getenv("XDG_RUNTIME_DIR")) && *rd) {
+        snprintf(buf, len, "%s/netd.sock", rd);
+    } else {
+        snprintf(buf, len, "/tmp/netd-%u/netd.sock", (unsigned)geteuid());
+    }
+    return buf;
+}
