@@ -75,6 +75,11 @@ const netd_command_t netd_commands[] = {
     {NULL, NULL, NULL, NULL},
 };
 
+const char *netd_version(void)
+{
+    return PACKAGE_VERSION;
+}
+
 const netd_command_t *netd_command_find(const char *name)
 {
     if (!name)

@@ -9,7 +9,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define NETD_VERSION_STRING PACKAGE_VERSION
+/* The package version ("0.1.0"). */
+const char *netd_version(void);
+#define NETD_VERSION_STRING (netd_version())
 
 /* Kinds of argument values, as checked before a command runs. */
 typedef enum netd_argtype {

@@ -1,0 +1,888 @@
+/*
+ * netd.json and `listen` arguments: JSON in, validated structs out (CONTROL.md "Config file").
+ * Every refusal names the field ("servers[1].port: ...") so an operator can fix it at once.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+/* Quoted on purpose: this directory's config.h comes before the autoconf one of the build dir. */
+#include "config.h"
+#include "protocol.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* The longest unix socket path: sun_path minus its terminating NUL. */
+#define MAX_UNIX_PATH (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+
+#define DEFAULT_BACKLOG 511
+#define DEFAULT_PROXY_HOST "127.0.0.1"
+#define MAX_THREADS 1024
+#define MAX_MODE 07777
+
+/* jansson's integer type is long long or long, depending on how it was built. */
+#if JSON_INTEGER_IS_LONG_LONG
+#define JSON_INT_MAX LLONG_MAX
+#else
+#define JSON_INT_MAX LONG_MAX
+#endif
+
+/* ------------------------------------------------------------------------ error messages */
+
+/* Where a message goes and what stands before field names ("servers[2]."). */
+typedef struct perr {
+    char *buf;
+    size_t len;
+    const char *prefix;
+} perr_t;
+
+/*
+ * Writes "<prefix><field>: <message>" and returns -1, so callers can `return fail(...)`.
+ * An empty field names the object itself: the prefix loses its trailing dot.
+ */
+__attribute__((format(printf, 3, 4))) static int fail(const perr_t *e, const char *field,
+                                                      const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!e->buf || e->len == 0)
+        return -1;
+    if (*field) {
+        snprintf(e->buf, e->len, "%s%s: %s", e->prefix, field, msg);
+    } else {
+        size_t n = strlen(e->prefix);
+        if (n > 0 && e->prefix[n - 1] == '.')
+            n--;
+        if (n == 0)
+            snprintf(e->buf, e->len, "%s", msg);
+        else
+            snprintf(e->buf, e->len, "%.*s: %s", (int)n, e->prefix, msg);
+    }
+    return -1;
+}
+
+static int fail_oom(const perr_t *e, const char *field)
+{
+    return fail(e, field, "out of memory");
+}
+
+/* ------------------------------------------------------------------------ value readers */
+
+/*
+ * A JSON integer within [min, max]. Reals ("80.0") and strings ("80") are refused on
+ * purpose: a config that only works by coercion is a typo waiting to matter.
+ */
+static int int_in_range(const json_t *v, json_int_t min, json_int_t max, json_int_t *out)
+{
+    if (!json_is_integer(v))
+        return -1;
+    json_int_t n = json_integer_value(v);
+    if (n < min || n > max)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+/* An int field; the message states the range so it also tells the expected type. */
+static int read_int(const perr_t *e, const char *field, const json_t *v, int min, int max,
+                    int *out)
+{
+    json_int_t n;
+
+    if (int_in_range(v, min, max, &n) < 0) {
+        if (max == INT_MAX)
+            return fail(e, field, "must be an integer >= %d", min);
+        return fail(e, field, "must be an integer %d-%d", min, max);
+    }
+    *out = (int)n;
+    return 0;
+}
+
+static int read_unsigned(const perr_t *e, const char *field, const json_t *v, int min,
+                         unsigned *out)
+{
+    int n;
+
+    if (read_int(e, field, v, min, INT_MAX, &n) < 0)
+        return -1;
+    *out = (unsigned)n;
+    return 0;
+}
+
+/* Byte counts may exceed an int (a 4 GiB buffer cap is legitimate), so they get size_t. */
+static int read_size(const perr_t *e, const char *field, const json_t *v, size_t *out)
+{
+    json_int_t max = (uintmax_t)SIZE_MAX < (uintmax_t)JSON_INT_MAX ? (json_int_t)SIZE_MAX
+                                                                   : JSON_INT_MAX;
+    json_int_t n;
+
+    if (int_in_range(v, 1, max, &n) < 0)
+        return fail(e, field, "must be an integer >= 1 (bytes)");
+    *out = (size_t)n;
+    return 0;
+}
+
+static int read_bool(const perr_t *e, const char *field, const json_t *v, bool *out)
+{
+    if (!json_is_boolean(v))
+        return fail(e, field, "must be true or false");
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A copy of a string field; `nonempty` refuses "". */
+static int read_string(const perr_t *e, const char *field, const json_t *v, bool nonempty,
+                       char **out)
+{
+    if (!json_is_string(v))
+        return fail(e, field, nonempty ? "must be a non-empty string" : "must be a string");
+    if (nonempty && json_string_length(v) == 0)
+        return fail(e, field, "must be a non-empty string");
+    char *s = strdup(json_string_value(v));
+    if (!s)
+        return fail_oom(e, field);
+    *out = s;
+    return 0;
+}
+
+/* Stores a new string in *slot, freeing the one it held (NULL before a first store). */
+static void set_string(char **slot, char *value)
+{
+    free(*slot);
+    *slot = value;
+}
+
+/*
+ * Refuses any key not in `known` (NULL-terminated). `base` goes between the prefix and the
+ * key ("handler."). With skip_envelope a request's "id" and "cmd" pass.
+ */
+static int check_keys(const perr_t *e, const char *base, const json_t *obj,
+                      const char *const *known, bool skip_envelope)
+{
+    const char *key;
+    json_t *value;
+
+    json_object_foreach((json_t *)obj, key, value)
+    {
+        bool ok = skip_envelope && (!strcmp(key, "id") || !strcmp(key, "cmd"));
+        for (const char *const *k = known; !ok && *k; k++)
+            ok = !strcmp(key, *k);
+        if (!ok) {
+            char field[256];
+            snprintf(field, sizeof(field), "%s%s", base, key);
+            return fail(e, field, "unknown key");
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ hosts and paths */
+
+/* Host name syntax (RFC 1123 labels, '_' tolerated as resolvers do); no lookup here. */
+static bool is_host_name(const char *s)
+{
+    size_t total = strlen(s), label = 0;
+
+    if (total == 0 || total > 254 || (total == 254 && s[253] != '.'))
+        return false;
+    for (const char *p = s; *p; p++) {
+        char c = *p;
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        if (!ok || ++label > 63)
+            return false;
+    }
+    return true;
+}
+
+/* IP literals follow the library's own rule (nd_is_ip), so what passes here also binds. */
+static int read_host(const perr_t *e, const char *field, const json_t *v, char **out)
+{
+    if (!json_is_string(v))
+        return fail(e, field, "must be a string (an IP address or a host name)");
+    const char *s = json_string_value(v);
+    if (!nd_is_ip(s) && !is_host_name(s))
+        return fail(e, field, "\"%s\" is not an IP address or a host name", s);
+    char *copy = strdup(s);
+    if (!copy)
+        return fail_oom(e, field);
+    set_string(out, copy);
+    return 0;
+}
+
+/* base_dir + "/" + path for a relative path; the path itself when absolute or no base. */
+static char *resolve_path(const char *base_dir, const char *path)
+{
+    if (path[0] == '/' || !base_dir)
+        return strdup(path);
+    size_t nb = strlen(base_dir);
+    bool slash = nb > 0 && base_dir[nb - 1] == '/';
+    char *out = malloc(nb + 1 + strlen(path) + 1);
+    if (out)
+        sprintf(out, "%s%s%s", base_dir, slash ? "" : "/", path);
+    return out;
+}
+
+/* A unix socket path: non-empty, resolved, and short enough for sun_path once resolved. */
+static int read_unix_path(const perr_t *e, const char *field, const json_t *v,
+                          const char *base_dir, char **out)
+{
+    if (!json_is_string(v) || json_string_length(v) == 0)
+        return fail(e, field, "must be a non-empty string");
+    char *path = resolve_path(base_dir, json_string_value(v));
+    if (!path)
+        return fail_oom(e, field);
+    size_t n = strlen(path);
+    if (n > MAX_UNIX_PATH) {
+        free(path);
+        return fail(e, field,
+                    "too long: %zu bytes once resolved, a unix socket path has at most %zu", n,
+                    MAX_UNIX_PATH);
+    }
+    set_string(out, path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ handlers */
+
+static const char *const handler_names[] = {"echo", "discard", "banner", "proxy"};
+
+static const char *const echo_keys[] = {"type", "greeting", NULL};
+static const char *const discard_keys[] = {"type", NULL};
+static const char *const banner_keys[] = {"type", "text", NULL};
+static const char *const proxy_keys[] = {"type", "port", "host", "path", NULL};
+static const char *const *const handler_keys[] = {echo_keys, discard_keys, banner_keys,
+                                                  proxy_keys};
+
+static void handler_init(netd_handler_cfg_t *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->type = NETD_HANDLER_ECHO;
+    h->port = -1;
+}
+
+static void handler_free(netd_handler_cfg_t *h)
+{
+    free(h->greeting);
+    free(h->text);
+    free(h->host);
+    free(h->path);
+    handler_init(h);
+}
+
+static int handler_type(const perr_t *e, const json_t *v, netd_handler_type_t *out)
+{
+    if (!v)
+        return fail(e, "handler.type", "required (echo, discard, banner, proxy)");
+    if (!json_is_string(v))
+        return fail(e, "handler.type", "must be a string (echo, discard, banner, proxy)");
+    const char *name = json_string_value(v);
+    for (size_t i = 0; i < sizeof(handler_names) / sizeof(handler_names[0]); i++) {
+        if (!strcmp(name, handler_names[i])) {
+            *out = (netd_handler_type_t)i;
+            return 0;
+        }
+    }
+    return fail(e, "handler.type", "unknown handler \"%s\" (echo, discard, banner, proxy)", name);
+}
+
+/* The proxy's upstream: like a server address, exactly one of port (+host) or path. */
+static int parse_proxy(const perr_t *e, const json_t *obj, const char *base_dir,
+                       netd_handler_cfg_t *h)
+{
+    const json_t *port = json_object_get(obj, "port");
+    const json_t *host = json_object_get(obj, "host");
+    const json_t *path = json_object_get(obj, "path");
+
+    if (port && path)
+        return fail(e, "handler.path", "not allowed with handler.port (give one of them)");
+    if (path) {
+        if (host)
+            return fail(e, "handler.host", "not allowed with handler.path");
+        return read_unix_path(e, "handler.path", path, base_dir, &h->path);
+    }
+    if (!port) {
+        if (host)
+            return fail(e, "handler.host", "needs handler.port");
+        return fail(e, "handler.port", "required for proxy (or handler.path)");
+    }
+    if (read_int(e, "handler.port", port, 0, 65535, &h->port) < 0)
+        return -1;
+    if (host)
+        return read_host(e, "handler.host", host, &h->host);
+    h->host = strdup(DEFAULT_PROXY_HOST);
+    return h->host ? 0 : fail_oom(e, "handler.host");
+}
+
+/* Parses into h (already initialised); on error h may hold strings: the caller frees them. */
+static int parse_handler(const perr_t *e, const json_t *obj, const char *base_dir,
+                         netd_handler_cfg_t *h)
+{
+    if (!json_is_object(obj))
+        return fail(e, "handler", "must be an object ({\"type\": \"echo\"} ...)");
+    if (handler_type(e, json_object_get(obj, "type"), &h->type) < 0)
+        return -1;
+    if (check_keys(e, "handler.", obj, handler_keys[h->type], false) < 0)
+        return -1;
+
+    const json_t *v;
+    switch (h->type) {
+    case NETD_HANDLER_ECHO:
+        v = json_object_get(obj, "greeting");
+        return v ? read_string(e, "handler.greeting", v, false, &h->greeting) : 0;
+    case NETD_HANDLER_DISCARD:
+        return 0;
+    case NETD_HANDLER_BANNER:
+        v = json_object_get(obj, "text");
+        if (!v)
+            return fail(e, "handler.text", "required for banner");
+        return read_string(e, "handler.text", v, false, &h->text);
+    case NETD_HANDLER_PROXY:
+        return parse_proxy(e, obj, base_dir, h);
+    }
+    return 0;
+}
+
+json_t *netd_handler_describe(const netd_handler_cfg_t *h)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "type", json_string(handler_names[h->type]));
+    switch (h->type) {
+    case NETD_HANDLER_ECHO:
+        if (h->greeting)
+            json_object_set_new(o, "greeting", json_string(h->greeting));
+        break;
+    case NETD_HANDLER_DISCARD:
+        break;
+    case NETD_HANDLER_BANNER:
+        json_object_set_new(o, "text", json_string(h->text ? h->text : ""));
+        break;
+    case NETD_HANDLER_PROXY:
+        if (h->path) {
+            json_object_set_new(o, "path", json_string(h->path));
+        } else {
+            json_object_set_new(o, "port", json_integer(h->port));
+            json_object_set_new(o, "host", json_string(h->host ? h->host : DEFAULT_PROXY_HOST));
+        }
+        break;
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------------------ listen specs */
+
+/* The arguments of `listen` (CONTROL.md Commands), the same as a config server entry. */
+static const char *const listen_keys[] = {
+    "port",    "host",    "path",          "fd",      "backlog",        "name",
+    "handler", "timeout", "allowHalfOpen", "noDelay", "maxConnections", "keepAlive",
+    "balance", NULL};
+
+static void spec_init(netd_listen_spec_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->port = -1;
+    s->fd = -1;
+    s->backlog = DEFAULT_BACKLOG;
+    handler_init(&s->handler);
+    s->no_delay = true;
+    s->keep_alive_ms = -1;
+    s->balance = ND_BALANCE_LEASTCONN;
+}
+
+void netd_listen_spec_free(netd_listen_spec_t *spec)
+{
+    if (!spec)
+        return;
+    free(spec->name);
+    free(spec->host);
+    free(spec->path);
+    free(spec->fd_name);
+    handler_free(&spec->handler);
+    json_decref(spec->source);
+    spec_init(spec);
+}
+
+/* A LISTEN_FDNAMES name: systemd separates names with ':' and caps them at 255 bytes. */
+static int read_fd(const perr_t *e, const json_t *v, netd_listen_spec_t *s)
+{
+    if (json_is_string(v)) {
+        const char *name = json_string_value(v);
+        size_t n = strlen(name);
+        if (n == 0 || n > 255 || strchr(name, ':'))
+            return fail(e, "fd", "a LISTEN_FDNAMES name must be 1-255 bytes without ':'");
+        s->fd_name = strdup(name);
+        return s->fd_name ? 0 : fail_oom(e, "fd");
+    }
+    json_int_t n;
+    if (int_in_range(v, 0, INT_MAX, &n) < 0)
+        return fail(e, "fd", "must be an integer >= 0 or a LISTEN_FDNAMES name (string)");
+    s->fd = (int)n;
+    return 0;
+}
+
+/* Exactly one of port (with optional host), path or fd. */
+static int parse_address(const perr_t *e, const json_t *obj, const char *base_dir,
+                         netd_listen_spec_t *s)
+{
+    const json_t *port = json_object_get(obj, "port");
+    const json_t *host = json_object_get(obj, "host");
+    const json_t *path = json_object_get(obj, "path");
+    const json_t *fd = json_object_get(obj, "fd");
+    int given = !!port + !!path + !!fd;
+
+    if (given == 0) {
+        if (host)
+            return fail(e, "host", "needs port");
+        return fail(e, "port", "missing: give exactly one of port, path or fd");
+    }
+    if (given > 1)
+        return fail(e, path && port ? "path" : "fd",
+                    "not allowed with %s: give exactly one of port, path or fd",
+                    port ? "port" : "path");
+    if (host && !port)
+        return fail(e, "host", "needs port (a host goes with a TCP port only)");
+    if (port) {
+        if (read_int(e, "port", port, 0, 65535, &s->port) < 0)
+            return -1;
+        return host ? read_host(e, "host", host, &s->host) : 0;
+    }
+    if (path)
+        return read_unix_path(e, "path", path, base_dir, &s->path);
+    return read_fd(e, fd, s);
+}
+
+static int read_balance(const perr_t *e, const json_t *v, netd_listen_spec_t *s)
+{
+    static const struct {
+        const char *name;
+        nd_balance_t value;
+    } names[] = {{"leastconn", ND_BALANCE_LEASTCONN},
+                 {"roundrobin", ND_BALANCE_ROUNDROBIN},
+                 {"reuseport", ND_BALANCE_REUSEPORT}};
+
+    const char *name = json_is_string(v) ? json_string_value(v) : NULL;
+    for (size_t i = 0; name && i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!strcmp(name, names[i].name)) {
+            s->balance = names[i].value;
+            /* Each worker binds its own SO_REUSEPORT listener: that needs a port to bind. */
+            if (s->balance == ND_BALANCE_REUSEPORT && s->port < 0)
+                return fail(e, "balance", "reuseport needs a TCP port");
+            return 0;
+        }
+    }
+    return fail(e, "balance", "must be \"leastconn\", \"roundrobin\" or \"reuseport\"");
+}
+
+/* keepAlive: ms, or false. true is refused: it would leave the interval unsaid. */
+static int read_keep_alive(const perr_t *e, const json_t *v, netd_listen_spec_t *s)
+{
+    if (json_is_false(v)) {
+        s->keep_alive_ms = -1;
+        return 0;
+    }
+    if (json_is_true(v))
+        return fail(e, "keepAlive", "true is not accepted: give the initial delay in ms, or false");
+    json_int_t n;
+    if (int_in_range(v, 0, INT_MAX, &n) < 0)
+        return fail(e, "keepAlive", "must be an integer >= 0 (ms) or false");
+    s->keep_alive_ms = (int)n;
+    return 0;
+}
+
+/* maxConnections: null or N; 0 and null both mean no limit, as in Node. */
+static int read_max_connections(const perr_t *e, const json_t *v, netd_listen_spec_t *s)
+{
+    json_int_t n;
+
+    if (json_is_null(v)) {
+        s->max_connections = 0;
+        return 0;
+    }
+    if (int_in_range(v, 0, INT_MAX, &n) < 0)
+        return fail(e, "maxConnections", "must be null or an integer >= 0");
+    s->max_connections = (int)n;
+    return 0;
+}
+
+/* The optional flags and numbers of a listen, each checked only when present. */
+static int parse_options(const perr_t *e, const json_t *obj, netd_listen_spec_t *s)
+{
+    const json_t *v;
+
+    if ((v = json_object_get(obj, "backlog")) && read_int(e, "backlog", v, 1, 65535, &s->backlog))
+        return -1;
+    if ((v = json_object_get(obj, "allowHalfOpen")) &&
+        read_bool(e, "allowHalfOpen", v, &s->allow_half_open))
+        return -1;
+    if ((v = json_object_get(obj, "maxConnections")) && read_max_connections(e, v, s))
+        return -1;
+    if ((v = json_object_get(obj, "timeout")) && read_unsigned(e, "timeout", v, 0, &s->timeout_ms))
+        return -1;
+    if ((v = json_object_get(obj, "noDelay")) && read_bool(e, "noDelay", v, &s->no_delay))
+        return -1;
+    if ((v = json_object_get(obj, "keepAlive")) && read_keep_alive(e, v, s))
+        return -1;
+    if ((v = json_object_get(obj, "balance")) && read_balance(e, v, s))
+        return -1;
+    return 0;
+}
+
+/* "127.0.0.1:8124", "[::1]:8124" (brackets keep the port readable), the path, "fd:3". */
+static char *default_name(const netd_listen_spec_t *s)
+{
+    char buf[512];
+
+    if (s->path)
+        return strdup(s->path);
+    if (s->fd_name)
+        return strdup(s->fd_name);
+    if (s->port < 0)
+        snprintf(buf, sizeof(buf), "fd:%d", s->fd);
+    else if (s->host && strchr(s->host, ':'))
+        snprintf(buf, sizeof(buf), "[%s]:%d", s->host, s->port);
+    else
+        snprintf(buf, sizeof(buf), "%s:%d", s->host ? s->host : "0.0.0.0", s->port);
+    return strdup(buf);
+}
+
+static int parse_name(const perr_t *e, const json_t *obj, netd_listen_spec_t *s)
+{
+    const json_t *v = json_object_get(obj, "name");
+
+    if (v)
+        return read_string(e, "name", v, true, &s->name);
+    s->name = default_name(s);
+    return s->name ? 0 : fail_oom(e, "name");
+}
+
+/* The object as given, minus the request envelope: what reload compares and reports. */
+static int keep_source(const perr_t *e, const json_t *obj, netd_listen_spec_t *s)
+{
+    s->source = json_deep_copy(obj);
+    if (!s->source)
+        return fail_oom(e, "");
+    json_object_del(s->source, "id");
+    json_object_del(s->source, "cmd");
+    return 0;
+}
+
+static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
+                      bool skip_envelope, netd_listen_spec_t *s)
+{
+    const json_t *handler;
+
+    if (!json_is_object(obj))
+        return fail(e, "", "must be an object (the arguments of listen)");
+    if (check_keys(e, "", obj, listen_keys, skip_envelope) < 0)
+        return -1;
+    if (parse_address(e, obj, base_dir, s) < 0 || parse_options(e, obj, s) < 0)
+        return -1;
+    if ((handler = json_object_get(obj, "handler")) &&
+        parse_handler(e, handler, base_dir, &s->handler) < 0)
+        return -1;
+    if (parse_name(e, obj, s) < 0)
+        return -1;
+    return keep_source(e, obj, s);
+}
+
+int netd_listen_spec_parse(const json_t *obj, const char *base_dir, const char *field_prefix,
+                           bool skip_envelope, netd_listen_spec_t *out, char *err, size_t errlen)
+{
+    perr_t e = {err, errlen, field_prefix ? field_prefix : ""};
+
+    spec_init(out);
+    if (parse_spec(&e, obj, base_dir, skip_envelope, out) < 0) {
+        /* Leave nothing half-built: *out is an empty spec, safe to free or to drop. */
+        netd_listen_spec_free(out);
+        return -1;
+    }
+    return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+static bool handler_equal(const netd_handler_cfg_t *a, const netd_handler_cfg_t *b)
+{
+    return a->type == b->type && a->port == b->port && str_eq(a->greeting, b->greeting) &&
+           str_eq(a->text, b->text) && str_eq(a->host, b->host) && str_eq(a->path, b->path);
+}
+
+/* Field by field on the parsed values, so key order, spacing and spelled-out defaults
+ * ("noDelay": true) in the file do not make an unchanged server look changed. */
+int netd_listen_spec_equal(const netd_listen_spec_t *a, const netd_listen_spec_t *b)
+{
+    return str_eq(a->name, b->name) && a->port == b->port && str_eq(a->host, b->host) &&
+           str_eq(a->path, b->path) && a->fd == b->fd && str_eq(a->fd_name, b->fd_name) &&
+           a->backlog == b->backlog && handler_equal(&a->handler, &b->handler) &&
+           a->allow_half_open == b->allow_half_open &&
+           a->max_connections == b->max_connections && a->timeout_ms == b->timeout_ms &&
+           a->no_delay == b->no_delay && a->keep_alive_ms == b->keep_alive_ms &&
+           a->balance == b->balance;
+}
+
+/* ------------------------------------------------------------------------ the config file */
+
+static const char *const top_keys[] = {"threads", "shutdownTimeoutMs", "control", "limits",
+                                       "servers", NULL};
+static const char *const control_keys[] = {"path", "mode", "group", "maxClients", "idleTimeout",
+                                           NULL};
+static const char *const limits_keys[] = {"highWaterMark", "maxBufferedBytes", "stallMs", NULL};
+
+void netd_config_default(netd_config_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->threads = 0;
+    out->shutdown_timeout_ms = 30000;
+    out->control_mode = 0600;
+    out->control_max_clients = NETD_DEFAULT_MAX_CLIENTS;
+    out->control_idle_timeout_ms = NETD_DEFAULT_IDLE_TIMEOUT_MS;
+    out->high_water_mark = 1024 * 1024;
+    out->max_buffered_bytes = 16 * 1024 * 1024;
+    out->stall_ms = 30000;
+}
+
+void netd_config_free(netd_config_t *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < cfg->nservers; i++)
+        netd_listen_spec_free(&cfg->servers[i]);
+    free(cfg->servers);
+    free(cfg->control_path);
+    free(cfg->control_group);
+    netd_config_default(cfg);
+}
+
+/* "0600", "750", "0": octal digits only, at most 07777. */
+static int read_mode(const perr_t *e, const json_t *v, unsigned *out)
+{
+    const char *s = json_is_string(v) ? json_string_value(v) : "";
+    unsigned mode = 0;
+
+    for (const char *p = s; *p && mode <= MAX_MODE; p++) {
+        if (*p < '0' || *p > '7') {
+            mode = MAX_MODE + 1;
+            break;
+        }
+        mode = mode * 8 + (unsigned)(*p - '0');
+    }
+    if (!*s || mode > MAX_MODE)
+        return fail(e, "control.mode",
+                    "must be a string of octal digits up to \"7777\" (\"0600\")");
+    *out = mode;
+    return 0;
+}
+
+/* The group must exist now: a misspelt name should stop netd, not lock operators out later. */
+static int read_group(const perr_t *e, const json_t *v, netd_config_t *cfg)
+{
+    if (read_string(e, "control.group", v, true, &cfg->control_group) < 0)
+        return -1;
+
+    long hint = sysconf(_SC_GETGR_R_SIZE_MAX);
+    size_t size = hint > 0 ? (size_t)hint : 1024;
+    struct group grp, *found = NULL;
+    int rc;
+
+    for (;;) {
+        char *buf = malloc(size);
+        if (!buf)
+            return fail_oom(e, "control.group");
+        rc = getgrnam_r(cfg->control_group, &grp, buf, size, &found);
+        if (rc == 0 && found)
+            cfg->control_gid = (unsigned)grp.gr_gid;
+        free(buf);
+        if (rc != ERANGE || size >= 1024 * 1024)
+            break;
+        size *= 2;
+    }
+    /* Some libcs report "not found" as one of these instead of rc 0 with no result. */
+    if ((rc == 0 && !found) || rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM)
+        return fail(e, "control.group", "no such group \"%s\"", cfg->control_group);
+    if (rc != 0)
+        return fail(e, "control.group", "cannot look up \"%s\": %s", cfg->control_group,
+                    strerror(rc));
+    cfg->has_control_gid = true;
+    return 0;
+}
+
+static int parse_control(const perr_t *e, const json_t *obj, const char *base_dir,
+                         netd_config_t *cfg)
+{
+    const json_t *v;
+
+    if (!json_is_object(obj))
+        return fail(e, "control", "must be an object");
+    if (check_keys(e, "control.", obj, control_keys, false) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "path")) &&
+        read_unix_path(e, "control.path", v, base_dir, &cfg->control_path) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "mode")) && read_mode(e, v, &cfg->control_mode) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "group")) && read_group(e, v, cfg) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "maxClients")) &&
+        read_int(e, "control.maxClients", v, 1, INT_MAX, &cfg->control_max_clients) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "idleTimeout")) &&
+        read_unsigned(e, "control.idleTimeout", v, 0, &cfg->control_idle_timeout_ms) < 0)
+        return -1;
+    return 0;
+}
+
+static int parse_limits(const perr_t *e, const json_t *obj, netd_config_t *cfg)
+{
+    const json_t *v;
+
+    if (!json_is_object(obj))
+        return fail(e, "limits", "must be an object");
+    if (check_keys(e, "limits.", obj, limits_keys, false) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "highWaterMark")) &&
+        read_size(e, "limits.highWaterMark", v, &cfg->high_water_mark) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "maxBufferedBytes")) &&
+        read_size(e, "limits.maxBufferedBytes", v, &cfg->max_buffered_bytes) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "stallMs")) &&
+        read_unsigned(e, "limits.stallMs", v, 0, &cfg->stall_ms) < 0)
+        return -1;
+    return 0;
+}
+
+/* Names are what reload matches on, so two entries may not share one. */
+static int check_unique_name(const perr_t *e, const netd_config_t *cfg, size_t i)
+{
+    for (size_t j = 0; j < i; j++) {
+        if (!strcmp(cfg->servers[j].name, cfg->servers[i].name)) {
+            char field[64];
+            snprintf(field, sizeof(field), "servers[%zu].name", i);
+            return fail(e, field, "duplicate name \"%s\" (also servers[%zu])",
+                        cfg->servers[i].name, j);
+        }
+    }
+    return 0;
+}
+
+static int parse_servers(const perr_t *e, const json_t *arr, const char *base_dir,
+                         netd_config_t *cfg)
+{
+    if (!json_is_array(arr))
+        return fail(e, "servers", "must be an array of listen objects");
+    size_t n = json_array_size(arr);
+    if (n == 0)
+        return 0;
+    cfg->servers = calloc(n, sizeof(*cfg->servers));
+    if (!cfg->servers)
+        return fail_oom(e, "servers");
+
+    for (size_t i = 0; i < n; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof(prefix), "servers[%zu].", i);
+        if (netd_listen_spec_parse(json_array_get(arr, i), base_dir, prefix, false,
+                                   &cfg->servers[i], e->buf, e->len) < 0)
+            return -1;
+        cfg->nservers = i + 1;
+        if (check_unique_name(e, cfg, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_config(const perr_t *e, const json_t *root, const char *base_dir,
+                        netd_config_t *cfg)
+{
+    const json_t *v;
+
+    if (!json_is_object(root))
+        return fail(e, "", "the top level must be an object");
+    if (check_keys(e, "", root, top_keys, false) < 0)
+        return -1;
+    if ((v = json_object_get(root, "threads")) &&
+        read_int(e, "threads", v, 0, MAX_THREADS, &cfg->threads) < 0)
+        return -1;
+    if ((v = json_object_get(root, "shutdownTimeoutMs")) &&
+        read_unsigned(e, "shutdownTimeoutMs", v, 0, &cfg->shutdown_timeout_ms) < 0)
+        return -1;
+    if ((v = json_object_get(root, "control")) && parse_control(e, v, base_dir, cfg) < 0)
+        return -1;
+    if ((v = json_object_get(root, "limits")) && parse_limits(e, v, cfg) < 0)
+        return -1;
+    if ((v = json_object_get(root, "servers")) && parse_servers(e, v, base_dir, cfg) < 0)
+        return -1;
+    return 0;
+}
+
+/* The absolute directory of the file: what its relative paths mean, whatever the cwd. */
+static char *config_dir(const char *file)
+{
+    char *copy = strdup(file);
+    if (!copy)
+        return NULL;
+    char *dir = realpath(dirname(copy), NULL);
+    free(copy);
+    return dir;
+}
+
+int netd_config_load(const char *file, netd_config_t *out, char *err, size_t errlen)
+{
+    char msg[1024] = "";
+    perr_t e = {msg, sizeof(msg), ""};
+    json_error_t jerr;
+    netd_config_t cfg;
+    int rc = -1;
+
+    netd_config_default(out);
+    netd_config_default(&cfg);
+
+    json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        if (jerr.line > 0)
+            snprintf(err, errlen, "%s:%d:%d: %s", file, jerr.line, jerr.column, jerr.text);
+        else
+            snprintf(err, errlen, "%s: %s", file, jerr.text);
+        return -1;
+    }
+
+    char *base_dir = config_dir(file);
+    if (!base_dir)
+        fail(&e, "", "cannot resolve the file's directory: %s", strerror(errno));
+    else
+        rc = parse_config(&e, root, base_dir, &cfg);
+    free(base_dir);
+    json_decref(root);
+
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: %s", file, msg);
+        netd_config_free(&cfg);
+        return -1;
+    }
+    *out = cfg;
+    return 0;
+}

@@ -1,0 +1,531 @@
+/*
+ * The control socket (CONTROL.md): a libnetd server on a unix path, line framing, peer
+ * credentials and limits, request parsing against the command table, replies, watchers.
+ */
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct netd_client {
+    netd_t *d;
+    nd_socket_t *sock; /* NULL once closed */
+    char *buf;         /* bytes received, not yet a complete line */
+    size_t len, cap;
+    size_t scanned; /* bytes of buf known to hold no newline */
+    int refs;       /* the socket's, plus one per command still to answer */
+    bool busy;      /* a command is being answered: later lines wait */
+    bool closing;   /* ETOOBIG/EPERM/EBUSY: reply sent, nothing more is read */
+    bool watching;
+    bool counted;   /* counts against maxClients */
+    unsigned events; /* watch filter: bit per event name; 0 = all */
+    bool process_scheduled;
+    TAILQ_ENTRY(netd_client) link;
+};
+
+static const char *const watch_events[] = {"listening", "connection", "close", "error", NULL};
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void client_release(netd_client_t *c)
+{
+    if (--c->refs > 0)
+        return;
+    free(c->buf);
+    free(c);
+}
+
+void netd_client_hold(netd_client_t *c)
+{
+    c->refs++;
+    c->busy = true;
+}
+
+bool netd_client_alive(const netd_client_t *c)
+{
+    return c && c->sock != NULL;
+}
+
+static void process_lines(netd_client_t *c);
+
+static void process_later(void *arg)
+{
+    netd_client_t *c = arg;
+    c->process_scheduled = false;
+    if (c->sock)
+        process_lines(c);
+    client_release(c);
+}
+
+void netd_client_done(netd_client_t *c)
+{
+    c->busy = false;
+    /* Later requests of this client run on a later turn, never inside a reply. */
+    if (c->sock && !c->process_scheduled) {
+        c->process_scheduled = true;
+        c->refs++;
+        nd_loop_defer(c->d->loop, process_later, c);
+    }
+    client_release(c);
+}
+
+/* ------------------------------------------------------------------ replies */
+
+static void send_line(netd_client_t *c, json_t *obj)
+{
+    char *text = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(obj);
+    if (!text || !c->sock) {
+        free(text);
+        return;
+    }
+    size_t n = strlen(text);
+    text[n] = '\n'; /* json_dumps NUL-terminates: the NUL becomes the newline */
+    nd_socket_write(c->sock, text, n + 1, NULL, NULL);
+    free(text);
+}
+
+void netd_reply_ok(netd_client_t *c, json_t *id, json_t *fields)
+{
+    json_t *r = json_pack("{s:O, s:b}", "id", id ? id : json_null(), "ok", 1);
+    if (fields) {
+        json_object_update(r, fields);
+        json_decref(fields);
+    }
+    send_line(c, r);
+}
+
+void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    send_line(c, json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
+                           "error", "code", code, "message", msg));
+}
+
+/* A refusal before any request: one reply, then the connection ends. */
+static void refuse(netd_client_t *c, const char *code, const char *msg)
+{
+    netd_reply_error(c, NULL, code, "%s", msg);
+    c->closing = true;
+    nd_socket_end(c->sock, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ requests */
+
+static const char *type_name(netd_argtype_t t)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return "an integer";
+    case NETD_ARG_STRING:
+        return "a string";
+    case NETD_ARG_BOOL:
+        return "a boolean";
+    case NETD_ARG_OBJECT:
+        return "an object";
+    case NETD_ARG_STRING_ARRAY:
+        return "an array of strings";
+    case NETD_ARG_SERVER:
+        return "a server id or name";
+    case NETD_ARG_INT_OR_NULL:
+        return "an integer or null";
+    case NETD_ARG_INT_OR_STRING:
+        return "an integer or a name";
+    case NETD_ARG_INT_OR_FALSE:
+        return "an integer or false";
+    case NETD_ARG_ANY:
+        return "any value";
+    }
+    return "?";
+}
+
+static bool type_ok(netd_argtype_t t, const json_t *v)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return json_is_integer(v);
+    case NETD_ARG_STRING:
+        return json_is_string(v);
+    case NETD_ARG_BOOL:
+        return json_is_boolean(v);
+    case NETD_ARG_OBJECT:
+        return json_is_object(v);
+    case NETD_ARG_STRING_ARRAY: {
+        if (!json_is_array(v))
+            return false;
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
+        return true;
+    }
+    case NETD_ARG_SERVER:
+    case NETD_ARG_INT_OR_STRING:
+        return json_is_integer(v) || json_is_string(v);
+    case NETD_ARG_INT_OR_NULL:
+        return json_is_integer(v) || json_is_null(v);
+    case NETD_ARG_INT_OR_FALSE:
+        return json_is_integer(v) || json_is_false(v);
+    case NETD_ARG_ANY:
+        return true;
+    }
+    return false;
+}
+
+/* Checks every argument against the table: unknown names, types, missing ones. */
+static bool check_args(netd_client_t *c, const netd_command_t *cmd, json_t *req, json_t *id)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(req, key, v)
+    {
+        if (strcmp(key, "cmd") == 0)
+            continue;
+        const netd_arg_t *a = netd_command_arg(cmd, key);
+        if (!a) {
+            netd_reply_error(c, id, NETD_EARG, "%s: unknown argument \"%s\"", cmd->name, key);
+            return false;
+        }
+        if (!type_ok(a->type, v)) {
+            netd_reply_error(c, id, NETD_EARG, "%s: must be %s", key, type_name(a->type));
+            return false;
+        }
+    }
+    for (const netd_arg_t *a = cmd->args; a->name; a++) {
+        if (a->required && !json_object_get(req, a->name)) {
+            netd_reply_error(c, id, NETD_EARG, "%s: missing argument \"%s\"", cmd->name,
+                             a->name);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void run_line(netd_client_t *c, const char *line, size_t len)
+{
+    json_error_t jerr;
+    /* Duplicate keys are refused: a request must mean one thing. */
+    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!req) {
+        netd_reply_error(c, NULL, NETD_EPARSE, "line %d, column %d: %s", jerr.line, jerr.column,
+                         jerr.text);
+        return;
+    }
+    if (!json_is_object(req)) {
+        netd_reply_error(c, NULL, NETD_EREQUEST, "a request is a JSON object");
+        json_decref(req);
+        return;
+    }
+    json_t *id = json_object_get(req, "id");
+    json_t *cmdv = json_object_get(req, "cmd");
+    if (!json_is_string(cmdv)) {
+        netd_reply_error(c, id, NETD_EREQUEST, "\"cmd\" must be a string naming a command");
+    } else {
+        const netd_command_t *cmd = netd_command_find(json_string_value(cmdv));
+        if (!cmd)
+            netd_reply_error(c, id, NETD_ECOMMAND, "unknown command \"%s\" (see \"help\")",
+                             json_string_value(cmdv));
+        else if (check_args(c, cmd, req, id))
+            netd_command_run(c->d, c, cmd, req, id);
+    }
+    json_decref(req);
+}
+
+/* Runs complete lines in order; stops while a command is still being answered. */
+static void process_lines(netd_client_t *c)
+{
+    c->refs++;
+    while (c->sock && !c->busy && !c->closing && !c->watching) {
+        char *nl = memchr(c->buf + c->scanned, '\n', c->len - c->scanned);
+        if (!nl) {
+            c->scanned = c->len;
+            break;
+        }
+        size_t n = (size_t)(nl - c->buf);
+        if (n > NETD_MAX_LINE) {
+            refuse(c, NETD_ETOOBIG, "request line longer than 1 MiB");
+            break;
+        }
+        /* Copy out: a command may read more data into buf while it runs. */
+        char *line = malloc(n + 1);
+        if (!line)
+            break;
+        memcpy(line, c->buf, n);
+        line[n] = '\0';
+        memmove(c->buf, nl + 1, c->len - n - 1);
+        c->len -= n + 1;
+        c->scanned = 0;
+        if (n > 0 && line[n - 1] == '\r')
+            n--; /* tolerate CRLF from telnet-like clients */
+        if (n > 0)
+            run_line(c, line, n);
+        free(line);
+    }
+    client_release(c);
+}
+
+static void on_data(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    if (c->closing)
+        return; /* the rest of an oversized line, or anything after a refusal */
+    if (c->len + ev->len > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        while (cap < c->len + ev->len)
+            cap *= 2;
+        char *b = realloc(c->buf, cap);
+        if (!b) {
+            nd_socket_destroy(sock);
+            return;
+        }
+        c->buf = b;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, ev->data, ev->len);
+    c->len += ev->len;
+    /* An unfinished line past the limit can never become valid: refuse it now. */
+    if (c->len - c->scanned > NETD_MAX_LINE &&
+        !memchr(c->buf + c->scanned, '\n', c->len - c->scanned)) {
+        refuse(c, NETD_ETOOBIG, "request line longer than 1 MiB");
+        c->len = 0;
+        return;
+    }
+    process_lines(c);
+}
+
+static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    netd_t *d = c->d;
+    if (c->counted)
+        d->nclients--;
+    if (c->watching)
+        atomic_fetch_sub(&d->watchers, 1);
+    TAILQ_REMOVE(&d->clients, c, link);
+    c->sock = NULL;
+    client_release(c);
+}
+
+static void on_client_idle(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    if (!c->watching && !c->busy)
+        nd_socket_destroy(sock);
+}
+
+/* Who may talk to us: root, our own uid, or the configured group (CONTROL.md). */
+static bool peer_allowed(netd_t *d, int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return false;
+    if (cred.uid == 0 || cred.uid == geteuid())
+        return true;
+    return d->cfg.has_control_gid && cred.gid == d->cfg.control_gid;
+}
+
+static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
+{
+    netd_t *d = arg;
+    nd_socket_t *sock = ev->socket;
+    netd_client_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        nd_socket_destroy(sock);
+        return;
+    }
+    c->d = d;
+    c->sock = sock;
+    c->refs = 1;
+    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    nd_socket_on(sock, ND_EV_DATA, on_data, c);
+    nd_socket_on(sock, ND_EV_CLOSE, on_client_close, c);
+    if (!peer_allowed(d, nd_socket_fd(sock))) {
+        netd_log(NETD_LOG_WARN, "control: refused a peer of another user");
+        refuse(c, NETD_EPERM, "not allowed: connect as root, the daemon's user or its group");
+        return;
+    }
+    if (d->nclients >= d->cfg.control_max_clients) {
+        netd_log(NETD_LOG_WARN, "control: %d clients already, refused one more", d->nclients);
+        refuse(c, NETD_EBUSY, "too many control clients");
+        return;
+    }
+    c->counted = true;
+    d->nclients++;
+    if (d->cfg.control_idle_timeout_ms)
+        nd_socket_set_timeout(sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
+}
+
+/* ------------------------------------------------------------------ watch */
+
+void netd_client_watch(netd_client_t *c, json_t *events)
+{
+    c->events = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e)
+    {
+        for (int k = 0; watch_events[k]; k++)
+            if (strcmp(json_string_value(e), watch_events[k]) == 0)
+                c->events |= 1u << k;
+    }
+    if (!c->watching)
+        atomic_fetch_add(&c->d->watchers, 1);
+    c->watching = true;
+}
+
+int netd_watch_event_known(const char *name)
+{
+    for (int k = 0; watch_events[k]; k++)
+        if (strcmp(name, watch_events[k]) == 0)
+            return 1;
+    return 0;
+}
+
+void netd_control_broadcast(netd_t *d, const char *event, json_t *line)
+{
+    int bit = -1;
+    for (int k = 0; watch_events[k]; k++)
+        if (strcmp(event, watch_events[k]) == 0)
+            bit = k;
+    netd_client_t *c, *next;
+    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (!c->watching || !c->sock || c->closing)
+            continue;
+        if (c->events && (bit < 0 || !(c->events & (1u << bit))))
+            continue;
+        if (nd_socket_buffer_size(c->sock) > NETD_WATCH_MAX_BEHIND) {
+            /* It cannot keep up: say so and let it go rather than hold memory for it. */
+            send_line(c, json_pack("{s:s}", "event", "overflow"));
+            c->closing = true;
+            nd_socket_end(c->sock, NULL, 0);
+            continue;
+        }
+        send_line(c, json_incref(line));
+    }
+    json_decref(line);
+}
+
+typedef struct watch_msg {
+    netd_t *d;
+    char event[16];
+    json_t *line;
+} watch_msg_t;
+
+static void watch_deliver(nd_loop_t *loop, void *arg)
+{
+    watch_msg_t *m = arg;
+    netd_control_broadcast(m->d, m->event, m->line);
+    free(m);
+}
+
+void netd_watch_emit(netd_t *d, const char *event, uint64_t server, uint64_t socket,
+                     json_t *extra)
+{
+    if (atomic_load_explicit(&d->watchers, memory_order_relaxed) == 0) {
+        json_decref(extra);
+        return;
+    }
+    json_t *line = json_pack("{s:s, s:I}", "event", event, "server", (json_int_t)server);
+    if (socket)
+        json_object_set_new(line, "socket", json_integer((json_int_t)socket));
+    if (extra) {
+        json_object_update(line, extra);
+        json_decref(extra);
+    }
+    watch_msg_t *m = malloc(sizeof(*m));
+    if (!m) {
+        json_decref(line);
+        return;
+    }
+    m->d = d;
+    snprintf(m->event, sizeof(m->event), "%s", event);
+    m->line = line;
+    /* Through the main loop's mailbox even from the main thread: one order for all. */
+    nd_loop_post(d->loop, watch_deliver, m);
+}
+
+/* ------------------------------------------------------------------ the socket */
+
+/* Is a netd answering on this path? A stale file refuses the connect. */
+static bool someone_answers(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    bool yes = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return yes;
+}
+
+int netd_control_start(netd_t *d)
+{
+    const char *path = d->control_path;
+    if (strlen(path) + 24 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        netd_log(NETD_LOG_ERROR, "control socket path too long: %s", path);
+        return -ENAMETOOLONG;
+    }
+    if (someone_answers(path)) {
+        netd_log(NETD_LOG_ERROR, "another netd answers on %s: refusing to start", path);
+        return -EADDRINUSE;
+    }
+    /* Created under a temporary name, chmod'ed, then renamed: the path never exists with
+     * the wrong mode. */
+    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+    unlink(tmp);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", tmp);
+    int rc = 0;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        chmod(tmp, d->cfg.control_mode) != 0 ||
+        (d->cfg.has_control_gid && chown(tmp, (uid_t)-1, d->cfg.control_gid) != 0) ||
+        rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc) {
+        netd_log(NETD_LOG_ERROR, "control socket %s: %s", path, strerror(-rc));
+        unlink(tmp);
+        close(fd);
+        return rc;
+    }
+    d->control = nd_server_new(d->loop, NULL, on_control_connection, d);
+    if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
+        close(fd);
+        unlink(path);
+        return -ENOMEM;
+    }
+    /* Control clients never hold the daemon up: the drain waits for data only. */
+    nd_server_unref(d->control);
+    return 0;
+}
+
+void netd_control_stop(netd_t *d)
+{
+    if (d->control) {
+        nd_server_close(d->control, NULL, NULL);
+        d->control = NULL;
+        unlink(d->control_path);
+    }
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link)
+        if (c->sock)
+            nd_socket_destroy(c->sock);
+}

@@ -1,0 +1,37 @@
+/*
+ * discard (RFC 863 in spirit): read everything, keep nothing, answer nothing.
+ */
+#include "handlers.h"
+
+static void on_data(void *self, const nd_event_t *ev, void *arg)
+{
+    /* Dropped on purpose. Data with no listener would be dropped too, but this listener
+     * says so in the code; reading goes on either way, so the client is never blocked. */
+}
+
+static void on_end(void *self, const nd_event_t *ev, void *arg)
+{
+    /* The client is done sending. Without allowHalfOpen the library has already ended
+     * our side; with it, nothing else ever will, so end it here (a second end is a
+     * no-op). The connection closes once both FINs are out. */
+    nd_socket_end(self, NULL, 0);
+}
+
+static void attach(nd_socket_t *sock)
+{
+    nd_socket_on(sock, ND_EV_DATA, on_data, NULL);
+    nd_socket_on(sock, ND_EV_END, on_end, NULL);
+}
+
+void netd_discard_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+                             const netd_handler_env_t *env)
+{
+    attach(sock);
+}
+
+void netd_discard_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+                        const netd_handler_env_t *env)
+{
+    /* A move drops every listener; put ours back. */
+    attach(sock);
+}

@@ -1,0 +1,269 @@
+/*
+ * netd's entry point: options, the config, worker threads, the control socket, signals
+ * on the main loop only, systemd readiness, and an orderly exit.
+ */
+#include "daemon.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+#include <event2/event.h>
+
+int netd_log_level = NETD_LOG_INFO;
+
+void netd_log(int level, const char *fmt, ...)
+{
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+    if (level > netd_log_level)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* One write per line, so lines of several threads never interleave; journald adds the
+     * timestamp. */
+    fprintf(stderr, "netd: %s: %s\n", names[level], line);
+}
+
+uint64_t netd_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t netd_next_id(netd_t *d)
+{
+    return atomic_fetch_add(&d->next_id, 1);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--check] [-v] [--version] [--help]\n"
+            "  -c, --config FILE    JSON config (default: built in: no servers)\n"
+            "  -f, --foreground     accepted for compatibility: netd never forks\n"
+            "  -t, --threads N      worker threads (default: config, else one per CPU)\n"
+            "  -s, --socket PATH    control socket path\n"
+            "      --check          validate the config and exit (0 valid, 2 invalid)\n"
+            "  -v, --verbose        more logging (repeat for debug)\n"
+            "      --version        print the version\n"
+            "  -h, --help           this text\n");
+}
+
+/* Raises the open-file limit as far as allowed: every connection is a descriptor. */
+static int raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur > INT_MAX ? INT_MAX : (int)rl.rlim_cur;
+}
+
+static void warn_capacity(netd_t *d)
+{
+    long long need = 64; /* the control reserve */
+    for (size_t i = 0; i < d->cfg.nservers; i++) {
+        if (d->cfg.servers[i].max_connections <= 0)
+            continue;
+        int per = d->cfg.servers[i].handler.type == NETD_HANDLER_PROXY ? 2 : 1;
+        need += (long long)d->cfg.servers[i].max_connections * per;
+    }
+    if (need > d->fd_limit)
+        netd_log(NETD_LOG_WARN,
+                 "open-file limit %d cannot hold the configured maxConnections (%lld descriptors needed)",
+                 d->fd_limit, need);
+}
+
+static netd_t *signal_target;
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    netd_t *d = arg;
+    if (sig == SIGHUP) {
+        netd_log(NETD_LOG_INFO, "SIGHUP: reloading");
+        netd_reload(d);
+        return;
+    }
+    if (d->draining) {
+        netd_log(NETD_LOG_WARN, "second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        d->exit_code = 1;
+        nd_loop_stop(d->loop);
+        return;
+    }
+    netd_log(NETD_LOG_INFO, "%s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    netd_drain(d, d->cfg.shutdown_timeout_ms);
+}
+
+static int detect_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+        {"threads", required_argument, NULL, 't'}, {"socket", required_argument, NULL, 's'},
+        {"check", no_argument, NULL, 'C'},       {"verbose", no_argument, NULL, 'v'},
+        {"version", no_argument, NULL, 'V'},     {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *config_file = NULL, *socket_path = NULL;
+    int threads = -1;
+    bool check_only = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:ft:s:vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_file = optarg;
+            break;
+        case 'f':
+            break; /* netd never forks: the supervisor (systemd, the shell) keeps it */
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 0 || v > 1024) {
+                fprintf(stderr, "netd: -t: must be a number of threads 0-1024, not \"%s\"\n", optarg);
+                return 2;
+            }
+            threads = (int)v;
+            break;
+        }
+        case 's':
+            socket_path = optarg;
+            break;
+        case 'C':
+            check_only = true;
+            break;
+        case 'v':
+            netd_log_level++;
+            break;
+        case 'V':
+            printf("netd %s\n", NETD_VERSION_STRING);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "netd: unexpected argument \"%s\" (see netd --help)\n", argv[optind]);
+        return 2;
+    }
+
+    static netd_t daemon_state;
+    netd_t *d = &daemon_state;
+    char err[1024];
+    if (config_file) {
+        if (netd_config_load(config_file, &d->cfg, err, sizeof(err)) != 0) {
+            fprintf(stderr, "netd: %s\n", err);
+            return 2;
+        }
+        d->config_file = realpath(config_file, NULL);
+    } else {
+        netd_config_default(&d->cfg);
+    }
+    if (check_only) {
+        printf("netd: %s: valid (%zu server%s)\n", config_file ? config_file : "built-in config",
+               d->cfg.nservers, d->cfg.nservers == 1 ? "" : "s");
+        netd_config_free(&d->cfg);
+        free(d->config_file);
+        return 0;
+    }
+    if (netd_commands_check() != 0) {
+        fprintf(stderr, "netd: internal error: a command of the table has no handler\n");
+        return 1;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    /* Worker threads inherit a mask that blocks everything; only the main loop handles
+     * signals (nd_thread_start blocks them around thread creation). */
+    d->started_ms = netd_now_ms();
+    atomic_init(&d->next_id, 1);
+    atomic_init(&d->max_buffered_bytes, d->cfg.max_buffered_bytes);
+    atomic_init(&d->stall_ms, d->cfg.stall_ms);
+    TAILQ_INIT(&d->servers);
+    TAILQ_INIT(&d->clients);
+    d->fd_limit = raise_fd_limit();
+    warn_capacity(d);
+    netd_listen_fds_init(d);
+
+    if (socket_path)
+        snprintf(d->control_path, sizeof(d->control_path), "%s", socket_path);
+    else if (d->cfg.control_path)
+        snprintf(d->control_path, sizeof(d->control_path), "%s", d->cfg.control_path);
+    else
+        netd_default_socket_path(d->control_path, sizeof(d->control_path));
+
+    d->loop = nd_loop_new();
+    if (!d->loop) {
+        fprintf(stderr, "netd: cannot create the event loop\n");
+        return 1;
+    }
+    int nthreads = threads >= 0 ? threads : d->cfg.threads;
+    if (nthreads == 0)
+        nthreads = detect_cpus();
+    if (netd_control_start(d) != 0) {
+        nd_loop_free(d->loop);
+        return 1;
+    }
+    if (netd_workers_start(d, nthreads) != 0) {
+        netd_log(NETD_LOG_ERROR, "cannot start %d worker threads", nthreads);
+        netd_control_stop(d);
+        return 1;
+    }
+    signal_target = d;
+    struct event_base *base = nd_loop_base(d->loop);
+    struct event *sigs[4];
+    const int signums[4] = {SIGTERM, SIGINT, SIGHUP, 0};
+    for (int i = 0; signums[i]; i++) {
+        sigs[i] = evsignal_new(base, signums[i], on_signal, d);
+        event_add(sigs[i], NULL);
+    }
+    int failed = netd_open_config_servers(d, &d->cfg, false);
+    if (failed)
+        netd_log(NETD_LOG_WARN, "%d configured server(s) could not be opened", failed);
+    netd_log(NETD_LOG_INFO, "netd %s: %d worker thread(s), control socket %s",
+             NETD_VERSION_STRING, nthreads, d->control_path);
+    netd_notify("READY=1\nSTATUS=serving; control socket %s\nMAINPID=%d", d->control_path,
+                (int)getpid());
+
+    /* The main loop runs until the drain ends or a second signal cuts it short. */
+    nd_loop_ref(d->loop);
+    nd_loop_run(d->loop);
+
+    netd_log(NETD_LOG_INFO, "exiting with status %d", d->exit_code);
+    for (int i = 0; signums[i]; i++)
+        event_free(sigs[i]);
+    if (d->drain_timer)
+        event_free(d->drain_timer);
+    netd_control_stop(d);
+    netd_workers_stop(d);
+    nd_loop_free(d->loop);
+    netd_config_free(&d->cfg);
+    for (int i = 0; i < d->listen_fds_count; i++)
+        free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
+    free(d->listen_fd_names);
+    free(d->listen_fd_used);
+    free(d->config_file);
+    return d->exit_code;
+}
