@@ -119,10 +119,9 @@ static void update_active(nd_socket_t *s)
 
 static void touch(nd_socket_t *s)
 {
-    if (!s->timeout_ms)
-        return;
+    /* The loop's cached time: no syscall per read or write. */
     event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
-    if (!s->timer_armed) {
+    if (s->timeout_ms && !s->timer_armed) {
         struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
         evtimer_add(&s->timer_ev, &tv);
         s->timer_armed = true;
@@ -393,6 +392,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
 
 void nd__socket_start(nd_socket_t *s)
 {
+    touch(s);
     start_reading(s);
 }
 
@@ -1125,6 +1125,18 @@ ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
     return nd_socket_local_address(s) ? s->local.port : 0;
 }
 
+ND_EXPORT uint64_t nd_socket_idle_ms(const nd_socket_t *s)
+{
+    if (!s || (!s->last_active.tv_sec && !s->last_active.tv_usec))
+        return 0;
+    struct timeval now, idle;
+    event_base_gettimeofday_cached(s->h.loop->base, &now);
+    evutil_timersub(&now, &s->last_active, &idle);
+    if (idle.tv_sec < 0)
+        return 0;
+    return (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+}
+
 ND_EXPORT uint64_t nd_socket_bytes_read(const nd_socket_t *s)
 {
     return s ? s->bytes_read : 0;
@@ -1239,6 +1251,7 @@ typedef struct move_msg {
     uint32_t pending[2];
     int to[2]; /* member index in the socket's group, or -1 */
     nd_adopt_fn on_adopt;
+    nd_move_fn notify;
     void *arg;
     nd_loop_t *target;
 } move_msg_t;
@@ -1342,6 +1355,8 @@ static void adopt_msg(nd_loop_t *loop, void *arg)
     }
     if (m->on_adopt)
         m->on_adopt(m->sock, m->arg);
+    if (m->notify)
+        m->notify(m->sock, ND_MOVE_ADOPTED, 0, m->arg);
     for (int i = 0; i < 2; i++)
         if (both[i] && both[i]->server && !is_destroyed(both[i]))
             nd__server_emit_adopt(both[i]->server, both[i]);
@@ -1362,10 +1377,14 @@ static void do_move(void *arg)
     int rc = move_check(s, m->target, &peer, m->to);
     nd__handle_release(&s->h); /* the guard nd_socket_move took; s is alive if rc == 0 */
     if (rc) {
+        if (m->notify)
+            m->notify(s, ND_MOVE_FAILED, rc, m->arg);
         free(m);
         return;
     }
     m->peer = peer;
+    if (m->notify)
+        m->notify(s, ND_MOVE_DETACHED, 0, m->arg);
     detach(s, m->to[0], &m->reading[0], &m->writing[0], &m->pending[0]);
     if (peer)
         detach(peer, m->to[1], &m->reading[1], &m->writing[1], &m->pending[1]);
@@ -1373,7 +1392,8 @@ static void do_move(void *arg)
     nd__loop_post_node(m->target, &m->node, adopt_msg, m);
 }
 
-ND_EXPORT int nd_socket_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, void *arg)
+static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, nd_move_fn notify,
+                      void *arg)
 {
     if (!s || !target)
         return -EINVAL;
@@ -1389,6 +1409,7 @@ ND_EXPORT int nd_socket_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_a
         return -ENOMEM;
     m->sock = s;
     m->on_adopt = on_adopt;
+    m->notify = notify;
     m->arg = arg;
     m->target = target;
     nd__handle_retain(&s->h);
@@ -1398,4 +1419,18 @@ ND_EXPORT int nd_socket_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_a
         return -ENOMEM;
     }
     return 0;
+}
+
+ND_EXPORT int nd_socket_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, void *arg)
+{
+    return start_move(s, target, on_adopt, NULL, arg);
+}
+
+ND_EXPORT int nd_socket_move_notify(nd_socket_t *s, nd_loop_t *target, nd_move_fn fn, void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    if (s && target == s->h.loop)
+        return -EALREADY; /* no phase would ever be reported */
+    return start_move(s, target, NULL, fn, arg);
 }

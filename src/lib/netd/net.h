@@ -438,6 +438,10 @@ int nd_socket_local_port(const nd_socket_t *sock);
  * queued ones included. */
 uint64_t nd_socket_bytes_read(const nd_socket_t *sock);
 uint64_t nd_socket_bytes_written(const nd_socket_t *sock);
+/* Milliseconds since the last read or write progress (or since the socket opened); 0 for a
+ * socket that never opened. Uses the loop's cached clock. */
+uint64_t nd_socket_idle_ms(const nd_socket_t *sock);
+
 /* Bytes queued in user memory, waiting for the kernel. */
 size_t nd_socket_buffer_size(const nd_socket_t *sock);
 
@@ -603,6 +607,21 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  */
 typedef void (*nd_adopt_fn)(nd_socket_t *sock, void *arg);
 int nd_socket_move(nd_socket_t *sock, nd_loop_t *target, nd_adopt_fn on_adopt, void *arg);
+
+/* The phases of a move, for nd_socket_move_notify. */
+typedef enum nd_move_phase {
+    ND_MOVE_DETACHED, /* source thread: the socket (and pair) leave now; no more events here */
+    ND_MOVE_ADOPTED,  /* target thread: the socket carries on here (listeners dropped) */
+    ND_MOVE_FAILED    /* source thread: the move did not happen (err: why; the socket may be
+                         closed already and must not be touched) */
+} nd_move_phase_t;
+typedef void (*nd_move_fn)(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg);
+
+/* As nd_socket_move, with fn told of every phase: exactly one of DETACHED then ADOPTED,
+ * or FAILED, after a 0 return (-EALREADY when target is its own loop: nothing to
+ * report). An application that keeps per-thread records of its
+ * sockets moves them in DETACHED (source) and ADOPTED (target). */
+int nd_socket_move_notify(nd_socket_t *sock, nd_loop_t *target, nd_move_fn fn, void *arg);
 
 /* The socket whose pipe pairs with this one both ways, or NULL. */
 nd_socket_t *nd_socket_pipe_peer(const nd_socket_t *sock);
