@@ -106,6 +106,8 @@ static void run_pending(evutil_socket_t fd, short what, void *arg)
 
 ND_EXPORT int nd_loop_run_once(nd_loop_t *loop, int nonblocking)
 {
+    if (!loop)
+        return -EINVAL;
     loop->running = true;
     int rc = event_base_loop(loop->base, nonblocking ? EVLOOP_NONBLOCK : EVLOOP_ONCE);
     loop->running = false;
@@ -117,6 +119,8 @@ ND_EXPORT int nd_loop_run_once(nd_loop_t *loop, int nonblocking)
 
 ND_EXPORT int nd_loop_run(nd_loop_t *loop)
 {
+    if (!loop)
+        return -EINVAL;
     loop->stop = false;
     while (loop->alive > 0 || has_pending(loop) ||
            atomic_load_explicit(&loop->remote_refs, memory_order_acquire) > 0) {
@@ -131,6 +135,8 @@ ND_EXPORT int nd_loop_run(nd_loop_t *loop)
 
 ND_EXPORT void nd_loop_stop(nd_loop_t *loop)
 {
+    if (!loop)
+        return;
     loop->stop = true;
     event_base_loopbreak(loop->base);
 }
@@ -175,26 +181,36 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
 
 ND_EXPORT struct event_base *nd_loop_base(nd_loop_t *loop)
 {
+    if (!loop)
+        return NULL;
     return loop->base;
 }
 
 ND_EXPORT int nd_loop_handle_count(const nd_loop_t *loop)
 {
+    if (!loop)
+        return -EINVAL;
     return loop->nhandles;
 }
 
 ND_EXPORT int nd_loop_alive_count(const nd_loop_t *loop)
 {
+    if (!loop)
+        return -EINVAL;
     return loop->alive;
 }
 
 ND_EXPORT void nd_loop_ref(nd_loop_t *loop)
 {
+    if (!loop)
+        return;
     loop->alive++;
 }
 
 ND_EXPORT void nd_loop_unref(nd_loop_t *loop)
 {
+    if (!loop)
+        return;
     if (loop->alive > 0)
         loop->alive--;
 }
@@ -568,11 +584,15 @@ static void nop_msg(nd_loop_t *loop, void *arg)
 
 ND_EXPORT void nd_loop_ref_mp(nd_loop_t *loop)
 {
+    if (!loop)
+        return;
     atomic_fetch_add_explicit(&loop->remote_refs, 1, memory_order_acq_rel);
 }
 
 ND_EXPORT void nd_loop_unref_mp(nd_loop_t *loop)
 {
+    if (!loop)
+        return;
     atomic_fetch_sub_explicit(&loop->remote_refs, 1, memory_order_acq_rel);
     /* Wake the loop so that it re-checks whether anything still keeps it running. */
     nd_loop_post(loop, nop_msg, NULL);
@@ -585,11 +605,15 @@ static void stop_msg(nd_loop_t *loop, void *arg)
 
 ND_EXPORT int nd_loop_stop_post(nd_loop_t *loop)
 {
+    if (!loop)
+        return -EINVAL;
     return nd_loop_post(loop, stop_msg, NULL);
 }
 
 ND_EXPORT void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out)
 {
+    if (!loop || !out)
+        return;
     const nd__loop_stats_t *st = &loop->stats;
     out->connections = atomic_load_explicit(&st->connections, memory_order_relaxed);
     out->accepted = atomic_load_explicit(&st->accepted, memory_order_relaxed);

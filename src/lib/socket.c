@@ -290,6 +290,8 @@ static void teardown(nd_socket_t *s)
 static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address,
                       int port, const char *hostname)
 {
+    if (s->closed_done)
+        return; /* 'close' is the last event of a connection */
     s->had_error = true;
     if (s->error_pending)
         return;
@@ -754,7 +756,7 @@ static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool 
     }
     if (fatal)
         destroy_with(s, code, "write", NULL, -1, NULL);
-    else if (!is_destroyed(s))
+    else
         set_error(s, code, "write", NULL, -1, NULL);
     return code;
 }
@@ -764,12 +766,8 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
 {
     if (!s || (!data && len))
         return -EINVAL;
-    if (is_destroyed(s)) {
-        /* No 'error' for a destroyed socket: its 'close' is already on the way. */
-        if (cb)
-            fail_write(s, ND_ECLOSED, cb, arg, false);
-        return ND_ECLOSED;
-    }
+    if (is_destroyed(s)) /* v0.10: "This socket is closed", once per connection */
+        return fail_write(s, ND_ECLOSED, cb, arg, false);
     if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
         return fail_write(s, ND_ECLOSED, cb, arg, true);
     if (s->ending)
@@ -849,8 +847,8 @@ ND_EXPORT int nd_socket_end(nd_socket_t *s, const void *data, size_t len)
     if (s->state == SK_NEW || is_destroyed(s))
         return 0; /* v0.10: end() on a socket that never connected does nothing */
     int rc = 0;
-    if (data && len && !s->ending)
-        rc = nd_socket_write(s, data, len, NULL, NULL);
+    if (data && len)
+        rc = nd_socket_write(s, data, len, NULL, NULL); /* after end(): EWRITEAFTEREND */
     if (s->ending || is_destroyed(s))
         return rc < 0 ? rc : 0;
     s->ending = true;
@@ -975,7 +973,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     event_base_gettimeofday_cached(s->h.loop->base, &now);
     evutil_timersub(&now, &s->last_active, &idle);
     uint64_t idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
-    if (idle_ms + 1 < s->timeout_ms) {
+    if (idle_ms < s->timeout_ms) {
         /* Activity since the timer was armed: wait for the rest of the idle period. */
         uint64_t rest = s->timeout_ms - idle_ms;
         struct timeval tv = {(time_t)(rest / 1000), (suseconds_t)((rest % 1000) * 1000)};
