@@ -110,6 +110,22 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     netd_drain(d, d->cfg.shutdown_timeout_ms);
 }
 
+/* One line per second at most while accepting is paused for lack of descriptors. */
+static void watch_overload(evutil_socket_t fd, short what, void *arg)
+{
+    netd_t *d = arg;
+    static uint64_t seen;
+    json_t *st = netd_stats_json(d);
+    uint64_t paused = (uint64_t)json_integer_value(json_object_get(st, "acceptPausedTotal"));
+    json_decref(st);
+    if (paused > seen)
+        netd_log(NETD_LOG_WARN,
+                 "accepting paused %llu time(s) in the last second: out of file descriptors "
+                 "(limit %d, %d kept for control and upstreams)",
+                 (unsigned long long)(paused - seen), d->fd_limit, 64);
+    seen = paused;
+}
+
 static int detect_cpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -239,6 +255,10 @@ int main(int argc, char **argv)
         sigs[i] = evsignal_new(base, signums[i], on_signal, d);
         event_add(sigs[i], NULL);
     }
+    struct event *overload = event_new(base, -1, EV_PERSIST, watch_overload, d);
+    struct timeval second = {1, 0};
+    if (overload)
+        event_add(overload, &second);
     int failed = netd_open_config_servers(d, &d->cfg, false);
     if (failed)
         netd_log(NETD_LOG_WARN, "%d configured server(s) could not be opened", failed);
@@ -256,6 +276,8 @@ int main(int argc, char **argv)
         event_free(sigs[i]);
     if (d->drain_timer)
         event_free(d->drain_timer);
+    if (overload)
+        event_free(overload);
     netd_control_stop(d);
     netd_workers_stop(d);
     nd_loop_free(d->loop);

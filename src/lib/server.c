@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,6 +56,7 @@ struct nd_server {
     nd__error_store_t *err; /* allocated on the first listen failure */
     STAILQ_HEAD(, count_req) counts;
     uint64_t accepted_total, rejected_total, accept_paused_total;
+    int fd_ceiling;     /* accept pauses for descriptors >= this (0: none) */
     nd__group_t *group; /* NULL for a plain server */
     int index;          /* worker-side server: its member index; -1 otherwise */
 };
@@ -81,6 +84,7 @@ struct nd__group {
     unsigned listen_gen;    /* replies of an older listen attempt are ignored */
     _Atomic int64_t live;   /* every live connection of the group, wherever it is */
     _Atomic int max;        /* maxConnections, read by reuseport workers */
+    _Atomic int fd_ceiling; /* descriptor reserve, read by reuseport workers */
     _Atomic bool closing;
     _Atomic bool accept_paused;
     _Atomic uint64_t accepted, rejected, handoff_failed, paused_total;
@@ -703,6 +707,15 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
                 continue;
             break; /* EAGAIN, or an error accept never reports as 'error' */
         }
+        int ceiling = s->group ? atomic_load_explicit(&s->group->fd_ceiling, memory_order_relaxed)
+                               : s->fd_ceiling;
+        if (ceiling > 0 && fd >= ceiling) {
+            /* Descriptors are handed out lowest first: this one is in the reserve. Give it
+             * back and pause, as on EMFILE, so the reserve stays for others. */
+            close(fd);
+            pause_accepting(s);
+            break;
+        }
         s->backoff_ms = 0;
         if (s->group && s->group->accept_paused)
             atomic_store(&s->group->accept_paused, false);
@@ -757,6 +770,24 @@ ND_EXPORT void nd_server_set_max_connections(nd_server_t *s, int max)
     s->max_connections = max > 0 ? max : 0;
     if (s->group)
         atomic_store(&s->group->max, s->max_connections);
+}
+
+ND_EXPORT int nd_server_set_fd_reserve(nd_server_t *s, int reserve)
+{
+    if (!s || reserve < 0)
+        return -EINVAL;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -errno;
+    int ceiling = 0;
+    if (reserve > 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)INT_MAX)
+        ceiling = (int)rl.rlim_cur - reserve;
+    if (reserve > 0 && ceiling <= 0)
+        ceiling = 1;
+    s->fd_ceiling = ceiling;
+    if (s->group)
+        atomic_store(&s->group->fd_ceiling, ceiling);
+    return 0;
 }
 
 ND_EXPORT int nd_server_max_connections(const nd_server_t *s)

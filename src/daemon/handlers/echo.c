@@ -6,6 +6,19 @@
 
 #include <string.h>
 
+static void on_end(void *self, const nd_event_t *ev, void *arg)
+{
+    /*
+     * The client is done sending, and everything it sent has been echoed (the pipe holds
+     * the socket paused while its own output is queued, so FIN is read last). End our
+     * side too. The pipe's end_dst would do it, except that libnetd skips it when a socket
+     * is piped to itself, so on an allowHalfOpen server the connection would otherwise stay
+     * half-open until the client closes. Without allowHalfOpen the library has already
+     * ended it, and a second end is a no-op.
+     */
+    nd_socket_end(self, NULL, 0);
+}
+
 void netd_echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                           const netd_handler_env_t *env)
 {
@@ -13,18 +26,17 @@ void netd_echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
     if (cfg->greeting != NULL)
         nd_socket_write(sock, cfg->greeting, strlen(cfg->greeting), NULL, NULL);
 
-    /*
-     * The socket piped to itself: the library pauses it while its own output is queued
-     * (a client that sends but does not read is held back by the kernel, not by our
-     * memory), and when the client half-closes without allowHalfOpen the library ends our
-     * side too. No listener is needed: errors close the socket on their own.
-     */
+    /* The socket piped to itself. A client that sends but does not read is held back by
+     * the kernel, not by our memory: the pipe pauses reading while output is queued.
+     * Errors need no listener: the socket closes by itself. */
     nd_socket_pipe(sock, sock, 1);
+    nd_socket_on(sock, ND_EV_END, on_end, NULL);
 }
 
 void netd_echo_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                      const netd_handler_env_t *env)
 {
-    /* Nothing to do: a pipe is socket state, not a listener, so it survives the move
-     * (net.h, nd_socket_move: a self-pipe does not block it), and echo has no listeners. */
+    /* The pipe is socket state and survives the move (a self-pipe does not block it);
+     * only our 'end' listener was dropped. */
+    nd_socket_on(sock, ND_EV_END, on_end, NULL);
 }

@@ -281,6 +281,12 @@ void nd_server_unref(nd_server_t *server);
 void nd_server_set_max_connections(nd_server_t *server, int max);
 int nd_server_max_connections(const nd_server_t *server);
 
+/* Keeps `reserve` descriptors of the open-file limit (RLIMIT_NOFILE, read now) for the
+ * rest of the process: an accepted descriptor that falls in the reserve is closed and
+ * accepting pauses as on EMFILE (counted in accept_paused), resuming when a connection
+ * closes or after a backoff. 0 turns it off. Returns 0 or -EINVAL. */
+int nd_server_set_fd_reserve(nd_server_t *server, int reserve);
+
 /* The deprecated `connections` property: live connections of this server, or -1 (Node's
  * null) once the server has handed sockets to other loops. */
 int nd_server_connections(const nd_server_t *server);
