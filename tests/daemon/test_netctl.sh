@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# netctl against a real netd, the way an operator scripts it: every subcommand's table and
+# --json output, exit codes 0/1/2/3, and the issue's script (listen, count, close, count).
+set -u
+
+top_builddir=${top_builddir:-.}
+NETD=$top_builddir/src/daemon/netd
+NETCTL=$top_builddir/src/ctl/netctl
+[[ -x $NETD && -x $NETCTL ]] || { echo "missing $NETD or $NETCTL"; exit 99; }
+command -v python3 >/dev/null || { echo "SKIP: python3 is needed for the test clients"; exit 77; }
+
+dir=$(mktemp -d /tmp/netctl-test.XXXXXX)
+sock=$dir/netd.sock
+pid=
+passed=0
+failed=0
+
+cleanup() {
+    [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
+    [[ -n ${clients_pid:-} ]] && kill "$clients_pid" 2>/dev/null
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
+check() { # check DESCRIPTION EXPECTED ACTUAL
+    if [[ "$2" == "$3" ]]; then ok; else fail "$1: expected [$2], got [$3]"; fi
+}
+ctl() { "$NETCTL" -s "$sock" --timeout 5000 "$@"; }
+
+# Waits (up to 5 s) until COMMAND succeeds: no fixed sleeps.
+wait_for() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        python3 -c 'import time; time.sleep(0.05)'
+    done
+    return 1
+}
+
+"$NETD" -f -t 2 -s "$sock" 2>"$dir/netd.log" &
+pid=$!
+wait_for ctl ping || { cat "$dir/netd.log"; echo "netd did not start"; exit 1; }
+
+# ---- ping, help
+out=$(ctl --json ping)
+check "ping --json is one line with ok:true" true "$(python3 -c 'import json,sys; print(str(json.loads(sys.argv[1])["ok"]).lower())' "$out")"
+check "ping pid" "$pid" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$out")"
+ctl help | grep -q '^ *listen' && ok || fail "help lists listen"
+
+# ---- the issue's script: listen, read the port, 20 clients, count, close, count
+ctl listen 0 --host 127.0.0.1 --name web --handler echo >/dev/null
+check "listen exit" 0 $?
+port=$(ctl --json server web | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["address"]["port"])')
+[[ $port =~ ^[0-9]+$ && $port -gt 0 ]] && ok || fail "port from server --json: [$port]"
+
+# 20 clients held open by a helper process until its stdin closes.
+fifo=$dir/hold
+mkfifo "$fifo"
+python3 - "$port" "$fifo" <<'EOF' &
+import socket, sys
+port, fifo = int(sys.argv[1]), sys.argv[2]
+cs = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+for c in cs:                      # each echoes: the connection is really served
+    c.sendall(b"x"); assert c.recv(1) == b"x"
+print("ready", flush=True)
+open(fifo).read()                 # hold until the test closes the fifo
+for c in cs: c.close()
+EOF
+clients_pid=$!
+exec 3>"$fifo"
+wait_for bash -c "[[ \$('$NETCTL' -s '$sock' connections web) == 20 ]]"
+check "connections web with 20 clients" 20 "$(ctl connections web)"
+table=$(ctl servers)
+head -1 <<<"$table" | grep -q 'NAME.*STATE.*ADDRESS.*CONNS' && ok || fail "servers table header: $(head -1 <<<"$table")"
+grep -qE '^ *[0-9]+ +web +listening +127\.0\.0\.1:'"$port"' .* 20 ' <<<"$table" && ok || fail "servers row: $table"
+check "sockets lists 20 rows" 20 "$(ctl sockets web 2>/dev/null | tail -n +2 | wc -l)"
+check "sockets --json total" 20 "$(ctl --json sockets web | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')"
+exec 3>&-
+wait "$clients_pid"
+clients_pid=
+wait_for bash -c "[[ \$('$NETCTL' -s '$sock' connections web) == 0 ]]"
+check "connections web after the clients closed" 0 "$(ctl connections web)"
+
+# ---- set, stats, metrics
+ctl set web --max-connections 5 --timeout 60000 >/dev/null
+check "set exit" 0 $?
+check "maxConnections after set" 5 "$(ctl --json server web | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["maxConnections"])')"
+ctl stats | grep -qE '^acceptedTotal: +20' && ok || fail "stats acceptedTotal 20: $(ctl stats | grep accepted)"
+ctl metrics | grep -q '^netd_accepted_total 20$' && ok || fail "metrics netd_accepted_total"
+
+# ---- exit codes
+ctl close nosuch 2>"$dir/err"
+check "daemon error exit code" 1 $?
+grep -q '^netctl: ENOSERVER: ' "$dir/err" && ok || fail "error line: $(cat "$dir/err")"
+ctl listen 70000 2>/dev/null
+check "port 70000 is a usage error" 2 $?
+ctl destroy abc 2>/dev/null
+check "non-numeric socket id is a usage error" 2 $?
+ctl listen 0 --handler nosuch 2>/dev/null
+check "unknown handler is a usage error" 2 $?
+"$NETCTL" -s "$dir/none.sock" ping 2>"$dir/err"
+check "unreachable daemon" 3 $?
+grep -q "$dir/none.sock" "$dir/err" && ok || fail "unreachable names the path: $(cat "$dir/err")"
+ctl -q ping
+check "-q ping exit" 0 $?
+check "-q prints nothing" "" "$(ctl -q ping)"
+out=$(ctl call '{"cmd":"nosuch"}')
+check "call with an unknown command" 1 $?
+grep -q '"ECOMMAND"' <<<"$out" && ok || fail "call prints the raw reply: $out"
+
+# ---- close, then the server is gone
+ctl close web >/dev/null
+check "close exit" 0 $?
+ctl close web 2>/dev/null
+check "closing a closed server" 1 $?
+
+# ---- shutdown: netd drains and exits 0
+ctl shutdown >/dev/null
+check "shutdown exit" 0 $?
+wait "$pid"
+check "netd exit status after shutdown" 0 $?
+pid=
+
+echo "$passed passed, $failed failed"
+((failed == 0))
