@@ -117,8 +117,10 @@ static void on_backoff(evutil_socket_t fd, short what, void *arg);
 
 static void update_active(nd_server_t *s)
 {
-    nd__handle_set_active(&s->h,
-                          s->state == SRV_RESOLVING || s->state == SRV_LISTENING);
+    /* A closing group waits for connections on other loops: its 'close' is still owed, so
+     * the owner's loop must not end before it. */
+    nd__handle_set_active(&s->h, s->state == SRV_RESOLVING || s->state == SRV_LISTENING ||
+                                     (s->state == SRV_CLOSING && s->group && s->index < 0));
 }
 
 ND_EXPORT nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t *opts,

@@ -627,7 +627,7 @@ static void on_eof(nd_socket_t *s)
     if (is_destroyed(s))
         return;
     nd_socket_t *dst = s->pipe_dst;
-    if (dst && s->pipe_end && dst != s)
+    if (dst && s->pipe_end) /* also pipe(s, s): an echo ends when its input ends */
         nd_socket_end(dst, NULL, 0);
     if (is_destroyed(s))
         return;

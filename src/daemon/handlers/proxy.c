@@ -50,9 +50,10 @@ static void unlink_from(nd_socket_t *self, nd_socket_t *peer)
 
 static void on_close(void *self, const nd_event_t *ev, void *peer)
 {
-    /* The peer is alive here: had it closed first, it would have unlinked us. A clean
-     * close has already flushed both directions (the pipe only lets a FIN through once
-     * the destination's queue is empty), so destroying the peer drops nothing. */
+    /* The peer is alive here: had it closed first, it would have unlinked us. After a
+     * clean close destroying the peer drops nothing: a pipe keeps its source paused while
+     * the destination has output queued, so each FIN was read, and passed on, only once
+     * everything before it had left. */
     unlink_from(self, peer);
     nd_socket_destroy(peer);
 }
@@ -109,7 +110,7 @@ void netd_proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
     nd_connect_options_t opts = {
         .port = cfg->port,
         .host = host,
-        .family = nd_is_ip(host) == 6 ? 6 : 4,
+        .family = nd_is_ip(host) == 6 ? 6 : 4, /* names resolve as IPv4, as in v0.10 */
         .path = cfg->path,
         .allow_half_open = 1,
     };

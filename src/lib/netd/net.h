@@ -162,8 +162,10 @@ typedef enum nd_event_type {
     ND_EV_DRAIN,   /* the write queue emptied after a write() that returned 0 */
     ND_EV_FINISH,  /* our FIN was sent after end() and every queued byte was written */
     /* Both */
-    ND_EV_ERROR, /* ev->error; for a socket 'close' follows; for a server, 'close' follows a
-                    listen failure */
+    ND_EV_ERROR, /* ev->error. Sockets: at most one per connection; 'close' follows a
+                    failure of the connection itself; a write refused after end() or the
+                    peer's FIN (EWRITEAFTEREND, EPIPE) is reported and the socket goes on to
+                    its natural end, as in v0.10. Servers: 'close' follows a listen failure */
     ND_EV_CLOSE, /* ev->had_error (sockets): the last event; the object is freed after it */
     /* Worker-side server of a group */
     ND_EV_ADOPT, /* ev->socket: a live socket moved to this loop; re-attach listeners */
