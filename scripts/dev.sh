@@ -11,8 +11,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 usage() {
     cat >&2 <<'EOF'
 usage: scripts/dev.sh COMMAND
-  run    build, then start examples/echo-server on port 8124 (try: nc 127.0.0.1 8124)
-  test   build and run every test suite, plain and with ASan+UBSan
+  run    build, then start netd with conf/netd.json (echo on 127.0.0.1:8124)
+  test   build and run every test suite: plain, ASan+UBSan, and the thread suites under TSan
   lint   run cppcheck and clang-tidy (make lint)
 EOF
     exit 2
@@ -65,6 +65,7 @@ build() {
 
 passed=0
 failed=0
+make_args=() # extra make arguments for the next check_in (e.g. TESTS=...)
 checks=0
 check_failures=0
 
@@ -75,7 +76,7 @@ check_in() {
     local dir=$1 out rc=0 p f c cf
     shift
     out=$dir/check.out
-    env "$@" make -C "$dir" -j"$JOBS" check 2>&1 | tee "$out" || rc=$?
+    env "$@" make -C "$dir" -j"$JOBS" check "${make_args[@]}" 2>&1 | tee "$out" || rc=$?
 
     p=$(grep -cE '^(PASS|XFAIL): ' "$out" || true)
     f=$(grep -cE '^(FAIL|XPASS|ERROR): ' "$out" || true)
@@ -120,25 +121,28 @@ cmd_test() {
     check_in build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 || status=1
 
-    echo "Check test cases: $checks run, $check_failures failed (both builds)"
+    # The threads suites again under ThreadSanitizer: the data races they could hide.
+    configure_in build-tsan --enable-tsan --enable-werror
+    make_args=(TESTS="tests/lib/test_loop tests/lib/test_threads tests/lib/test_regress")
+    check_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
+    make_args=()
+
+    echo "Check test cases: $checks run, $check_failures failed (all builds)"
     echo "$passed passed, $failed failed"
     return "$status"
 }
 
 cmd_run() {
     build
-    local where=${1:-8124}
+    mkdir -p run
     echo
-    if [[ $where == */* ]]; then
-        echo "echo server on unix socket $where. Try it from another terminal:"
-        echo "    nc -U $where"
-    else
-        echo "echo server on port $where, all interfaces. Try it from another terminal:"
-        echo "    nc 127.0.0.1 $where"
-    fi
-    echo "(Ctrl-C stops it.)"
+    echo "netd with conf/netd.json: echo (greeting \"hello\") on 127.0.0.1:8124 and run/echo.sock."
+    echo "Try it from another terminal:"
+    echo "    nc 127.0.0.1 8124                      # or: build/examples/echo-client"
+    echo "    build/src/ctl/netctl -s run/netd.sock servers"
+    echo "(Ctrl-C drains and stops it.)"
     echo
-    exec build/examples/echo-server "$@"
+    exec build/src/daemon/netd -f -c conf/netd.json "$@"
 }
 
 cmd_lint() {

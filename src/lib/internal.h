@@ -125,7 +125,8 @@ typedef struct nd__msg nd__msg_t;
 struct nd__msg {
     void (*fn)(nd_loop_t *loop, void *arg);
     void *arg;
-    bool owned; /* allocated by nd_loop_post, freed after fn */
+    bool owned;             /* allocated by nd_loop_post, freed after fn */
+    void (*drop)(void *arg); /* if the loop is freed before fn ran; may be NULL */
     STAILQ_ENTRY(nd__msg) link;
 };
 
@@ -169,7 +170,7 @@ struct nd_loop {
 void nd__loop_arm_pending(nd_loop_t *loop);
 /* Posts with a node the caller embedded in its own message: cannot fail. */
 void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
-                        void *arg);
+                        void *arg, void (*drop)(void *arg));
 /* The loop's resolver, created on first use. NULL when out of memory. */
 struct evdns_base *nd__loop_dns(nd_loop_t *loop);
 

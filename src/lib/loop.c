@@ -167,7 +167,10 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
     nd__msg_t *m;
     while ((m = STAILQ_FIRST(&loop->mb_queue)) != NULL) {
         STAILQ_REMOVE_HEAD(&loop->mb_queue, link);
-        if (m->owned)
+        bool owned = m->owned;
+        if (m->drop)
+            m->drop(m->arg); /* may free m itself when embedded */
+        if (owned)
             free(m);
     }
     event_del(&loop->mb_ev);
@@ -529,16 +532,18 @@ ND_EXPORT int nd_loop_post(nd_loop_t *loop, void (*fn)(nd_loop_t *, void *), voi
     m->fn = fn;
     m->arg = arg;
     m->owned = true;
+    m->drop = NULL;
     post_node(loop, m);
     return 0;
 }
 
 void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
-                        void *arg)
+                        void *arg, void (*drop)(void *arg))
 {
     node->fn = fn;
     node->arg = arg;
     node->owned = false;
+    node->drop = drop;
     post_node(loop, node);
 }
 

@@ -92,6 +92,7 @@ struct nd__group {
 };
 
 typedef struct group_msg {
+    nd__msg_t node; /* embedded: posting cannot fail */
     nd__group_t *g;
     int index;
     int fd;
@@ -868,6 +869,16 @@ ND_EXPORT void *nd_server_data(const nd_server_t *s)
 
 /* ------------------------------------------------------------------ groups */
 
+/* A message whose loop was freed before running it: give back what it holds. */
+static void drop_msg(void *arg)
+{
+    group_msg_t *msg = arg;
+    if (msg->fd > 0)
+        close(msg->fd);
+    group_release(msg->g);
+    free(msg);
+}
+
 static void member_free_msg(nd_loop_t *loop, void *arg)
 {
     group_msg_t *msg = arg;
@@ -886,12 +897,8 @@ static int group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, voi
 {
     msg->g = g;
     atomic_fetch_add(&g->refs, 1);
-    int rc = nd_loop_post(to, fn ? fn : member_free_msg, msg);
-    if (rc != 0) {
-        atomic_fetch_sub(&g->refs, 1);
-        free(msg);
-    }
-    return rc;
+    nd__loop_post_node(to, &msg->node, fn ? fn : member_free_msg, msg, drop_msg);
+    return 0;
 }
 
 static void group_release(nd__group_t *g)
@@ -1240,7 +1247,6 @@ nd_server_t *nd__server_move_in(nd_server_t *old_ws, int to)
     nd_server_t *ws = old_ws->group->m[to].server;
     ws->nconn++;
     ND__STAT_ADD(ws->h.loop->stats.connections, 1);
-    ND__STAT_ADD(ws->h.loop->stats.moved_in, 1);
     return ws;
 }
 

@@ -60,6 +60,7 @@ struct nd_socket {
     bool error_pending; /* at most one 'error' per connection */
     bool closed_done;   /* 'close' has run */
     bool timer_armed;
+    bool moving; /* between nd_socket_move and the detach: reads wait for the target */
     bool no_delay, keep_alive, opts_set;
     unsigned keep_alive_delay_s;
     unsigned timeout_ms;
@@ -130,7 +131,8 @@ static void touch(nd_socket_t *s)
 
 static void start_reading(nd_socket_t *s)
 {
-    if (s->state != SK_OPEN || s->reading || s->paused || s->eof || !s->opt_readable)
+    if (s->state != SK_OPEN || s->reading || s->paused || s->eof || !s->opt_readable ||
+        s->moving)
         return;
     event_add(&s->read_ev, NULL);
     s->reading = true;
@@ -1245,6 +1247,7 @@ ND_EXPORT void *nd_socket_data(const nd_socket_t *s)
 typedef struct move_msg {
     nd__msg_t node;
     nd_socket_t *sock, *peer; /* peer: the other half of a proxy pair, or NULL */
+    nd_socket_t *peer_at_call; /* the pair when nd_socket_move was called (held) */
     bool reading[2], writing[2];
     uint32_t pending[2];
     int to[2]; /* member index in the socket's group, or -1 */
@@ -1332,8 +1335,10 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool reading, bool wr
     event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
     if (s->server && to >= 0)
         s->server = nd__server_move_in(s->server, to);
-    if (reading)
-        start_reading(s);
+    ND__STAT_ADD(loop->stats.moved_in, 1);
+    (void)reading; /* whether to read is decided here, from the paused state */
+    s->moving = false;
+    start_reading(s);
     if (writing)
         start_writing(s);
     touch(s);
@@ -1373,6 +1378,17 @@ static void do_move(void *arg)
     nd_socket_t *peer = NULL;
     /* Checked again: the socket may have closed or been piped since the call. */
     int rc = move_check(s, m->target, &peer, m->to);
+    nd_socket_t *held[2] = {s, m->peer_at_call};
+    for (int i = 0; rc && i < 2; i++) {
+        if (held[i] && !is_destroyed(held[i])) {
+            held[i]->moving = false; /* it stays: read again */
+            start_reading(held[i]);
+        }
+    }
+    if (!rc && m->peer_at_call && m->peer_at_call != peer)
+        m->peer_at_call->moving = false; /* no longer its pair: it stays here */
+    if (m->peer_at_call)
+        nd__handle_release(&m->peer_at_call->h);
     nd__handle_release(&s->h); /* the guard nd_socket_move took; s is alive if rc == 0 */
     if (rc) {
         if (m->notify)
@@ -1387,7 +1403,7 @@ static void do_move(void *arg)
     if (peer)
         detach(peer, m->to[1], &m->reading[1], &m->writing[1], &m->pending[1]);
     /* The message node is part of m: posting cannot fail and strand the sockets. */
-    nd__loop_post_node(m->target, &m->node, adopt_msg, m);
+    nd__loop_post_node(m->target, &m->node, adopt_msg, m, NULL);
 }
 
 static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, nd_move_fn notify,
@@ -1415,6 +1431,17 @@ static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, n
         nd__handle_release(&s->h);
         free(m);
         return -ENOMEM;
+    }
+    /* No more 'data' here from now on: what the kernel holds is read on the target. */
+    m->peer_at_call = peer;
+    if (peer)
+        nd__handle_retain(&peer->h);
+    nd_socket_t *both[2] = {s, peer};
+    for (int i = 0; i < 2; i++) {
+        if (both[i]) {
+            both[i]->moving = true;
+            stop_reading(both[i]);
+        }
     }
     return 0;
 }

@@ -48,13 +48,22 @@ ND_EXPORT nd_thread_t *nd_thread_start(nd_loop_t *loop)
     return t;
 }
 
+static void stop_msg(nd_loop_t *loop, void *arg)
+{
+    /* In mailbox order: everything posted before the stop has run. */
+    atomic_fetch_sub(&loop->remote_refs, 1);
+    nd_loop_stop(loop);
+}
+
 ND_EXPORT void nd_thread_stop(nd_thread_t *t)
 {
     if (!t || t->stopped)
         return;
     t->stopped = true;
-    atomic_fetch_sub(&t->loop->remote_refs, 1);
-    nd_loop_stop_post(t->loop);
+    if (nd_loop_post(t->loop, stop_msg, NULL) != 0) {
+        atomic_fetch_sub(&t->loop->remote_refs, 1);
+        nd_loop_stop_post(t->loop);
+    }
 }
 
 ND_EXPORT int nd_thread_join(nd_thread_t *t)

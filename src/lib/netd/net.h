@@ -606,7 +606,9 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  * given), and the target's worker-side server of the same group emits ND_EV_ADOPT with
  * ev->socket, so the application attaches its listeners again. The nd_socket_t pointer
  * stays the same; between the call and the adopt nobody may touch it. Nothing is lost or
- * duplicated: bytes the kernel holds are read on the target, in order.
+ * duplicated: from the call on no more 'data' is emitted here, and bytes the kernel holds
+ * are read on the target, in order. If the socket closes before it leaves (destroyed, a
+ * write error), nothing moves: its 'close' runs here and on_adopt never does.
  * A socket piped both ways with another (a proxy pair) moves together with it.
  * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
  * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
