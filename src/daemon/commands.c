@@ -148,6 +148,21 @@ static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
 
 static void maybe_drained(netd_t *d);
 
+static void remember_closed(netd_t *d, const netd_server_t *s)
+{
+    if (d->nclosed == d->closed_cap) {
+        size_t cap = d->closed_cap ? d->closed_cap * 2 : 16;
+        void *p = realloc(d->closed_ids, cap * sizeof(*d->closed_ids));
+        if (!p)
+            return;
+        d->closed_ids = p;
+        d->closed_cap = cap;
+    }
+    d->closed_ids[d->nclosed].id = s->id;
+    snprintf(d->closed_ids[d->nclosed].name, sizeof(d->closed_ids[0].name), "%s", s->spec.name);
+    d->nclosed++;
+}
+
 static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
@@ -155,6 +170,7 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
     bool was_listening = s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_CLOSING;
     netd_stats_closed_server(d, group);
     nd_server_stats(group, &s->final);
+    remember_closed(d, s);
     s->state = NETD_SRV_CLOSED;
     s->group = NULL; /* the library frees it after this listener */
     if (was_listening)
@@ -405,10 +421,28 @@ static void cmd_listen(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     }
 }
 
+/* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
+static bool closed_before(netd_t *d, const json_t *ref)
+{
+    for (size_t i = 0; i < d->nclosed; i++) {
+        if (json_is_integer(ref) && (json_int_t)d->closed_ids[i].id == json_integer_value(ref))
+            return true;
+        if (json_is_string(ref) && strcmp(d->closed_ids[i].name, json_string_value(ref)) == 0)
+            return true;
+    }
+    return false;
+}
+
 static netd_server_t *server_arg(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
     json_t *ref = json_object_get(req, "server");
     netd_server_t *s = netd_server_find(d, ref);
+    if (!s && strcmp(json_string_value(json_object_get(req, "cmd")), "close") == 0 &&
+        closed_before(d, ref)) {
+        netd_reply_error(c, id, NETD_ENOTRUNNING, "server %s is closed",
+                         json_is_string(ref) ? json_string_value(ref) : "given");
+        return NULL;
+    }
     if (!s) {
         if (json_is_integer(ref))
             netd_reply_error(c, id, NETD_ENOSERVER, "no server with id %lld",

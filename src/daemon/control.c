@@ -22,6 +22,7 @@ struct netd_client {
     char *buf;         /* bytes received, not yet a complete line */
     size_t len, cap;
     size_t scanned; /* bytes of buf known to hold no newline */
+    size_t partial; /* bytes of the unfinished last line */
     int refs;       /* the socket's, plus one per command still to answer */
     bool busy;      /* a command is being answered: later lines wait */
     bool closing;   /* ETOOBIG/EPERM/EBUSY: reply sent, nothing more is read */
@@ -69,6 +70,8 @@ static void process_later(void *arg)
 void netd_client_done(netd_client_t *c)
 {
     c->busy = false;
+    if (c->sock && !c->closing)
+        nd_socket_resume(c->sock);
     /* Later requests of this client run on a later turn, never inside a reply. */
     if (c->sock && !c->process_scheduled) {
         c->process_scheduled = true;
@@ -296,12 +299,16 @@ static void on_data(void *sock, const nd_event_t *ev, void *arg)
     memcpy(c->buf + c->len, ev->data, ev->len);
     c->len += ev->len;
     /* An unfinished line past the limit can never become valid: refuse it now. */
-    if (c->len - c->scanned > NETD_MAX_LINE &&
-        !memchr(c->buf + c->scanned, '\n', c->len - c->scanned)) {
+    const char *nl = memrchr(ev->data, '\n', ev->len);
+    c->partial = nl ? (size_t)(ev->data + ev->len - nl - 1) : c->partial + ev->len;
+    if (c->partial > NETD_MAX_LINE) {
         refuse(c, NETD_ETOOBIG, "request line longer than 1 MiB");
         c->len = 0;
         return;
     }
+    /* Requests pile up while one is answered: stop reading rather than buffer without end. */
+    if (c->busy && c->len > 2 * (size_t)NETD_MAX_LINE)
+        nd_socket_pause(sock);
     process_lines(c);
 }
 

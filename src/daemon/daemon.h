@@ -119,6 +119,11 @@ struct netd {
     struct {
         uint64_t accepted, rejected, accept_paused, handoff_failed;
     } closed; /* totals of servers that are gone */
+    struct {
+        uint64_t id;
+        char name[128];
+    } *closed_ids; /* servers that closed, for a clear ENOTRUNNING */
+    size_t nclosed, closed_cap;
 };
 
 uint64_t netd_now_ms(void);

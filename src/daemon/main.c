@@ -287,5 +287,6 @@ int main(int argc, char **argv)
     free(d->listen_fd_names);
     free(d->listen_fd_used);
     free(d->config_file);
+    free(d->closed_ids);
     return d->exit_code;
 }
