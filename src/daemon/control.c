@@ -3,6 +3,7 @@
  * credentials and limits, request parsing against the command table, replies, watchers.
  */
 #include "daemon.h"
+#include "request.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -128,122 +129,15 @@ static void refuse(netd_client_t *c, const char *code, const char *msg)
 
 /* ------------------------------------------------------------------ requests */
 
-static const char *type_name(netd_argtype_t t)
-{
-    switch (t) {
-    case NETD_ARG_INT:
-        return "an integer";
-    case NETD_ARG_STRING:
-        return "a string";
-    case NETD_ARG_BOOL:
-        return "a boolean";
-    case NETD_ARG_OBJECT:
-        return "an object";
-    case NETD_ARG_STRING_ARRAY:
-        return "an array of strings";
-    case NETD_ARG_SERVER:
-        return "a server id or name";
-    case NETD_ARG_INT_OR_NULL:
-        return "an integer or null";
-    case NETD_ARG_INT_OR_STRING:
-        return "an integer or a name";
-    case NETD_ARG_INT_OR_FALSE:
-        return "an integer or false";
-    case NETD_ARG_ANY:
-        return "any value";
-    }
-    return "?";
-}
-
-static bool type_ok(netd_argtype_t t, const json_t *v)
-{
-    switch (t) {
-    case NETD_ARG_INT:
-        return json_is_integer(v);
-    case NETD_ARG_STRING:
-        return json_is_string(v);
-    case NETD_ARG_BOOL:
-        return json_is_boolean(v);
-    case NETD_ARG_OBJECT:
-        return json_is_object(v);
-    case NETD_ARG_STRING_ARRAY: {
-        if (!json_is_array(v))
-            return false;
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
-        return true;
-    }
-    case NETD_ARG_SERVER:
-    case NETD_ARG_INT_OR_STRING:
-        return json_is_integer(v) || json_is_string(v);
-    case NETD_ARG_INT_OR_NULL:
-        return json_is_integer(v) || json_is_null(v);
-    case NETD_ARG_INT_OR_FALSE:
-        return json_is_integer(v) || json_is_false(v);
-    case NETD_ARG_ANY:
-        return true;
-    }
-    return false;
-}
-
-/* Checks every argument against the table: unknown names, types, missing ones. */
-static bool check_args(netd_client_t *c, const netd_command_t *cmd, json_t *req, json_t *id)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(req, key, v)
-    {
-        if (strcmp(key, "cmd") == 0)
-            continue;
-        const netd_arg_t *a = netd_command_arg(cmd, key);
-        if (!a) {
-            netd_reply_error(c, id, NETD_EARG, "%s: unknown argument \"%s\"", cmd->name, key);
-            return false;
-        }
-        if (!type_ok(a->type, v)) {
-            netd_reply_error(c, id, NETD_EARG, "%s: must be %s", key, type_name(a->type));
-            return false;
-        }
-    }
-    for (const netd_arg_t *a = cmd->args; a->name; a++) {
-        if (a->required && !json_object_get(req, a->name)) {
-            netd_reply_error(c, id, NETD_EARG, "%s: missing argument \"%s\"", cmd->name,
-                             a->name);
-            return false;
-        }
-    }
-    return true;
-}
-
 static void run_line(netd_client_t *c, const char *line, size_t len)
 {
-    json_error_t jerr;
-    /* Duplicate keys are refused: a request must mean one thing. */
-    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!req) {
-        netd_reply_error(c, NULL, NETD_EPARSE, "line %d, column %d: %s", jerr.line, jerr.column,
-                         jerr.text);
-        return;
-    }
-    if (!json_is_object(req)) {
-        netd_reply_error(c, NULL, NETD_EREQUEST, "a request is a JSON object");
-        json_decref(req);
-        return;
-    }
-    json_t *id = json_object_get(req, "id");
-    json_t *cmdv = json_object_get(req, "cmd");
-    if (!json_is_string(cmdv)) {
-        netd_reply_error(c, id, NETD_EREQUEST, "\"cmd\" must be a string naming a command");
+    netd_request_t r;
+    if (netd_request_parse(line, len, &r) != 0) {
+        netd_reply_error(c, r.id, r.code, "%s", r.message);
     } else {
-        const netd_command_t *cmd = netd_command_find(json_string_value(cmdv));
-        if (!cmd)
-            netd_reply_error(c, id, NETD_ECOMMAND, "unknown command \"%s\" (see \"help\")",
-                             json_string_value(cmdv));
-        else if (check_args(c, cmd, req, id))
-            netd_command_run(c->d, c, cmd, req, id);
+        netd_command_run(c->d, c, r.cmd, r.req, r.id);
     }
-    json_decref(req);
+    netd_request_free(&r);
 }
 
 /* Runs complete lines in order; stops while a command is still being answered. */

@@ -1,0 +1,123 @@
+/*
+ * Parsing one control request line (CONTROL.md "Envelope"): JSON with duplicate keys
+ * refused, the envelope, and every argument checked against the command table. No I/O,
+ * so the fuzzer drives exactly what the control socket runs.
+ */
+#include "request.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *type_name(netd_argtype_t t)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return "an integer";
+    case NETD_ARG_STRING:
+        return "a string";
+    case NETD_ARG_BOOL:
+        return "a boolean";
+    case NETD_ARG_OBJECT:
+        return "an object";
+    case NETD_ARG_STRING_ARRAY:
+        return "an array of strings";
+    case NETD_ARG_SERVER:
+        return "a server id or name";
+    case NETD_ARG_INT_OR_NULL:
+        return "an integer or null";
+    case NETD_ARG_INT_OR_STRING:
+        return "an integer or a name";
+    case NETD_ARG_INT_OR_FALSE:
+        return "an integer or false";
+    case NETD_ARG_ANY:
+        return "any value";
+    }
+    return "?";
+}
+
+static bool type_ok(netd_argtype_t t, const json_t *v)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return json_is_integer(v);
+    case NETD_ARG_STRING:
+        return json_is_string(v);
+    case NETD_ARG_BOOL:
+        return json_is_boolean(v);
+    case NETD_ARG_OBJECT:
+        return json_is_object(v);
+    case NETD_ARG_STRING_ARRAY: {
+        if (!json_is_array(v))
+            return false;
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
+        return true;
+    }
+    case NETD_ARG_SERVER:
+    case NETD_ARG_INT_OR_STRING:
+        return json_is_integer(v) || json_is_string(v);
+    case NETD_ARG_INT_OR_NULL:
+        return json_is_integer(v) || json_is_null(v);
+    case NETD_ARG_INT_OR_FALSE:
+        return json_is_integer(v) || json_is_false(v);
+    case NETD_ARG_ANY:
+        return true;
+    }
+    return false;
+}
+
+static int fail(netd_request_t *r, const char *code, const char *fmt, const char *a,
+                const char *b)
+{
+    r->code = code;
+    snprintf(r->message, sizeof(r->message), fmt, a, b);
+    return -1;
+}
+
+int netd_request_parse(const char *line, size_t len, netd_request_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    json_error_t jerr;
+    /* Duplicate keys are refused: a request must mean one thing. */
+    r->req = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!r->req) {
+        r->code = NETD_EPARSE;
+        snprintf(r->message, sizeof(r->message), "line %d, column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        return -1;
+    }
+    if (!json_is_object(r->req))
+        return fail(r, NETD_EREQUEST, "a request is a JSON object%s%s", "", "");
+    r->id = json_object_get(r->req, "id");
+    json_t *cmdv = json_object_get(r->req, "cmd");
+    if (!json_is_string(cmdv))
+        return fail(r, NETD_EREQUEST, "\"cmd\" must be a string naming a command%s%s", "", "");
+    r->cmd = netd_command_find(json_string_value(cmdv));
+    if (!r->cmd)
+        return fail(r, NETD_ECOMMAND, "unknown command \"%.200s\"%s (see \"help\")",
+                    json_string_value(cmdv), "");
+    const char *key;
+    json_t *v;
+    json_object_foreach(r->req, key, v)
+    {
+        if (strcmp(key, "cmd") == 0)
+            continue;
+        const netd_arg_t *a = netd_command_arg(r->cmd, key);
+        if (!a)
+            return fail(r, NETD_EARG, "%s: unknown argument \"%.200s\"", r->cmd->name, key);
+        if (!type_ok(a->type, v))
+            return fail(r, NETD_EARG, "%.200s: must be %s", key, type_name(a->type));
+    }
+    for (const netd_arg_t *a = r->cmd->args; a->name; a++)
+        if (a->required && !json_object_get(r->req, a->name))
+            return fail(r, NETD_EARG, "%s: missing argument \"%s\"", r->cmd->name, a->name);
+    return 0;
+}
+
+void netd_request_free(netd_request_t *r)
+{
+    json_decref(r->req);
+    r->req = NULL;
+    r->id = NULL;
+}
