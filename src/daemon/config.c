@@ -230,6 +230,35 @@ static int read_host(const perr_t *e, const char *field, const json_t *v, char *
     return 0;
 }
 
+/* Collapses "//", "/./" and "dir/.." of an absolute path in place, so operators see
+ * /srv/run/x.sock rather than /srv/conf/../run/x.sock. Symlinks are left alone. */
+static void normalize_abs(char *p)
+{
+    char *out = p; /* p[0] is '/' */
+    const char *in = p;
+    while (*in) {
+        while (*in == '/')
+            in++;
+        const char *seg = in;
+        while (*in && *in != '/')
+            in++;
+        size_t n = (size_t)(in - seg);
+        if (n == 0 || (n == 1 && seg[0] == '.'))
+            continue;
+        if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (out > p && *--out != '/')
+                ;
+            continue;
+        }
+        *out++ = '/';
+        memmove(out, seg, n);
+        out += n;
+    }
+    if (out == p)
+        *out++ = '/';
+    *out = '\0';
+}
+
 /* base_dir + "/" + path for a relative path; the path itself when absolute or no base. */
 static char *resolve_path(const char *base_dir, const char *path)
 {
@@ -238,8 +267,11 @@ static char *resolve_path(const char *base_dir, const char *path)
     size_t nb = strlen(base_dir);
     bool slash = nb > 0 && base_dir[nb - 1] == '/';
     char *out = malloc(nb + 1 + strlen(path) + 1);
-    if (out)
+    if (out) {
         sprintf(out, "%s%s%s", base_dir, slash ? "" : "/", path);
+        if (out[0] == '/')
+            normalize_abs(out);
+    }
     return out;
 }
 

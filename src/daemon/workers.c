@@ -450,7 +450,10 @@ json_t *netd_conn_json(const netd_conn_t *c)
     const nd_socket_t *s = c->sock;
     const char *ra = nd_socket_remote_address(s), *la = nd_socket_local_address(s);
     const char *rf = nd_socket_remote_family(s);
-    uint64_t now = netd_now_ms();
+    uint64_t age = netd_now_ms() - c->created_ms;
+    uint64_t idle = nd_socket_idle_ms(s);
+    if (idle > age)
+        idle = age; /* two clocks: the loop's cached one and ours */
     return json_pack("{s:I, s:I, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
                      "id", (json_int_t)c->id, "server", (json_int_t)c->server->id, "thread",
                      c->worker->index, "remoteAddress", ra ? json_string(ra) : json_null(),
@@ -461,7 +464,6 @@ json_t *netd_conn_json(const netd_conn_t *c)
                      (json_int_t)nd_socket_bytes_read(s), "bytesWritten",
                      (json_int_t)nd_socket_bytes_written(s), "bufferSize",
                      (json_int_t)nd_socket_buffer_size(s), "ageMs",
-                     (json_int_t)(now - c->created_ms), "idleMs",
-                     (json_int_t)nd_socket_idle_ms(s), "state", state_of(s), "role",
+                     (json_int_t)age, "idleMs", (json_int_t)idle, "state", state_of(s), "role",
                      c->role == NETD_ROLE_CLIENT ? "client" : "upstream");
 }
