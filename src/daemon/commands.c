@@ -1143,6 +1143,7 @@ int netd_reload(netd_t *d)
     int failed = netd_open_config_servers(d, &cfg, true);
     /* Limits and timeouts apply from now on; threads and the control socket stay. */
     d->cfg.high_water_mark = cfg.high_water_mark;
+    atomic_store(&d->high_water_mark, cfg.high_water_mark);
     atomic_store(&d->max_buffered_bytes, cfg.max_buffered_bytes);
     atomic_store(&d->stall_ms, cfg.stall_ms);
     d->cfg.shutdown_timeout_ms = cfg.shutdown_timeout_ms;

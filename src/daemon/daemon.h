@@ -115,6 +115,7 @@ struct netd {
     int fd_limit;
     /* limits read by workers; the reload may change them */
     _Atomic size_t max_buffered_bytes;
+    _Atomic size_t high_water_mark;
     _Atomic unsigned stall_ms;
     struct {
         uint64_t accepted, rejected, accept_paused, handoff_failed;

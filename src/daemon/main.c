@@ -216,6 +216,7 @@ int main(int argc, char **argv)
     d->started_ms = netd_now_ms();
     atomic_init(&d->next_id, 1);
     atomic_init(&d->max_buffered_bytes, d->cfg.max_buffered_bytes);
+    atomic_init(&d->high_water_mark, d->cfg.high_water_mark);
     atomic_init(&d->stall_ms, d->cfg.stall_ms);
     TAILQ_INIT(&d->servers);
     TAILQ_INIT(&d->clients);

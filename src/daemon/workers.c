@@ -37,6 +37,7 @@ static void on_idle(void *sock, const nd_event_t *ev, void *arg);
 static void attach(netd_conn_t *c)
 {
     nd_socket_on(c->sock, ND_EV_CLOSE, on_conn_close, c);
+    nd_socket_set_high_water_mark(c->sock, atomic_load(&c->worker->d->high_water_mark));
     if (c->role == NETD_ROLE_CLIENT) {
         unsigned t = atomic_load(&c->server->timeout_ms);
         if (t)

@@ -64,6 +64,7 @@ struct nd_socket {
     bool no_delay, keep_alive, opts_set;
     unsigned keep_alive_delay_s;
     unsigned timeout_ms;
+    size_t high_water_mark; /* pipe pauses its source once more than this is queued */
     struct timeval last_active;
     struct event read_ev, write_ev, timer_ev;
     struct evbuffer *out;
@@ -595,7 +596,7 @@ static void emit_data(nd_socket_t *s, const char *data, size_t len)
     nd__emit(&s->h.em, s, &ev);
     nd_socket_t *dst = s->pipe_dst;
     if (dst && !is_destroyed(s) && nd_socket_write(dst, data, len, NULL, NULL) == 0 &&
-        s->pipe_dst == dst && !is_destroyed(dst)) {
+        s->pipe_dst == dst && !is_destroyed(dst) && queued(dst) > dst->high_water_mark) {
         /* Backpressure: hold the source until the destination drains. */
         nd_socket_pause(s);
         s->pipe_paused = true;
@@ -1043,6 +1044,14 @@ ND_EXPORT void nd_socket_set_keep_alive(nd_socket_t *s, int enable, unsigned ini
 }
 
 /* ------------------------------------------------------------------ pipe */
+
+ND_EXPORT int nd_socket_set_high_water_mark(nd_socket_t *s, size_t bytes)
+{
+    if (!s)
+        return -EINVAL;
+    s->high_water_mark = bytes;
+    return 0;
+}
 
 ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
 {

@@ -142,6 +142,74 @@ START_TEST(closing_group_keeps_its_owner_loop_until_close)
 }
 END_TEST
 
+typedef struct hwm {
+    nd_loop_t *loop;
+    size_t mark;
+    nd_socket_t *server_sock, *client;
+    size_t queued_when_paused;
+    int polls;
+} hwm_t;
+
+static void hwm_connection(void *server, const nd_event_t *ev, void *arg)
+{
+    hwm_t *h = arg;
+    h->server_sock = ev->socket;
+    nd_socket_set_high_water_mark(ev->socket, h->mark);
+    nd_socket_pipe(ev->socket, ev->socket, 1);
+    nd_server_close(server, NULL, NULL);
+}
+
+static void hwm_poll(void *arg)
+{
+    hwm_t *h = arg;
+    if (h->server_sock && nd_socket_is_paused(h->server_sock)) {
+        h->queued_when_paused = nd_socket_buffer_size(h->server_sock);
+        nd_socket_destroy(h->server_sock);
+        nd_socket_destroy(h->client);
+        return;
+    }
+    if (++h->polls < 250)
+        th_timer(h->loop, 20, hwm_poll, h);
+}
+
+static void hwm_listening(void *server, const nd_event_t *ev, void *arg)
+{
+    hwm_t *h = arg;
+    nd_address_t a;
+    nd_server_address(server, &a);
+    nd_connect_options_t o = {.port = a.port, .host = "127.0.0.1"};
+    h->client = nd_connect(h->loop, &o, NULL, NULL);
+    nd_socket_pause(h->client); /* a reader that never reads */
+    static char chunk[65536];
+    for (int i = 0; i < 512; i++) /* 32 MiB: far more than loopback buffers hold */
+        nd_socket_write(h->client, chunk, sizeof(chunk), NULL, NULL);
+    th_timer(h->loop, 20, hwm_poll, h);
+}
+
+static size_t run_hwm(size_t mark)
+{
+    hwm_t h = {0};
+    h.loop = th_loop_new();
+    h.mark = mark;
+    nd_server_t *s = nd_server_new(h.loop, NULL, hwm_connection, &h);
+    nd_server_on(s, ND_EV_LISTENING, hwm_listening, &h);
+    ck_assert_int_eq(nd_server_listen(s, 0, "127.0.0.1", 0), 0);
+    th_run(h.loop, 10000);
+    th_finish(h.loop);
+    return h.queued_when_paused;
+}
+
+/* A pipe pauses its source only once the destination queues more than its high-water
+ * mark, and no more than one read (64 KiB) beyond it. */
+START_TEST(pipe_pauses_past_the_high_water_mark)
+{
+    size_t q = run_hwm(256 * 1024);
+    ck_assert_msg(q > 256 * 1024 && q <= 256 * 1024 + 65536, "queued when paused: %zu", q);
+    q = run_hwm(0);
+    ck_assert_msg(q > 0 && q <= 65536, "queued when paused with mark 0: %zu", q);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("regress");
@@ -149,6 +217,7 @@ int main(void)
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, self_pipe_ends_with_its_input_when_half_open);
     tcase_add_test(tc, closing_group_keeps_its_owner_loop_until_close);
+    tcase_add_test(tc, pipe_pauses_past_the_high_water_mark);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

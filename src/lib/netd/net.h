@@ -474,6 +474,11 @@ void nd_socket_unref(nd_socket_t *sock);
  * when either side closes. Bytes are handed over without an extra copy where possible.
  */
 int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst);
+/* The destination's high-water mark for pipes into it: a source is paused only once more
+ * than `bytes` wait in this socket's queue (default 0: as soon as anything waits), and
+ * resumed at its 'drain'. Bounds memory per connection to about bytes + 64 KiB. */
+int nd_socket_set_high_water_mark(nd_socket_t *sock, size_t bytes);
+
 /* Stops a pipe started from src. Returns 0 or -ENOENT. */
 int nd_socket_unpipe(nd_socket_t *src);
 
