@@ -10,7 +10,7 @@
 #
 # Environment: DURATION (s per run, 5), ROUNDS (3), WARMUP (s, 1), NETD_THREADS (2),
 # NETLOAD_THREADS (1), CONNECT_CONNS (32), IDLE_CONNS (9000), IDLE_HOLD (s, 2),
-# UPSTREAM (node | netd: who serves the proxies' upstream echo, node), KEEP (1: keep the
+# UPSTREAM (plain | node | netd: who serves the proxies' upstream echo, plain = bench/echod), KEEP (1: keep the
 # work directory with every raw result and log), NODE (node binary).
 set -u
 
@@ -22,7 +22,7 @@ NETLOAD_THREADS=${NETLOAD_THREADS:-1}
 CONNECT_CONNS=${CONNECT_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-9000}
 IDLE_HOLD=${IDLE_HOLD:-2}
-UPSTREAM=${UPSTREAM:-node}
+UPSTREAM=${UPSTREAM:-plain}
 NODE=${NODE:-node}
 KEEP=${KEEP:-0}
 
@@ -149,11 +149,14 @@ proxy_entry() {
     echo "{\"name\":\"proxy\",\"port\":$1,\"host\":\"127.0.0.1\",\"handler\":{\"type\":\"proxy\",\"port\":$2,\"host\":\"127.0.0.1\"}}"
 }
 
-if [ "$UPSTREAM" = netd ] && [ "$HAVE_NETD" = 1 ]; then
+if [ "$UPSTREAM" = plain ] && [ -x "$BUILDDIR/bench/echod" ]; then
+    # The issue's "plain upstream echo": a bare epoll echo, the same for both proxies.
+    start_or_die echod-upstream "$P_UP" "$BUILDDIR/bench/echod" "$P_UP"
+elif [ "$UPSTREAM" = netd ] && [ "$HAVE_NETD" = 1 ]; then
     netd_config "$WORK/up" "$(echo_entry "$P_UP")"
     start_netd netd-upstream "$WORK/up/netd.json" "$P_UP" || die "upstream netd did not start"
 else
-    [ "$UPSTREAM" = node ] || note "UPSTREAM=netd needs netd: using node"
+    [ "$UPSTREAM" = node ] || note "UPSTREAM=$UPSTREAM is not available: using node"
     UPSTREAM=node
     start_or_die node-upstream "$P_UP" "$NODE" "$BENCHDIR/node-echo.js" "$P_UP"
 fi
