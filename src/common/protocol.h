@@ -64,10 +64,10 @@ const netd_arg_t *netd_command_arg(const netd_command_t *cmd, const char *name);
 #define NETD_ESHUTDOWN "ESHUTDOWN"
 
 /* Limits of the transport. */
-#define NETD_MAX_LINE (1024 * 1024)
+#define NETD_MAX_LINE ((size_t)1024 * 1024)
 #define NETD_DEFAULT_MAX_CLIENTS 64
 #define NETD_DEFAULT_IDLE_TIMEOUT_MS 300000
-#define NETD_WATCH_MAX_BEHIND (1024 * 1024)
+#define NETD_WATCH_MAX_BEHIND ((size_t)1024 * 1024)
 
 /* The default control socket path when neither -s nor the config gives one:
  * $RUNTIME_DIRECTORY/netd.sock, else /run/netd/netd.sock for root and

@@ -456,7 +456,7 @@ static netd_server_t *server_arg(netd_t *d, netd_client_t *c, json_t *req, json_
 
 static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
 {
-    uint64_t sid = (uint64_t)(uintptr_t)arg;
+    uint64_t sid = *(const uint64_t *)arg;
     netd_conn_t *c, *next;
     int n = 0;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
@@ -471,6 +471,7 @@ static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
 
 static void destroyed_nothing(netd_t *d, json_t **results, void *arg)
 {
+    free(arg); /* the server id */
 }
 
 void netd_server_close(netd_server_t *s, bool destroy_conns)
@@ -480,8 +481,12 @@ void netd_server_close(netd_server_t *s, bool destroy_conns)
     s->state = NETD_SRV_CLOSING;
     if (s->group)
         nd_server_close(s->group, NULL, NULL);
-    if (destroy_conns)
-        netd_fanout(s->d, destroy_server_conns, destroyed_nothing, (void *)(uintptr_t)s->id);
+    uint64_t *sid = destroy_conns ? malloc(sizeof(*sid)) : NULL;
+    if (sid) {
+        *sid = s->id;
+        if (netd_fanout(s->d, destroy_server_conns, destroyed_nothing, sid) != 0)
+            free(sid);
+    }
 }
 
 static void cmd_close(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
@@ -740,10 +745,15 @@ static json_t *move_one(netd_worker_t *w, void *arg)
 static void move_done(netd_t *d, json_t **results, void *arg)
 {
     cmd_ctx_t *x = arg;
+    /* The socket may be seen twice: by its owner, which starts the move, and by the target
+     * if it arrives there before the target runs this query. The started move wins. */
     json_t *r = NULL;
-    for (int i = 0; i < d->nworkers; i++)
-        if (results[i])
+    for (int i = 0; i < d->nworkers; i++) {
+        if (!results[i])
+            continue;
+        if (!r || json_integer_value(json_object_get(results[i], "rc")) == 0)
             r = results[i];
+    }
     int rc = r ? (int)json_integer_value(json_object_get(r, "rc")) : 0;
     if (!r) {
         netd_reply_error(x->client, x->id, NETD_ENOSOCKET, "no socket with id %llu",
@@ -1070,7 +1080,7 @@ void netd_drain(netd_t *d, unsigned timeout_ms)
         netd_server_close(s, false);
     }
     d->drain_timer = evtimer_new(nd_loop_base(d->loop), drain_deadline, d);
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
     if (d->drain_timer)
         evtimer_add(d->drain_timer, &tv);
     maybe_drained(d);

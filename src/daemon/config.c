@@ -115,7 +115,7 @@ static int read_int(const perr_t *e, const char *field, const json_t *v, int min
 static int read_unsigned(const perr_t *e, const char *field, const json_t *v, int min,
                          unsigned *out)
 {
-    int n;
+    int n = 0;
 
     if (read_int(e, field, v, min, INT_MAX, &n) < 0)
         return -1;
@@ -693,8 +693,8 @@ void netd_config_default(netd_config_t *out)
     out->control_mode = 0600;
     out->control_max_clients = NETD_DEFAULT_MAX_CLIENTS;
     out->control_idle_timeout_ms = NETD_DEFAULT_IDLE_TIMEOUT_MS;
-    out->high_water_mark = 1024 * 1024;
-    out->max_buffered_bytes = 16 * 1024 * 1024;
+    out->high_water_mark = (size_t)1024 * 1024;
+    out->max_buffered_bytes = (size_t)16 * 1024 * 1024;
     out->stall_ms = 30000;
 }
 
@@ -749,7 +749,7 @@ static int read_group(const perr_t *e, const json_t *v, netd_config_t *cfg)
         if (rc == 0 && found)
             cfg->control_gid = (unsigned)grp.gr_gid;
         free(buf);
-        if (rc != ERANGE || size >= 1024 * 1024)
+        if (rc != ERANGE || size >= (size_t)1024 * 1024)
             break;
         size *= 2;
     }

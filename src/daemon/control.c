@@ -201,7 +201,7 @@ static void on_data(void *sock, const nd_event_t *ev, void *arg)
         return;
     }
     /* Requests pile up while one is answered: stop reading rather than buffer without end. */
-    if (c->busy && c->len > 2 * (size_t)NETD_MAX_LINE)
+    if (c->busy && c->len > 2 * NETD_MAX_LINE)
         nd_socket_pause(sock);
     process_lines(c);
 }

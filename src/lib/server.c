@@ -570,7 +570,7 @@ static void pause_accepting(nd_server_t *s)
     s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 10;
     if (s->backoff_ms > 1000)
         s->backoff_ms = 1000;
-    struct timeval tv = {s->backoff_ms / 1000, (s->backoff_ms % 1000) * 1000};
+    struct timeval tv = nd__ms_tv(s->backoff_ms);
     event_add(&s->backoff_ev, &tv);
 }
 

@@ -124,7 +124,7 @@ static void touch(nd_socket_t *s)
     /* The loop's cached time: no syscall per read or write. */
     event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
     if (s->timeout_ms && !s->timer_armed) {
-        struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
+        struct timeval tv = nd__ms_tv(s->timeout_ms);
         evtimer_add(&s->timer_ev, &tv);
         s->timer_armed = true;
     }
@@ -415,10 +415,8 @@ static void on_connected(nd_socket_t *s)
     if (s->state != SK_OPEN)
         return;
     start_reading(s);
-    if (queued(s) > 0)
-        flush(s);
-    else if (s->ending && !s->fin_sent)
-        flush(s);
+    if (queued(s) > 0 || (s->ending && !s->fin_sent))
+        flush(s); /* writes queued while connecting, then the FIN of an early end() */
     update_active(s);
 }
 

@@ -1,0 +1,951 @@
+/*
+ * netd_proc: start a real netd for a test, talk to its control socket, signal it, wait
+ * for it, clean up (see netd_proc.h).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "netd_proc.h"
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+extern char **environ;
+
+/* ------------------------------------------------------------------ time */
+
+uint64_t np_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void np_pause_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* ------------------------------------------------------------------ bookkeeping */
+
+/* Everything a test made, released by np_cleanup_all (a checked teardown) or at exit. */
+#define NP_MAX_PROCS 16
+static netd_proc_t *procs[NP_MAX_PROCS];
+static np_client_t **clients;
+static size_t nclients, capclients;
+static json_t **pool;
+static size_t npool, cappool;
+
+static json_t *pool_keep(json_t *v)
+{
+    if (!v)
+        return NULL;
+    if (npool == cappool) {
+        size_t cap = cappool ? cappool * 2 : 64;
+        json_t **p = realloc(pool, cap * sizeof(*p));
+        ck_assert_msg(p != NULL, "out of memory");
+        pool = p;
+        cappool = cap;
+    }
+    pool[npool++] = v;
+    return v;
+}
+
+static void track_client(np_client_t *c)
+{
+    if (nclients == capclients) {
+        size_t cap = capclients ? capclients * 2 : 16;
+        np_client_t **p = realloc(clients, cap * sizeof(*p));
+        ck_assert_msg(p != NULL, "out of memory");
+        clients = p;
+        capclients = cap;
+    }
+    clients[nclients++] = c;
+}
+
+static void untrack_client(np_client_t *c)
+{
+    for (size_t i = 0; i < nclients; i++) {
+        if (clients[i] == c) {
+            clients[i] = clients[--nclients];
+            return;
+        }
+    }
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static void rm_tree(const char *dir)
+{
+    if (dir && *dir)
+        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+static void kill_and_reap(netd_proc_t *np)
+{
+    if (np->pid > 0 && !np->exited) {
+        kill(np->pid, SIGKILL);
+        int st;
+        while (waitpid(np->pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        np->exited = true;
+        np->status = st;
+    }
+}
+
+void np_cleanup_all(void)
+{
+    for (int i = 0; i < NP_MAX_PROCS; i++)
+        if (procs[i])
+            np_stop(procs[i]);
+    while (nclients > 0)
+        np_client_close(clients[nclients - 1]);
+    free(clients);
+    clients = NULL;
+    capclients = 0;
+    for (size_t i = 0; i < npool; i++)
+        json_decref(pool[i]);
+    free(pool);
+    pool = NULL;
+    npool = cappool = 0;
+}
+
+static void at_exit_kill(void)
+{
+    /* A failed assertion exits the forked test: no daemon may outlive it. */
+    for (int i = 0; i < NP_MAX_PROCS; i++) {
+        if (procs[i]) {
+            kill_and_reap(procs[i]);
+            if (procs[i]->owns_dir)
+                rm_tree(procs[i]->dir);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ paths */
+
+static void path_join(char *out, size_t n, const char *dir, const char *name)
+{
+    int len = snprintf(out, n, "%s/%s", dir, name);
+    ck_assert_msg(len > 0 && (size_t)len < n, "path too long: %s/%s", dir, name);
+}
+
+const char *np_netd_path(void)
+{
+    static char path[PATH_MAX];
+    const char *top = getenv("top_builddir");
+    if (!top || !*top)
+        top = ".";
+    snprintf(path, sizeof(path), "%s/src/daemon/netd", top);
+    return path;
+}
+
+void np_mkdtemp(char *out)
+{
+    const char *root = getenv("NP_TMPROOT");
+    char tmpl[PATH_MAX];
+    snprintf(tmpl, sizeof(tmpl), "%s/np-XXXXXX", root && *root ? root : "/tmp");
+    ck_assert_msg(mkdtemp(tmpl) != NULL, "mkdtemp %s: %s", tmpl, strerror(errno));
+    ck_assert_msg(realpath(tmpl, out) != NULL, "realpath: %s", strerror(errno));
+}
+
+static void write_file(const char *path, const char *text)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_msg(f != NULL, "fopen %s: %s", tmp, strerror(errno));
+    size_t n = strlen(text);
+    ck_assert_msg(fwrite(text, 1, n, f) == n, "fwrite %s", tmp);
+    ck_assert_msg(fclose(f) == 0, "fclose %s", tmp);
+    ck_assert_msg(rename(tmp, path) == 0, "rename %s: %s", tmp, strerror(errno));
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    ck_assert_msg(buf != NULL, "out of memory");
+    if (f) {
+        size_t n;
+        while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+            len += n;
+            if (cap - len < 2) {
+                cap *= 2;
+                char *b = realloc(buf, cap);
+                ck_assert_msg(b != NULL, "out of memory");
+                buf = b;
+            }
+        }
+        fclose(f);
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* ------------------------------------------------------------------ spawning */
+
+static bool env_filtered(const char *entry)
+{
+    static const char *const drop[] = {"NOTIFY_SOCKET=", "LISTEN_PID=", "LISTEN_FDS=",
+                                       "LISTEN_FDNAMES=", "RUNTIME_DIRECTORY=",
+                                       "NETD_SOCKET=", NULL};
+    for (int i = 0; drop[i]; i++)
+        if (strncmp(entry, drop[i], strlen(drop[i])) == 0)
+            return true;
+    return false;
+}
+
+/* Async-signal-safe decimal. */
+static void put_num(char *out, long v)
+{
+    char tmp[24];
+    int n = 0;
+    if (v == 0)
+        tmp[n++] = '0';
+    while (v > 0) {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    while (n > 0)
+        *out++ = tmp[--n];
+    *out = '\0';
+}
+
+static void close_from(int lowfd)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
+        return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (int fd = lowfd; fd < max; fd++)
+        close(fd);
+}
+
+/* fork/exec netd with argv; stdout and stderr to errlog; pass_fd as fd 3; listen_pid_slot
+ * (a "LISTEN_PID=" buffer inside envp) filled with the child's pid. Everything is built
+ * before fork: the child only calls async-signal-safe functions. */
+static pid_t spawn(char *const argv[], char *const envp[], const char *errlog, int pass_fd,
+                   char *listen_pid_slot)
+{
+    int out = open(errlog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    ck_assert_msg(out >= 0, "open %s: %s", errlog, strerror(errno));
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ck_assert_msg(null >= 0, "open /dev/null: %s", strerror(errno));
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        /* Never outlive the test process, even when it dies on a failed assertion. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int keep = -1;
+        if (pass_fd > 0) {
+            keep = fcntl(pass_fd, F_DUPFD, 100);
+            if (keep < 0)
+                _exit(127);
+        }
+        if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
+            _exit(127);
+        if (keep >= 0) {
+            if (dup2(keep, 3) < 0)
+                _exit(127);
+            close_from(4);
+        } else {
+            close_from(3);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        if (listen_pid_slot)
+            put_num(listen_pid_slot + strlen("LISTEN_PID="), (long)getpid());
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    close(out);
+    close(null);
+    return pid;
+}
+
+static char **build_env(const np_opts_t *o, char *listen_pid_buf, size_t bufsize,
+                        char **listen_pid_slot, char **owned, int *nowned)
+{
+    size_t n = 0;
+    for (char **e = environ; *e; e++)
+        n++;
+    for (const char *const *e = o && o->env ? o->env : NULL; e && *e; e++)
+        n++;
+    char **envp = calloc(n + 8, sizeof(char *));
+    ck_assert_msg(envp != NULL, "out of memory");
+    size_t k = 0;
+    for (char **e = environ; *e; e++)
+        if (!env_filtered(*e))
+            envp[k++] = *e;
+    for (const char *const *e = o && o->env ? o->env : NULL; e && *e; e++)
+        envp[k++] = (char *)*e;
+    *listen_pid_slot = NULL;
+    if (o && o->listen_fds > 0) {
+        char *s;
+        ck_assert(asprintf(&s, "LISTEN_FDS=%d", o->listen_fds) > 0);
+        owned[(*nowned)++] = s;
+        envp[k++] = s;
+        if (o->listen_fdnames) {
+            ck_assert(asprintf(&s, "LISTEN_FDNAMES=%s", o->listen_fdnames) > 0);
+            owned[(*nowned)++] = s;
+            envp[k++] = s;
+        }
+        if (o->listen_pid) {
+            snprintf(listen_pid_buf, bufsize, "LISTEN_PID=%s", o->listen_pid);
+        } else {
+            snprintf(listen_pid_buf, bufsize, "LISTEN_PID=");
+            *listen_pid_slot = listen_pid_buf;
+        }
+        envp[k++] = listen_pid_buf;
+    }
+    envp[k] = NULL;
+    return envp;
+}
+
+static void register_proc(netd_proc_t *np)
+{
+    static bool hooked;
+    if (!hooked) {
+        atexit(at_exit_kill);
+        hooked = true;
+    }
+    for (int i = 0; i < NP_MAX_PROCS; i++) {
+        if (!procs[i]) {
+            procs[i] = np;
+            return;
+        }
+    }
+    ck_abort_msg("too many netd processes in one test");
+}
+
+static void unregister_proc(netd_proc_t *np)
+{
+    for (int i = 0; i < NP_MAX_PROCS; i++)
+        if (procs[i] == np)
+            procs[i] = NULL;
+}
+
+/* Has it exited? Updates np->exited/status without blocking. */
+static bool poll_exit(netd_proc_t *np)
+{
+    if (np->exited)
+        return true;
+    int st;
+    pid_t r = waitpid(np->pid, &st, WNOHANG);
+    if (r == np->pid) {
+        np->exited = true;
+        np->status = st;
+    }
+    return np->exited;
+}
+
+static int decode_status(int st)
+{
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return -1;
+}
+
+static void wait_ready(netd_proc_t *np)
+{
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS * 2);
+    for (;;) {
+        if (poll_exit(np)) {
+            char *err = np_stderr(np);
+            ck_abort_msg("netd exited with status %d before answering ping; stderr:\n%s",
+                         decode_status(np->status), err);
+        }
+        np_client_t *c = np_client_open(np->sock);
+        if (c) {
+            np_client_send(c, json_pack("{s:s, s:s}", "cmd", "ping", "id", "ready"));
+            const char *why = NULL;
+            char *line = np_client_read_line(c, 2000, &why);
+            json_t *r = line ? json_loads(line, 0, NULL) : NULL;
+            free(line);
+            if (r && json_is_true(json_object_get(r, "ok"))) {
+                json_int_t pid = json_integer_value(json_object_get(r, "pid"));
+                ck_assert_msg(pid == np->pid, "ping: pid %lld, the child is %d", (long long)pid,
+                              (int)np->pid);
+                json_decref(r);
+                np->ctl = c;
+                return;
+            }
+            json_decref(r);
+            np_client_close(c);
+        }
+        if (np_now_ms() > deadline) {
+            char *err = np_stderr(np);
+            ck_abort_msg("netd did not answer ping on %s in time; stderr:\n%s", np->sock, err);
+        }
+        np_pause_ms(10);
+    }
+}
+
+netd_proc_t *np_start_ex(const np_opts_t *o)
+{
+    netd_proc_t *np = calloc(1, sizeof(*np));
+    ck_assert_msg(np != NULL, "out of memory");
+    np_mkdtemp(np->dir);
+    np->owns_dir = true;
+    register_proc(np);
+    path_join(np->config, sizeof(np->config), np->dir, "netd.json");
+    path_join(np->errlog, sizeof(np->errlog), np->dir, "stderr.txt");
+    if (o->sock_path && o->sock_path[0] != '/')
+        path_join(np->sock, sizeof(np->sock), np->dir, o->sock_path);
+    else if (o->sock_path)
+        snprintf(np->sock, sizeof(np->sock), "%s", o->sock_path);
+    else
+        path_join(np->sock, sizeof(np->sock), np->dir, "netd.sock");
+    write_file(np->config, o->config ? o->config : "{}");
+
+    char threads[16];
+    snprintf(threads, sizeof(threads), "%d", o->threads > 0 ? o->threads : 2);
+    const char *argv[32];
+    int k = 0;
+    argv[k++] = np_netd_path();
+    if (!o->no_config) {
+        argv[k++] = "-c";
+        argv[k++] = np->config;
+    }
+    if (!o->no_sock_arg) {
+        argv[k++] = "-s";
+        argv[k++] = np->sock;
+    }
+    if (o->threads >= 0) {
+        argv[k++] = "-t";
+        argv[k++] = threads;
+    }
+    for (const char *const *a = o->args; a && *a && k < 30; a++)
+        argv[k++] = *a;
+    argv[k] = NULL;
+
+    char lpbuf[64];
+    char *slot = NULL;
+    char *owned[4];
+    int nowned = 0;
+    char **envp = build_env(o, lpbuf, sizeof(lpbuf), &slot, owned, &nowned);
+    np->pid = spawn((char *const *)argv, envp, np->errlog, o->pass_fd, slot);
+    free(envp);
+    for (int i = 0; i < nowned; i++)
+        free(owned[i]);
+    if (!o->no_wait)
+        wait_ready(np);
+    return np;
+}
+
+netd_proc_t *np_start(const char *config, int threads)
+{
+    np_opts_t o = {.config = config, .threads = threads};
+    return np_start_ex(&o);
+}
+
+void np_write_config(netd_proc_t *np, const char *config)
+{
+    write_file(np->config, config);
+}
+
+json_t *np_call(netd_proc_t *np, const char *fmt, ...)
+{
+    ck_assert_msg(np->ctl != NULL, "no control connection");
+    json_error_t err;
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *req = json_vpack_ex(&err, 0, fmt, ap);
+    va_end(ap);
+    ck_assert_msg(req != NULL, "json_pack %s: %s", fmt, err.text);
+    return np_client_rpc(np->ctl, req);
+}
+
+np_client_t *np_connect(netd_proc_t *np)
+{
+    np_client_t *c = np_client_open(np->sock);
+    ck_assert_msg(c != NULL, "connect %s: %s", np->sock, strerror(errno));
+    return c;
+}
+
+void np_signal(netd_proc_t *np, int sig)
+{
+    ck_assert_msg(!np->exited, "netd already exited (status %d)", decode_status(np->status));
+    ck_assert_msg(kill(np->pid, sig) == 0, "kill: %s", strerror(errno));
+}
+
+int np_wait_exit(netd_proc_t *np, unsigned timeout_ms)
+{
+    uint64_t deadline = np_now_ms() + th_scale(timeout_ms);
+    while (!poll_exit(np)) {
+        if (np_now_ms() > deadline)
+            return -1;
+        np_pause_ms(5);
+    }
+    return decode_status(np->status);
+}
+
+char *np_stderr(netd_proc_t *np)
+{
+    char *text = read_file(np->errlog);
+    json_t *s = json_string(text);
+    free(text);
+    if (!s)
+        s = json_string("(stderr is not UTF-8)");
+    pool_keep(s);
+    return (char *)json_string_value(s);
+}
+
+void np_tmproot_init(void)
+{
+    char tmpl[] = "/tmp/netd-test-daemon-XXXXXX";
+    if (mkdtemp(tmpl))
+        setenv("NP_TMPROOT", tmpl, 1);
+}
+
+void np_tmproot_cleanup(void)
+{
+    const char *root = getenv("NP_TMPROOT");
+    if (root && *root)
+        rm_tree(root);
+}
+
+void np_stop(netd_proc_t *np)
+{
+    if (!np)
+        return;
+    kill_and_reap(np);
+    if (np->ctl)
+        np_client_close(np->ctl);
+    np->ctl = NULL;
+    if (np->owns_dir)
+        rm_tree(np->dir);
+    unregister_proc(np);
+    free(np);
+}
+
+int np_check_config(const char *config, char **out)
+{
+    netd_proc_t *np = calloc(1, sizeof(*np));
+    ck_assert_msg(np != NULL, "out of memory");
+    np_mkdtemp(np->dir);
+    np->owns_dir = true;
+    register_proc(np);
+    path_join(np->config, sizeof(np->config), np->dir, "netd.json");
+    path_join(np->errlog, sizeof(np->errlog), np->dir, "stderr.txt");
+    write_file(np->config, config);
+    const char *argv[] = {np_netd_path(), "--check", "-c", np->config, NULL};
+    char lpbuf[16], *slot = NULL, *owned[4];
+    int nowned = 0;
+    np_opts_t o = {0};
+    char **envp = build_env(&o, lpbuf, sizeof(lpbuf), &slot, owned, &nowned);
+    np->pid = spawn((char *const *)argv, envp, np->errlog, 0, NULL);
+    free(envp);
+    int st = np_wait_exit(np, NP_TIMEOUT_MS);
+    ck_assert_msg(st >= 0, "netd --check did not exit in time");
+    if (out)
+        *out = read_file(np->errlog);
+    np_stop(np);
+    return st;
+}
+
+/* ------------------------------------------------------------------ control clients */
+
+np_client_t *np_client_open(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    np_client_t *c = calloc(1, sizeof(*c));
+    ck_assert_msg(c != NULL, "out of memory");
+    c->fd = fd;
+    track_client(c);
+    return c;
+}
+
+void np_client_close(np_client_t *c)
+{
+    if (!c)
+        return;
+    untrack_client(c);
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c->buf);
+    free(c);
+}
+
+int np_client_send_raw(np_client_t *c, const void *buf, size_t len)
+{
+    const char *p = buf;
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    while (len > 0) {
+        struct pollfd pfd = {c->fd, POLLOUT, 0};
+        int left = (int)(deadline - np_now_ms());
+        if (left <= 0)
+            return -ETIMEDOUT;
+        if (poll(&pfd, 1, left) < 0 && errno != EINTR)
+            return -errno;
+        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+void np_client_send(np_client_t *c, json_t *req)
+{
+    ck_assert_msg(req != NULL, "no request");
+    char *text = json_dumps(req, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(req);
+    ck_assert_msg(text != NULL, "json_dumps failed");
+    size_t n = strlen(text);
+    char *line = malloc(n + 2);
+    ck_assert_msg(line != NULL, "out of memory");
+    memcpy(line, text, n);
+    line[n] = '\n';
+    free(text);
+    int rc = np_client_send_raw(c, line, n + 1);
+    free(line);
+    ck_assert_msg(rc == 0, "control send: %s", strerror(-rc));
+}
+
+char *np_client_read_line(np_client_t *c, unsigned timeout_ms, const char **why)
+{
+    uint64_t deadline = np_now_ms() + th_scale(timeout_ms);
+    size_t scanned = 0;
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    for (;;) {
+        char *nl = c->len > scanned ? memchr(c->buf + scanned, '\n', c->len - scanned) : NULL;
+        if (nl) {
+            size_t n = (size_t)(nl - c->buf);
+            char *line = malloc(n + 1);
+            ck_assert_msg(line != NULL, "out of memory");
+            memcpy(line, c->buf, n);
+            line[n] = '\0';
+            memmove(c->buf, nl + 1, c->len - n - 1);
+            c->len -= n + 1;
+            *why = NULL;
+            return line;
+        }
+        scanned = c->len;
+        int left = (int)((int64_t)deadline - (int64_t)np_now_ms());
+        if (left <= 0) {
+            *why = "timeout";
+            return NULL;
+        }
+        struct pollfd pfd = {c->fd, POLLIN, 0};
+        int pr = poll(&pfd, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0) {
+            *why = "timeout";
+            return NULL;
+        }
+        if (c->cap - c->len < 65536) {
+            size_t cap = c->cap ? c->cap * 2 : 131072;
+            while (cap - c->len < 65536)
+                cap *= 2;
+            char *b = realloc(c->buf, cap);
+            ck_assert_msg(b != NULL, "out of memory");
+            c->buf = b;
+            c->cap = cap;
+        }
+        ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, MSG_DONTWAIT);
+        if (n == 0) {
+            *why = "eof";
+            return NULL;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            *why = strerror(errno);
+            return NULL;
+        }
+        c->len += (size_t)n;
+    }
+}
+
+json_t *np_client_recv(np_client_t *c, unsigned timeout_ms)
+{
+    const char *why = NULL;
+    char *line = np_client_read_line(c, timeout_ms, &why);
+    ck_assert_msg(line != NULL, "no reply line from netd: %s", why);
+    json_error_t err;
+    json_t *r = json_loads(line, JSON_REJECT_DUPLICATES, &err);
+    ck_assert_msg(r != NULL, "reply is not JSON (%s): %.300s", err.text, line);
+    ck_assert_msg(json_is_object(r), "reply is not an object: %.300s", line);
+    free(line);
+    return pool_keep(r);
+}
+
+json_t *np_client_rpc(np_client_t *c, json_t *req)
+{
+    np_client_send(c, req);
+    return np_client_recv(c, NP_TIMEOUT_MS);
+}
+
+json_t *np_client_call(np_client_t *c, const char *fmt, ...)
+{
+    json_error_t err;
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *req = json_vpack_ex(&err, 0, fmt, ap);
+    va_end(ap);
+    ck_assert_msg(req != NULL, "json_pack %s: %s", fmt, err.text);
+    return np_client_rpc(c, req);
+}
+
+int np_client_wait_closed(np_client_t *c, unsigned timeout_ms)
+{
+    uint64_t deadline = np_now_ms() + th_scale(timeout_ms);
+    char buf[65536];
+    for (;;) {
+        int left = (int)((int64_t)deadline - (int64_t)np_now_ms());
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {c->fd, POLLIN, 0};
+        int pr = poll(&pfd, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0)
+            return 0;
+        ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+            return 1;
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+            return 1;
+    }
+}
+
+/* ------------------------------------------------------------------ replies */
+
+const char *np_json_str(const json_t *v)
+{
+    static char ring[8][2048];
+    static int next;
+    char *out = ring[next++ % 8];
+    char *text = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    snprintf(out, 2048, "%s", text ? text : "(null)");
+    free(text);
+    return out;
+}
+
+json_t *np_ok(json_t *reply)
+{
+    ck_assert_msg(reply != NULL, "no reply");
+    ck_assert_msg(json_is_true(json_object_get(reply, "ok")), "expected ok:true, got %s",
+                  np_json_str(reply));
+    ck_assert_msg(json_object_get(reply, "error") == NULL, "ok reply with an error: %s",
+                  np_json_str(reply));
+    return reply;
+}
+
+void np_expect_error(json_t *reply, const char *code, const char *in_message)
+{
+    ck_assert_msg(reply != NULL, "no reply");
+    ck_assert_msg(json_is_false(json_object_get(reply, "ok")),
+                  "expected ok:false with %s, got %s", code, np_json_str(reply));
+    json_t *err = json_object_get(reply, "error");
+    ck_assert_msg(json_is_object(err), "error is not an object: %s", np_json_str(reply));
+    const char *got = json_string_value(json_object_get(err, "code"));
+    ck_assert_msg(got && strcmp(got, code) == 0, "expected code %s, got %s", code,
+                  np_json_str(reply));
+    const char *msg = json_string_value(json_object_get(err, "message"));
+    ck_assert_msg(msg && *msg, "error.message missing or empty: %s", np_json_str(reply));
+    if (in_message)
+        ck_assert_msg(strstr(msg, in_message) != NULL, "error message should name \"%s\": %s",
+                      in_message, np_json_str(reply));
+}
+
+/* ------------------------------------------------------------------ data clients */
+
+static void set_timeouts(int fd)
+{
+    unsigned ms = th_scale(NP_TIMEOUT_MS);
+    struct timeval tv = {ms / 1000, (long)(ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+int np_tcp_try_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    set_timeouts(fd);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int np_tcp_connect(int port)
+{
+    int fd = np_tcp_try_connect(port);
+    ck_assert_msg(fd >= 0, "connect 127.0.0.1:%d: %s", port, strerror(-fd));
+    return fd;
+}
+
+int np_unix_connect(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    set_timeouts(fd);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    ck_assert_msg(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect %s: %s", path,
+                  strerror(errno));
+    return fd;
+}
+
+int np_tcp_listen(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s",
+                  strerror(errno));
+    ck_assert_msg(listen(fd, 128) == 0, "listen: %s", strerror(errno));
+    *port = np_local_port(fd);
+    return fd;
+}
+
+int np_local_port(int fd)
+{
+    struct sockaddr_in sin = {0};
+    socklen_t len = sizeof(sin);
+    ck_assert_msg(getsockname(fd, (struct sockaddr *)&sin, &len) == 0, "getsockname: %s",
+                  strerror(errno));
+    return ntohs(sin.sin_port);
+}
+
+void np_send_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        ck_assert_msg(n > 0, "send: %s", n < 0 ? strerror(errno) : "0");
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+size_t np_recv_exact(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv(fd, p + got, len - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+ssize_t np_recv_to_eof(int fd, void *buf, size_t cap)
+{
+    char *p = buf;
+    size_t got = 0;
+    for (;;) {
+        char scratch[4096];
+        char *dst = got < cap ? p + got : scratch;
+        size_t room = got < cap ? cap - got : sizeof(scratch);
+        ssize_t n = recv(fd, dst, room, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            return (ssize_t)(got < cap ? got : cap);
+        if (n < 0)
+            return -1;
+        got += (size_t)n;
+    }
+}
+
+int np_expect_eof(int fd)
+{
+    char c;
+    for (;;) {
+        ssize_t n = recv(fd, &c, 1, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+            return 1;
+        if (n > 0)
+            return 0;
+        return -1;
+    }
+}
+
+void np_echo_check(int fd, const char *data)
+{
+    size_t n = strlen(data);
+    char *buf = malloc(n + 1);
+    ck_assert_msg(buf != NULL, "out of memory");
+    np_send_all(fd, data, n);
+    size_t got = np_recv_exact(fd, buf, n);
+    buf[got] = '\0';
+    ck_assert_msg(got == n && memcmp(buf, data, n) == 0, "echo: sent \"%s\", got \"%s\" (%zu bytes)",
+                  data, buf, got);
+    free(buf);
+}

@@ -1,0 +1,169 @@
+/*
+ * netd_proc: drive a real netd from a Check test. Starts netd as a child process with a
+ * config in a fresh temporary directory and a control socket there, talks to it over the
+ * control socket (one JSON request, one reply line, always with a deadline), signals it,
+ * waits for its exit, and cleans everything up. Plus blocking TCP/unix test clients with
+ * timeouts. Everything is on loopback or unix sockets.
+ *
+ * Failures abort the current test (ck_assert); the netd child gets PR_SET_PDEATHSIG and
+ * an atexit hook kills it, so a failed test never leaves a daemon behind.
+ */
+#ifndef NETD_TEST_PROC_H
+#define NETD_TEST_PROC_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <jansson.h>
+
+/* The default deadline of every wait, in ms, before th_scale (CK_TIMEOUT_MULTIPLIER). */
+#define NP_TIMEOUT_MS 5000
+
+/* ------------------------------------------------------------------ control clients */
+
+/* One control connection: a unix stream socket and the bytes read past the last line. */
+typedef struct np_client {
+    int fd;
+    char *buf;
+    size_t len, cap;
+} np_client_t;
+
+/* Connects to a control socket path; NULL when the connect fails (errno set). */
+np_client_t *np_client_open(const char *path);
+void np_client_close(np_client_t *c);
+/* Writes all of buf (MSG_NOSIGNAL). Returns 0, or -errno (EPIPE, ECONNRESET...). */
+int np_client_send_raw(np_client_t *c, const void *buf, size_t len);
+/* Sends one request line: compact JSON + "\n". req is stolen. Asserts the send worked. */
+void np_client_send(np_client_t *c, json_t *req);
+/* Reads one line (without its "\n") within timeout_ms (scaled). Returns a malloc'd
+ * string, or NULL on EOF / error / timeout; *why (optional) says which ("eof",
+ * "timeout", strerror). */
+char *np_client_read_line(np_client_t *c, unsigned timeout_ms, const char **why);
+/* Replies returned by the functions below belong to the test's pool (freed by
+ * np_cleanup_all): never json_decref them. */
+/* Reads one line and parses it; asserts it arrived in time and is a JSON object. */
+json_t *np_client_recv(np_client_t *c, unsigned timeout_ms);
+/* Sends req (stolen) and returns the reply (asserted to arrive). */
+json_t *np_client_rpc(np_client_t *c, json_t *req);
+/* json_pack(fmt, ...) as the request, then np_client_rpc. */
+json_t *np_client_call(np_client_t *c, const char *fmt, ...);
+/* 1 when the peer has closed (EOF or ECONNRESET) within timeout_ms; any data read
+ * before the EOF is discarded. */
+int np_client_wait_closed(np_client_t *c, unsigned timeout_ms);
+
+/* ------------------------------------------------------------------ the daemon */
+
+typedef struct np_opts {
+    const char *config;      /* JSON text written to DIR/netd.json; NULL: "{}" */
+    int threads;             /* -t N; 0: 2; < 0: no -t */
+    const char *const *env;  /* extra "NAME=VALUE" entries, NULL-terminated, or NULL */
+    int pass_fd;             /* > 0: a descriptor the child gets as fd 3 (socket
+                                activation); 0: none */
+    int listen_fds;          /* > 0: LISTEN_FDS=N and LISTEN_PID=<child pid> set in the
+                                child after fork (pass_fd is fd 3) */
+    const char *listen_fdnames; /* LISTEN_FDNAMES, or NULL */
+    const char *listen_pid;  /* override LISTEN_PID (a wrong pid on purpose), or NULL */
+    const char *sock_path;   /* control socket path; NULL: DIR/netd.sock; relative:
+                                under DIR */
+    bool no_sock_arg;        /* run without -s (sock_path says where netd will be) */
+    bool no_config;          /* run without -c */
+    bool no_wait;            /* do not wait for the ping (a start expected to fail) */
+    const char *const *args; /* more arguments, NULL-terminated, or NULL */
+} np_opts_t;
+
+typedef struct netd_proc {
+    pid_t pid;
+    char dir[PATH_MAX];    /* the temporary directory (realpath'd) */
+    char sock[PATH_MAX];   /* the control socket path */
+    char config[PATH_MAX]; /* DIR/netd.json */
+    char errlog[PATH_MAX]; /* DIR/stderr.txt: netd's stderr (and stdout) */
+    bool exited;
+    int status;            /* the wait status, once exited */
+    np_client_t *ctl;      /* the control connection used by np_call (opened at start) */
+    bool owns_dir;
+} netd_proc_t;
+
+/* The netd binary: $top_builddir/src/daemon/netd (top_builddir default "."). */
+const char *np_netd_path(void);
+/* A new temporary directory (realpath'd, mode 0700) in out (PATH_MAX). */
+void np_mkdtemp(char *out);
+
+/* Starts netd; unless o->no_wait, waits until it answers ping (and checks pid) and keeps
+ * that connection as np->ctl. Asserts on failure, with netd's stderr in the message. */
+netd_proc_t *np_start_ex(const np_opts_t *o);
+/* np_start_ex with a config text and a thread count. */
+netd_proc_t *np_start(const char *config, int threads);
+/* Writes a new config file (atomically: written aside, renamed into place). */
+void np_write_config(netd_proc_t *np, const char *config);
+/* A request on np->ctl: json_pack(fmt, ...) sent, the reply returned (asserted). */
+json_t *np_call(netd_proc_t *np, const char *fmt, ...);
+/* A new control connection to this netd (asserted). */
+np_client_t *np_connect(netd_proc_t *np);
+/* kill(pid, sig). */
+void np_signal(netd_proc_t *np, int sig);
+/* Waits for the exit within timeout_ms (scaled). Returns the exit status (0-255), 128+N
+ * when killed by signal N, or -1 on timeout. */
+int np_wait_exit(netd_proc_t *np, unsigned timeout_ms);
+/* netd's stderr so far (malloc'd, NUL-terminated). */
+char *np_stderr(netd_proc_t *np);
+/* Kills netd if it still runs, reaps it, closes the control connection, removes the
+ * directory (when it made it) and frees np. NULL is fine. */
+void np_stop(netd_proc_t *np);
+
+/* Runs `netd --check -c FILE` on a config text; returns the exit status and, when out is
+ * given, the combined stdout+stderr (malloc'd). */
+int np_check_config(const char *config, char **out);
+
+/* Stops every netd, closes every client and frees every reply of the test: a checked
+ * teardown (tcase_add_checked_fixture(tc, NULL, np_cleanup_all)). */
+void np_cleanup_all(void);
+/* The runner's parent directory of all temporary directories (NP_TMPROOT), made before
+ * the suite runs and removed after it, so failed tests leave nothing behind. */
+void np_tmproot_init(void);
+void np_tmproot_cleanup(void);
+
+/* ------------------------------------------------------------------ replies */
+
+/* Asserts reply.ok == true (message: the reply); returns the reply (not consumed). */
+json_t *np_ok(json_t *reply);
+/* Asserts reply.ok == false with error.code == code, error.message a non-empty string
+ * (containing `in_message` when non-NULL). */
+void np_expect_error(json_t *reply, const char *code, const char *in_message);
+/* Compact text of a JSON value, in a static ring of buffers (for messages). */
+const char *np_json_str(const json_t *v);
+
+/* ------------------------------------------------------------------ data clients */
+
+/* Blocking TCP connect to 127.0.0.1:port with SO_RCVTIMEO/SO_SNDTIMEO of
+ * NP_TIMEOUT_MS (scaled); asserted. CLOEXEC. */
+int np_tcp_connect(int port);
+/* The same, returning -errno instead of asserting (ECONNREFUSED...). */
+int np_tcp_try_connect(int port);
+/* Blocking unix stream connect with the same timeouts; asserted. */
+int np_unix_connect(const char *path);
+/* A listening TCP socket on 127.0.0.1:0 (CLOEXEC); *port set. */
+int np_tcp_listen(int *port);
+/* Local port of a connected socket. */
+int np_local_port(int fd);
+/* send() everything (MSG_NOSIGNAL); asserted. */
+void np_send_all(int fd, const void *buf, size_t len);
+/* Reads exactly len bytes within the socket timeout; returns how many arrived (< len on
+ * EOF, error or timeout). */
+size_t np_recv_exact(int fd, void *buf, size_t len);
+/* Reads until EOF into buf (at most cap); returns the count, or -1 on error/timeout. */
+ssize_t np_recv_to_eof(int fd, void *buf, size_t cap);
+/* 1 when the peer closed (EOF or ECONNRESET) within the socket timeout, with no data
+ * first; 0 when data came, -1 on timeout. */
+int np_expect_eof(int fd);
+/* Sends data and asserts that exactly it comes back (an echo round trip). */
+void np_echo_check(int fd, const char *data);
+
+/* ------------------------------------------------------------------ time */
+
+uint64_t np_now_ms(void);
+/* Sleeps ms (polling intervals only: never a stand-in for a condition). */
+void np_pause_ms(unsigned ms);
+
+#endif
