@@ -133,6 +133,8 @@ uint64_t netd_next_id(netd_t *d);
 /* workers.c: threads, the registry, fan-out queries. */
 int netd_workers_start(netd_t *d, int n);
 void netd_workers_stop(netd_t *d);
+/* Destroys every connection on every worker (the drain deadline passed). */
+void netd_workers_cut(netd_t *d);
 /* The worker init of a server group: attaches 'connection'/'adopt' on a worker thread. */
 void netd_worker_server_init(nd_server_t *worker_server, int index, void *arg);
 json_t *netd_conn_json(const netd_conn_t *c);

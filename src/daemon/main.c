@@ -126,6 +126,39 @@ static void watch_overload(evutil_socket_t fd, short what, void *arg)
     seen = paused;
 }
 
+static void finish_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    nd_loop_stop(arg);
+}
+
+/*
+ * After the main loop: cut what the drain left (the deadline passed, or a second signal),
+ * let every 'close' run so nothing leaks, and close the control clients. Bounded: two
+ * seconds at most.
+ */
+static void finish(netd_t *d)
+{
+    struct event *t = evtimer_new(nd_loop_base(d->loop), finish_timeout, d->loop);
+    struct timeval two = {2, 0};
+    if (t)
+        evtimer_add(t, &two);
+    if (!TAILQ_EMPTY(&d->servers)) {
+        d->draining = true;
+        netd_workers_cut(d);
+        netd_server_t *s, *next;
+        for (s = TAILQ_FIRST(&d->servers); s; s = next) {
+            next = TAILQ_NEXT(s, link);
+            netd_server_close(s, false);
+        }
+        nd_loop_run(d->loop); /* maybe_drained stops it once every server closed */
+    }
+    netd_control_stop(d);
+    nd_loop_unref(d->loop);
+    nd_loop_run(d->loop); /* the control clients' 'close' */
+    if (t)
+        event_free(t);
+}
+
 static int detect_cpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -271,6 +304,7 @@ int main(int argc, char **argv)
     /* The main loop runs until the drain ends or a second signal cuts it short. */
     nd_loop_ref(d->loop);
     nd_loop_run(d->loop);
+    finish(d);
 
     netd_log(NETD_LOG_INFO, "exiting with status %d", d->exit_code);
     for (int i = 0; signums[i]; i++)
@@ -279,7 +313,6 @@ int main(int argc, char **argv)
         event_free(d->drain_timer);
     if (overload)
         event_free(overload);
-    netd_control_stop(d);
     netd_workers_stop(d);
     nd_loop_free(d->loop);
     netd_config_free(&d->cfg);

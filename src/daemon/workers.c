@@ -341,10 +341,15 @@ static void worker_teardown(nd_loop_t *loop, void *arg)
     }
 }
 
-void netd_workers_stop(netd_t *d)
+void netd_workers_cut(netd_t *d)
 {
     for (int i = 0; i < d->nworkers; i++)
         nd_loop_post(d->workers[i].loop, worker_teardown, &d->workers[i]);
+}
+
+void netd_workers_stop(netd_t *d)
+{
+    netd_workers_cut(d);
     for (int i = 0; i < d->nworkers; i++) {
         nd_thread_join(d->workers[i].thread); /* frees the loop too */
         d->workers[i].thread = NULL;

@@ -164,6 +164,7 @@ struct nd_loop {
     bool stop;
     bool running;
     bool freeing;
+    bool stop_when_drained; /* nd_thread_stop: finish what is pending, then return */
     int alive;     /* active ref'd handles + application refs */
     int nhandles;
     struct nd__handle_list handles;

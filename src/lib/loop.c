@@ -126,6 +126,8 @@ ND_EXPORT int nd_loop_run(nd_loop_t *loop)
            atomic_load_explicit(&loop->remote_refs, memory_order_acquire) > 0) {
         if (loop->stop)
             return 1;
+        if (loop->stop_when_drained && !has_pending(loop))
+            return 1;
         int rc = nd_loop_run_once(loop, 0);
         if (rc < 0)
             return rc;

@@ -50,9 +50,10 @@ ND_EXPORT nd_thread_t *nd_thread_start(nd_loop_t *loop)
 
 static void stop_msg(nd_loop_t *loop, void *arg)
 {
-    /* In mailbox order: everything posted before the stop has run. */
+    /* In mailbox order: everything posted before the stop has run; what they left pending
+     * (a 'close' after a destroy) runs too, then the loop returns. */
     atomic_fetch_sub(&loop->remote_refs, 1);
-    nd_loop_stop(loop);
+    loop->stop_when_drained = true;
 }
 
 ND_EXPORT void nd_thread_stop(nd_thread_t *t)

@@ -542,7 +542,9 @@ typedef struct nd_thread nd_thread_t;
  */
 nd_thread_t *nd_thread_start(nd_loop_t *loop);
 
-/* Any thread but the worker's own. Drops the thread's ref and posts a stop message. */
+/* Any thread but the worker's own. Posts a stop message: once it runs (after every
+ * message posted before it) the loop finishes its pending events ('close' of sockets
+ * destroyed by those messages included) and returns, whatever else it holds. */
 void nd_thread_stop(nd_thread_t *t);
 
 /* Waits for the thread to end and frees it; then frees the loop (nd_loop_free) on the
