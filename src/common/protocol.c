@@ -5,6 +5,8 @@
 
 #include "protocol.h"
 
+#include <jansson.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +98,65 @@ const netd_arg_t *netd_command_arg(const netd_command_t *cmd, const char *name)
         if (strcmp(a->name, name) == 0)
             return a;
     return NULL;
+}
+
+const char *netd_argtype_name(netd_argtype_t t)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return "an integer";
+    case NETD_ARG_STRING:
+        return "a string";
+    case NETD_ARG_BOOL:
+        return "a boolean";
+    case NETD_ARG_OBJECT:
+        return "an object";
+    case NETD_ARG_STRING_ARRAY:
+        return "an array of strings";
+    case NETD_ARG_SERVER:
+        return "a server id or name";
+    case NETD_ARG_INT_OR_NULL:
+        return "an integer or null";
+    case NETD_ARG_INT_OR_STRING:
+        return "an integer or a name";
+    case NETD_ARG_INT_OR_FALSE:
+        return "an integer or false";
+    case NETD_ARG_ANY:
+        return "any value";
+    }
+    return "?";
+}
+
+bool netd_arg_accepts(netd_argtype_t t, const json_t *v)
+{
+    switch (t) {
+    case NETD_ARG_INT:
+        return json_is_integer(v);
+    case NETD_ARG_STRING:
+        return json_is_string(v);
+    case NETD_ARG_BOOL:
+        return json_is_boolean(v);
+    case NETD_ARG_OBJECT:
+        return json_is_object(v);
+    case NETD_ARG_STRING_ARRAY: {
+        if (!json_is_array(v))
+            return false;
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
+        return true;
+    }
+    case NETD_ARG_SERVER:
+    case NETD_ARG_INT_OR_STRING:
+        return json_is_integer(v) || json_is_string(v);
+    case NETD_ARG_INT_OR_NULL:
+        return json_is_integer(v) || json_is_null(v);
+    case NETD_ARG_INT_OR_FALSE:
+        return json_is_integer(v) || json_is_false(v);
+    case NETD_ARG_ANY:
+        return true;
+    }
+    return false;
 }
 
 const char *netd_default_socket_path(char *buf, size_t len)

@@ -48,6 +48,12 @@ const netd_command_t *netd_command_find(const char *name);
 /* The spec of one argument of a command, or NULL (then the argument is unknown: EARG). */
 const netd_arg_t *netd_command_arg(const netd_command_t *cmd, const char *name);
 
+/* Whether a JSON value is of an argument type, and the type in words ("an integer"):
+ * the daemon's EARG check and netctl's pre-send check are this one function. */
+struct json_t;
+bool netd_arg_accepts(netd_argtype_t type, const struct json_t *v);
+const char *netd_argtype_name(netd_argtype_t type);
+
 /* Error codes of the protocol that are not errno names (CONTROL.md). */
 #define NETD_EPARSE "EPARSE"
 #define NETD_EREQUEST "EREQUEST"

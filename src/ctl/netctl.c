@@ -270,39 +270,6 @@ typedef struct request {
     char *line; /* what goes on the wire, without its '\n' */
 } request_t;
 
-static bool fits(netd_argtype_t type, const json_t *v)
-{
-    size_t i;
-    json_t *item;
-    switch (type) {
-    case NETD_ARG_INT:
-        return json_is_integer(v);
-    case NETD_ARG_STRING:
-        return json_is_string(v);
-    case NETD_ARG_BOOL:
-        return json_is_boolean(v);
-    case NETD_ARG_OBJECT:
-        return json_is_object(v);
-    case NETD_ARG_STRING_ARRAY:
-        if (!json_is_array(v))
-            return false;
-        json_array_foreach (v, i, item)
-            if (!json_is_string(item))
-                return false;
-        return true;
-    case NETD_ARG_SERVER:
-    case NETD_ARG_INT_OR_STRING:
-        return json_is_integer(v) || json_is_string(v);
-    case NETD_ARG_INT_OR_NULL:
-        return json_is_integer(v) || json_is_null(v);
-    case NETD_ARG_INT_OR_FALSE:
-        return json_is_integer(v) || json_is_false(v);
-    case NETD_ARG_ANY:
-        return true;
-    }
-    return false;
-}
-
 /* Every argument goes through here: its name must be one the shared table lists for the
  * command, with a value of the listed type. A miss means netctl and protocol.c disagree,
  * and that must fail before anything is sent rather than as EARG from the daemon. */
@@ -311,7 +278,7 @@ static void put(request_t *r, const char *name, json_t *value)
     const netd_arg_t *spec = netd_command_arg(r->cmd, name);
     if (!spec)
         usage_error("the command table has no argument '%s' for '%s'", name, r->cmd->name);
-    if (!fits(spec->type, value))
+    if (!netd_arg_accepts(spec->type, value))
         usage_error("argument '%s' of '%s' does not have the type the command table gives",
                     name, r->cmd->name);
     json_object_set_new(r->obj, name, value);

@@ -8,65 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *type_name(netd_argtype_t t)
-{
-    switch (t) {
-    case NETD_ARG_INT:
-        return "an integer";
-    case NETD_ARG_STRING:
-        return "a string";
-    case NETD_ARG_BOOL:
-        return "a boolean";
-    case NETD_ARG_OBJECT:
-        return "an object";
-    case NETD_ARG_STRING_ARRAY:
-        return "an array of strings";
-    case NETD_ARG_SERVER:
-        return "a server id or name";
-    case NETD_ARG_INT_OR_NULL:
-        return "an integer or null";
-    case NETD_ARG_INT_OR_STRING:
-        return "an integer or a name";
-    case NETD_ARG_INT_OR_FALSE:
-        return "an integer or false";
-    case NETD_ARG_ANY:
-        return "any value";
-    }
-    return "?";
-}
-
-static bool type_ok(netd_argtype_t t, const json_t *v)
-{
-    switch (t) {
-    case NETD_ARG_INT:
-        return json_is_integer(v);
-    case NETD_ARG_STRING:
-        return json_is_string(v);
-    case NETD_ARG_BOOL:
-        return json_is_boolean(v);
-    case NETD_ARG_OBJECT:
-        return json_is_object(v);
-    case NETD_ARG_STRING_ARRAY: {
-        if (!json_is_array(v))
-            return false;
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
-        return true;
-    }
-    case NETD_ARG_SERVER:
-    case NETD_ARG_INT_OR_STRING:
-        return json_is_integer(v) || json_is_string(v);
-    case NETD_ARG_INT_OR_NULL:
-        return json_is_integer(v) || json_is_null(v);
-    case NETD_ARG_INT_OR_FALSE:
-        return json_is_integer(v) || json_is_false(v);
-    case NETD_ARG_ANY:
-        return true;
-    }
-    return false;
-}
-
 static int fail(netd_request_t *r, const char *code, const char *fmt, const char *a,
                 const char *b)
 {
@@ -106,8 +47,8 @@ int netd_request_parse(const char *line, size_t len, netd_request_t *r)
         const netd_arg_t *a = netd_command_arg(r->cmd, key);
         if (!a)
             return fail(r, NETD_EARG, "%s: unknown argument \"%.200s\"", r->cmd->name, key);
-        if (!type_ok(a->type, v))
-            return fail(r, NETD_EARG, "%.200s: must be %s", key, type_name(a->type));
+        if (!netd_arg_accepts(a->type, v))
+            return fail(r, NETD_EARG, "%.200s: must be %s", key, netd_argtype_name(a->type));
     }
     for (const netd_arg_t *a = r->cmd->args; a->name; a++)
         if (a->required && !json_object_get(r->req, a->name))
