@@ -115,8 +115,13 @@ void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    send_line(c, json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
-                           "error", "code", code, "message", msg));
+    json_t *r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
+                          "error", "code", code, "message", msg);
+    /* Every request gets its reply, even when the message cannot be sent as it is. */
+    if (!r)
+        r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
+                      "error", "code", code, "message", "(message not valid UTF-8)");
+    send_line(c, r);
 }
 
 /* A refusal before any request: one reply, then the connection ends. */

@@ -8,11 +8,35 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Replaces every byte that is not part of valid UTF-8 with '?': jansson's error text can
+ * quote half a character, and a reply must be valid JSON text. */
+static void utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
+                              : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = n > 0 && !(n == 2 && *p < 0xc2);
+        for (int i = 1; ok && i < n; i++)
+            ok = (p[i] & 0xc0) == 0x80;
+        if (ok && n == 3) /* no overlong forms, no surrogates */
+            ok = !(p[0] == 0xe0 && p[1] < 0xa0) && !(p[0] == 0xed && p[1] >= 0xa0);
+        if (ok && n == 4)
+            ok = !(p[0] == 0xf0 && p[1] < 0x90) && !(p[0] == 0xf4 && p[1] >= 0x90) && p[0] <= 0xf4;
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 static int fail(netd_request_t *r, const char *code, const char *fmt, const char *a,
                 const char *b)
 {
     r->code = code;
     snprintf(r->message, sizeof(r->message), fmt, a, b);
+    utf8_sanitize(r->message); /* %.200s may cut a name inside a character */
     return -1;
 }
 
@@ -26,6 +50,7 @@ int netd_request_parse(const char *line, size_t len, netd_request_t *r)
         r->code = NETD_EPARSE;
         snprintf(r->message, sizeof(r->message), "line %d, column %d: %s", jerr.line,
                  jerr.column, jerr.text);
+        utf8_sanitize(r->message);
         return -1;
     }
     if (!json_is_object(r->req))
