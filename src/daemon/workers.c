@@ -103,6 +103,13 @@ static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstrea
     netd_conn_t *uc = conn_new(w, upstream, cc->server, NETD_ROLE_UPSTREAM);
     if (!uc)
         return;
+    /* The server's socket options apply to both legs of a proxied connection: with Nagle
+     * on the upstream leg, small requests would wait for the upstream's ACKs. */
+    const netd_listen_spec_t *sp = &cc->server->spec;
+    if (sp->no_delay)
+        nd_socket_set_no_delay(upstream, 1);
+    if (sp->keep_alive_ms >= 0)
+        nd_socket_set_keep_alive(upstream, 1, (unsigned)sp->keep_alive_ms);
     uc->pair = cc;
     cc->pair = uc;
     attach(uc);
