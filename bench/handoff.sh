@@ -47,8 +47,8 @@ for r in $(seq "$ROUNDS"); do
         "$NETLOAD" connect "127.0.0.1:$port" -c 32 -d "$DURATION" -w 1 | tail -1 >>"$work/$which"
     done
 done
-lc_rate=$(field reqs_per_s <"$work/lc" | median)
-rp_rate=$(field reqs_per_s <"$work/rp" | median)
+lc_rate=$(field conns_per_s <"$work/lc" | median)
+rp_rate=$(field conns_per_s <"$work/rp" | median)
 lc_p50=$(field p50_us <"$work/lc" | median)
 rp_p50=$(field p50_us <"$work/rp" | median)
 printf '| balance   | connections/s | p50 connect+echo+close (us) |\n|---|---|---|\n'
