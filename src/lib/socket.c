@@ -1255,7 +1255,7 @@ typedef struct move_msg {
     nd__msg_t node;
     nd_socket_t *sock, *peer; /* peer: the other half of a proxy pair, or NULL */
     nd_socket_t *peer_at_call; /* the pair when nd_socket_move was called (held) */
-    bool reading[2], writing[2];
+    bool writing[2];
     uint32_t pending[2];
     int to[2]; /* member index in the socket's group, or -1 */
     nd_adopt_fn on_adopt;
@@ -1309,9 +1309,8 @@ static int move_check(nd_socket_t *s, nd_loop_t *target, nd_socket_t **peerp, in
 }
 
 /* On the owner: stop every event, leave the loop's books; the fd and state stay put. */
-static void detach(nd_socket_t *s, int to, bool *reading, bool *writing, uint32_t *pending)
+static void detach(nd_socket_t *s, int to, bool *writing, uint32_t *pending)
 {
-    *reading = s->reading;
     *writing = s->writing;
     stop_reading(s);
     stop_writing(s);
@@ -1331,8 +1330,7 @@ static void detach(nd_socket_t *s, int to, bool *reading, bool *writing, uint32_
     s->h.loop->nhandles--;
 }
 
-static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool reading, bool writing,
-                  uint32_t pending)
+static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_t pending)
 {
     s->h.loop = loop;
     TAILQ_INSERT_TAIL(&loop->handles, &s->h, link);
@@ -1343,9 +1341,8 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool reading, bool wr
     if (s->server && to >= 0)
         s->server = nd__server_move_in(s->server, to);
     ND__STAT_ADD(loop->stats.moved_in, 1);
-    (void)reading; /* whether to read is decided here, from the paused state */
     s->moving = false;
-    start_reading(s);
+    start_reading(s); /* if not paused: the paused state travelled with the socket */
     if (writing)
         start_writing(s);
     touch(s);
@@ -1359,7 +1356,7 @@ static void adopt_msg(nd_loop_t *loop, void *arg)
     nd_socket_t *both[2] = {m->sock, m->peer};
     for (int i = 0; i < 2; i++) {
         if (both[i]) {
-            adopt(both[i], loop, m->to[i], m->reading[i], m->writing[i], m->pending[i]);
+            adopt(both[i], loop, m->to[i], m->writing[i], m->pending[i]);
             nd__handle_retain(&both[i]->h);
         }
     }
@@ -1406,9 +1403,9 @@ static void do_move(void *arg)
     m->peer = peer;
     if (m->notify)
         m->notify(s, ND_MOVE_DETACHED, 0, m->arg);
-    detach(s, m->to[0], &m->reading[0], &m->writing[0], &m->pending[0]);
+    detach(s, m->to[0], &m->writing[0], &m->pending[0]);
     if (peer)
-        detach(peer, m->to[1], &m->reading[1], &m->writing[1], &m->pending[1]);
+        detach(peer, m->to[1], &m->writing[1], &m->pending[1]);
     /* The message node is part of m: posting cannot fail and strand the sockets. */
     nd__loop_post_node(m->target, &m->node, adopt_msg, m, NULL);
 }
