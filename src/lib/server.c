@@ -1092,7 +1092,7 @@ static void rp_reply_msg(nd_loop_t *loop, void *arg)
         if (--g->rp_waiting == 0) {
             if (g->rp_err) {
                 group_unlisten_members(g);
-                fail_listen(s, g->rp_err, "listen", g->rp_err ? s->host : NULL, s->port);
+                fail_listen(s, g->rp_err, "listen", s->host, s->port);
             } else {
                 nd__handle_pend(&s->h, SP_LISTENING);
             }
