@@ -454,6 +454,19 @@ static netd_server_t *server_arg(netd_t *d, netd_client_t *c, json_t *req, json_
     return s;
 }
 
+/* An optional "server" argument: 0 when absent (all servers); false when it names none
+ * (the ENOSERVER reply is sent). */
+static bool optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id, uint64_t *sid)
+{
+    *sid = 0;
+    if (!json_object_get(req, "server"))
+        return true;
+    netd_server_t *s = server_arg(d, c, req, id);
+    if (s)
+        *sid = s->id;
+    return s != NULL;
+}
+
 static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
 {
     uint64_t sid = *(const uint64_t *)arg;
@@ -644,13 +657,9 @@ static void sockets_done(netd_t *d, json_t **results, void *arg)
 
 static void cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
-    uint64_t sid = 0;
-    if (json_object_get(req, "server")) {
-        netd_server_t *s = server_arg(d, c, req, id);
-        if (!s)
-            return;
-        sid = s->id;
-    }
+    uint64_t sid;
+    if (!optional_server(d, c, req, id, &sid))
+        return;
     long long limit, older, idle;
     if (!nonneg_arg(c, req, id, "limit", &limit, 1000) ||
         !nonneg_arg(c, req, id, "olderThanMs", &older, 0) ||
@@ -913,13 +922,9 @@ static void rebalance_counted(netd_t *d, json_t **results, void *arg)
 
 static void cmd_rebalance(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
-    uint64_t sid = 0;
-    if (json_object_get(req, "server")) {
-        netd_server_t *s = server_arg(d, c, req, id);
-        if (!s)
-            return;
-        sid = s->id;
-    }
+    uint64_t sid;
+    if (!optional_server(d, c, req, id, &sid))
+        return;
     cmd_ctx_t *x = ctx_new(c, id, req);
     if (!x)
         return;
