@@ -96,6 +96,7 @@ typedef struct group_msg {
     nd__group_t *g;
     int index;
     int fd;
+    bool owns_fd; /* a handoff: fd is an accepted connection */
     int err;
     unsigned gen;
     socklen_t plen;
@@ -105,8 +106,8 @@ typedef struct group_msg {
 } group_msg_t;
 
 static void group_release(nd__group_t *g);
-static int group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
-                      group_msg_t *msg);
+static void group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
+                       group_msg_t *msg);
 static void group_unlisten_members(nd__group_t *g);
 static bool group_is_owner(const nd_server_t *s)
 {
@@ -611,16 +612,24 @@ static bool admit(nd_server_t *s)
     return true;
 }
 
+/* An accepted connection that could not reach the application: it is closed, counted,
+ * and no longer holds a place in the group. */
+static void handoff_lost(nd__group_t *g, int index, int fd)
+{
+    close(fd);
+    atomic_fetch_add(&g->handoff_failed, 1);
+    group_uncount(g, index);
+}
+
 /* Gives an accepted descriptor to the application on this loop: 'connection'. */
 static void deliver(nd_server_t *s, int fd, const struct sockaddr *peer, socklen_t plen)
 {
     nd_socket_t *sock = nd__socket_accepted(s, fd, s->allow_half_open, peer, plen);
     if (!sock) {
-        close(fd);
         if (s->group) {
-            atomic_fetch_add(&s->group->handoff_failed, 1);
-            group_uncount(s->group, s->index);
+            handoff_lost(s->group, s->index, fd);
         } else {
+            close(fd);
             s->rejected_total++;
         }
         return;
@@ -643,9 +652,7 @@ static void handoff_msg(nd_loop_t *loop, void *arg)
         ND__STAT_ADD(loop->stats.handed_off, 1);
         deliver(ws, msg->fd, &msg->peer.sa, msg->plen);
     } else {
-        close(msg->fd);
-        atomic_fetch_add(&g->handoff_failed, 1);
-        group_uncount(g, msg->index);
+        handoff_lost(g, msg->index, msg->fd);
     }
     group_release(g);
     free(msg);
@@ -676,20 +683,15 @@ static void hand_off(nd_server_t *s, int fd, const nd__sockaddr_t *peer, socklen
     s->handed_off = true;
     group_msg_t *msg = malloc(sizeof(*msg));
     if (!msg) {
-        close(fd);
-        atomic_fetch_add(&g->handoff_failed, 1);
-        group_uncount(g, i);
+        handoff_lost(g, i, fd);
         return;
     }
     msg->index = i;
     msg->fd = fd;
+    msg->owns_fd = true;
     msg->peer = *peer;
     msg->plen = plen;
-    if (group_post(g, g->m[i].loop, handoff_msg, msg) != 0) {
-        close(fd);
-        atomic_fetch_add(&g->handoff_failed, 1);
-        group_uncount(g, i);
-    }
+    group_post(g, g->m[i].loop, handoff_msg, msg);
 }
 
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
@@ -873,7 +875,7 @@ ND_EXPORT void *nd_server_data(const nd_server_t *s)
 static void drop_msg(void *arg)
 {
     group_msg_t *msg = arg;
-    if (msg->fd > 0)
+    if (msg->owns_fd)
         close(msg->fd);
     group_release(msg->g);
     free(msg);
@@ -891,14 +893,14 @@ static void member_free_msg(nd_loop_t *loop, void *arg)
     free(msg);
 }
 
-/* Posts msg (which it owns from now on) to a member or the owner, holding a group ref. */
-static int group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
-                      group_msg_t *msg)
+/* Posts msg (which it owns from now on) to a member or the owner, holding a group ref.
+ * The node is embedded in msg: posting cannot fail. */
+static void group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, void *),
+                       group_msg_t *msg)
 {
     msg->g = g;
     atomic_fetch_add(&g->refs, 1);
     nd__loop_post_node(to, &msg->node, fn ? fn : member_free_msg, msg, drop_msg);
-    return 0;
 }
 
 static void group_release(nd__group_t *g)
@@ -1212,10 +1214,7 @@ static void listen_reuseport(nd_server_t *s, const char *ip, int port)
         msg->port = a.port;
         msg->backlog = s->backlog;
         memcpy(msg->ip, a.address, sizeof(msg->ip) - 1); /* an IP literal fits */
-        if (group_post(g, g->m[i].loop, member_listen_msg, msg) != 0) {
-            g->rp_waiting--;
-            g->rp_err = -ENOMEM;
-        }
+        group_post(g, g->m[i].loop, member_listen_msg, msg);
     }
     update_active(s);
 }
