@@ -269,8 +269,8 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
     int rc = s->group ? 0 : -ENOMEM;
     if (!rc) {
         nd_server_set_max_connections(s->group, s->spec.max_connections);
-        /* CONTROL.md: 64 descriptors stay for control clients and proxy upstreams. */
-        nd_server_set_fd_reserve(s->group, 64);
+        /* CONTROL.md: descriptors stay for control clients and proxy upstreams. */
+        nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
         nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
         nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
         nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);

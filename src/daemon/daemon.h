@@ -15,6 +15,9 @@
 #include "config.h"
 #include "protocol.h"
 
+/* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
+#define NETD_FD_RESERVE 64
+
 typedef struct netd netd_t;
 typedef struct netd_worker netd_worker_t;
 typedef struct netd_server netd_server_t;
@@ -113,6 +116,7 @@ struct netd {
     char **listen_fd_names;
     bool *listen_fd_used;
     int fd_limit;
+    uint64_t paused_seen; /* acceptPausedTotal at the last overload check */
     /* limits read by workers; the reload may change them */
     _Atomic size_t max_buffered_bytes;
     _Atomic size_t high_water_mark;
@@ -201,6 +205,8 @@ int netd_reload(netd_t *d);
 /* stats.c */
 json_t *netd_stats_json(netd_t *d);
 char *netd_metrics_text(netd_t *d);
+/* acceptPausedTotal alone (the once-a-second overload log line). */
+uint64_t netd_stats_accept_paused(netd_t *d);
 /* Keeps a closing server's totals in the daemon's (inside its 'close'). */
 void netd_stats_closed_server(netd_t *d, nd_server_t *group);
 

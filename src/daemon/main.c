@@ -77,7 +77,7 @@ static int raise_fd_limit(void)
 
 static void warn_capacity(netd_t *d)
 {
-    long long need = 64; /* the control reserve */
+    long long need = NETD_FD_RESERVE;
     for (size_t i = 0; i < d->cfg.nservers; i++) {
         if (d->cfg.servers[i].max_connections <= 0)
             continue;
@@ -114,16 +114,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void watch_overload(evutil_socket_t fd, short what, void *arg)
 {
     netd_t *d = arg;
-    static uint64_t seen;
-    json_t *st = netd_stats_json(d);
-    uint64_t paused = (uint64_t)json_integer_value(json_object_get(st, "acceptPausedTotal"));
-    json_decref(st);
-    if (paused > seen)
+    uint64_t paused = netd_stats_accept_paused(d);
+    if (paused > d->paused_seen)
         netd_log(NETD_LOG_WARN,
                  "accepting paused %llu time(s) in the last second: out of file descriptors "
                  "(limit %d, %d kept for control and upstreams)",
-                 (unsigned long long)(paused - seen), d->fd_limit, 64);
-    seen = paused;
+                 (unsigned long long)(paused - d->paused_seen), d->fd_limit, NETD_FD_RESERVE);
+    d->paused_seen = paused;
 }
 
 static void finish_timeout(evutil_socket_t fd, short what, void *arg)

@@ -71,6 +71,13 @@ static void sum(netd_t *d, totals_t *t)
     }
 }
 
+uint64_t netd_stats_accept_paused(netd_t *d)
+{
+    totals_t t;
+    sum(d, &t);
+    return t.accept_paused;
+}
+
 void netd_stats_closed_server(netd_t *d, nd_server_t *group)
 {
     nd_server_stats_t st;

@@ -27,6 +27,7 @@ static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t 
     c->created_ms = netd_now_ms();
     netd_server_retain(srv);
     TAILQ_INSERT_TAIL(&w->conns, c, link);
+    nd_socket_set_data(sock, c); /* the daemon's slot: handlers leave it alone */
     return c;
 }
 
@@ -85,19 +86,10 @@ static void upstream_failed(void *ctx, nd_socket_t *client, const nd_error_t *er
     netd_log(NETD_LOG_WARN, "proxy upstream: %s", err ? err->message : "failed");
 }
 
-static netd_conn_t *find_conn(netd_worker_t *w, const nd_socket_t *sock)
-{
-    netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-        if (c->sock == sock)
-            return c;
-    return NULL;
-}
-
 static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstream)
 {
     netd_worker_t *w = ctx;
-    netd_conn_t *cc = find_conn(w, client);
+    netd_conn_t *cc = nd_socket_data(client);
     if (!cc)
         return;
     netd_conn_t *uc = conn_new(w, upstream, cc->server, NETD_ROLE_UPSTREAM);

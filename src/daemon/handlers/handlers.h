@@ -2,6 +2,7 @@
  * The built-in connection handlers (echo, discard, banner, proxy). Each lives in its own
  * file and uses nothing but <netd/net.h>; the daemon parses their JSON spec into
  * netd_handler_cfg_t (config.c) and calls them on the worker thread that owns the socket.
+ * A socket's data slot (nd_socket_set_data) belongs to the daemon: handlers leave it alone.
  */
 #ifndef NETD_HANDLERS_H
 #define NETD_HANDLERS_H
