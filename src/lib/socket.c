@@ -601,11 +601,17 @@ static void emit_data(nd_socket_t *s, const char *data, size_t len)
     }
 }
 
-static void maybe_close_after_both_ends(nd_socket_t *s)
+static bool both_ends_done(const nd_socket_t *s)
 {
-    /* Both directions are done: the connection ends cleanly. */
-    if (s->state == SK_OPEN && s->fin_sent && (s->eof || !s->opt_readable))
-        teardown(s);
+    return s->state == SK_OPEN && s->fin_sent && (s->eof || !s->opt_readable);
+}
+
+/* Both directions are done: the connection ends cleanly, one turn after 'finish' (at
+ * 'end' and the turn after it, the socket is not yet destroyed). */
+static void schedule_autoclose(nd_socket_t *s)
+{
+    if (both_ends_done(s) && !(s->h.pending & PK_FINISH))
+        nd__handle_pend(&s->h, PK_AUTOCLOSE);
 }
 
 static void on_eof(nd_socket_t *s)
@@ -634,8 +640,7 @@ static void on_eof(nd_socket_t *s)
         return;
     if (!s->allow_half_open)
         nd_socket_end(s, NULL, 0);
-    if (s->fin_sent && !(s->h.pending & PK_FINISH))
-        nd__handle_pend(&s->h, PK_AUTOCLOSE);
+    schedule_autoclose(s);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -902,12 +907,10 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
     }
     if (bits & PK_FINISH) {
         emit_simple(s, ND_EV_FINISH);
-        /* 'close' waits one more turn: at 'end' and the turn after, not yet destroyed. */
-        if (s->state == SK_OPEN && s->fin_sent && (s->eof || !s->opt_readable))
-            nd__handle_pend(&s->h, PK_AUTOCLOSE);
+        schedule_autoclose(s);
     }
-    if ((bits & PK_AUTOCLOSE) && !(bits & PK_FINISH))
-        maybe_close_after_both_ends(s);
+    if ((bits & PK_AUTOCLOSE) && both_ends_done(s))
+        teardown(s);
     if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
         s->closed_done = true;
         nd_server_t *srv = s->server;
