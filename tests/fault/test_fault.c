@@ -500,12 +500,24 @@ START_TEST(test_fd_exhaustion)
         if (send(flood[i], "x", 1, MSG_NOSIGNAL) != 1)
             continue;
     }
-    np_pause_ms(200);
-    for (int i = 0; i < FLOOD; i++) {
-        char c;
-        if (recv(flood[i], &c, 1, MSG_DONTWAIT) == 1 && c == 'x')
-            served++;
+    /* Wait for the echoes themselves (poll), counting every one that comes. */
+    struct pollfd *pf = calloc(FLOOD, sizeof(*pf));
+    ck_assert_ptr_nonnull(pf);
+    for (int i = 0; i < FLOOD; i++)
+        pf[i] = (struct pollfd){.fd = flood[i], .events = POLLIN};
+    uint64_t echo_until = np_now_ms() + th_scale(5000);
+    while (served == 0 && np_now_ms() < echo_until) {
+        if (poll(pf, FLOOD, 100) <= 0)
+            continue;
+        for (int i = 0; i < FLOOD; i++) {
+            char c;
+            if ((pf[i].revents & POLLIN) && recv(flood[i], &c, 1, MSG_DONTWAIT) == 1 && c == 'x') {
+                served++;
+                pf[i].fd = -1; /* counted: poll skips it from now on */
+            }
+        }
     }
+    free(pf);
     ck_assert_msg(served > 0, "no flood connection was served at all");
     for (int i = 0; i < KEEP; i++)
         ck_assert_msg(echo_ok(keep[i], "still"), "keep[%d] stopped echoing", i);
