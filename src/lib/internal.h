@@ -126,6 +126,8 @@ typedef struct nd__defer nd__defer_t;
 struct nd__defer {
     void (*fn)(void *arg);
     void *arg;
+    bool owned;              /* allocated by nd_loop_defer, freed after fn */
+    void (*drop)(void *arg); /* embedded node whose loop is freed before fn ran; or NULL */
     STAILQ_ENTRY(nd__defer) link;
 };
 
@@ -177,6 +179,9 @@ struct nd_loop {
 };
 
 void nd__loop_arm_pending(nd_loop_t *loop);
+/* Defers with a node the caller embedded in its own struct: cannot fail. */
+void nd__loop_defer_node(nd_loop_t *loop, nd__defer_t *node, void (*fn)(void *arg), void *arg,
+                         void (*drop)(void *arg));
 /* Posts with a node the caller embedded in its own message: cannot fail. */
 void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
                         void *arg, void (*drop)(void *arg));

@@ -97,8 +97,10 @@ static void run_pending(evutil_socket_t fd, short what, void *arg)
     nd__defer_t *d;
     while ((d = STAILQ_FIRST(&defers)) != NULL) {
         STAILQ_REMOVE_HEAD(&defers, link);
+        bool owned = d->owned; /* an embedded node may be freed by its own fn */
         d->fn(d->arg);
-        free(d);
+        if (owned)
+            free(d);
     }
     if (has_pending(loop))
         nd__loop_arm_pending(loop);
@@ -164,7 +166,10 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
     nd__defer_t *d;
     while ((d = STAILQ_FIRST(&loop->defers)) != NULL) {
         STAILQ_REMOVE_HEAD(&loop->defers, link);
-        free(d);
+        if (d->owned)
+            free(d);
+        else if (d->drop)
+            d->drop(d->arg);
     }
     nd__msg_t *m;
     while ((m = STAILQ_FIRST(&loop->mb_queue)) != NULL) {
@@ -227,11 +232,20 @@ ND_EXPORT int nd_loop_defer(nd_loop_t *loop, void (*fn)(void *arg), void *arg)
     nd__defer_t *d = malloc(sizeof(*d));
     if (!d)
         return -ENOMEM;
-    d->fn = fn;
-    d->arg = arg;
-    STAILQ_INSERT_TAIL(&loop->defers, d, link);
-    nd__loop_arm_pending(loop);
+    nd__loop_defer_node(loop, d, fn, arg, NULL);
+    d->owned = true;
     return 0;
+}
+
+void nd__loop_defer_node(nd_loop_t *loop, nd__defer_t *node, void (*fn)(void *arg), void *arg,
+                         void (*drop)(void *arg))
+{
+    node->fn = fn;
+    node->arg = arg;
+    node->owned = false;
+    node->drop = drop;
+    STAILQ_INSERT_TAIL(&loop->defers, node, link);
+    nd__loop_arm_pending(loop);
 }
 
 ND_EXPORT int nd_loop_set_nameserver(nd_loop_t *loop, const char *addr_port)
@@ -422,6 +436,7 @@ int nd__set_nonblock_cloexec(int fd)
 /* ------------------------------------------------------------------ resolver */
 
 struct nd__resolve {
+    nd__defer_t node; /* embedded: completing never needs memory, so never fails */
     nd_loop_t *loop;
     nd__resolve_cb cb;
     void *arg;
@@ -464,10 +479,7 @@ static void resolve_got(int result, struct evutil_addrinfo *res, void *arg)
         return;
     }
     /* evdns may answer from inside evdns_getaddrinfo(): always hop to a later turn. */
-    if (nd_loop_defer(r->loop, resolve_complete, r) != 0) {
-        r->err = -ENOMEM;
-        free(r);
-    }
+    nd__loop_defer_node(r->loop, &r->node, resolve_complete, r, free);
 }
 
 nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
@@ -505,10 +517,7 @@ nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
             r->req = req;
         return r;
     }
-    if (nd_loop_defer(loop, resolve_complete, r) != 0) {
-        free(r);
-        return NULL;
-    }
+    nd__loop_defer_node(loop, &r->node, resolve_complete, r, free);
     return r;
 }
 
