@@ -2,6 +2,8 @@
  * The control socket (CONTROL.md): a libnetd server on a unix path, line framing, peer
  * credentials and limits, request parsing against the command table, replies, watchers.
  */
+#include "config.h"
+
 #include "daemon.h"
 #include "request.h"
 

@@ -12,7 +12,7 @@
 #include <jansson.h>
 #include <netd/net.h>
 
-#include "config.h"
+#include "conf.h"
 #include "protocol.h"
 
 /* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
@@ -57,6 +57,13 @@ struct netd_server {
 
 void netd_server_retain(netd_server_t *s);
 void netd_server_release(netd_server_t *s);
+
+/* A control request that is answered later (a `close` waiting for 'close'). */
+typedef struct netd_waiter {
+    netd_client_t *client;
+    json_t *id;
+    TAILQ_ENTRY(netd_waiter) link;
+} netd_waiter_t;
 
 /* -------------------------------------------------------------------- connections */
 
@@ -134,7 +141,7 @@ struct netd {
 uint64_t netd_now_ms(void);
 uint64_t netd_next_id(netd_t *d);
 
-/* workers.c: threads, the registry, fan-out queries. */
+/* workers.c: threads, the registry, moves, fan-out queries. */
 int netd_workers_start(netd_t *d, int n);
 void netd_workers_stop(netd_t *d);
 /* Destroys every connection on every worker (the drain deadline passed). */
@@ -148,14 +155,8 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id);
 int netd_worker_move(netd_worker_t *w, netd_conn_t *c, int thread, netd_client_t *client,
                      json_t *id);
 int netd_worker_move_rebalance(netd_worker_t *w, netd_conn_t *c, int thread, void *rebalance);
-/* Main loop: one move of a rebalance ended (ok: the socket arrived). */
-void netd_rebalance_moved(netd_t *d, void *rebalance, bool ok);
 /* Applies the server's current idle timeout to a live connection (worker thread). */
 void netd_conn_apply_timeout(netd_conn_t *c);
-int netd_commands_check(void);
-/* Opens the config's servers (specs are taken); only_missing skips names already open.
- * Returns how many failed. */
-int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
 
 /*
  * Fan-out: runs fn(worker, arg) on every worker thread; each returns a JSON value (or
@@ -166,11 +167,7 @@ typedef json_t *(*netd_fanout_fn)(netd_worker_t *w, void *arg);
 typedef void (*netd_fanout_done)(netd_t *d, json_t **results, void *arg);
 int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *arg);
 
-/* Events for `watch`, from any thread. */
-void netd_watch_emit(netd_t *d, const char *event, uint64_t server, uint64_t socket,
-                     json_t *extra /* stolen, may be NULL */);
-
-/* servers (commands.c) */
+/* servers.c: the server record's lifecycle. */
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref);
 json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t live_bytes_written);
 /* Opens a server from a spec (stolen on success). Replies to client (if any) once
@@ -178,6 +175,8 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t li
 int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client, json_t *id,
                      const char **code, char *msg, size_t msglen);
 void netd_server_close(netd_server_t *s, bool destroy_conns);
+/* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
+bool netd_server_closed_before(netd_t *d, const json_t *ref);
 
 /* control.c */
 int netd_control_start(netd_t *d);
@@ -194,13 +193,26 @@ bool netd_client_alive(const netd_client_t *c);
 void netd_client_watch(netd_client_t *c, json_t *events);
 int netd_watch_event_known(const char *name);
 void netd_control_broadcast(netd_t *d, const char *event, json_t *line);
+/* Events for `watch`, from any thread. */
+void netd_watch_emit(netd_t *d, const char *event, uint64_t server, uint64_t socket,
+                     json_t *extra /* stolen, may be NULL */);
 
 /* commands.c: dispatch of one parsed request. */
 void netd_command_run(netd_t *d, netd_client_t *c, const netd_command_t *cmd, json_t *req,
                       json_t *id);
+int netd_commands_check(void);
+/* Main loop: one move of a rebalance ended (ok: the socket arrived). */
+void netd_rebalance_moved(netd_t *d, void *rebalance, bool ok);
+
+/* lifecycle.c: drain and reload. */
 /* Starts the drain (SIGTERM or `shutdown`). */
 void netd_drain(netd_t *d, unsigned timeout_ms);
+/* Ends the main loop once a drain has seen every server close. */
+void netd_maybe_drained(netd_t *d);
 int netd_reload(netd_t *d);
+/* Opens the config's servers (specs are taken); only_missing skips names already open.
+ * Returns how many failed. */
+int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
 
 /* stats.c */
 json_t *netd_stats_json(netd_t *d);

@@ -2,6 +2,8 @@
  * netd's entry point: options, the config, worker threads, the control socket, signals
  * on the main loop only, systemd readiness, and an orderly exit.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <errno.h>

@@ -2,6 +2,8 @@
  * Worker threads: each owns a loop and the registry of the connections it serves, runs
  * the handlers, enforces per-connection limits, and answers fan-out queries.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <errno.h>

@@ -2,9 +2,8 @@
  * netd_proc: start a real netd for a test, talk to its control socket, signal it, wait
  * for it, clean up (see netd_proc.h).
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
+
 #include "netd_proc.h"
 
 #include <check.h>

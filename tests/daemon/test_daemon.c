@@ -5,9 +5,8 @@
  * reload, the handlers, connection counts, drain, socket activation, sd_notify and the
  * control socket itself.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
+
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>

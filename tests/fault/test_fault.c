@@ -14,9 +14,6 @@
  * and slow everything down); under sanitizers the same tests check behaviour alone and
  * move less data. Each test prints its figures on stderr ("fault: ...").
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include "config.h"
 
 #include <check.h>

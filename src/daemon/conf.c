@@ -2,12 +2,10 @@
  * netd.json and `listen` arguments: JSON in, validated structs out (CONTROL.md "Config file").
  * Every refusal names the field ("servers[1].port: ...") so an operator can fix it at once.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 
-/* Quoted on purpose: this directory's config.h comes before the autoconf one of the build dir. */
 #include "config.h"
+
+#include "conf.h"
 #include "protocol.h"
 
 #include <errno.h>

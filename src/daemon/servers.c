@@ -1,0 +1,339 @@
+/*
+ * The server record's life: opening a configured or requested server as a libnetd group,
+ * answering the `listen` that waits for it, closing it, and forgetting it once its group
+ * has emitted 'close'.
+ */
+#include "config.h"
+
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void netd_server_retain(netd_server_t *s)
+{
+    atomic_fetch_add(&s->refs, 1);
+}
+
+void netd_server_release(netd_server_t *s)
+{
+    if (atomic_fetch_sub(&s->refs, 1) == 1) {
+        netd_listen_spec_free(&s->spec);
+        free(s);
+    }
+}
+
+static const char *state_name(enum netd_server_state st)
+{
+    switch (st) {
+    case NETD_SRV_STARTING:
+    case NETD_SRV_LISTENING:
+        return "listening";
+    case NETD_SRV_CLOSING:
+        return "closing";
+    case NETD_SRV_CLOSED:
+        return "closed";
+    }
+    return "closed";
+}
+
+static json_t *address_json(const netd_server_t *s)
+{
+    const nd_address_t *a = &s->address;
+    if (a->family == 0 && a->address[0])
+        return json_pack("{s:s}", "path", a->address);
+    if (a->family == 0)
+        return s->spec.path ? json_pack("{s:s}", "path", s->spec.path) : json_null();
+    return json_pack("{s:s, s:s, s:i}", "address", a->address, "family",
+                     nd_family_name(a->family), "port", a->port);
+}
+
+json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_written)
+{
+    nd_server_stats_t st = s->final;
+    int max = s->spec.max_connections;
+    if (s->group) {
+        nd_server_stats(s->group, &st);
+        max = nd_server_max_connections(s->group);
+    }
+    return json_pack(
+        "{s:I, s:s, s:s, s:o, s:o, s:s, s:b, s:o, s:I, s:i, s:I, s:I, s:I, s:I, s:I}", "id",
+        (json_int_t)s->id, "name", s->spec.name, "state", state_name(s->state), "address",
+        address_json(s), "handler", netd_handler_describe(&s->spec.handler), "balance",
+        nd_balance_name(s->spec.balance), "allowHalfOpen", s->spec.allow_half_open,
+        "maxConnections", max > 0 ? json_integer(max) : json_null(), "timeout",
+        (json_int_t)atomic_load(&s->timeout_ms), "backlog", s->spec.backlog, "connections",
+        (json_int_t)st.connections, "acceptedTotal", (json_int_t)st.accepted, "rejectedTotal",
+        (json_int_t)st.rejected, "bytesReadTotal",
+        (json_int_t)(atomic_load(&s->bytes_read_closed) + live_read), "bytesWrittenTotal",
+        (json_int_t)(atomic_load(&s->bytes_written_closed) + live_written));
+}
+
+netd_server_t *netd_server_find(netd_t *d, const json_t *ref)
+{
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+    {
+        if (json_is_integer(ref) && (json_int_t)s->id == json_integer_value(ref))
+            return s;
+        if (json_is_string(ref) && strcmp(s->spec.name, json_string_value(ref)) == 0 &&
+            s->state != NETD_SRV_CLOSED)
+            return s;
+    }
+    return NULL;
+}
+
+static netd_server_t *find_live_by_name(netd_t *d, const char *name)
+{
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+        if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
+            strcmp(s->spec.name, name) == 0)
+            return s;
+    return NULL;
+}
+
+static void listen_answered(netd_server_t *s)
+{
+    if (s->listen_client) {
+        netd_client_done(s->listen_client);
+        s->listen_client = NULL;
+    }
+    json_decref(s->listen_id);
+    s->listen_id = NULL;
+}
+
+static void on_srv_listening(void *group, const nd_event_t *ev, void *arg)
+{
+    netd_server_t *s = arg;
+    s->state = NETD_SRV_LISTENING;
+    nd_server_address(group, &s->address);
+    if (s->address.family)
+        netd_log(NETD_LOG_INFO, "server %s listening on %s:%d", s->spec.name, s->address.address,
+                 s->address.port);
+    else
+        netd_log(NETD_LOG_INFO, "server %s listening on %s", s->spec.name,
+                 s->address.address[0] ? s->address.address : "an inherited socket");
+    netd_watch_emit(s->d, "listening", s->id, 0, NULL);
+    if (netd_client_alive(s->listen_client))
+        netd_reply_ok(s->listen_client, s->listen_id,
+                      json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
+    listen_answered(s);
+}
+
+static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
+{
+    netd_server_t *s = arg;
+    netd_log(NETD_LOG_ERROR, "server %s: %s", s->spec.name, ev->error->message);
+    netd_watch_emit(s->d, "error", s->id, 0,
+                    json_pack("{s:s, s:s}", "code", ev->error->name, "message",
+                              ev->error->message));
+    if (netd_client_alive(s->listen_client))
+        netd_reply_error(s->listen_client, s->listen_id, ev->error->name, "%s",
+                         ev->error->message);
+    listen_answered(s);
+}
+
+static void remember_closed(netd_t *d, const netd_server_t *s)
+{
+    if (d->nclosed == d->closed_cap) {
+        size_t cap = d->closed_cap ? d->closed_cap * 2 : 16;
+        void *p = realloc(d->closed_ids, cap * sizeof(*d->closed_ids));
+        if (!p)
+            return;
+        d->closed_ids = p;
+        d->closed_cap = cap;
+    }
+    d->closed_ids[d->nclosed].id = s->id;
+    snprintf(d->closed_ids[d->nclosed].name, sizeof(d->closed_ids[0].name), "%s", s->spec.name);
+    d->nclosed++;
+}
+
+bool netd_server_closed_before(netd_t *d, const json_t *ref)
+{
+    for (size_t i = 0; i < d->nclosed; i++) {
+        if (json_is_integer(ref) && (json_int_t)d->closed_ids[i].id == json_integer_value(ref))
+            return true;
+        if (json_is_string(ref) && strcmp(d->closed_ids[i].name, json_string_value(ref)) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
+{
+    netd_server_t *s = arg;
+    netd_t *d = s->d;
+    bool was_listening = s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_CLOSING;
+    netd_stats_closed_server(d, group);
+    nd_server_stats(group, &s->final);
+    remember_closed(d, s);
+    s->state = NETD_SRV_CLOSED;
+    s->group = NULL; /* the library frees it after this listener */
+    if (was_listening)
+        netd_log(NETD_LOG_INFO, "server %s closed", s->spec.name);
+    netd_watch_emit(d, "close", s->id, 0, NULL);
+    netd_waiter_t *w;
+    while ((w = TAILQ_FIRST(&s->close_waiters)) != NULL) {
+        TAILQ_REMOVE(&s->close_waiters, w, link);
+        if (netd_client_alive(w->client))
+            netd_reply_ok(w->client, w->id, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
+        netd_client_done(w->client);
+        json_decref(w->id);
+        free(w);
+    }
+    listen_answered(s);
+    TAILQ_REMOVE(&d->servers, s, link);
+    netd_server_release(s);
+    netd_maybe_drained(d);
+}
+
+/* Another server of ours already on this TCP address (reuseport would let both bind). */
+static bool address_taken(netd_t *d, const netd_listen_spec_t *spec)
+{
+    if (spec->port <= 0)
+        return false;
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+    {
+        if (s->state == NETD_SRV_CLOSING || s->state == NETD_SRV_CLOSED || s->spec.port < 0)
+            continue;
+        int port = s->address.port ? s->address.port : s->spec.port;
+        const char *h1 = spec->host ? spec->host : "0.0.0.0";
+        const char *h2 = s->spec.host ? s->spec.host : "0.0.0.0";
+        if (port == spec->port && (strcmp(h1, h2) == 0 || strcmp(h1, "0.0.0.0") == 0 ||
+                                   strcmp(h2, "0.0.0.0") == 0))
+            return true;
+    }
+    return false;
+}
+
+int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client, json_t *id,
+                     const char **code, char *msg, size_t msglen)
+{
+    if (find_live_by_name(d, spec->name)) {
+        *code = NETD_EEXIST;
+        snprintf(msg, msglen, "a server named \"%s\" exists", spec->name);
+        return -1;
+    }
+    if (address_taken(d, spec)) {
+        *code = "EADDRINUSE";
+        snprintf(msg, msglen, "netd already serves port %d", spec->port);
+        return -1;
+    }
+    int fd = -1;
+    int named = -1;
+    if (spec->fd < 0 && !spec->fd_name) {
+        /* Socket activation: an fd named after this server replaces its own bind. */
+        netd_listen_spec_t by_name = {.fd = -1, .fd_name = spec->name};
+        named = netd_listen_fd_lookup(d, &by_name);
+    }
+    if (named >= 0 || spec->fd >= 0 || spec->fd_name) {
+        int inherited = named >= 0 ? named : netd_listen_fd_lookup(d, spec);
+        if (inherited < 0) {
+            *code = NETD_EBADF;
+            snprintf(msg, msglen, "fd %s was not inherited through socket activation",
+                     spec->fd_name ? spec->fd_name : "given");
+            return -1;
+        }
+        /* The inherited descriptor stays open across reloads: serve a duplicate. */
+        fd = fcntl(inherited, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            *code = nd_err_name(-errno);
+            snprintf(msg, msglen, "dup: %s", strerror(errno));
+            return -1;
+        }
+    }
+    netd_server_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        if (fd >= 0)
+            close(fd);
+        *code = "ENOMEM";
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
+    s->id = netd_next_id(d);
+    s->d = d;
+    s->spec = *spec;
+    memset(spec, 0, sizeof(*spec));
+    atomic_init(&s->timeout_ms, s->spec.timeout_ms);
+    atomic_init(&s->refs, 1);
+    s->inherited_fd = fd >= 0;
+    TAILQ_INIT(&s->close_waiters);
+    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
+    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
+                                   s->spec.balance, netd_worker_server_init, s);
+    int rc = s->group ? 0 : -ENOMEM;
+    if (!rc) {
+        nd_server_set_max_connections(s->group, s->spec.max_connections);
+        /* CONTROL.md: descriptors stay for control clients and proxy upstreams. */
+        nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
+        nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
+        nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
+        nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);
+        if (fd >= 0)
+            rc = nd_server_listen_fd(s->group, fd, s->spec.backlog);
+        else if (s->spec.path)
+            rc = nd_server_listen_path(s->group, s->spec.path, s->spec.backlog);
+        else
+            rc = nd_server_listen(s->group, s->spec.port, s->spec.host, s->spec.backlog);
+    }
+    if (rc) {
+        *code = nd_err_name(rc);
+        snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
+        if (s->group) {
+            /* Never listened: nothing will be emitted; the loop frees it at exit. */
+            nd_server_off(s->group, ND_EV_CLOSE, on_srv_close, s);
+        }
+        netd_listen_spec_free(&s->spec);
+        free(s);
+        return -1;
+    }
+    s->state = NETD_SRV_STARTING;
+    TAILQ_INSERT_TAIL(&d->servers, s, link);
+    if (client) {
+        netd_client_hold(client);
+        s->listen_client = client;
+        s->listen_id = json_incref(id);
+    }
+    return 0;
+}
+
+static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
+{
+    uint64_t sid = *(const uint64_t *)arg;
+    netd_conn_t *c, *next;
+    int n = 0;
+    for (c = TAILQ_FIRST(&w->conns); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT) {
+            nd_socket_destroy(c->sock);
+            n++;
+        }
+    }
+    return json_integer(n);
+}
+
+static void destroyed_nothing(netd_t *d, json_t **results, void *arg)
+{
+    free(arg); /* the server id */
+}
+
+void netd_server_close(netd_server_t *s, bool destroy_conns)
+{
+    if (s->state != NETD_SRV_LISTENING && s->state != NETD_SRV_STARTING)
+        return;
+    s->state = NETD_SRV_CLOSING;
+    if (s->group)
+        nd_server_close(s->group, NULL, NULL);
+    uint64_t *sid = destroy_conns ? malloc(sizeof(*sid)) : NULL;
+    if (sid) {
+        *sid = s->id;
+        if (netd_fanout(s->d, destroy_server_conns, destroyed_nothing, sid) != 0)
+            free(sid);
+    }
+}
