@@ -67,7 +67,7 @@ int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing)
         netd_listen_spec_t spec = cfg->servers[i];
         memset(&cfg->servers[i], 0, sizeof(cfg->servers[i]));
         char *name = strdup(spec.name);
-        if (netd_server_open(d, &spec, NULL, NULL, &code, msg, sizeof(msg)) != 0) {
+        if (netd_server_open(d, &spec, NULL, &code, msg, sizeof(msg)) != 0) {
             netd_log(NETD_LOG_ERROR, "server %s: %s: %s", name ? name : "?", code, msg);
             netd_listen_spec_free(&spec);
             failed++;

@@ -122,9 +122,12 @@ void np_cleanup_all(void)
 {
     for (int i = 0; i < NP_MAX_PROCS; i++)
         if (procs[i])
-            np_stop(procs[i]);
+            procs[i]->ctl = NULL; /* tracked: closed with every other client below */
     while (nclients > 0)
         np_client_close(clients[nclients - 1]);
+    for (int i = 0; i < NP_MAX_PROCS; i++)
+        if (procs[i])
+            np_stop(procs[i]);
     free(clients);
     clients = NULL;
     capclients = 0;
@@ -543,11 +546,48 @@ void np_tmproot_cleanup(void)
         rm_tree(root);
 }
 
+/* A sanitizer's report in netd's stderr, or NULL. */
+static const char *sanitizer_report(const char *text)
+{
+    static const char *const markers[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                          "WARNING: ThreadSanitizer", "runtime error:", NULL};
+    for (int i = 0; text && markers[i]; i++) {
+        const char *at = strstr(text, markers[i]);
+        if (at)
+            return at;
+    }
+    return NULL;
+}
+
+/* Every test ends with netd exiting on its own (SIGTERM, then a second one that cuts
+ * what the drain waits for), so that sanitizer builds check each run for leaks, and any
+ * report in its stderr fails the test. SIGKILL only when it does not exit at all. */
+static void stop_and_check(netd_proc_t *np)
+{
+    if (np->pid > 0 && !np->exited && kill(np->pid, SIGTERM) == 0) {
+        if (np_wait_exit(np, 1000) < 0 && kill(np->pid, SIGTERM) == 0)
+            np_wait_exit(np, 5000);
+    }
+    kill_and_reap(np);
+    char *text = read_file(np->errlog);
+    const char *report = sanitizer_report(text);
+    if (report) {
+        char excerpt[1500];
+        snprintf(excerpt, sizeof(excerpt), "%s", report);
+        free(text);
+        ck_abort_msg("netd (pid %d) printed a sanitizer report: %s", (int)np->pid, excerpt);
+    }
+    free(text);
+}
+
 void np_stop(netd_proc_t *np)
 {
     if (!np)
         return;
-    kill_and_reap(np);
+    if (np->ctl)
+        np_client_close(np->ctl);
+    np->ctl = NULL;
+    stop_and_check(np);
     if (np->ctl)
         np_client_close(np->ctl);
     np->ctl = NULL;

@@ -511,6 +511,22 @@ void *nd_socket_data(const nd_socket_t *sock);
  * sender run in the order they were posted. Returns 0, -EINVAL, -ENOMEM. */
 int nd_loop_post(nd_loop_t *loop, void (*fn)(nd_loop_t *loop, void *arg), void *arg);
 
+/*
+ * A message node embedded in the caller's own struct, so that posting cannot fail: a
+ * message that must arrive (a reply, a socket in transit) is allocated together with
+ * what it carries, before anything is committed. The node's contents are private.
+ */
+typedef struct nd_msg {
+    void *priv_[5];
+} nd_msg_t;
+
+/* Any thread. Runs fn(loop, arg) on the loop's thread on a later turn, as nd_loop_post,
+ * using the caller's node: it cannot fail. The node belongs to the mailbox until fn
+ * starts; fn may post it again. If the loop is freed first, drop(arg) runs instead (on
+ * the freeing thread; drop may be NULL). */
+void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg, void (*fn)(nd_loop_t *loop, void *arg),
+                      void *arg, void (*drop)(void *arg));
+
 /* Any thread. Keeps the loop alive (like nd_loop_ref) / lets it go; atomic. */
 void nd_loop_ref_mp(nd_loop_t *loop);
 void nd_loop_unref_mp(nd_loop_t *loop);
@@ -550,6 +566,12 @@ void nd_thread_stop(nd_thread_t *t);
 /* Waits for the thread to end and frees it; then frees the loop (nd_loop_free) on the
  * caller's thread. Returns 0 or -errno of pthread_join. */
 int nd_thread_join(nd_thread_t *t);
+
+/* As nd_thread_join, but the loop is left to the caller, who frees it with
+ * nd_loop_free() when it chooses: e.g. after freeing another loop whose servers still
+ * post to this one (messages posted to a loop whose thread ended wait, and are dropped
+ * when it is freed). */
+int nd_thread_wait(nd_thread_t *t);
 
 /* How a server group hands connections to its workers. */
 typedef enum nd_balance {
