@@ -255,11 +255,6 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
         snprintf(msg, msglen, "netd already serves port %d", spec->port);
         return -1;
     }
-    if (spec->balance == ND_BALANCE_REUSEPORT && (spec->path || spec->fd >= 0 || spec->fd_name)) {
-        *code = "EINVAL";
-        snprintf(msg, msglen, "balance: reuseport needs a TCP port (not a path or an inherited fd)");
-        return -1;
-    }
     int fd = -1;
     int named = -1;
     if (spec->fd < 0 && !spec->fd_name) {
@@ -273,6 +268,13 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
             *code = NETD_EBADF;
             snprintf(msg, msglen, "fd %s was not inherited through socket activation",
                      spec->fd_name ? spec->fd_name : "given");
+            return -1;
+        }
+        if (spec->balance == ND_BALANCE_REUSEPORT) {
+            /* Each worker needs a listener of its own: one inherited descriptor is one. */
+            *code = "EINVAL";
+            snprintf(msg, msglen, "balance: reuseport cannot serve the inherited descriptor %s",
+                     spec->fd_name ? spec->fd_name : spec->name);
             return -1;
         }
         /* The inherited descriptor stays open across reloads: serve a duplicate. */

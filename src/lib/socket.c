@@ -78,6 +78,10 @@ struct nd_socket {
     nd__strbuf_t text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
     nd_socket_t *pipe_dst, *pipe_src;
+    /* The other half of a pair piped both ways. Unlike the pipes, the link outlives a
+     * teardown until either 'close' has run: the application's listeners may still point
+     * across it, so neither half may leave the loop alone before then (moves). */
+    nd_socket_t *pair;
     bool pipe_end, pipe_paused;
     /* connect parameters, kept for errors and reconnects */
     int port, family, local_port;
@@ -313,8 +317,18 @@ static void destroy_with(nd_socket_t *s, int code, const char *syscall, const ch
     teardown(s);
 }
 
+static void unpair(nd_socket_t *s)
+{
+    if (s->pair) {
+        if (s->pair->pair == s)
+            s->pair->pair = NULL;
+        s->pair = NULL;
+    }
+}
+
 void nd__socket_free(nd_socket_t *s)
 {
+    unpair(s);
     if (s->resolve)
         nd__resolve_cancel(s->resolve);
     if (s->reading)
@@ -914,6 +928,9 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
     if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
         s->closed_done = true;
         nd_server_t *srv = s->server;
+        /* From its 'close' on the other half may move alone: a move asked now leaves on
+         * a later turn, after every listener of this last event has run. */
+        unpair(s);
         nd_event_t ev = {.type = ND_EV_CLOSE, .had_error = s->had_error};
         nd__emit(&s->h.em, s, &ev);
         /* The connection counted until its 'close' ran. */
@@ -1065,6 +1082,12 @@ ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
     src->pipe_dst = dst;
     src->pipe_end = end_dst != 0;
     dst->pipe_src = src;
+    if (dst != src && dst->pipe_dst == src) {
+        unpair(src);
+        unpair(dst);
+        src->pair = dst;
+        dst->pair = src;
+    }
     return 0;
 }
 
@@ -1076,6 +1099,8 @@ ND_EXPORT int nd_socket_unpipe(nd_socket_t *src)
         return -ENOENT;
     if (src->pipe_dst->pipe_src == src)
         src->pipe_dst->pipe_src = NULL;
+    if (src->pair == src->pipe_dst)
+        unpair(src); /* split on purpose: each half may move on its own */
     src->pipe_dst = NULL;
     if (src->pipe_paused) {
         src->pipe_paused = false;
@@ -1293,6 +1318,10 @@ static int move_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 static int move_check(nd_socket_t *s, nd_loop_t *target, nd_socket_t **peerp, int to[2])
 {
     nd_socket_t *peer = nd_socket_pipe_peer(s);
+    /* Its pair is torn down but its 'close' has not run: the listeners that tie the two
+     * together still run here. The socket waits (and usually goes with it). */
+    if (s->pair && s->pair != peer)
+        return is_destroyed(s) ? ND_ECLOSED : -EBUSY;
     int rc = move_blocker(s, peer);
     if (!rc && peer)
         rc = move_blocker(peer, s);

@@ -638,7 +638,10 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  * duplicated: from the call on no more 'data' is emitted here, and bytes the kernel holds
  * are read on the target, in order. If the socket closes before it leaves (destroyed, a
  * write error), nothing moves: its 'close' runs here and on_adopt never does.
- * A socket piped both ways with another (a proxy pair) moves together with it.
+ * A socket piped both ways with another (a proxy pair) moves together with it; while
+ * one half is destroyed but its 'close' has not run, the other cannot move (-EBUSY, also
+ * reported as ND_MOVE_FAILED when it happens between the call and the departure), since
+ * the application's listeners on the closing half may still point at it.
  * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
  * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
  * group or target is not a loop of its group; -EINVAL for NULL; 0 and nothing happens
@@ -658,8 +661,9 @@ typedef void (*nd_move_fn)(nd_socket_t *sock, nd_move_phase_t phase, int err, vo
 
 /* As nd_socket_move, with fn told of every phase: exactly one of DETACHED then ADOPTED,
  * or FAILED, after a 0 return (-EALREADY when target is its own loop: nothing to
- * report). An application that keeps per-thread records of its
- * sockets moves them in DETACHED (source) and ADOPTED (target). */
+ * report). An application that keeps per-thread records of its sockets moves them in
+ * DETACHED (source) and ADOPTED (target); in DETACHED, nd_socket_pipe_peer(sock) is the
+ * pair that moves with it (NULL: it moves alone). */
 int nd_socket_move_notify(nd_socket_t *sock, nd_loop_t *target, nd_move_fn fn, void *arg);
 
 /* The socket whose pipe pairs with this one both ways, or NULL. */
