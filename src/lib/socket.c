@@ -465,7 +465,9 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
     }
     if (connect(fd, &sa->sa, len) == 0) {
         nd__handle_pend(&s->h, PK_CONNECT); /* 'connect' is never emitted from connect() */
-    } else if (errno == EINPROGRESS || errno == EAGAIN) {
+    } else if (errno == EINPROGRESS || (errno == EAGAIN && sa->sa.sa_family != AF_UNIX)) {
+        /* A unix connect never goes on in the background: EAGAIN there means the
+         * listener's backlog is full, and it is reported as the failure it is. */
         start_writing(s);
     } else {
         destroy_with(s, -errno, "connect", address, port, NULL);

@@ -1112,6 +1112,21 @@ json_int_t np_socket_id_of(netd_proc_t *np, const char *server, int fd)
     return -1;
 }
 
+long np_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
+    long kb = -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    ck_assert_msg(kb > 0, "no VmRSS in %s", path);
+    return kb;
+}
+
 int np_fd_count(pid_t pid)
 {
     char path[64];

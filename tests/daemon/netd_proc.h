@@ -188,6 +188,8 @@ int np_server_port(netd_proc_t *np, const char *name);
 json_int_t np_get_connections(netd_proc_t *np, const char *name);
 /* The socket id netd gives the connection whose client side is fd (asserted found). */
 json_int_t np_socket_id_of(netd_proc_t *np, const char *server, int fd);
+/* Resident memory of a process in KiB (VmRSS). */
+long np_rss_kb(pid_t pid);
 /* Open descriptors of a process (/proc/PID/fd). */
 int np_fd_count(pid_t pid);
 /* close() that sends RST instead of FIN. */

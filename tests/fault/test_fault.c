@@ -90,21 +90,6 @@ static uint64_t rng_next(uint64_t *s)
 
 /* ------------------------------------------------------------------ /proc figures */
 
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
-    long kb = -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    ck_assert_msg(kb > 0, "no VmRSS in %s", path);
-    return kb;
-}
-
 /* utime + stime of a process, in seconds. */
 static double cpu_seconds(pid_t pid)
 {
@@ -505,7 +490,7 @@ static void sample_rss(pid_t pid, long *max_kb, uint64_t *next_ms)
 {
     if (np_now_ms() < *next_ms)
         return;
-    long kb = rss_kb(pid);
+    long kb = np_rss_kb(pid);
     if (kb > *max_kb)
         *max_kb = kb;
     *next_ms = np_now_ms() + 50;
@@ -615,7 +600,7 @@ START_TEST(test_slow_reader_echo)
     int port = np_server_port(np, "echo");
     int fd = np_tcp_connect(port);
     ck_assert(echo_ok(fd, "warm"));
-    long base = rss_kb(np->pid), max = base;
+    long base = np_rss_kb(np->pid), max = base;
 
     flow_t f = {.wfd = fd, .rfd = fd, .base = 12345, .total = slow_total()};
     uint64_t t0 = np_now_ms();
@@ -623,7 +608,7 @@ START_TEST(test_slow_reader_echo)
     ck_assert_msg(f.sent < f.total, "all %llu bytes went in although nobody read: where are they?",
                   (unsigned long long)f.total);
     long long queued = max_buffer_size(np);
-    long stalled_kb = rss_kb(np->pid);
+    long stalled_kb = np_rss_kb(np->pid);
     if (stalled_kb > max)
         max = stalled_kb;
     ck_assert_msg(queued <= QUEUE_BOUND, "netd queues %lld bytes for a reader that takes nothing",
@@ -672,7 +657,7 @@ START_TEST(test_slow_reader_proxy)
     ck_assert(np_recv_exact(client, b4, 4) == 4 && memcmp(b4, "pong", 4) == 0);
 
     /* client -> upstream, the upstream does not read. */
-    long base = rss_kb(np->pid), max = base;
+    long base = np_rss_kb(np->pid), max = base;
     flow_t a = {.wfd = client, .rfd = up, .base = 777, .total = slow_total()};
     flow_write_until_stalled(&a, 1000, np->pid, &max);
     ck_assert(a.sent < a.total);
@@ -683,7 +668,7 @@ START_TEST(test_slow_reader_proxy)
     check_rss_growth("slow reader (proxy, upstream not reading)", base, max);
 
     /* upstream -> client, the client does not read. */
-    base = rss_kb(np->pid);
+    base = np_rss_kb(np->pid);
     max = base;
     flow_t b = {.wfd = up, .rfd = client, .base = 4242, .total = slow_total()};
     flow_write_until_stalled(&b, 1000, np->pid, &max);
@@ -1924,10 +1909,10 @@ START_TEST(test_soak)
     uint64_t warm = (uint64_t)secs * 1000 / 4;
     if (warm < 2000)
         warm = 2000;
-    long settled = 0, lo = 0, hi = 0, first = rss_kb(np->pid);
+    long settled = 0, lo = 0, hi = 0, first = np_rss_kb(np->pid);
     while (np_now_ms() < start + (uint64_t)secs * 1000) {
         np_pause_ms(250);
-        long kb = rss_kb(np->pid);
+        long kb = np_rss_kb(np->pid);
         uint64_t t = np_now_ms() - start;
         if (t < warm) {
             settled = kb; /* the last sample of the warm-up */
@@ -1953,7 +1938,7 @@ START_TEST(test_soak)
             first_error = w[i].error;
     }
     double elapsed = (double)(np_now_ms() - start) / 1000.0;
-    long end_kb = rss_kb(np->pid);
+    long end_kb = np_rss_kb(np->pid);
     WAIT_FOR(stat_of(np, "connections") == 0, 10000, "connections stay at %lld after the soak",
              stat_of(np, "connections"));
     WAIT_FOR(np_fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors after the soak, %d before",
