@@ -266,6 +266,7 @@ typedef struct move_q {
     netd_pending_t *p;
     uint64_t socket_id;
     int thread;
+    int lookups; /* a socket found where it just left is looked for again */
     struct located {
         bool found;
         netd_sockinfo_t info;
@@ -288,12 +289,21 @@ static void locate_one(netd_worker_t *w, void *arg)
     }
 }
 
+static void located(netd_t *d, void *arg);
+
 static void move_arrived(netd_t *d, netd_move_t *m, void *arg)
 {
     move_q_t *q = arg;
+    if (m->rc == -ESRCH && q->lookups < 3) {
+        /* It left its worker before this move began: find it again. */
+        memset(q->slots, 0, (size_t)d->nworkers * sizeof(*q->slots));
+        q->lookups++;
+        if (netd_fanout(d, locate_one, located, q) == 0)
+            return;
+    }
     if (m->rc == 0)
         netd_pending_ok(q->p, json_pack("{s:o}", "socket", netd_sockinfo_json(&m->arrived)));
-    else if (m->rc == ND_ECLOSED)
+    else if (m->rc == ND_ECLOSED || m->rc == -ESRCH)
         netd_pending_error(q->p, NETD_ENOSOCKET, "socket %llu closed before it moved",
                            (unsigned long long)q->socket_id);
     else if (m->rc == -EBUSY)

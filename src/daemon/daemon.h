@@ -187,7 +187,8 @@ struct netd_move {
     uint64_t socket_id;
     int from, to;
     /* written by the workers that hold it */
-    int rc;                 /* 0 when it arrived; ND_ECLOSED, -EBUSY, ... otherwise */
+    int rc;                 /* 0 when it arrived; -ESRCH not on the source (any more),
+                               ND_ECLOSED, -EBUSY, ... */
     netd_conn_t *conns[2];  /* the records in transit */
     netd_sockinfo_t arrived; /* as the target sees it on arrival */
     /* main */

@@ -198,7 +198,9 @@ static void move_begin(nd_loop_t *loop, void *arg)
     netd_worker_t *w = &m->d->workers[m->from];
     netd_conn_t *c = netd_worker_find(w, m->socket_id);
     if (!c) {
-        m->rc = ND_ECLOSED;
+        /* Closed, or moved on by a move that was in flight when the main loop looked:
+         * the main loop looks again (-ESRCH: not here). */
+        m->rc = -ESRCH;
         complete(m);
         return;
     }
