@@ -21,14 +21,15 @@ static const netd_arg_t args_listen[] = {
     A("path", STRING, false),     A("fd", INT_OR_STRING, false),   A("backlog", INT, false),
     A("name", STRING, false),     A("handler", OBJECT, false),     A("allowHalfOpen", BOOL, false),
     A("maxConnections", INT_OR_NULL, false), A("timeout", INT, false), A("noDelay", BOOL, false),
-    A("keepAlive", INT_OR_FALSE, false),     A("balance", STRING, false), END};
+    A("keepAlive", INT_OR_FALSE, false),     A("balance", STRING, false),
+    A("accessLog", BOOL, false),             END};
 static const netd_arg_t args_close[] = {A("id", ANY, false), A("server", SERVER, true),
                                         A("destroy", BOOL, false), A("wait", BOOL, false), END};
 static const netd_arg_t args_server[] = {A("id", ANY, false), A("server", SERVER, true), END};
 static const netd_arg_t args_sockets[] = {
     A("id", ANY, false),          A("server", SERVER, false),      A("limit", INT, false),
     A("olderThanMs", INT, false), A("idleMoreThanMs", INT, false), A("role", STRING, false),
-    END};
+    A("peer", STRING, false),     A("sort", STRING, false),        END};
 static const netd_arg_t args_destroy[] = {A("id", ANY, false), A("socket", INT, true), END};
 static const netd_arg_t args_move[] = {A("id", ANY, false), A("socket", INT, true),
                                        A("thread", INT, true), END};
@@ -48,7 +49,7 @@ const netd_command_t netd_commands[] = {
      "{\"cmd\":\"listen\", \"port\":N [, \"host\":H] | \"path\":P | \"fd\":N|NAME"
      " [, \"backlog\":N, \"name\":S, \"handler\":{...}, \"allowHalfOpen\":B,"
      " \"maxConnections\":N, \"timeout\":MS, \"noDelay\":B, \"keepAlive\":MS|false,"
-     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\"]}",
+     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\", \"accessLog\":B]}",
      "open a server; replied once it listens", args_listen},
     {"close", "{\"cmd\":\"close\", \"server\":ID|NAME [, \"destroy\":B, \"wait\":B]}",
      "stop a server accepting; with wait, reply after its 'close'", args_close},
@@ -58,7 +59,8 @@ const netd_command_t netd_commands[] = {
      "live connections of a server, exact across threads", args_server},
     {"sockets",
      "{\"cmd\":\"sockets\" [, \"server\":ID|NAME, \"limit\":N, \"olderThanMs\":MS,"
-     " \"idleMoreThanMs\":MS, \"role\":\"client\"|\"upstream\"|\"all\"]}",
+     " \"idleMoreThanMs\":MS, \"role\":\"client\"|\"upstream\"|\"all\","
+     " \"peer\":\"ADDR[:PORT]\", \"sort\":\"bytes\"|\"age\"|\"idle\"]}",
      "list live connections", args_sockets},
     {"destroy", "{\"cmd\":\"destroy\", \"socket\":ID}", "destroy one connection", args_destroy},
     {"move", "{\"cmd\":\"move\", \"socket\":ID, \"thread\":N}",

@@ -191,11 +191,20 @@ static void cmd_stats(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     netd_reply_ok(c, id, netd_stats_json(d));
 }
 
+static void metrics_ready(netd_t *d, const char *text, size_t len, void *arg)
+{
+    if (text)
+        netd_pending_ok(arg, json_pack("{s:s%}", "text", text, len));
+    else
+        netd_pending_error(arg, "ENOMEM", "out of memory");
+}
+
+/* The same text as GET /metrics (metrics.c), after the workers settled their bytes. */
 static void cmd_metrics(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
-    char *text = netd_metrics_text(d);
-    netd_reply_ok(c, id, json_pack("{s:s}", "text", text ? text : ""));
-    free(text);
+    netd_pending_t *p = netd_pending_new(c, id);
+    if (p && netd_metrics_collect(d, metrics_ready, p) != 0)
+        netd_pending_error(p, "ENOMEM", "out of memory");
 }
 
 static void cmd_watch(netd_t *d, netd_client_t *c, json_t *req, json_t *id)

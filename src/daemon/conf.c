@@ -427,7 +427,7 @@ json_t *netd_handler_describe(const netd_handler_cfg_t *h)
 static const char *const listen_keys[] = {
     "port",    "host",    "path",          "fd",      "backlog",        "name",
     "handler", "timeout", "allowHalfOpen", "noDelay", "maxConnections", "keepAlive",
-    "balance", NULL};
+    "balance", "accessLog", NULL};
 
 static void spec_init(netd_listen_spec_t *s)
 {
@@ -576,6 +576,8 @@ static int parse_options(const perr_t *e, const json_t *obj, netd_listen_spec_t 
         return -1;
     if ((v = json_object_get(obj, "balance")) && read_balance(e, v, s))
         return -1;
+    if ((v = json_object_get(obj, "accessLog")) && read_bool(e, "accessLog", v, &s->access_log))
+        return -1;
     return 0;
 }
 
@@ -676,13 +678,13 @@ int netd_listen_spec_equal(const netd_listen_spec_t *a, const netd_listen_spec_t
            a->allow_half_open == b->allow_half_open &&
            a->max_connections == b->max_connections && a->timeout_ms == b->timeout_ms &&
            a->no_delay == b->no_delay && a->keep_alive_ms == b->keep_alive_ms &&
-           a->balance == b->balance;
+           a->balance == b->balance && a->access_log == b->access_log;
 }
 
 /* ------------------------------------------------------------------------ the config file */
 
 static const char *const top_keys[] = {"threads", "shutdownTimeoutMs", "control", "limits",
-                                       "servers", NULL};
+                                       "servers", "metrics", "accessLog", NULL};
 static const char *const control_keys[] = {"path", "mode", "group", "maxClients", "idleTimeout",
                                            NULL};
 static const char *const limits_keys[] = {"highWaterMark", "maxBufferedBytes", "stallMs", NULL};
@@ -698,6 +700,7 @@ void netd_config_default(netd_config_t *out)
     out->high_water_mark = (size_t)1024 * 1024;
     out->max_buffered_bytes = (size_t)16 * 1024 * 1024;
     out->stall_ms = 30000;
+    out->metrics_port = -1;
 }
 
 void netd_config_free(netd_config_t *cfg)
@@ -709,6 +712,8 @@ void netd_config_free(netd_config_t *cfg)
     free(cfg->servers);
     free(cfg->control_path);
     free(cfg->control_group);
+    free(cfg->metrics_host);
+    free(cfg->access_log);
     netd_config_default(cfg);
 }
 
@@ -810,6 +815,42 @@ static int parse_limits(const perr_t *e, const json_t *obj, netd_config_t *cfg)
     return 0;
 }
 
+/* "metrics": {"host", "port"}: the HTTP endpoint (metrics.c); a port alone serves on
+ * loopback, so that turning metrics on never exposes them further by accident. */
+static int parse_metrics(const perr_t *e, const json_t *obj, netd_config_t *cfg)
+{
+    static const char *const keys[] = {"host", "port", NULL};
+    const json_t *v;
+
+    if (!json_is_object(obj))
+        return fail(e, "metrics", "must be an object ({\"host\": \"127.0.0.1\", \"port\": 9108})");
+    if (check_keys(e, "metrics.", obj, keys, false) < 0)
+        return -1;
+    if (!(v = json_object_get(obj, "port")))
+        return fail(e, "metrics.port", "required (0-65535)");
+    if (read_int(e, "metrics.port", v, 0, 65535, &cfg->metrics_port) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "host")))
+        return read_host(e, "metrics.host", v, &cfg->metrics_host);
+    cfg->metrics_host = strdup("127.0.0.1");
+    return cfg->metrics_host ? 0 : fail_oom(e, "metrics.host");
+}
+
+/* "accessLog": a file path (resolved against the config's directory), or null: stderr. */
+static int read_access_log(const perr_t *e, const json_t *v, const char *base_dir,
+                           netd_config_t *cfg)
+{
+    if (json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0)
+        return fail(e, "accessLog", "must be a file path (a non-empty string) or null (stderr)");
+    char *path = resolve_path(base_dir, json_string_value(v));
+    if (!path)
+        return fail_oom(e, "accessLog");
+    set_string(&cfg->access_log, path);
+    return 0;
+}
+
 /* Names are what reload matches on, so two entries may not share one. */
 static int check_unique_name(const perr_t *e, const netd_config_t *cfg, size_t i)
 {
@@ -869,6 +910,10 @@ static int parse_config(const perr_t *e, const json_t *root, const char *base_di
     if ((v = json_object_get(root, "limits")) && parse_limits(e, v, cfg) < 0)
         return -1;
     if ((v = json_object_get(root, "servers")) && parse_servers(e, v, base_dir, cfg) < 0)
+        return -1;
+    if ((v = json_object_get(root, "metrics")) && parse_metrics(e, v, cfg) < 0)
+        return -1;
+    if ((v = json_object_get(root, "accessLog")) && read_access_log(e, v, base_dir, cfg) < 0)
         return -1;
     return 0;
 }

@@ -29,6 +29,7 @@ typedef struct netd_listen_spec {
     bool no_delay;        /* default true */
     int keep_alive_ms;    /* -1 = false (default), else ms */
     nd_balance_t balance; /* default leastconn */
+    bool access_log;      /* one access-log line per closed connection */
     json_t *source;       /* the object as given (for reload comparison); owned */
 } netd_listen_spec_t;
 
@@ -45,6 +46,9 @@ typedef struct netd_config {
     size_t high_water_mark;     /* 1 MiB */
     size_t max_buffered_bytes;  /* 16 MiB */
     unsigned stall_ms;          /* 30000 */
+    char *metrics_host;         /* the HTTP /metrics endpoint: NULL when off */
+    int metrics_port;           /* -1 when off; 0 picks a free port */
+    char *access_log;           /* NULL: stderr (journald) */
     netd_listen_spec_t *servers;
     size_t nservers;
 } netd_config_t;

@@ -13,6 +13,7 @@
 #include <netd/net.h>
 
 #include "conf.h"
+#include "observe.h"
 #include "protocol.h"
 
 /* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
@@ -102,6 +103,7 @@ struct netd_server {
     nd_server_stats_t final;      /* the group's counters when it closed */
     _Atomic uint64_t bytes_read_closed, bytes_written_closed; /* of ended connections */
     _Atomic int refs; /* main's + one per live connection record */
+    netd_server_obs_t obs; /* per-server metrics: atomics the workers add to */
     struct netd_pending_list waiters; /* `listen` and `close` answered at an event */
     TAILQ_ENTRY(netd_server) link;
 };
@@ -130,6 +132,7 @@ struct netd_conn {
     uint64_t created_ms;      /* monotonic, for ageMs */
     uint64_t created_wall_ms; /* ms since the epoch, for watch events */
     netd_conn_t *pair; /* client <-> upstream of a proxy */
+    netd_conn_obs_t obs; /* how it ended, moves, bytes settled (observe.h) */
     TAILQ_ENTRY(netd_conn) link;
 };
 
@@ -144,6 +147,7 @@ typedef struct netd_sockinfo {
     int remote_port, local_port;
     int remote_family; /* 4, 6, or 0 (unix) */
     uint64_t bytes_read, bytes_written, buffer_size, age_ms, idle_ms;
+    char server_name[128]; /* "serverName" (truncated past 127 bytes) */
 } netd_sockinfo_t;
 
 void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out);
@@ -166,6 +170,7 @@ struct netd_worker {
     bool cut;                      /* worker thread only: the exit cut ran; arrivals die */
     struct event *sweep_ev;        /* limits: stalled slow readers */
     _Atomic uint64_t idle_timeouts, slow_destroyed, upstream_failed;
+    netd_worker_obs_t obs; /* moves and access-log counters (observe.h) */
 };
 
 /* ----------------------------------------------------------------------- moves */
@@ -310,6 +315,8 @@ struct netd {
         char name[128];
     } closed_ids[NETD_CLOSED_REMEMBERED]; /* the latest closed servers, for ENOTRUNNING */
     size_t nclosed;                       /* ever closed; the ring holds the latest */
+    netd_observe_t *obs;      /* metrics, the HTTP endpoint, the access log (observe.c) */
+    const char *metrics_flag; /* --metrics: wins over the config's, on reload too */
 };
 
 uint64_t netd_now_ms(void);
@@ -380,7 +387,8 @@ int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
 
 /* stats.c */
 json_t *netd_stats_json(netd_t *d);
-char *netd_metrics_text(netd_t *d);
+/* Appends the daemon-wide figures of `stats` to the metrics text (one list drives both). */
+void netd_stats_metrics(netd_t *d, netd_text_t *t);
 /* acceptPausedTotal alone (the once-a-second overload log line). */
 uint64_t netd_stats_accept_paused(netd_t *d);
 /* Keeps a closing server's totals in the daemon's (inside its 'close'). */

@@ -117,6 +117,7 @@ int netd_reload(netd_t *d)
     atomic_store(&d->max_buffered_bytes, cfg.max_buffered_bytes);
     atomic_store(&d->stall_ms, cfg.stall_ms);
     d->cfg.shutdown_timeout_ms = cfg.shutdown_timeout_ms;
+    netd_observe_reload(d, &cfg);
     netd_config_free(&cfg);
     netd_log(NETD_LOG_INFO, "reloaded %s%s", d->config_file, failed ? " (some servers failed)" : "");
     netd_notify("READY=1\nSTATUS=serving");

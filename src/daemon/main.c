@@ -51,11 +51,13 @@ uint64_t netd_next_id(netd_t *d)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--check] [-v] [--version] [--help]\n"
+            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--metrics HOST:PORT] [--check]\n"
+            "            [-v] [--version] [--help]\n"
             "  -c, --config FILE    JSON config (default: built in: no servers)\n"
             "  -f, --foreground     accepted for compatibility: netd never forks\n"
             "  -t, --threads N      worker threads (default: config, else one per CPU)\n"
             "  -s, --socket PATH    control socket path\n"
+            "      --metrics HOST:PORT  serve GET /metrics there (over the config's metrics)\n"
             "      --check          validate the config and exit (0 valid, 2 invalid)\n"
             "  -v, --verbose        more logging (repeat for debug)\n"
             "      --version        print the version\n"
@@ -97,6 +99,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     netd_t *d = arg;
     if (sig == SIGHUP) {
         netd_log(NETD_LOG_INFO, "SIGHUP: reloading");
+        netd_observe_reopen(d); /* logrotate moved the access log, whatever the reload says */
         netd_reload(d);
         return;
     }
@@ -179,8 +182,8 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'}, {"socket", required_argument, NULL, 's'},
         {"check", no_argument, NULL, 'C'},       {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},     {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    const char *config_file = NULL, *socket_path = NULL;
+        {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0}};
+    const char *config_file = NULL, *socket_path = NULL, *metrics_flag = NULL;
     int threads = -1;
     bool check_only = false;
     int opt;
@@ -207,6 +210,17 @@ int main(int argc, char **argv)
         case 'C':
             check_only = true;
             break;
+        case 'M': {
+            char *host, err[256];
+            int port;
+            if (netd_metrics_parse_addr(optarg, &host, &port, err, sizeof(err)) != 0) {
+                fprintf(stderr, "netd: %s\n", err);
+                return 2;
+            }
+            free(host);
+            metrics_flag = optarg;
+            break;
+        }
         case 'v':
             netd_log_level++;
             break;
@@ -228,6 +242,7 @@ int main(int argc, char **argv)
 
     static netd_t daemon_state;
     netd_t *d = &daemon_state;
+    d->metrics_flag = metrics_flag;
     char err[1024];
     if (config_file) {
         if (netd_config_load(config_file, &d->cfg, err, sizeof(err)) != 0) {
@@ -285,8 +300,16 @@ int main(int argc, char **argv)
         nd_loop_free(d->loop);
         return 1;
     }
+    if (netd_observe_init(d, nthreads) != 0) {
+        netd_control_stop(d);
+        return 1;
+    }
     if (netd_workers_start(d, nthreads) != 0) {
         netd_log(NETD_LOG_ERROR, "cannot start %d worker threads", nthreads);
+        netd_control_stop(d);
+        return 1;
+    }
+    if (netd_observe_start(d) != 0) {
         netd_control_stop(d);
         return 1;
     }
@@ -324,6 +347,7 @@ int main(int argc, char **argv)
     /* Threads first, then the main loop (whose leftover servers still post to the worker
      * loops), then the worker loops (dropping what was posted to them). */
     netd_workers_stop(d);
+    netd_observe_stop(d);
     nd_loop_free(d->loop);
     netd_workers_free(d);
     netd_moves_free_all(d);

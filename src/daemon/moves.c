@@ -166,16 +166,19 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
         }
         m->conns[0] = c;
         m->conns[1] = pair;
+        netd_obs_move_out(from, c);
+        netd_obs_move_out(from, pair);
         for (int i = 0; i < 2; i++)
             if (m->conns[i])
                 netd_worker_remove(m->conns[i]);
-        (void)from;
         return;
     }
     if (phase == ND_MOVE_ADOPTED) {
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 2; i++) {
             if (m->conns[i])
                 netd_worker_insert(to, m->conns[i]);
+            netd_obs_move_in(to, m->conns[i]);
+        }
         /* The reply describes the socket that was asked for, either half of a pair. */
         const netd_conn_t *asked = m->conns[1] && m->conns[1]->id == m->socket_id
                                        ? m->conns[1]

@@ -208,6 +208,7 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
                          (s->state == NETD_SRV_CLOSING && s->address.family + s->address.port > 0);
     netd_stats_closed_server(d, group);
     nd_server_stats(group, &s->final);
+    netd_obs_server_closed(d, s);
     remember_closed(d, s);
     s->state = NETD_SRV_CLOSED;
     s->group = NULL; /* the library frees it after this listener */
@@ -348,8 +349,10 @@ static void destroy_server_conns(netd_worker_t *w, void *arg)
     netd_conn_t *c, *next;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
-        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT)
+        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT) {
+            netd_obs_end(c, NETD_END_DESTROY);
             nd_socket_destroy(c->sock);
+        }
     }
 }
 

@@ -1,0 +1,304 @@
+/*
+ * The workers' side of observation (how each connection ended, its duration, its moves,
+ * its bytes settled into its server's totals, its access-log line) and the module's life
+ * on the main loop: start, SIGHUP reopen, reload, stop.
+ */
+#include "config.h"
+
+#include "daemon.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------ workers */
+
+static void on_peer_end(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_conn_t *c = arg;
+    c->obs.peer_fin = true;
+}
+
+static void on_sock_error(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_conn_t *c = arg;
+    if (!c->obs.error && ev->error)
+        c->obs.error = ev->error->code;
+}
+
+void netd_obs_attach(netd_conn_t *c)
+{
+    if (c->role != NETD_ROLE_CLIENT)
+        return;
+    nd_socket_on(c->sock, ND_EV_END, on_peer_end, c);
+    nd_socket_on(c->sock, ND_EV_ERROR, on_sock_error, c);
+}
+
+void netd_obs_end(netd_conn_t *c, enum netd_end why)
+{
+    if (c->role != NETD_ROLE_CLIENT)
+        return;
+    if (c->obs.end == NETD_END_NONE)
+        c->obs.end = (uint8_t)why;
+    netd_server_obs_t *o = &c->server->obs;
+    if (why == NETD_END_TIMEOUT)
+        atomic_fetch_add_explicit(&o->idle_timeouts, 1, memory_order_relaxed);
+    else if (why == NETD_END_SLOW)
+        atomic_fetch_add_explicit(&o->slow_destroyed, 1, memory_order_relaxed);
+    else if (why == NETD_END_UPSTREAM)
+        atomic_fetch_add_explicit(&o->upstream_failed, 1, memory_order_relaxed);
+}
+
+void netd_obs_settle(netd_conn_t *c)
+{
+    uint64_t r = nd_socket_bytes_read(c->sock), w = nd_socket_bytes_written(c->sock);
+    if (r > c->obs.settled_read) {
+        atomic_fetch_add_explicit(&c->server->obs.bytes_read, r - c->obs.settled_read,
+                                  memory_order_relaxed);
+        c->obs.settled_read = r;
+    }
+    if (w > c->obs.settled_written) {
+        atomic_fetch_add_explicit(&c->server->obs.bytes_written, w - c->obs.settled_written,
+                                  memory_order_relaxed);
+        c->obs.settled_written = w;
+    }
+}
+
+void netd_obs_move_out(netd_worker_t *w, netd_conn_t *c)
+{
+    if (!c || c->role != NETD_ROLE_CLIENT)
+        return;
+    c->obs.moves++;
+    atomic_fetch_add_explicit(&w->obs.moves_out, 1, memory_order_relaxed);
+}
+
+void netd_obs_move_in(netd_worker_t *w, netd_conn_t *c)
+{
+    if (c && c->role == NETD_ROLE_CLIENT)
+        atomic_fetch_add_explicit(&w->obs.moves_in, 1, memory_order_relaxed);
+}
+
+const char *netd_obs_end_name(const netd_conn_t *c, bool had_error)
+{
+    switch ((enum netd_end)c->obs.end) {
+    case NETD_END_TIMEOUT:
+        return "timeout";
+    case NETD_END_SLOW:
+        return "slow";
+    case NETD_END_DESTROY:
+        return "destroy";
+    case NETD_END_UPSTREAM:
+        return "upstream";
+    case NETD_END_NONE:
+        break;
+    }
+    /* An error after the peer's FIN (a write refused: EPIPE) ends nothing by itself. */
+    if (had_error || (c->obs.error && !c->obs.peer_fin)) {
+        if (c->obs.error == -ECONNRESET || c->obs.error == ECONNRESET)
+            return "RST";
+        return c->obs.error ? nd_err_name(c->obs.error) : "error";
+    }
+    /* No FIN and no error: netd's side (a handler) ended it. */
+    return c->obs.peer_fin ? "FIN" : "local";
+}
+
+/* A server name stays one word: anything beyond a plain name is written as a JSON-style
+ * quoted string. */
+static int put_name(char *buf, size_t cap, const char *name)
+{
+    if (*name && strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                              "0123456789._:/@+-[]") == strlen(name))
+        return snprintf(buf, cap, "%s", name);
+    size_t k = 0;
+    if (cap < 3)
+        return 0;
+    buf[k++] = '"';
+    for (const unsigned char *p = (const unsigned char *)name; *p && k + 7 < cap; p++) {
+        if (*p == '"' || *p == '\\')
+            k += (size_t)snprintf(buf + k, cap - k, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            k += (size_t)snprintf(buf + k, cap - k, "\\u%04x", *p);
+        else
+            buf[k++] = (char)*p;
+    }
+    buf[k++] = '"';
+    buf[k] = '\0';
+    return (int)k;
+}
+
+/* "2025-01-31T12:00:00.123Z echo 127.0.0.1:51234 socket=17 thread=1 duration_ms=5007
+ * in=212 out=198 moves=0 end=FIN" (netd.json(5)). UTC: gmtime_r takes no lock. */
+static size_t format_line(char *buf, size_t cap, const netd_conn_t *c, uint64_t duration_ms,
+                          bool had_error)
+{
+    uint64_t now = netd_wall_ms();
+    time_t secs = (time_t)(now / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(buf + n, cap - n, ".%03uZ ", (unsigned)(now % 1000));
+    n += (size_t)put_name(buf + n, cap - n, c->server->spec.name);
+    const char *ra = nd_socket_remote_address(c->sock);
+    const char *fam = nd_socket_remote_family(c->sock);
+    if (!ra)
+        n += (size_t)snprintf(buf + n, cap - n, " unix");
+    else if (fam && strcmp(fam, "IPv6") == 0)
+        n += (size_t)snprintf(buf + n, cap - n, " [%s]:%d", ra, nd_socket_remote_port(c->sock));
+    else
+        n += (size_t)snprintf(buf + n, cap - n, " %s:%d", ra, nd_socket_remote_port(c->sock));
+    n += (size_t)snprintf(buf + n, cap - n,
+                          " socket=%llu thread=%d duration_ms=%llu in=%llu out=%llu moves=%u "
+                          "end=%s\n",
+                          (unsigned long long)c->id, c->worker->index,
+                          (unsigned long long)duration_ms,
+                          (unsigned long long)nd_socket_bytes_read(c->sock),
+                          (unsigned long long)nd_socket_bytes_written(c->sock), c->obs.moves,
+                          netd_obs_end_name(c, had_error));
+    return n < cap ? n : cap - 1;
+}
+
+void netd_obs_closed(netd_conn_t *c, const nd_event_t *ev)
+{
+    netd_obs_settle(c);
+    uint64_t ms = netd_now_ms() - c->created_ms;
+    int b = 0;
+    while (b < NETD_DURATION_BOUNDS && ms > netd_duration_bounds_ms[b])
+        b++;
+    netd_server_obs_t *o = &c->server->obs;
+    atomic_fetch_add_explicit(&o->duration[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&o->duration_ms_sum, ms, memory_order_relaxed);
+    netd_observe_t *obs = c->worker->d->obs;
+    if (!c->server->spec.access_log || !obs || !obs->alog)
+        return;
+    char line[1024];
+    size_t len = format_line(line, sizeof(line), c, ms, ev->had_error != 0);
+    if (len > 0 && line[len - 1] != '\n')
+        line[len - 1] = '\n'; /* cut short: still one line */
+    netd_alog_line(obs->alog, c->worker, line, len);
+}
+
+/* ------------------------------------------------------------------ main loop */
+
+int netd_metrics_parse_addr(const char *arg, char **host, int *port, char *err, size_t errlen)
+{
+    const char *colon = strrchr(arg, ':');
+    const char *p = colon ? colon + 1 : arg;
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (!*p || *end || v < 0 || v > 65535) {
+        snprintf(err, errlen, "--metrics: \"%s\" is not HOST:PORT, [IPV6]:PORT or PORT", arg);
+        return -1;
+    }
+    char h[256] = "127.0.0.1";
+    if (colon) {
+        size_t n = (size_t)(colon - arg);
+        if (n >= 2 && arg[0] == '[' && arg[n - 1] == ']') {
+            arg++;
+            n -= 2;
+        }
+        if (n == 0 || n >= sizeof(h)) {
+            snprintf(err, errlen, "--metrics: empty or too long host in \"%s\"", arg);
+            return -1;
+        }
+        memcpy(h, arg, n);
+        h[n] = '\0';
+    }
+    *host = strdup(h);
+    *port = (int)v;
+    return *host ? 0 : -1;
+}
+
+static bool same(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int netd_observe_init(netd_t *d, int nworkers)
+{
+    netd_observe_t *o = calloc(1, sizeof(*o));
+    if (!o || !(o->metrics = netd_metrics_new())) {
+        free(o);
+        netd_log(NETD_LOG_ERROR, "out of memory");
+        return -1;
+    }
+    d->obs = o;
+    char err[256];
+    if (d->metrics_flag) {
+        if (netd_metrics_parse_addr(d->metrics_flag, &o->http_host, &o->http_port, err,
+                                    sizeof(err)) != 0) {
+            netd_log(NETD_LOG_ERROR, "%s", err);
+            return -1;
+        }
+    } else if (d->cfg.metrics_port >= 0 && d->cfg.metrics_host) {
+        o->http_host = strdup(d->cfg.metrics_host);
+        o->http_port = d->cfg.metrics_port;
+    }
+    if (d->cfg.access_log && !(o->log_path = strdup(d->cfg.access_log)))
+        return -1;
+    o->alog = netd_alog_start(d, o->log_path, nworkers);
+    return o->alog ? 0 : -1;
+}
+
+int netd_observe_start(netd_t *d)
+{
+    netd_observe_t *o = d->obs;
+    if (!o || !o->http_host)
+        return 0;
+    o->http = netd_http_start(d, o->http_host, o->http_port);
+    return o->http ? 0 : -1;
+}
+
+void netd_observe_stop(netd_t *d)
+{
+    netd_observe_t *o = d->obs;
+    if (!o)
+        return;
+    netd_http_free(o->http);
+    netd_alog_stop(o->alog);
+    netd_metrics_free(o->metrics);
+    free(o->http_host);
+    free(o->log_path);
+    free(o);
+    d->obs = NULL;
+}
+
+void netd_observe_reopen(netd_t *d)
+{
+    netd_observe_t *o = d->obs;
+    if (o && o->alog && o->log_path)
+        netd_alog_reopen(o->alog, o->log_path);
+}
+
+void netd_observe_reload(netd_t *d, const netd_config_t *cfg)
+{
+    netd_observe_t *o = d->obs;
+    if (!o)
+        return;
+    if (!same(cfg->access_log, o->log_path)) {
+        char *path = cfg->access_log ? strdup(cfg->access_log) : NULL;
+        if (!cfg->access_log || path) {
+            free(o->log_path);
+            o->log_path = path;
+            netd_log(NETD_LOG_INFO, "access log: now %s", path ? path : "stderr");
+            netd_alog_reopen(o->alog, path);
+        }
+    }
+    if (d->metrics_flag)
+        return; /* the command line's address stays */
+    const char *host = cfg->metrics_port >= 0 ? cfg->metrics_host : NULL;
+    if (same(host, o->http_host) && (!host || cfg->metrics_port == o->http_port))
+        return;
+    /* The old endpoint goes first: the new one may want the same port. */
+    netd_http_free(o->http);
+    o->http = NULL;
+    free(o->http_host);
+    o->http_host = host ? strdup(host) : NULL;
+    o->http_port = cfg->metrics_port;
+    if (!o->http_host) {
+        netd_log(NETD_LOG_INFO, "metrics: HTTP endpoint off");
+        return;
+    }
+    o->http = netd_http_start(d, o->http_host, o->http_port);
+}
