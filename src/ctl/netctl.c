@@ -7,6 +7,7 @@
 
 #include "output.h"
 #include "protocol.h"
+#include "top.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -451,7 +452,7 @@ static json_t *with_greeting(json_t *handler, const char *greeting)
 static void build_listen(request_t *r, parser_t *p)
 {
     enum { HOST = 256, NAME, BACKLOG, HANDLER, GREETING, MAXCONN, HALFOPEN, TIMEOUT,
-           BALANCE, NODELAY, NAGLE, KEEPALIVE, FD };
+           BALANCE, NODELAY, NAGLE, KEEPALIVE, FD, ACCESSLOG };
     static const struct option opts[] = {
         {"host", required_argument, NULL, HOST},
         {"name", required_argument, NULL, NAME},
@@ -466,6 +467,7 @@ static void build_listen(request_t *r, parser_t *p)
         {"nagle", no_argument, NULL, NAGLE},
         {"keep-alive", required_argument, NULL, KEEPALIVE},
         {"fd", required_argument, NULL, FD},
+        {"access-log", no_argument, NULL, ACCESSLOG},
         COMMON_OPTIONS};
     static const char *const balances[] = {"leastconn", "roundrobin", "reuseport", NULL};
     const char *host = NULL, *fd = NULL, *greeting = NULL;
@@ -486,6 +488,7 @@ static void build_listen(request_t *r, parser_t *p)
         case NAGLE: put(r, "noDelay", json_false()); break;
         case KEEPALIVE: put(r, "keepAlive", integer("--keep-alive", optarg, 0, MAX_MS)); break;
         case FD: fd = optarg; break;
+        case ACCESSLOG: put(r, "accessLog", json_true()); break;
         }
     }
     listen_target(r, take_optional(p), fd, host);
@@ -519,13 +522,16 @@ static void build_server(request_t *r, parser_t *p)
 
 static void build_sockets(request_t *r, parser_t *p)
 {
-    enum { LIMIT = 256, OLDER, IDLE, ROLE };
+    enum { LIMIT = 256, OLDER, IDLE, ROLE, PEER, SORT };
     static const struct option opts[] = {{"limit", required_argument, NULL, LIMIT},
                                          {"older-than", required_argument, NULL, OLDER},
                                          {"idle-more-than", required_argument, NULL, IDLE},
                                          {"role", required_argument, NULL, ROLE},
+                                         {"peer", required_argument, NULL, PEER},
+                                         {"sort", required_argument, NULL, SORT},
                                          COMMON_OPTIONS};
     static const char *const roles[] = {"client", "upstream", "all", NULL};
+    static const char *const sorts[] = {"bytes", "age", "idle", NULL};
     int c;
     while ((c = next_opt(p, opts)) != -1) {
         switch (c) {
@@ -533,6 +539,8 @@ static void build_sockets(request_t *r, parser_t *p)
         case OLDER: put(r, "olderThanMs", integer("--older-than", optarg, 0, MAX_MS)); break;
         case IDLE: put(r, "idleMoreThanMs", integer("--idle-more-than", optarg, 0, MAX_MS)); break;
         case ROLE: put(r, "role", one_of("--role", optarg, roles)); break;
+        case PEER: put(r, "peer", string("--peer", optarg)); break;
+        case SORT: put(r, "sort", one_of("--sort", optarg, sorts)); break;
         }
     }
     const char *server = take_optional(p);
@@ -607,6 +615,34 @@ static void build_shutdown(request_t *r, parser_t *p)
     no_more(p);
 }
 
+/* top runs its own requests (top.c); here only its options are read. */
+static netctl_top_opts_t top_opts = {.interval_ms = 1000, .sort = "bytes"};
+
+static void build_top(request_t *r, parser_t *p)
+{
+    enum { INTERVAL = 256, COUNT, SORT };
+    static const struct option opts[] = {{"interval", required_argument, NULL, INTERVAL},
+                                         {"count", required_argument, NULL, COUNT},
+                                         {"sort", required_argument, NULL, SORT},
+                                         COMMON_OPTIONS};
+    static const char *const sorts[] = {"bytes", "age", "idle", NULL};
+    int c;
+    while ((c = next_opt(p, opts)) != -1) {
+        switch (c) {
+        case INTERVAL: top_opts.interval_ms = number("--interval", optarg, 100, MAX_MS); break;
+        case COUNT: top_opts.count = number("--count", optarg, 1, INT32_MAX); break;
+        case SORT: json_decref(one_of("--sort", optarg, sorts)); top_opts.sort = optarg; break;
+        }
+    }
+    no_more(p);
+}
+
+static int run_top(const char *path)
+{
+    top_opts.timeout_ms = g.timeout_ms;
+    return netctl_top(path, &top_opts);
+}
+
 /* The line goes out as given, unchecked: `call` is how one tests the daemon's own
  * refusals. Only a newline is refused, since it would end the line early. */
 static void build_call(request_t *r, parser_t *p)
@@ -629,6 +665,7 @@ struct subcommand {
     void (*build)(request_t *r, parser_t *p);
     netctl_printer_t print; /* NULL: the reply line as received */
     bool stream;            /* events follow the reply (watch) */
+    int (*run)(const char *socket_path); /* runs the whole exchange itself (top) */
 };
 
 static void print_help_reply(const json_t *reply);
@@ -643,7 +680,7 @@ static const subcommand_t subcommands[] = {
               " [--handler echo|discard|banner:TEXT|proxy:[HOST:]PORT|proxy:PATH]"
               " [--greeting TEXT] [--max-connections N|none] [--allow-half-open]"
               " [--timeout MS] [--balance leastconn|roundrobin|reuseport]"
-              " [--no-delay|--nagle] [--keep-alive MS]",
+              " [--no-delay|--nagle] [--keep-alive MS] [--access-log]",
      .build = build_listen, .print = netctl_print_server},
     {.name = "close", .cmd = "close", .usage = "SERVER [--destroy] [--no-wait]",
      .build = build_close, .print = netctl_print_server},
@@ -655,7 +692,7 @@ static const subcommand_t subcommands[] = {
      .print = netctl_print_count},
     {.name = "sockets", .cmd = "sockets",
      .usage = "[SERVER] [--limit N] [--older-than MS] [--idle-more-than MS]"
-              " [--role client|upstream|all]",
+              " [--role client|upstream|all] [--peer ADDR[:PORT]] [--sort bytes|age|idle]",
      .build = build_sockets, .print = netctl_print_sockets},
     {.name = "destroy", .cmd = "destroy", .usage = "SOCKET", .build = build_destroy,
      .print = netctl_print_result},
@@ -672,6 +709,10 @@ static const subcommand_t subcommands[] = {
     {.name = "watch", .cmd = "watch", .usage = "[listening|connection|close|error ...]",
      .summary = "print events, one line each, until interrupted or netd closes",
      .build = build_watch, .stream = true},
+    {.name = "top", .usage = "[--interval MS] [--count N] [--sort bytes|age|idle]",
+     .summary = "live view: servers, threads, busiest sockets (q quit, s sort, p pause);"
+                " one line per interval when not on a terminal",
+     .build = build_top, .run = run_top},
     {.name = "shutdown", .cmd = "shutdown", .usage = "[--timeout MS]", .build = build_shutdown,
      .print = netctl_print_result},
     {.name = "call", .usage = "JSON",
@@ -1162,6 +1203,8 @@ int main(int argc, char **argv)
     if (!sub)
         usage_error("unknown command '%s'", argv[first]);
     build_request(sub, argc - first, argv + first, &req);
+    if (sub->run)
+        finish(sub->run(socket_path(def, sizeof(def))));
     int status = run(sub, &req, socket_path(def, sizeof(def)));
     json_decref(req.obj);
     free(req.line);

@@ -339,12 +339,13 @@ void netctl_print_servers(const json_t *reply)
     netctl_table_free(t);
 }
 
+/* SEND-Q is the output queued in netd (bufferSize), as ss shows the kernel's. */
 static void print_socket_table(const json_t *sockets)
 {
     static const netctl_column_t cols[] = {
-        {"ID", true},     {"SERVER", true}, {"THREAD", true},  {"REMOTE", false},
-        {"LOCAL", false}, {"STATE", false}, {"ROLE", false},   {"READ", true},
-        {"WRITTEN", true}, {"AGE", true},   {"IDLE", true},
+        {"ID", true},     {"SERVER", false}, {"THREAD", true}, {"REMOTE", false},
+        {"LOCAL", false}, {"STATE", false},  {"ROLE", false},  {"READ", true},
+        {"WRITTEN", true}, {"SEND-Q", true}, {"AGE", true},    {"IDLE", true},
     };
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
@@ -352,7 +353,9 @@ static void print_socket_table(const json_t *sockets)
     json_array_foreach (sockets, i, s) {
         char buf[512];
         cell_field(t, s, "id");
-        cell_field(t, s, "server");
+        /* The name; a daemon from before serverName gives the id. */
+        cell_field(t, s, json_is_string(json_object_get(s, "serverName")) ? "serverName"
+                                                                            : "server");
         cell_field(t, s, "thread");
         fmt_endpoint(buf, sizeof(buf), s, "remote");
         netctl_table_cell(t, "%s", buf);
@@ -362,6 +365,7 @@ static void print_socket_table(const json_t *sockets)
         cell_field(t, s, "role");
         cell_field(t, s, "bytesRead");
         cell_field(t, s, "bytesWritten");
+        cell_field(t, s, "bufferSize");
         cell_duration(t, s, "ageMs");
         cell_duration(t, s, "idleMs");
     }

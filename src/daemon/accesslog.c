@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,11 @@
 #define ALOG_CHUNKS 8 /* per worker: 64 KiB of lines in flight at most */
 #define ALOG_FLUSH_MS 10
 #define STDERR_PREFIX "netd: access: "
+/* How long the writer waits for a log that takes nothing (a stuck pipe or journald)
+ * before it gives up a chunk and counts its lines as dropped; much less once netd is
+ * stopping, so that a stuck log never holds up the exit. */
+#define ALOG_PATIENCE_MS 10000
+#define ALOG_PATIENCE_STOPPING_MS 100
 
 /*
  * A chunk of lines. Owned by: its worker while it fills it or holds it free; by the
@@ -71,23 +77,35 @@ struct netd_alog {
     nd_thread_t *thread;
     int fd;
     bool to_stderr;
+    _Atomic bool stopping;            /* set by the main loop */
+    _Atomic uint64_t dropped;         /* written by the writer only: lines it gave up */
     alog_worker_t *workers;
     int nworkers;
 };
 
 /* ------------------------------------------------------------------ writer thread */
 
-static void write_all(int fd, const struct iovec *iov, int n)
+/* 0, or -1 when the log took nothing for the writer's patience, or failed. */
+static int write_all(netd_alog_t *a, const struct iovec *iov, int n)
 {
     struct iovec v[64];
     memcpy(v, iov, (size_t)n * sizeof(*v));
     struct iovec *p = v;
     while (n > 0) {
-        ssize_t w = writev(fd, p, n);
+        /* A pipe or socket that polls writable takes a write of PIPE_BUF bytes without
+         * waiting; a regular file always polls writable. */
+        struct pollfd pfd = {a->fd, POLLOUT, 0};
+        int patience = atomic_load(&a->stopping) ? ALOG_PATIENCE_STOPPING_MS : ALOG_PATIENCE_MS;
+        int ready = poll(&pfd, 1, patience);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready == 0)
+            return -1;
+        ssize_t w = writev(a->fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            return; /* a log that cannot be written is not worth stopping for */
+            return -1; /* a log that cannot be written is not worth stopping for */
         }
         while (n > 0 && (size_t)w >= p->iov_len) {
             w -= (ssize_t)p->iov_len;
@@ -99,33 +117,46 @@ static void write_all(int fd, const struct iovec *iov, int n)
             p->iov_len -= (size_t)w;
         }
     }
+    return 0;
 }
 
 /* Whole lines, each write at most PIPE_BUF bytes, so that on a pipe (journald) netd's
- * other log lines never land inside one; on stderr each line gets netd's prefix. */
-static void write_lines(int fd, bool to_stderr, const char *data, size_t len)
+ * other log lines never land inside one; on stderr each line gets netd's prefix. When the
+ * log gives up, the lines not written are counted as dropped. */
+static void write_lines(netd_alog_t *a, const char *data, size_t len)
 {
+    const char *end = data + len;
+    const size_t plen = a->to_stderr ? strlen(STDERR_PREFIX) : 0;
     struct iovec iov[64];
-    int n = 0;
-    size_t batch = 0;
-    const size_t plen = to_stderr ? strlen(STDERR_PREFIX) : 0;
-    while (len > 0) {
-        const char *nl = memchr(data, '\n', len);
-        size_t line = nl ? (size_t)(nl - data) + 1 : len;
-        if (n > 0 && (n + 2 > 64 || batch + plen + line > PIPE_BUF)) {
-            write_all(fd, iov, n);
-            n = 0;
-            batch = 0;
+    while (data < end) {
+        int n = 0;
+        size_t batch = 0;
+        const char *p = data;
+        while (p < end && n + 2 <= 64) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t line = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+            if (n > 0 && batch + plen + line > PIPE_BUF)
+                break;
+            if (plen)
+                iov[n++] = (struct iovec){(void *)STDERR_PREFIX, plen};
+            iov[n++] = (struct iovec){(void *)p, line};
+            batch += plen + line;
+            p += line;
         }
-        if (plen)
-            iov[n++] = (struct iovec){(void *)STDERR_PREFIX, plen};
-        iov[n++] = (struct iovec){(void *)data, line};
-        batch += plen + line;
-        data += line;
-        len -= line;
+        if (write_all(a, iov, n) != 0) {
+            uint64_t lost = 0;
+            for (const char *q = data; q < end; q++)
+                lost += *q == '\n';
+            atomic_fetch_add(&a->dropped, lost);
+            return;
+        }
+        data = p;
     }
-    if (n > 0)
-        write_all(fd, iov, n);
+}
+
+uint64_t netd_alog_dropped(netd_alog_t *a)
+{
+    return a ? atomic_load(&a->dropped) : 0;
 }
 
 static void chunk_back(nd_loop_t *loop, void *arg);
@@ -134,7 +165,7 @@ static void write_chunk(nd_loop_t *loop, void *arg)
 {
     chunk_t *c = arg;
     netd_alog_t *a = c->log;
-    write_lines(a->fd, a->to_stderr, c->data, c->len);
+    write_lines(a, c->data, c->len);
     c->len = 0;
     nd_loop_post_msg(a->d->workers[c->worker].loop, &c->msg, chunk_back, c, free);
 }
@@ -303,8 +334,10 @@ void netd_alog_stop(netd_alog_t *a)
 {
     if (!a)
         return;
-    /* The writer finishes what was posted before its stop; what the chunks' return trips
-     * leave in the workers' mailboxes goes when those loops are freed. */
+    /* The writer finishes what was posted before its stop (a stuck log: losing it after a
+     * short wait); what the chunks' return trips leave in the workers' mailboxes goes when
+     * those loops are freed. */
+    atomic_store(&a->stopping, true);
     nd_thread_stop(a->thread);
     nd_thread_join(a->thread);
     /* Every thread has ended: the lines the workers had not handed over yet are written
@@ -312,7 +345,7 @@ void netd_alog_stop(netd_alog_t *a)
     for (int i = 0; i < a->nworkers; i++) {
         alog_worker_t *aw = &a->workers[i];
         if (aw->cur) {
-            write_lines(a->fd, a->to_stderr, aw->cur->data, aw->cur->len);
+            write_lines(a, aw->cur->data, aw->cur->len);
             free(aw->cur);
         }
         while (aw->free) {

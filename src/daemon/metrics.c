@@ -435,7 +435,7 @@ static void process_metrics(netd_t *d, netd_text_t *t)
 
 static void access_log_metrics(netd_t *d, netd_text_t *t)
 {
-    uint64_t lines = 0, dropped = 0;
+    uint64_t lines = 0, dropped = netd_alog_dropped(d->obs->alog);
     for (int i = 0; i < d->nworkers; i++) {
         lines += atomic_load_explicit(&d->workers[i].obs.log_lines, memory_order_relaxed);
         dropped += atomic_load_explicit(&d->workers[i].obs.log_dropped, memory_order_relaxed);
@@ -444,7 +444,7 @@ static void access_log_metrics(netd_t *d, netd_text_t *t)
            "Access-log lines handed to the log writer.");
     netd_text_printf(t, "netd_access_log_lines_total %llu\n", (unsigned long long)lines);
     family(t, "netd_access_log_dropped_total", "counter",
-           "Access-log lines dropped because the writer fell behind and the buffer was full.");
+           "Access-log lines dropped: the buffer was full, or the log took nothing for 10 s.");
     netd_text_printf(t, "netd_access_log_dropped_total %llu\n", (unsigned long long)dropped);
 }
 

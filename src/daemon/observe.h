@@ -167,6 +167,8 @@ void netd_http_free(netd_http_t *h);
 netd_alog_t *netd_alog_start(netd_t *d, const char *path, int nworkers);
 void netd_alog_line(netd_alog_t *a, netd_worker_t *w, const char *line, size_t len);
 void netd_alog_reopen(netd_alog_t *a, const char *path);
+/* Lines the writer gave up on (a log that took nothing for too long). */
+uint64_t netd_alog_dropped(netd_alog_t *a);
 void netd_alog_stop(netd_alog_t *a);
 
 #endif

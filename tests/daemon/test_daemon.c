@@ -1035,19 +1035,22 @@ START_TEST(test_metrics)
     json_t *st = stats(np);
     json_t *r = np_ok(call(np, "{'cmd':'metrics'}"));
     const char *text = jstr(r, "text");
-    /* Every sample line has the netd_ prefix; every counter ends in _total. */
+    /* Every sample line has the netd_ prefix (or the standard process_ one); every counter
+     * ends in _total. */
     char *copy = strdup(text);
     int samples = 0;
     for (char *line = strtok(copy, "\n"); line; line = strtok(NULL, "\n")) {
         if (strncmp(line, "# TYPE ", 7) == 0) {
             char name[128], type[32];
             ck_assert_int_eq(sscanf(line + 7, "%127s %31s", name, type), 2);
-            ck_assert_msg(strncmp(name, "netd_", 5) == 0, "metric without netd_: %s", line);
+            ck_assert_msg(strncmp(name, "netd_", 5) == 0 || strncmp(name, "process_", 8) == 0,
+                          "metric without netd_: %s", line);
             if (strcmp(type, "counter") == 0)
                 ck_assert_msg(strlen(name) > 6 && strcmp(name + strlen(name) - 6, "_total") == 0,
                               "counter without _total: %s", line);
         } else if (line[0] != '#') {
-            ck_assert_msg(strncmp(line, "netd_", 5) == 0, "sample without netd_: %s", line);
+            ck_assert_msg(strncmp(line, "netd_", 5) == 0 || strncmp(line, "process_", 8) == 0,
+                          "sample without netd_: %s", line);
             samples++;
         }
     }
