@@ -5,7 +5,10 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind)
+# tmux and prometheus (promtool too) are for tests only: netctl top in a real terminal,
+# and a real Prometheus scraping netd.
+PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind
+    tmux prometheus)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {
