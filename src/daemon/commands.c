@@ -133,6 +133,11 @@ static void on_srv_listening(void *group, const nd_event_t *ev, void *arg)
     listen_answered(s);
 }
 
+static void on_srv_close(void *group, const nd_event_t *ev, void *arg);
+
+/* A server's 'error' is always a failed listen, and no 'close' follows it (libnetd does as
+ * Node does): the reply goes out here, the record goes as if the server had closed, and the
+ * group, still ours, is freed. */
 static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
@@ -144,6 +149,8 @@ static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
         netd_reply_error(s->listen_client, s->listen_id, ev->error->name, "%s",
                          ev->error->message);
     listen_answered(s);
+    on_srv_close(group, NULL, s);
+    nd_server_free(group);
 }
 
 static void maybe_drained(netd_t *d);
@@ -284,10 +291,8 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
     if (rc) {
         *code = nd_err_name(rc);
         snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
-        if (s->group) {
-            /* Never listened: nothing will be emitted; the loop frees it at exit. */
-            nd_server_off(s->group, ND_EV_CLOSE, on_srv_close, s);
-        }
+        if (s->group)
+            nd_server_free(s->group); /* never listened: nothing was or will be emitted */
         netd_listen_spec_free(&s->spec);
         free(s);
         return -1;

@@ -28,6 +28,10 @@
 #define ND__READ_CHUNK 65536     /* one read; Node's slab size */
 #define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
 #define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
+/* Node's default highWaterMark of a net.Socket, both ways: input read while nobody consumes
+ * it stops at this many bytes; a write while connecting returns true below it. */
+#define ND__READ_HWM 16384
+#define ND__WRITE_HWM 16384
 
 /* Milliseconds as a struct timeval, for libevent timers. */
 static inline struct timeval nd__ms_tv(unsigned ms)
@@ -50,6 +54,9 @@ typedef struct nd__error_store {
  * the caller reports the bare code). */
 int nd__error_set(nd__error_store_t **st, int code, const char *syscall, const char *address,
                   int port, const char *hostname);
+/* Replaces the message built by nd__error_set (Node's fixed texts, e.g. v0.10's "This socket
+ * has been ended by the other party"). */
+void nd__error_set_message(nd__error_store_t *st, const char *message);
 
 /* ------------------------------------------------------------------------ emitter */
 
@@ -108,8 +115,11 @@ void nd__handle_fini(nd__handle_t *h);
 /* Schedules deferred work bits; processed on a later turn by the kind's process fn. */
 void nd__handle_pend(nd__handle_t *h, uint32_t bits);
 void nd__handle_unpend(nd__handle_t *h, uint32_t bits);
-/* Recomputes whether the handle keeps the loop alive. */
+/* Recomputes whether the handle keeps the loop alive: an active handle does while it is
+ * ref'd; a pinned one does whatever ref/unref say (libuv's active requests, e.g. queued
+ * writes). set_active(h, false) takes the handle off the loop's books entirely. */
 void nd__handle_set_active(nd__handle_t *h, bool active);
+void nd__handle_set_active_pinned(nd__handle_t *h, bool active, bool pinned);
 void nd__handle_retain(nd__handle_t *h);
 /* Drops a reference; frees the handle when none is left. */
 void nd__handle_release(nd__handle_t *h);
@@ -207,8 +217,11 @@ socklen_t nd__sockaddr_ip(nd__sockaddr_t *out, const char *ip, int port, int fam
 int nd__sockaddr_unix(nd__sockaddr_t *out, const char *path);
 int nd__set_nonblock_cloexec(int fd);
 
-/* Called by a socket's close when it belonged to a server: the count drops after 'close'
- * has run. */
+/* A connection of server s was destroyed: it no longer counts (getConnections, `connections`,
+ * maxConnections), as Node lowers the count inside destroy(). Called once per connection. */
+void nd__server_connection_destroyed(nd_server_t *s);
+/* ... and its 'close' has run: a closing server's own 'close' may come now, so it stays the
+ * last event of the server. Called once per connection, after the above. */
 void nd__server_connection_closed(nd_server_t *s);
 
 

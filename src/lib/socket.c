@@ -30,7 +30,15 @@ enum socket_pending {
     PK_ERROR = 1u << 4,
     PK_CLOSE = 1u << 5,
     PK_AUTOCLOSE = 1u << 6, /* both directions ended: close on the turn after 'finish' */
+    PK_FLOW = 1u << 7,      /* buffered input (and a held-back 'end') to deliver */
 };
+
+/* An 'error' waiting for its turn. Several may wait: a refused write after end() or the
+ * peer's FIN, then a failure of the connection itself. */
+typedef struct err_node {
+    struct err_node *next;
+    nd__error_store_t st;
+} err_node_t;
 
 typedef struct wreq {
     uint64_t mark; /* done once flushed_total reaches it */
@@ -48,16 +56,24 @@ struct nd_socket {
     bool allow_half_open;
     bool opt_readable;  /* reading allowed at all (false for fd sockets opened write-only) */
     bool opt_writable;  /* writing allowed at all */
-    bool paused;
+    /* Reading, as Node's streams do it: input is read from the kernel once reading has
+     * started; it is emitted as 'data' while flowing and not paused, and otherwise kept in
+     * `in` until ND__READ_HWM bytes wait there, when reading stops. */
+    bool paused;        /* pause() (or a pipe's backpressure) and no resume() since */
+    bool flowing;       /* a 'data' listener was added, pipe() or resume() was called */
+    bool read_started;  /* reading began: at accept or connect unless paused, or resume() */
     bool reading;       /* read_ev added */
     bool writing;       /* write_ev added */
-    bool eof;           /* the peer's FIN arrived */
+    bool fin_rcvd;      /* the peer's FIN was read; 'end' follows the buffered input */
+    bool eof;           /* 'end' was emitted */
     bool peer_ended;    /* eof with allowHalfOpen false: writes now fail with EPIPE */
     bool ending;        /* end() called: FIN once the queue is flushed */
     bool fin_sent;
     bool need_drain;    /* a write returned 0: emit 'drain' when the queue empties */
-    bool had_error;
-    bool error_pending; /* at most one 'error' per connection */
+    bool had_error;     /* a failure of the connection itself: 'close' has had_error 1 */
+    bool error_gate;    /* the one 'error' of a failed or closed connection was queued */
+    bool error_nomem;   /* an error could not be stored: a bare ENOMEM 'error' is due */
+    bool in_count;      /* counted in its server's connections until destroyed */
     bool closed_done;   /* 'close' has run */
     bool timer_armed;
     bool moving; /* between nd_socket_move and the detach: reads wait for the target */
@@ -68,12 +84,13 @@ struct nd_socket {
     struct timeval last_active;
     struct event read_ev, write_ev, timer_ev;
     struct evbuffer *out;
+    struct evbuffer *in; /* input read but not yet emitted; created on first use */
     TAILQ_HEAD(, wreq) wreqs;
     uint64_t queued_total, flushed_total;
     uint64_t bytes_read, bytes_written;
     nd_server_t *server;
     nd__resolve_t *resolve;
-    nd__error_store_t *err; /* allocated on the first error */
+    err_node_t *errq, **errq_tail; /* errors to emit, in order */
     nd__decoder_t dec;
     nd__strbuf_t text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
@@ -102,6 +119,16 @@ static bool is_destroyed(const nd_socket_t *s)
     return s->state == SK_CLOSED;
 }
 
+static size_t queued(const nd_socket_t *s)
+{
+    return s->out ? evbuffer_get_length(s->out) : 0;
+}
+
+static size_t buffered(const nd_socket_t *s)
+{
+    return s->in ? evbuffer_get_length(s->in) : 0;
+}
+
 static void update_active(nd_socket_t *s)
 {
     bool active = false;
@@ -111,12 +138,14 @@ static void update_active(nd_socket_t *s)
         active = true;
         break;
     case SK_OPEN:
-        active = s->reading || s->writing || (s->out && evbuffer_get_length(s->out) > 0);
+        active = s->reading || s->writing || queued(s) > 0;
         break;
     default:
         break;
     }
-    nd__handle_set_active(&s->h, active);
+    /* Output on its way keeps the loop alive even when unref'd: in Node a pending write is
+     * a libuv request, which counts whatever the handle's ref says. */
+    nd__handle_set_active_pinned(&s->h, active, s->state == SK_OPEN && queued(s) > 0);
 }
 
 static void touch(nd_socket_t *s)
@@ -130,14 +159,18 @@ static void touch(nd_socket_t *s)
     }
 }
 
-static void start_reading(nd_socket_t *s)
+/* 'data' is emitted as input arrives. */
+static bool flowing_now(const nd_socket_t *s)
 {
-    if (s->state != SK_OPEN || s->reading || s->paused || s->eof || !s->opt_readable ||
+    return s->flowing && !s->paused;
+}
+
+static bool want_reading(const nd_socket_t *s)
+{
+    if (s->state != SK_OPEN || !s->read_started || s->fin_rcvd || !s->opt_readable ||
         s->moving)
-        return;
-    event_add(&s->read_ev, NULL);
-    s->reading = true;
-    update_active(s);
+        return false;
+    return flowing_now(s) || buffered(s) < ND__READ_HWM;
 }
 
 static void stop_reading(nd_socket_t *s)
@@ -147,6 +180,29 @@ static void stop_reading(nd_socket_t *s)
     event_del(&s->read_ev);
     s->reading = false;
     update_active(s);
+}
+
+/* Reads from the kernel exactly while want_reading() says so: starts or stops. */
+static void start_reading(nd_socket_t *s)
+{
+    if (!want_reading(s)) {
+        stop_reading(s);
+        return;
+    }
+    if (s->reading)
+        return;
+    event_add(&s->read_ev, NULL);
+    s->reading = true;
+    update_active(s);
+}
+
+/* Reading begins here (accept, connect, an fd) unless the socket was paused before: as in
+ * Node, a socket paused before it opened reads nothing until resume(). */
+static void begin_reading(nd_socket_t *s)
+{
+    if (!s->paused)
+        s->read_started = true;
+    start_reading(s);
 }
 
 static void start_writing(nd_socket_t *s)
@@ -165,11 +221,6 @@ static void stop_writing(nd_socket_t *s)
         s->writing = false;
         update_active(s);
     }
-}
-
-static size_t queued(const nd_socket_t *s)
-{
-    return s->out ? evbuffer_get_length(s->out) : 0;
 }
 
 static void cache_local(nd_socket_t *s)
@@ -218,6 +269,7 @@ static void init_socket(nd_socket_t *s, nd_loop_t *loop)
     s->fd = -1;
     s->opt_readable = s->opt_writable = true;
     TAILQ_INIT(&s->wreqs);
+    s->errq_tail = &s->errq;
     event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
 }
 
@@ -282,35 +334,78 @@ static void teardown(nd_socket_t *s)
     }
     if (s->out)
         evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    /* Unread input stays until 'close': a 'data' listener still running may be reading it. */
     complete_wreqs(s, ND_ECLOSED);
     unpipe_both(s);
-    nd__handle_unpend(&s->h, PK_CONNECT | PK_DRAIN);
+    nd__handle_unpend(&s->h, PK_CONNECT | PK_DRAIN | PK_FLOW);
     s->state = SK_CLOSED;
+    if (s->in_count) {
+        /* Node lowers the server's count inside destroy(), not at 'close'. */
+        s->in_count = false;
+        nd__server_connection_destroyed(s->server);
+    }
     nd__handle_pend(&s->h, PK_CLOSE);
     update_active(s);
+}
+
+/*
+ * Queues an 'error'. A gated one (the failure of the connection, or a write on a closed
+ * socket) is reported at most once per connection, as v0.10's errorEmitted; the others (a
+ * write refused after end() or the peer's FIN) each time, as v0.10's writeAfterEnd and
+ * writeAfterFIN do. message, when not NULL, replaces the "syscall CODE address" text.
+ */
+static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscall,
+                        const char *address, int port, const char *hostname, const char *message)
+{
+    if (s->closed_done)
+        return; /* 'close' is the last event of a connection */
+    if (gated) {
+        if (s->error_gate)
+            return;
+        s->error_gate = true;
+    }
+    err_node_t *e = malloc(sizeof(*e));
+    if (!e) {
+        s->error_nomem = true;
+    } else {
+        nd__error_store_t *st = &e->st;
+        nd__error_set(&st, code, syscall, address, port, hostname); /* no allocation */
+        if (message)
+            nd__error_set_message(st, message);
+        e->next = NULL;
+        *s->errq_tail = e;
+        s->errq_tail = &e->next;
+    }
+    nd__handle_pend(&s->h, PK_ERROR);
 }
 
 static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address,
                       int port, const char *hostname)
 {
-    if (s->closed_done)
-        return; /* 'close' is the last event of a connection */
-    s->had_error = true;
-    if (s->error_pending)
-        return;
-    s->error_pending = true;
-    nd__error_set(&s->err, code, syscall, address, port, hostname);
-    nd__handle_pend(&s->h, PK_ERROR);
+    queue_error(s, true, code, syscall, address, port, hostname, NULL);
 }
 
-/* A fatal error: 'error' then 'close'. Later errors of the same connection are dropped. */
+/* A fatal error: 'error' then 'close' with had_error 1. Later failures of the same
+ * connection are not reported. */
 static void destroy_with(nd_socket_t *s, int code, const char *syscall, const char *address,
                          int port, const char *hostname)
 {
     if (is_destroyed(s))
         return;
+    s->had_error = true;
     set_error(s, code, syscall, address, port, hostname);
     teardown(s);
+}
+
+static void free_errors(nd_socket_t *s)
+{
+    err_node_t *e;
+    while ((e = s->errq) != NULL) {
+        s->errq = e->next;
+        free(e);
+    }
+    s->errq_tail = &s->errq;
+    s->error_nomem = false;
 }
 
 void nd__socket_free(nd_socket_t *s)
@@ -326,6 +421,8 @@ void nd__socket_free(nd_socket_t *s)
         close(s->fd);
     if (s->out)
         evbuffer_free(s->out);
+    if (s->in)
+        evbuffer_free(s->in);
     wreq_t *w;
     while ((w = TAILQ_FIRST(&s->wreqs)) != NULL) {
         TAILQ_REMOVE(&s->wreqs, w, link);
@@ -333,7 +430,7 @@ void nd__socket_free(nd_socket_t *s)
     }
     unpipe_both(s);
     nd__strbuf_free(&s->text);
-    free(s->err);
+    free_errors(s);
     nd__handle_fini(&s->h);
     free(s);
 }
@@ -342,8 +439,10 @@ void nd__socket_free(nd_socket_t *s)
 
 ND_EXPORT void nd_socket_options_init(nd_socket_options_t *o)
 {
+    /* v0.10's code (and Node since): an fd socket is readable and writable unless told
+     * otherwise (`options.readable !== false`); its docs said false. */
     if (o)
-        *o = (nd_socket_options_t){.fd = -1};
+        *o = (nd_socket_options_t){.fd = -1, .readable = 1, .writable = 1};
 }
 
 ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t *opts)
@@ -371,7 +470,7 @@ ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t 
         s->opt_readable = opts->readable;
         s->opt_writable = opts->writable;
         s->state = SK_OPEN;
-        start_reading(s);
+        begin_reading(s);
     }
     return s;
 }
@@ -385,6 +484,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
     init_socket(s, nd_server_loop(srv));
     s->allow_half_open = allow_half_open;
     s->server = srv;
+    s->in_count = true; /* the server counts it from here */
     s->state = SK_OPEN;
     bind_fd(s, fd);
     s->is_unix = peer->sa_family == AF_UNIX;
@@ -398,7 +498,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
 void nd__socket_start(nd_socket_t *s)
 {
     touch(s);
-    start_reading(s);
+    begin_reading(s);
 }
 
 /* ------------------------------------------------------------------ connect */
@@ -414,7 +514,7 @@ static void on_connected(nd_socket_t *s)
     nd__emit(&s->h.em, s, &ev);
     if (s->state != SK_OPEN)
         return;
-    start_reading(s);
+    begin_reading(s);
     if (queued(s) > 0 || (s->ending && !s->fin_sent))
         flush(s); /* writes queued while connecting, then the FIN of an early end() */
     update_active(s);
@@ -465,19 +565,23 @@ static void on_resolved(void *arg, int err, const char *ip, int family)
     nd_socket_t *s = arg;
     s->resolve = NULL;
     nd__handle_retain(&s->h);
-    nd__error_store_t *lerr = NULL;
-    nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = s->port};
-    if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, s->port, s->host) != 0)
-        bare.message = bare.name;
-    nd_event_t ev = {.type = ND_EV_LOOKUP,
-                     .error = err ? (lerr ? &lerr->err : &bare) : NULL,
-                     .address = ip,
-                     .family = err ? 0 : family};
-    nd__emit(&s->h.em, s, &ev);
-    free(lerr);
+    /* Node looks up names only: an IP literal connects without a 'lookup' event. A failed
+     * lookup names the host and leaves the port unset, as Node does. */
+    if (!nd_is_ip(s->host)) {
+        nd__error_store_t *lerr = NULL;
+        nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = -1};
+        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, s->host) != 0)
+            bare.message = bare.name;
+        nd_event_t ev = {.type = ND_EV_LOOKUP,
+                         .error = err ? (lerr ? &lerr->err : &bare) : NULL,
+                         .address = ip,
+                         .family = err ? 0 : family};
+        nd__emit(&s->h.em, s, &ev);
+        free(lerr);
+    }
     if (s->state == SK_RESOLVING) {
         if (err) {
-            destroy_with(s, err, "getaddrinfo", NULL, s->port, s->host);
+            destroy_with(s, err, "getaddrinfo", NULL, -1, s->host);
         } else {
             nd__sockaddr_t sa;
             socklen_t len = nd__sockaddr_ip(&sa, ip, s->port, family);
@@ -499,8 +603,12 @@ static void reset_connection(nd_socket_t *s)
     }
     s->bytes_read = s->bytes_written = 0;
     s->queued_total = s->flushed_total = 0;
-    s->eof = s->peer_ended = s->ending = s->fin_sent = false;
-    s->need_drain = s->had_error = s->error_pending = s->closed_done = false;
+    s->fin_rcvd = s->eof = s->peer_ended = s->ending = s->fin_sent = false;
+    s->need_drain = s->had_error = s->error_gate = s->closed_done = false;
+    s->read_started = s->in_count = false;
+    free_errors(s);
+    if (s->in)
+        evbuffer_drain(s->in, evbuffer_get_length(s->in));
     s->have_local = s->have_remote = false;
     s->opt_readable = s->opt_writable = true;
     s->server = NULL;
@@ -533,7 +641,7 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
     reset_connection(s);
     s->allow_half_open = s->allow_half_open || o->allow_half_open;
     s->port = o->port;
-    s->family = o->family ? o->family : 4;
+    s->family = o->family; /* 0: any family, as v0.10's dns.lookup */
     s->local_port = o->local_port;
     snprintf(s->local_address, sizeof(s->local_address), "%s",
              o->local_address ? o->local_address : "");
@@ -614,10 +722,11 @@ static void schedule_autoclose(nd_socket_t *s)
         nd__handle_pend(&s->h, PK_AUTOCLOSE);
 }
 
-static void on_eof(nd_socket_t *s)
+/* The peer's FIN, once every byte before it was delivered: 'end', then our side ends
+ * unless allowHalfOpen. */
+static void emit_end(nd_socket_t *s)
 {
     s->eof = true;
-    stop_reading(s);
     if (!s->allow_half_open)
         s->peer_ended = true;
     if (s->dec.enc != ND_ENC_NONE && s->dec.npartial) {
@@ -643,22 +752,75 @@ static void on_eof(nd_socket_t *s)
     schedule_autoclose(s);
 }
 
+/* 'end' comes only after the buffered input was delivered (Node: test-net-socket-close-
+ * after-end); with nothing buffered it comes at once, whether anyone reads or not. */
+static void maybe_end(nd_socket_t *s)
+{
+    if (s->fin_rcvd && !s->eof && buffered(s) == 0 && !s->moving && !is_destroyed(s))
+        emit_end(s);
+}
+
+/* Emits buffered input while the socket flows, one 'data' per chunk, then a held-back
+ * 'end'. A listener may pause, move or destroy the socket at any chunk. */
+static void deliver(nd_socket_t *s)
+{
+    while (flowing_now(s) && !s->moving && !is_destroyed(s) && buffered(s) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(s->in, -1, NULL, &v, 1) < 1)
+            break;
+        emit_data(s, v.iov_base, v.iov_len);
+        if (is_destroyed(s))
+            return; /* the input goes at 'close'; later listeners of this 'data' read it */
+        evbuffer_drain(s->in, v.iov_len);
+    }
+    maybe_end(s);
+    start_reading(s);
+}
+
+/* Keeps input nobody consumes yet. Returns 0, or -ENOMEM (the socket is destroyed). */
+static int buffer_input(nd_socket_t *s, const char *data, size_t len)
+{
+    if ((!s->in && !(s->in = evbuffer_new())) || evbuffer_add(s->in, data, len) != 0) {
+        destroy_with(s, -ENOMEM, "read", NULL, -1, NULL);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
     char *buf = (char *)s->h.loop->scratch;
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
-        ssize_t n = recv(s->fd, buf, ND__READ_CHUNK, 0);
+        /* The common case emits straight from the loop's read buffer: no copy. Otherwise the
+         * bytes queue behind what waits already, and a socket that does not flow reads no
+         * more than ND__READ_HWM ahead. */
+        size_t have = buffered(s);
+        bool direct = flowing_now(s) && have == 0;
+        size_t room = ND__READ_CHUNK;
+        if (!flowing_now(s))
+            room = have >= ND__READ_HWM ? 0 : ND__READ_HWM - have;
+        if (room == 0) {
+            stop_reading(s);
+            break;
+        }
+        ssize_t n = recv(s->fd, buf, room, 0);
         if (n > 0) {
             s->bytes_read += (uint64_t)n;
             ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
             touch(s);
-            emit_data(s, buf, (size_t)n);
-            if (n < ND__READ_CHUNK)
+            if (direct)
+                emit_data(s, buf, (size_t)n);
+            else if (buffer_input(s, buf, (size_t)n) == 0)
+                deliver(s);
+            start_reading(s); /* stops once the buffer is full and nobody reads */
+            if ((size_t)n < room)
                 break;
         } else if (n == 0) {
-            on_eof(s);
+            s->fin_rcvd = true;
+            stop_reading(s);
+            maybe_end(s);
             break;
         } else {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -747,7 +909,14 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     nd__handle_release(&s->h);
 }
 
-static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool fatal)
+enum write_failure {
+    WF_FATAL,   /* the connection fails: 'error', then 'close' with had_error 1 */
+    WF_CLOSED,  /* a write on a destroyed socket: one 'error' per connection */
+    WF_REFUSED, /* after end() or the peer's FIN: reported every time, the socket goes on */
+};
+
+static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg,
+                      enum write_failure how)
 {
     if (cb) {
         wreq_t *w = calloc(1, sizeof(*w));
@@ -760,10 +929,15 @@ static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool 
             nd__handle_pend(&s->h, PK_WRITECB);
         }
     }
-    if (fatal)
+    if (how == WF_FATAL)
         destroy_with(s, code, "write", NULL, -1, NULL);
-    else
+    else if (how == WF_CLOSED)
         set_error(s, code, "write", NULL, -1, NULL);
+    else if (code == -EPIPE) /* v0.10's writeAfterFIN: code EPIPE, no syscall */
+        queue_error(s, false, code, NULL, NULL, -1, NULL,
+                    "This socket has been ended by the other party");
+    else
+        queue_error(s, false, code, "write", NULL, -1, NULL, NULL);
     return code;
 }
 
@@ -773,13 +947,13 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     if (!s || (!data && len))
         return -EINVAL;
     if (is_destroyed(s)) /* v0.10: "This socket is closed", once per connection */
-        return fail_write(s, ND_ECLOSED, cb, arg, false);
+        return fail_write(s, ND_ECLOSED, cb, arg, WF_CLOSED);
     if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
-        return fail_write(s, ND_ECLOSED, cb, arg, true);
+        return fail_write(s, ND_ECLOSED, cb, arg, WF_FATAL);
     if (s->ending)
-        return fail_write(s, ND_EWRITEAFTEREND, cb, arg, false);
+        return fail_write(s, ND_EWRITEAFTEREND, cb, arg, WF_REFUSED);
     if (s->peer_ended)
-        return fail_write(s, -EPIPE, cb, arg, false);
+        return fail_write(s, -EPIPE, cb, arg, WF_REFUSED);
 
     s->bytes_written += len;
     s->queued_total += len;
@@ -790,8 +964,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 int e = -errno;
                 s->flushed_total = s->queued_total; /* nothing more will be sent */
-                fail_write(s, e, cb, arg, true);
-                return 0;
+                return fail_write(s, e, cb, arg, WF_FATAL); /* e.g. ECONNRESET after a RST */
             }
             n = 0;
         }
@@ -803,13 +976,13 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     }
     if (done < len) {
         if (!s->out && !(s->out = evbuffer_new()))
-            return fail_write(s, -ENOMEM, cb, arg, true);
+            return fail_write(s, -ENOMEM, cb, arg, WF_FATAL);
         evbuffer_add(s->out, (const char *)data + done, len - done);
     }
     if (cb) {
         wreq_t *w = calloc(1, sizeof(*w));
         if (!w)
-            return fail_write(s, -ENOMEM, NULL, NULL, true);
+            return fail_write(s, -ENOMEM, NULL, NULL, WF_FATAL);
         w->cb = cb;
         w->arg = arg;
         w->mark = s->queued_total;
@@ -819,9 +992,14 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     }
     if (queued(s) == 0 && s->state == SK_OPEN)
         return 1;
-    s->need_drain = true;
-    if (s->state == SK_OPEN)
+    if (s->state == SK_OPEN) {
         start_writing(s);
+    } else if (queued(s) < ND__WRITE_HWM) {
+        /* Connecting: Node's write() returns true below its buffer limit (16 KiB). */
+        update_active(s);
+        return 1;
+    }
+    s->need_drain = true;
     update_active(s);
     return 0;
 }
@@ -883,11 +1061,29 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         stop_writing(s);
         on_connected(s);
     }
-    /* 'error' comes before the write callbacks it failed (v0.10 and libuv order). */
-    if ((bits & PK_ERROR) && s->error_pending) {
-        nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
-        nd_event_t ev = {.type = ND_EV_ERROR, .error = s->err ? &s->err->err : &bare};
-        nd__emit(&s->h.em, s, &ev);
+    if ((bits & PK_FLOW) && !is_destroyed(s))
+        deliver(s);
+    /* 'error' comes before the write callbacks it failed (v0.10 and libuv order). Errors
+     * queued by these listeners wait for the next turn. */
+    if (bits & PK_ERROR) {
+        err_node_t *list = s->errq;
+        bool nomem = s->error_nomem;
+        s->errq = NULL;
+        s->errq_tail = &s->errq;
+        s->error_nomem = false;
+        while (list) {
+            err_node_t *e = list;
+            list = e->next;
+            nd_event_t ev = {.type = ND_EV_ERROR, .error = &e->st.err};
+            if (!s->closed_done)
+                nd__emit(&s->h.em, s, &ev);
+            free(e);
+        }
+        if (nomem && !s->closed_done) {
+            nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
+            nd_event_t ev = {.type = ND_EV_ERROR, .error = &bare};
+            nd__emit(&s->h.em, s, &ev);
+        }
     }
     if (bits & PK_WRITECB) {
         wreq_t *w;
@@ -898,7 +1094,8 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         }
     }
     if ((bits & PK_DRAIN) && !is_destroyed(s)) {
-        emit_simple(s, ND_EV_DRAIN);
+        if (!s->ending) /* after end() only 'finish' comes (v0.10 and Node) */
+            emit_simple(s, ND_EV_DRAIN);
         nd_socket_t *src = s->pipe_src;
         if (src && src->pipe_paused && !is_destroyed(src)) {
             src->pipe_paused = false;
@@ -913,12 +1110,15 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         teardown(s);
     if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
         s->closed_done = true;
+        if (s->in)
+            evbuffer_drain(s->in, evbuffer_get_length(s->in));
+        /* The server stays until this 'close' has run (its own 'close' comes after). */
         nd_server_t *srv = s->server;
         nd_event_t ev = {.type = ND_EV_CLOSE, .had_error = s->had_error};
         nd__emit(&s->h.em, s, &ev);
-        /* The connection counted until its 'close' ran. */
-        if (srv && s->server == srv) {
-            s->server = NULL;
+        if (srv) {
+            if (s->server == srv)
+                s->server = NULL;
             nd__server_connection_closed(srv);
         }
         if (s->state == SK_CLOSED && s->h.owned) {
@@ -930,12 +1130,29 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
 
 /* ------------------------------------------------------------------ flow control */
 
+/* Buffered input (or a held-back 'end') is delivered on a later turn, as Node's resume()
+ * does on the next tick. */
+static void schedule_flow(nd_socket_t *s)
+{
+    if (flowing_now(s) && !is_destroyed(s) && (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
+        nd__handle_pend(&s->h, PK_FLOW);
+}
+
+/* A 'data' listener or a pipe: 'data' flows unless the socket was paused. */
+static void start_flowing(nd_socket_t *s)
+{
+    s->flowing = true;
+    schedule_flow(s);
+    start_reading(s);
+}
+
 ND_EXPORT void nd_socket_pause(nd_socket_t *s)
 {
     if (!s)
         return;
+    /* As in Node, reading goes on into the socket's buffer up to its high-water mark. */
     s->paused = true;
-    stop_reading(s);
+    start_reading(s);
 }
 
 ND_EXPORT void nd_socket_resume(nd_socket_t *s)
@@ -944,7 +1161,9 @@ ND_EXPORT void nd_socket_resume(nd_socket_t *s)
         return;
     s->paused = false;
     s->pipe_paused = false;
-    start_reading(s);
+    if (s->state == SK_OPEN)
+        s->read_started = true;
+    start_flowing(s);
 }
 
 ND_EXPORT int nd_socket_is_paused(const nd_socket_t *s)
@@ -1065,6 +1284,7 @@ ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
     src->pipe_dst = dst;
     src->pipe_end = end_dst != 0;
     dst->pipe_src = src;
+    start_flowing(src); /* unlike Node's pipe(), a paused source stays paused */
     return 0;
 }
 
@@ -1204,14 +1424,25 @@ ND_EXPORT void nd_socket_unref(nd_socket_t *s)
     update_active(s);
 }
 
+static int add_listener(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg,
+                        bool once)
+{
+    if (!s)
+        return -EINVAL;
+    int rc = nd__emitter_on(&s->h.em, ev, fn, arg, once);
+    if (rc == 0 && ev == ND_EV_DATA)
+        start_flowing(s); /* Node: on('data') resumes a stream that was not paused */
+    return rc;
+}
+
 ND_EXPORT int nd_socket_on(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
 {
-    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, false) : -EINVAL;
+    return add_listener(s, ev, fn, arg, false);
 }
 
 ND_EXPORT int nd_socket_once(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
 {
-    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, true) : -EINVAL;
+    return add_listener(s, ev, fn, arg, true);
 }
 
 ND_EXPORT int nd_socket_off(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
@@ -1346,6 +1577,7 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_
     ND__STAT_ADD(loop->stats.moved_in, 1);
     s->moving = false;
     start_reading(s); /* if not paused: the paused state travelled with the socket */
+    schedule_flow(s); /* input read on the old loop goes first, in order */
     if (writing)
         start_writing(s);
     touch(s);
@@ -1390,6 +1622,7 @@ static void do_move(void *arg)
         if (held[i] && !is_destroyed(held[i])) {
             held[i]->moving = false; /* it stays: read again */
             start_reading(held[i]);
+            schedule_flow(held[i]);
         }
     }
     if (!rc && m->peer_at_call && m->peer_at_call != peer)

@@ -217,6 +217,9 @@ int nd_is_ipv6(const char *input); /* 1 or 0 */
 
 typedef struct nd_server_options {
     int allow_half_open; /* accepted sockets do not end their side after the peer's FIN */
+    int ipv6_only;       /* listening on "::" (or another IPv6 address) accepts IPv6 clients
+                            only; by default "::" is dual-stack, as in libuv and Node, and IPv4
+                            clients appear as ::ffff:a.b.c.d (modern Node's ipv6Only) */
 } nd_server_options_t;
 
 /*
@@ -304,6 +307,12 @@ int nd_server_on(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, voi
 int nd_server_once(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, void *arg);
 /* Removes the first listener with this fn and arg. Returns 0, or -ENOENT. */
 int nd_server_off(nd_server_t *server, nd_event_type_t ev, nd_listener_fn fn, void *arg);
+
+/* Frees a server that is not listening: (placeholder) */
+int nd_server_free(nd_server_t *server);
+
+/* (placeholder) */
+int nd_unix_path_probe(const char *path);
 
 /* hold: the library will not free the server after 'close' until nd_server_release().
  * Use it to keep a server across a close, e.g. to listen again later from a timer. */
