@@ -196,8 +196,8 @@ static void start_reading(nd_socket_t *s)
     update_active(s);
 }
 
-/* Reading begins here (accept, connect, an fd) unless the socket was paused before: as in
- * Node, a socket paused before it opened reads nothing until resume(). */
+/* Reading begins here (connect, an fd) unless the socket was paused before: as in Node, a
+ * client paused before it connected reads nothing until resume(). */
 static void begin_reading(nd_socket_t *s)
 {
     if (!s->paused)
@@ -497,8 +497,11 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
 
 void nd__socket_start(nd_socket_t *s)
 {
+    /* An accepted socket reads at once, as Node's does (before the 'connection' listener's
+     * pause() could matter): a pause there keeps the input in its buffer. */
     touch(s);
-    begin_reading(s);
+    s->read_started = true;
+    start_reading(s);
 }
 
 /* ------------------------------------------------------------------ connect */

@@ -2504,6 +2504,151 @@ START_TEST(test_socket_from_non_socket_fd)
 END_TEST
 
 /* ------------------------------------------------------------------------------------ */
+/* Issue 12: errors as Node reports them                                                */
+/* ------------------------------------------------------------------------------------ */
+
+/* A peer outside the library that resets the connection (SO_LINGER 0) when told. */
+typedef struct rst {
+    nd_loop_t *loop;
+    int lfd, port;
+    nd_socket_t *c; /* until its 'close' */
+    th_log_t log;
+    int wrote;
+} rst_t;
+
+static void rst_peer(void *arg)
+{
+    rst_t *r = arg;
+    struct linger lg = {1, 0};
+    int fd = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC);
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    close(fd);
+}
+
+static void rst_event(void *self, const nd_event_t *ev, void *arg)
+{
+    rst_t *r = arg;
+
+    if (ev->type == ND_EV_ERROR) {
+        th_log(&r->log, "error:%s", ev->error->name);
+    } else if (ev->type == ND_EV_CLOSE) {
+        th_log(&r->log, "close:%d", ev->had_error);
+        r->c = NULL;
+    }
+}
+
+static nd_socket_t *rst_client(rst_t *r, nd_listener_fn on_connect, int paused)
+{
+    nd_connect_options_t o = tcp("127.0.0.1", 0);
+
+    r->loop = th_loop_new();
+    r->lfd = th_raw_listen(&r->port);
+    o.port = r->port;
+    r->c = nd_socket_new(r->loop, NULL);
+    ck_assert_ptr_nonnull(r->c);
+    if (paused)
+        nd_socket_pause(r->c);
+    ck_assert_int_eq(nd_socket_on(r->c, ND_EV_CONNECT, on_connect, r), 0);
+    ck_assert_int_eq(nd_socket_on(r->c, ND_EV_ERROR, rst_event, r), 0);
+    ck_assert_int_eq(nd_socket_on(r->c, ND_EV_CLOSE, rst_event, r), 0);
+    ck_assert_int_eq(nd_socket_connect(r->c, &o), 0);
+    return r->c;
+}
+
+static void rst_write(void *arg)
+{
+    rst_t *r = arg;
+
+    ck_assert_ptr_nonnull(r->c);
+    r->wrote = nd_socket_write(r->c, "x", 1, NULL, NULL);
+    th_log(&r->log, "write:%s", r->wrote < 0 ? nd_err_name(r->wrote) : "queued or sent");
+}
+
+static void rst_then_write(void *self, const nd_event_t *ev, void *arg)
+{
+    rst_t *r = arg;
+
+    th_timer(r->loop, 20, rst_peer, r);
+    th_timer(r->loop, 120, rst_write, r);
+}
+
+/* Issue 12.12: after the peer's RST, write() returns the negative code the header promises
+ * (it returned 0). The client reads nothing (paused before it connected), so the write is
+ * what meets the reset. */
+START_TEST(test_write_after_peer_reset_returns_the_error)
+{
+    rst_t r = {0};
+
+    rst_client(&r, rst_then_write, 1);
+    th_run(r.loop, 5000);
+
+    ck_assert_msg(r.wrote == -ECONNRESET || r.wrote == -EPIPE, "write returned %d", r.wrote);
+    ck_assert_msg(strcmp(th_log_str(&r.log), "write:ECONNRESET,error:ECONNRESET,close:1") == 0 ||
+                      strcmp(th_log_str(&r.log), "write:EPIPE,error:EPIPE,close:1") == 0,
+                  "log %s", th_log_str(&r.log));
+    close(r.lfd);
+    th_finish(r.loop);
+}
+END_TEST
+
+static void end_write_then_rst(void *self, const nd_event_t *ev, void *arg)
+{
+    rst_t *r = arg;
+
+    ck_assert_int_eq(nd_socket_end(self, NULL, 0), 0);
+    ck_assert_int_eq(nd_socket_write(self, "x", 1, NULL, NULL), ND_EWRITEAFTEREND);
+    th_timer(r->loop, 50, rst_peer, r);
+}
+
+/* Issue 12 (checked, and confirmed): a refused write after end() is reported and the
+ * socket goes on; the reset that fails the connection later is reported too (it was
+ * swallowed by the first 'error'), and only it makes 'close' have had_error 1. */
+START_TEST(test_fatal_error_after_a_refused_write_is_reported)
+{
+    rst_t r = {0};
+
+    rst_client(&r, end_write_then_rst, 0);
+    th_run(r.loop, 5000);
+
+    ck_assert_str_eq(th_log_str(&r.log), "error:EWRITEAFTEREND,error:ECONNRESET,close:1");
+    close(r.lfd);
+    th_finish(r.loop);
+}
+END_TEST
+
+/* Issue 12.13: IPv6 addresses in messages are written as Node writes them, "::1:PORT". */
+START_TEST(test_ipv6_error_message_as_node)
+{
+    if (!have_ipv6()) {
+        fprintf(stderr, "skipped: no IPv6 loopback\n");
+        return;
+    }
+    t_t *t = t_new();
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char want[64];
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd); /* nothing listens there now */
+    int port = ntohs(a.sin6_port);
+    client_to(t, "::1", port);
+    th_run(t->loop, 5000);
+
+    ck_assert_str_eq(th_log_str(&t->log), "error:ECONNREFUSED,close:1");
+    snprintf(want, sizeof(want), "connect ECONNREFUSED ::1:%d", port);
+    ck_assert_str_eq(t->err.message, want);
+    ck_assert_str_eq(t->err.address, "::1");
+    ck_assert_int_eq(t->err.port, port);
+    t_done(t);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------------------ */
 
 static TCase *tcase(const char *name, int timeout)
 {
@@ -2538,6 +2683,9 @@ static Suite *socket_suite(void)
     tcase_add_test(tc, test_local_port_in_use);
     tcase_add_test(tc, test_invalid_local_address_sync_einval);
     tcase_add_test(tc, test_nd_connect_sync_failures);
+    tcase_add_test(tc, test_write_after_peer_reset_returns_the_error);
+    tcase_add_test(tc, test_fatal_error_after_a_refused_write_is_reported);
+    tcase_add_test(tc, test_ipv6_error_message_as_node);
     tcase_add_test(tc, test_connect_bad_port_sync_einval);
     tcase_add_test(tc, test_destroy_while_connecting);
     tcase_add_test(tc, test_destroy_in_lookup);
