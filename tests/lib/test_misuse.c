@@ -1222,8 +1222,8 @@ START_TEST(write_on_a_socket_that_never_connected)
 }
 END_TEST
 
-/* documented: ND_ECLOSED after destroy, reported to cb and as 'error' (before 'close',
- * which is always the last event). */
+/* case 65 (v0.10: "This socket is closed."), documented: ND_ECLOSED after destroy, reported
+ * to cb and as 'error' (before 'close', which is always the last event). */
 START_TEST(write_after_destroy_gives_eclosed)
 {
     lone_t l = {0};

@@ -916,7 +916,8 @@ START_TEST(test_eaddrinuse_any_host)
 }
 END_TEST
 
-/* case 10: the port is held by a socket outside the library. */
+/* case 10, case 95: the port is held by a socket outside the library; the bind failure is
+ * turned into an asynchronous 'error' (listen() itself returns 0). */
 START_TEST(test_eaddrinuse_raw_listener)
 {
     tctx_t t;
