@@ -1407,6 +1407,23 @@ static void adopt_msg(nd_loop_t *loop, void *arg)
     free(m);
 }
 
+/* The target loop was freed with the sockets still in its mailbox (the process exits):
+ * they belong to that loop now and go with it, without events. */
+static void adopt_dropped(void *arg)
+{
+    move_msg_t *m = arg;
+    nd_socket_t *both[2] = {m->sock, m->peer};
+    for (int i = 0; i < 2; i++) {
+        if (!both[i])
+            continue;
+        both[i]->h.loop = m->target;
+        TAILQ_INSERT_TAIL(&m->target->handles, &both[i]->h, link);
+        m->target->nhandles++;
+        nd__socket_free(both[i]);
+    }
+    free(m);
+}
+
 /* Runs from the owner's defer queue, outside every callback of the socket, so no frame
  * of this loop still holds it when the target thread takes over. */
 static void do_move(void *arg)
@@ -1441,7 +1458,7 @@ static void do_move(void *arg)
     if (peer)
         detach(peer, m->to[1], &m->writing[1], &m->pending[1]);
     /* The message node is part of m: posting cannot fail and strand the sockets. */
-    nd__loop_post_node(m->target, &m->node, adopt_msg, m, NULL);
+    nd__loop_post_node(m->target, &m->node, adopt_msg, m, adopt_dropped);
 }
 
 static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, nd_move_fn notify,
