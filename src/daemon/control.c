@@ -136,9 +136,10 @@ static void on_kill(evutil_socket_t fd, short what, void *arg)
         nd_socket_destroy(c->sock);
 }
 
-/* The connection ends: our FIN after the replies, and a destroy within a second whatever
- * the peer does (reads nothing, keeps sending). */
-static void client_finish(netd_client_t *c)
+/* The connection ends: our FIN after the replies. A refused or overflowing client (kill)
+ * is also destroyed within a second, whatever it does (reads nothing, keeps sending); one
+ * that ended itself gets all its replies, and the idle timeout bounds a stalled reader. */
+static void client_finish(netd_client_t *c, bool kill)
 {
     if (!c->sock)
         return;
@@ -147,6 +148,8 @@ static void client_finish(netd_client_t *c)
         c->ended = true;
         nd_socket_end(c->sock, NULL, 0);
     }
+    if (!kill)
+        return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
     struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
@@ -200,7 +203,7 @@ void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char
 static void refuse(netd_client_t *c, const char *code, const char *msg)
 {
     netd_reply_error(c, NULL, code, "%s", msg);
-    client_finish(c);
+    client_finish(c, true);
 }
 
 /* ------------------------------------------------------------------ requests */
@@ -288,7 +291,7 @@ static void process_lines(netd_client_t *c)
     /* Everything the peer sent before its FIN is answered: our side ends too. */
     if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 &&
         c->start == c->len)
-        client_finish(c);
+        client_finish(c, false);
     update_reading(c);
     client_release(c);
 }
@@ -465,7 +468,7 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
              * connection is destroyed a second later whether or not it was read, rather
              * than hold memory (or a client slot) for it. */
             send_line(c, json_pack("{s:s}", "event", "overflow"));
-            client_finish(c);
+            client_finish(c, true);
             continue;
         }
         send_line(c, json_incref(line));
