@@ -5,6 +5,40 @@
 #ifndef ND_INTERNAL_H
 #define ND_INTERNAL_H
 
+/*
+ * Ownership across threads
+ * ------------------------
+ * One rule: an object belongs to one loop, and only that loop's thread touches it. Other
+ * threads reach it only through the loop's mailbox, with a message that carries a counted
+ * reference or hands the object over whole; never a bare pointer the owner may free.
+ *
+ * nd_loop_t      owned by: the thread running it. Touched by others: nd_loop_post /
+ *                nd_loop_post_msg (mb_lock), the remote_refs and stats atomics. Freed by
+ *                nd_loop_free on any thread once no thread runs it; messages still queued
+ *                then get their drop().
+ * handles        (servers, sockets) owned by: their h.loop. refcnt is plain (loop thread
+ *                only): the library's own reference (owned), nd_*_hold, and a guard around
+ *                every dispatch. Freed at refcnt 0, never before 'close' has run; a server
+ *                that does not listen has no 'close': nd_server_free drops the library's
+ *                reference instead.
+ * nd__group_t    shared by the owner-side server (owner loop) and one worker-side server
+ *                per member loop. Only the atomics (live counts, unclosed, max, fd_ceiling,
+ *                closing, counters, refs) are shared; every other field is written before the
+ *                members exist or by the owner only. Each group_msg_t carries a counted
+ *                reference (refs), dropped when it has run or been dropped; the group is
+ *                freed at refs 0, after the owner and every member are gone.
+ * accepted fds   in a handoff message: owned by the message until the worker's server
+ *                takes them (deliver) or the message is dropped (closed, uncounted).
+ * a moving socket from the DETACHED phase until the adopt runs it is on no loop's handle
+ *                list: move_msg_t owns it (and its pair), with every event stopped; the
+ *                source touches nothing of it after posting; the target re-assigns its
+ *                events to its own base. It stays counted in its group the whole way, and
+ *                its unread input (in) travels inside it.
+ * a pair         (piped both ways) moves together; while one half is torn down and its
+ *                'close' has not run, the other cannot move: the application's listeners
+ *                on the closing half may still point at it (nd_socket_t.pair).
+ */
+
 #include "config.h"
 
 #include <netd/net.h>

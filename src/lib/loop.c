@@ -566,6 +566,16 @@ void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *
     post_node(loop, node);
 }
 
+_Static_assert(sizeof(nd__msg_t) <= sizeof(nd_msg_t), "nd_msg_t must hold a mailbox node");
+_Static_assert(_Alignof(nd__msg_t) <= _Alignof(nd_msg_t), "nd_msg_t must align a mailbox node");
+
+ND_EXPORT void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg,
+                                void (*fn)(nd_loop_t *, void *), void *arg,
+                                void (*drop)(void *arg))
+{
+    nd__loop_post_node(loop, (nd__msg_t *)(void *)msg, fn, arg, drop);
+}
+
 static void post_node(nd_loop_t *loop, nd__msg_t *m)
 {
     pthread_mutex_lock(&loop->mb_lock);

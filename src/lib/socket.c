@@ -95,6 +95,10 @@ struct nd_socket {
     nd__strbuf_t text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
     nd_socket_t *pipe_dst, *pipe_src;
+    /* The other half of a pair piped both ways. Unlike the pipes, the link outlives a
+     * teardown until either 'close' has run: the application's listeners may still point
+     * across it, so neither half may leave the loop alone before then (moves). */
+    nd_socket_t *pair;
     bool pipe_end, pipe_paused;
     /* connect parameters, kept for errors and reconnects */
     int port, family, local_port;
@@ -408,8 +412,18 @@ static void free_errors(nd_socket_t *s)
     s->error_nomem = false;
 }
 
+static void unpair(nd_socket_t *s)
+{
+    if (s->pair) {
+        if (s->pair->pair == s)
+            s->pair->pair = NULL;
+        s->pair = NULL;
+    }
+}
+
 void nd__socket_free(nd_socket_t *s)
 {
+    unpair(s);
     if (s->resolve)
         nd__resolve_cancel(s->resolve);
     if (s->reading)
@@ -554,7 +568,9 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
     }
     if (connect(fd, &sa->sa, len) == 0) {
         nd__handle_pend(&s->h, PK_CONNECT); /* 'connect' is never emitted from connect() */
-    } else if (errno == EINPROGRESS || errno == EAGAIN) {
+    } else if (errno == EINPROGRESS || (errno == EAGAIN && sa->sa.sa_family != AF_UNIX)) {
+        /* A unix connect never goes on in the background: EAGAIN there means the
+         * listener's backlog is full, and it is reported as the failure it is. */
         start_writing(s);
     } else {
         destroy_with(s, -errno, "connect", address, port, NULL);
@@ -1117,6 +1133,9 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
             evbuffer_drain(s->in, evbuffer_get_length(s->in));
         /* The server stays until this 'close' has run (its own 'close' comes after). */
         nd_server_t *srv = s->server;
+        /* From its 'close' on the other half may move alone: a move asked now leaves on
+         * a later turn, after every listener of this last event has run. */
+        unpair(s);
         nd_event_t ev = {.type = ND_EV_CLOSE, .had_error = s->had_error};
         nd__emit(&s->h.em, s, &ev);
         if (srv) {
@@ -1287,6 +1306,12 @@ ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
     src->pipe_dst = dst;
     src->pipe_end = end_dst != 0;
     dst->pipe_src = src;
+    if (dst != src && dst->pipe_dst == src) {
+        unpair(src);
+        unpair(dst);
+        src->pair = dst;
+        dst->pair = src;
+    }
     start_flowing(src); /* unlike Node's pipe(), a paused source stays paused */
     return 0;
 }
@@ -1299,6 +1324,8 @@ ND_EXPORT int nd_socket_unpipe(nd_socket_t *src)
         return -ENOENT;
     if (src->pipe_dst->pipe_src == src)
         src->pipe_dst->pipe_src = NULL;
+    if (src->pair == src->pipe_dst)
+        unpair(src); /* split on purpose: each half may move on its own */
     src->pipe_dst = NULL;
     if (src->pipe_paused) {
         src->pipe_paused = false;
@@ -1527,6 +1554,10 @@ static int move_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 static int move_check(nd_socket_t *s, nd_loop_t *target, nd_socket_t **peerp, int to[2])
 {
     nd_socket_t *peer = nd_socket_pipe_peer(s);
+    /* Its pair is torn down but its 'close' has not run: the listeners that tie the two
+     * together still run here. The socket waits (and usually goes with it). */
+    if (s->pair && s->pair != peer)
+        return is_destroyed(s) ? ND_ECLOSED : -EBUSY;
     int rc = move_blocker(s, peer);
     if (!rc && peer)
         rc = move_blocker(peer, s);
@@ -1611,6 +1642,23 @@ static void adopt_msg(nd_loop_t *loop, void *arg)
     free(m);
 }
 
+/* The target loop was freed with the sockets still in its mailbox (the process exits):
+ * they belong to that loop now and go with it, without events. */
+static void adopt_dropped(void *arg)
+{
+    move_msg_t *m = arg;
+    nd_socket_t *both[2] = {m->sock, m->peer};
+    for (int i = 0; i < 2; i++) {
+        if (!both[i])
+            continue;
+        both[i]->h.loop = m->target;
+        TAILQ_INSERT_TAIL(&m->target->handles, &both[i]->h, link);
+        m->target->nhandles++;
+        nd__socket_free(both[i]);
+    }
+    free(m);
+}
+
 /* Runs from the owner's defer queue, outside every callback of the socket, so no frame
  * of this loop still holds it when the target thread takes over. */
 static void do_move(void *arg)
@@ -1646,7 +1694,7 @@ static void do_move(void *arg)
     if (peer)
         detach(peer, m->to[1], &m->writing[1], &m->pending[1]);
     /* The message node is part of m: posting cannot fail and strand the sockets. */
-    nd__loop_post_node(m->target, &m->node, adopt_msg, m, NULL);
+    nd__loop_post_node(m->target, &m->node, adopt_msg, m, adopt_dropped);
 }
 
 static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, nd_move_fn notify,

@@ -2,6 +2,8 @@
  * banner: the reference's address() example, socket.end("goodbye\n"). Say the text and
  * hang up.
  */
+#include "config.h"
+
 #include "handlers.h"
 
 #include <string.h>

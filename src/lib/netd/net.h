@@ -615,6 +615,22 @@ void *nd_socket_data(const nd_socket_t *sock);
  * sender run in the order they were posted. Returns 0, -EINVAL, -ENOMEM. */
 int nd_loop_post(nd_loop_t *loop, void (*fn)(nd_loop_t *loop, void *arg), void *arg);
 
+/*
+ * A message node embedded in the caller's own struct, so that posting cannot fail: a
+ * message that must arrive (a reply, a socket in transit) is allocated together with
+ * what it carries, before anything is committed. The node's contents are private.
+ */
+typedef struct nd_msg {
+    void *priv_[5];
+} nd_msg_t;
+
+/* Any thread. Runs fn(loop, arg) on the loop's thread on a later turn, as nd_loop_post,
+ * using the caller's node: it cannot fail. The node belongs to the mailbox until fn
+ * starts; fn may post it again. If the loop is freed first, drop(arg) runs instead (on
+ * the freeing thread; drop may be NULL). */
+void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg, void (*fn)(nd_loop_t *loop, void *arg),
+                      void *arg, void (*drop)(void *arg));
+
 /* Any thread. Keeps the loop alive (like nd_loop_ref) / lets it go; atomic. */
 void nd_loop_ref_mp(nd_loop_t *loop);
 void nd_loop_unref_mp(nd_loop_t *loop);
@@ -654,6 +670,12 @@ void nd_thread_stop(nd_thread_t *t);
 /* Waits for the thread to end and frees it; then frees the loop (nd_loop_free) on the
  * caller's thread. Returns 0 or -errno of pthread_join. */
 int nd_thread_join(nd_thread_t *t);
+
+/* As nd_thread_join, but the loop is left to the caller, who frees it with
+ * nd_loop_free() when it chooses: e.g. after freeing another loop whose servers still
+ * post to this one (messages posted to a loop whose thread ended wait, and are dropped
+ * when it is freed). */
+int nd_thread_wait(nd_thread_t *t);
 
 /* How a server group hands connections to its workers. */
 typedef enum nd_balance {
@@ -721,7 +743,10 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  * duplicated: from the call on no more 'data' is emitted here, and bytes the kernel holds
  * are read on the target, in order. If the socket closes before it leaves (destroyed, a
  * write error), nothing moves: its 'close' runs here and on_adopt never does.
- * A socket piped both ways with another (a proxy pair) moves together with it.
+ * A socket piped both ways with another (a proxy pair) moves together with it; while
+ * one half is destroyed but its 'close' has not run, the other cannot move (-EBUSY, also
+ * reported as ND_MOVE_FAILED when it happens between the call and the departure), since
+ * the application's listeners on the closing half may still point at it.
  * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
  * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
  * group or target is not a loop of its group; -EINVAL for NULL; 0 and nothing happens
@@ -741,8 +766,9 @@ typedef void (*nd_move_fn)(nd_socket_t *sock, nd_move_phase_t phase, int err, vo
 
 /* As nd_socket_move, with fn told of every phase: exactly one of DETACHED then ADOPTED,
  * or FAILED, after a 0 return (-EALREADY when target is its own loop: nothing to
- * report). An application that keeps per-thread records of its
- * sockets moves them in DETACHED (source) and ADOPTED (target). */
+ * report). An application that keeps per-thread records of its sockets moves them in
+ * DETACHED (source) and ADOPTED (target); in DETACHED, nd_socket_pipe_peer(sock) is the
+ * pair that moves with it (NULL: it moves alone). */
 int nd_socket_move_notify(nd_socket_t *sock, nd_loop_t *target, nd_move_fn fn, void *arg);
 
 /* The socket whose pipe pairs with this one both ways, or NULL. */
