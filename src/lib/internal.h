@@ -257,6 +257,8 @@ void nd__server_connection_destroyed(nd_server_t *s);
 /* ... and its 'close' has run: a closing server's own 'close' may come now, so it stays the
  * last event of the server. Called once per connection, after the above. */
 void nd__server_connection_closed(nd_server_t *s);
+/* A socket imported from another process joins s's count (not its accepted total). */
+void nd__server_connection_imported(nd_server_t *s);
 
 
 /* Server groups (server.c): moving a socket between members of its group. */

@@ -1289,8 +1289,9 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     nd_server_t *ws = g->m[msg->index].server;
     int err = ws ? 0 : -ENOMEM;
     if (ws && ws->fd < 0) {
-        int fd = -1;
-        err = reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
+        int fd = msg->fd; /* handed over by another process (nd_server_listen_reuseport_fds) */
+        msg->fd = -1;
+        err = fd >= 0 ? 0 : reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
         if (!err && listen(fd, msg->backlog) != 0) {
             err = -errno;
             close(fd);
@@ -1300,6 +1301,10 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
             ws->state = SRV_LISTENING;
             start_accepting(ws);
         }
+    }
+    if (msg->fd >= 0) { /* not taken: no worker-side server to take it */
+        close(msg->fd);
+        msg->fd = -1;
     }
     group_msg_t *reply = calloc(1, sizeof(*reply));
     if (reply) {
@@ -1337,16 +1342,11 @@ static void group_unlisten_members(nd__group_t *g)
 }
 
 /* The owner holds the port with a bound, never-listening socket (so port 0 resolves to one
- * port for everyone); the members listen on it and accept by themselves. */
-static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+ * port for everyone); the members listen on it and accept by themselves. member_fds: the
+ * members' listening descriptors handed over by another process, or NULL. */
+static void start_reuseport(nd_server_t *s, int fd, const char *ip, const int *member_fds)
 {
     nd__group_t *g = s->group;
-    int fd = -1;
-    int err = reuseport_socket(ip, port, g->ipv6_only, &fd);
-    if (err) {
-        fail_listen(s, err, "listen", ip, port);
-        return;
-    }
     s->fd = fd;
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
@@ -1368,10 +1368,48 @@ static void listen_reuseport(nd_server_t *s, const char *ip, int port)
         msg->gen = g->listen_gen;
         msg->port = a.port;
         msg->backlog = s->backlog;
+        msg->fd = member_fds ? member_fds[i] : -1;
+        msg->owns_fd = msg->fd >= 0;
         memcpy(msg->ip, a.address, sizeof(msg->ip) - 1); /* an IP literal fits */
         group_post(g, g->m[i].loop, member_listen_msg, msg);
     }
     update_active(s);
+}
+
+static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+{
+    nd__group_t *g = s->group;
+    int fd = -1;
+    int err = reuseport_socket(ip, port, g->ipv6_only, &fd);
+    if (err) {
+        fail_listen(s, err, "listen", ip, port);
+        return;
+    }
+    start_reuseport(s, fd, ip, NULL);
+}
+
+ND_EXPORT int nd_server_listen_reuseport_fds(nd_server_t *s, int owner_fd, const int *member_fds,
+                                             int n, int backlog)
+{
+    if (!s || owner_fd < 0 || !member_fds || !group_is_owner(s) ||
+        s->group->balance != ND_BALANCE_REUSEPORT || n != s->group->n)
+        return -EINVAL;
+    int rc = check_can_listen(s);
+    if (rc)
+        return rc;
+    restart(s, backlog);
+    nd__set_nonblock_cloexec(owner_fd);
+    for (int i = 0; i < n; i++)
+        nd__set_nonblock_cloexec(member_fds[i]);
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(owner_fd, &sa.sa, &len) != 0)
+        return -errno;
+    nd_address_t a;
+    nd__address_from(&a, &sa.sa, len);
+    s->port = a.port;
+    start_reuseport(s, owner_fd, a.address, member_fds);
+    return 0;
 }
 
 /* --- moves between members --- */
@@ -1410,4 +1448,55 @@ void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock)
     nd__handle_retain(&ws->h);
     nd__emit(&ws->h.em, ws, &ev);
     nd__handle_release(&ws->h);
+}
+
+/* ------------------------------------------------------------------ handing over */
+
+void nd__server_connection_imported(nd_server_t *s)
+{
+    s->nconn++;
+    s->nopen++;
+    ND__STAT_ADD(s->h.loop->stats.connections, 1);
+    nd__group_t *g = s->group;
+    if (g) {
+        atomic_fetch_add(&g->live, 1);
+        atomic_fetch_add(&g->unclosed, 1);
+        if (s->index >= 0)
+            atomic_fetch_add(&g->m[s->index].live, 1);
+    }
+}
+
+ND_EXPORT int nd_server_export(nd_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->fd < 0 || (s->state != SRV_LISTENING))
+        return ND_ENOTRUNNING;
+    stop_accepting(s);
+    return s->fd;
+}
+
+ND_EXPORT void nd_server_export_abort(nd_server_t *s)
+{
+    if (s && s->state == SRV_LISTENING && s->fd >= 0 &&
+        !(s->group && s->group->balance == ND_BALANCE_REUSEPORT && group_is_owner(s)))
+        start_accepting(s);
+}
+
+ND_EXPORT void nd_server_export_commit(nd_server_t *s)
+{
+    if (!s)
+        return;
+    /* The socket file (if any) is the other process's now: never removed from here. */
+    s->unlink_on_close = false;
+    if (s->group && !group_is_owner(s)) {
+        /* A reuseport member: its listener goes; the group closes through its owner. */
+        stop_accepting(s);
+        if (s->fd >= 0)
+            close(s->fd);
+        s->fd = -1;
+        s->state = SRV_IDLE;
+        return;
+    }
+    nd_server_close(s, NULL, NULL);
 }
