@@ -23,6 +23,7 @@ void netd_server_release(netd_server_t *s)
 {
     if (atomic_fetch_sub(&s->refs, 1) == 1) {
         netd_listen_spec_free(&s->spec);
+        free(s->members);
         free(s);
     }
 }
@@ -300,12 +301,23 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
         snprintf(msg, msglen, "out of memory");
         return -1;
     }
+    s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+    if (!s->members) {
+        if (fd >= 0)
+            close(fd);
+        free(s);
+        *code = "ENOMEM";
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
     s->id = netd_next_id(d);
     s->d = d;
     s->spec = *spec;
     memset(spec, 0, sizeof(*spec));
     atomic_init(&s->timeout_ms, s->spec.timeout_ms);
-    atomic_init(&s->refs, 1);
+    /* main's reference, and one for each worker's init to come (netd_worker_server_init
+     * uses the record, and may run after a failed listen has let it go here). */
+    atomic_init(&s->refs, 1 + d->nworkers);
     s->inherited_fd = fd >= 0;
     TAILQ_INIT(&s->waiters);
     nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
@@ -331,10 +343,13 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
         snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
         /* Never listened, so nothing will be emitted: give it back now, while the worker
          * loops its members live on are still there. */
-        if (s->group)
+        if (s->group) {
             nd_server_free(s->group);
-        netd_listen_spec_free(&s->spec);
-        free(s);
+            netd_server_release(s); /* the workers' inits still to come hold it */
+        } else {
+            atomic_store(&s->refs, 1);
+            netd_server_release(s);
+        }
         return -1;
     }
     s->state = NETD_SRV_STARTING;

@@ -78,6 +78,7 @@ struct nd_socket {
     bool timer_armed;
     bool moving; /* between nd_socket_move and the detach: reads wait for the target */
     bool parked; /* exported to another process, or imported and not started: no I/O */
+    uint32_t owed; /* while parked: deferred work (PK_*) to pend again when it starts */
     bool no_delay, keep_alive, opts_set;
     unsigned keep_alive_delay_s;
     unsigned timeout_ms;
@@ -1788,7 +1789,16 @@ enum export_flag {
     XF_PIPE_SELF = 1u << 20, /* pipe(s, s): an echo */
     XF_PIPE_PEER = 1u << 21, /* piped to the other socket of the record */
     XF_USER_REF = 1u << 22,
+    /* Events owed when it was exported: owed on the other side (a listener there gets them). */
+    XF_OWE_FLOW = 1u << 23,
+    XF_OWE_DRAIN = 1u << 24,
+    XF_OWE_FINISH = 1u << 25,
+    XF_OWE_AUTOCLOSE = 1u << 26,
 };
+
+/* Deferred work that may travel: the rest (a connect, errors, write callbacks, 'close')
+ * means the socket is not quiet. */
+#define PK_TRAVELS (PK_FLOW | PK_DRAIN | PK_FINISH | PK_AUTOCLOSE)
 
 typedef struct wbuf {
     unsigned char *p;
@@ -1941,6 +1951,10 @@ static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
     XF_SET(s->pipe_dst == s, XF_PIPE_SELF);
     XF_SET(peer && s->pipe_dst == peer, XF_PIPE_PEER);
     XF_SET(s->h.user_ref, XF_USER_REF);
+    XF_SET((s->h.pending | s->owed) & PK_FLOW, XF_OWE_FLOW);
+    XF_SET((s->h.pending | s->owed) & PK_DRAIN, XF_OWE_DRAIN);
+    XF_SET((s->h.pending | s->owed) & PK_FINISH, XF_OWE_FINISH);
+    XF_SET((s->h.pending | s->owed) & PK_AUTOCLOSE, XF_OWE_AUTOCLOSE);
 #undef XF_SET
     return f;
 }
@@ -1974,8 +1988,8 @@ static int export_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 {
     if (is_destroyed(s))
         return ND_ECLOSED;
-    if (s->state != SK_OPEN || s->moving || s->parked || s->h.pending || s->errq ||
-        s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
+    if (s->state != SK_OPEN || s->moving || s->parked || (s->h.pending & ~PK_TRAVELS) ||
+        s->errq || s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
         return -EBUSY;
     if (s->pair && s->pair != peer)
         return -EBUSY;
@@ -1989,6 +2003,10 @@ static int export_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 static void park(nd_socket_t *s)
 {
     s->parked = true;
+    /* What was owed waits with it: emitted here again after an abort, there after an
+     * import. */
+    s->owed = s->h.pending & PK_TRAVELS;
+    nd__handle_unpend(&s->h, s->owed);
     stop_reading(s);
     stop_writing(s);
     if (s->timer_armed) {
@@ -2011,6 +2029,8 @@ static void unpark(nd_socket_t *s)
     start_reading(s);
     if (queued(s) > 0 || (s->ending && !s->fin_sent))
         flush(s);
+    nd__handle_pend(&s->h, s->owed);
+    s->owed = 0;
     schedule_flow(s);
     update_active(s);
 }
@@ -2127,6 +2147,8 @@ static int import_one(rbuf_t *r, nd_socket_t *s, uint32_t *flags)
     s->pipe_end = f & XF_PIPE_END;
     s->pipe_paused = f & XF_PIPE_PAUSED;
     s->h.user_ref = f & XF_USER_REF;
+    s->owed = (f & XF_OWE_FLOW ? PK_FLOW : 0) | (f & XF_OWE_DRAIN ? PK_DRAIN : 0) |
+              (f & XF_OWE_FINISH ? PK_FINISH : 0) | (f & XF_OWE_AUTOCLOSE ? PK_AUTOCLOSE : 0);
     s->keep_alive_delay_s = (unsigned)get_u64(r);
     s->timeout_ms = (unsigned)get_u64(r);
     s->high_water_mark = (size_t)get_u64(r);
