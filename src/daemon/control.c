@@ -136,9 +136,10 @@ static void on_kill(evutil_socket_t fd, short what, void *arg)
         nd_socket_destroy(c->sock);
 }
 
-/* The connection ends: our FIN after the replies, and a destroy within a second whatever
- * the peer does (reads nothing, keeps sending). */
-static void client_finish(netd_client_t *c)
+/* The connection ends: our FIN after the replies. A refused or overflowing client (kill)
+ * is also destroyed within a second, whatever it does (reads nothing, keeps sending); one
+ * that ended itself gets all its replies, and the idle timeout bounds a stalled reader. */
+static void client_finish(netd_client_t *c, bool kill)
 {
     if (!c->sock)
         return;
@@ -147,6 +148,8 @@ static void client_finish(netd_client_t *c)
         c->ended = true;
         nd_socket_end(c->sock, NULL, 0);
     }
+    if (!kill)
+        return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
     struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
@@ -200,7 +203,7 @@ void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char
 static void refuse(netd_client_t *c, const char *code, const char *msg)
 {
     netd_reply_error(c, NULL, code, "%s", msg);
-    client_finish(c);
+    client_finish(c, true);
 }
 
 /* ------------------------------------------------------------------ requests */
@@ -261,7 +264,7 @@ static char *next_line(netd_client_t *c, size_t *n)
 static void process_lines(netd_client_t *c)
 {
     c->refs++;
-    while (c->sock && c->pending == 0 && !c->closing && !c->watching &&
+    while (c->sock && c->pending == 0 && !c->closing && !c->watching && !c->d->upgrading &&
            nd_socket_buffer_size(c->sock) <= NETD_CLIENT_MAX_QUEUED) {
         size_t n;
         char *line = next_line(c, &n);
@@ -287,8 +290,8 @@ static void process_lines(netd_client_t *c)
     }
     /* Everything the peer sent before its FIN is answered: our side ends too. */
     if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 &&
-        c->start == c->len)
-        client_finish(c);
+        c->start == c->len && !c->d->upgrading)
+        client_finish(c, false);
     update_reading(c);
     client_release(c);
 }
@@ -465,7 +468,7 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
              * connection is destroyed a second later whether or not it was read, rather
              * than hold memory (or a client slot) for it. */
             send_line(c, json_pack("{s:s}", "event", "overflow"));
-            client_finish(c);
+            client_finish(c, true);
             continue;
         }
         send_line(c, json_incref(line));
@@ -539,10 +542,157 @@ void netd_control_stop(netd_t *d)
     if (d->control) {
         nd_server_close(d->control, NULL, NULL);
         d->control = NULL;
-        unlink(d->control_path);
+        if (!d->handed_over) /* after an upgrade the path is the new netd's */
+            unlink(d->control_path);
     }
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients, link)
         if (c->sock)
             nd_socket_destroy(c->sock);
+}
+
+/* ------------------------------------------------------------------ handing over (upgrade.c) */
+
+/* Nothing a client asked is still being worked on, but the upgrade itself. */
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link)
+        if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
+            return false;
+    return true;
+}
+
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t cap = 0;
+    netd_client_t *c, *next;
+    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (!c->sock)
+            continue;
+        if (c->closing) {
+            nd_socket_destroy(c->sock); /* refused or ending anyway: it does not travel */
+            continue;
+        }
+        netd_client_export_t item = {.c = c};
+        if (nd_socket_export(c->sock, &item.ex) != 0) {
+            netd_log(NETD_LOG_WARN, "upgrade: a control client is busy; it is closed");
+            nd_socket_destroy(c->sock);
+            continue;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 8;
+            netd_client_export_t *v = realloc(*out, cap * sizeof(**out));
+            if (!v) {
+                nd_socket_export_abort(&item.ex);
+                return -ENOMEM;
+            }
+            *out = v;
+        }
+        item.watching = c->watching;
+        item.events = c->events;
+        item.eof = c->eof;
+        item.unread = c->buf + c->start;
+        item.nunread = c->len - c->start;
+        item.reply_id = upgrade && upgrade->client == c ? upgrade->id : NULL;
+        (*out)[(*n)++] = item;
+    }
+    return 0;
+}
+
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        nd_socket_export_abort(&items[i].ex);
+    free(items);
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link)
+        schedule_processing(c); /* requests held back during the attempt run now */
+}
+
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        netd_client_t *c = items[i].c;
+        /* The socket leaves without 'close': do what on_client_close would. */
+        if (c->counted)
+            d->nclients--;
+        if (c->watching)
+            atomic_fetch_sub(&d->watchers, 1);
+        if (c->kill_ev)
+            evtimer_del(c->kill_ev);
+        TAILQ_REMOVE(&d->clients, c, link);
+        c->sock = NULL;
+        nd_socket_export_commit(&items[i].ex);
+        client_release(c);
+    }
+    free(items);
+}
+
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state)
+{
+    netd_client_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    nd_socket_t *socks[2];
+    if ((state->nunread && !reserve(c, state->nunread)) ||
+        nd_socket_import(d->loop, rec, len, &fd, 1, NULL, socks) != 0) {
+        free(c->buf);
+        free(c);
+        return NULL;
+    }
+    c->d = d;
+    c->sock = socks[0];
+    c->refs = 1;
+    memcpy(c->buf, state->unread, state->nunread);
+    c->len = state->nunread;
+    c->eof = state->eof;
+    c->counted = true;
+    d->nclients++;
+    if (state->watching) {
+        c->watching = true;
+        c->events = state->events;
+        atomic_fetch_add(&d->watchers, 1);
+    }
+    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    nd_socket_on(c->sock, ND_EV_DATA, on_data, c);
+    nd_socket_on(c->sock, ND_EV_END, on_end, c);
+    nd_socket_on(c->sock, ND_EV_DRAIN, on_drain, c);
+    nd_socket_on(c->sock, ND_EV_CLOSE, on_client_close, c);
+    if (d->cfg.control_idle_timeout_ms)
+        nd_socket_set_timeout(c->sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
+    return c;
+}
+
+void netd_control_start_clients(netd_t *d)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link) {
+        if (c->sock) {
+            nd_socket_import_start(c->sock);
+            schedule_processing(c); /* lines that came with it, or a last one before EOF */
+        }
+    }
+}
+
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields)
+{
+    netd_reply_ok(c, id, fields);
+}
+
+int netd_control_adopt_listener(netd_t *d, int fd)
+{
+    nd_server_options_t opts = {.allow_half_open = 1};
+    d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
+    if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
+        close(fd);
+        return -ENOMEM;
+    }
+    nd_server_unref(d->control);
+    return 0;
 }

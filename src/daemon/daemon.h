@@ -105,6 +105,11 @@ struct netd_server {
     _Atomic int refs; /* main's + one per live connection record */
     netd_server_obs_t obs; /* per-server metrics: atomics the workers add to */
     struct netd_pending_list waiters; /* `listen` and `close` answered at an event */
+    /* The worker-side server of each worker (slot i written once, by worker i, and read
+     * only by it): where a socket handed over by an upgrade is counted. */
+    nd_server_t **members;
+    /* Counters carried over from the process this one took over from (upgrade). */
+    nd_server_stats_t carried;
     TAILQ_ENTRY(netd_server) link;
 };
 
@@ -132,6 +137,7 @@ struct netd_conn {
     uint64_t created_ms;      /* monotonic, for ageMs */
     uint64_t created_wall_ms; /* ms since the epoch, for watch events */
     netd_conn_t *pair; /* client <-> upstream of a proxy */
+    bool parked;       /* exported or imported by an upgrade, not yet settled */
     netd_conn_obs_t obs; /* how it ended, moves, bytes settled (observe.h) */
     TAILQ_ENTRY(netd_conn) link;
 };
@@ -290,6 +296,12 @@ struct netd {
     int exit_code;
     struct event *drain_timer;
     bool finish_expired; /* the exit's bound on waiting passed */
+    /* live upgrade (upgrade.c) */
+    bool upgrading;      /* control requests wait: an upgrade is handing everything over */
+    bool handed_over;    /* everything went to the new process: leave its files alone */
+    struct upgrade *upgrade;
+    char **argv;         /* as started, to start the new binary the same way */
+    char *exe;           /* the binary we run (its real path at start) */
     /* moves in flight and recently retired (main loop) */
     struct netd_move_list moves, moves_retired;
     uint64_t move_seq;
@@ -337,6 +349,12 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id);
 /* Worker thread: a record arrives (a move) or leaves. */
 void netd_worker_insert(netd_worker_t *w, netd_conn_t *c);
 void netd_worker_remove(netd_conn_t *c);
+/* Worker thread: the record of a socket handed over by an upgrade (parked: started
+ * later), with the id and age it had in the old process. */
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms);
+/* Worker thread: drops a record whose socket went to another process (no 'close'). */
+void netd_conn_forget(netd_conn_t *c);
 /* Worker thread: re-attaches the daemon's listeners and the handler after a move. */
 void netd_worker_adopted(netd_worker_t *w, netd_conn_t *client_or_lone);
 /* Applies the server's current idle timeout to a live connection (worker thread). */
@@ -365,6 +383,40 @@ void netd_client_watch(netd_client_t *c, json_t *events);
 int netd_watch_event_known(const char *name);
 /* Main loop: one event line to every watcher that asked for it. */
 void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line);
+
+/* control.c: the control socket and its clients in a live upgrade. A client's whole
+ * state: its socket's export, and what the daemon holds for it. */
+typedef struct netd_client_export {
+    netd_client_t *c; /* the old process's */
+    nd_export_t ex;
+    bool watching, eof;
+    unsigned events;
+    const char *unread; /* requests not yet run */
+    size_t nunread;
+    json_t *reply_id; /* the `upgrade` request it waits for, or NULL */
+} netd_client_export_t;
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade);
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n);
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n);
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n);
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state);
+void netd_control_start_clients(netd_t *d);
+int netd_control_adopt_listener(netd_t *d, int fd);
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields);
+
+/* upgrade.c: the live upgrade (DESIGN.md 2b). */
+/* Remembers how this process was started, so the new binary starts the same way. */
+void netd_upgrade_init(netd_t *d, int argc, char **argv);
+/* Old side: starts an upgrade to `exec` (NULL: the binary we run); p (may be NULL: a
+ * SIGUSR2) is answered by the new process, or with EUPGRADE here on failure. */
+void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned timeout_ms);
+/* New side: the channel descriptor from the old process, or -1 for a normal start. */
+int netd_takeover_fd(void);
+/* New side: takes everything over. 0 once this process serves it all; -1 (the old one
+ * keeps serving) otherwise. */
+int netd_takeover(netd_t *d, int ch);
 
 /* cmd_sockets.c: destroys a socket wherever it is (in transit: once it lands), then
  * answers p. */

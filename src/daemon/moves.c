@@ -100,6 +100,18 @@ void netd_moves_foreach_since(netd_t *d, uint64_t begin,
 void netd_moves_free_all(netd_t *d)
 {
     netd_move_t *m;
+    /* Moves still in flight when the exit's wait ran out: their sockets went with the
+     * worker loops; the records they carried go here. */
+    while ((m = TAILQ_FIRST(&d->moves)) != NULL) {
+        TAILQ_REMOVE(&d->moves, m, link);
+        for (int i = 0; i < 2; i++) {
+            if (m->conns[i]) {
+                netd_server_release(m->conns[i]->server);
+                free(m->conns[i]);
+            }
+        }
+        free(m);
+    }
     while ((m = TAILQ_FIRST(&d->moves_retired)) != NULL) {
         TAILQ_REMOVE(&d->moves_retired, m, link);
         free(m);
@@ -174,18 +186,18 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
         return;
     }
     if (phase == ND_MOVE_ADOPTED) {
-        for (int i = 0; i < 2; i++) {
-            if (m->conns[i])
-                netd_worker_insert(to, m->conns[i]);
-            netd_obs_move_in(to, m->conns[i]);
-        }
+        /* The records belong to the target's list from here: m lets go of them. */
+        netd_conn_t *c = m->conns[0], *pair = m->conns[1];
+        m->conns[0] = m->conns[1] = NULL;
+        netd_worker_insert(to, c);
+        if (pair)
+            netd_worker_insert(to, pair);
+        netd_obs_move_in(to, c);
+        netd_obs_move_in(to, pair);
         /* The reply describes the socket that was asked for, either half of a pair. */
-        const netd_conn_t *asked = m->conns[1] && m->conns[1]->id == m->socket_id
-                                       ? m->conns[1]
-                                       : m->conns[0];
-        netd_sockinfo_of(asked, &m->arrived);
+        netd_sockinfo_of(pair && pair->id == m->socket_id ? pair : c, &m->arrived);
         m->rc = 0;
-        netd_worker_adopted(to, m->conns[0]);
+        netd_worker_adopted(to, c);
         complete(m);
         return;
     }

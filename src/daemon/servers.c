@@ -23,6 +23,7 @@ void netd_server_release(netd_server_t *s)
 {
     if (atomic_fetch_sub(&s->refs, 1) == 1) {
         netd_listen_spec_free(&s->spec);
+        free(s->members);
         free(s);
     }
 }
@@ -173,12 +174,19 @@ static void on_srv_listening(void *group, const nd_event_t *ev, void *arg)
     answer_waiters(s, NETD_WAIT_LISTEN, NULL, NULL);
 }
 
+static void on_srv_close(void *group, const nd_event_t *ev, void *arg);
+
+/* A server's 'error' is always a failed listen, and no 'close' follows it (libnetd does as
+ * Node does): the record goes here as if the server had closed, and the group, still ours,
+ * is given back. */
 static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
     netd_log(NETD_LOG_ERROR, "server %s: %s", s->spec.name, ev->error->message);
     server_event(s, NETD_EV_ERROR, ev->error);
     answer_waiters(s, NETD_WAIT_LISTEN, ev->error->name, ev->error->message);
+    on_srv_close(group, NULL, s);
+    nd_server_free(group);
 }
 
 static void remember_closed(netd_t *d, const netd_server_t *s)
@@ -294,12 +302,23 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
         snprintf(msg, msglen, "out of memory");
         return -1;
     }
+    s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+    if (!s->members) {
+        if (fd >= 0)
+            close(fd);
+        free(s);
+        *code = "ENOMEM";
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
     s->id = netd_next_id(d);
     s->d = d;
     s->spec = *spec;
     memset(spec, 0, sizeof(*spec));
     atomic_init(&s->timeout_ms, s->spec.timeout_ms);
-    atomic_init(&s->refs, 1);
+    /* main's reference, and one for each worker's init to come (netd_worker_server_init
+     * uses the record, and may run after a failed listen has let it go here). */
+    atomic_init(&s->refs, 1 + d->nworkers);
     s->inherited_fd = fd >= 0;
     TAILQ_INIT(&s->waiters);
     nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
@@ -323,14 +342,15 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     if (rc) {
         *code = nd_err_name(rc);
         snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
+        /* Never listened, so nothing will be emitted: give it back now, while the worker
+         * loops its members live on are still there. */
         if (s->group) {
-            /* Never listened, so nothing will be emitted: drop the library's reference now,
-             * while the worker loops its members live on are still there. */
-            nd_server_off(s->group, ND_EV_CLOSE, on_srv_close, s);
-            nd_server_release(s->group);
+            nd_server_free(s->group);
+            netd_server_release(s); /* the workers' inits still to come hold it */
+        } else {
+            atomic_store(&s->refs, 1);
+            netd_server_release(s);
         }
-        netd_listen_spec_free(&s->spec);
-        free(s);
         return -1;
     }
     s->state = NETD_SRV_STARTING;

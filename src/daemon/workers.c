@@ -19,22 +19,46 @@
 static void on_conn_close(void *sock, const nd_event_t *ev, void *arg);
 static void on_idle(void *sock, const nd_event_t *ev, void *arg);
 
-static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
-                             enum netd_role role)
+static netd_conn_t *conn_make(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                              enum netd_role role, uint64_t id, uint64_t age_ms)
 {
     netd_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->id = netd_next_id(w->d);
+    c->id = id;
     c->sock = sock;
     c->server = srv;
     c->role = role;
-    c->created_ms = netd_now_ms();
-    c->created_wall_ms = netd_wall_ms();
+    c->created_ms = netd_now_ms() - age_ms;
+    c->created_wall_ms = netd_wall_ms() - age_ms;
     netd_server_retain(srv);
     netd_worker_insert(w, c);
     nd_socket_set_data(sock, c); /* the daemon's slot: handlers leave it alone */
     return c;
+}
+
+static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                             enum netd_role role)
+{
+    return conn_make(w, sock, srv, role, netd_next_id(w->d), 0);
+}
+
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms)
+{
+    netd_conn_t *c = conn_make(w, sock, srv, role, id, age_ms);
+    if (c)
+        c->parked = true;
+    return c;
+}
+
+void netd_conn_forget(netd_conn_t *c)
+{
+    if (c->pair)
+        c->pair->pair = NULL;
+    netd_worker_remove(c);
+    netd_server_release(c->server);
+    free(c);
 }
 
 void netd_worker_insert(netd_worker_t *w, netd_conn_t *c)
@@ -205,7 +229,10 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
 
 void netd_worker_server_init(nd_server_t *ws, int index, void *arg)
 {
+    netd_server_t *srv = arg;
+    srv->members[index] = ws; /* this worker's slot, read only on this worker */
     nd_server_on(ws, ND_EV_CONNECTION, on_connection, arg);
+    netd_server_release(srv); /* the reference netd_server_open took for this init */
 }
 
 void netd_worker_adopted(netd_worker_t *w, netd_conn_t *c)

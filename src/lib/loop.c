@@ -14,6 +14,8 @@
 #include <unistd.h>
 #include <event2/dns.h>
 
+#define ND__HOSTS_FILE "/etc/hosts"
+
 static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 
@@ -277,7 +279,8 @@ struct evdns_base *nd__loop_dns(nd_loop_t *loop)
             loop->dns = NULL;
             return NULL;
         }
-        evdns_base_load_hosts(loop->dns, NULL);
+        /* Named explicitly: given NULL, libevent knows only "localhost", not the file. */
+        evdns_base_load_hosts(loop->dns, ND__HOSTS_FILE);
         /* Tests answer quickly or not at all: no long retries against a dead responder. */
         evdns_base_set_option(loop->dns, "timeout:", "2");
         evdns_base_set_option(loop->dns, "attempts:", "2");
@@ -335,7 +338,12 @@ void nd__handle_unpend(nd__handle_t *h, uint32_t bits)
 
 void nd__handle_set_active(nd__handle_t *h, bool active)
 {
-    bool want = active && h->user_ref;
+    nd__handle_set_active_pinned(h, active, false);
+}
+
+void nd__handle_set_active_pinned(nd__handle_t *h, bool active, bool pinned)
+{
+    bool want = (active && h->user_ref) || pinned;
     if (want != h->counted) {
         h->counted = want;
         h->loop->alive += want ? 1 : -1;
