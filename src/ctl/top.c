@@ -390,6 +390,7 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
 
     line(&s, "%-20s %7s %10s %10s %10s %10s %9s", "SERVER", "CONNS", "ACCEPTS/S", "IN/S",
          "OUT/S", "ACCEPTED", "REJECTED");
+    /* The order of `servers`: the order they were opened. */
     const json_t *servers = json_object_get(cur->servers, "servers");
     const json_t *pservers = prev ? json_object_get(prev->servers, "servers") : NULL;
     size_t i;
@@ -401,7 +402,7 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
         fmt_rate(acc, sizeof(acc), rate(o, p, "acceptedTotal", dt), false);
         fmt_rate(in, sizeof(in), rate(o, p, "bytesReadTotal", dt), true);
         fmt_rate(out, sizeof(out), rate(o, p, "bytesWrittenTotal", dt), true);
-        line(&s, "%-20s %7lld %10s %10s %10s %10lld %9lld", name, jint(o, "connections"), acc,
+        line(&s, "%-20.20s %7lld %10s %10s %10s %10lld %9lld", name, jint(o, "connections"), acc,
              in, out, jint(o, "acceptedTotal"), jint(o, "rejectedTotal"));
     }
     line(&s, "%s", "");
@@ -424,11 +425,12 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
 
     const json_t *socks = json_object_get(cur->sockets, "sockets");
     const json_t *psocks = prev ? json_object_get(prev->sockets, "sockets") : NULL;
-    line(&s, "%-8s %-16s %6s %-22s %9s %9s %9s %9s %7s %8s %8s", "SOCKET", "SERVER", "THREAD",
-         "REMOTE", "READ", "WRITTEN", "IN/S", "OUT/S", "SEND-Q", "AGE", "IDLE");
+    /* BYTES is in + out, what the bytes order sorts on. */
+    line(&s, "%-7s %-12s %3s %-21s %9s %9s %8s %7s %7s %7s", "SOCKET", "SERVER", "THR", "REMOTE",
+         "IN/S", "OUT/S", "BYTES", "SEND-Q", "AGE", "IDLE");
     json_array_foreach (socks, i, o) {
         const json_t *p = psocks ? find_prev(psocks, "id", o) : NULL;
-        char name[64], remote[64], rd[16], wr[16], age[16], idle[16];
+        char name[64], remote[64], bytes[16], age[16], idle[16];
         clean(name, sizeof(name), json_string_value(json_object_get(o, "serverName")));
         const char *ra = json_string_value(json_object_get(o, "remoteAddress"));
         if (ra)
@@ -436,14 +438,13 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
                      jint(o, "remotePort"));
         else
             snprintf(remote, sizeof(remote), "unix");
-        fmt_bytes(rd, sizeof(rd), jint(o, "bytesRead"));
-        fmt_bytes(wr, sizeof(wr), jint(o, "bytesWritten"));
+        fmt_bytes(bytes, sizeof(bytes), jint(o, "bytesRead") + jint(o, "bytesWritten"));
         fmt_rate(in, sizeof(in), rate(o, p, "bytesRead", dt), true);
         fmt_rate(out, sizeof(out), rate(o, p, "bytesWritten", dt), true);
         fmt_ms(age, sizeof(age), jint(o, "ageMs"));
         fmt_ms(idle, sizeof(idle), jint(o, "idleMs"));
-        line(&s, "%-8lld %-16s %6lld %-22s %9s %9s %9s %9s %7lld %8s %8s", jint(o, "id"), name,
-             jint(o, "thread"), remote, rd, wr, in, out, jint(o, "bufferSize"), age, idle);
+        line(&s, "%-7lld %-12.12s %3lld %-21s %9s %9s %8s %7lld %7s %7s", jint(o, "id"), name,
+             jint(o, "thread"), remote, in, out, bytes, jint(o, "bufferSize"), age, idle);
     }
     /* Home, the frame, then clear whatever the previous frame had below it. */
     fputs("\033[H", stdout);
