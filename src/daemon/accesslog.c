@@ -260,7 +260,7 @@ void netd_alog_line(netd_alog_t *a, netd_worker_t *w, const char *line, size_t l
      * and a busy worker sends one message per chunk, not one per line. */
     if (!aw->flush_ev)
         aw->flush_ev = evtimer_new(nd_loop_base(w->loop), on_flush, aw);
-    struct timeval tv = {0, ALOG_FLUSH_MS * 1000};
+    struct timeval tv = {0, (suseconds_t)ALOG_FLUSH_MS * 1000};
     if (aw->flush_ev)
         evtimer_add(aw->flush_ev, &tv);
     else
@@ -326,7 +326,7 @@ void netd_alog_reopen(netd_alog_t *a, const char *path)
     }
     r->log = a;
     if (n)
-        memcpy(r->path, path, n);
+        memcpy(r->path, path, n + 1);
     nd_loop_post_msg(a->loop, &r->msg, do_reopen, r, free);
 }
 

@@ -147,6 +147,7 @@ netd_http_t *netd_http_start(netd_t *d, const char *host, int port)
     }
     /* The bound address, port 0 resolved: tests and operators read it from this line. */
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
     socklen_t sl = sizeof(ss);
     char addr[64] = "?";
     int bport = port;
