@@ -16,12 +16,17 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 /* Scrapers reconnect as they like: an idle or stalled HTTP client goes after this. */
 #define HTTP_TIMEOUT_S 10
+/* Out of descriptors, the listener rests this long (libevent would retry at once,
+ * forever: the level-triggered listener stays readable). */
+#define HTTP_ACCEPT_PAUSE_MS 200
 
 /* A request waiting for its text. evhttp keeps `req` valid until we reply, even when its
  * client has gone (the reply then just frees it), but frees it with the whole server:
@@ -37,8 +42,15 @@ typedef struct scrape {
 struct netd_http {
     netd_t *d;
     struct evhttp *http;
+    struct evconnlistener *listener; /* evhttp's, for the EMFILE pause */
+    struct event *resume_ev;
+    uint64_t last_warning_ms;
     LIST_HEAD(, scrape) waiting;
 };
+
+/* The endpoint of this process (there is at most one): libevent's accept-error callback
+ * gets evhttp's pointer, not ours. Main loop only. */
+static netd_http_t *current;
 
 /* A short plain-text answer. (evhttp_send_error would drop our headers, Allow included.) */
 static void reply_plain(struct evhttp_request *req, int code, const char *reason,
@@ -116,6 +128,30 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    netd_http_t *h = arg;
+    evconnlistener_enable(h->listener);
+}
+
+/* EMFILE, ENFILE, ENOBUFS, ENOMEM: stop accepting for a while (one warning a minute). */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    netd_http_t *h = current;
+    if (!h || h->listener != lev)
+        return;
+    uint64_t now = netd_now_ms();
+    if (now - h->last_warning_ms >= 60000 || h->last_warning_ms == 0) {
+        netd_log(NETD_LOG_WARN, "metrics: accept: %s; pausing the HTTP endpoint for %d ms",
+                 strerror(err), HTTP_ACCEPT_PAUSE_MS);
+        h->last_warning_ms = now;
+    }
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, (suseconds_t)HTTP_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(h->resume_ev, &tv);
+}
+
 netd_http_t *netd_http_start(netd_t *d, const char *host, int port)
 {
     netd_http_t *h = calloc(1, sizeof(*h));
@@ -145,6 +181,15 @@ netd_http_t *netd_http_start(netd_t *d, const char *host, int port)
         free(h);
         return NULL;
     }
+    h->listener = evhttp_bound_socket_get_listener(bound);
+    h->resume_ev = evtimer_new(nd_loop_base(d->loop), resume_accepting, h);
+    if (!h->resume_ev) {
+        evhttp_free(h->http);
+        free(h);
+        return NULL;
+    }
+    evconnlistener_set_error_cb(h->listener, on_accept_error);
+    current = h;
     /* The bound address, port 0 resolved: tests and operators read it from this line. */
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -181,6 +226,9 @@ void netd_http_free(netd_http_t *h)
         sr->req = NULL;
         sr->h = NULL;
     }
+    if (current == h)
+        current = NULL;
+    event_free(h->resume_ev);
     evhttp_free(h->http);
     free(h);
 }

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -356,6 +357,54 @@ START_TEST(test_http_concurrent_scrapes)
     }
     free(buf);
     np_ok(np_call(np, "{s:s}", "cmd", "ping"));
+    http_reply_t r = http(mport, "GET", "/metrics");
+    ck_assert_int_eq(r.status, 200);
+    free(r.raw);
+}
+END_TEST
+
+/* utime + stime of a process, in seconds. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert(f != NULL);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    ck_assert(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                          &st) == 2);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Out of descriptors, the endpoint rests instead of spinning on a listener that stays
+ * readable, and serves again once descriptors are back. */
+START_TEST(test_http_emfile_pause)
+{
+    netd_proc_t *np = np_start(Q(CFG_METRICS), 1);
+    int mport = metrics_port(np);
+    struct rlimit old, low;
+    ck_assert(prlimit(np->pid, RLIMIT_NOFILE, NULL, &old) == 0);
+    low = old;
+    low.rlim_cur = (rlim_t)np_fd_count(np->pid) + 4;
+    ck_assert(prlimit(np->pid, RLIMIT_NOFILE, &low, NULL) == 0);
+    enum { N = 24 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = np_tcp_connect(mport); /* the kernel completes them; netd runs out */
+    const char *err = NULL;
+    WAIT_UNTIL(strstr(err = np_stderr(np), "metrics: accept: Too many open files") != NULL,
+               "no pause logged; netd's log starts:\n%.1500s", err);
+    double c0 = cpu_seconds(np->pid);
+    np_pause_ms(1000); /* a second in which a spinning listener would burn a core */
+    double used = cpu_seconds(np->pid) - c0;
+    ck_assert_msg(used < 0.3, "netd used %.2f s of CPU in 1 s while out of descriptors", used);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    ck_assert(prlimit(np->pid, RLIMIT_NOFILE, &old, NULL) == 0);
     http_reply_t r = http(mport, "GET", "/metrics");
     ck_assert_int_eq(r.status, 200);
     free(r.raw);
@@ -1048,6 +1097,7 @@ static Suite *observe_suite(void)
     TCase *tc = tcase(s, "http", 20);
     tcase_add_test(tc, test_http_endpoint);
     tcase_add_test(tc, test_http_concurrent_scrapes);
+    tcase_add_test(tc, test_http_emfile_pause);
     tcase_add_test(tc, test_metrics_flag);
     tcase_add_test(tc, test_metrics_bind_fails);
     tcase_add_test(tc, test_config_errors);
