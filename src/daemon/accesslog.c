@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <event2/event.h>
@@ -78,6 +79,8 @@ struct netd_alog {
     int fd;
     bool to_stderr;
     _Atomic bool stopping;            /* set by the main loop */
+    int stop_fd;                      /* an eventfd: wakes a writer waiting on the log */
+    bool stuck;                       /* writer: the log took nothing while stopping */
     _Atomic uint64_t dropped;         /* written by the writer only: lines it gave up */
     alog_worker_t *workers;
     int nworkers;
@@ -92,15 +95,21 @@ static int write_all(netd_alog_t *a, const struct iovec *iov, int n)
     memcpy(v, iov, (size_t)n * sizeof(*v));
     struct iovec *p = v;
     while (n > 0) {
+        if (a->stuck && atomic_load(&a->stopping))
+            return -1; /* one wait at exit is enough */
         /* A pipe or socket that polls writable takes a write of PIPE_BUF bytes without
          * waiting; a regular file always polls writable. */
-        struct pollfd pfd = {a->fd, POLLOUT, 0};
-        int patience = atomic_load(&a->stopping) ? ALOG_PATIENCE_STOPPING_MS : ALOG_PATIENCE_MS;
-        int ready = poll(&pfd, 1, patience);
-        if (ready < 0 && errno == EINTR)
-            continue;
-        if (ready == 0)
+        bool stopping = atomic_load(&a->stopping);
+        struct pollfd pfd[2] = {{a->fd, POLLOUT, 0}, {a->stop_fd, POLLIN, 0}};
+        int ready = poll(pfd, stopping ? 1 : 2,
+                         stopping ? ALOG_PATIENCE_STOPPING_MS : ALOG_PATIENCE_MS);
+        if ((ready < 0 && errno == EINTR) || (ready > 0 && !(pfd[0].revents & ~POLLNVAL) &&
+                                              pfd[1].revents))
+            continue; /* stopping now: wait again, briefly */
+        if (ready == 0) {
+            a->stuck = stopping;
             return -1;
+        }
         ssize_t w = writev(a->fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
@@ -285,9 +294,15 @@ netd_alog_t *netd_alog_start(netd_t *d, const char *path, int nworkers)
     a->d = d;
     a->fd = STDERR_FILENO;
     a->to_stderr = true;
+    a->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (a->stop_fd < 0) {
+        free(a);
+        return NULL;
+    }
     a->nworkers = nworkers;
     a->workers = calloc((size_t)nworkers, sizeof(*a->workers));
     if (!a->workers) {
+        close(a->stop_fd);
         free(a);
         return NULL;
     }
@@ -295,6 +310,7 @@ netd_alog_t *netd_alog_start(netd_t *d, const char *path, int nworkers)
         a->fd = open_log(path);
         if (a->fd < 0) {
             netd_log(NETD_LOG_ERROR, "access log: cannot open %s: %s", path, strerror(errno));
+            close(a->stop_fd);
             free(a->workers);
             free(a);
             return NULL;
@@ -309,6 +325,7 @@ netd_alog_t *netd_alog_start(netd_t *d, const char *path, int nworkers)
             nd_loop_free(a->loop);
         if (!a->to_stderr)
             close(a->fd);
+        close(a->stop_fd);
         free(a->workers);
         free(a);
         return NULL;
@@ -338,6 +355,9 @@ void netd_alog_stop(netd_alog_t *a)
      * short wait); what the chunks' return trips leave in the workers' mailboxes goes when
      * those loops are freed. */
     atomic_store(&a->stopping, true);
+    uint64_t one = 1;
+    if (write(a->stop_fd, &one, sizeof(one)) < 0) { /* full: it is awake anyway */
+    }
     nd_thread_stop(a->thread);
     nd_thread_join(a->thread);
     /* Every thread has ended: the lines the workers had not handed over yet are written
@@ -358,6 +378,7 @@ void netd_alog_stop(netd_alog_t *a)
     }
     if (!a->to_stderr)
         close(a->fd);
+    close(a->stop_fd);
     free(a->workers);
     free(a);
 }

@@ -8,6 +8,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,59 +105,77 @@ const char *netd_obs_end_name(const netd_conn_t *c, bool had_error)
     return c->obs.peer_fin ? "FIN" : "local";
 }
 
+/* A line being built: appends stop at the end of the buffer, never past it. */
+typedef struct linebuf {
+    char *buf;
+    size_t cap, len;
+} linebuf_t;
+
+__attribute__((format(printf, 2, 3))) static void put(linebuf_t *l, const char *fmt, ...)
+{
+    if (l->len + 1 >= l->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(l->buf + l->len, l->cap - l->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        l->len += (size_t)n < l->cap - l->len ? (size_t)n : l->cap - l->len - 1;
+}
+
 /* A server name stays one word: anything beyond a plain name is written as a JSON-style
  * quoted string. */
-static int put_name(char *buf, size_t cap, const char *name)
+static void put_name(linebuf_t *l, const char *name)
 {
     if (*name && strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                              "0123456789._:/@+-[]") == strlen(name))
-        return snprintf(buf, cap, "%s", name);
-    size_t k = 0;
-    if (cap < 3)
-        return 0;
-    buf[k++] = '"';
-    for (const unsigned char *p = (const unsigned char *)name; *p && k + 7 < cap; p++) {
-        if (*p == '"' || *p == '\\')
-            k += (size_t)snprintf(buf + k, cap - k, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            k += (size_t)snprintf(buf + k, cap - k, "\\u%04x", *p);
-        else
-            buf[k++] = (char)*p;
+                              "0123456789._:/@+-[]") == strlen(name)) {
+        put(l, "%s", name);
+        return;
     }
-    buf[k++] = '"';
-    buf[k] = '\0';
-    return (int)k;
+    put(l, "\"");
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            put(l, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            put(l, "\\u%04x", *p);
+        else
+            put(l, "%c", *p);
+    }
+    put(l, "\"");
 }
 
 /* "2025-01-31T12:00:00.123Z echo 127.0.0.1:51234 socket=17 thread=1 duration_ms=5007
- * in=212 out=198 moves=0 end=FIN" (netd.json(5)). UTC: gmtime_r takes no lock. */
+ * in=212 out=198 moves=0 end=FIN" (netd.json(5)). UTC: gmtime_r takes no lock. A line
+ * too long for the buffer (a name of hundreds of bytes) is cut short, still one line. */
 static size_t format_line(char *buf, size_t cap, const netd_conn_t *c, uint64_t duration_ms,
                           bool had_error)
 {
+    linebuf_t l = {buf, cap, 0};
     uint64_t now = netd_wall_ms();
     time_t secs = (time_t)(now / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(buf + n, cap - n, ".%03uZ ", (unsigned)(now % 1000));
-    n += (size_t)put_name(buf + n, cap - n, c->server->spec.name);
+    l.len = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    put(&l, ".%03uZ ", (unsigned)(now % 1000));
+    put_name(&l, c->server->spec.name);
     const char *ra = nd_socket_remote_address(c->sock);
     const char *fam = nd_socket_remote_family(c->sock);
     if (!ra)
-        n += (size_t)snprintf(buf + n, cap - n, " unix");
+        put(&l, " unix");
     else if (fam && strcmp(fam, "IPv6") == 0)
-        n += (size_t)snprintf(buf + n, cap - n, " [%s]:%d", ra, nd_socket_remote_port(c->sock));
+        put(&l, " [%s]:%d", ra, nd_socket_remote_port(c->sock));
     else
-        n += (size_t)snprintf(buf + n, cap - n, " %s:%d", ra, nd_socket_remote_port(c->sock));
-    n += (size_t)snprintf(buf + n, cap - n,
-                          " socket=%llu thread=%d duration_ms=%llu in=%llu out=%llu moves=%u "
-                          "end=%s\n",
-                          (unsigned long long)c->id, c->worker->index,
-                          (unsigned long long)duration_ms,
-                          (unsigned long long)nd_socket_bytes_read(c->sock),
-                          (unsigned long long)nd_socket_bytes_written(c->sock), c->obs.moves,
-                          netd_obs_end_name(c, had_error));
-    return n < cap ? n : cap - 1;
+        put(&l, " %s:%d", ra, nd_socket_remote_port(c->sock));
+    put(&l, " socket=%llu thread=%d duration_ms=%llu in=%llu out=%llu moves=%u end=%s",
+        (unsigned long long)c->id, c->worker->index, (unsigned long long)duration_ms,
+        (unsigned long long)nd_socket_bytes_read(c->sock),
+        (unsigned long long)nd_socket_bytes_written(c->sock), c->obs.moves,
+        netd_obs_end_name(c, had_error));
+    if (l.len + 1 >= cap)
+        l.len = cap - 2;
+    buf[l.len++] = '\n';
+    buf[l.len] = '\0';
+    return l.len;
 }
 
 void netd_obs_closed(netd_conn_t *c, const nd_event_t *ev)
@@ -174,8 +193,6 @@ void netd_obs_closed(netd_conn_t *c, const nd_event_t *ev)
         return;
     char line[1024];
     size_t len = format_line(line, sizeof(line), c, ms, ev->had_error != 0);
-    if (len > 0 && line[len - 1] != '\n')
-        line[len - 1] = '\n'; /* cut short: still one line */
     netd_alog_line(obs->alog, c->worker, line, len);
 }
 

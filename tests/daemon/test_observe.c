@@ -1002,6 +1002,26 @@ START_TEST(test_access_log_stderr)
     snprintf(line, sizeof(line), "%.*s", (int)strcspn(start + 14, "\n"), start + 14);
     alog_t a = parse_alog(line);
     ck_assert_str_eq(a.end, "FIN");
+
+    /* A name that needs quoting, and one longer than a line: each still one line. */
+    char longname[3000];
+    memset(longname, 'n', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    json_t *r = np_ok(np_call(np, "{s:s, s:i, s:s, s:s, s:b}", "cmd", "listen", "port", 0, "host",
+                              "127.0.0.1", "name", "two words \"quoted\"", "accessLog", 1));
+    int qport = (int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port");
+    r = np_ok(np_call(np, "{s:s, s:i, s:s, s:s, s:b}", "cmd", "listen", "port", 0, "host",
+                      "127.0.0.1", "name", longname, "accessLog", 1));
+    int lport = (int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port");
+    close(echo_client(qport, "q"));
+    close(echo_client(lport, "l"));
+    WAIT_UNTIL(strstr(err = np_stderr(np), "netd: access: ") &&
+                   strstr(err, "\"two words \\\"quoted\\\"\" 127.0.0.1:") &&
+                   strstr(err, "netd: access: 20") && strstr(err, "nnnnnnnnnn"),
+               "no line for the quoted or the long name:\n%.2000s", err);
+    for (const char *p = strstr(err, "nnnnnnnnnn"); p && *p && *p != '\n'; p++)
+        ck_assert_msg(*p == 'n' || (unsigned char)*p >= 0x20, "control byte in the long line");
+    np_ok(np_call(np, "{s:s}", "cmd", "ping"));
 }
 END_TEST
 
