@@ -444,6 +444,10 @@ static int send_or_fail(upgrade_t *u, json_t *msg, const void *payload, size_t p
     char type[32];
     snprintf(type, sizeof(type), "%s", t ? t : "?");
     int rc = netd_ho_send(u->ch, msg, payload, plen, fds, nfds, u->deadline);
+    if (rc == -EPIPE || rc == -ECONNRESET) {
+        fail(u, "the new netd went away (sending %s)", type);
+        return -1;
+    }
     if (rc != 0) {
         fail(u, "sending %s to the new netd: %s", type, strerror(-rc));
         return -1;
@@ -745,19 +749,20 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         fail(u, "netd is draining");
         return;
     }
-    if (netd_now_ms() >= u->deadline) {
+    uint64_t now = netd_now_ms();
+    if (now >= u->deadline) {
         fail(u, u->stage == U_STARTING ? "the new netd was not ready within the timeout"
                                        : "requests in flight did not end within the timeout");
         return;
     }
-    if (u->stage == U_SETTLING) {
-        if (settled(u)) {
-            export_all(u);
-            return;
-        }
-        struct timeval tv = {0, 5000};
-        evtimer_add(u->timer, &tv);
+    if (u->stage == U_SETTLING && settled(u)) {
+        export_all(u);
+        return;
     }
+    /* Settling: look again in 5 ms. Starting: the timer may fire a hair early. */
+    uint64_t wait = u->stage == U_SETTLING ? 5 : u->deadline - now;
+    struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)(wait % 1000) * 1000};
+    evtimer_add(u->timer, &tv);
 }
 
 static void on_channel(evutil_socket_t fd, short what, void *arg)
@@ -766,8 +771,14 @@ static void on_channel(evutil_socket_t fd, short what, void *arg)
     netd_ho_msg_t m;
     int rc = netd_ho_recv(u->ch, &m, netd_now_ms() + 1000);
     if (rc != 0) {
+        /* The channel closed: the child is exiting; give it a moment to be reaped. */
         int st = 0;
-        pid_t got = waitpid(u->child, &st, WNOHANG);
+        pid_t got = 0;
+        for (int i = 0; i < 500 && got == 0; i++) {
+            got = waitpid(u->child, &st, WNOHANG);
+            if (got == 0)
+                usleep(1000);
+        }
         if (got == u->child) {
             u->child = 0;
             if (WIFEXITED(st))
