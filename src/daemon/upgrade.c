@@ -105,8 +105,15 @@ struct upgrade {
     size_t nrp;
     ho_slot_t *slots;
     int slots_out;
-    uint64_t batch;
+    uint64_t batch, acked;
 };
+
+/* -vv: how long each step took, from the request on. */
+static void step(upgrade_t *u, const char *what)
+{
+    netd_log(NETD_LOG_DEBUG, "upgrade: %s at +%llu ms", what,
+             (unsigned long long)(netd_wall_ms() - u->t0_wall));
+}
 
 static void upgrade_free(upgrade_t *u)
 {
@@ -455,8 +462,8 @@ static int send_or_fail(upgrade_t *u, json_t *msg, const void *payload, size_t p
     return 0;
 }
 
-/* One acknowledged batch: the header with the descriptors and the first bytes, "more"
- * packets with the rest. */
+/* One batch: the header with the descriptors and the first bytes, "more" packets with the
+ * rest. Its ack is collected later (collect_acks): batches go out back to back. */
 static int send_batch(upgrade_t *u, json_t *head, const unsigned char *bytes, size_t n,
                       const int *fds, int nfds)
 {
@@ -472,14 +479,23 @@ static int send_batch(upgrade_t *u, json_t *head, const unsigned char *bytes, si
             return -1;
         at += k;
     }
-    netd_ho_msg_t m;
-    if (expect(u, "ack", &m) != 0)
-        return -1;
-    bool ok = (uint64_t)json_integer_value(json_object_get(m.msg, "seq")) == seq;
-    netd_ho_msg_free(&m);
-    if (!ok) {
-        fail(u, "the new netd acknowledged another batch");
-        return -1;
+    return 0;
+}
+
+/* Every batch sent so far is acknowledged, in order: the new process holds them. */
+static int collect_acks(upgrade_t *u)
+{
+    while (u->acked < u->batch) {
+        netd_ho_msg_t m;
+        if (expect(u, "ack", &m) != 0)
+            return -1;
+        bool ok = (uint64_t)json_integer_value(json_object_get(m.msg, "seq")) == u->acked + 1;
+        netd_ho_msg_free(&m);
+        if (!ok) {
+            fail(u, "the new netd acknowledged another batch");
+            return -1;
+        }
+        u->acked++;
     }
     return 0;
 }
@@ -650,6 +666,7 @@ static int send_clients(upgrade_t *u)
 static void send_all(upgrade_t *u)
 {
     netd_t *d = u->d;
+    step(u, "exported");
     u->stage = U_SENDING;
     json_t *begin = json_pack("{s:s, s:i, s:I, s:I, s:i, s:{s:I, s:I, s:I, s:I}}", "t", "begin",
                               "pid", (int)getpid(), "nextId",
@@ -677,14 +694,17 @@ static void send_all(upgrade_t *u)
     if (send_or_fail(u, json_pack("{s:s, s:s}", "t", "control", "path", d->control_path), NULL, 0,
                      &u->control_fd, 1) != 0)
         return;
-    if (send_servers(u) != 0 || send_sockets(u) != 0 || send_clients(u) != 0)
+    if (send_servers(u) != 0 || send_sockets(u) != 0 || send_clients(u) != 0 ||
+        collect_acks(u) != 0)
         return;
     if (send_or_fail(u, json_pack("{s:s}", "t", "commit"), NULL, 0, NULL, 0) != 0)
         return;
     netd_ho_msg_t m;
+    step(u, "sent; commit");
     if (expect(u, "committed", &m) != 0)
         return;
     netd_ho_msg_free(&m);
+    step(u, "committed");
     commit(u);
 }
 
@@ -692,6 +712,7 @@ static void send_all(upgrade_t *u)
 static void export_all(upgrade_t *u)
 {
     netd_t *d = u->d;
+    step(u, "settled; exporting");
     u->stage = U_EXPORTING;
     u->exported = true;
     u->control_fd = d->control ? nd_server_export(d->control) : -1;
@@ -952,6 +973,8 @@ typedef struct in_item {
     int roles[2];
 } in_item_t;
 
+typedef struct in_batch in_batch_t;
+
 typedef struct in_part { /* one worker's share of a batch, or of the start */
     nd_msg_t msg;
     netd_t *d;
@@ -961,6 +984,15 @@ typedef struct in_part { /* one worker's share of a batch, or of the start */
     int failed; /* the first error */
     int *remaining;
 } in_part_t;
+
+/* A batch of sockets being imported by the workers while the next one arrives. */
+struct in_batch {
+    unsigned char *bytes;
+    in_item_t *all;
+    size_t count;
+    in_part_t *parts;
+    in_batch_t *next;
+};
 
 static void part_back(nd_loop_t *loop, void *arg)
 {
@@ -1040,7 +1072,9 @@ typedef struct takeover {
     int ch;
     uint64_t deadline;
     const char *test; /* NETD_TEST_UPGRADE: failure injection for the upgrade tests */
-    in_part_t *parts;
+    in_part_t *parts; /* the start */
+    in_batch_t *batches;
+    int importing; /* workers' parts still to answer */
     int control_fd;
     size_t nsockets, nservers;
     int prev_pid;
@@ -1115,35 +1149,40 @@ static netd_server_t *server_by_id(netd_t *d, uint64_t id)
     return NULL;
 }
 
+/* A batch of sockets: acknowledged at once (its descriptors are ours now), imported
+ * parked by the workers meanwhile; commit waits for every import (finish_imports). */
 static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
 {
     netd_t *d = t->d;
-    unsigned char *bytes = NULL;
+    in_batch_t *b = calloc(1, sizeof(*b));
+    if (!b)
+        return tk_fail(t, "out of memory");
+    b->next = t->batches;
+    t->batches = b;
     size_t n = 0;
-    if (recv_batch(t, head, &bytes, &n) != 0) {
-        free(bytes);
+    if (recv_batch(t, head, &b->bytes, &n) != 0)
         return -1;
-    }
     json_t *items = json_object_get(head->msg, "items");
-    size_t count = json_array_size(items);
-    in_item_t *all = calloc(count ? count : 1, sizeof(*all));
-    int rc = all ? 0 : tk_fail(t, "out of memory");
+    b->count = json_array_size(items);
+    b->all = calloc(b->count ? b->count : 1, sizeof(*b->all));
+    b->parts = calloc((size_t)d->nworkers, sizeof(*b->parts));
+    if (!b->all || !b->parts)
+        return tk_fail(t, "out of memory");
+    for (size_t i = 0; i < b->count; i++)
+        b->all[i].fds[0] = b->all[i].fds[1] = -1;
     size_t at = 0;
     int fdi = 0;
-    for (int i = 0; i < d->nworkers; i++)
-        t->parts[i].n = 0;
-    for (size_t i = 0; i < count && rc == 0; i++) {
+    for (size_t i = 0; i < b->count; i++) {
         json_t *e = json_array_get(items, i);
-        in_item_t *it = &all[i];
+        in_item_t *it = &b->all[i];
         json_t *socks = json_object_get(e, "socks");
-        it->n = (int)json_array_size(socks);
+        int ns = (int)json_array_size(socks);
         it->len = (size_t)json_integer_value(json_object_get(e, "len"));
         it->srv = server_by_id(d, (uint64_t)json_integer_value(json_object_get(e, "server")));
-        if (it->n < 1 || it->n > 2 || it->len > n - at || fdi + it->n > head->nfds || !it->srv) {
-            rc = tk_fail(t, "a socket record does not match its batch");
-            break;
-        }
-        it->rec = bytes + at;
+        if (ns < 1 || ns > 2 || it->len > n - at || fdi + ns > head->nfds || !it->srv)
+            return tk_fail(t, "a socket record does not match its batch");
+        it->n = ns;
+        it->rec = b->bytes + at;
         at += it->len;
         for (int k = 0; k < it->n; k++) {
             json_t *sk = json_array_get(socks, (size_t)k);
@@ -1156,36 +1195,58 @@ static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
         }
         /* The same thread as before when there is one, so the spread stays as it was. */
         int w = (int)(json_integer_value(json_object_get(e, "thread")) % d->nworkers);
-        in_part_t *p = &t->parts[w];
+        in_part_t *p = &b->parts[w];
         if (p->n == p->cap) {
             size_t cap = p->cap ? p->cap * 2 : 64;
             in_item_t **v = realloc(p->items, cap * sizeof(*v));
-            if (!v) {
-                rc = tk_fail(t, "out of memory");
-                break;
-            }
+            if (!v)
+                return tk_fail(t, "out of memory");
             p->items = v;
             p->cap = cap;
         }
         p->items[p->n++] = it;
+        t->nsockets += (size_t)it->n;
     }
-    if (rc == 0) {
-        for (int i = 0; i < d->nworkers; i++)
-            t->parts[i].failed = 0;
-        on_workers(d, t->parts, worker_import);
-        for (int i = 0; i < d->nworkers && rc == 0; i++)
-            if (t->parts[i].failed)
-                rc = tk_fail(t, "importing a socket: %s", nd_strerror(t->parts[i].failed));
-        for (size_t i = 0; i < count; i++)
-            t->nsockets += (size_t)all[i].n;
+    if (ack(t, head) != 0)
+        return -1;
+    for (int i = 0; i < d->nworkers; i++) {
+        b->parts[i].d = d;
+        b->parts[i].index = i;
+        b->parts[i].remaining = &t->importing;
+        t->importing++;
+        nd_loop_post_msg(d->workers[i].loop, &b->parts[i].msg, worker_import, &b->parts[i], NULL);
     }
-    for (size_t i = 0; all && i < count; i++)
-        for (int k = 0; k < all[i].n; k++)
-            if (all[i].fds[k] >= 0)
-                close(all[i].fds[k]); /* not imported: ours to close */
-    free(all);
-    free(bytes);
-    return rc == 0 ? ack(t, head) : -1;
+    return 0;
+}
+
+/* Waits for every batch's import; the first failure, or 0. */
+static int finish_imports(takeover_t *t)
+{
+    while (t->importing > 0)
+        nd_loop_run_once(t->d->loop, 0);
+    for (in_batch_t *b = t->batches; b; b = b->next)
+        for (int i = 0; b->parts && i < t->d->nworkers; i++)
+            if (b->parts[i].failed)
+                return tk_fail(t, "importing a socket: %s", nd_strerror(b->parts[i].failed));
+    return 0;
+}
+
+static void batches_free(takeover_t *t)
+{
+    in_batch_t *b;
+    while ((b = t->batches) != NULL) {
+        t->batches = b->next;
+        for (size_t i = 0; b->all && i < b->count; i++)
+            for (int k = 0; k < 2; k++)
+                if (b->all[i].fds[k] >= 0)
+                    close(b->all[i].fds[k]); /* not imported: ours to close */
+        for (int i = 0; b->parts && i < t->d->nworkers; i++)
+            free(b->parts[i].items);
+        free(b->parts);
+        free(b->all);
+        free(b->bytes);
+        free(b);
+    }
 }
 
 static int take_clients(takeover_t *t, netd_ho_msg_t *head)
@@ -1298,6 +1359,8 @@ static int take_activation(takeover_t *t, netd_ho_msg_t *m)
 static int take_commit(takeover_t *t)
 {
     netd_t *d = t->d;
+    if (finish_imports(t) != 0)
+        return -1;
     for (size_t i = 0; i < t->nservers; i++) {
         struct held_server *h = &t->servers[i];
         int rc = netd_server_import_listen(h->s, h->fds, h->nfds, h->path);
@@ -1320,6 +1383,9 @@ static int take_commit(takeover_t *t)
 
 static void takeover_free(takeover_t *t)
 {
+    if (t->importing > 0)
+        finish_imports(t); /* the workers still use the batches */
+    batches_free(t);
     for (size_t i = 0; i < t->nservers; i++) {
         for (int k = 0; k < t->servers[i].nfds; k++)
             if (t->servers[i].fds[k] >= 0)
