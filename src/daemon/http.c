@@ -152,7 +152,7 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
     evtimer_add(h->resume_ev, &tv);
 }
 
-netd_http_t *netd_http_start(netd_t *d, const char *host, int port)
+netd_http_t *netd_http_start(netd_t *d, const char *host, int port, bool quiet_busy)
 {
     netd_http_t *h = calloc(1, sizeof(*h));
     if (!h)
@@ -175,10 +175,13 @@ netd_http_t *netd_http_start(netd_t *d, const char *host, int port)
     evhttp_set_gencb(h->http, on_request, h);
     struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
     if (!bound) {
-        netd_log(NETD_LOG_ERROR, "metrics: cannot serve HTTP on %s:%d (%s)", host, port,
-                 strerror(errno ? errno : EADDRNOTAVAIL));
+        int err = errno ? errno : EADDRNOTAVAIL;
+        if (!(quiet_busy && err == EADDRINUSE))
+            netd_log(NETD_LOG_ERROR, "metrics: cannot serve HTTP on %s:%d (%s)", host, port,
+                     strerror(err));
         evhttp_free(h->http);
         free(h);
+        errno = err;
         return NULL;
     }
     h->listener = evhttp_bound_socket_get_listener(bound);

@@ -229,8 +229,9 @@ static void server_row(netd_server_t *s, srow_t *r)
     if (s->group)
         nd_server_stats(s->group, &st);
     r->connections = st.connections;
-    r->accepted = st.accepted;
-    r->rejected = st.rejected;
+    /* What the process this one took over from had counted (upgrade), as `servers`. */
+    r->accepted = st.accepted + s->carried.accepted;
+    r->rejected = st.rejected + s->carried.rejected;
     netd_server_obs_t *o = &s->obs;
     r->bytes_read = atomic_load_explicit(&o->bytes_read, memory_order_relaxed);
     r->bytes_written = atomic_load_explicit(&o->bytes_written, memory_order_relaxed);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <event2/event.h>
 
 /* ------------------------------------------------------------------ workers */
 
@@ -258,13 +259,39 @@ int netd_observe_init(netd_t *d, int nworkers)
     return o->alog ? 0 : -1;
 }
 
-int netd_observe_start(netd_t *d)
+#define HTTP_RETRY_MS 100
+#define HTTP_RETRIES 300
+
+static void http_retry(evutil_socket_t fd, short what, void *arg)
+{
+    netd_t *d = arg;
+    netd_observe_t *o = d->obs;
+    bool last = ++o->http_tries >= HTTP_RETRIES;
+    o->http = netd_http_start(d, o->http_host, o->http_port, !last);
+    if (o->http || last || errno != EADDRINUSE)
+        return; /* serving, or given up (logged): netd goes on without metrics */
+    struct timeval tv = {0, (suseconds_t)HTTP_RETRY_MS * 1000};
+    evtimer_add(o->http_retry, &tv);
+}
+
+int netd_observe_start(netd_t *d, bool patient)
 {
     netd_observe_t *o = d->obs;
     if (!o || !o->http_host)
         return 0;
-    o->http = netd_http_start(d, o->http_host, o->http_port);
-    return o->http ? 0 : -1;
+    o->http = netd_http_start(d, o->http_host, o->http_port, patient);
+    if (o->http)
+        return 0;
+    if (!patient || errno != EADDRINUSE)
+        return -1;
+    netd_log(NETD_LOG_INFO, "metrics: %s:%d still served by the netd taken over from; waiting",
+             o->http_host, o->http_port);
+    o->http_retry = evtimer_new(nd_loop_base(d->loop), http_retry, d);
+    if (!o->http_retry)
+        return -1;
+    struct timeval tv = {0, (suseconds_t)HTTP_RETRY_MS * 1000};
+    evtimer_add(o->http_retry, &tv);
+    return 0;
 }
 
 void netd_observe_stop(netd_t *d)
@@ -272,6 +299,8 @@ void netd_observe_stop(netd_t *d)
     netd_observe_t *o = d->obs;
     if (!o)
         return;
+    if (o->http_retry)
+        event_free(o->http_retry);
     netd_http_free(o->http);
     netd_alog_stop(o->alog);
     netd_metrics_free(o->metrics);
@@ -308,6 +337,8 @@ void netd_observe_reload(netd_t *d, const netd_config_t *cfg)
     if (same(host, o->http_host) && (!host || cfg->metrics_port == o->http_port))
         return;
     /* The old endpoint goes first: the new one may want the same port. */
+    if (o->http_retry)
+        evtimer_del(o->http_retry);
     netd_http_free(o->http);
     o->http = NULL;
     free(o->http_host);
@@ -317,5 +348,5 @@ void netd_observe_reload(netd_t *d, const netd_config_t *cfg)
         netd_log(NETD_LOG_INFO, "metrics: HTTP endpoint off");
         return;
     }
-    o->http = netd_http_start(d, o->http_host, o->http_port);
+    o->http = netd_http_start(d, o->http_host, o->http_port, false);
 }

@@ -94,8 +94,10 @@ const char *netd_obs_end_name(const netd_conn_t *c, bool had_error);
 /* Before the workers start: the access log's writer (its file opened now, so that a bad
  * path stops netd at startup) and the state of this module. 0, or -1 after logging why. */
 int netd_observe_init(netd_t *d, int nworkers);
-/* After the workers start: the HTTP endpoint, if configured. 0, or -1 after logging. */
-int netd_observe_start(netd_t *d);
+/* After the workers start: the HTTP endpoint, if configured. 0, or -1 after logging.
+ * `patient` (taking over from a running netd, which still holds the port until it
+ * exits): a busy port is tried again every 100 ms for up to 30 s instead. */
+int netd_observe_start(netd_t *d, bool patient);
 /* After the worker threads ended, before any loop is freed: writes what the access log
  * still holds, stops its writer and the endpoint, frees everything. */
 void netd_observe_stop(netd_t *d);
@@ -149,6 +151,8 @@ typedef struct netd_observe {
     char *http_host; /* what the endpoint serves now (NULL: off) */
     int http_port;   /* as configured (0: any free port) */
     char *log_path;  /* the access log's file; NULL: stderr */
+    struct event *http_retry; /* taking over: the port is not free yet */
+    int http_tries;
 } netd_observe_t;
 
 /* --metrics HOST:PORT, [V6]:PORT or PORT (host 127.0.0.1). 0, or -1 with a message. */
@@ -158,8 +162,9 @@ int netd_metrics_parse_addr(const char *arg, char **host, int *port, char *err, 
 struct netd_metrics *netd_metrics_new(void);
 void netd_metrics_free(struct netd_metrics *m);
 
-/* http.c: the endpoint on the main loop. */
-netd_http_t *netd_http_start(netd_t *d, const char *host, int port);
+/* http.c: the endpoint on the main loop. NULL after logging why (not for EADDRINUSE when
+ * quiet_busy: then errno says so). */
+netd_http_t *netd_http_start(netd_t *d, const char *host, int port, bool quiet_busy);
 void netd_http_free(netd_http_t *h);
 
 /* accesslog.c: the writer thread and the per-worker buffers. */

@@ -1032,6 +1032,9 @@ START_TEST(test_metrics)
     netd_proc_t *np = np_start(Q(CFG_ECHO), 2);
     int port = server_port(np, "echo");
     int a = echo_client(port);
+    /* The worker counts what it wrote just after send(): the client may have read the echo
+     * first. */
+    wait_stat_ge(np, "bytesWrittenTotal", 5);
     json_t *st = stats(np);
     json_t *r = np_ok(call(np, "{'cmd':'metrics'}"));
     const char *text = jstr(r, "text");
