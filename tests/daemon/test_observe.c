@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -120,6 +121,19 @@ static double mval(const char *text, const char *series)
             p++;
     }
     return -1;
+}
+
+/* process_start_time_seconds of whoever answers on port, or -1 when nobody does. */
+static double start_time_on(int port)
+{
+    int fd = np_tcp_try_connect(port);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    http_reply_t r = http(port, "GET", "/metrics");
+    double v = mval(r.body, "process_start_time_seconds");
+    free(r.raw);
+    return v;
 }
 
 /* How many sample lines name this series (the format allows one). */
@@ -408,6 +422,49 @@ START_TEST(test_http_emfile_pause)
     http_reply_t r = http(mport, "GET", "/metrics");
     ck_assert_int_eq(r.status, 200);
     free(r.raw);
+}
+END_TEST
+
+/* A live upgrade: the new netd serves the same metrics port once the old one lets it go,
+ * and the access log goes on in the same file. */
+START_TEST(test_metrics_across_upgrade)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    int mport;
+    close(np_tcp_listen(&mport)); /* a port that was free a moment ago */
+    netd_proc_t *a = np_start(Q("{'metrics':{'port':%d},'accessLog':'access.log','servers':"
+                                "[{'name':'echo','port':0,'host':'127.0.0.1','accessLog':true}]}",
+                                mport),
+                              2);
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/access.log", a->dir);
+    int port = np_server_port(a, "echo");
+    int fd = echo_client(port, "before");
+    http_reply_t r = http(mport, "GET", "/metrics");
+    double start_a = mval(r.body, "process_start_time_seconds");
+    free(r.raw);
+    np_pause_ms(20); /* the new process starts measurably later */
+    json_t *up = np_ok(np_call(a, "{s:s}", "cmd", "upgrade"));
+    pid_t bpid = (pid_t)np_jint(up, "pid");
+    ck_assert_int_eq(np_wait_exit(a, 10000), 0);
+    netd_proc_t *b = np_adopt(a, bpid);
+    b->ctl = np_client_open(b->sock);
+    double start_b = -1;
+    /* (between the old netd's exit and the new one's next try, nobody answers) */
+    WAIT_UNTIL((start_b = start_time_on(mport)) > start_a,
+               "port %d: no answer from the new netd (start %f, the old one's %f)", mport,
+               start_b, start_a);
+    r = http(mport, "GET", "/metrics");
+    ck_assert_int_eq(mval(r.body, "netd_server_connections{server=\"echo\"}"), 1);
+    ck_assert_int_eq(mval(r.body, "netd_server_accepted_total{server=\"echo\"}"), 1);
+    free(r.raw);
+    np_echo_check(fd, "after");
+    close(fd);
+    close(echo_client(port, "new"));
+    char *text = wait_lines(path, 2);
+    ck_assert_int_eq(count_lines(text), 2);
+    free(text);
+    np_ok(np_call(b, "{s:s}", "cmd", "ping"));
 }
 END_TEST
 
@@ -1126,6 +1183,7 @@ static Suite *observe_suite(void)
     tcase_add_test(tc, test_metrics_name_survives_reopen);
     tcase_add_test(tc, test_metrics_threads_and_moves);
     tcase_add_test(tc, test_metrics_process);
+    tcase_add_test(tc, test_metrics_across_upgrade);
     tc = tcase(s, "live", 20);
     tcase_add_test(tc, test_watch_fields);
     tcase_add_test(tc, test_sockets_peer_sort);
