@@ -188,7 +188,7 @@ struct netd_metrics *netd_metrics_new(void)
     return m;
 }
 
-void netd_metrics_free(struct netd_metrics *m)
+void netd_metrics_free(netd_t *d, struct netd_metrics *m)
 {
     if (!m)
         return;
@@ -198,9 +198,13 @@ void netd_metrics_free(struct netd_metrics *m)
     nd_thread_join(m->proc_thread);
     for (size_t i = 0; i < m->nretired; i++)
         free((char *)m->retired[i].totals.name);
+    /* A collection cut short by the exit: its requests get their "no" (a control client
+     * is gone by now, an HTTP request was answered by netd_http_free): what they hold is
+     * freed. */
     while (m->waiters) {
         waiter_t *w = m->waiters;
         m->waiters = w->next;
+        w->cb(d, NULL, 0, w->arg);
         free(w);
     }
     free(m);

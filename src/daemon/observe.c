@@ -303,7 +303,7 @@ void netd_observe_stop(netd_t *d)
         event_free(o->http_retry);
     netd_http_free(o->http);
     netd_alog_stop(o->alog);
-    netd_metrics_free(o->metrics);
+    netd_metrics_free(d, o->metrics);
     free(o->http_host);
     free(o->log_path);
     free(o);

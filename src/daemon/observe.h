@@ -160,7 +160,8 @@ int netd_metrics_parse_addr(const char *arg, char **host, int *port, char *err, 
 
 /* metrics.c */
 struct netd_metrics *netd_metrics_new(void);
-void netd_metrics_free(struct netd_metrics *m);
+/* At exit, after the HTTP endpoint and the control clients are gone. */
+void netd_metrics_free(netd_t *d, struct netd_metrics *m);
 
 /* http.c: the endpoint on the main loop. NULL after logging why (not for EADDRINUSE when
  * quiet_busy: then errno says so). */
