@@ -65,12 +65,13 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_wri
     st.accepted += s->carried.accepted;
     st.rejected += s->carried.rejected;
     return json_pack(
-        "{s:I, s:s, s:s, s:o, s:o, s:s, s:b, s:o, s:I, s:i, s:I, s:I, s:I, s:I, s:I}", "id",
+        "{s:I, s:s, s:s, s:o, s:o, s:s, s:b, s:o, s:I, s:i, s:b, s:I, s:I, s:I, s:I, s:I}", "id",
         (json_int_t)s->id, "name", s->spec.name, "state", state_name(s->state), "address",
         address_json(s), "handler", netd_handler_describe(&s->spec.handler), "balance",
         nd_balance_name(s->spec.balance), "allowHalfOpen", s->spec.allow_half_open,
         "maxConnections", max > 0 ? json_integer(max) : json_null(), "timeout",
-        (json_int_t)atomic_load(&s->timeout_ms), "backlog", s->spec.backlog, "connections",
+        (json_int_t)atomic_load(&s->timeout_ms), "backlog", s->spec.backlog, "accessLog",
+        s->spec.access_log, "connections",
         (json_int_t)st.connections, "acceptedTotal", (json_int_t)st.accepted, "rejectedTotal",
         (json_int_t)st.rejected, "bytesReadTotal",
         (json_int_t)(atomic_load(&s->bytes_read_closed) + live_read), "bytesWrittenTotal",

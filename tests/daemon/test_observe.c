@@ -543,7 +543,11 @@ START_TEST(test_config_errors)
     netd_proc_t *np = np_start("{}", 1);
     np_expect_error(np_ccall(np->ctl, "{'cmd':'listen','port':0,'accessLog':1}"), "EARG",
                     "accessLog");
-    np_ok(np_ccall(np->ctl, "{'cmd':'listen','port':0,'host':'127.0.0.1','accessLog':true}"));
+    json_t *r = np_ok(np_ccall(np->ctl, "{'cmd':'listen','port':0,'host':'127.0.0.1',"
+                                        "'name':'logged','accessLog':true}"));
+    ck_assert(json_is_true(json_object_get(np_jobj(r, "server"), "accessLog")));
+    r = np_ok(np_ccall(np->ctl, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'plain'}"));
+    ck_assert(json_is_false(json_object_get(np_jobj(r, "server"), "accessLog")));
 }
 END_TEST
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # netctl top in a real terminal (a tmux pane on a private tmux server): the screen shows
 # the servers, a bar per thread and the busiest sockets; s cycles the sort, p pauses, q
-# quits and gives the terminal back. Off a terminal, one line per interval.
+# quits and gives the terminal back. Off a terminal, one line per interval. And the same
+# clients through `netctl sockets --sort/--peer` (names in SERVER, SEND-Q).
 set -u
 
 top_builddir=${top_builddir:-.}
@@ -79,6 +80,25 @@ clients=$!
 exec 3>"$dir/ctl"
 wait_for test -s "$dir/ports" || fail "clients did not start"
 read -r p100 p3000 p20000 <"$dir/ports"
+
+# ---- netctl sockets: the busiest first, one peer, the name in SERVER, SEND-Q
+table=$(ctl sockets --sort bytes)
+head -1 <<<"$table" | grep -qE '^ *ID +SERVER +THREAD +REMOTE +LOCAL +STATE +ROLE +READ +WRITTEN +SEND-Q +AGE +IDLE$' && ok ||
+    fail "sockets header: $(head -1 <<<"$table")"
+order=$(tail -n +2 <<<"$table" | grep -oE "127\.0\.0\.1:[0-9]+ " | sed -n '1~2p' | sed 's/.*://' | tr -d ' ' | tr '\n' ' ')
+[[ $order == "$p20000 $p3000 $p100 " ]] && ok || fail "sockets --sort bytes: [$order]"
+tail -n +2 <<<"$table" | awk '$2 != "echo" { bad = 1 } END { exit bad }' && ok || fail "SERVER column: $table"
+one=$(ctl sockets --peer "127.0.0.1:$p3000")
+[[ $(tail -n +2 <<<"$one" | wc -l) == 1 ]] && grep -q "127.0.0.1:$p3000 " <<<"$one" && ok || fail "--peer: $one"
+[[ $(ctl sockets --peer 127.0.0.1 | tail -n +2 | wc -l) == 3 ]] && ok || fail "--peer address alone"
+ctl sockets --sort size >/dev/null 2>&1
+[[ $? == 2 ]] && ok || fail "--sort size: usage error expected"
+ctl sockets --peer nonsense >/dev/null 2>&1
+[[ $? == 1 ]] && ok || fail "--peer nonsense: the daemon's EARG expected"
+ctl listen 0 --host 127.0.0.1 --name logged --access-log >/dev/null
+[[ $(ctl --json server logged | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["accessLog"])') == True ]] && ok ||
+    fail "listen --access-log"
+ctl close logged >/dev/null
 
 # ---- the screen
 tmux -L "$TMUX_SOCK" new-session -d -s top -x 150 -y 40 \
