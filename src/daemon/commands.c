@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The control commands (CONTROL.md "Commands"): one function per command, dispatched
  * from one table.
@@ -676,10 +677,17 @@ static void cmd_watch(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 static void cmd_shutdown(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
     long long t;
-    if (!nonneg_arg(c, req, id, "timeoutMs", &t, 30000))
+    /* Without timeoutMs, the config's shutdownTimeoutMs (as SIGTERM uses). */
+    if (!nonneg_arg(c, req, id, "timeoutMs", &t, d->cfg.shutdown_timeout_ms))
         return;
     netd_reply_ok(c, id, json_pack("{s:b}", "draining", 1));
     netd_drain(d, (unsigned)(t > 0x7fffffff ? 0x7fffffff : t));
+}
+
+/* Validates and applies the config file; replies once the new servers listen. */
+static void cmd_reload(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    netd_reload(d, c, id);
 }
 
 /* The daemon's half of the command table: every row of netd_commands has one. */
@@ -695,6 +703,7 @@ static const struct {
     {"set", cmd_set},           {"stats", cmd_stats},
     {"metrics", cmd_metrics},   {"watch", cmd_watch},
     {"shutdown", cmd_shutdown}, {"help", cmd_help},
+    {"reload", cmd_reload},
 };
 
 int netd_commands_check(void)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Worker threads: each owns a loop and the registry of the connections it serves, runs
  * the handlers, enforces per-connection limits, and answers fan-out queries.
@@ -85,7 +86,9 @@ static void upstream_failed(void *ctx, nd_socket_t *client, const nd_error_t *er
 {
     netd_worker_t *w = ctx;
     atomic_fetch_add(&w->upstream_failed, 1);
-    netd_log(NETD_LOG_WARN, "proxy upstream: %s", err ? err->message : "failed");
+    netd_conn_t *cc = nd_socket_data(client);
+    netd_log_limited(NETD_LOG_WARN, "upstream", "server %s: proxy upstream: %s",
+                     cc ? cc->server->label : "?", err ? err->message : "failed");
 }
 
 static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstream)

@@ -327,14 +327,14 @@ START_TEST(default_names_in_file)
 {
     netd_config_t cfg;
     char err[ERRLEN] = "";
-    int rc = load_text("{\"servers\": [{\"port\": 8124}, {\"port\": 8124, \"host\": \"127.0.0.1\"},"
+    int rc = load_text("{\"servers\": [{\"port\": 8124}, {\"port\": 8125, \"host\": \"127.0.0.1\"},"
                        " {\"path\": \"a.sock\"}]}",
                        &cfg, err, NULL);
     ck_assert_msg(rc == 0, "%s", err);
     char want[PATH_MAX + 16];
     snprintf(want, sizeof(want), "%s/a.sock", tmpdir);
     ck_assert_str_eq(cfg.servers[0].name, "0.0.0.0:8124");
-    ck_assert_str_eq(cfg.servers[1].name, "127.0.0.1:8124");
+    ck_assert_str_eq(cfg.servers[1].name, "127.0.0.1:8125");
     ck_assert_str_eq(cfg.servers[2].name, want);
     ck_assert_str_eq(cfg.servers[2].path, want);
     netd_config_free(&cfg);
@@ -538,9 +538,13 @@ static const struct bad_row {
     {"{\"threads\": \"4\"}", "threads: must be an integer 0-1024"},
     {"{\"threads\": 4.0}", "threads: must be an integer 0-1024"},
     {"{\"threads\": true}", "threads: must be an integer 0-1024"},
-    {"{\"shutdownTimeoutMs\": -1}", "shutdownTimeoutMs: must be an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"30s\"}", "shutdownTimeoutMs: must be an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": 3000000000}", "shutdownTimeoutMs: must be an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": -1}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30 s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30sec\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"-5s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"600h\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": 3000000000}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
     {"{\"control\": \"x\"}", "control: must be an object"},
     {"{\"limits\": []}", "limits: must be an object"},
     {"{\"servers\": {}}", "servers: must be an array"},
@@ -557,16 +561,16 @@ static const struct bad_row {
     {"{\"control\": {\"group\": 0}}", "control.group: must be a non-empty string"},
     {"{\"control\": {\"maxClients\": 0}}", "control.maxClients: must be an integer >= 1"},
     {"{\"control\": {\"maxClients\": \"64\"}}", "control.maxClients: must be an integer >= 1"},
-    {"{\"control\": {\"idleTimeout\": -1}}", "control.idleTimeout: must be an integer >= 0"},
-    {"{\"control\": {\"idleTimeout\": null}}", "control.idleTimeout: must be an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": -1}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": null}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
     /* limits */
     {"{\"limits\": {\"hwm\": 1}}", "limits.hwm: unknown key"},
     {"{\"limits\": {\"highWaterMark\": 0}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"highWaterMark\": \"1M\"}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"maxBufferedBytes\": 1.5}}",
      "limits.maxBufferedBytes: must be an integer >= 1"},
-    {"{\"limits\": {\"stallMs\": -1}}", "limits.stallMs: must be an integer >= 0"},
-    {"{\"limits\": {\"stallMs\": false}}", "limits.stallMs: must be an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": -1}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": false}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
     /* server: address */
     {"{\"servers\": [{\"prot\": 1}]}", "servers[0].prot: unknown key"},
     {"{\"servers\": [{\"port\": 70000}]}", "servers[0].port: must be an integer 0-65535"},
@@ -609,18 +613,20 @@ static const struct bad_row {
     {"{\"servers\": [{\"port\": 1, \"maxConnections\": 2147483648}]}",
      "servers[0].maxConnections: must be null or an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"timeout\": -1}]}",
-     "servers[0].timeout: must be an integer >= 0"},
-    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1s\"}]}",
-     "servers[0].timeout: must be an integer >= 0"},
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
+    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1 s\"}]}",
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
+    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1.5s\"}]}",
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"timeout\": 2147483648}]}",
-     "servers[0].timeout: must be an integer >= 0"},
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"noDelay\": 1}]}", "servers[0].noDelay: must be true or false"},
     {"{\"servers\": [{\"port\": 1, \"keepAlive\": true}]}",
      "servers[0].keepAlive: true is not accepted"},
     {"{\"servers\": [{\"port\": 1, \"keepAlive\": -1}]}",
-     "servers[0].keepAlive: must be an integer >= 0 (ms) or false"},
-    {"{\"servers\": [{\"port\": 1, \"keepAlive\": \"60s\"}]}",
-     "servers[0].keepAlive: must be an integer >= 0 (ms) or false"},
+     "servers[0].keepAlive: must be a duration (ms, or a string such as \"30s\") or false"},
+    {"{\"servers\": [{\"port\": 1, \"keepAlive\": \"60 seconds\"}]}",
+     "servers[0].keepAlive: must be a duration (ms, or a string such as \"30s\") or false"},
     {"{\"servers\": [{\"port\": 1, \"balance\": \"fastest\"}]}",
      "servers[0].balance: must be \"leastconn\", \"roundrobin\" or \"reuseport\""},
     {"{\"servers\": [{\"port\": 1, \"balance\": 1}]}", "servers[0].balance: must be"},
@@ -668,7 +674,7 @@ static const struct bad_row {
      "servers[0].handler.timeout: unknown key"},
     /* the index names the entry that is wrong, not the first */
     {"{\"servers\": [{\"port\": 1}, {\"port\": 2}, {\"port\": 3, \"timeout\": -5}]}",
-     "servers[2].timeout: must be an integer >= 0"},
+     "servers[2].timeout: must be a duration: ms as an integer >= 0"},
 };
 
 START_TEST(bad_file)

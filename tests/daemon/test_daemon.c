@@ -1425,7 +1425,7 @@ static const struct {
     {"{'cmd':'listen','port':0,'maxConnections':-1}", "maxConnections"},
     {"{'cmd':'listen','port':0,'maxConnections':'5'}", "maxConnections"},
     {"{'cmd':'listen','port':0,'timeout':-5}", "timeout"},
-    {"{'cmd':'listen','port':0,'timeout':'5'}", "timeout"},
+    {"{'cmd':'listen','port':0,'timeout':'5 seconds'}", "timeout"},
     {"{'cmd':'listen','port':0,'noDelay':1}", "noDelay"},
     {"{'cmd':'listen','port':0,'keepAlive':'on'}", "keepAlive"},
     {"{'cmd':'listen','port':0,'keepAlive':-1}", "keepAlive"},
