@@ -172,7 +172,8 @@ static void item_settled(netd_server_t *s, const char *code, const char *message
         else
             netd_log(NETD_LOG_INFO, "reload: %s opened again as it was", it->name);
     } else {
-        netd_log(NETD_LOG_ERROR, "server %s could not listen: %s: %s", it->name, code, message);
+        if (!s) /* an asynchronous failure was logged with the server's 'error' */
+            netd_log(NETD_LOG_ERROR, "server %s: %s: %s", it->name, code, message);
         if (it->kind != ITEM_ROLLBACK)
             json_array_append_new(b->failed, json_pack("{s:s, s:s, s:s}", "name", it->name,
                                                        "code", code, "message", message));
