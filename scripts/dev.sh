@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The developer's entry point: `run` builds and starts the echo example, `test` runs every
 # suite in a plain and an ASan+UBSan build (what CI runs), `lint` runs the static checkers.
 set -euo pipefail

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The daemon's counters: one X-macro list drives the `stats` reply and the Prometheus
  * `metrics` text, so the two never disagree. Figures are summed on demand from the

@@ -128,6 +128,27 @@ enum netd_unix_peer netd_unix_probe(const char *path)
     return NETD_PEER_NONE;
 }
 
+/* Whether a live socket (bound, listening or not) was bound to this very path string:
+ * such a file is in use even though connecting to it is refused. A leftover file has no
+ * socket behind it, so it is not listed. Without /proc, nothing can be told: false. */
+static bool bound_by_someone(const char *path)
+{
+    FILE *f = fopen("/proc/self/net/unix", "re");
+    if (!f)
+        return false;
+    char line[PATH_MAX + 128];
+    bool found = false;
+    size_t n = strlen(path);
+    while (!found && fgets(line, sizeof(line), f)) {
+        size_t len = strcspn(line, "\n");
+        line[len] = '\0';
+        /* The path is the last field, after the inode: "... Inode Path". */
+        found = len > n && line[len - n - 1] == ' ' && strcmp(line + len - n, path) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
 /*
  * Frees name in dirfd for a new socket. Nothing there: fine. netd's own leftover (a socket
  * file owned by our euid that nobody answers on, in a directory nobody else may write):
@@ -161,6 +182,12 @@ static int clear_leftover(int dirfd, const char *name, const char *path, char *w
     if (e != ECONNREFUSED) {
         snprintf(why, len, "%s: a process %s", path,
                  rc == 0 ? "answers there" : "listens there but does not answer");
+        return -EADDRINUSE;
+    }
+    /* Refused, but a socket may be bound there and not listen yet (another service
+     * starting): only a file with no socket behind it is a leftover. */
+    if (bound_by_someone(path)) {
+        snprintf(why, len, "%s: a process has a socket bound there (not listening yet)", path);
         return -EADDRINUSE;
     }
     if (unlinkat(dirfd, name, 0) != 0 && errno != ENOENT)

@@ -137,6 +137,12 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
     if (sp->keep_alive_ms >= 0)
         nd_socket_set_keep_alive(sock, 1, (unsigned)sp->keep_alive_ms);
     attach(c);
+    if (netd_log_level >= NETD_LOG_TRACE) {
+        const char *peer = nd_socket_remote_address(sock);
+        netd_log(NETD_LOG_TRACE, "server %s: connection %llu from %s:%d handed to thread %d",
+                 srv->label, (unsigned long long)c->id, peer ? peer : "(unix)",
+                 nd_socket_remote_port(sock), w->index);
+    }
     netd_watch_emit(w->d, "connection", srv->id, c->id, NULL);
     netd_handler_env_t env = env_of(w);
     netd_handler_connection(&sp->handler, sock, &env);
@@ -207,6 +213,8 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
             attach(both[i]);
         }
         netd_conn_t *client = c->role == NETD_ROLE_CLIENT ? c : c->pair;
+        netd_log(NETD_LOG_DEBUG, "socket %llu moved from thread %d to thread %d",
+                 (unsigned long long)c->id, m->from, m->thread);
         if (client) {
             netd_handler_env_t env = env_of(w);
             netd_handler_adopt(&client->server->spec.handler, client->sock, &env);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Config file and `listen` argument parsing (config.c): valid files, defaults, and every
  * kind of invalid input refused with a message that names the file and the field.

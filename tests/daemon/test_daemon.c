@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd end to end: a real daemon per test (port 0, a temporary control socket), driven
  * through its control socket and real TCP/unix clients, checked against the contract in

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # netctl against a real netd, the way an operator scripts it: every subcommand's table and
 # --json output, exit codes 0/1/2/3, and the script (listen, count, close, count).
 set -u

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd under overload, faults and hostile input (issue 7): a real daemon per test, driven
  * over loopback and unix sockets only, every wait bounded.
