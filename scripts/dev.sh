@@ -6,7 +6,8 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind)
+PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind
+    bash-completion zsh systemd util-linux python3)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {
