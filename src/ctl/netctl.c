@@ -677,9 +677,9 @@ struct subcommand {
     const char *summary; /* NULL: the command table's */
     void (*build)(request_t *r, parser_t *p);
     netctl_printer_t print; /* NULL: the reply line as received */
-    bool stream;            /* events follow the reply (watch) */
     const struct option *opts; /* its options (the completion offers them) */
     pos_kind_t pos;            /* its positional arguments, for the completion */
+    bool stream;               /* events follow the reply (watch) */
     bool progress;             /* close: while waiting, count what is left */
     bool failed_list;          /* reload: a non-empty "failed" makes the exit status 1 */
 };
@@ -1415,7 +1415,7 @@ static json_t *quick_call(const char *path, json_t *req, int timeout_ms)
     if (!text || fd < 0 || strlen(path) >= sizeof(sa.sun_path) || !(line = malloc(cap)))
         goto out;
     memcpy(sa.sun_path, path, strlen(path));
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    struct timeval tv = {timeout_ms / 1000, (suseconds_t)(timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     size_t n = strlen(text);

@@ -318,16 +318,18 @@ void netctl_print_reload(const json_t *reply)
         const json_t *name;
         if (json_array_size(arr) == 0)
             printf(" -");
-        json_array_foreach (arr, i, name)
+        json_array_foreach (arr, i, name) {
             printf("%s%s", i ? ", " : " ", json_is_string(name) ? json_string_value(name) : "?");
+        }
         putchar('\n');
     }
     const json_t *failed = json_object_get(reply, "failed");
     size_t i;
     const json_t *f;
-    json_array_foreach (failed, i, f)
+    json_array_foreach (failed, i, f) {
         printf("failed:   %s (%s)\n", json_string_value(json_object_get(f, "name")),
                json_string_value(json_object_get(f, "code")));
+    }
 }
 
 void netctl_print_server(const json_t *reply)

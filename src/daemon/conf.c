@@ -222,6 +222,8 @@ static int lookup_id(const perr_t *e, const char *field, bool is_user, const cha
                      unsigned *id)
 {
     const char *what = is_user ? "user" : "group";
+    if (!name || !*name)
+        return fail(e, field, "must be a non-empty string");
     if (name[0] >= '0' && name[0] <= '9') {
         char *end;
         errno = 0;
@@ -646,7 +648,7 @@ static int read_keep_alive(const perr_t *e, const json_t *v, netd_listen_spec_t 
     }
     if (json_is_true(v))
         return fail(e, "keepAlive", "true is not accepted: give the initial delay in ms, or false");
-    unsigned ms;
+    unsigned ms = 0;
     if (read_duration(e, "keepAlive", v, &ms) < 0)
         return fail(e, "keepAlive", "must be a duration (ms, or a string such as \"30s\") or false");
     s->keep_alive_ms = (int)ms;

@@ -441,7 +441,8 @@ static void apply_settings(netd_t *d, const netd_config_t *cfg)
 {
     if (cfg->threads != d->cfg.threads)
         netd_log(NETD_LOG_WARN, "reload: threads changed: takes effect at the next start");
-    if ((cfg->control_path && (!d->cfg.control_path || strcmp(cfg->control_path, d->cfg.control_path))) ||
+    if ((cfg->control_path &&
+         (!d->cfg.control_path || strcmp(cfg->control_path, d->cfg.control_path) != 0)) ||
         cfg->control_mode != d->cfg.control_mode || cfg->has_control_gid != d->cfg.has_control_gid ||
         cfg->control_gid != d->cfg.control_gid)
         netd_log(NETD_LOG_WARN,

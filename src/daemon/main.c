@@ -239,11 +239,11 @@ int main(int argc, char **argv)
     } else {
         netd_default_socket_path(d->control_path, sizeof(d->control_path));
         d->control_default = true;
-        const char *rd = getenv("RUNTIME_DIRECTORY");
-        control_from = rd && *rd ? "$RUNTIME_DIRECTORY" : geteuid() == 0 ? "the default for root"
-                       : getenv("XDG_RUNTIME_DIR") && *getenv("XDG_RUNTIME_DIR")
-                           ? "$XDG_RUNTIME_DIR"
-                           : "the default for this user";
+        const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+        control_from = rd && *rd         ? "$RUNTIME_DIRECTORY"
+                       : geteuid() == 0  ? "the default for root"
+                       : xdg && *xdg     ? "$XDG_RUNTIME_DIR"
+                                         : "the default for this user";
     }
 
     if (check_only) {

@@ -304,6 +304,7 @@ static void check_inherited_address(const netd_listen_spec_t *spec, int fd)
         struct sockaddr_in6 in6;
         struct sockaddr_un un;
     } a;
+    memset(&a, 0, sizeof(a));
     socklen_t len = sizeof(a);
     if ((spec->port < 0 && !spec->path) || getsockname(fd, &a.sa, &len) != 0)
         return;

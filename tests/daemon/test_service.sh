@@ -130,8 +130,12 @@ if can_unshare; then
         "$(cat "$dir/root.log")"
     # Another user, no XDG_RUNTIME_DIR: /tmp/netd-UID, created 0700.
     uid=$(id -u nobody)
+    # A fresh /tmp; a build that lives under /tmp (make distcheck) is carried over into it.
+    build=$(readlink -f "$top_builddir")
     out=$(unshare -m bash -c '
+        mount -t tmpfs tmpfs /run && mkdir /run/build && mount --bind "$3" /run/build || exit 90
         mount -t tmpfs tmpfs /tmp || exit 90
+        mkdir -p "$3" && mount --bind /run/build "$3" || exit 90
         runuser -u nobody -- env -u XDG_RUNTIME_DIR -u RUNTIME_DIRECTORY "$1" -f -t 1 2>/dev/null & pid=$!
         for ((i = 0; i < 250; i++)); do runuser -u nobody -- env -u XDG_RUNTIME_DIR "$2" --timeout 1s ping >/dev/null 2>&1 && break; sleep 0.02; done
         stat -c "%a %U" /tmp/netd-'"$uid"'
@@ -142,7 +146,7 @@ if can_unshare; then
         runuser -u nobody -- env -u XDG_RUNTIME_DIR "$1" -f -t 1 2>&1 | grep -o "belongs to uid 0[^:]*"
         chown nobody /tmp/netd-'"$uid"'; chmod 0777 /tmp/netd-'"$uid"'
         runuser -u nobody -- env -u XDG_RUNTIME_DIR "$1" -f -t 1 2>&1 | grep -o "writable by others"
-        ' _ "$NETD" "$NETCTL" 2>&1)
+        ' _ "$NETD" "$NETCTL" "$build" 2>&1)
     check "netd -f as nobody" "700 nobody
 exit 0
 belongs to uid 0, not to netd's uid $uid
