@@ -189,6 +189,10 @@ static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
     listen_answered(s);
     netd_unix_file_remove(s->unix_file);
     s->unix_file = NULL;
+    /* It never listened: its name is free at once (a reload gives it back to the server
+     * that stays), and no lookup finds it while its 'close' is pending. */
+    if (s->state == NETD_SRV_STARTING)
+        s->state = NETD_SRV_CLOSED;
     settle(s, ev->error->name, ev->error->message);
 }
 
