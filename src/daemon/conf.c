@@ -780,6 +780,10 @@ static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
     if ((handler = json_object_get(obj, "handler")) &&
         parse_handler(e, handler, base_dir, &s->handler) < 0)
         return -1;
+    /* A proxy passes half-closes through (CONTROL.md): without allowHalfOpen the client's
+     * FIN would end its side before the upstream's reply came back. */
+    if (s->handler.type == NETD_HANDLER_PROXY && !json_object_get(obj, "allowHalfOpen"))
+        s->allow_half_open = true;
     if (parse_name(e, obj, s) < 0)
         return -1;
     return keep_source(e, obj, s);

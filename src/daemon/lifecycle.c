@@ -65,8 +65,7 @@ typedef struct netd_reload {
     int pending; /* items not settled, + 1 while the batch is being filled */
     json_t *added, *changed, *removed, *kept, *failed;
     void (*done)(struct netd_reload *b);
-    netd_client_t *client; /* `reload`: the request to answer, or NULL */
-    json_t *id;
+    netd_pending_t *reply; /* `reload`: the request to answer, or NULL (SIGHUP) */
 } batch_t;
 
 typedef enum { ITEM_ADD, ITEM_CHANGE, ITEM_ROLLBACK } item_kind_t;
@@ -124,7 +123,6 @@ static void batch_free(batch_t *b)
     json_decref(b->removed);
     json_decref(b->kept);
     json_decref(b->failed);
-    json_decref(b->id);
     free(b);
 }
 
@@ -208,7 +206,7 @@ static void open_item(batch_t *b, netd_listen_spec_t *spec, item_t *it)
     spec->name_given = true;
     const char *code = NETD_ESHUTDOWN;
     char msg[512] = "netd is draining";
-    if (!d->draining && netd_server_open(d, spec, NULL, NULL, &code, msg, sizeof(msg)) == 0) {
+    if (!d->draining && netd_server_open(d, spec, NULL, &code, msg, sizeof(msg)) == 0) {
         netd_server_t *s = TAILQ_LAST(&d->servers, netd_server_list);
         s->from_config = true;
         s->settled = item_settled;
@@ -400,10 +398,10 @@ static void log_changed_keys(const netd_listen_spec_t *o, const netd_listen_spec
     netd_log(NETD_LOG_DEBUG, "reload: %s changed: %s", n->name, len ? keys : "(defaults)");
 }
 
-static void reload_reply_error(netd_client_t *c, json_t *id, const char *code, const char *msg)
+static void reload_reply_error(netd_pending_t *p, const char *code, const char *msg)
 {
-    if (netd_client_alive(c))
-        netd_reply_error(c, id, code, "%s", msg);
+    if (p)
+        netd_pending_error(p, code, "%s", msg);
 }
 
 static void reload_done(batch_t *b)
@@ -424,14 +422,10 @@ static void reload_done(batch_t *b)
         netd_notify("READY=1\nSTATUS=serving; reload: %zu server(s) failed: %s", nfailed, failed);
     else
         netd_notify("READY=1\nSTATUS=serving; control socket %s", d->control_path);
-    if (b->client) {
-        if (netd_client_alive(b->client))
-            netd_reply_ok(b->client, b->id,
-                          json_pack("{s:O, s:O, s:O, s:O, s:O}", "added", b->added, "removed",
-                                    b->removed, "changed", b->changed, "kept", b->kept,
-                                    "failed", b->failed));
-        netd_client_done(b->client);
-    }
+    if (b->reply)
+        netd_pending_ok(b->reply, json_pack("{s:O, s:O, s:O, s:O, s:O}", "added", b->added,
+                                            "removed", b->removed, "changed", b->changed,
+                                            "kept", b->kept, "failed", b->failed));
     d->reload = NULL;
     batch_free(b);
 }
@@ -464,26 +458,26 @@ static void apply_settings(netd_t *d, const netd_config_t *cfg)
     d->cfg.nsocket_dirs = cfg->nsocket_dirs;
 }
 
-void netd_reload(netd_t *d, netd_client_t *client, json_t *id)
+void netd_reload(netd_t *d, netd_pending_t *reply)
 {
-    const char *who = client ? "reload" : "SIGHUP";
+    const char *who = reply ? "reload" : "SIGHUP";
     if (d->draining) {
         netd_log(NETD_LOG_WARN, "%s refused: netd is draining", who);
-        reload_reply_error(client, id, NETD_ESHUTDOWN, "netd is draining: no reload");
+        reload_reply_error(reply, NETD_ESHUTDOWN, "netd is draining: no reload");
         return;
     }
     if (d->reload || !d->started) {
         netd_log(NETD_LOG_WARN, "%s refused: %s", who,
                  d->reload ? "a reload is still opening servers" : "netd is still starting");
-        reload_reply_error(client, id, NETD_EBUSY,
+        reload_reply_error(reply, NETD_EBUSY,
                            d->reload ? "a reload is still opening servers" : "netd is still starting");
         return;
     }
     if (!d->config_file) {
         netd_log(NETD_LOG_INFO, "%s: netd runs without a config file: nothing to reload", who);
-        if (netd_client_alive(client))
-            netd_reply_ok(client, id, json_pack("{s:[], s:[], s:[], s:[], s:[]}", "added",
-                                                "removed", "changed", "kept", "failed"));
+        if (reply)
+            netd_pending_ok(reply, json_pack("{s:[], s:[], s:[], s:[], s:[]}", "added",
+                                             "removed", "changed", "kept", "failed"));
         return;
     }
     struct timespec now;
@@ -497,7 +491,7 @@ void netd_reload(netd_t *d, netd_client_t *client, json_t *id)
     if (netd_config_load(d->config_file, &cfg, err, sizeof(err)) != 0) {
         netd_log(NETD_LOG_ERROR, "reload refused, keeping the running config: %s", err);
         netd_notify("READY=1\nSTATUS=serving; reload refused: %s", err);
-        reload_reply_error(client, id, NETD_EARG, err);
+        reload_reply_error(reply, NETD_EARG, err);
         return;
     }
     batch_t *b = batch_new(d, reload_done);
@@ -513,15 +507,11 @@ void netd_reload(netd_t *d, netd_client_t *client, json_t *id)
         if (b)
             batch_free(b);
         netd_notify("READY=1");
-        reload_reply_error(client, id, "ENOMEM", "out of memory");
+        reload_reply_error(reply, "ENOMEM", "out of memory");
         return;
     }
     d->reload = b;
-    if (client) {
-        netd_client_hold(client);
-        b->client = client;
-        b->id = json_incref(id);
-    }
+    b->reply = reply;
     apply_settings(d, &cfg);
     cfg.socket_dirs = NULL;
     cfg.nsocket_dirs = 0;

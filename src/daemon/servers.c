@@ -29,9 +29,12 @@ void netd_server_retain(netd_server_t *s)
 void netd_server_release(netd_server_t *s)
 {
     if (atomic_fetch_sub(&s->refs, 1) == 1) {
-        netd_unix_file_remove(s->unix_file);
+        /* Never removed here: closing removes it, and after an upgrade it is the new
+         * process's. */
+        netd_unix_file_forget(s->unix_file);
         netd_listen_spec_free(&s->spec);
         free(s->label);
+        free(s->members);
         free(s);
     }
 }
@@ -135,14 +138,54 @@ static netd_server_t *find_live_by_name(netd_t *d, const char *name)
     return NULL;
 }
 
-static void listen_answered(netd_server_t *s)
+/* Answers every waiter of one kind: ok with the server object, or an error. */
+static void answer_waiters(netd_server_t *s, int kind, const char *code, const char *msg)
 {
-    if (s->listen_client) {
-        netd_client_done(s->listen_client);
-        s->listen_client = NULL;
+    netd_pending_t *p, *next;
+    for (p = TAILQ_FIRST(&s->waiters); p; p = next) {
+        next = TAILQ_NEXT(p, link);
+        if (p->waits_for != kind)
+            continue;
+        TAILQ_REMOVE(&s->waiters, p, link);
+        if (code)
+            netd_pending_error(p, code, "%s", msg);
+        else
+            netd_pending_ok(p, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
     }
-    json_decref(s->listen_id);
-    s->listen_id = NULL;
+}
+
+static void server_event(netd_server_t *s, enum netd_event_kind kind, const nd_error_t *err)
+{
+    netd_event_t *e = netd_event_new(s->d, kind, s);
+    if (!e)
+        return;
+    if (err) {
+        snprintf(e->code, sizeof(e->code), "%s", err->name);
+        snprintf(e->message, sizeof(e->message), "%s", err->message);
+    }
+    netd_event_post(e);
+}
+
+/* Two TCP addresses one listener could not both have: same port, and the same IP or a
+ * wildcard on either side (a dual-stack "::" takes IPv4 too). */
+static bool addresses_clash(const nd_address_t *a, const nd_address_t *b)
+{
+    if (!a->family || !b->family || a->port != b->port)
+        return false;
+    bool wa = strcmp(a->address, "0.0.0.0") == 0 || strcmp(a->address, "::") == 0;
+    bool wb = strcmp(b->address, "0.0.0.0") == 0 || strcmp(b->address, "::") == 0;
+    return wa || wb || strcmp(a->address, b->address) == 0;
+}
+
+/* Another live server of ours bound where s just bound. Only reuseport lets the kernel
+ * accept that; host names (`localhost`) are compared as the addresses they resolved to. */
+static netd_server_t *clashing_server(netd_t *d, const netd_server_t *s)
+{
+    netd_server_t *o;
+    TAILQ_FOREACH(o, &d->servers, link)
+        if (o != s && o->state == NETD_SRV_LISTENING && addresses_clash(&o->address, &s->address))
+            return o;
+    return NULL;
 }
 
 static void settle(netd_server_t *s, const char *code, const char *message)
@@ -156,64 +199,64 @@ static void settle(netd_server_t *s, const char *code, const char *message)
 static void on_srv_listening(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
-    s->state = NETD_SRV_LISTENING;
     nd_server_address(group, &s->address);
     /* Bound inside the directory netd opened (/proc/self/fd/N/NAME): say the path asked. */
     if (s->spec.path && s->unix_file)
         snprintf(s->address.address, sizeof(s->address.address), "%s", s->spec.path);
+    netd_server_t *other = clashing_server(s->d, s);
+    if (other) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "netd already serves %s:%d (server %s)", s->address.address,
+                 s->address.port, other->spec.name);
+        netd_log(NETD_LOG_ERROR, "server %s: %s", s->spec.name, msg);
+        answer_waiters(s, NETD_WAIT_LISTEN, "EADDRINUSE", msg);
+        settle(s, "EADDRINUSE", msg);
+        memset(&s->address, 0, sizeof(s->address));
+        netd_server_close(s, true);
+        return;
+    }
     name_after_address(s);
+    s->state = NETD_SRV_LISTENING;
     if (s->address.family)
         netd_log(NETD_LOG_INFO, "server %s listening on %s:%d", s->spec.name, s->address.address,
                  s->address.port);
     else
         netd_log(NETD_LOG_INFO, "server %s listening on %s", s->spec.name,
                  s->address.address[0] ? s->address.address : "an inherited socket");
-    netd_watch_emit(s->d, "listening", s->id, 0, NULL);
-    if (netd_client_alive(s->listen_client))
-        netd_reply_ok(s->listen_client, s->listen_id,
-                      json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
-    listen_answered(s);
+    server_event(s, NETD_EV_LISTENING, NULL);
+    answer_waiters(s, NETD_WAIT_LISTEN, NULL, NULL);
     settle(s, NULL, NULL);
 }
 
+static void on_srv_close(void *group, const nd_event_t *ev, void *arg);
+
+/* A server's 'error' is always a failed listen, and no 'close' follows it (libnetd does as
+ * Node does): the record goes here as if the server had closed, and the group, still ours,
+ * is given back. */
 static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
     netd_log(NETD_LOG_ERROR, "server %s: %s", s->spec.name, ev->error->message);
-    netd_watch_emit(s->d, "error", s->id, 0,
-                    json_pack("{s:s, s:s}", "code", ev->error->name, "message",
-                              ev->error->message));
-    if (netd_client_alive(s->listen_client))
-        netd_reply_error(s->listen_client, s->listen_id, ev->error->name, "%s",
-                         ev->error->message);
-    listen_answered(s);
+    server_event(s, NETD_EV_ERROR, ev->error);
+    answer_waiters(s, NETD_WAIT_LISTEN, ev->error->name, ev->error->message);
     netd_unix_file_remove(s->unix_file);
     s->unix_file = NULL;
-    /* It never listened: its name is free at once (a reload gives it back to the server
-     * that stays), and no lookup finds it while its 'close' is pending. */
-    if (s->state == NETD_SRV_STARTING)
-        s->state = NETD_SRV_CLOSED;
     settle(s, ev->error->name, ev->error->message);
+    on_srv_close(group, NULL, s);
+    nd_server_free(group);
 }
 
 static void remember_closed(netd_t *d, const netd_server_t *s)
 {
-    if (d->nclosed == d->closed_cap) {
-        size_t cap = d->closed_cap ? d->closed_cap * 2 : 16;
-        void *p = realloc(d->closed_ids, cap * sizeof(*d->closed_ids));
-        if (!p)
-            return;
-        d->closed_ids = p;
-        d->closed_cap = cap;
-    }
-    d->closed_ids[d->nclosed].id = s->id;
-    snprintf(d->closed_ids[d->nclosed].name, sizeof(d->closed_ids[0].name), "%s", s->spec.name);
-    d->nclosed++;
+    size_t i = d->nclosed++ % NETD_CLOSED_REMEMBERED;
+    d->closed_ids[i].id = s->id;
+    snprintf(d->closed_ids[i].name, sizeof(d->closed_ids[i].name), "%s", s->spec.name);
 }
 
 bool netd_server_closed_before(netd_t *d, const json_t *ref)
 {
-    for (size_t i = 0; i < d->nclosed; i++) {
+    size_t n = d->nclosed < NETD_CLOSED_REMEMBERED ? d->nclosed : NETD_CLOSED_REMEMBERED;
+    for (size_t i = 0; i < n; i++) {
         if (json_is_integer(ref) && (json_int_t)d->closed_ids[i].id == json_integer_value(ref))
             return true;
         if (json_is_string(ref) && strcmp(d->closed_ids[i].name, json_string_value(ref)) == 0)
@@ -226,7 +269,8 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
 {
     netd_server_t *s = arg;
     netd_t *d = s->d;
-    bool was_listening = s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_CLOSING;
+    bool was_listening = s->state == NETD_SRV_LISTENING ||
+                         (s->state == NETD_SRV_CLOSING && s->address.family + s->address.port > 0);
     netd_stats_closed_server(d, group);
     nd_server_stats(group, &s->final);
     remember_closed(d, s);
@@ -234,17 +278,10 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
     s->group = NULL; /* the library frees it after this listener */
     if (was_listening)
         netd_log(NETD_LOG_INFO, "server %s closed", s->spec.name);
-    netd_watch_emit(d, "close", s->id, 0, NULL);
-    netd_waiter_t *w;
-    while ((w = TAILQ_FIRST(&s->close_waiters)) != NULL) {
-        TAILQ_REMOVE(&s->close_waiters, w, link);
-        if (netd_client_alive(w->client))
-            netd_reply_ok(w->client, w->id, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
-        netd_client_done(w->client);
-        json_decref(w->id);
-        free(w);
-    }
-    listen_answered(s);
+    server_event(s, NETD_EV_CLOSE, NULL);
+    answer_waiters(s, NETD_WAIT_CLOSE, NULL, NULL);
+    /* A `listen` still waiting (closed while its host resolved) gets its answer too. */
+    answer_waiters(s, NETD_WAIT_LISTEN, "ECANCELED", "the server was closed before it listened");
     settle(s, "ECANCELED", "closed before it listened");
     TAILQ_REMOVE(&d->servers, s, link);
     netd_server_release(s);
@@ -362,8 +399,8 @@ static int bind_path(netd_t *d, const netd_listen_spec_t *spec, bool from_client
     return fd;
 }
 
-int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client, json_t *id,
-                     const char **code, char *msg, size_t msglen)
+int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, const char **code,
+                     char *msg, size_t msglen)
 {
     if (find_live_by_name(d, spec->name)) {
         *code = NETD_EEXIST;
@@ -391,6 +428,13 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
                      spec->fd_name ? spec->fd_name : "given");
             return -1;
         }
+        if (spec->balance == ND_BALANCE_REUSEPORT) {
+            /* Each worker needs a listener of its own: one inherited descriptor is one. */
+            *code = "EINVAL";
+            snprintf(msg, msglen, "balance: reuseport cannot serve the inherited descriptor %s",
+                     spec->fd_name ? spec->fd_name : spec->name);
+            return -1;
+        }
         check_inherited_address(spec, inherited);
         /* The inherited descriptor stays open across reloads: serve a duplicate. */
         fd = fcntl(inherited, F_DUPFD_CLOEXEC, 0);
@@ -400,18 +444,24 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
             return -1;
         }
     } else if (spec->path) {
-        fd = bind_path(d, spec, client != NULL, &file, code, msg, msglen);
+        /* A `listen` from the control socket (it has a request waiting) is limited to
+         * control.socketDirs; the config file is trusted. */
+        fd = bind_path(d, spec, p != NULL, &file, code, msg, msglen);
         if (fd < 0)
             return -1;
     }
     netd_server_t *s = calloc(1, sizeof(*s));
     char *label = strdup(spec->name);
-    if (!s || !label) {
-        free(s);
-        free(label);
+    if (s)
+        s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+    if (!s || !s->members || !label) {
         if (fd >= 0)
             close(fd);
         netd_unix_file_remove(file);
+        if (s)
+            free(s->members);
+        free(s);
+        free(label);
         *code = "ENOMEM";
         snprintf(msg, msglen, "out of memory");
         return -1;
@@ -424,9 +474,11 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
     s->unix_file = file;
     memset(spec, 0, sizeof(*spec));
     atomic_init(&s->timeout_ms, s->spec.timeout_ms);
-    atomic_init(&s->refs, 1);
+    /* main's reference, and one for each worker's init to come (netd_worker_server_init
+     * uses the record, and may run after a failed listen has let it go here). */
+    atomic_init(&s->refs, 1 + d->nworkers);
     s->inherited_fd = fd >= 0 && !file;
-    TAILQ_INIT(&s->close_waiters);
+    TAILQ_INIT(&s->waiters);
     nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
     s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
                                    s->spec.balance, netd_worker_server_init, s);
@@ -449,45 +501,51 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client,
         snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
         if (fd >= 0)
             close(fd);
-        if (s->group) {
-            /* Never listened: nothing will be emitted; the loop frees it at exit. */
-            nd_server_off(s->group, ND_EV_CLOSE, on_srv_close, s);
-        }
         netd_unix_file_remove(s->unix_file);
-        netd_listen_spec_free(&s->spec);
-        free(s->label);
-        free(s);
+        s->unix_file = NULL;
+        /* Never listened, so nothing will be emitted: give it back now, while the worker
+         * loops its members live on are still there. */
+        if (s->group) {
+            nd_server_free(s->group);
+            netd_server_release(s); /* the workers' inits still to come hold it */
+        } else {
+            atomic_store(&s->refs, 1);
+            netd_server_release(s);
+        }
         return -1;
     }
     s->state = NETD_SRV_STARTING;
-    /* Bound at once (an IP literal): the reply and the log already carry the final name. */
-    if (nd_server_address(s->group, &s->address) == 0)
+    /* Bound at once (an IP literal): the reply, the log and the workers' label already
+     * carry the final name (no worker has seen this server yet). */
+    if (nd_server_address(s->group, &s->address) == 0) {
         name_after_address(s);
+        char *label = strcmp(s->label, s->spec.name) != 0 ? strdup(s->spec.name) : NULL;
+        if (label) {
+            free(s->label);
+            s->label = label;
+        }
+    }
     TAILQ_INSERT_TAIL(&d->servers, s, link);
-    if (client) {
-        netd_client_hold(client);
-        s->listen_client = client;
-        s->listen_id = json_incref(id);
+    if (p) {
+        p->waits_for = NETD_WAIT_LISTEN;
+        TAILQ_INSERT_TAIL(&s->waiters, p, link);
     }
     return 0;
 }
 
-static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
+/* Worker: every client connection of one server is destroyed (its upstream follows). */
+static void destroy_server_conns(netd_worker_t *w, void *arg)
 {
     uint64_t sid = *(const uint64_t *)arg;
     netd_conn_t *c, *next;
-    int n = 0;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
-        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT) {
+        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT)
             nd_socket_destroy(c->sock);
-            n++;
-        }
     }
-    return json_integer(n);
 }
 
-static void destroyed_nothing(netd_t *d, json_t **results, void *arg)
+static void destroyed_all(netd_t *d, void *arg)
 {
     free(arg); /* the server id */
 }
@@ -499,13 +557,22 @@ void netd_server_close(netd_server_t *s, bool destroy_conns)
     s->state = NETD_SRV_CLOSING;
     if (s->group)
         nd_server_close(s->group, NULL, NULL);
-    /* The path is free again at once (a reload may bind it anew). */
-    netd_unix_file_remove(s->unix_file);
+    /* The path is free again at once (a reload may bind it anew); after an upgrade the
+     * file is the new process's. */
+    if (s->d->handed_over)
+        netd_unix_file_forget(s->unix_file);
+    else
+        netd_unix_file_remove(s->unix_file);
     s->unix_file = NULL;
-    uint64_t *sid = destroy_conns ? malloc(sizeof(*sid)) : NULL;
+    if (!destroy_conns)
+        return;
+    /* Set before the fan-out is posted: a socket that reaches a worker after the fan-out
+     * passed there (a move or a handoff in flight) sees it and is destroyed on arrival. */
+    atomic_store(&s->destroying, true);
+    uint64_t *sid = malloc(sizeof(*sid));
     if (sid) {
         *sid = s->id;
-        if (netd_fanout(s->d, destroy_server_conns, destroyed_nothing, sid) != 0)
+        if (netd_fanout(s->d, destroy_server_conns, destroyed_all, sid) != 0)
             free(sid);
     }
 }

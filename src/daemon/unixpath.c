@@ -351,6 +351,37 @@ void netd_unix_file_remove(netd_unix_file_t *f)
     free(f);
 }
 
+void netd_unix_file_forget(netd_unix_file_t *f)
+{
+    if (!f)
+        return;
+    close(f->dirfd);
+    free(f);
+}
+
+netd_unix_file_t *netd_unix_file_adopt(const char *path)
+{
+    char dir[PATH_MAX], name[NAME_MAX + 1];
+    if (split(path, dir, sizeof(dir), name, sizeof(name)) != 0)
+        return NULL;
+    netd_unix_file_t *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    struct stat st;
+    f->dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (f->dirfd < 0 || fstatat(f->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISSOCK(st.st_mode)) {
+        if (f->dirfd >= 0)
+            close(f->dirfd);
+        free(f);
+        return NULL;
+    }
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    return f;
+}
+
 /* ------------------------------------------------------------------ the default directory */
 
 int netd_unix_default_dir(const char *path, char *why, size_t whylen)

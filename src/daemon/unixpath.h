@@ -43,6 +43,11 @@ int netd_unix_bind(const char *path, const netd_unix_opts_t *o, netd_unix_file_t
                    char *why, size_t whylen);
 /* Removes the file if its directory entry still is the one netd made, and frees f. */
 void netd_unix_file_remove(netd_unix_file_t *f);
+/* Frees f and leaves the file alone (it went to another process with an upgrade). */
+void netd_unix_file_forget(netd_unix_file_t *f);
+/* A record of the socket file at path as it is now (a socket netd took over from the
+ * process it upgraded), or NULL when there is none. */
+netd_unix_file_t *netd_unix_file_adopt(const char *path);
 
 /*
  * The directory of the default control socket path: created when missing (root 0755,
