@@ -519,10 +519,10 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
      * carry the final name (no worker has seen this server yet). */
     if (nd_server_address(s->group, &s->address) == 0) {
         name_after_address(s);
-        char *label = strcmp(s->label, s->spec.name) != 0 ? strdup(s->spec.name) : NULL;
-        if (label) {
+        char *final = strcmp(s->label, s->spec.name) != 0 ? strdup(s->spec.name) : NULL;
+        if (final) {
             free(s->label);
-            s->label = label;
+            s->label = final;
         }
     }
     TAILQ_INSERT_TAIL(&d->servers, s, link);
