@@ -47,6 +47,8 @@ static const netd_arg_t args_watch[] = {A("id", ANY, false), A("events", STRING_
                                         END};
 static const netd_arg_t args_shutdown[] = {A("id", ANY, false), A("timeoutMs", INT, false),
                                            END};
+static const netd_arg_t args_upgrade[] = {A("id", ANY, false), A("exec", STRING, false),
+                                          A("timeoutMs", INT, false), END};
 
 const netd_command_t netd_commands[] = {
     {"ping", "{\"cmd\":\"ping\"}", "liveness: version, pid, uptimeMs", args_none},
@@ -84,6 +86,8 @@ const netd_command_t netd_commands[] = {
     {"reload", "{\"cmd\":\"reload\"}",
      "re-read the config file: validate, apply, report added/removed/changed/kept",
      args_none},
+    {"upgrade", "{\"cmd\":\"upgrade\" [, \"exec\":PATH, \"timeoutMs\":MS]}",
+     "a new netd binary takes over every listener and connection; replied by it", args_upgrade},
     {"help", "{\"cmd\":\"help\"}", "this list", args_none},
     {NULL, NULL, NULL, NULL},
 };

@@ -90,6 +90,8 @@ enum { NETD_WAIT_NONE, NETD_WAIT_LISTEN, NETD_WAIT_CLOSE };
 /* NULL when out of memory: then the ENOMEM reply has been sent already. */
 netd_pending_t *netd_pending_new(netd_client_t *c, json_t *id);
 void netd_pending_ok(netd_pending_t *p, json_t *fields /* stolen, may be NULL */);
+/* Frees p without a reply: its client went to another process with the request. */
+void netd_pending_drop(netd_pending_t *p);
 void netd_pending_error(netd_pending_t *p, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -330,6 +332,8 @@ struct netd {
     struct upgrade *upgrade;
     char **argv;         /* as started, to start the new binary the same way */
     char *exe;           /* the binary we run (its real path at start) */
+    netd_client_t *upgrade_requester; /* new side: the client whose `upgrade` we answer */
+    json_t *upgrade_reply_id;
     /* moves in flight and recently retired (main loop) */
     struct netd_move_list moves, moves_retired;
     uint64_t move_seq;
@@ -399,6 +403,10 @@ void netd_server_close(netd_server_t *s, bool destroy_conns);
 int netd_server_rename(netd_server_t *s, const char *name);
 /* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
 bool netd_server_closed_before(netd_t *d, const json_t *ref);
+/* Upgrade, new side: a server record as the old process sent it (not listening yet), and
+ * its listening on the descriptors that came with it (taken on success). */
+netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_t errlen);
+int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path);
 
 /* control.c */
 int netd_control_start(netd_t *d);
@@ -421,7 +429,8 @@ typedef struct netd_client_export {
     unsigned events;
     const char *unread; /* requests not yet run */
     size_t nunread;
-    json_t *reply_id; /* the `upgrade` request it waits for, or NULL */
+    bool requester;   /* it waits for the `upgrade` reply */
+    json_t *reply_id; /* that request's id (NULL: it had none) */
 } netd_client_export_t;
 bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade);
 int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
@@ -459,6 +468,9 @@ int netd_commands_check(void);
 /* Opens every server of d->cfg; once all listened, READY=1. If one fails, netd exits 1
  * naming it, without READY (CONTROL.md Config file). */
 void netd_start_servers(netd_t *d);
+/* After an upgrade's takeover: the servers came with it; the file as loaded now is what a
+ * reload compares with, and reloads may run. */
+void netd_servers_taken_over(netd_t *d);
 /* Starts the drain (SIGTERM or `shutdown`). */
 void netd_drain(netd_t *d, unsigned timeout_ms);
 /* Ends the main loop once a drain has seen every server close. */

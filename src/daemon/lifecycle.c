@@ -329,6 +329,13 @@ void netd_start_servers(netd_t *d)
     batch_step_done(b);
 }
 
+void netd_servers_taken_over(netd_t *d)
+{
+    if (loaded_set(d, &d->cfg) != 0)
+        netd_log(NETD_LOG_WARN, "out of memory: the next reload reopens every server");
+    d->started = true;
+}
+
 /* ------------------------------------------------------------------ reload */
 
 /* The running server a file entry opened (listening or about to), by its name. */

@@ -88,6 +88,11 @@ static void warn_capacity(netd_t *d)
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     netd_t *d = arg;
+    if (sig == SIGUSR2) {
+        netd_log(NETD_LOG_INFO, "SIGUSR2: upgrading to %s", d->exe ? d->exe : "?");
+        netd_upgrade_start(d, NULL, NULL, d->cfg.shutdown_timeout_ms ? d->cfg.shutdown_timeout_ms : 30000);
+        return;
+    }
     if (sig == SIGHUP) {
         netd_reload(d, NULL);
         return;
@@ -223,6 +228,9 @@ int main(int argc, char **argv)
     static netd_t daemon_state;
     netd_t *d = &daemon_state;
     netd_log_init();
+    /* Started by a running netd to take over from it (upgrade.c): the channel. */
+    int takeover = netd_takeover_fd();
+    netd_upgrade_init(d, argc, argv);
     char err[1024];
     /* Without -c: the installed config when there is one (what --check checks too). */
     bool default_file = !config_file && access(DEFAULT_CONFIG, F_OK) == 0;
@@ -310,7 +318,7 @@ int main(int argc, char **argv)
     int nthreads = threads >= 0 ? threads : d->cfg.threads;
     if (nthreads == 0)
         nthreads = detect_cpus();
-    if (netd_control_start(d) != 0) {
+    if (takeover < 0 && netd_control_start(d) != 0) {
         netd_notify("STATUS=failed: control socket %s", d->control_path);
         nd_loop_free(d->loop);
         netd_config_free(&d->cfg);
@@ -322,9 +330,15 @@ int main(int argc, char **argv)
         netd_control_stop(d);
         return 1;
     }
+    if (takeover >= 0 && netd_takeover(d, takeover) != 0) {
+        netd_workers_stop(d);
+        nd_loop_free(d->loop);
+        netd_workers_free(d);
+        return 1;
+    }
     struct event_base *base = nd_loop_base(d->loop);
-    struct event *sigs[4];
-    const int signums[4] = {SIGTERM, SIGINT, SIGHUP, 0};
+    struct event *sigs[5];
+    const int signums[5] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2, 0};
     for (int i = 0; signums[i]; i++) {
         sigs[i] = evsignal_new(base, signums[i], on_signal, d);
         event_add(sigs[i], NULL);
@@ -333,10 +347,16 @@ int main(int argc, char **argv)
     struct timeval second = {1, 0};
     if (overload)
         event_add(overload, &second);
-    netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)", nthreads,
-             d->cfg.nservers);
-    /* READY=1 once every one listens; if one cannot, netd exits 1 naming it. */
-    netd_start_servers(d);
+    if (takeover < 0) {
+        netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)",
+                 nthreads, d->cfg.nservers);
+        /* READY=1 once every one listens; if one cannot, netd exits 1 naming it. */
+        netd_start_servers(d);
+    } else {
+        /* The servers came with the takeover: the file they were opened from is the one
+         * a reload compares with. */
+        netd_servers_taken_over(d);
+    }
 
     /* The main loop runs until the drain ends, a second signal cuts it short, or a
      * configured server could not listen. */
@@ -362,6 +382,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < d->listen_fds_count; i++)
         free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
     free(d->listen_fd_names);
+    for (int i = 0; d->argv && d->argv[i]; i++)
+        free(d->argv[i]);
+    free(d->argv);
+    free(d->exe);
     free(d->config_file);
     return d->exit_code;
 }
