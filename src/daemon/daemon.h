@@ -330,6 +330,7 @@ struct netd {
     bool upgrading;      /* control requests wait: an upgrade is handing everything over */
     bool handed_over;    /* everything went to the new process: leave its files alone */
     struct upgrade *upgrade;
+    bool drain_after_upgrade; /* a SIGTERM came during an upgrade: drain once it is undone */
     char **argv;         /* as started, to start the new binary the same way */
     char *exe;           /* the binary we run (its real path at start) */
     netd_client_t *upgrade_requester; /* new side: the client whose `upgrade` we answer */
@@ -449,6 +450,8 @@ void netd_upgrade_init(netd_t *d, int argc, char **argv);
 /* Old side: starts an upgrade to `exec` (NULL: the binary we run); p (may be NULL: a
  * SIGUSR2) is answered by the new process, or with EUPGRADE here on failure. */
 void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned timeout_ms);
+/* Old side: stops an upgrade in progress (everything goes back): a SIGTERM wins. */
+void netd_upgrade_cancel(netd_t *d, const char *why);
 /* New side: the channel descriptor from the old process, or -1 for a normal start. */
 int netd_takeover_fd(void);
 /* New side: takes everything over. 0 once this process serves it all; -1 (the old one

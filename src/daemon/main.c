@@ -97,6 +97,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         netd_reload(d, NULL);
         return;
     }
+    if (d->upgrade && !d->draining) {
+        /* Stopping wins over upgrading: everything goes back first, then the drain. */
+        netd_log(NETD_LOG_INFO, "%s during an upgrade: the upgrade is undone, then netd drains",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM");
+        d->drain_after_upgrade = true;
+        netd_upgrade_cancel(d, "netd was told to stop");
+        return;
+    }
     if (d->draining) {
         netd_log(NETD_LOG_WARN, "second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
         d->exit_code = 1;
