@@ -1,5 +1,7 @@
+/* SPDX-License-Identifier: MIT */
 /*
- * The command table of the control protocol, shared by netd and netctl.
+ * The command table of the control protocol, shared by netd and netctl, and the small
+ * parsers both sides need (durations, the default control socket path).
  */
 #include "config.h"
 
@@ -7,6 +9,8 @@
 
 #include <jansson.h>
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +24,10 @@ static const netd_arg_t args_listen[] = {
     A("id", ANY, false),          A("port", INT, false),           A("host", STRING, false),
     A("path", STRING, false),     A("fd", INT_OR_STRING, false),   A("backlog", INT, false),
     A("name", STRING, false),     A("handler", OBJECT, false),     A("allowHalfOpen", BOOL, false),
-    A("maxConnections", INT_OR_NULL, false), A("timeout", INT, false), A("noDelay", BOOL, false),
-    A("keepAlive", INT_OR_FALSE, false),     A("balance", STRING, false),
-    A("accessLog", BOOL, false),             END};
+    A("maxConnections", INT_OR_NULL, false), A("timeout", DURATION, false),
+    A("noDelay", BOOL, false),    A("keepAlive", DURATION_OR_FALSE, false),
+    A("balance", STRING, false),  A("mode", STRING, false),        A("user", STRING, false),
+    A("group", STRING, false),    A("accessLog", BOOL, false),     END};
 static const netd_arg_t args_close[] = {A("id", ANY, false), A("server", SERVER, true),
                                         A("destroy", BOOL, false), A("wait", BOOL, false), END};
 static const netd_arg_t args_server[] = {A("id", ANY, false), A("server", SERVER, true), END};
@@ -51,7 +56,8 @@ const netd_command_t netd_commands[] = {
      "{\"cmd\":\"listen\", \"port\":N [, \"host\":H] | \"path\":P | \"fd\":N|NAME"
      " [, \"backlog\":N, \"name\":S, \"handler\":{...}, \"allowHalfOpen\":B,"
      " \"maxConnections\":N, \"timeout\":MS, \"noDelay\":B, \"keepAlive\":MS|false,"
-     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\", \"accessLog\":B]}",
+     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\","
+     " \"mode\":\"0660\", \"user\":U, \"group\":G (path only), \"accessLog\":B]}",
      "open a server; replied once it listens", args_listen},
     {"close", "{\"cmd\":\"close\", \"server\":ID|NAME [, \"destroy\":B, \"wait\":B]}",
      "stop a server accepting; with wait, reply after its 'close'", args_close},
@@ -76,7 +82,11 @@ const netd_command_t netd_commands[] = {
     {"watch", "{\"cmd\":\"watch\" [, \"events\":[\"listening\",\"connection\",\"close\",\"error\"]]}",
      "stream events, one line each, until the client disconnects", args_watch},
     {"shutdown", "{\"cmd\":\"shutdown\" [, \"timeoutMs\":MS]}",
-     "drain: stop accepting, wait for connections, exit", args_shutdown},
+     "drain: stop accepting, wait for connections (default: shutdownTimeoutMs), exit",
+     args_shutdown},
+    {"reload", "{\"cmd\":\"reload\"}",
+     "re-read the config file: validate, apply, report added/removed/changed/kept",
+     args_none},
     {"upgrade", "{\"cmd\":\"upgrade\" [, \"exec\":PATH, \"timeoutMs\":MS]}",
      "a new netd binary takes over every listener and connection; replied by it", args_upgrade},
     {"help", "{\"cmd\":\"help\"}", "this list", args_none},
@@ -127,6 +137,10 @@ const char *netd_argtype_name(netd_argtype_t t)
         return "an integer or a name";
     case NETD_ARG_INT_OR_FALSE:
         return "an integer or false";
+    case NETD_ARG_DURATION:
+        return "a duration (ms, or a string such as \"30s\")";
+    case NETD_ARG_DURATION_OR_FALSE:
+        return "a duration (ms, or a string such as \"30s\") or false";
     case NETD_ARG_ANY:
         return "any value";
     }
@@ -159,10 +173,38 @@ bool netd_arg_accepts(netd_argtype_t t, const json_t *v)
         return json_is_integer(v) || json_is_null(v);
     case NETD_ARG_INT_OR_FALSE:
         return json_is_integer(v) || json_is_false(v);
+    case NETD_ARG_DURATION:
+        return json_is_integer(v) || json_is_string(v);
+    case NETD_ARG_DURATION_OR_FALSE:
+        return json_is_integer(v) || json_is_string(v) || json_is_false(v);
     case NETD_ARG_ANY:
         return true;
     }
     return false;
+}
+
+int netd_duration_parse(const char *text, unsigned *ms)
+{
+    static const struct {
+        const char *unit;
+        unsigned long long scale;
+    } units[] = {{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    if (!text || *text < '0' || *text > '9')
+        return -1; /* no sign, no space, no empty string */
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno == ERANGE)
+        return -1;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) != 0)
+            continue;
+        if (n > NETD_MAX_DURATION_MS / units[i].scale)
+            return -1;
+        *ms = (unsigned)(n * units[i].scale);
+        return 0;
+    }
+    return -1;
 }
 
 const char *netd_default_socket_path(char *buf, size_t len)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The control protocol's one command table (CONTROL.md): names, usage lines and argument
  * specs. netd parses requests and answers `help` from it; netctl builds its subcommands
@@ -23,7 +24,9 @@ typedef enum netd_argtype {
     NETD_ARG_SERVER,       /* server id (integer) or name (string) */
     NETD_ARG_INT_OR_NULL,  /* maxConnections */
     NETD_ARG_INT_OR_STRING,/* listen fd: number or LISTEN_FDNAMES name */
-    NETD_ARG_INT_OR_FALSE, /* keepAlive: ms, or false */
+    NETD_ARG_INT_OR_FALSE, /* ms, or false */
+    NETD_ARG_DURATION,     /* ms: an integer, or a string with a unit ("30s") */
+    NETD_ARG_DURATION_OR_FALSE, /* keepAlive: a duration, or false */
     NETD_ARG_ANY           /* id: echoed back, any JSON */
 } netd_argtype_t;
 
@@ -75,6 +78,14 @@ const char *netd_argtype_name(netd_argtype_t type);
 #define NETD_DEFAULT_MAX_CLIENTS 64
 #define NETD_DEFAULT_IDLE_TIMEOUT_MS 300000
 #define NETD_WATCH_MAX_BEHIND ((size_t)1024 * 1024)
+
+/*
+ * A duration (CONTROL.md "Durations"): "500ms", "30s", "5m", "2h", or a bare number of ms.
+ * At most NETD_MAX_DURATION_MS. Returns 0 and sets *ms, or -1. The config's string form
+ * and netctl's --timeout 30s both parse with this.
+ */
+#define NETD_MAX_DURATION_MS 2147483647u
+int netd_duration_parse(const char *text, unsigned *ms);
 
 /* The default control socket path when neither -s nor the config gives one:
  * $RUNTIME_DIRECTORY/netd.sock, else /run/netd/netd.sock for root and

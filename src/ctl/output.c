@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl's output for people: the table printer (widths from the data, numbers
  * right-aligned) and one printer per kind of reply. --json never comes through here.
@@ -304,6 +305,31 @@ static void print_fields(const json_t *obj, bool skip_envelope)
 void netctl_print_result(const json_t *reply)
 {
     print_fields(reply, true);
+}
+
+/* One line per list: "changed:  b, web" ("-" when empty); failures with their code. */
+void netctl_print_reload(const json_t *reply)
+{
+    static const char *const lists[] = {"added", "removed", "changed", "kept", NULL};
+    for (int k = 0; lists[k]; k++) {
+        printf("%-9s", lists[k]);
+        const json_t *arr = json_object_get(reply, lists[k]);
+        size_t i;
+        const json_t *name;
+        if (json_array_size(arr) == 0)
+            printf(" -");
+        json_array_foreach (arr, i, name) {
+            printf("%s%s", i ? ", " : " ", json_is_string(name) ? json_string_value(name) : "?");
+        }
+        putchar('\n');
+    }
+    const json_t *failed = json_object_get(reply, "failed");
+    size_t i;
+    const json_t *f;
+    json_array_foreach (failed, i, f) {
+        printf("failed:   %s (%s)\n", json_string_value(json_object_get(f, "name")),
+               json_string_value(json_object_get(f, "code")));
+    }
 }
 
 void netctl_print_server(const json_t *reply)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The control commands (CONTROL.md "Commands"): the daemon's commands and those on
  * servers, dispatched from one table; the commands on live sockets are in cmd_sockets.c.
@@ -234,6 +235,14 @@ static void cmd_shutdown(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     netd_drain(d, (unsigned)(t > 0x7fffffff ? 0x7fffffff : t));
 }
 
+/* Validates and applies the config file; replies once the new servers listen. */
+static void cmd_reload(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    netd_pending_t *p = netd_pending_new(c, id);
+    if (p)
+        netd_reload(d, p);
+}
+
 static void cmd_upgrade(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
     long long t;
@@ -412,6 +421,7 @@ static const struct {
     {"shutdown", cmd_shutdown},
     {"upgrade", cmd_upgrade},
     {"help", cmd_help},
+    {"reload", cmd_reload},
 };
 
 int netd_commands_check(void)

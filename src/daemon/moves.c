@@ -197,6 +197,8 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
         /* The reply describes the socket that was asked for, either half of a pair. */
         netd_sockinfo_of(pair && pair->id == m->socket_id ? pair : c, &m->arrived);
         m->rc = 0;
+        netd_log(NETD_LOG_DEBUG, "socket %llu moved from thread %d to thread %d",
+                 (unsigned long long)c->id, m->from, to->index);
         netd_worker_adopted(to, c);
         complete(m);
         return;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The daemon's counters: one X-macro list drives the `stats` reply and the daemon-wide part
  * of the Prometheus text (metrics.c builds the rest), so the two never disagree. Figures

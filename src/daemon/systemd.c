@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * systemd without libsystemd: sd_notify datagrams written straight to $NOTIFY_SOCKET (an
  * abstract address starts with '@'), and socket activation from LISTEN_FDS.

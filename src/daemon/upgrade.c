@@ -106,6 +106,7 @@ struct upgrade {
     ho_slot_t *slots;
     int slots_out;
     uint64_t batch, acked;
+    const char *cancel; /* why it must stop (SIGTERM), set while the workers export */
 };
 
 /* -vv: how long each step took, from the request on. */
@@ -307,7 +308,9 @@ static void back_to_main(nd_loop_t *loop, void *arg)
     upgrade_t *u = slot->u;
     if (--u->slots_out > 0)
         return;
-    if (u->stage == U_EXPORTING) {
+    if (u->stage == U_EXPORTING && u->cancel) {
+        fail(u, "%s", u->cancel);
+    } else if (u->stage == U_EXPORTING) {
         int busy = 0, err = 0;
         for (int i = 0; i < u->d->nworkers; i++) {
             busy += u->slots[i].busy;
@@ -357,6 +360,21 @@ static void after_abort(upgrade_t *u)
     if (u->p)
         netd_pending_error(u->p, NETD_EUPGRADE, "%s", fail_why);
     upgrade_free(u);
+    if (d->drain_after_upgrade) {
+        d->drain_after_upgrade = false;
+        netd_drain(d, d->cfg.shutdown_timeout_ms);
+    }
+}
+
+void netd_upgrade_cancel(netd_t *d, const char *why)
+{
+    upgrade_t *u = d->upgrade;
+    if (!u)
+        return;
+    if (u->stage == U_EXPORTING)
+        u->cancel = why; /* the workers' answers come first, then everything goes back */
+    else
+        fail(u, "%s", why);
 }
 
 static void fail(upgrade_t *u, const char *fmt, ...)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Worker threads: each owns a loop and the registry of the connections it serves, runs
  * the handlers, enforces per-connection limits, and answers fan-out queries with typed
@@ -154,7 +155,8 @@ static void upstream_failed(void *ctx, nd_socket_t *client, const nd_error_t *er
     netd_conn_t *cc = nd_socket_data(client);
     if (cc)
         netd_obs_end(cc, NETD_END_UPSTREAM);
-    netd_log(NETD_LOG_WARN, "proxy upstream: %s", err ? err->message : "failed");
+    netd_log_limited(NETD_LOG_WARN, "upstream", "server %s: proxy upstream: %s",
+                     cc ? cc->server->label : "?", err ? err->message : "failed");
 }
 
 static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstream)
@@ -222,6 +224,12 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
     if (sp->keep_alive_ms >= 0)
         nd_socket_set_keep_alive(sock, 1, (unsigned)sp->keep_alive_ms);
     attach(c);
+    if (netd_log_level >= NETD_LOG_TRACE) {
+        const char *peer = nd_socket_remote_address(sock);
+        netd_log(NETD_LOG_TRACE, "server %s: connection %llu from %s:%d handed to thread %d",
+                 srv->label, (unsigned long long)c->id, peer ? peer : "(unix)",
+                 nd_socket_remote_port(sock), w->index);
+    }
     watch_connection(c);
     netd_handler_env_t env = env_of(w);
     netd_handler_connection(&sp->handler, sock, &env);
@@ -468,7 +476,7 @@ void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out)
     memset(out, 0, sizeof(*out));
     out->id = c->id;
     out->server = c->server->id;
-    snprintf(out->server_name, sizeof(out->server_name), "%s", c->server->spec.name);
+    snprintf(out->server_name, sizeof(out->server_name), "%s", c->server->label);
     out->thread = c->worker->index;
     out->role = c->role;
     out->state = state_of(s);

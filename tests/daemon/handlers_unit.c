@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The built-in handlers, driven directly: a libnetd server on the test's loop hands each
  * connection to netd_handler_connection(), and real client sockets talk to it. No daemon:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd end to end: a real daemon per test (port 0, a temporary control socket), driven
  * through its control socket and real TCP/unix clients, checked against the contract in
@@ -1351,7 +1352,7 @@ static const struct {
     {"{'cmd':'listen','port':0,'maxConnections':-1}", "maxConnections"},
     {"{'cmd':'listen','port':0,'maxConnections':'5'}", "maxConnections"},
     {"{'cmd':'listen','port':0,'timeout':-5}", "timeout"},
-    {"{'cmd':'listen','port':0,'timeout':'5'}", "timeout"},
+    {"{'cmd':'listen','port':0,'timeout':'5 seconds'}", "timeout"},
     {"{'cmd':'listen','port':0,'noDelay':1}", "noDelay"},
     {"{'cmd':'listen','port':0,'keepAlive':'on'}", "keepAlive"},
     {"{'cmd':'listen','port':0,'keepAlive':-1}", "keepAlive"},

@@ -480,6 +480,27 @@ START_TEST(test_upgrade_never_ready)
 }
 END_TEST
 
+/* A SIGTERM during an upgrade undoes the upgrade, then drains: netd exits 0 and the
+ * request gets its EUPGRADE. */
+START_TEST(test_sigterm_during_upgrade)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    const char *env[] = {"NETD_TEST_UPGRADE=no-ready", NULL};
+    np_opts_t o = {.config = Q(CFG), .threads = 2, .env = env};
+    netd_proc_t *np = np_start_ex(&o);
+    np_client_t *c = np_connect(np);
+    np_client_send(c, json_pack("{s:s, s:s, s:i, s:i}", "cmd", "upgrade", "exec", new_binary(np),
+                                "timeoutMs", 60000, "id", 5));
+    np_pause_ms(300); /* the new process has started and waits */
+    np_signal(np, SIGTERM);
+    json_t *r = np_client_recv(c, NP_TIMEOUT_MS);
+    ck_assert_int_eq(np_jint(r, "id"), 5);
+    np_expect_error(r, "EUPGRADE", "told to stop");
+    np_client_close(c);
+    ck_assert_int_eq(np_wait_exit(np, 10000), 0);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -495,6 +516,7 @@ int main(void)
     tcase_add_test(tc, test_upgrade_other_protocol);
     tcase_add_test(tc, test_upgrade_killed_halfway);
     tcase_add_test(tc, test_upgrade_never_ready);
+    tcase_add_test(tc, test_sigterm_during_upgrade);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Misuse of the public API: NULL and empty arguments, calls in the wrong state, and
  * destroying or closing objects from inside their own callbacks. No crash, no leak, a

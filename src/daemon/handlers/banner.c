@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * banner: the reference's address() example, socket.end("goodbye\n"). Say the text and
  * hang up.

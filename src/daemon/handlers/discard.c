@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * discard (RFC 863 in spirit): read everything, keep nothing, answer nothing.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * echo: the reference's first example. An optional greeting, then every byte the client
  * sends comes straight back.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Dispatch: the daemon knows only these two entry points; each handler type lives in its
  * own file (echo.c, discard.c, banner.c, proxy.c).

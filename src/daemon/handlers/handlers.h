@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The built-in connection handlers (echo, discard, banner, proxy). Each lives in its own
  * file and uses nothing but <netd/net.h>; the daemon parses their JSON spec into

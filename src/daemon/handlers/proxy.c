@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * proxy: each client gets its own connection to the upstream (cfg->path, or cfg->host and
  * cfg->port), and the two are piped to each other both ways.
