@@ -473,6 +473,12 @@ void netd_reload(netd_t *d, netd_pending_t *reply)
         reload_reply_error(reply, NETD_ESHUTDOWN, "netd is draining: no reload");
         return;
     }
+    if (d->upgrade) {
+        /* Servers must stay as they are while they are handed over. */
+        netd_log(NETD_LOG_WARN, "%s refused: an upgrade is in progress", who);
+        reload_reply_error(reply, NETD_EBUSY, "an upgrade is in progress: reload after it");
+        return;
+    }
     if (d->reload || !d->started) {
         netd_log(NETD_LOG_WARN, "%s refused: %s", who,
                  d->reload ? "a reload is still opening servers" : "netd is still starting");
