@@ -694,6 +694,32 @@ static int run_top(const char *path)
     return netctl_top(path, &top_settings);
 }
 
+static const struct option upgrade_opts[] = {{"exec", required_argument, NULL, 256},
+                                             {"timeout", required_argument, NULL, 257},
+                                             COMMON_OPTIONS};
+
+/* The reply comes from the new process once it holds everything, or an EUPGRADE: wait
+ * for it past the upgrade's own deadline (30 s unless --timeout). */
+static void build_upgrade(request_t *r, parser_t *p)
+{
+    long long deadline = 30000;
+    int o;
+    while ((o = next_opt(p, upgrade_opts)) != -1) {
+        if (o == 256) {
+            if (!*optarg)
+                usage_error("--exec: the path of the new netd binary");
+            put(r, "exec", string("--exec", optarg));
+        } else {
+            json_t *ms = duration("--timeout", optarg);
+            deadline = (long long)json_integer_value(ms);
+            put(r, "timeoutMs", ms);
+        }
+    }
+    no_more(p);
+    if (g.timeout_ms > 0 && g.timeout_ms < deadline + 5000)
+        g.timeout_ms = deadline + 5000;
+}
+
 /* The line goes out as given, unchecked: `call` is how one tests the daemon's own
  * refusals. Only a newline is refused, since it would end the line early. */
 static void build_call(request_t *r, parser_t *p)
@@ -780,6 +806,8 @@ static const subcommand_t subcommands[] = {
      .build = build_shutdown, .print = netctl_print_result, .opts = shutdown_opts},
     {.name = "reload", .cmd = "reload", .usage = "", .build = build_plain,
      .print = netctl_print_reload, .opts = plain_opts, .failed_list = true},
+    {.name = "upgrade", .cmd = "upgrade", .usage = "[--exec PATH] [--timeout DURATION]",
+     .build = build_upgrade, .print = netctl_print_upgrade, .opts = upgrade_opts},
     {.name = "call", .usage = "JSON",
      .summary = "send one raw request line; print the raw reply line", .build = build_call,
      .opts = plain_opts},

@@ -332,6 +332,16 @@ void netctl_print_reload(const json_t *reply)
     }
 }
 
+void netctl_print_upgrade(const json_t *reply)
+{
+    printf("upgraded: pid %lld took over from pid %lld: %lld server(s), %lld socket(s) in %lld ms\n",
+           (long long)json_integer_value(json_object_get(reply, "pid")),
+           (long long)json_integer_value(json_object_get(reply, "previousPid")),
+           (long long)json_integer_value(json_object_get(reply, "servers")),
+           (long long)json_integer_value(json_object_get(reply, "sockets")),
+           (long long)json_integer_value(json_object_get(reply, "ms")));
+}
+
 void netctl_print_server(const json_t *reply)
 {
     print_fields(json_object_get(reply, "server"), false);

@@ -507,6 +507,12 @@ void netd_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reads LISTEN_FDS/LISTEN_FDNAMES (checked against LISTEN_PID), makes the fds
  * non-blocking; clears the variables. */
 void netd_listen_fds_init(netd_t *d);
+/* At the drain: every TCP listener (not reuseport) goes into systemd's descriptor store
+ * under its server's name (FDSTORE=1), so a restart takes it back with the connections
+ * that queued meanwhile. Stops accepting on them. */
+void netd_fdstore_listeners(netd_t *d);
+/* After startup: stored descriptors no server took are removed from the store. */
+void netd_fdstore_forget_unused(netd_t *d);
 /* The inherited fd for a spec's fd/fd_name: >= 0, or -1 (EBADF). */
 int netd_listen_fd_lookup(netd_t *d, const netd_listen_spec_t *spec);
 

@@ -39,6 +39,7 @@ void netd_drain(netd_t *d, unsigned timeout_ms)
     if (d->draining)
         return;
     d->draining = true;
+    netd_fdstore_listeners(d);
     netd_notify("STOPPING=1\nSTATUS=draining");
     netd_log(NETD_LOG_INFO, "draining: no new connections; waiting up to %u ms", timeout_ms);
     netd_server_t *s, *next;
@@ -271,6 +272,7 @@ static void startup_done(batch_t *b)
                  n == 1 ? "" : "s", d->control_path);
         netd_notify("READY=1\nSTATUS=serving; control socket %s\nMAINPID=%d", d->control_path,
                     (int)getpid());
+        netd_fdstore_forget_unused(d);
     }
     batch_free(b);
 }
@@ -472,6 +474,12 @@ void netd_reload(netd_t *d, netd_pending_t *reply)
     if (d->draining) {
         netd_log(NETD_LOG_WARN, "%s refused: netd is draining", who);
         reload_reply_error(reply, NETD_ESHUTDOWN, "netd is draining: no reload");
+        return;
+    }
+    if (d->upgrade) {
+        /* Servers must stay as they are while they are handed over. */
+        netd_log(NETD_LOG_WARN, "%s refused: an upgrade is in progress", who);
+        reload_reply_error(reply, NETD_EBUSY, "an upgrade is in progress: reload after it");
         return;
     }
     if (d->reload || !d->started) {

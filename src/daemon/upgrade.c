@@ -894,6 +894,8 @@ void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned
     const char *exe = exec ? exec : d->exe;
     if (d->upgrade) {
         why = "an upgrade is already in progress";
+    } else if (d->reload) {
+        why = "a reload is still opening servers: upgrade after it";
     } else if (d->draining) {
         if (p)
             netd_pending_error(p, NETD_ESHUTDOWN, "netd is draining");
