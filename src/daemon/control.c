@@ -159,7 +159,7 @@ static void client_finish(netd_client_t *c, bool kill)
         return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
-    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
+    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (suseconds_t)(NETD_CLIENT_KILL_MS % 1000) * 1000};
     if (!c->kill_ev || evtimer_add(c->kill_ev, &tv) != 0)
         nd_socket_destroy(c->sock);
 }

@@ -462,7 +462,7 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     netd_server_t *s = calloc(1, sizeof(*s));
     char *label = strdup(spec->name);
     if (s)
-        s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+        s->members = calloc((size_t)d->nworkers, sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     if (!s || !s->members || !label) {
         if (fd >= 0)
             close(fd);
@@ -610,7 +610,7 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
     netd_server_t *s = calloc(1, sizeof(*s));
     char *label = strdup(spec.name);
     if (s)
-        s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+        s->members = calloc((size_t)d->nworkers, sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     if (!s || !s->members || !label) {
         if (s)
             free(s->members);

@@ -34,7 +34,7 @@
 
 #define NETD_UPGRADE_PROTO 1
 /* Records' bytes per packet (with the JSON header well under NETD_HO_MAX_PACKET). */
-#define PAYLOAD_MAX (96 * 1024)
+#define PAYLOAD_MAX ((size_t)96 * 1024)
 
 extern char **environ;
 
@@ -526,6 +526,8 @@ typedef struct bytes {
 
 static int bytes_add(bytes_t *b, const void *data, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 65536;
         while (cap < b->len + n)
@@ -739,7 +741,7 @@ static void export_all(upgrade_t *u)
     TAILQ_FOREACH(s, &d->servers, link)
         n++;
     u->srv = calloc(n ? n : 1, sizeof(*u->srv));
-    u->rp = calloc(n ? n : 1, sizeof(*u->rp));
+    u->rp = calloc(n ? n : 1, sizeof(netd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     u->slots = calloc((size_t)d->nworkers, sizeof(*u->slots));
     if (!u->srv || !u->rp || !u->slots) {
         u->exported = false;
@@ -1218,7 +1220,7 @@ static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
         in_part_t *p = &b->parts[w];
         if (p->n == p->cap) {
             size_t cap = p->cap ? p->cap * 2 : 64;
-            in_item_t **v = realloc(p->items, cap * sizeof(*v));
+            in_item_t **v = realloc(p->items, cap * sizeof(in_item_t *)); // NOLINT(bugprone-sizeof-expression)
             if (!v)
                 return tk_fail(t, "out of memory");
             p->items = v;

@@ -451,7 +451,7 @@ int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *ctx)
         nd_loop_post_msg(d->workers[i].loop, &f->parts[i].msg, fanout_run, &f->parts[i],
                          fanout_dropped);
     }
-    return 0;
+    return 0; // NOLINT(clang-analyzer-unix.Malloc): the posted parts own f now
 }
 
 /* ------------------------------------------------------------------ describing */
