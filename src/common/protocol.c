@@ -51,46 +51,11 @@ static const netd_arg_t args_upgrade[] = {A("id", ANY, false), A("exec", STRING,
                                           A("timeoutMs", INT, false), END};
 
 const netd_command_t netd_commands[] = {
-    {"ping", "{\"cmd\":\"ping\"}", "liveness: version, pid, uptimeMs", args_none},
-    {"listen",
-     "{\"cmd\":\"listen\", \"port\":N [, \"host\":H] | \"path\":P | \"fd\":N|NAME"
-     " [, \"backlog\":N, \"name\":S, \"handler\":{...}, \"allowHalfOpen\":B,"
-     " \"maxConnections\":N, \"timeout\":MS, \"noDelay\":B, \"keepAlive\":MS|false,"
-     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\","
-     " \"mode\":\"0660\", \"user\":U, \"group\":G (path only), \"accessLog\":B]}",
-     "open a server; replied once it listens", args_listen},
-    {"close", "{\"cmd\":\"close\", \"server\":ID|NAME [, \"destroy\":B, \"wait\":B]}",
-     "stop a server accepting; with wait, reply after its 'close'", args_close},
-    {"servers", "{\"cmd\":\"servers\"}", "list every server", args_none},
-    {"server", "{\"cmd\":\"server\", \"server\":ID|NAME}", "one server", args_server},
-    {"getConnections", "{\"cmd\":\"getConnections\", \"server\":ID|NAME}",
-     "live connections of a server, exact across threads", args_server},
-    {"sockets",
-     "{\"cmd\":\"sockets\" [, \"server\":ID|NAME, \"limit\":N, \"olderThanMs\":MS,"
-     " \"idleMoreThanMs\":MS, \"role\":\"client\"|\"upstream\"|\"all\","
-     " \"peer\":\"ADDR[:PORT]\", \"sort\":\"bytes\"|\"age\"|\"idle\"]}",
-     "list live connections", args_sockets},
-    {"destroy", "{\"cmd\":\"destroy\", \"socket\":ID}", "destroy one connection", args_destroy},
-    {"move", "{\"cmd\":\"move\", \"socket\":ID, \"thread\":N}",
-     "move a live connection to another thread", args_move},
-    {"rebalance", "{\"cmd\":\"rebalance\" [, \"server\":ID|NAME]}",
-     "move connections so no thread holds more than one above the mean", args_rebalance},
-    {"set", "{\"cmd\":\"set\", \"server\":ID|NAME [, \"maxConnections\":N|null, \"timeout\":MS]}",
-     "change a server's limits", args_set},
-    {"stats", "{\"cmd\":\"stats\"}", "daemon-wide and per-thread counters", args_none},
-    {"metrics", "{\"cmd\":\"metrics\"}", "the counters in Prometheus text format", args_none},
-    {"watch", "{\"cmd\":\"watch\" [, \"events\":[\"listening\",\"connection\",\"close\",\"error\"]]}",
-     "stream events, one line each, until the client disconnects", args_watch},
-    {"shutdown", "{\"cmd\":\"shutdown\" [, \"timeoutMs\":MS]}",
-     "drain: stop accepting, wait for connections (default: shutdownTimeoutMs), exit",
-     args_shutdown},
-    {"reload", "{\"cmd\":\"reload\"}",
-     "re-read the config file: validate, apply, report added/removed/changed/kept",
-     args_none},
-    {"upgrade", "{\"cmd\":\"upgrade\" [, \"exec\":PATH, \"timeoutMs\":MS]}",
-     "a new netd binary takes over every listener and connection; replied by it", args_upgrade},
-    {"help", "{\"cmd\":\"help\"}", "this list", args_none},
-    {NULL, NULL, NULL, NULL},
+#define NETD_CMD_ROW(name, ident, args, usage, summary)                                      \
+    {name, usage, summary, args, NETD_CMD_##ident},
+    NETD_COMMANDS(NETD_CMD_ROW)
+#undef NETD_CMD_ROW
+    {NULL, NULL, NULL, NULL, -1},
 };
 
 const char *netd_version(void)

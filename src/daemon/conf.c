@@ -525,10 +525,19 @@ json_t *netd_handler_describe(const netd_handler_cfg_t *h)
 /* ------------------------------------------------------------------------ listen specs */
 
 /* The arguments of `listen` (CONTROL.md Commands), the same as a config server entry. */
-static const char *const listen_keys[] = {
-    "port",    "host",    "path",          "fd",      "backlog",        "name",
-    "handler", "timeout", "allowHalfOpen", "noDelay", "maxConnections", "keepAlive",
-    "balance", "mode",    "user",          "group",   "accessLog", NULL};
+/* The keys of a server entry are the arguments of `listen` (protocol.c), but its "id". */
+static const char *const *listen_keys(void)
+{
+    static const char *keys[64];
+    if (!keys[0]) {
+        size_t n = 0;
+        for (const netd_arg_t *a = netd_command_find("listen")->args; a->name; a++)
+            if (strcmp(a->name, "id") != 0 && n + 1 < sizeof(keys) / sizeof(keys[0]))
+                keys[n++] = a->name;
+        keys[n] = NULL;
+    }
+    return keys;
+}
 
 static void spec_init(netd_listen_spec_t *s)
 {
@@ -774,7 +783,7 @@ static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
 
     if (!json_is_object(obj))
         return fail(e, "", "must be an object (the arguments of listen)");
-    if (check_keys(e, "", obj, listen_keys, skip_envelope) < 0)
+    if (check_keys(e, "", obj, listen_keys(), skip_envelope) < 0)
         return -1;
     if (parse_address(e, obj, base_dir, s) < 0 || parse_options(e, obj, s) < 0 ||
         parse_sock_file(e, obj, s) < 0)

@@ -472,7 +472,6 @@ void netd_destroy_socket(netd_t *d, netd_pending_t *p, uint64_t socket_id);
 /* commands.c: dispatch of one parsed request. */
 void netd_command_run(netd_t *d, netd_client_t *c, const netd_command_t *cmd, json_t *req,
                       json_t *id);
-int netd_commands_check(void);
 
 /* lifecycle.c: startup, drain and reload. */
 /* Opens every server of d->cfg; once all listened, READY=1. If one fails, netd exits 1

@@ -306,11 +306,6 @@ int main(int argc, char **argv)
         free(d->config_file);
         return 0;
     }
-    if (netd_commands_check() != 0) {
-        fprintf(stderr, "netd: internal error: a command of the table has no handler\n");
-        return 1;
-    }
-
     signal(SIGPIPE, SIG_IGN);
     /* Worker threads inherit a mask that blocks everything; only the main loop handles
      * signals (nd_thread_start blocks them around thread creation). */
