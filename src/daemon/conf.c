@@ -26,7 +26,6 @@
 #define MAX_UNIX_PATH (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
 
 #define DEFAULT_BACKLOG 511
-#define DEFAULT_PROXY_HOST "127.0.0.1"
 #define MAX_THREADS 1024
 #define MAX_MODE 07777
 
@@ -396,19 +395,71 @@ static int read_unix_path(const perr_t *e, const char *field, const json_t *v,
 
 /* ------------------------------------------------------------------------ handlers */
 
-static const char *const handler_names[] = {"echo", "discard", "banner", "proxy"};
+/* What a handler's parse reads with: its JSON object, where relative paths start, and
+ * where errors go ("handler." is put in front of its keys). */
+struct netd_handler_reader {
+    const perr_t *e;
+    const json_t *obj;
+    const char *base_dir;
+    const char *handler; /* its name, for "required for banner" */
+};
 
-static const char *const echo_keys[] = {"type", "greeting", NULL};
-static const char *const discard_keys[] = {"type", NULL};
-static const char *const banner_keys[] = {"type", "text", NULL};
-static const char *const proxy_keys[] = {"type", "port", "host", "path", NULL};
-static const char *const *const handler_keys[] = {echo_keys, discard_keys, banner_keys,
-                                                  proxy_keys};
+static void field_of(char *out, size_t n, const char *key)
+{
+    snprintf(out, n, "handler.%s", key);
+}
+
+bool netd_hr_has(const netd_handler_reader_t *r, const char *key)
+{
+    return json_object_get(r->obj, key) != NULL;
+}
+
+int netd_hr_string(const netd_handler_reader_t *r, const char *key, bool required, char **out)
+{
+    char field[128];
+    field_of(field, sizeof(field), key);
+    const json_t *v = json_object_get(r->obj, key);
+    if (!v)
+        return required ? fail(r->e, field, "required for %s", r->handler) : 0;
+    return read_string(r->e, field, v, false, out);
+}
+
+int netd_hr_port(const netd_handler_reader_t *r, const char *key, int *out)
+{
+    char field[128];
+    field_of(field, sizeof(field), key);
+    return read_int(r->e, field, json_object_get(r->obj, key), 0, 65535, out);
+}
+
+int netd_hr_host(const netd_handler_reader_t *r, const char *key, char **out)
+{
+    char field[128];
+    field_of(field, sizeof(field), key);
+    return read_host(r->e, field, json_object_get(r->obj, key), out);
+}
+
+int netd_hr_unix_path(const netd_handler_reader_t *r, const char *key, char **out)
+{
+    char field[128];
+    field_of(field, sizeof(field), key);
+    return read_unix_path(r->e, field, json_object_get(r->obj, key), r->base_dir, out);
+}
+
+int netd_hr_fail(const netd_handler_reader_t *r, const char *key, const char *fmt, ...)
+{
+    char field[128], msg[512];
+    field_of(field, sizeof(field), key);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return fail(r->e, field, "%s", msg);
+}
 
 static void handler_init(netd_handler_cfg_t *h)
 {
     memset(h, 0, sizeof(*h));
-    h->type = NETD_HANDLER_ECHO;
+    h->ops = &netd_handler_echo;
     h->port = -1;
 }
 
@@ -421,48 +472,19 @@ static void handler_free(netd_handler_cfg_t *h)
     handler_init(h);
 }
 
-static int handler_type(const perr_t *e, const json_t *v, netd_handler_type_t *out)
+/* "(echo, discard, banner, proxy)", from the table. */
+static const char *handler_choices(void)
 {
-    if (!v)
-        return fail(e, "handler.type", "required (echo, discard, banner, proxy)");
-    if (!json_is_string(v))
-        return fail(e, "handler.type", "must be a string (echo, discard, banner, proxy)");
-    const char *name = json_string_value(v);
-    for (size_t i = 0; i < sizeof(handler_names) / sizeof(handler_names[0]); i++) {
-        if (!strcmp(name, handler_names[i])) {
-            *out = (netd_handler_type_t)i;
-            return 0;
-        }
+    static char list[256];
+    if (!list[0]) {
+        size_t n = 0;
+        for (int i = 0; netd_handlers[i] && n < sizeof(list); i++)
+            n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "(",
+                                  netd_handlers[i]->name);
+        if (n < sizeof(list))
+            snprintf(list + n, sizeof(list) - n, ")");
     }
-    return fail(e, "handler.type", "unknown handler \"%s\" (echo, discard, banner, proxy)", name);
-}
-
-/* The proxy's upstream: like a server address, exactly one of port (+host) or path. */
-static int parse_proxy(const perr_t *e, const json_t *obj, const char *base_dir,
-                       netd_handler_cfg_t *h)
-{
-    const json_t *port = json_object_get(obj, "port");
-    const json_t *host = json_object_get(obj, "host");
-    const json_t *path = json_object_get(obj, "path");
-
-    if (port && path)
-        return fail(e, "handler.path", "not allowed with handler.port (give one of them)");
-    if (path) {
-        if (host)
-            return fail(e, "handler.host", "not allowed with handler.path");
-        return read_unix_path(e, "handler.path", path, base_dir, &h->path);
-    }
-    if (!port) {
-        if (host)
-            return fail(e, "handler.host", "needs handler.port");
-        return fail(e, "handler.port", "required for proxy (or handler.path)");
-    }
-    if (read_int(e, "handler.port", port, 0, 65535, &h->port) < 0)
-        return -1;
-    if (host)
-        return read_host(e, "handler.host", host, &h->host);
-    h->host = strdup(DEFAULT_PROXY_HOST);
-    return h->host ? 0 : fail_oom(e, "handler.host");
+    return list;
 }
 
 /* Parses into h (already initialised); on error h may hold strings: the caller frees them. */
@@ -471,27 +493,24 @@ static int parse_handler(const perr_t *e, const json_t *obj, const char *base_di
 {
     if (!json_is_object(obj))
         return fail(e, "handler", "must be an object ({\"type\": \"echo\"} ...)");
-    if (handler_type(e, json_object_get(obj, "type"), &h->type) < 0)
+    const json_t *type = json_object_get(obj, "type");
+    if (!type)
+        return fail(e, "handler.type", "required %s", handler_choices());
+    if (!json_is_string(type))
+        return fail(e, "handler.type", "must be a string %s", handler_choices());
+    h->ops = netd_handler_find(json_string_value(type));
+    if (!h->ops)
+        return fail(e, "handler.type", "unknown handler \"%s\" %s", json_string_value(type),
+                    handler_choices());
+    const char *keys[32] = {"type"};
+    size_t n = 1;
+    for (const char *const *k = h->ops->keys; *k && n + 1 < sizeof(keys) / sizeof(keys[0]); k++)
+        keys[n++] = *k;
+    keys[n] = NULL;
+    if (check_keys(e, "handler.", obj, keys, false) < 0)
         return -1;
-    if (check_keys(e, "handler.", obj, handler_keys[h->type], false) < 0)
-        return -1;
-
-    const json_t *v;
-    switch (h->type) {
-    case NETD_HANDLER_ECHO:
-        v = json_object_get(obj, "greeting");
-        return v ? read_string(e, "handler.greeting", v, false, &h->greeting) : 0;
-    case NETD_HANDLER_DISCARD:
-        return 0;
-    case NETD_HANDLER_BANNER:
-        v = json_object_get(obj, "text");
-        if (!v)
-            return fail(e, "handler.text", "required for banner");
-        return read_string(e, "handler.text", v, false, &h->text);
-    case NETD_HANDLER_PROXY:
-        return parse_proxy(e, obj, base_dir, h);
-    }
-    return 0;
+    netd_handler_reader_t r = {e, obj, base_dir, h->ops->name};
+    return h->ops->parse(&r, h);
 }
 
 json_t *netd_handler_describe(const netd_handler_cfg_t *h)
@@ -499,32 +518,11 @@ json_t *netd_handler_describe(const netd_handler_cfg_t *h)
     json_t *o = json_object();
     if (!o)
         return NULL;
-    json_object_set_new(o, "type", json_string(handler_names[h->type]));
-    switch (h->type) {
-    case NETD_HANDLER_ECHO:
-        if (h->greeting)
-            json_object_set_new(o, "greeting", json_string(h->greeting));
-        break;
-    case NETD_HANDLER_DISCARD:
-        break;
-    case NETD_HANDLER_BANNER:
-        json_object_set_new(o, "text", json_string(h->text ? h->text : ""));
-        break;
-    case NETD_HANDLER_PROXY:
-        if (h->path) {
-            json_object_set_new(o, "path", json_string(h->path));
-        } else {
-            json_object_set_new(o, "port", json_integer(h->port));
-            json_object_set_new(o, "host", json_string(h->host ? h->host : DEFAULT_PROXY_HOST));
-        }
-        break;
-    }
+    json_object_set_new(o, "type", json_string(h->ops->name));
+    h->ops->describe(h, o);
     return o;
 }
 
-/* ------------------------------------------------------------------------ listen specs */
-
-/* The arguments of `listen` (CONTROL.md Commands), the same as a config server entry. */
 /* The keys of a server entry are the arguments of `listen` (protocol.c), but its "id". */
 static const char *const *listen_keys(void)
 {
@@ -793,7 +791,7 @@ static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
         return -1;
     /* A proxy passes half-closes through (CONTROL.md): without allowHalfOpen the client's
      * FIN would end its side before the upstream's reply came back. */
-    if (s->handler.type == NETD_HANDLER_PROXY && !json_object_get(obj, "allowHalfOpen"))
+    if (s->handler.ops->half_open && !json_object_get(obj, "allowHalfOpen"))
         s->allow_half_open = true;
     if (parse_name(e, obj, s) < 0)
         return -1;
@@ -821,7 +819,7 @@ static bool str_eq(const char *a, const char *b)
 
 static bool handler_equal(const netd_handler_cfg_t *a, const netd_handler_cfg_t *b)
 {
-    return a->type == b->type && a->port == b->port && str_eq(a->greeting, b->greeting) &&
+    return a->ops == b->ops && a->port == b->port && str_eq(a->greeting, b->greeting) &&
            str_eq(a->text, b->text) && str_eq(a->host, b->host) && str_eq(a->path, b->path);
 }
 

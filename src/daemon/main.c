@@ -78,7 +78,7 @@ static void warn_capacity(netd_t *d)
     for (size_t i = 0; i < d->cfg.nservers; i++) {
         if (d->cfg.servers[i].max_connections <= 0)
             continue;
-        int per = d->cfg.servers[i].handler.type == NETD_HANDLER_PROXY ? 2 : 1;
+        int per = d->cfg.servers[i].handler.ops->descriptors;
         need += (long long)d->cfg.servers[i].max_connections * per;
     }
     if (need > d->fd_limit)

@@ -183,7 +183,7 @@ START_TEST(full_file_every_key)
     ck_assert_ptr_null(s->path);
     ck_assert_int_eq(s->fd, -1);
     ck_assert_int_eq(s->backlog, 128);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_ECHO);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_echo);
     ck_assert_str_eq(s->handler.greeting, "hi\r\n");
     ck_assert(s->allow_half_open);
     ck_assert_int_eq(s->max_connections, 100);
@@ -198,21 +198,21 @@ START_TEST(full_file_every_key)
     ck_assert_str_eq(s->name, "/tmp/netd-abs.sock");
     ck_assert_str_eq(s->path, "/tmp/netd-abs.sock");
     ck_assert_int_eq(s->port, -1);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_DISCARD);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_discard);
     ck_assert_int_eq(s->balance, ND_BALANCE_ROUNDROBIN);
 
     s = &cfg.servers[2];
     ck_assert_str_eq(s->name, "fd:3");
     ck_assert_int_eq(s->fd, 3);
     ck_assert_ptr_null(s->fd_name);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_BANNER);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_banner);
     ck_assert_str_eq(s->handler.text, "bye\n");
 
     s = &cfg.servers[3];
     ck_assert_str_eq(s->name, "api");
     ck_assert_int_eq(s->fd, -1);
     ck_assert_str_eq(s->fd_name, "api");
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_PROXY);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_proxy);
     ck_assert_int_eq(s->handler.port, 9000);
     ck_assert_str_eq(s->handler.host, "::1");
     ck_assert_ptr_null(s->handler.path);
@@ -288,7 +288,7 @@ START_TEST(server_defaults)
     ck_assert_int_eq(s.fd, -1);
     ck_assert_ptr_null(s.fd_name);
     ck_assert_int_eq(s.backlog, 511);
-    ck_assert_int_eq(s.handler.type, NETD_HANDLER_ECHO);
+    ck_assert_ptr_eq(s.handler.ops, &netd_handler_echo);
     ck_assert_ptr_null(s.handler.greeting);
     ck_assert(!s.allow_half_open);
     ck_assert_int_eq(s.max_connections, 0);
@@ -798,7 +798,7 @@ START_TEST(proxy_default_host)
 {
     netd_listen_spec_t s;
     parse_ok("{\"port\": 1, \"handler\": {\"type\": \"proxy\", \"port\": 9000}}", &s);
-    ck_assert_int_eq(s.handler.type, NETD_HANDLER_PROXY);
+    ck_assert_ptr_eq(s.handler.ops, &netd_handler_proxy);
     ck_assert_int_eq(s.handler.port, 9000);
     ck_assert_str_eq(s.handler.host, "127.0.0.1");
     ck_assert_ptr_null(s.handler.path);
