@@ -51,6 +51,27 @@ struct netd_client {
     TAILQ_ENTRY(netd_client) link;
 };
 
+/* The control socket's clients: this module's alone (netd_t holds the pointer). */
+struct netd_clients {
+    int n; /* counted against control.maxClients */
+    TAILQ_HEAD(, netd_client) list;
+};
+
+int netd_control_init(netd_t *d)
+{
+    d->clients = calloc(1, sizeof(*d->clients));
+    if (!d->clients)
+        return -ENOMEM;
+    TAILQ_INIT(&d->clients->list);
+    return 0;
+}
+
+void netd_control_free(netd_t *d)
+{
+    free(d->clients);
+    d->clients = NULL;
+}
+
 /* Unread requests, or unread replies, past which a client is not read from. */
 #define NETD_CLIENT_MAX_QUEUED ((size_t)1024 * 1024)
 /* How long a refused or closing client may linger. */
@@ -369,12 +390,12 @@ static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
     netd_client_t *c = arg;
     netd_t *d = c->d;
     if (c->counted)
-        d->nclients--;
+        d->clients->n--;
     if (c->watching)
         atomic_fetch_sub(&d->watchers, 1);
     if (c->kill_ev)
         evtimer_del(c->kill_ev);
-    TAILQ_REMOVE(&d->clients, c, link);
+    TAILQ_REMOVE(&d->clients->list, c, link);
     c->sock = NULL;
     client_release(c);
 }
@@ -411,7 +432,7 @@ static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
     c->d = d;
     c->sock = sock;
     c->refs = 1;
-    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    TAILQ_INSERT_TAIL(&d->clients->list, c, link);
     nd_socket_on(sock, ND_EV_DATA, on_data, c);
     nd_socket_on(sock, ND_EV_END, on_end, c);
     nd_socket_on(sock, ND_EV_DRAIN, on_drain, c);
@@ -421,13 +442,13 @@ static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
         refuse(c, NETD_EPERM, "not allowed: connect as root, the daemon's user or its group");
         return;
     }
-    if (d->nclients >= d->cfg.control_max_clients) {
-        netd_log(NETD_LOG_WARN, "control: %d clients already, refused one more", d->nclients);
+    if (d->clients->n >= d->cfg.control_max_clients) {
+        netd_log(NETD_LOG_WARN, "control: %d clients already, refused one more", d->clients->n);
         refuse(c, NETD_EBUSY, "too many control clients");
         return;
     }
     c->counted = true;
-    d->nclients++;
+    d->clients->n++;
     if (d->cfg.control_idle_timeout_ms)
         nd_socket_set_timeout(sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
 }
@@ -464,7 +485,7 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
 {
     int bit = (int)kind; /* watch_events follows enum netd_event_kind */
     netd_client_t *c, *next;
-    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+    for (c = TAILQ_FIRST(&d->clients->list); c; c = next) {
         next = TAILQ_NEXT(c, link);
         if (!c->watching || !c->sock || c->closing)
             continue;
@@ -547,7 +568,7 @@ void netd_control_stop(netd_t *d)
         d->control_file = NULL;
     }
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients, link)
+    TAILQ_FOREACH(c, &d->clients->list, link)
         if (c->sock)
             nd_socket_destroy(c->sock);
 }
@@ -558,7 +579,7 @@ void netd_control_stop(netd_t *d)
 bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
 {
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients, link)
+    TAILQ_FOREACH(c, &d->clients->list, link)
         if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
             return false;
     return true;
@@ -571,7 +592,7 @@ int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_ex
     *n = 0;
     size_t cap = 0;
     netd_client_t *c, *next;
-    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+    for (c = TAILQ_FIRST(&d->clients->list); c; c = next) {
         next = TAILQ_NEXT(c, link);
         if (!c->sock)
             continue;
@@ -612,7 +633,7 @@ void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
         nd_socket_export_abort(&items[i].ex);
     free(items);
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients, link)
+    TAILQ_FOREACH(c, &d->clients->list, link)
         schedule_processing(c); /* requests held back during the attempt run now */
 }
 
@@ -622,12 +643,12 @@ void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n
         netd_client_t *c = items[i].c;
         /* The socket leaves without 'close': do what on_client_close would. */
         if (c->counted)
-            d->nclients--;
+            d->clients->n--;
         if (c->watching)
             atomic_fetch_sub(&d->watchers, 1);
         if (c->kill_ev)
             evtimer_del(c->kill_ev);
-        TAILQ_REMOVE(&d->clients, c, link);
+        TAILQ_REMOVE(&d->clients->list, c, link);
         c->sock = NULL;
         nd_socket_export_commit(&items[i].ex);
         client_release(c);
@@ -656,13 +677,13 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
     c->len = state->nunread;
     c->eof = state->eof;
     c->counted = true;
-    d->nclients++;
+    d->clients->n++;
     if (state->watching) {
         c->watching = true;
         c->events = state->events;
         atomic_fetch_add(&d->watchers, 1);
     }
-    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    TAILQ_INSERT_TAIL(&d->clients->list, c, link);
     nd_socket_on(c->sock, ND_EV_DATA, on_data, c);
     nd_socket_on(c->sock, ND_EV_END, on_end, c);
     nd_socket_on(c->sock, ND_EV_DRAIN, on_drain, c);
@@ -675,7 +696,7 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
 void netd_control_start_clients(netd_t *d)
 {
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients, link) {
+    TAILQ_FOREACH(c, &d->clients->list, link) {
         if (c->sock) {
             nd_socket_import_start(c->sock);
             schedule_processing(c); /* lines that came with it, or a last one before EOF */

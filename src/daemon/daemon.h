@@ -19,8 +19,6 @@
 
 /* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
 #define NETD_FD_RESERVE 64
-/* Closed servers remembered by id and name, so that closing one again says ENOTRUNNING. */
-#define NETD_CLOSED_REMEMBERED 256
 
 typedef struct netd netd_t;
 typedef struct netd_worker netd_worker_t;
@@ -318,8 +316,7 @@ struct netd {
     size_t nloaded;
     struct netd_reload *reload; /* the reload in progress, or NULL */
     bool started;               /* every configured server listened: READY=1 was sent */
-    int nclients;
-    TAILQ_HEAD(, netd_client) clients;
+    struct netd_clients *clients; /* control.c's */
     TAILQ_HEAD(netd_server_list, netd_server) servers;
     netd_worker_t *workers;
     int nworkers;
@@ -360,11 +357,7 @@ struct netd {
     struct {
         uint64_t accepted, rejected, accept_paused, handoff_failed;
     } closed; /* totals of servers that are gone */
-    struct {
-        uint64_t id;
-        char name[128];
-    } closed_ids[NETD_CLOSED_REMEMBERED]; /* the latest closed servers, for ENOTRUNNING */
-    size_t nclosed;                       /* ever closed; the ring holds the latest */
+    struct netd_closed_names *closed_names; /* servers.c's */
     netd_observe_t *obs;      /* metrics, the HTTP endpoint, the access log (observe.c) */
     const char *metrics_flag; /* --metrics: wins over the config's, on reload too */
 };
@@ -417,6 +410,8 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
 int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path);
 
 /* control.c */
+int netd_control_init(netd_t *d);
+void netd_control_free(netd_t *d);
 int netd_control_start(netd_t *d);
 void netd_control_stop(netd_t *d);
 /* Sends one reply line to a client: {"id":id,"ok":true, ...fields} (fields stolen). */

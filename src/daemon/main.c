@@ -315,7 +315,10 @@ int main(int argc, char **argv)
     atomic_init(&d->high_water_mark, d->cfg.high_water_mark);
     atomic_init(&d->stall_ms, d->cfg.stall_ms);
     TAILQ_INIT(&d->servers);
-    TAILQ_INIT(&d->clients);
+    if (netd_control_init(d) != 0) {
+        fprintf(stderr, "netd: out of memory\n");
+        return 1;
+    }
     TAILQ_INIT(&d->moves);
     TAILQ_INIT(&d->moves_retired);
     if (d->config_file)
@@ -414,6 +417,8 @@ int main(int argc, char **argv)
         free(d->argv[i]);
     free(d->argv);
     free(d->exe);
+    free(d->closed_names);
+    netd_control_free(d);
     free(d->config_file);
     return d->exit_code;
 }

@@ -250,20 +250,35 @@ static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
     nd_server_free(group);
 }
 
+/* The latest closed servers, by id and name, so that closing one again says ENOTRUNNING
+ * rather than "no such server": a ring, so it cannot grow for the daemon's whole life. */
+#define NETD_CLOSED_REMEMBERED 256
+struct netd_closed_names {
+    size_t n; /* ever closed; the ring holds the latest */
+    struct {
+        uint64_t id;
+        char name[128];
+    } v[NETD_CLOSED_REMEMBERED];
+};
+
 static void remember_closed(netd_t *d, const netd_server_t *s)
 {
-    size_t i = d->nclosed++ % NETD_CLOSED_REMEMBERED;
-    d->closed_ids[i].id = s->id;
-    snprintf(d->closed_ids[i].name, sizeof(d->closed_ids[i].name), "%s", s->spec.name);
+    if (!d->closed_names && !(d->closed_names = calloc(1, sizeof(*d->closed_names))))
+        return; /* the second close says ENOSERVER instead */
+    struct netd_closed_names *r = d->closed_names;
+    size_t i = r->n++ % NETD_CLOSED_REMEMBERED;
+    r->v[i].id = s->id;
+    snprintf(r->v[i].name, sizeof(r->v[i].name), "%s", s->spec.name);
 }
 
 bool netd_server_closed_before(netd_t *d, const json_t *ref)
 {
-    size_t n = d->nclosed < NETD_CLOSED_REMEMBERED ? d->nclosed : NETD_CLOSED_REMEMBERED;
+    const struct netd_closed_names *r = d->closed_names;
+    size_t n = !r ? 0 : r->n < NETD_CLOSED_REMEMBERED ? r->n : NETD_CLOSED_REMEMBERED;
     for (size_t i = 0; i < n; i++) {
-        if (json_is_integer(ref) && (json_int_t)d->closed_ids[i].id == json_integer_value(ref))
+        if (json_is_integer(ref) && (json_int_t)r->v[i].id == json_integer_value(ref))
             return true;
-        if (json_is_string(ref) && strcmp(d->closed_ids[i].name, json_string_value(ref)) == 0)
+        if (json_is_string(ref) && strcmp(r->v[i].name, json_string_value(ref)) == 0)
             return true;
     }
     return false;
