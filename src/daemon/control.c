@@ -567,6 +567,8 @@ void netd_control_stop(netd_t *d)
             netd_unix_file_remove(d->control_file);
         d->control_file = NULL;
     }
+    if (!d->clients)
+        return; /* netd stopped before netd_control_init */
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
         if (c->sock)

@@ -345,18 +345,14 @@ struct netd {
         uint64_t *begin;
         size_t n, cap;
     } move_queries; /* `sockets` queries still waiting: their begin marks */
-    /* socket activation */
-    int listen_fds_start, listen_fds_count;
-    char **listen_fd_names;
+    struct netd_activation *activation; /* systemd.c's: inherited listening descriptors */
     int fd_limit;
     uint64_t paused_seen; /* acceptPausedTotal at the last overload check */
     /* limits read by workers; the reload may change them */
     _Atomic size_t max_buffered_bytes;
     _Atomic size_t high_water_mark;
     _Atomic unsigned stall_ms;
-    struct {
-        uint64_t accepted, rejected, accept_paused, handoff_failed;
-    } closed; /* totals of servers that are gone */
+    struct netd_closed_totals *closed; /* stats.c's: what servers that are gone counted */
     struct netd_closed_names *closed_names; /* servers.c's */
     netd_observe_t *obs;      /* metrics, the HTTP endpoint, the access log (observe.c) */
     const char *metrics_flag; /* --metrics: wins over the config's, on reload too */
@@ -409,7 +405,7 @@ bool netd_server_closed_before(netd_t *d, const json_t *ref);
 netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_t errlen);
 int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path);
 
-/* control.c */
+/* control.c: the control socket and its clients. */
 int netd_control_init(netd_t *d);
 void netd_control_free(netd_t *d);
 int netd_control_start(netd_t *d);
@@ -487,20 +483,33 @@ void netd_reload(netd_t *d, netd_pending_t *reply /* NULL for SIGHUP */);
 /* Frees the file as last loaded (at exit). */
 void netd_loaded_free(netd_t *d);
 
-/* stats.c */
+/* stats.c: the daemon's totals. */
+int netd_stats_init(netd_t *d);
+void netd_stats_free(netd_t *d);
 json_t *netd_stats_json(netd_t *d);
 /* Appends the daemon-wide figures of `stats` to the metrics text (one list drives both). */
 void netd_stats_metrics(netd_t *d, netd_text_t *t);
 /* acceptPausedTotal alone (the once-a-second overload log line). */
 uint64_t netd_stats_accept_paused(netd_t *d);
 /* Keeps a closing server's totals in the daemon's (inside its 'close'). */
-void netd_stats_closed_server(netd_t *d, nd_server_t *group);
+void netd_stats_closed_server(netd_t *d, netd_server_t *s);
+/* Upgrade: the closed servers' totals travel to the new process. */
+json_t *netd_stats_closed_json(netd_t *d);
+void netd_stats_closed_load(netd_t *d, const json_t *closed);
 
-/* systemd.c */
+/* systemd.c: sd_notify, socket activation, the descriptor store. */
 void netd_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Reads LISTEN_FDS/LISTEN_FDNAMES (checked against LISTEN_PID), makes the fds
- * non-blocking; clears the variables. */
-void netd_listen_fds_init(netd_t *d);
+/* Socket activation: takes LISTEN_FDS and LISTEN_FDNAMES when LISTEN_PID is ours (the
+ * descriptors made non-blocking), and clears the variables. */
+void netd_activation_init(netd_t *d);
+/* The inherited descriptors (at most max) and their names (NULL: unnamed): how many. */
+int netd_activation_list(netd_t *d, int *fds, const char **names, int max);
+/* An upgrade's: n descriptors become the inherited set, numbered 3.. for the config and
+ * `listen` wherever they are (fds[i] become -1). 0, or -1 with err (they stay the
+ * caller's). */
+int netd_activation_adopt(netd_t *d, int *fds, const char *const *names, int n, char *err,
+                          size_t errlen);
+void netd_activation_free(netd_t *d);
 /* At the drain: every TCP listener (not reuseport) goes into systemd's descriptor store
  * under its server's name (FDSTORE=1), so a restart takes it back with the connections
  * that queued meanwhile. Stops accepting on them. */

@@ -181,7 +181,15 @@ static int detect_cpus(void)
     return n > 0 ? (int)n : 1;
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for. */
+typedef struct options {
+    const char *config_file, *socket_path, *metrics_flag;
+    int threads; /* -1: the config's */
+    bool check_only;
+} options_t;
+
+/* -1 to go on; otherwise the exit status (--help, --version, a bad option: 2). */
+static int parse_options(int argc, char **argv, options_t *o)
 {
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
@@ -189,14 +197,12 @@ int main(int argc, char **argv)
         {"check", no_argument, NULL, 'C'},       {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},     {"help", no_argument, NULL, 'h'},
         {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0}};
-    const char *config_file = NULL, *socket_path = NULL, *metrics_flag = NULL;
-    int threads = -1;
-    bool check_only = false;
+    *o = (options_t){.threads = -1};
     int opt;
     while ((opt = getopt_long(argc, argv, "c:ft:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
-            config_file = optarg;
+            o->config_file = optarg;
             break;
         case 'f':
             break; /* netd never forks: the supervisor (systemd, the shell) keeps it */
@@ -207,14 +213,14 @@ int main(int argc, char **argv)
                 fprintf(stderr, "netd: -t: must be a number of threads 0-1024, not \"%s\"\n", optarg);
                 return 2;
             }
-            threads = (int)v;
+            o->threads = (int)v;
             break;
         }
         case 's':
-            socket_path = optarg;
+            o->socket_path = optarg;
             break;
         case 'C':
-            check_only = true;
+            o->check_only = true;
             break;
         case 'M': {
             char *host, err[256];
@@ -224,7 +230,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             free(host);
-            metrics_flag = optarg;
+            o->metrics_flag = optarg;
             break;
         }
         case 'v':
@@ -246,81 +252,85 @@ int main(int argc, char **argv)
         fprintf(stderr, "netd: unexpected argument \"%s\" (see netd --help)\n", argv[optind]);
         return 2;
     }
+    return -1;
+}
 
-    static netd_t daemon_state;
-    netd_t *d = &daemon_state;
-    d->metrics_flag = metrics_flag;
-    netd_log_init();
-    /* Started by a running netd to take over from it (upgrade.c): the channel. */
-    int takeover = netd_takeover_fd();
-    netd_upgrade_init(d, argc, argv);
-    char err[1024];
-    /* Without -c: the installed config when there is one (what --check checks too). */
-    bool default_file = !config_file && access(DEFAULT_CONFIG, F_OK) == 0;
-    if (default_file)
-        config_file = DEFAULT_CONFIG;
-    if (config_file) {
-        if (netd_config_load(config_file, &d->cfg, err, sizeof(err)) != 0) {
-            fprintf(stderr, "netd: %s\n", err);
-            return 2;
-        }
-        d->config_file = realpath(config_file, NULL);
-    } else {
+/* -c FILE, else the installed config when there is one (what --check checks too), else
+ * the built-in one. 0, or -1 (printed). */
+static int load_config(netd_t *d, options_t *o)
+{
+    if (!o->config_file && access(DEFAULT_CONFIG, F_OK) == 0)
+        o->config_file = DEFAULT_CONFIG;
+    if (!o->config_file) {
         netd_config_default(&d->cfg);
-    }
-
-    const char *control_from = "-s";
-    if (socket_path) {
-        snprintf(d->control_path, sizeof(d->control_path), "%s", socket_path);
-    } else if (d->cfg.control_path) {
-        snprintf(d->control_path, sizeof(d->control_path), "%s", d->cfg.control_path);
-        control_from = "control.path";
-    } else {
-        netd_default_socket_path(d->control_path, sizeof(d->control_path));
-        d->control_default = true;
-        const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
-        control_from = rd && *rd         ? "$RUNTIME_DIRECTORY"
-                       : geteuid() == 0  ? "the default for root"
-                       : xdg && *xdg     ? "$XDG_RUNTIME_DIR"
-                                         : "the default for this user";
-    }
-
-    if (check_only) {
-        if (config_file)
-            printf("netd: %s: valid (%zu server%s)\n", config_file, d->cfg.nservers,
-                   d->cfg.nservers == 1 ? "" : "s");
-        else
-            printf("netd: no config file at %s: netd would run the built-in config (no "
-                   "servers): valid\n",
-                   DEFAULT_CONFIG);
-        if (netd_log_level > NETD_LOG_INFO) {
-            /* Like nginx -T: the effective config, every default spelled out. */
-            json_t *eff = netd_config_json(&d->cfg, d->control_path);
-            char *text = eff ? json_dumps(eff, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
-            if (text)
-                printf("%s\n", text);
-            free(text);
-            json_decref(eff);
-        }
-        netd_config_free(&d->cfg);
-        free(d->config_file);
         return 0;
     }
-    signal(SIGPIPE, SIG_IGN);
-    /* Worker threads inherit a mask that blocks everything; only the main loop handles
-     * signals (nd_thread_start blocks them around thread creation). */
+    char err[1024];
+    if (netd_config_load(o->config_file, &d->cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "netd: %s\n", err);
+        return -1;
+    }
+    d->config_file = realpath(o->config_file, NULL);
+    return 0;
+}
+
+/* The control socket's path: -s, the config's, else the default. Returns which one, for
+ * the log. */
+static const char *choose_control_path(netd_t *d, const options_t *o)
+{
+    if (o->socket_path) {
+        snprintf(d->control_path, sizeof(d->control_path), "%s", o->socket_path);
+        return "-s";
+    }
+    if (d->cfg.control_path) {
+        snprintf(d->control_path, sizeof(d->control_path), "%s", d->cfg.control_path);
+        return "control.path";
+    }
+    netd_default_socket_path(d->control_path, sizeof(d->control_path));
+    d->control_default = true;
+    const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+    return rd && *rd         ? "$RUNTIME_DIRECTORY"
+           : geteuid() == 0  ? "the default for root"
+           : xdg && *xdg     ? "$XDG_RUNTIME_DIR"
+                             : "the default for this user";
+}
+
+/* --check: the config was valid (load_config said so); with -v, print it like nginx -T,
+ * every default spelled out. */
+static void print_check(netd_t *d, const char *config_file)
+{
+    if (config_file)
+        printf("netd: %s: valid (%zu server%s)\n", config_file, d->cfg.nservers,
+               d->cfg.nservers == 1 ? "" : "s");
+    else
+        printf("netd: no config file at %s: netd would run the built-in config (no "
+               "servers): valid\n",
+               DEFAULT_CONFIG);
+    if (netd_log_level <= NETD_LOG_INFO)
+        return;
+    json_t *eff = netd_config_json(&d->cfg, d->control_path);
+    char *text = eff ? json_dumps(eff, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    json_decref(eff);
+}
+
+/* The state every module reads before any loop runs. 0, or -1 (out of memory). */
+static int init_state(netd_t *d, const char *control_from)
+{
     d->started_ms = netd_now_ms();
     atomic_init(&d->next_id, 1);
     atomic_init(&d->max_buffered_bytes, d->cfg.max_buffered_bytes);
     atomic_init(&d->high_water_mark, d->cfg.high_water_mark);
     atomic_init(&d->stall_ms, d->cfg.stall_ms);
     TAILQ_INIT(&d->servers);
-    if (netd_control_init(d) != 0) {
-        fprintf(stderr, "netd: out of memory\n");
-        return 1;
-    }
     TAILQ_INIT(&d->moves);
     TAILQ_INIT(&d->moves_retired);
+    if (netd_control_init(d) != 0 || netd_stats_init(d) != 0) {
+        fprintf(stderr, "netd: out of memory\n");
+        return -1;
+    }
     if (d->config_file)
         netd_log(NETD_LOG_INFO, "netd %s: config %s", NETD_VERSION_STRING, d->config_file);
     else
@@ -329,54 +339,128 @@ int main(int argc, char **argv)
     netd_log(NETD_LOG_INFO, "control socket %s (from %s)", d->control_path, control_from);
     d->fd_limit = raise_fd_limit();
     warn_capacity(d);
-    netd_listen_fds_init(d);
+    netd_activation_init(d);
+    return 0;
+}
 
-    d->loop = nd_loop_new();
-    if (!d->loop) {
-        fprintf(stderr, "netd: cannot create the event loop\n");
-        return 1;
+/* The main loop, the control socket (unless an old netd hands its own over), the
+ * observers, the workers, then the takeover when there is one. 0, or -1 (logged). */
+static int start(netd_t *d, int nthreads, int takeover)
+{
+    if (!(d->loop = nd_loop_new())) {
+        netd_log(NETD_LOG_ERROR, "cannot create the event loop");
+        return -1;
     }
-    int nthreads = threads >= 0 ? threads : d->cfg.threads;
-    if (nthreads == 0)
-        nthreads = detect_cpus();
     if (takeover < 0 && netd_control_start(d) != 0) {
         netd_notify("STATUS=failed: control socket %s", d->control_path);
-        nd_loop_free(d->loop);
-        netd_config_free(&d->cfg);
-        free(d->config_file);
-        return 1;
+        return -1;
     }
-    if (netd_observe_init(d, nthreads) != 0) {
-        netd_control_stop(d);
-        return 1;
-    }
+    if (netd_observe_init(d, nthreads) != 0)
+        return -1;
     if (netd_workers_start(d, nthreads) != 0) {
         netd_log(NETD_LOG_ERROR, "cannot start %d worker threads", nthreads);
-        netd_control_stop(d);
-        return 1;
+        return -1;
     }
-    if (takeover >= 0 && netd_takeover(d, takeover) != 0) {
-        netd_workers_stop(d);
-        nd_loop_free(d->loop);
-        netd_workers_free(d);
-        return 1;
-    }
+    if (takeover >= 0 && netd_takeover(d, takeover) != 0)
+        return -1;
     /* Taking over, the old netd still holds the metrics port: wait for it. */
-    if (netd_observe_start(d, takeover >= 0) != 0) {
-        netd_control_stop(d);
+    return netd_observe_start(d, takeover >= 0);
+}
+
+/* What the main loop watches besides its servers: signals, and the overload log. */
+typedef struct main_events {
+    struct event *sigs[4];
+    struct event *overload;
+} main_events_t;
+
+static const int signums[4] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2};
+
+static void watch_events(netd_t *d, main_events_t *ev)
+{
+    struct event_base *base = nd_loop_base(d->loop);
+    for (int i = 0; i < 4; i++) {
+        ev->sigs[i] = evsignal_new(base, signums[i], on_signal, d);
+        if (!ev->sigs[i] || event_add(ev->sigs[i], NULL) != 0)
+            netd_log(NETD_LOG_ERROR, "cannot watch signal %d", signums[i]);
+    }
+    ev->overload = event_new(base, -1, EV_PERSIST, watch_overload, d);
+    struct timeval second = {1, 0};
+    if (ev->overload)
+        event_add(ev->overload, &second);
+}
+
+static void unwatch_events(netd_t *d, main_events_t *ev)
+{
+    for (int i = 0; i < 4; i++)
+        if (ev->sigs[i])
+            event_free(ev->sigs[i]);
+    if (ev->overload)
+        event_free(ev->overload);
+    if (d->drain_timer)
+        event_free(d->drain_timer);
+    d->drain_timer = NULL;
+}
+
+/* Frees what the steps above made, whichever got done: threads first, then the main loop
+ * (whose leftover servers still post to the worker loops), then the worker loops
+ * (dropping what was posted to them). */
+static void teardown(netd_t *d)
+{
+    netd_control_stop(d);
+    netd_workers_stop(d);
+    netd_observe_stop(d);
+    nd_loop_free(d->loop);
+    d->loop = NULL;
+    netd_workers_free(d);
+    netd_moves_free_all(d);
+    netd_config_free(&d->cfg);
+    netd_loaded_free(d);
+    netd_activation_free(d);
+    for (int i = 0; d->argv && d->argv[i]; i++)
+        free(d->argv[i]);
+    free(d->argv);
+    free(d->exe);
+    free(d->closed_names);
+    netd_control_free(d);
+    netd_stats_free(d);
+    free(d->config_file);
+}
+
+int main(int argc, char **argv)
+{
+    options_t o;
+    int rc = parse_options(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    static netd_t daemon_state;
+    netd_t *d = &daemon_state;
+    d->metrics_flag = o.metrics_flag;
+    netd_log_init();
+    /* Started by a running netd to take over from it (upgrade.c): the channel. */
+    int takeover = netd_takeover_fd();
+    netd_upgrade_init(d, argc, argv);
+    if (load_config(d, &o) != 0) {
+        teardown(d);
+        return 2;
+    }
+    const char *control_from = choose_control_path(d, &o);
+    if (o.check_only) {
+        print_check(d, o.config_file);
+        teardown(d);
+        return 0;
+    }
+    /* Worker threads inherit a mask that blocks everything; only the main loop handles
+     * signals (nd_thread_start blocks them around thread creation). */
+    signal(SIGPIPE, SIG_IGN);
+    int nthreads = o.threads >= 0 ? o.threads : d->cfg.threads;
+    if (nthreads == 0)
+        nthreads = detect_cpus();
+    if (init_state(d, control_from) != 0 || start(d, nthreads, takeover) != 0) {
+        teardown(d);
         return 1;
     }
-    struct event_base *base = nd_loop_base(d->loop);
-    struct event *sigs[5];
-    const int signums[5] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2, 0};
-    for (int i = 0; signums[i]; i++) {
-        sigs[i] = evsignal_new(base, signums[i], on_signal, d);
-        event_add(sigs[i], NULL);
-    }
-    struct event *overload = event_new(base, -1, EV_PERSIST, watch_overload, d);
-    struct timeval second = {1, 0};
-    if (overload)
-        event_add(overload, &second);
+    main_events_t ev;
+    watch_events(d, &ev);
     if (takeover < 0) {
         netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)",
                  nthreads, d->cfg.nservers);
@@ -387,38 +471,13 @@ int main(int argc, char **argv)
          * a reload compares with. */
         netd_servers_taken_over(d);
     }
-
     /* The main loop runs until the drain ends, a second signal cuts it short, or a
      * configured server could not listen. */
     nd_loop_ref(d->loop);
     nd_loop_run(d->loop);
     finish(d);
-
     netd_log(NETD_LOG_INFO, "exiting with status %d", d->exit_code);
-    for (int i = 0; signums[i]; i++)
-        event_free(sigs[i]);
-    if (d->drain_timer)
-        event_free(d->drain_timer);
-    if (overload)
-        event_free(overload);
-    /* Threads first, then the main loop (whose leftover servers still post to the worker
-     * loops), then the worker loops (dropping what was posted to them). */
-    netd_workers_stop(d);
-    netd_observe_stop(d);
-    nd_loop_free(d->loop);
-    netd_workers_free(d);
-    netd_moves_free_all(d);
-    netd_config_free(&d->cfg);
-    netd_loaded_free(d);
-    for (int i = 0; i < d->listen_fds_count; i++)
-        free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
-    free(d->listen_fd_names);
-    for (int i = 0; d->argv && d->argv[i]; i++)
-        free(d->argv[i]);
-    free(d->argv);
-    free(d->exe);
-    free(d->closed_names);
-    netd_control_free(d);
-    free(d->config_file);
+    unwatch_events(d, &ev);
+    teardown(d);
     return d->exit_code;
 }

@@ -290,11 +290,7 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
     netd_t *d = s->d;
     bool was_listening = s->state == NETD_SRV_LISTENING ||
                          (s->state == NETD_SRV_CLOSING && s->address.family + s->address.port > 0);
-    netd_stats_closed_server(d, group);
-    d->closed.accepted += s->carried.accepted;
-    d->closed.rejected += s->carried.rejected;
-    d->closed.accept_paused += s->carried.accept_paused;
-    d->closed.handoff_failed += s->carried.handoff_failed;
+    netd_stats_closed_server(d, s);
     nd_server_stats(group, &s->final);
     netd_obs_server_closed(d, s);
     remember_closed(d, s);

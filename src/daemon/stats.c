@@ -41,13 +41,30 @@ typedef struct totals {
       "Proxy upstream connects that failed.", upstream_failed)                              \
     X("servers", "netd_servers", "gauge", "Servers open.", servers)
 
+/* What the servers that are gone counted: the daemon's totals never go down. */
+struct netd_closed_totals {
+    uint64_t accepted, rejected, accept_paused, handoff_failed;
+};
+
+int netd_stats_init(netd_t *d)
+{
+    d->closed = calloc(1, sizeof(*d->closed));
+    return d->closed ? 0 : -1;
+}
+
+void netd_stats_free(netd_t *d)
+{
+    free(d->closed);
+    d->closed = NULL;
+}
+
 static void sum(netd_t *d, totals_t *t)
 {
     memset(t, 0, sizeof(*t));
-    t->accepted = d->closed.accepted;
-    t->rejected = d->closed.rejected;
-    t->accept_paused = d->closed.accept_paused;
-    t->handoff_failed = d->closed.handoff_failed;
+    t->accepted = d->closed->accepted;
+    t->rejected = d->closed->rejected;
+    t->accept_paused = d->closed->accept_paused;
+    t->handoff_failed = d->closed->handoff_failed;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
     {
@@ -86,14 +103,38 @@ uint64_t netd_stats_accept_paused(netd_t *d)
     return t.accept_paused;
 }
 
-void netd_stats_closed_server(netd_t *d, nd_server_t *group)
+void netd_stats_closed_server(netd_t *d, netd_server_t *s)
 {
     nd_server_stats_t st;
-    nd_server_stats(group, &st);
-    d->closed.accepted += st.accepted;
-    d->closed.rejected += st.rejected;
-    d->closed.accept_paused += st.accept_paused;
-    d->closed.handoff_failed += st.handoff_failed;
+    nd_server_stats(s->group, &st);
+    struct netd_closed_totals *c = d->closed;
+    c->accepted += st.accepted + s->carried.accepted;
+    c->rejected += st.rejected + s->carried.rejected;
+    c->accept_paused += st.accept_paused + s->carried.accept_paused;
+    c->handoff_failed += st.handoff_failed + s->carried.handoff_failed;
+}
+
+json_t *netd_stats_closed_json(netd_t *d)
+{
+    const struct netd_closed_totals *c = d->closed;
+    return json_pack("{s:I, s:I, s:I, s:I}", "accepted", (json_int_t)c->accepted, "rejected",
+                     (json_int_t)c->rejected, "acceptPaused", (json_int_t)c->accept_paused,
+                     "handoffFailed", (json_int_t)c->handoff_failed);
+}
+
+static uint64_t uget(const json_t *o, const char *key)
+{
+    json_int_t v = json_integer_value(json_object_get(o, key));
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+void netd_stats_closed_load(netd_t *d, const json_t *closed)
+{
+    struct netd_closed_totals *c = d->closed;
+    c->accepted = uget(closed, "accepted");
+    c->rejected = uget(closed, "rejected");
+    c->accept_paused = uget(closed, "acceptPaused");
+    c->handoff_failed = uget(closed, "handoffFailed");
 }
 
 static json_t *threads_json(netd_t *d)

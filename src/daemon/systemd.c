@@ -49,7 +49,52 @@ void netd_notify(const char *fmt, ...)
     close(fd);
 }
 
-void netd_listen_fds_init(netd_t *d)
+/* The descriptors systemd passed (LISTEN_FDS), or an upgrade handed over, with their
+ * names (LISTEN_FDNAMES; NULL when unnamed). Never closed, not even on reload. The config
+ * and `listen` still number them as systemd did (3, 4, ...): after an upgrade they are
+ * wherever the handover put them, since moving them back to 3.. would overwrite this
+ * process's own descriptors (its event loops took the low numbers first). */
+struct netd_activation {
+    int count;
+    int *fds;    /* fds[i] is what config's "fd": 3 + i means */
+    char **names;
+};
+
+static struct netd_activation *activation_new(int n)
+{
+    struct netd_activation *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->names = calloc((size_t)n, sizeof(char *));
+    a->fds = calloc((size_t)n, sizeof(int));
+    if (!a->names || !a->fds) {
+        free(a->names);
+        free(a->fds);
+        free(a);
+        return NULL;
+    }
+    a->count = n;
+    return a;
+}
+
+static void activation_free(struct netd_activation *a)
+{
+    if (!a)
+        return;
+    for (int i = 0; i < a->count; i++)
+        free(a->names[i]);
+    free(a->names);
+    free(a->fds);
+    free(a);
+}
+
+void netd_activation_free(netd_t *d)
+{
+    activation_free(d->activation);
+    d->activation = NULL;
+}
+
+void netd_activation_init(netd_t *d)
 {
     const char *pid = getenv("LISTEN_PID");
     const char *fds = getenv("LISTEN_FDS");
@@ -64,20 +109,21 @@ void netd_listen_fds_init(netd_t *d)
     long n = strtol(fds, &end, 10);
     if (*end || n <= 0 || n > 1024)
         goto clear;
-    d->listen_fds_start = SD_LISTEN_FDS_START;
-    d->listen_fds_count = (int)n;
-    d->listen_fd_names = calloc((size_t)n, sizeof(char *));
+    struct netd_activation *a = activation_new((int)n);
+    if (!a) {
+        netd_log(NETD_LOG_ERROR, "socket activation: out of memory: inherited descriptors ignored");
+        goto clear;
+    }
     const char *names = getenv("LISTEN_FDNAMES");
     for (int i = 0; i < n; i++) {
-        int fd = SD_LISTEN_FDS_START + i;
-        /* Made non-blocking and close-on-exec; never closed, not even on reload. */
+        int fd = a->fds[i] = SD_LISTEN_FDS_START + i;
         int fl = fcntl(fd, F_GETFL);
         if (fl >= 0)
             fcntl(fd, F_SETFL, fl | O_NONBLOCK);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (names && d->listen_fd_names) {
+        if (names) {
             size_t k = strcspn(names, ":");
-            d->listen_fd_names[i] = strndup(names, k);
+            a->names[i] = strndup(names, k);
             names += k;
             if (*names == ':')
                 names++;
@@ -85,6 +131,7 @@ void netd_listen_fds_init(netd_t *d)
                 names = NULL;
         }
     }
+    d->activation = a;
     netd_log(NETD_LOG_INFO, "socket activation: %ld inherited descriptor(s)", n);
 clear:
     unsetenv("LISTEN_PID");
@@ -92,16 +139,49 @@ clear:
     unsetenv("LISTEN_FDNAMES");
 }
 
+int netd_activation_list(netd_t *d, int *fds, const char **names, int max)
+{
+    const struct netd_activation *a = d->activation;
+    int n = !a ? 0 : a->count < max ? a->count : max;
+    for (int i = 0; i < n; i++) {
+        fds[i] = a->fds[i];
+        names[i] = a->names[i];
+    }
+    return n;
+}
+
+int netd_activation_adopt(netd_t *d, int *fds, const char *const *names, int n, char *err,
+                          size_t errlen)
+{
+    struct netd_activation *a = activation_new(n);
+    for (int i = 0; a && i < n; i++) {
+        if (names[i] && !(a->names[i] = strdup(names[i]))) {
+            activation_free(a);
+            a = NULL;
+        }
+    }
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        a->fds[i] = fds[i];
+        fds[i] = -1;
+    }
+    netd_activation_free(d);
+    d->activation = a;
+    return 0;
+}
+
 int netd_listen_fd_lookup(netd_t *d, const netd_listen_spec_t *spec)
 {
-    for (int i = 0; i < d->listen_fds_count; i++) {
-        int fd = d->listen_fds_start + i;
+    const struct netd_activation *a = d->activation;
+    for (int i = 0; a && i < a->count; i++) {
         if (spec->fd_name) {
-            if (d->listen_fd_names && d->listen_fd_names[i] &&
-                strcmp(d->listen_fd_names[i], spec->fd_name) == 0)
-                return fd;
-        } else if (spec->fd == fd) {
-            return fd;
+            if (a->names[i] && strcmp(a->names[i], spec->fd_name) == 0)
+                return a->fds[i];
+        } else if (spec->fd == SD_LISTEN_FDS_START + i) {
+            return a->fds[i];
         }
     }
     return -1;
@@ -189,8 +269,9 @@ void netd_fdstore_forget_unused(netd_t *d)
 {
     if (!getenv("NOTIFY_SOCKET"))
         return;
-    for (int i = 0; i < d->listen_fds_count; i++) {
-        const char *name = d->listen_fd_names ? d->listen_fd_names[i] : NULL;
+    const struct netd_activation *a = d->activation;
+    for (int i = 0; a && i < a->count; i++) {
+        const char *name = a->names[i];
         if (!name || !fd_name_ok(name))
             continue;
         bool used = false;
@@ -199,7 +280,7 @@ void netd_fdstore_forget_unused(netd_t *d)
         {
             if (strcmp(s->spec.name, name) == 0 ||
                 (s->spec.fd_name && strcmp(s->spec.fd_name, name) == 0) ||
-                s->spec.fd == d->listen_fds_start + i)
+                s->spec.fd == SD_LISTEN_FDS_START + i)
                 used = true;
         }
         if (!used) {

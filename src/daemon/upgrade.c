@@ -688,25 +688,19 @@ static void send_all(upgrade_t *u)
     netd_t *d = u->d;
     step(u, "exported");
     u->stage = U_SENDING;
-    json_t *begin = json_pack("{s:s, s:i, s:I, s:I, s:i, s:{s:I, s:I, s:I, s:I}}", "t", "begin",
-                              "pid", (int)getpid(), "nextId",
-                              (json_int_t)atomic_load(&d->next_id), "t0",
-                              (json_int_t)u->t0_wall, "threads", d->nworkers, "closed",
-                              "accepted", (json_int_t)d->closed.accepted, "rejected",
-                              (json_int_t)d->closed.rejected, "acceptPaused",
-                              (json_int_t)d->closed.accept_paused, "handoffFailed",
-                              (json_int_t)d->closed.handoff_failed);
+    json_t *begin = json_pack("{s:s, s:i, s:I, s:I, s:i, s:o}", "t", "begin", "pid",
+                              (int)getpid(), "nextId", (json_int_t)atomic_load(&d->next_id),
+                              "t0", (json_int_t)u->t0_wall, "threads", d->nworkers, "closed",
+                              netd_stats_closed_json(d));
     if (send_or_fail(u, begin, NULL, 0, NULL, 0) != 0)
         return;
-    if (d->listen_fds_count > 0) {
+    int fds[NETD_HO_MAX_FDS];
+    const char *fd_names[NETD_HO_MAX_FDS];
+    int n = netd_activation_list(d, fds, fd_names, NETD_HO_MAX_FDS);
+    if (n > 0) {
         json_t *names = json_array();
-        int fds[NETD_HO_MAX_FDS];
-        int n = d->listen_fds_count < NETD_HO_MAX_FDS ? d->listen_fds_count : NETD_HO_MAX_FDS;
-        for (int i = 0; i < n; i++) {
-            fds[i] = d->listen_fds_start + i;
-            const char *name = d->listen_fd_names ? d->listen_fd_names[i] : NULL;
-            json_array_append_new(names, name ? json_string(name) : json_null());
-        }
+        for (int i = 0; i < n; i++)
+            json_array_append_new(names, fd_names[i] ? json_string(fd_names[i]) : json_null());
         if (send_or_fail(u, json_pack("{s:s, s:o}", "t", "activation", "names", names), NULL, 0,
                          fds, n) != 0)
             return;
@@ -1349,30 +1343,15 @@ static int take_server(takeover_t *t, netd_ho_msg_t *m)
 
 static int take_activation(takeover_t *t, netd_ho_msg_t *m)
 {
-    netd_t *d = t->d;
     json_t *names = json_object_get(m->msg, "names");
     if (m->nfds <= 0 || (size_t)m->nfds != json_array_size(names))
         return tk_fail(t, "socket activation descriptors do not match their names");
-    /* Where socket activation puts them (from 3 on), so reloads find them as before. */
-    char **nv = calloc((size_t)m->nfds, sizeof(char *));
-    if (!nv)
-        return tk_fail(t, "out of memory");
-    int base = 3;
-    for (int i = 0; i < m->nfds; i++) {
-        if (m->fds[i] != base + i) {
-            if (dup3(m->fds[i], base + i, O_CLOEXEC) < 0) {
-                free(nv);
-                return tk_fail(t, "socket activation descriptor %d: %s", base + i, strerror(errno));
-            }
-            close(m->fds[i]);
-        }
-        m->fds[i] = -1;
-        const char *name = json_string_value(json_array_get(names, (size_t)i));
-        nv[i] = name ? strdup(name) : NULL;
-    }
-    d->listen_fds_start = base;
-    d->listen_fds_count = m->nfds;
-    d->listen_fd_names = nv;
+    const char *nv[NETD_HO_MAX_FDS];
+    for (int i = 0; i < m->nfds; i++)
+        nv[i] = json_string_value(json_array_get(names, (size_t)i));
+    char err[256];
+    if (netd_activation_adopt(t->d, m->fds, nv, m->nfds, err, sizeof(err)) != 0)
+        return tk_fail(t, "%s", err);
     return 0;
 }
 
@@ -1449,12 +1428,7 @@ int netd_takeover(netd_t *d, int ch)
             atomic_store(&d->next_id, (uint64_t)json_integer_value(json_object_get(m.msg, "nextId")));
             t.prev_pid = (int)json_integer_value(json_object_get(m.msg, "pid"));
             t.t0 = (uint64_t)json_integer_value(json_object_get(m.msg, "t0"));
-            json_t *cl = json_object_get(m.msg, "closed");
-            d->closed.accepted = (uint64_t)json_integer_value(json_object_get(cl, "accepted"));
-            d->closed.rejected = (uint64_t)json_integer_value(json_object_get(cl, "rejected"));
-            d->closed.accept_paused = (uint64_t)json_integer_value(json_object_get(cl, "acceptPaused"));
-            d->closed.handoff_failed =
-                (uint64_t)json_integer_value(json_object_get(cl, "handoffFailed"));
+            netd_stats_closed_load(d, json_object_get(m.msg, "closed"));
         } else if (strcmp(m.type, "activation") == 0) {
             rc = take_activation(&t, &m);
         } else if (strcmp(m.type, "control") == 0 && m.nfds == 1) {

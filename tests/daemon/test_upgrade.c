@@ -565,6 +565,52 @@ START_TEST(test_restart_keeps_queued_connections)
 }
 END_TEST
 
+/* A socket-activated netd upgrades too: the inherited listener travels with its name, and
+ * the new process finds it by name and by number (fd 3) as the old one did, on reload
+ * and on listen, while its own descriptors (event loops, threads) stay untouched. */
+START_TEST(test_upgrade_socket_activated)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    int port;
+    int lfd = np_tcp_listen(&port);
+    const char *cfg = Q("{'servers':[{'name':'web','fd':'web'}]}");
+    np_opts_t o = {.config = cfg, .threads = 2, .pass_fd = lfd, .listen_fds = 1,
+                   .listen_fdnames = "web"};
+    netd_proc_t *a = np_start_ex(&o);
+    close(lfd);
+    int fd = np_tcp_connect(port);
+    np_echo_check(fd, "before");
+    json_t *r = np_ok(np_call(a, "{s:s, s:s}", "cmd", "upgrade", "exec", new_binary(a)));
+    pid_t bpid = (pid_t)np_jint(r, "pid");
+    ck_assert_int_eq(np_wait_exit(a, 10000), 0);
+    netd_proc_t *b = np_adopt(a, bpid);
+    b->ctl = np_client_open(b->sock);
+    ck_assert_ptr_nonnull(b->ctl);
+    np_echo_check(fd, "after");
+    int fd2 = np_tcp_connect(port);
+    np_echo_check(fd2, "new");
+    /* The reload keeps the server on the inherited descriptor. */
+    np_ok(np_call(b, "{s:s}", "cmd", "reload"));
+    np_echo_check(fd2, "reloaded");
+    ck_assert_int_eq(np_server_port(b, "web"), port);
+    /* Closed, the descriptor stays inherited: listen finds it by number, then by name. */
+    close(fd); /* a close answers once its connections have ended */
+    close(fd2);
+    np_ok(np_call(b, "{s:s, s:s}", "cmd", "close", "server", "web"));
+    r = np_ok(np_call(b, "{s:s, s:i, s:s}", "cmd", "listen", "fd", 3, "name", "three"));
+    ck_assert_int_eq(np_jint(np_jobj(np_jobj(r, "server"), "address"), "port"), port);
+    fd = np_tcp_connect(port);
+    np_echo_check(fd, "by number");
+    close(fd);
+    np_ok(np_call(b, "{s:s, s:s}", "cmd", "close", "server", "three"));
+    np_ok(np_call(b, "{s:s, s:s, s:s}", "cmd", "listen", "fd", "web", "name", "named"));
+    fd = np_tcp_connect(port);
+    np_echo_check(fd, "by name");
+    close(fd);
+    np_ok(np_call(b, "{s:s}", "cmd", "ping"));
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -582,6 +628,7 @@ int main(void)
     tcase_add_test(tc, test_upgrade_never_ready);
     tcase_add_test(tc, test_sigterm_during_upgrade);
     tcase_add_test(tc, test_restart_keeps_queued_connections);
+    tcase_add_test(tc, test_upgrade_socket_activated);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
