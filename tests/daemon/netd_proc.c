@@ -544,11 +544,57 @@ void np_tmproot_cleanup(void)
         rm_tree(root);
 }
 
+/* The headers ASan, LSan, UBSan and TSan open their reports with. */
+static const char *const sanitizer_marks[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                              "WARNING: ThreadSanitizer", "runtime error:", NULL};
+
+/* The first sanitizer report in netd's stderr, up to its SUMMARY line (malloc'd), or
+ * NULL. A report in the daemon does not always fail the request that caused it (a race,
+ * a leak found at a clean exit), so every stop looks. */
+static char *sanitizer_report(const char *errlog)
+{
+    char *text = read_file(errlog);
+    const char *first = NULL;
+    for (int i = 0; sanitizer_marks[i]; i++) {
+        const char *p = strstr(text, sanitizer_marks[i]);
+        if (p && (!first || p < first))
+            first = p;
+    }
+    char *out = NULL;
+    if (first) {
+        while (first > text && first[-1] != '\n')
+            first--;
+        const char *end = strstr(first, "SUMMARY:");
+        end = end ? strchr(end, '\n') : NULL;
+        size_t n = end ? (size_t)(end - first) : strlen(first);
+        if (n > 8000)
+            n = 8000;
+        out = strndup(first, n);
+    }
+    free(text);
+    return out;
+}
+
 void np_stop(netd_proc_t *np)
 {
     if (!np)
         return;
     kill_and_reap(np);
+    char *report = sanitizer_report(np->errlog);
+    if (report) {
+        json_t *kept = json_string(report);
+        free(report);
+        report = NULL;
+        pool_keep(kept);
+        np_client_close(np->ctl);
+        np->ctl = NULL;
+        if (np->owns_dir)
+            rm_tree(np->dir);
+        unregister_proc(np);
+        free(np);
+        ck_abort_msg("netd's stderr holds a sanitizer report:\n%s",
+                     kept ? json_string_value(kept) : "(not UTF-8)");
+    }
     if (np->ctl)
         np_client_close(np->ctl);
     np->ctl = NULL;
