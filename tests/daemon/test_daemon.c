@@ -1113,6 +1113,10 @@ START_TEST(test_metrics)
     netd_proc_t *np = np_start(Q(CFG_ECHO), 2);
     int port = server_port(np, "echo");
     int a = echo_client(port);
+    /* The echo can reach the client before its worker counts the bytes it wrote: wait for
+     * the counters to settle, so both snapshots below see the same figures. */
+    wait_stat_ge(np, "bytesWrittenTotal", 5);
+    wait_stat_ge(np, "bytesReadTotal", 5);
     json_t *st = stats(np);
     json_t *r = np_ok(call(np, "{'cmd':'metrics'}"));
     const char *text = jstr(r, "text");
