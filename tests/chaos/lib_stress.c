@@ -225,6 +225,8 @@ typedef struct rec {
     nd_socket_t *sock;
     enum rec_kind kind;
     int widx;
+    _Atomic int owner; /* the worker whose list last took it: readable from any thread, so
+                          the pair check below is no race of ours when the library splits */
     bool in_list;
     bool closed;
     bool busy; /* a move of it (or of its pair) is under way: not picked again */
@@ -251,6 +253,7 @@ static void list_add(rec_t *r, int widx)
     if (r->in_list)
         return;
     r->widx = widx;
+    atomic_store(&r->owner, widx);
     TAILQ_INSERT_TAIL(&workers[widx].recs, r, link);
     workers[widx].nrecs++;
     r->in_list = true;
@@ -270,7 +273,7 @@ static void list_del(rec_t *r)
 static void on_rec_close(void *sock, const nd_event_t *ev, void *arg)
 {
     rec_t *r = arg;
-    if (nd_socket_loop(sock) != wl[tl_widx < 0 ? 0 : tl_widx])
+    if (tl_widx < 0 || tl_widx >= NW || nd_socket_loop(sock) != wl[tl_widx])
         fail("'close' of a socket on a thread that does not own it");
     list_del(r);
     r->closed = true;
@@ -279,8 +282,11 @@ static void on_rec_close(void *sock, const nd_event_t *ev, void *arg)
         rec_t *p = r->peer;
         p->peer = NULL;
         r->peer = NULL;
-        if (nd_socket_loop(p->sock) != nd_socket_loop(sock))
-            fail("a proxy pair split across loops: one half closes on worker %d", tl_widx);
+        int other = atomic_load(&p->owner);
+        if (other != tl_widx)
+            fail("a proxy pair split across loops: one half closes on worker %d, the other "
+                 "half belongs to worker %d",
+                 tl_widx, other);
         else
             nd_socket_destroy(p->sock);
     }
