@@ -321,7 +321,8 @@ static const char *status_text(int st)
     if (WIFEXITED(st))
         snprintf(buf, sizeof(buf), "exit status %d", WEXITSTATUS(st));
     else if (WIFSIGNALED(st))
-        snprintf(buf, sizeof(buf), "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+        snprintf(buf, sizeof(buf), "killed by signal %d (%s)", WTERMSIG(st),
+                 strsignal(WTERMSIG(st)));
     else
         snprintf(buf, sizeof(buf), "wait status %d", st);
     return buf;
@@ -361,7 +362,8 @@ static int sanitizer_reports(void)
     const char *first = NULL;
     int n = 0;
     for (int i = 0; sanitizer_marks[i]; i++) {
-        for (const char *p = strstr(text, sanitizer_marks[i]); p; p = strstr(p + 1, sanitizer_marks[i])) {
+        for (const char *p = strstr(text, sanitizer_marks[i]); p;
+             p = strstr(p + 1, sanitizer_marks[i])) {
             n++;
             if (!first || p < first)
                 first = p;
@@ -675,6 +677,7 @@ typedef struct srv {
     bool listening;   /* believed to accept: a stream target */
     uint64_t closed_ms;  /* a close (or a reload closing it) was sent; 0: never */
     uint64_t destroy_ms; /* a close with destroy was sent */
+    uint64_t destroyed_ms; /* ... and answered: its connections must be gone soon after */
     uint64_t limited_ms; /* a maxConnections was set */
     uint64_t timeout_ms; /* an idle timeout was set */
 } srv_t;
@@ -834,10 +837,11 @@ enum outcome {
     OUT_ABRUPT,   /* netd ended it early: judged at the end (legitimate or not) */
     OUT_CORRUPT,  /* a wrong byte: always a failure */
     OUT_STALLED,  /* no progress for STALL_MS: always a failure */
-    OUT_UNFINISHED /* still running when the wind-down deadline passed: a failure */
+    OUT_UNFINISHED, /* still running when the wind-down deadline passed: a failure */
+    OUT_SURVIVED    /* alive well after `close {"destroy": true}` of its server: a failure */
 };
-static const char *const outcome_names[] = {"live",    "complete", "killed",    "abrupt",
-                                            "corrupt", "stalled",  "unfinished"};
+static const char *const outcome_names[] = {"live",    "complete", "killed",     "abrupt",
+                                            "corrupt", "stalled",  "unfinished", "survived"};
 
 typedef struct stream {
     io_t io;
@@ -945,13 +949,11 @@ static void stall_evidence(stream_t *s, char *out, size_t len)
         if (json_integer_value(json_object_get(e, "remotePort")) != s->lport ||
             json_integer_value(json_object_get(e, "server")) != (json_int_t)srvs[s->srv].id)
             continue;
-        json_t *keep = json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "id", json_object_get(e, "id"),
-                                 "thread", json_object_get(e, "thread"), "state",
-                                 json_object_get(e, "state"), "bytesRead",
-                                 json_object_get(e, "bytesRead"), "bytesWritten",
-                                 json_object_get(e, "bytesWritten"), "bufferSize",
-                                 json_object_get(e, "bufferSize"), "idleMs",
-                                 json_object_get(e, "idleMs"));
+        json_t *keep = json_pack(
+            "{s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "id", json_object_get(e, "id"), "thread",
+            json_object_get(e, "thread"), "state", json_object_get(e, "state"), "bytesRead",
+            json_object_get(e, "bytesRead"), "bytesWritten", json_object_get(e, "bytesWritten"),
+            "bufferSize", json_object_get(e, "bufferSize"), "idleMs", json_object_get(e, "idleMs"));
         char *t = json_dumps(keep, JSON_COMPACT);
         json_decref(keep);
         if (n > 0 && (size_t)n < len)
@@ -1076,7 +1078,8 @@ static void stream_read(stream_t *s)
             return;
         }
         if (s->recvd + (uint64_t)n > s->sent) {
-            fail("stream %" PRIu64 " to %s: %" PRIu64 " bytes came back, only %" PRIu64 " were sent",
+            fail("stream %" PRIu64 " to %s: %" PRIu64 " bytes came back, only %" PRIu64
+                 " were sent",
                  s->serial, srv_desc(s->srv), s->recvd + (uint64_t)n, s->sent);
             stream_end(s, OUT_CORRUPT, 0);
             return;
@@ -1509,7 +1512,8 @@ static void learn_servers(json_t *arr)
 static void reply_checked(ctl_t *c, json_t *r, pending_t *p)
 {
     bool ok = json_is_true(json_object_get(r, "ok"));
-    const char *code = ok ? NULL : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+    const char *code =
+        ok ? NULL : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
     countf("reply.%s.%s", op_names[p->op], ok ? "ok" : code ? code : "?");
     if (!ok) {
         if (!code || !code_allowed(p->op, code)) {
@@ -1567,6 +1571,10 @@ static void reply_checked(ctl_t *c, json_t *r, pending_t *p)
         break;
     case OP_REBALANCE:
         count_add("rebalance.moved", (uint64_t)json_integer_value(json_object_get(r, "moved")));
+        break;
+    case OP_CLOSE:
+        if (p->srv >= 0 && srvs[p->srv].destroy_ms)
+            srvs[p->srv].destroyed_ms = now_ms();
         break;
     case OP_GETCONN:
         if (json_integer_value(json_object_get(r, "count")) < 0)
@@ -1803,7 +1811,8 @@ static void op_close(rng_t *r, uint64_t pick)
     v->listening = false;
     if (destroy)
         v->destroy_ms = now;
-    json_t *req = json_pack("{s:o, s:b}", "server", server_ref(idx, rng_next(r)), "destroy", destroy);
+    json_t *req =
+        json_pack("{s:o, s:b}", "server", server_ref(idx, rng_next(r)), "destroy", destroy);
     if (rng_pct(r, 30))
         json_object_set_new(req, "wait", json_false());
     pending_t *p = ctl_request(c, OP_CLOSE, req);
@@ -2065,7 +2074,8 @@ static void write_garbage(ctl_t *c, rng_t *r)
         break;
     }
     case 3:
-        n = (size_t)snprintf(buf, sizeof(buf), "{\"cmd\":\"frobnicate%u\"}", (unsigned)rng_below(r, 100));
+        n = (size_t)snprintf(buf, sizeof(buf), "{\"cmd\":\"frobnicate%u\"}",
+                             (unsigned)rng_below(r, 100));
         break;
     case 4: {
         static const char *const v[] = {
@@ -2116,7 +2126,8 @@ static void op_hostile(uint64_t a, uint64_t b)
         count("hostile.skipped-max");
         return;
     }
-    enum ctl_kind kind = (enum ctl_kind)(H_HANGUP_BEFORE_REPLY + (a >> 32) % (CTL__N - H_HANGUP_BEFORE_REPLY));
+    enum ctl_kind kind =
+        (enum ctl_kind)(H_HANGUP_BEFORE_REPLY + (a >> 32) % (CTL__N - H_HANGUP_BEFORE_REPLY));
     if (!enabled(ctl_names[kind]) ||
         ((kind == H_AFTER_MOVE || kind == H_MOVE_REPLY_HANGUP) && !enabled("hostile-moves")))
         return;
@@ -2174,8 +2185,9 @@ static void op_hostile(uint64_t a, uint64_t b)
     }
     case H_WATCH_NOREAD:
         write_json_line(c,
-                        rng_pct(r, 50) ? json_pack("{s:s}", "cmd", "watch")
-                                       : json_pack("{s:s, s:[s]}", "cmd", "watch", "events", "close"),
+                        rng_pct(r, 50)
+                            ? json_pack("{s:s}", "cmd", "watch")
+                            : json_pack("{s:s, s:[s]}", "cmd", "watch", "events", "close"),
                         r);
         c->close_at = now + rng_range(r, 300, 5000);
         ctl_flush(c);
@@ -2323,6 +2335,16 @@ static void sweep(void)
             if (s->ended)
                 continue;
         }
+        const srv_t *v = &srvs[s->srv];
+        if (v->destroyed_ms && now > v->destroyed_ms + 5000 * SLOW && !s->connecting) {
+            /* CONTROL.md: close with destroy also destroys sockets in transit. */
+            fail("stream %" PRIu64 " to %s still open %u ms after `close {\"destroy\": true}` "
+                 "of its server was answered (sent %" PRIu64 ", %" PRIu64 " echoed, moved %d "
+                 "time(s), local port %u)",
+                 s->serial, srv_desc(s->srv), 5000 * SLOW, s->sent, s->recvd, s->moves, s->lport);
+            stream_end(s, OUT_SURVIVED, 0);
+            continue;
+        }
         if (!s->pause_until && now > s->progress_ms && now - s->progress_ms > STALL_MS) {
             char evidence[512];
             stall_evidence(s, evidence, sizeof(evidence));
@@ -2351,8 +2373,8 @@ static void sweep(void)
             pending_t *p = &c->pend[c->phead % c->pcap];
             uint64_t limit = p->op == OP_CLOSE ? 4 * (uint64_t)REPLY_TIMEOUT_MS : REPLY_TIMEOUT_MS;
             if (now > p->sent_ms && now - p->sent_ms > limit) {
-                fail("no reply to %s (id %lld) on a %s client after %" PRIu64 " ms", op_names[p->op],
-                     (long long)p->id, ctl_names[c->kind], now - p->sent_ms);
+                fail("no reply to %s (id %lld) on a %s client after %" PRIu64 " ms",
+                     op_names[p->op], (long long)p->id, ctl_names[c->kind], now - p->sent_ms);
                 dump_stacks("a control request went unanswered");
                 ctl_close(c);
                 continue;
@@ -2451,7 +2473,8 @@ static bool wind_down(void)
             for (ctl_t *c = ctls; c; c = c->next)
                 if (ctl_npending(c) > 0)
                     fail("%zu control request(s) unanswered at the end (%s client, first: %s)",
-                         ctl_npending(c), ctl_names[c->kind], op_names[c->pend[c->phead % c->pcap].op]);
+                         ctl_npending(c), ctl_names[c->kind],
+                         op_names[c->pend[c->phead % c->pcap].op]);
             break;
         }
         if (now >= next_sweep) {
@@ -2555,7 +2578,8 @@ static void judge(bool netd_died)
         if (!s)
             continue;
         fail("stream %" PRIu64 " to %s ended early without cause: %s after %" PRIu64 " of %" PRIu64
-             " bytes echoed (%" PRIu64 " sent, ending %s%s, moved %d time(s), lived %" PRIu64 " ms)",
+             " bytes echoed (%" PRIu64 " sent, ending %s%s, moved %d time(s), lived %" PRIu64
+             " ms)",
              s->serial, srv_desc(s->srv), s->err ? strerror(s->err) : "EOF", s->recvd, s->total,
              s->sent, end_names[s->mode], s->shut ? ", FIN sent" : "", s->moves,
              s->end_ms - s->start_ms);
@@ -2913,12 +2937,12 @@ int main(int argc, char **argv)
     ctl_free_grave();
     if (N.ctl >= 0)
         close(N.ctl);
-    close(ep);
     for (stream_t *s = live_streams; s; s = s->live_next)
         io_close(&s->io);
+    close(ep);
     if (g_failures) {
-        say("FAILED seed=%" PRIu64 ": %d failure(s); netd's stderr and config are kept in %s", g_seed,
-            g_failures, N.dir);
+        say("FAILED seed=%" PRIu64 ": %d failure(s); netd's stderr and config are kept in %s",
+            g_seed, g_failures, N.dir);
         say("replay: make -C %s chaos SEED=%" PRIu64 " SECONDS=%u", g_builddir, g_seed, g_seconds);
     } else {
         say("PASS seed=%" PRIu64 " (%u s, %" PRIu64 " streams, %" PRIu64 " bytes verified)", g_seed,

@@ -491,7 +491,8 @@ static void worker_op(worker_t *w)
         } else {
             /* A plain move: the records leave now, since nothing reports the detach. */
             nd_socket_t *p = nd_socket_pipe_peer(r->sock);
-            int rc = nd_socket_move(r->sock, wl[to], rng_pct(&w->rng, 50) ? on_adopt_cb : NULL, NULL);
+            int rc =
+                nd_socket_move(r->sock, wl[to], rng_pct(&w->rng, 50) ? on_adopt_cb : NULL, NULL);
             count(C_move_calls);
             if (rc == 0 && to != w->idx) {
                 list_del(r);
@@ -827,7 +828,8 @@ static void client_tick(evutil_socket_t fd, short what, void *arg)
             s->killed = true;
             nd_socket_destroy(s->sock);
         } else if (cdeadline && now > cdeadline && !s->killed) {
-            fail("stream %" PRIu64 " to %s unfinished at the end", s->serial, group_names[s->group]);
+            fail("stream %" PRIu64 " to %s unfinished at the end", s->serial,
+                 group_names[s->group]);
             s->killed = true;
             nd_socket_destroy(s->sock);
         }
@@ -953,7 +955,8 @@ static void owner_tick(evutil_socket_t fd, short what, void *arg)
         }
         if (count_pending == 0 && rng_pct(&orng, 5)) {
             for (int g = 0; g < G__N; g++) {
-                if (groups[g] && nd_server_get_connections(groups[g], on_count, (void *)(intptr_t)g) == 0) {
+                if (groups[g] &&
+                    nd_server_get_connections(groups[g], on_count, (void *)(intptr_t)g) == 0) {
                     count_pending++;
                     count(C_get_connections);
                 }
@@ -992,7 +995,8 @@ static void owner_tick(evutil_socket_t fd, short what, void *arg)
         }
         if (count_pending == 0)
             for (int g = 0; g < G__N; g++)
-                if (groups[g] && nd_server_get_connections(groups[g], on_count, (void *)(intptr_t)g) == 0)
+                if (groups[g] &&
+                    nd_server_get_connections(groups[g], on_count, (void *)(intptr_t)g) == 0)
                     count_pending++;
         break;
     }
@@ -1018,7 +1022,8 @@ static void owner_tick(evutil_socket_t fd, short what, void *arg)
         if (all || now - phase_ms > 2 * SETTLE_MS) {
             for (int i = 0; i < NW; i++)
                 if (atomic_load(&workers[i].left) != 0)
-                    fail("worker %d: %d handle(s) left at the end", i, atomic_load(&workers[i].left));
+                    fail("worker %d: %d handle(s) left at the end", i,
+                         atomic_load(&workers[i].left));
             owner_done();
         }
         break;
@@ -1135,7 +1140,8 @@ static int supervise(void)
             printed++;
             if (strncmp(line, "SUMMARY:", 8) == 0)
                 in_report = false;
-        } else if (!reports && printed < 20 && (WIFSIGNALED(st) || !WIFEXITED(st) || WEXITSTATUS(st))) {
+        } else if (!reports && printed < 20 &&
+                   (WIFSIGNALED(st) || !WIFEXITED(st) || WEXITSTATUS(st))) {
             printf("    | %s", line); /* whatever it said before dying */
             printed++;
         }
@@ -1145,7 +1151,8 @@ static int supervise(void)
     unlink(errlog);
     bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && reports == 0;
     if (reports)
-        printf("lib_stress: FAIL seed=%" PRIu64 ": %d sanitizer report header(s) (the first above)\n",
+        printf("lib_stress: FAIL seed=%" PRIu64
+               ": %d sanitizer report header(s) (the first above)\n",
                g_seed, reports);
     if (!WIFEXITED(st))
         printf("lib_stress: FAIL seed=%" PRIu64 ": killed by signal %d\n", g_seed, WTERMSIG(st));
