@@ -1,389 +1,174 @@
 /*
- * The control commands (CONTROL.md "Commands"): one function per command, dispatched
- * from one table, plus the servers' lifecycle, the drain and the reload.
+ * The control commands (CONTROL.md "Commands"): the daemon's commands and those on
+ * servers, dispatched from one table; the commands on live sockets are in cmd_sockets.c.
+ * A command that answers later holds a netd_pending_t; fan-outs fill typed slots and
+ * only the final step, on the main loop, builds JSON.
  */
-#include "daemon.h"
+#include "config.h"
+
+#include "commands.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <event2/event.h>
 
 typedef void (*command_fn)(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
 
-/* ------------------------------------------------------------------ servers */
+/* ------------------------------------------------------------------ argument helpers */
 
-typedef struct netd_waiter {
-    netd_client_t *client;
-    json_t *id;
-    TAILQ_ENTRY(netd_waiter) link;
-} netd_waiter_t;
-
-void netd_server_retain(netd_server_t *s)
+static void reply_no_server(netd_client_t *c, json_t *id, const json_t *ref)
 {
-    atomic_fetch_add(&s->refs, 1);
-}
-
-void netd_server_release(netd_server_t *s)
-{
-    if (atomic_fetch_sub(&s->refs, 1) == 1) {
-        netd_listen_spec_free(&s->spec);
-        free(s);
-    }
-}
-
-static const char *state_name(enum netd_server_state st)
-{
-    switch (st) {
-    case NETD_SRV_STARTING:
-    case NETD_SRV_LISTENING:
-        return "listening";
-    case NETD_SRV_CLOSING:
-        return "closing";
-    case NETD_SRV_CLOSED:
-        return "closed";
-    }
-    return "closed";
-}
-
-static json_t *address_json(const netd_server_t *s)
-{
-    const nd_address_t *a = &s->address;
-    if (a->family == 0 && a->address[0])
-        return json_pack("{s:s}", "path", a->address);
-    if (a->family == 0)
-        return s->spec.path ? json_pack("{s:s}", "path", s->spec.path) : json_null();
-    return json_pack("{s:s, s:s, s:i}", "address", a->address, "family",
-                     nd_family_name(a->family), "port", a->port);
-}
-
-json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_written)
-{
-    nd_server_stats_t st = s->final;
-    int max = s->spec.max_connections;
-    if (s->group) {
-        nd_server_stats(s->group, &st);
-        max = nd_server_max_connections(s->group);
-    }
-    return json_pack(
-        "{s:I, s:s, s:s, s:o, s:o, s:s, s:b, s:o, s:I, s:i, s:I, s:I, s:I, s:I, s:I}", "id",
-        (json_int_t)s->id, "name", s->spec.name, "state", state_name(s->state), "address",
-        address_json(s), "handler", netd_handler_describe(&s->spec.handler), "balance",
-        nd_balance_name(s->spec.balance), "allowHalfOpen", s->spec.allow_half_open,
-        "maxConnections", max > 0 ? json_integer(max) : json_null(), "timeout",
-        (json_int_t)atomic_load(&s->timeout_ms), "backlog", s->spec.backlog, "connections",
-        (json_int_t)st.connections, "acceptedTotal", (json_int_t)st.accepted, "rejectedTotal",
-        (json_int_t)st.rejected, "bytesReadTotal",
-        (json_int_t)(atomic_load(&s->bytes_read_closed) + live_read), "bytesWrittenTotal",
-        (json_int_t)(atomic_load(&s->bytes_written_closed) + live_written));
-}
-
-netd_server_t *netd_server_find(netd_t *d, const json_t *ref)
-{
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
-        if (json_is_integer(ref) && (json_int_t)s->id == json_integer_value(ref))
-            return s;
-        if (json_is_string(ref) && strcmp(s->spec.name, json_string_value(ref)) == 0 &&
-            s->state != NETD_SRV_CLOSED)
-            return s;
-    }
-    return NULL;
-}
-
-static netd_server_t *find_live_by_name(netd_t *d, const char *name)
-{
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-        if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
-            strcmp(s->spec.name, name) == 0)
-            return s;
-    return NULL;
-}
-
-static void listen_answered(netd_server_t *s)
-{
-    if (s->listen_client) {
-        netd_client_done(s->listen_client);
-        s->listen_client = NULL;
-    }
-    json_decref(s->listen_id);
-    s->listen_id = NULL;
-}
-
-static void on_srv_listening(void *group, const nd_event_t *ev, void *arg)
-{
-    netd_server_t *s = arg;
-    s->state = NETD_SRV_LISTENING;
-    nd_server_address(group, &s->address);
-    if (s->address.family)
-        netd_log(NETD_LOG_INFO, "server %s listening on %s:%d", s->spec.name, s->address.address,
-                 s->address.port);
+    if (json_is_integer(ref))
+        netd_reply_error(c, id, NETD_ENOSERVER, "no server with id %lld",
+                         (long long)json_integer_value(ref));
     else
-        netd_log(NETD_LOG_INFO, "server %s listening on %s", s->spec.name,
-                 s->address.address[0] ? s->address.address : "an inherited socket");
-    netd_watch_emit(s->d, "listening", s->id, 0, NULL);
-    if (netd_client_alive(s->listen_client))
-        netd_reply_ok(s->listen_client, s->listen_id,
-                      json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
-    listen_answered(s);
+        netd_reply_error(c, id, NETD_ENOSERVER, "no server named \"%s\"", json_string_value(ref));
 }
 
-static void on_srv_error(void *group, const nd_event_t *ev, void *arg)
+netd_server_t *netd_cmd_server_arg(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
-    netd_server_t *s = arg;
-    netd_log(NETD_LOG_ERROR, "server %s: %s", s->spec.name, ev->error->message);
-    netd_watch_emit(s->d, "error", s->id, 0,
-                    json_pack("{s:s, s:s}", "code", ev->error->name, "message",
-                              ev->error->message));
-    if (netd_client_alive(s->listen_client))
-        netd_reply_error(s->listen_client, s->listen_id, ev->error->name, "%s",
-                         ev->error->message);
-    listen_answered(s);
+    json_t *ref = json_object_get(req, "server");
+    netd_server_t *s = netd_server_find(d, ref);
+    if (!s)
+        reply_no_server(c, id, ref);
+    return s;
 }
 
-static void maybe_drained(netd_t *d);
-
-static void remember_closed(netd_t *d, const netd_server_t *s)
+bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id,
+                              uint64_t *sid)
 {
-    if (d->nclosed == d->closed_cap) {
-        size_t cap = d->closed_cap ? d->closed_cap * 2 : 16;
-        void *p = realloc(d->closed_ids, cap * sizeof(*d->closed_ids));
-        if (!p)
-            return;
-        d->closed_ids = p;
-        d->closed_cap = cap;
-    }
-    d->closed_ids[d->nclosed].id = s->id;
-    snprintf(d->closed_ids[d->nclosed].name, sizeof(d->closed_ids[0].name), "%s", s->spec.name);
-    d->nclosed++;
+    *sid = 0;
+    if (!json_object_get(req, "server"))
+        return true;
+    netd_server_t *s = netd_cmd_server_arg(d, c, req, id);
+    if (s)
+        *sid = s->id;
+    return s != NULL;
 }
 
-static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
+bool netd_cmd_nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
+                         long long *out, long long dflt)
 {
-    netd_server_t *s = arg;
-    netd_t *d = s->d;
-    bool was_listening = s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_CLOSING;
-    netd_stats_closed_server(d, group);
-    nd_server_stats(group, &s->final);
-    remember_closed(d, s);
-    s->state = NETD_SRV_CLOSED;
-    s->group = NULL; /* the library frees it after this listener */
-    if (was_listening)
-        netd_log(NETD_LOG_INFO, "server %s closed", s->spec.name);
-    netd_watch_emit(d, "close", s->id, 0, NULL);
-    netd_waiter_t *w;
-    while ((w = TAILQ_FIRST(&s->close_waiters)) != NULL) {
-        TAILQ_REMOVE(&s->close_waiters, w, link);
-        if (netd_client_alive(w->client))
-            netd_reply_ok(w->client, w->id, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
-        netd_client_done(w->client);
-        json_decref(w->id);
-        free(w);
-    }
-    listen_answered(s);
-    TAILQ_REMOVE(&d->servers, s, link);
-    netd_server_release(s);
-    maybe_drained(d);
-}
-
-/* Another server of ours already on this TCP address (reuseport would let both bind). */
-static bool address_taken(netd_t *d, const netd_listen_spec_t *spec)
-{
-    if (spec->port <= 0)
+    json_t *v = json_object_get(req, name);
+    *out = v ? (long long)json_integer_value(v) : dflt;
+    if (*out < 0) {
+        netd_reply_error(c, id, NETD_EARG, "%s: must be 0 or more", name);
         return false;
+    }
+    return true;
+}
+
+static netd_server_t *server_by_id(netd_t *d, uint64_t id)
+{
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    {
-        if (s->state == NETD_SRV_CLOSING || s->state == NETD_SRV_CLOSED || s->spec.port < 0)
-            continue;
-        int port = s->address.port ? s->address.port : s->spec.port;
-        const char *h1 = spec->host ? spec->host : "0.0.0.0";
-        const char *h2 = s->spec.host ? s->spec.host : "0.0.0.0";
-        if (port == spec->port && (strcmp(h1, h2) == 0 || strcmp(h1, "0.0.0.0") == 0 ||
-                                   strcmp(h2, "0.0.0.0") == 0))
-            return true;
-    }
-    return false;
+        if (s->id == id)
+            return s;
+    return NULL;
 }
 
-int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client, json_t *id,
-                     const char **code, char *msg, size_t msglen)
+/* ------------------------------------------------------------------ live bytes */
+
+void netd_bytes_collect(netd_worker_t *w, netd_bytes_slot_t *slot)
 {
-    if (find_live_by_name(d, spec->name)) {
-        *code = NETD_EEXIST;
-        snprintf(msg, msglen, "a server named \"%s\" exists", spec->name);
-        return -1;
-    }
-    if (address_taken(d, spec)) {
-        *code = "EADDRINUSE";
-        snprintf(msg, msglen, "netd already serves port %d", spec->port);
-        return -1;
-    }
-    int fd = -1;
-    int named = -1;
-    if (spec->fd < 0 && !spec->fd_name) {
-        /* Socket activation: an fd named after this server replaces its own bind. */
-        netd_listen_spec_t by_name = {.fd = -1, .fd_name = spec->name};
-        named = netd_listen_fd_lookup(d, &by_name);
-    }
-    if (named >= 0 || spec->fd >= 0 || spec->fd_name) {
-        int inherited = named >= 0 ? named : netd_listen_fd_lookup(d, spec);
-        if (inherited < 0) {
-            *code = NETD_EBADF;
-            snprintf(msg, msglen, "fd %s was not inherited through socket activation",
-                     spec->fd_name ? spec->fd_name : "given");
-            return -1;
-        }
-        /* The inherited descriptor stays open across reloads: serve a duplicate. */
-        fd = fcntl(inherited, F_DUPFD_CLOEXEC, 0);
-        if (fd < 0) {
-            *code = nd_err_name(-errno);
-            snprintf(msg, msglen, "dup: %s", strerror(errno));
-            return -1;
-        }
-    }
-    netd_server_t *s = calloc(1, sizeof(*s));
-    if (!s) {
-        if (fd >= 0)
-            close(fd);
-        *code = "ENOMEM";
-        snprintf(msg, msglen, "out of memory");
-        return -1;
-    }
-    s->id = netd_next_id(d);
-    s->d = d;
-    s->spec = *spec;
-    memset(spec, 0, sizeof(*spec));
-    atomic_init(&s->timeout_ms, s->spec.timeout_ms);
-    atomic_init(&s->refs, 1);
-    s->inherited_fd = fd >= 0;
-    TAILQ_INIT(&s->close_waiters);
-    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
-    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
-                                   s->spec.balance, netd_worker_server_init, s);
-    int rc = s->group ? 0 : -ENOMEM;
-    if (!rc) {
-        nd_server_set_max_connections(s->group, s->spec.max_connections);
-        /* CONTROL.md: descriptors stay for control clients and proxy upstreams. */
-        nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
-        nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
-        nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
-        nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);
-        if (fd >= 0)
-            rc = nd_server_listen_fd(s->group, fd, s->spec.backlog);
-        else if (s->spec.path)
-            rc = nd_server_listen_path(s->group, s->spec.path, s->spec.backlog);
-        else
-            rc = nd_server_listen(s->group, s->spec.port, s->spec.host, s->spec.backlog);
-    }
-    if (rc) {
-        *code = nd_err_name(rc);
-        snprintf(msg, msglen, "listen: %s", nd_strerror(rc));
-        if (s->group) {
-            /* Never listened: nothing will be emitted; the loop frees it at exit. */
-            nd_server_off(s->group, ND_EV_CLOSE, on_srv_close, s);
-        }
-        netd_listen_spec_free(&s->spec);
-        free(s);
-        return -1;
-    }
-    s->state = NETD_SRV_STARTING;
-    TAILQ_INSERT_TAIL(&d->servers, s, link);
-    if (client) {
-        netd_client_hold(client);
-        s->listen_client = client;
-        s->listen_id = json_incref(id);
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------ fan-out helpers */
-
-typedef struct cmd_ctx {
-    netd_client_t *client;
-    json_t *id;
-    json_t *req;
-    uint64_t server_id; /* 0: all */
-    uint64_t socket_id;
-    int thread;
-    long long limit, older, idle;
-    int role; /* -1 all */
-    int expected;
-} cmd_ctx_t;
-
-static cmd_ctx_t *ctx_new(netd_client_t *c, json_t *id, json_t *req)
-{
-    cmd_ctx_t *x = calloc(1, sizeof(*x));
-    if (!x)
-        return NULL;
-    x->client = c;
-    x->id = json_incref(id);
-    x->req = json_incref(req);
-    netd_client_hold(c);
-    return x;
-}
-
-static void ctx_done(cmd_ctx_t *x)
-{
-    netd_client_done(x->client);
-    json_decref(x->id);
-    json_decref(x->req);
-    free(x);
-}
-
-static void fanout_or_fail(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, cmd_ctx_t *x)
-{
-    if (netd_fanout(d, fn, done, x) != 0) {
-        netd_reply_error(x->client, x->id, "ENOMEM", "out of memory");
-        ctx_done(x);
-    }
-}
-
-/* Bytes of live client connections, per server: {"<id>": [read, written]}. */
-static json_t *collect_bytes(netd_worker_t *w, void *arg)
-{
-    json_t *out = json_object();
     netd_conn_t *c;
     TAILQ_FOREACH(c, &w->conns, link)
     {
         if (c->role != NETD_ROLE_CLIENT)
             continue;
-        char key[24];
-        snprintf(key, sizeof(key), "%llu", (unsigned long long)c->server->id);
-        json_t *e = json_object_get(out, key);
-        json_int_t r = (json_int_t)nd_socket_bytes_read(c->sock);
-        json_int_t wr = (json_int_t)nd_socket_bytes_written(c->sock);
-        if (e) {
-            json_array_set_new(e, 0, json_integer(json_integer_value(json_array_get(e, 0)) + r));
-            json_array_set_new(e, 1, json_integer(json_integer_value(json_array_get(e, 1)) + wr));
-        } else {
-            json_object_set_new(out, key, json_pack("[I, I]", r, wr));
+        size_t i = 0;
+        while (i < slot->n && slot->v[i].server != c->server->id)
+            i++;
+        if (i == slot->n) {
+            void *v = realloc(slot->v, (slot->n + 1) * sizeof(*slot->v));
+            if (!v)
+                return; /* the figures come out low rather than not at all */
+            slot->v = v;
+            slot->v[slot->n++] = (struct netd_server_bytes){.server = c->server->id};
         }
+        slot->v[i].read += nd_socket_bytes_read(c->sock);
+        slot->v[i].written += nd_socket_bytes_written(c->sock);
     }
-    return out;
 }
 
-static json_t *server_json_with(netd_t *d, netd_server_t *s, json_t **results)
+json_t *netd_server_json_with(netd_t *d, netd_server_t *s, const netd_bytes_slot_t *slots)
 {
-    char key[24];
-    snprintf(key, sizeof(key), "%llu", (unsigned long long)s->id);
     uint64_t r = 0, w = 0;
-    for (int i = 0; i < d->nworkers; i++) {
-        json_t *e = results ? json_object_get(results[i], key) : NULL;
-        if (e) {
-            r += (uint64_t)json_integer_value(json_array_get(e, 0));
-            w += (uint64_t)json_integer_value(json_array_get(e, 1));
+    for (int i = 0; slots && i < d->nworkers; i++) {
+        for (size_t k = 0; k < slots[i].n; k++) {
+            if (slots[i].v[k].server == s->id) {
+                r += slots[i].v[k].read;
+                w += slots[i].v[k].written;
+            }
         }
     }
     return netd_server_json(s, r, w);
 }
 
-/* ------------------------------------------------------------------ commands */
+void netd_bytes_slots_free(netd_bytes_slot_t *slots, int n)
+{
+    for (int i = 0; slots && i < n; i++)
+        free(slots[i].v);
+    free(slots);
+}
+
+/* A request about servers answered after one fan-out for the live bytes. */
+typedef struct servers_q {
+    netd_pending_t *p;
+    uint64_t server_id; /* 0: every server */
+    bool apply_timeout; /* `set` with a timeout: workers apply it to live connections */
+    netd_bytes_slot_t *slots;
+    void (*done)(netd_t *d, struct servers_q *q);
+} servers_q_t;
+
+static void servers_collect(netd_worker_t *w, void *arg)
+{
+    servers_q_t *q = arg;
+    if (q->apply_timeout) {
+        netd_conn_t *c;
+        TAILQ_FOREACH(c, &w->conns, link)
+            if (c->server->id == q->server_id && c->role == NETD_ROLE_CLIENT)
+                netd_conn_apply_timeout(c);
+    }
+    netd_bytes_collect(w, &q->slots[w->index]);
+}
+
+static void servers_collected(netd_t *d, void *arg)
+{
+    servers_q_t *q = arg;
+    q->done(d, q);
+    netd_bytes_slots_free(q->slots, d->nworkers);
+    free(q);
+}
+
+static void servers_query(netd_t *d, netd_client_t *c, json_t *id, uint64_t server_id,
+                          bool apply_timeout, void (*done)(netd_t *d, servers_q_t *q))
+{
+    servers_q_t *q = calloc(1, sizeof(*q));
+    netd_bytes_slot_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
+    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
+    if (!p) {
+        if (!q || !slots) /* else netd_pending_new has replied */
+            netd_reply_error(c, id, "ENOMEM", "out of memory");
+        free(q);
+        free(slots);
+        return;
+    }
+    q->p = p;
+    q->server_id = server_id;
+    q->apply_timeout = apply_timeout;
+    q->slots = slots;
+    q->done = done;
+    if (netd_fanout(d, servers_collect, servers_collected, q) != 0) {
+        netd_pending_error(p, "ENOMEM", "out of memory");
+        free(slots);
+        free(q);
+    }
+}
+
+/* ------------------------------------------------------------------ daemon commands */
 
 static void cmd_ping(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
@@ -399,581 +184,6 @@ static void cmd_help(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
         json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "cmd", k->name, "usage",
                                              k->usage, "summary", k->summary));
     netd_reply_ok(c, id, json_pack("{s:o}", "commands", arr));
-}
-
-static void cmd_listen(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    if (d->draining) {
-        netd_reply_error(c, id, NETD_ESHUTDOWN, "netd is draining");
-        return;
-    }
-    netd_listen_spec_t spec;
-    char err[512];
-    if (netd_listen_spec_parse(req, NULL, "", true, &spec, err, sizeof(err)) != 0) {
-        netd_reply_error(c, id, NETD_EARG, "%s", err);
-        return;
-    }
-    const char *code = NULL;
-    char msg[512];
-    if (netd_server_open(d, &spec, c, id, &code, msg, sizeof(msg)) != 0) {
-        netd_listen_spec_free(&spec);
-        netd_reply_error(c, id, code, "%s", msg);
-    }
-}
-
-/* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
-static bool closed_before(netd_t *d, const json_t *ref)
-{
-    for (size_t i = 0; i < d->nclosed; i++) {
-        if (json_is_integer(ref) && (json_int_t)d->closed_ids[i].id == json_integer_value(ref))
-            return true;
-        if (json_is_string(ref) && strcmp(d->closed_ids[i].name, json_string_value(ref)) == 0)
-            return true;
-    }
-    return false;
-}
-
-static netd_server_t *server_arg(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    json_t *ref = json_object_get(req, "server");
-    netd_server_t *s = netd_server_find(d, ref);
-    if (!s && strcmp(json_string_value(json_object_get(req, "cmd")), "close") == 0 &&
-        closed_before(d, ref)) {
-        netd_reply_error(c, id, NETD_ENOTRUNNING, "server %s is closed",
-                         json_is_string(ref) ? json_string_value(ref) : "given");
-        return NULL;
-    }
-    if (!s) {
-        if (json_is_integer(ref))
-            netd_reply_error(c, id, NETD_ENOSERVER, "no server with id %lld",
-                             (long long)json_integer_value(ref));
-        else
-            netd_reply_error(c, id, NETD_ENOSERVER, "no server named \"%s\"",
-                             json_string_value(ref));
-    }
-    return s;
-}
-
-/* An optional "server" argument: 0 when absent (all servers); false when it names none
- * (the ENOSERVER reply is sent). */
-static bool optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id, uint64_t *sid)
-{
-    *sid = 0;
-    if (!json_object_get(req, "server"))
-        return true;
-    netd_server_t *s = server_arg(d, c, req, id);
-    if (s)
-        *sid = s->id;
-    return s != NULL;
-}
-
-static json_t *destroy_server_conns(netd_worker_t *w, void *arg)
-{
-    uint64_t sid = *(const uint64_t *)arg;
-    netd_conn_t *c, *next;
-    int n = 0;
-    for (c = TAILQ_FIRST(&w->conns); c; c = next) {
-        next = TAILQ_NEXT(c, link);
-        if (c->server->id == sid && c->role == NETD_ROLE_CLIENT) {
-            nd_socket_destroy(c->sock);
-            n++;
-        }
-    }
-    return json_integer(n);
-}
-
-static void destroyed_nothing(netd_t *d, json_t **results, void *arg)
-{
-    free(arg); /* the server id */
-}
-
-void netd_server_close(netd_server_t *s, bool destroy_conns)
-{
-    if (s->state != NETD_SRV_LISTENING && s->state != NETD_SRV_STARTING)
-        return;
-    s->state = NETD_SRV_CLOSING;
-    if (s->group)
-        nd_server_close(s->group, NULL, NULL);
-    uint64_t *sid = destroy_conns ? malloc(sizeof(*sid)) : NULL;
-    if (sid) {
-        *sid = s->id;
-        if (netd_fanout(s->d, destroy_server_conns, destroyed_nothing, sid) != 0)
-            free(sid);
-    }
-}
-
-static void cmd_close(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    netd_server_t *s = server_arg(d, c, req, id);
-    if (!s)
-        return;
-    if (s->state != NETD_SRV_LISTENING && s->state != NETD_SRV_STARTING) {
-        netd_reply_error(c, id, NETD_ENOTRUNNING, "server %s is not listening", s->spec.name);
-        return;
-    }
-    json_t *wait = json_object_get(req, "wait");
-    bool wait_close = !wait || json_is_true(wait);
-    netd_server_close(s, json_is_true(json_object_get(req, "destroy")));
-    if (!wait_close) {
-        netd_reply_ok(c, id, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
-        return;
-    }
-    netd_waiter_t *w = calloc(1, sizeof(*w));
-    if (!w) {
-        netd_reply_error(c, id, "ENOMEM", "out of memory");
-        return;
-    }
-    w->client = c;
-    w->id = json_incref(id);
-    netd_client_hold(c);
-    TAILQ_INSERT_TAIL(&s->close_waiters, w, link);
-}
-
-static void servers_done(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    json_t *arr = json_array();
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-        if (s->state != NETD_SRV_CLOSED)
-            json_array_append_new(arr, server_json_with(d, s, results));
-    netd_reply_ok(x->client, x->id, json_pack("{s:o}", "servers", arr));
-    ctx_done(x);
-}
-
-static void cmd_servers(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (x)
-        fanout_or_fail(d, collect_bytes, servers_done, x);
-}
-
-static void server_done(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    netd_server_t *s = netd_server_find(d, json_object_get(x->req, "server"));
-    if (s)
-        netd_reply_ok(x->client, x->id,
-                      json_pack("{s:o}", "server", server_json_with(d, s, results)));
-    else
-        netd_reply_error(x->client, x->id, NETD_ENOSERVER, "the server closed meanwhile");
-    ctx_done(x);
-}
-
-static void cmd_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    if (!server_arg(d, c, req, id))
-        return;
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (x)
-        fanout_or_fail(d, collect_bytes, server_done, x);
-}
-
-static void count_done(nd_server_t *group, int err, int count, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    netd_reply_ok(x->client, x->id, json_pack("{s:i}", "count", count));
-    ctx_done(x);
-}
-
-static void cmd_get_connections(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    netd_server_t *s = server_arg(d, c, req, id);
-    if (!s)
-        return;
-    if (!s->group) {
-        netd_reply_ok(c, id, json_pack("{s:i}", "count", 0));
-        return;
-    }
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (x && nd_server_get_connections(s->group, count_done, x) != 0) {
-        netd_reply_error(c, id, "ENOMEM", "out of memory");
-        ctx_done(x);
-    }
-}
-
-static bool nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
-                       long long *out, long long dflt)
-{
-    json_t *v = json_object_get(req, name);
-    *out = v ? (long long)json_integer_value(v) : dflt;
-    if (*out < 0) {
-        netd_reply_error(c, id, NETD_EARG, "%s: must be 0 or more", name);
-        return false;
-    }
-    return true;
-}
-
-static json_t *collect_sockets(netd_worker_t *w, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    json_t *arr = json_array();
-    netd_conn_t *c;
-    uint64_t now = netd_now_ms();
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
-        if (x->server_id && c->server->id != x->server_id)
-            continue;
-        if (x->role >= 0 && (int)c->role != x->role)
-            continue;
-        if (x->older && now - c->created_ms <= (uint64_t)x->older)
-            continue;
-        if (x->idle && nd_socket_idle_ms(c->sock) <= (uint64_t)x->idle)
-            continue;
-        json_array_append_new(arr, netd_conn_json(c));
-    }
-    return arr;
-}
-
-static int by_id(const void *a, const void *b)
-{
-    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "id"));
-    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "id"));
-    return x < y ? -1 : x > y;
-}
-
-static void sockets_done(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    size_t total = 0;
-    for (int i = 0; i < d->nworkers; i++)
-        total += json_array_size(results[i]);
-    json_t **all = calloc(total ? total : 1, sizeof(json_t *));
-    size_t n = 0;
-    for (int i = 0; all && i < d->nworkers; i++) {
-        size_t k;
-        json_t *e;
-        json_array_foreach(results[i], k, e) all[n++] = e;
-    }
-    if (all)
-        qsort(all, n, sizeof(json_t *), by_id);
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n && (long long)i < x->limit; i++)
-        json_array_append(arr, all[i]);
-    free(all);
-    netd_reply_ok(x->client, x->id, json_pack("{s:o, s:I}", "sockets", arr, "total", (json_int_t)total));
-    ctx_done(x);
-}
-
-static void cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    uint64_t sid;
-    if (!optional_server(d, c, req, id, &sid))
-        return;
-    long long limit, older, idle;
-    if (!nonneg_arg(c, req, id, "limit", &limit, 1000) ||
-        !nonneg_arg(c, req, id, "olderThanMs", &older, 0) ||
-        !nonneg_arg(c, req, id, "idleMoreThanMs", &idle, 0))
-        return;
-    int role = NETD_ROLE_CLIENT;
-    json_t *rv = json_object_get(req, "role");
-    if (rv) {
-        const char *r = json_string_value(rv);
-        if (strcmp(r, "client") == 0)
-            role = NETD_ROLE_CLIENT;
-        else if (strcmp(r, "upstream") == 0)
-            role = NETD_ROLE_UPSTREAM;
-        else if (strcmp(r, "all") == 0)
-            role = -1;
-        else {
-            netd_reply_error(c, id, NETD_EARG, "role: must be \"client\", \"upstream\" or \"all\"");
-            return;
-        }
-    }
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (!x)
-        return;
-    x->server_id = sid;
-    x->limit = limit;
-    x->older = older;
-    x->idle = idle;
-    x->role = role;
-    fanout_or_fail(d, collect_sockets, sockets_done, x);
-}
-
-static json_t *destroy_one(netd_worker_t *w, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    netd_conn_t *c = netd_worker_find(w, x->socket_id);
-    if (!c)
-        return NULL;
-    nd_socket_destroy(c->sock);
-    return json_true();
-}
-
-static void destroy_done(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    int found = 0;
-    for (int i = 0; i < d->nworkers; i++)
-        found += results[i] != NULL;
-    if (found)
-        netd_reply_ok(x->client, x->id, json_pack("{s:i}", "destroyed", 1));
-    else
-        netd_reply_error(x->client, x->id, NETD_ENOSOCKET, "no socket with id %llu",
-                         (unsigned long long)x->socket_id);
-    ctx_done(x);
-}
-
-static bool socket_id_arg(netd_client_t *c, json_t *req, json_t *id, uint64_t *out)
-{
-    json_int_t v = json_integer_value(json_object_get(req, "socket"));
-    if (v <= 0) {
-        netd_reply_error(c, id, NETD_EARG, "socket: must be a socket id (1 or more)");
-        return false;
-    }
-    *out = (uint64_t)v;
-    return true;
-}
-
-static void cmd_destroy(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    uint64_t sid;
-    if (!socket_id_arg(c, req, id, &sid))
-        return;
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (!x)
-        return;
-    x->socket_id = sid;
-    fanout_or_fail(d, destroy_one, destroy_done, x);
-}
-
-/* The owner of the socket starts the move; its reply comes from the target's adopt. */
-static json_t *move_one(netd_worker_t *w, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    netd_conn_t *c = netd_worker_find(w, x->socket_id);
-    if (!c)
-        return NULL;
-    int rc = netd_worker_move(w, c, x->thread, x->client, x->id);
-    if (rc == -EALREADY)
-        return json_pack("{s:i, s:o}", "rc", rc, "socket", netd_conn_json(c));
-    return json_pack("{s:i}", "rc", rc);
-}
-
-static void move_done(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    /* The socket may be seen twice: by its owner, which starts the move, and by the target
-     * if it arrives there before the target runs this query. The started move wins. */
-    json_t *r = NULL;
-    for (int i = 0; i < d->nworkers; i++) {
-        if (!results[i])
-            continue;
-        if (!r || json_integer_value(json_object_get(results[i], "rc")) == 0)
-            r = results[i];
-    }
-    int rc = r ? (int)json_integer_value(json_object_get(r, "rc")) : 0;
-    if (!r) {
-        netd_reply_error(x->client, x->id, NETD_ENOSOCKET, "no socket with id %llu",
-                         (unsigned long long)x->socket_id);
-    } else if (rc == 0) {
-        /* Moving: the adopt on the target replies and releases the client. */
-        netd_client_hold(x->client);
-    } else if (rc == -EALREADY) {
-        netd_reply_ok(x->client, x->id, json_pack("{s:O}", "socket", json_object_get(r, "socket")));
-    } else if (rc == -EBUSY) {
-        netd_reply_error(x->client, x->id, NETD_EBUSY, "socket %llu cannot move now (connecting, or piped to a socket that is not its pair)",
-                         (unsigned long long)x->socket_id);
-    } else {
-        netd_reply_error(x->client, x->id, nd_err_name(rc), "%s", nd_strerror(rc));
-    }
-    ctx_done(x);
-}
-
-static void cmd_move(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    uint64_t sid;
-    if (!socket_id_arg(c, req, id, &sid))
-        return;
-    json_int_t t = json_integer_value(json_object_get(req, "thread"));
-    if (t < 0 || t >= d->nworkers) {
-        netd_reply_error(c, id, NETD_EARG, "thread: must be 0-%d", d->nworkers - 1);
-        return;
-    }
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (!x)
-        return;
-    x->socket_id = sid;
-    x->thread = (int)t;
-    fanout_or_fail(d, move_one, move_done, x);
-}
-
-/* ---- rebalance: count per thread, plan moves from the fullest to the emptiest ---- */
-
-static json_t *collect_movable(netd_worker_t *w, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    json_t *ids = json_array();
-    netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-        if (c->role == NETD_ROLE_CLIENT && (!x->server_id || c->server->id == x->server_id))
-            json_array_append_new(ids, json_integer((json_int_t)c->id));
-    return ids;
-}
-
-typedef struct rebalance {
-    cmd_ctx_t *x;
-    json_t *plan; /* per worker: array of [socket id, target thread] */
-    int pending;  /* moves not yet reported */
-    int moved;
-} rebalance_t;
-
-static void rebalance_reply(rebalance_t *rb)
-{
-    netd_reply_ok(rb->x->client, rb->x->id, json_pack("{s:i}", "moved", rb->moved));
-    ctx_done(rb->x);
-    json_decref(rb->plan);
-    free(rb);
-}
-
-void netd_rebalance_moved(netd_t *d, void *arg, bool ok)
-{
-    rebalance_t *rb = arg;
-    if (ok)
-        rb->moved++;
-    if (--rb->pending == 0)
-        rebalance_reply(rb);
-}
-
-static json_t *run_plan(netd_worker_t *w, void *arg)
-{
-    rebalance_t *rb = arg;
-    json_t *mine = json_array_get(rb->plan, (size_t)w->index);
-    int started = 0;
-    size_t i;
-    json_t *e;
-    json_array_foreach(mine, i, e)
-    {
-        netd_conn_t *c = netd_worker_find(w, (uint64_t)json_integer_value(json_array_get(e, 0)));
-        int to = (int)json_integer_value(json_array_get(e, 1));
-        if (c && netd_worker_move_rebalance(w, c, to, rb) == 0)
-            started++;
-    }
-    return json_integer(started);
-}
-
-static void plan_started(netd_t *d, json_t **results, void *arg)
-{
-    rebalance_t *rb = arg;
-    int started = 0;
-    for (int i = 0; i < d->nworkers; i++)
-        started += (int)json_integer_value(results[i]);
-    /* Moves report back through the main loop's mailbox, after this runs. */
-    rb->pending += started;
-    if (rb->pending == 0)
-        rebalance_reply(rb);
-}
-
-static void rebalance_counted(netd_t *d, json_t **results, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    int n = d->nworkers;
-    int *count = calloc((size_t)n, sizeof(int));
-    size_t *next = calloc((size_t)n, sizeof(size_t));
-    rebalance_t *rb = calloc(1, sizeof(*rb));
-    if (!count || !next || !rb) {
-        free(count);
-        free(next);
-        free(rb);
-        netd_reply_error(x->client, x->id, "ENOMEM", "out of memory");
-        ctx_done(x);
-        return;
-    }
-    rb->x = x;
-    rb->plan = json_array();
-    for (int i = 0; i < n; i++) {
-        count[i] = (int)json_array_size(results[i]);
-        json_array_append_new(rb->plan, json_array());
-    }
-    /* Greedy: one connection from the fullest to the emptiest until they differ by at most
-     * one, so no thread holds more than one above the mean. */
-    int planned = 0;
-    for (;;) {
-        int hi = 0, lo = 0;
-        for (int i = 1; i < n; i++) {
-            if (count[i] > count[hi])
-                hi = i;
-            if (count[i] < count[lo])
-                lo = i;
-        }
-        if (count[hi] - count[lo] <= 1)
-            break;
-        json_t *id = json_array_get(results[hi], next[hi]++);
-        json_array_append_new(json_array_get(rb->plan, (size_t)hi), json_pack("[O, i]", id, lo));
-        count[hi]--;
-        count[lo]++;
-        planned++;
-    }
-    free(count);
-    free(next);
-    if (planned == 0) {
-        rebalance_reply(rb);
-        return;
-    }
-    rb->pending = 1; /* held until plan_started has counted the moves it began */
-    if (netd_fanout(d, run_plan, plan_started, rb) != 0) {
-        rb->pending = 0;
-        rebalance_reply(rb);
-        return;
-    }
-    rb->pending--;
-}
-
-static void cmd_rebalance(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    uint64_t sid;
-    if (!optional_server(d, c, req, id, &sid))
-        return;
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (!x)
-        return;
-    x->server_id = sid;
-    fanout_or_fail(d, collect_movable, rebalance_counted, x);
-}
-
-static json_t *apply_timeout(netd_worker_t *w, void *arg)
-{
-    cmd_ctx_t *x = arg;
-    netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-        if (c->server->id == x->server_id && c->role == NETD_ROLE_CLIENT)
-            netd_conn_apply_timeout(c);
-    return collect_bytes(w, NULL);
-}
-
-static void cmd_set(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
-{
-    netd_server_t *s = server_arg(d, c, req, id);
-    if (!s)
-        return;
-    json_t *max = json_object_get(req, "maxConnections");
-    json_t *timeout = json_object_get(req, "timeout");
-    if (max && json_is_integer(max) && json_integer_value(max) < 0) {
-        netd_reply_error(c, id, NETD_EARG, "maxConnections: must be 0 or more, or null");
-        return;
-    }
-    if (timeout && (json_integer_value(timeout) < 0 || json_integer_value(timeout) > 0x7fffffff)) {
-        netd_reply_error(c, id, NETD_EARG, "timeout: must be 0 or more (ms)");
-        return;
-    }
-    if (max && json_integer_value(max) > 0x7fffffff) {
-        netd_reply_error(c, id, NETD_EARG, "maxConnections: too large");
-        return;
-    }
-    if (max) {
-        int v = json_is_null(max) ? 0 : (int)json_integer_value(max);
-        s->spec.max_connections = v;
-        if (s->group)
-            nd_server_set_max_connections(s->group, v);
-    }
-    cmd_ctx_t *x = ctx_new(c, id, req);
-    if (!x)
-        return;
-    x->server_id = s->id;
-    if (timeout)
-        atomic_store(&s->timeout_ms, (unsigned)json_integer_value(timeout));
-    fanout_or_fail(d, timeout ? apply_timeout : collect_bytes, server_done, x);
 }
 
 static void cmd_stats(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
@@ -1009,25 +219,174 @@ static void cmd_watch(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 static void cmd_shutdown(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
     long long t;
-    if (!nonneg_arg(c, req, id, "timeoutMs", &t, 30000))
+    if (!netd_cmd_nonneg_arg(c, req, id, "timeoutMs", &t, d->cfg.shutdown_timeout_ms))
         return;
     netd_reply_ok(c, id, json_pack("{s:b}", "draining", 1));
     netd_drain(d, (unsigned)(t > 0x7fffffff ? 0x7fffffff : t));
 }
+
+/* ------------------------------------------------------------------ server commands */
+
+static void cmd_listen(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    if (d->draining) {
+        netd_reply_error(c, id, NETD_ESHUTDOWN, "netd is draining");
+        return;
+    }
+    netd_listen_spec_t spec;
+    char err[512];
+    if (netd_listen_spec_parse(req, NULL, "", true, &spec, err, sizeof(err)) != 0) {
+        netd_reply_error(c, id, NETD_EARG, "%s", err);
+        return;
+    }
+    netd_pending_t *p = netd_pending_new(c, id);
+    if (!p) {
+        netd_listen_spec_free(&spec);
+        return;
+    }
+    const char *code = NULL;
+    char msg[512];
+    if (netd_server_open(d, &spec, p, &code, msg, sizeof(msg)) != 0) {
+        netd_listen_spec_free(&spec);
+        netd_pending_error(p, code, "%s", msg);
+    }
+}
+
+static void cmd_close(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    json_t *ref = json_object_get(req, "server");
+    netd_server_t *s = netd_server_find(d, ref);
+    if (!s && netd_server_closed_before(d, ref)) {
+        netd_reply_error(c, id, NETD_ENOTRUNNING, "server %s is closed",
+                         json_is_string(ref) ? json_string_value(ref) : "given");
+        return;
+    }
+    if (!s) {
+        reply_no_server(c, id, ref);
+        return;
+    }
+    if (s->state != NETD_SRV_LISTENING && s->state != NETD_SRV_STARTING) {
+        netd_reply_error(c, id, NETD_ENOTRUNNING, "server %s is not listening", s->spec.name);
+        return;
+    }
+    json_t *wait = json_object_get(req, "wait");
+    bool wait_close = !wait || json_is_true(wait);
+    netd_pending_t *p = wait_close ? netd_pending_new(c, id) : NULL;
+    if (wait_close && !p)
+        return;
+    netd_server_close(s, json_is_true(json_object_get(req, "destroy")));
+    if (!wait_close) {
+        netd_reply_ok(c, id, json_pack("{s:o}", "server", netd_server_json(s, 0, 0)));
+        return;
+    }
+    p->waits_for = NETD_WAIT_CLOSE;
+    TAILQ_INSERT_TAIL(&s->waiters, p, link);
+}
+
+static void servers_reply(netd_t *d, servers_q_t *q)
+{
+    json_t *arr = json_array();
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+        if (s->state != NETD_SRV_CLOSED)
+            json_array_append_new(arr, netd_server_json_with(d, s, q->slots));
+    netd_pending_ok(q->p, json_pack("{s:o}", "servers", arr));
+}
+
+static void cmd_servers(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    servers_query(d, c, id, 0, false, servers_reply);
+}
+
+static void server_reply(netd_t *d, servers_q_t *q)
+{
+    netd_server_t *s = server_by_id(d, q->server_id);
+    if (s)
+        netd_pending_ok(q->p, json_pack("{s:o}", "server", netd_server_json_with(d, s, q->slots)));
+    else
+        netd_pending_error(q->p, NETD_ENOSERVER, "server %llu closed meanwhile",
+                           (unsigned long long)q->server_id);
+}
+
+static void cmd_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    netd_server_t *s = netd_cmd_server_arg(d, c, req, id);
+    if (s)
+        servers_query(d, c, id, s->id, false, server_reply);
+}
+
+static void count_done(nd_server_t *group, int err, int count, void *arg)
+{
+    netd_pending_ok(arg, json_pack("{s:i}", "count", count));
+}
+
+static void cmd_get_connections(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    netd_server_t *s = netd_cmd_server_arg(d, c, req, id);
+    if (!s)
+        return;
+    if (!s->group) {
+        netd_reply_ok(c, id, json_pack("{s:i}", "count", 0));
+        return;
+    }
+    netd_pending_t *p = netd_pending_new(c, id);
+    if (p && nd_server_get_connections(s->group, count_done, p) != 0)
+        netd_pending_error(p, "ENOMEM", "out of memory");
+}
+
+static void cmd_set(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    netd_server_t *s = netd_cmd_server_arg(d, c, req, id);
+    if (!s)
+        return;
+    json_t *max = json_object_get(req, "maxConnections");
+    json_t *timeout = json_object_get(req, "timeout");
+    if (max && json_is_integer(max) && json_integer_value(max) < 0) {
+        netd_reply_error(c, id, NETD_EARG, "maxConnections: must be 0 or more, or null");
+        return;
+    }
+    if (timeout && (json_integer_value(timeout) < 0 || json_integer_value(timeout) > 0x7fffffff)) {
+        netd_reply_error(c, id, NETD_EARG, "timeout: must be 0 or more (ms)");
+        return;
+    }
+    if (max && json_integer_value(max) > 0x7fffffff) {
+        netd_reply_error(c, id, NETD_EARG, "maxConnections: too large");
+        return;
+    }
+    if (max) {
+        int v = json_is_null(max) ? 0 : (int)json_integer_value(max);
+        s->spec.max_connections = v;
+        if (s->group)
+            nd_server_set_max_connections(s->group, v);
+    }
+    if (timeout)
+        atomic_store(&s->timeout_ms, (unsigned)json_integer_value(timeout));
+    servers_query(d, c, id, s->id, timeout != NULL, server_reply);
+}
+
+/* ------------------------------------------------------------------ the table */
 
 /* The daemon's half of the command table: every row of netd_commands has one. */
 static const struct {
     const char *name;
     command_fn fn;
 } handlers[] = {
-    {"ping", cmd_ping},         {"listen", cmd_listen},
-    {"close", cmd_close},       {"servers", cmd_servers},
-    {"server", cmd_server},     {"getConnections", cmd_get_connections},
-    {"sockets", cmd_sockets},   {"destroy", cmd_destroy},
-    {"move", cmd_move},         {"rebalance", cmd_rebalance},
-    {"set", cmd_set},           {"stats", cmd_stats},
-    {"metrics", cmd_metrics},   {"watch", cmd_watch},
-    {"shutdown", cmd_shutdown}, {"help", cmd_help},
+    {"ping", cmd_ping},
+    {"listen", cmd_listen},
+    {"close", cmd_close},
+    {"servers", cmd_servers},
+    {"server", cmd_server},
+    {"getConnections", cmd_get_connections},
+    {"sockets", netd_cmd_sockets},
+    {"destroy", netd_cmd_destroy},
+    {"move", netd_cmd_move},
+    {"rebalance", netd_cmd_rebalance},
+    {"set", cmd_set},
+    {"stats", cmd_stats},
+    {"metrics", cmd_metrics},
+    {"watch", cmd_watch},
+    {"shutdown", cmd_shutdown},
+    {"help", cmd_help},
 };
 
 int netd_commands_check(void)
@@ -1052,118 +411,4 @@ void netd_command_run(netd_t *d, netd_client_t *c, const netd_command_t *cmd, js
         }
     }
     netd_reply_error(c, id, NETD_ECOMMAND, "command \"%s\" is not implemented", cmd->name);
-}
-
-/* ------------------------------------------------------------------ drain and reload */
-
-static void drain_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    netd_t *d = arg;
-    netd_log(NETD_LOG_WARN, "drain deadline passed: cutting the remaining connections");
-    d->exit_code = 1;
-    nd_loop_stop(d->loop);
-}
-
-static void maybe_drained(netd_t *d)
-{
-    if (d->draining && TAILQ_EMPTY(&d->servers)) {
-        netd_log(NETD_LOG_INFO, "drained: every connection ended");
-        nd_loop_stop(d->loop);
-    }
-}
-
-void netd_drain(netd_t *d, unsigned timeout_ms)
-{
-    if (d->draining)
-        return;
-    d->draining = true;
-    netd_notify("STOPPING=1\nSTATUS=draining");
-    netd_log(NETD_LOG_INFO, "draining: no new connections; waiting up to %u ms", timeout_ms);
-    netd_server_t *s, *next;
-    for (s = TAILQ_FIRST(&d->servers); s; s = next) {
-        next = TAILQ_NEXT(s, link);
-        netd_server_close(s, false);
-    }
-    d->drain_timer = evtimer_new(nd_loop_base(d->loop), drain_deadline, d);
-    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
-    if (d->drain_timer)
-        evtimer_add(d->drain_timer, &tv);
-    maybe_drained(d);
-}
-
-static netd_server_t *config_server(netd_t *d, const char *name)
-{
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-        if (s->from_config && s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
-            strcmp(s->spec.name, name) == 0)
-            return s;
-    return NULL;
-}
-
-int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing)
-{
-    int failed = 0;
-    for (size_t i = 0; i < cfg->nservers; i++) {
-        if (only_missing && config_server(d, cfg->servers[i].name))
-            continue;
-        const char *code = NULL;
-        char msg[512];
-        netd_listen_spec_t spec = cfg->servers[i];
-        memset(&cfg->servers[i], 0, sizeof(cfg->servers[i]));
-        char *name = strdup(spec.name);
-        if (netd_server_open(d, &spec, NULL, NULL, &code, msg, sizeof(msg)) != 0) {
-            netd_log(NETD_LOG_ERROR, "server %s: %s: %s", name ? name : "?", code, msg);
-            netd_listen_spec_free(&spec);
-            failed++;
-        } else {
-            netd_server_t *s = TAILQ_LAST(&d->servers, netd_server_list);
-            s->from_config = true;
-        }
-        free(name);
-    }
-    return failed;
-}
-
-int netd_reload(netd_t *d)
-{
-    if (!d->config_file) {
-        netd_log(NETD_LOG_INFO, "reload: no config file (-c); nothing to do");
-        return 0;
-    }
-    netd_notify("RELOADING=1\nSTATUS=reloading %s", d->config_file);
-    netd_config_t cfg;
-    char err[1024];
-    if (netd_config_load(d->config_file, &cfg, err, sizeof(err)) != 0) {
-        netd_log(NETD_LOG_ERROR, "reload refused, keeping the running config: %s", err);
-        netd_notify("READY=1\nSTATUS=reload failed; running the previous config");
-        return -1;
-    }
-    /* Close what went away or changed; unchanged servers and their connections stay. */
-    netd_server_t *s, *next;
-    for (s = TAILQ_FIRST(&d->servers); s; s = next) {
-        next = TAILQ_NEXT(s, link);
-        if (!s->from_config || s->state == NETD_SRV_CLOSING || s->state == NETD_SRV_CLOSED)
-            continue;
-        bool keep = false;
-        for (size_t i = 0; i < cfg.nservers; i++)
-            if (strcmp(cfg.servers[i].name, s->spec.name) == 0 &&
-                netd_listen_spec_equal(&cfg.servers[i], &s->spec))
-                keep = true;
-        if (!keep) {
-            netd_log(NETD_LOG_INFO, "reload: closing server %s", s->spec.name);
-            netd_server_close(s, false);
-        }
-    }
-    int failed = netd_open_config_servers(d, &cfg, true);
-    /* Limits and timeouts apply from now on; threads and the control socket stay. */
-    d->cfg.high_water_mark = cfg.high_water_mark;
-    atomic_store(&d->high_water_mark, cfg.high_water_mark);
-    atomic_store(&d->max_buffered_bytes, cfg.max_buffered_bytes);
-    atomic_store(&d->stall_ms, cfg.stall_ms);
-    d->cfg.shutdown_timeout_ms = cfg.shutdown_timeout_ms;
-    netd_config_free(&cfg);
-    netd_log(NETD_LOG_INFO, "reloaded %s%s", d->config_file, failed ? " (some servers failed)" : "");
-    netd_notify("READY=1\nSTATUS=serving");
-    return 0;
 }

@@ -2,6 +2,8 @@
  * The control socket (CONTROL.md): a libnetd server on a unix path, line framing, peer
  * credentials and limits, request parsing against the command table, replies, watchers.
  */
+#include "config.h"
+
 #include "daemon.h"
 #include "request.h"
 
@@ -16,23 +18,41 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <event2/event.h>
 
+/*
+ * One control connection.
+ * Owned by: the main loop; no worker ever sees it. Referenced by its socket (until
+ * 'close') and by each netd_pending_t still to be answered; freed when both are gone.
+ * Bounded (CONTROL.md Transport): unread requests and unread replies each stop the
+ * reading past NETD_CLIENT_MAX_QUEUED; replies that do not move for the idle timeout get
+ * the connection destroyed; a refused or ending connection is destroyed after a second.
+ */
 struct netd_client {
     netd_t *d;
     nd_socket_t *sock; /* NULL once closed */
-    char *buf;         /* bytes received, not yet a complete line */
-    size_t len, cap;
-    size_t scanned; /* bytes of buf known to hold no newline */
-    size_t partial; /* bytes of the unfinished last line */
-    int refs;       /* the socket's, plus one per command still to answer */
-    bool busy;      /* a command is being answered: later lines wait */
-    bool closing;   /* ETOOBIG/EPERM/EBUSY: reply sent, nothing more is read */
+    char *buf;         /* unread input: buf[start, len) */
+    size_t start, len, cap;
+    size_t scanned;  /* bytes from start known to hold no newline */
+    size_t partial;  /* bytes of the unfinished last line */
+    int refs;        /* the socket's, plus one per request still to answer */
+    int pending;     /* requests still to answer: later lines wait for them */
+    bool closing;    /* ETOOBIG/EPERM/EBUSY/overflow: nothing more is run */
     bool watching;
-    bool counted;   /* counts against maxClients */
-    unsigned events; /* watch filter: bit per event name; 0 = all */
+    bool counted;    /* counts against maxClients */
+    bool eof;        /* the peer sent FIN: answer what is there, then end */
+    bool ended;      /* our FIN is on its way */
+    bool throttled;  /* reading paused by a bound */
+    unsigned events; /* watch filter: bit per event kind; 0 = all */
     bool process_scheduled;
+    struct event *kill_ev; /* a closing client is destroyed when it fires */
     TAILQ_ENTRY(netd_client) link;
 };
+
+/* Unread requests, or unread replies, past which a client is not read from. */
+#define NETD_CLIENT_MAX_QUEUED ((size_t)1024 * 1024)
+/* How long a refused or closing client may linger. */
+#define NETD_CLIENT_KILL_MS 1000
 
 static const char *const watch_events[] = {"listening", "connection", "close", "error", NULL};
 
@@ -42,19 +62,10 @@ static void client_release(netd_client_t *c)
 {
     if (--c->refs > 0)
         return;
+    if (c->kill_ev)
+        event_free(c->kill_ev);
     free(c->buf);
     free(c);
-}
-
-void netd_client_hold(netd_client_t *c)
-{
-    c->refs++;
-    c->busy = true;
-}
-
-bool netd_client_alive(const netd_client_t *c)
-{
-    return c && c->sock != NULL;
 }
 
 static void process_lines(netd_client_t *c);
@@ -68,18 +79,82 @@ static void process_later(void *arg)
     client_release(c);
 }
 
-void netd_client_done(netd_client_t *c)
+/* Later requests of this client run on a later turn, never inside a reply. */
+static void schedule_processing(netd_client_t *c)
 {
-    c->busy = false;
-    if (c->sock && !c->closing)
-        nd_socket_resume(c->sock);
-    /* Later requests of this client run on a later turn, never inside a reply. */
-    if (c->sock && !c->process_scheduled) {
+    if (c->sock && !c->process_scheduled && nd_loop_defer(c->d->loop, process_later, c) == 0) {
         c->process_scheduled = true;
         c->refs++;
-        nd_loop_defer(c->d->loop, process_later, c);
     }
+}
+
+netd_pending_t *netd_pending_new(netd_client_t *c, json_t *id)
+{
+    netd_pending_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        netd_reply_error(c, id, "ENOMEM", "out of memory");
+        return NULL;
+    }
+    p->client = c;
+    p->id = json_incref(id);
+    c->refs++;
+    c->pending++;
+    return p;
+}
+
+static void pending_free(netd_pending_t *p)
+{
+    netd_client_t *c = p->client;
+    json_decref(p->id);
+    free(p);
+    c->pending--;
+    schedule_processing(c);
     client_release(c);
+}
+
+void netd_pending_ok(netd_pending_t *p, json_t *fields)
+{
+    netd_reply_ok(p->client, p->id, fields);
+    pending_free(p);
+}
+
+void netd_pending_error(netd_pending_t *p, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    netd_reply_error(p->client, p->id, code, "%s", msg);
+    pending_free(p);
+}
+
+static void on_kill(evutil_socket_t fd, short what, void *arg)
+{
+    netd_client_t *c = arg;
+    if (c->sock)
+        nd_socket_destroy(c->sock);
+}
+
+/* The connection ends: our FIN after the replies. A refused or overflowing client (kill)
+ * is also destroyed within a second, whatever it does (reads nothing, keeps sending); one
+ * that ended itself gets all its replies, and the idle timeout bounds a stalled reader. */
+static void client_finish(netd_client_t *c, bool kill)
+{
+    if (!c->sock)
+        return;
+    c->closing = true;
+    if (!c->ended) {
+        c->ended = true;
+        nd_socket_end(c->sock, NULL, 0);
+    }
+    if (!kill)
+        return;
+    if (!c->kill_ev)
+        c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
+    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
+    if (!c->kill_ev || evtimer_add(c->kill_ev, &tv) != 0)
+        nd_socket_destroy(c->sock);
 }
 
 /* ------------------------------------------------------------------ replies */
@@ -88,7 +163,7 @@ static void send_line(netd_client_t *c, json_t *obj)
 {
     char *text = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(obj);
-    if (!text || !c->sock) {
+    if (!text || !c->sock || c->ended) {
         free(text);
         return;
     }
@@ -124,12 +199,11 @@ void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char
     send_line(c, r);
 }
 
-/* A refusal before any request: one reply, then the connection ends. */
+/* A refusal: one reply, then the connection ends. */
 static void refuse(netd_client_t *c, const char *code, const char *msg)
 {
     netd_reply_error(c, NULL, code, "%s", msg);
-    c->closing = true;
-    nd_socket_end(c->sock, NULL, 0);
+    client_finish(c, true);
 }
 
 /* ------------------------------------------------------------------ requests */
@@ -145,55 +219,114 @@ static void run_line(netd_client_t *c, const char *line, size_t len)
     netd_request_free(&r);
 }
 
-/* Runs complete lines in order; stops while a command is still being answered. */
+/* Reading stops while either bound is passed, and starts again once both are below. */
+static void update_reading(netd_client_t *c)
+{
+    if (!c->sock || c->closing)
+        return;
+    bool over = c->len - c->start > NETD_CLIENT_MAX_QUEUED ||
+                nd_socket_buffer_size(c->sock) > NETD_CLIENT_MAX_QUEUED;
+    if (over && !c->throttled) {
+        c->throttled = true;
+        nd_socket_pause(c->sock);
+    } else if (!over && c->throttled) {
+        c->throttled = false;
+        nd_socket_resume(c->sock);
+    }
+}
+
+/* The next complete line, or (at EOF) the unterminated last one. NULL when none. */
+static char *next_line(netd_client_t *c, size_t *n)
+{
+    size_t avail = c->len - c->start;
+    if (avail == 0)
+        return NULL;
+    char *base = c->buf + c->start;
+    char *nl = memchr(base + c->scanned, '\n', avail - c->scanned);
+    if (!nl) {
+        c->scanned = avail;
+        if (!c->eof)
+            return NULL;
+        *n = avail; /* CONTROL.md: a last line without \n before EOF is answered too */
+        c->start = c->len;
+        c->scanned = 0;
+        c->partial = 0;
+        return base;
+    }
+    *n = (size_t)(nl - base);
+    c->start += *n + 1;
+    c->scanned = 0;
+    return base;
+}
+
+/* Runs complete lines in order; stops while a request is still to be answered, while
+ * the client's replies wait unread past the bound, and for good once it watches. */
 static void process_lines(netd_client_t *c)
 {
     c->refs++;
-    while (c->sock && !c->busy && !c->closing && !c->watching) {
-        char *nl = memchr(c->buf + c->scanned, '\n', c->len - c->scanned);
-        if (!nl) {
-            c->scanned = c->len;
+    while (c->sock && c->pending == 0 && !c->closing && !c->watching && !c->d->upgrading &&
+           nd_socket_buffer_size(c->sock) <= NETD_CLIENT_MAX_QUEUED) {
+        size_t n;
+        char *line = next_line(c, &n);
+        if (!line)
             break;
-        }
-        size_t n = (size_t)(nl - c->buf);
         if (n > NETD_MAX_LINE) {
             refuse(c, NETD_ETOOBIG, "request line longer than 1 MiB");
             break;
         }
         /* Copy out: a command may read more data into buf while it runs. */
-        char *line = malloc(n + 1);
-        if (!line)
+        char *copy = malloc(n + 1);
+        if (!copy) {
+            nd_socket_destroy(c->sock);
             break;
-        memcpy(line, c->buf, n);
-        line[n] = '\0';
-        memmove(c->buf, nl + 1, c->len - n - 1);
-        c->len -= n + 1;
-        c->scanned = 0;
-        if (n > 0 && line[n - 1] == '\r')
+        }
+        memcpy(copy, line, n);
+        copy[n] = '\0';
+        if (n > 0 && copy[n - 1] == '\r')
             n--; /* tolerate CRLF from telnet-like clients */
         if (n > 0)
-            run_line(c, line, n);
-        free(line);
+            run_line(c, copy, n);
+        free(copy);
     }
+    /* Everything the peer sent before its FIN is answered: our side ends too. */
+    if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 &&
+        c->start == c->len && !c->d->upgrading)
+        client_finish(c, false);
+    update_reading(c);
     client_release(c);
+}
+
+/* Keeps buf[start, len) and room for `more` bytes: the consumed prefix is dropped only
+ * when it is at least half the buffer, so splitting lines stays linear. */
+static bool reserve(netd_client_t *c, size_t more)
+{
+    size_t used = c->len - c->start;
+    if (c->start > 0 && (c->start >= c->cap / 2 || c->len + more > c->cap)) {
+        memmove(c->buf, c->buf + c->start, used);
+        c->start = 0;
+        c->len = used;
+    }
+    if (c->len + more <= c->cap)
+        return true;
+    size_t cap = c->cap ? c->cap : 4096;
+    while (cap < c->len + more)
+        cap *= 2;
+    char *b = realloc(c->buf, cap);
+    if (!b)
+        return false;
+    c->buf = b;
+    c->cap = cap;
+    return true;
 }
 
 static void on_data(void *sock, const nd_event_t *ev, void *arg)
 {
     netd_client_t *c = arg;
-    if (c->closing)
-        return; /* the rest of an oversized line, or anything after a refusal */
-    if (c->len + ev->len > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + ev->len)
-            cap *= 2;
-        char *b = realloc(c->buf, cap);
-        if (!b) {
-            nd_socket_destroy(sock);
-            return;
-        }
-        c->buf = b;
-        c->cap = cap;
+    if (c->closing || c->watching)
+        return; /* the rest of an oversized line, anything after a refusal or a watch */
+    if (!reserve(c, ev->len)) {
+        nd_socket_destroy(sock);
+        return;
     }
     memcpy(c->buf + c->len, ev->data, ev->len);
     c->len += ev->len;
@@ -202,13 +335,26 @@ static void on_data(void *sock, const nd_event_t *ev, void *arg)
     c->partial = nl ? (size_t)(ev->data + ev->len - nl - 1) : c->partial + ev->len;
     if (c->partial > NETD_MAX_LINE) {
         refuse(c, NETD_ETOOBIG, "request line longer than 1 MiB");
-        c->len = 0;
+        c->start = c->len = 0;
         return;
     }
-    /* Requests pile up while one is answered: stop reading rather than buffer without end. */
-    if (c->busy && c->len > 2 * NETD_MAX_LINE)
-        nd_socket_pause(sock);
     process_lines(c);
+}
+
+static void on_end(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    c->eof = true;
+    if (!c->closing && !c->watching)
+        process_lines(c);
+}
+
+static void on_drain(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    /* Replies moved: requests held back by the output bound may run again. */
+    update_reading(c);
+    schedule_processing(c);
 }
 
 static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
@@ -219,6 +365,8 @@ static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
         d->nclients--;
     if (c->watching)
         atomic_fetch_sub(&d->watchers, 1);
+    if (c->kill_ev)
+        evtimer_del(c->kill_ev);
     TAILQ_REMOVE(&d->clients, c, link);
     c->sock = NULL;
     client_release(c);
@@ -227,7 +375,8 @@ static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
 static void on_client_idle(void *sock, const nd_event_t *ev, void *arg)
 {
     netd_client_t *c = arg;
-    if (!c->watching && !c->busy)
+    /* Replies the peer has not taken for a whole idle period: it is gone or hostile. */
+    if (nd_socket_buffer_size(sock) > 0 || (!c->watching && c->pending == 0))
         nd_socket_destroy(sock);
 }
 
@@ -257,6 +406,8 @@ static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
     c->refs = 1;
     TAILQ_INSERT_TAIL(&d->clients, c, link);
     nd_socket_on(sock, ND_EV_DATA, on_data, c);
+    nd_socket_on(sock, ND_EV_END, on_end, c);
+    nd_socket_on(sock, ND_EV_DRAIN, on_drain, c);
     nd_socket_on(sock, ND_EV_CLOSE, on_client_close, c);
     if (!peer_allowed(d, nd_socket_fd(sock))) {
         netd_log(NETD_LOG_WARN, "control: refused a peer of another user");
@@ -290,6 +441,8 @@ void netd_client_watch(netd_client_t *c, json_t *events)
     if (!c->watching)
         atomic_fetch_add(&c->d->watchers, 1);
     c->watching = true;
+    /* Input after `watch` is not run: what is buffered goes, what comes is discarded. */
+    c->start = c->len = c->scanned = c->partial = 0;
 }
 
 int netd_watch_event_known(const char *name)
@@ -300,68 +453,27 @@ int netd_watch_event_known(const char *name)
     return 0;
 }
 
-void netd_control_broadcast(netd_t *d, const char *event, json_t *line)
+void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
 {
-    int bit = -1;
-    for (int k = 0; watch_events[k]; k++)
-        if (strcmp(event, watch_events[k]) == 0)
-            bit = k;
+    int bit = (int)kind; /* watch_events follows enum netd_event_kind */
     netd_client_t *c, *next;
     for (c = TAILQ_FIRST(&d->clients); c; c = next) {
         next = TAILQ_NEXT(c, link);
         if (!c->watching || !c->sock || c->closing)
             continue;
-        if (c->events && (bit < 0 || !(c->events & (1u << bit))))
+        if (c->events && !(c->events & (1u << bit)))
             continue;
         if (nd_socket_buffer_size(c->sock) > NETD_WATCH_MAX_BEHIND) {
-            /* It cannot keep up: say so and let it go rather than hold memory for it. */
+            /* It cannot keep up: the overflow line goes after what is queued, and the
+             * connection is destroyed a second later whether or not it was read, rather
+             * than hold memory (or a client slot) for it. */
             send_line(c, json_pack("{s:s}", "event", "overflow"));
-            c->closing = true;
-            nd_socket_end(c->sock, NULL, 0);
+            client_finish(c, true);
             continue;
         }
         send_line(c, json_incref(line));
     }
     json_decref(line);
-}
-
-typedef struct watch_msg {
-    netd_t *d;
-    char event[16];
-    json_t *line;
-} watch_msg_t;
-
-static void watch_deliver(nd_loop_t *loop, void *arg)
-{
-    watch_msg_t *m = arg;
-    netd_control_broadcast(m->d, m->event, m->line);
-    free(m);
-}
-
-void netd_watch_emit(netd_t *d, const char *event, uint64_t server, uint64_t socket,
-                     json_t *extra)
-{
-    if (atomic_load_explicit(&d->watchers, memory_order_relaxed) == 0) {
-        json_decref(extra);
-        return;
-    }
-    json_t *line = json_pack("{s:s, s:I}", "event", event, "server", (json_int_t)server);
-    if (socket)
-        json_object_set_new(line, "socket", json_integer((json_int_t)socket));
-    if (extra) {
-        json_object_update(line, extra);
-        json_decref(extra);
-    }
-    watch_msg_t *m = malloc(sizeof(*m));
-    if (!m) {
-        json_decref(line);
-        return;
-    }
-    m->d = d;
-    snprintf(m->event, sizeof(m->event), "%s", event);
-    m->line = line;
-    /* Through the main loop's mailbox even from the main thread: one order for all. */
-    nd_loop_post(d->loop, watch_deliver, m);
 }
 
 /* ------------------------------------------------------------------ the socket */
@@ -412,7 +524,9 @@ int netd_control_start(netd_t *d)
         close(fd);
         return rc;
     }
-    d->control = nd_server_new(d->loop, NULL, on_control_connection, d);
+    /* Half-open: a client's FIN does not end our side before its last line is answered. */
+    nd_server_options_t opts = {.allow_half_open = 1};
+    d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
     if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
         close(fd);
         unlink(path);
@@ -428,10 +542,157 @@ void netd_control_stop(netd_t *d)
     if (d->control) {
         nd_server_close(d->control, NULL, NULL);
         d->control = NULL;
-        unlink(d->control_path);
+        if (!d->handed_over) /* after an upgrade the path is the new netd's */
+            unlink(d->control_path);
     }
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients, link)
         if (c->sock)
             nd_socket_destroy(c->sock);
+}
+
+/* ------------------------------------------------------------------ handing over (upgrade.c) */
+
+/* Nothing a client asked is still being worked on, but the upgrade itself. */
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link)
+        if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
+            return false;
+    return true;
+}
+
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t cap = 0;
+    netd_client_t *c, *next;
+    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (!c->sock)
+            continue;
+        if (c->closing) {
+            nd_socket_destroy(c->sock); /* refused or ending anyway: it does not travel */
+            continue;
+        }
+        netd_client_export_t item = {.c = c};
+        if (nd_socket_export(c->sock, &item.ex) != 0) {
+            netd_log(NETD_LOG_WARN, "upgrade: a control client is busy; it is closed");
+            nd_socket_destroy(c->sock);
+            continue;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 8;
+            netd_client_export_t *v = realloc(*out, cap * sizeof(**out));
+            if (!v) {
+                nd_socket_export_abort(&item.ex);
+                return -ENOMEM;
+            }
+            *out = v;
+        }
+        item.watching = c->watching;
+        item.events = c->events;
+        item.eof = c->eof;
+        item.unread = c->buf + c->start;
+        item.nunread = c->len - c->start;
+        item.reply_id = upgrade && upgrade->client == c ? upgrade->id : NULL;
+        (*out)[(*n)++] = item;
+    }
+    return 0;
+}
+
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        nd_socket_export_abort(&items[i].ex);
+    free(items);
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link)
+        schedule_processing(c); /* requests held back during the attempt run now */
+}
+
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        netd_client_t *c = items[i].c;
+        /* The socket leaves without 'close': do what on_client_close would. */
+        if (c->counted)
+            d->nclients--;
+        if (c->watching)
+            atomic_fetch_sub(&d->watchers, 1);
+        if (c->kill_ev)
+            evtimer_del(c->kill_ev);
+        TAILQ_REMOVE(&d->clients, c, link);
+        c->sock = NULL;
+        nd_socket_export_commit(&items[i].ex);
+        client_release(c);
+    }
+    free(items);
+}
+
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state)
+{
+    netd_client_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    nd_socket_t *socks[2];
+    if ((state->nunread && !reserve(c, state->nunread)) ||
+        nd_socket_import(d->loop, rec, len, &fd, 1, NULL, socks) != 0) {
+        free(c->buf);
+        free(c);
+        return NULL;
+    }
+    c->d = d;
+    c->sock = socks[0];
+    c->refs = 1;
+    memcpy(c->buf, state->unread, state->nunread);
+    c->len = state->nunread;
+    c->eof = state->eof;
+    c->counted = true;
+    d->nclients++;
+    if (state->watching) {
+        c->watching = true;
+        c->events = state->events;
+        atomic_fetch_add(&d->watchers, 1);
+    }
+    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    nd_socket_on(c->sock, ND_EV_DATA, on_data, c);
+    nd_socket_on(c->sock, ND_EV_END, on_end, c);
+    nd_socket_on(c->sock, ND_EV_DRAIN, on_drain, c);
+    nd_socket_on(c->sock, ND_EV_CLOSE, on_client_close, c);
+    if (d->cfg.control_idle_timeout_ms)
+        nd_socket_set_timeout(c->sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
+    return c;
+}
+
+void netd_control_start_clients(netd_t *d)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients, link) {
+        if (c->sock) {
+            nd_socket_import_start(c->sock);
+            schedule_processing(c); /* lines that came with it, or a last one before EOF */
+        }
+    }
+}
+
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields)
+{
+    netd_reply_ok(c, id, fields);
+}
+
+int netd_control_adopt_listener(netd_t *d, int fd)
+{
+    nd_server_options_t opts = {.allow_half_open = 1};
+    d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
+    if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
+        close(fd);
+        return -ENOMEM;
+    }
+    nd_server_unref(d->control);
+    return 0;
 }

@@ -12,17 +12,39 @@
 #include <jansson.h>
 #include <netd/net.h>
 
-#include "config.h"
+#include "conf.h"
 #include "protocol.h"
 
 /* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
 #define NETD_FD_RESERVE 64
+/* Closed servers remembered by id and name, so that closing one again says ENOTRUNNING. */
+#define NETD_CLOSED_REMEMBERED 256
 
 typedef struct netd netd_t;
 typedef struct netd_worker netd_worker_t;
 typedef struct netd_server netd_server_t;
 typedef struct netd_conn netd_conn_t;
 typedef struct netd_client netd_client_t;
+typedef struct netd_pending netd_pending_t;
+typedef struct netd_move netd_move_t;
+
+/*
+ * Ownership across threads
+ * ------------------------
+ * netd runs one main loop (control socket, signals, the acceptors of every server group)
+ * and N worker loops (the connections). Every type below says which loop owns it, who
+ * else may touch it and how, and when it is freed. The rules behind all of them:
+ *   - A message between threads carries a counted reference or hands its object over
+ *     whole (the sender stops touching it when it posts); never a bare pointer to
+ *     something the sender may still free.
+ *   - Messages that must arrive embed their mailbox node (nd_msg_t), allocated with what
+ *     they carry before anything is committed, so posting cannot fail half way.
+ *   - Only the main loop writes to control clients, and only the main loop builds JSON:
+ *     workers fill typed slots (a fan-out) or typed messages (moves, watch events).
+ *   - A socket in transit between workers is never in no one's hands: the move that
+ *     carries it is registered on the main loop from before it leaves until after it
+ *     arrives, so it is listed (`moving`), destroyable, counted and waited for.
+ */
 
 /* ----------------------------------------------------------------------- logging */
 
@@ -30,28 +52,62 @@ enum { NETD_LOG_ERROR = 0, NETD_LOG_WARN = 1, NETD_LOG_INFO = 2, NETD_LOG_DEBUG 
 extern int netd_log_level;
 void netd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* --------------------------------------------------------------- deferred replies */
+
+/*
+ * A control request that is answered later (listen, close, every fan-out, move).
+ * Owned by: the main loop. Holds a reference on its client, which stays busy (its later
+ * requests wait, so replies keep their order) until this one is answered. Freed by
+ * netd_pending_ok / netd_pending_error, which reply unless the client has gone.
+ */
+struct netd_pending {
+    netd_client_t *client;
+    json_t *id;
+    int waits_for; /* on a server's waiter list: NETD_WAIT_* */
+    TAILQ_ENTRY(netd_pending) link;
+};
+TAILQ_HEAD(netd_pending_list, netd_pending);
+
+enum { NETD_WAIT_NONE, NETD_WAIT_LISTEN, NETD_WAIT_CLOSE };
+
+/* NULL when out of memory: then the ENOMEM reply has been sent already. */
+netd_pending_t *netd_pending_new(netd_client_t *c, json_t *id);
+void netd_pending_ok(netd_pending_t *p, json_t *fields /* stolen, may be NULL */);
+void netd_pending_error(netd_pending_t *p, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* ------------------------------------------------------------------------- servers */
 
 enum netd_server_state { NETD_SRV_STARTING, NETD_SRV_LISTENING, NETD_SRV_CLOSING, NETD_SRV_CLOSED };
 
-/* A configured server: its group lives on the main loop; workers read the immutable spec
- * and the atomics. Freed when its group is gone and no connection refers to it. */
+/*
+ * A server the daemon opened (config or `listen`).
+ * Owned by: the main loop, on d->servers from netd_server_open until its group's 'close'.
+ * Touched by workers: through the counted reference each connection record holds
+ * (netd_server_retain, atomic); they read `id`, `spec` (immutable once opened, except
+ * max_connections, which only the main loop reads) and the atomics.
+ * Freed when: the main loop's reference (dropped at 'close') and every record's are gone.
+ */
 struct netd_server {
     uint64_t id;
     netd_t *d;
-    netd_listen_spec_t spec; /* immutable once listening, but for the atomics below */
+    netd_listen_spec_t spec;
     _Atomic unsigned timeout_ms;
-    enum netd_server_state state; /* main thread */
+    _Atomic bool destroying; /* `close {"destroy":true}`: sockets that arrive are destroyed */
+    enum netd_server_state state; /* main loop */
     bool inherited_fd;            /* socket activation: never closed on reload */
     bool from_config;             /* opened from the config file: reload manages it */
-    nd_server_t *group;           /* owner-side server, main thread */
+    nd_server_t *group;           /* owner-side server, main loop */
     nd_address_t address;         /* as bound */
     nd_server_stats_t final;      /* the group's counters when it closed */
     _Atomic uint64_t bytes_read_closed, bytes_written_closed; /* of ended connections */
     _Atomic int refs; /* main's + one per live connection record */
-    netd_client_t *listen_client; /* a `listen` waiting for 'listening' */
-    json_t *listen_id;
-    TAILQ_HEAD(, netd_waiter) close_waiters; /* `close` with wait */
+    struct netd_pending_list waiters; /* `listen` and `close` answered at an event */
+    /* The worker-side server of each worker (slot i written once, by worker i, and read
+     * only by it): where a socket handed over by an upgrade is counted. */
+    nd_server_t **members;
+    /* Counters carried over from the process this one took over from (upgrade). */
+    nd_server_stats_t carried;
     TAILQ_ENTRY(netd_server) link;
 };
 
@@ -62,36 +118,160 @@ void netd_server_release(netd_server_t *s);
 
 enum netd_role { NETD_ROLE_CLIENT, NETD_ROLE_UPSTREAM };
 
-/* One live socket, registered on the worker thread that owns it. */
+/*
+ * One live socket and what the daemon knows of it.
+ * Owned by: the worker whose `conns` list holds it; while it moves, by the netd_move_t
+ * carrying it (on no list; nobody else touches it). The main loop never dereferences a
+ * record: it sees netd_sockinfo_t copies. A proxy's two records point at each other
+ * (`pair`) only while both are on the same worker.
+ * Freed when: its socket's 'close' has run, on the owning worker.
+ */
 struct netd_conn {
     uint64_t id;
     nd_socket_t *sock;
-    netd_server_t *server;
+    netd_server_t *server; /* a counted reference */
     netd_worker_t *worker;
     enum netd_role role;
-    uint64_t created_ms;
+    uint64_t created_ms;      /* monotonic, for ageMs */
+    uint64_t created_wall_ms; /* ms since the epoch, for watch events */
     netd_conn_t *pair; /* client <-> upstream of a proxy */
+    bool parked;       /* exported or imported by an upgrade, not yet settled */
     TAILQ_ENTRY(netd_conn) link;
 };
 
+/* A copy of one socket's figures, made on its worker and read on the main loop. */
+typedef struct netd_sockinfo {
+    uint64_t id, server;
+    int thread;
+    enum netd_role role;
+    bool moving;
+    const char *state; /* a string literal */
+    char remote_address[64], local_address[64];
+    int remote_port, local_port;
+    int remote_family; /* 4, 6, or 0 (unix) */
+    uint64_t bytes_read, bytes_written, buffer_size, age_ms, idle_ms;
+} netd_sockinfo_t;
+
+void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out);
+json_t *netd_sockinfo_json(const netd_sockinfo_t *info);
+
 /* ------------------------------------------------------------------------- workers */
 
+/*
+ * A worker thread and its loop.
+ * Owned by: its own thread for everything but the fields set before the thread starts
+ * (index, d, loop, thread), which are read-only from then on; the atomics are counters
+ * any thread may read.
+ */
 struct netd_worker {
     int index;
     netd_t *d;
     nd_loop_t *loop;
     nd_thread_t *thread;
     TAILQ_HEAD(, netd_conn) conns; /* worker thread only */
+    bool cut;                      /* worker thread only: the exit cut ran; arrivals die */
     struct event *sweep_ev;        /* limits: stalled slow readers */
     _Atomic uint64_t idle_timeouts, slow_destroyed, upstream_failed;
 };
 
-/* --------------------------------------------------------------- control clients */
+/* ----------------------------------------------------------------------- moves */
 
-struct netd_client;
+/*
+ * One live socket (with its proxy pair) moving between workers, for `move` or
+ * `rebalance`.
+ * Owned by: whoever holds it, in turn: the main loop creates it and registers it in
+ * d->moves; the start message hands it to the source worker; the library's move carries
+ * it (with the records) to the target worker; the completion message hands it back to
+ * the main loop, which retires it. The registry fields (marked main) are touched only by
+ * the main loop, the others only by the current holder.
+ * Freed when: retired and no `sockets` query that began while it was in flight is still
+ * waiting (so that query still lists it as `moving`).
+ */
+struct netd_move {
+    nd_msg_t msg; /* the hop in progress */
+    netd_t *d;
+    uint64_t socket_id;
+    int from, to;
+    /* written by the workers that hold it */
+    int rc;                 /* 0 when it arrived; -ESRCH not on the source (any more),
+                               ND_ECLOSED, -EBUSY, ... */
+    netd_conn_t *conns[2];  /* the records in transit */
+    netd_sockinfo_t arrived; /* as the target sees it on arrival */
+    /* main */
+    netd_sockinfo_t listed; /* what `sockets` shows while it moves */
+    void (*done)(netd_t *d, netd_move_t *m, void *arg);
+    void *arg;
+    struct netd_pending_list destroys; /* `destroy` requests that arrived meanwhile */
+    uint64_t retired_seq; /* 0 while in flight */
+    TAILQ_ENTRY(netd_move) link;
+};
+TAILQ_HEAD(netd_move_list, netd_move);
+
+/* Main loop: registers a move of m->socket_id from m->from to m->to and starts it; done
+ * runs on the main loop once it arrived or failed (m->rc). m is retired after done. */
+void netd_move_start(netd_t *d, netd_move_t *m);
+netd_move_t *netd_move_new(netd_t *d, const netd_sockinfo_t *info, int to,
+                           void (*done)(netd_t *d, netd_move_t *m, void *arg), void *arg);
+/* Main loop: the registered move of a socket, or NULL. */
+netd_move_t *netd_move_find(netd_t *d, uint64_t socket_id);
+/* Main loop: `sockets` queries see moves that were in flight at any time while they ran. */
+uint64_t netd_moves_query_begin(netd_t *d);
+void netd_moves_query_end(netd_t *d, uint64_t begin);
+/* Calls fn for every move in flight now or retired after `begin`. */
+void netd_moves_foreach_since(netd_t *d, uint64_t begin,
+                              void (*fn)(const netd_move_t *m, void *arg), void *arg);
+void netd_moves_free_all(netd_t *d);
+
+/* --------------------------------------------------------------------- fan-out */
+
+/*
+ * Runs fn(worker, ctx) on every worker thread. Each fn writes only its own worker's slot
+ * of ctx (a typed array indexed by w->index, allocated by the caller); once all have
+ * answered, done(d, ctx) runs on the main loop, which alone reads the slots (the
+ * mailbox's lock orders the workers' writes before). The fan-out's messages are
+ * allocated up front: once it returns 0, every worker answers and done runs exactly once.
+ * Returns 0 or -ENOMEM (then nothing runs).
+ */
+typedef void (*netd_fanout_fn)(netd_worker_t *w, void *ctx);
+typedef void (*netd_fanout_done)(netd_t *d, void *ctx);
+int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *ctx);
+
+/* ------------------------------------------------------------------- watch events */
+
+enum netd_event_kind { NETD_EV_LISTENING, NETD_EV_CONNECTION, NETD_EV_CLOSE, NETD_EV_ERROR };
+
+/* One `watch` event, filled on the thread where it happened and handed to the main loop,
+ * which builds the line. */
+typedef struct netd_event {
+    nd_msg_t msg;
+    netd_t *d;
+    enum netd_event_kind kind;
+    uint64_t server, socket; /* socket 0: a server's own event */
+    int thread;              /* -1 for server events */
+    uint64_t time_ms;        /* since the epoch */
+    char remote_address[64];
+    int remote_port;
+    uint64_t duration_ms, bytes_read, bytes_written; /* socket 'close' */
+    bool had_error;
+    char code[32], message[256]; /* server 'error' */
+    char server_name[];
+} netd_event_t;
+
+/* Any thread: a new event for server s (NULL when nobody watches or out of memory). */
+netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_server_t *s);
+/* Any thread: hands the event to the main loop (cannot fail). */
+void netd_event_post(netd_event_t *ev);
+/* An event's name ("listening", ...). */
+const char *netd_event_name(enum netd_event_kind kind);
+uint64_t netd_wall_ms(void);
 
 /* ---------------------------------------------------------------------- the daemon */
 
+/*
+ * The daemon.
+ * Owned by: the main loop. Workers read the fields fixed before they start (loop,
+ * workers, nworkers, worker_loops) and the atomics; nothing else.
+ */
 struct netd {
     nd_loop_t *loop; /* main loop: control socket, signals, acceptors */
     netd_config_t cfg;
@@ -110,11 +290,24 @@ struct netd {
     bool draining;
     int exit_code;
     struct event *drain_timer;
-    int sigterm_count;
+    bool finish_expired; /* the exit's bound on waiting passed */
+    /* live upgrade (upgrade.c) */
+    bool upgrading;      /* control requests wait: an upgrade is handing everything over */
+    bool handed_over;    /* everything went to the new process: leave its files alone */
+    struct upgrade *upgrade;
+    char **argv;         /* as started, to start the new binary the same way */
+    char *exe;           /* the binary we run (its real path at start) */
+    /* moves in flight and recently retired (main loop) */
+    struct netd_move_list moves, moves_retired;
+    uint64_t move_seq;
+    int fanouts_open; /* fan-outs whose answers are still due */
+    struct queries {
+        uint64_t *begin;
+        size_t n, cap;
+    } move_queries; /* `sockets` queries still waiting: their begin marks */
     /* socket activation */
     int listen_fds_start, listen_fds_count;
     char **listen_fd_names;
-    bool *listen_fd_used;
     int fd_limit;
     uint64_t paused_seen; /* acceptPausedTotal at the last overload check */
     /* limits read by workers; the reload may change them */
@@ -127,57 +320,50 @@ struct netd {
     struct {
         uint64_t id;
         char name[128];
-    } *closed_ids; /* servers that closed, for a clear ENOTRUNNING */
-    size_t nclosed, closed_cap;
+    } closed_ids[NETD_CLOSED_REMEMBERED]; /* the latest closed servers, for ENOTRUNNING */
+    size_t nclosed;                       /* ever closed; the ring holds the latest */
 };
 
 uint64_t netd_now_ms(void);
 uint64_t netd_next_id(netd_t *d);
 
-/* workers.c: threads, the registry, fan-out queries. */
+/* workers.c: threads, the registry of connections, limits. */
 int netd_workers_start(netd_t *d, int n);
+/* Cuts what is left and ends every worker thread; their loops stay allocated (messages
+ * posted to them wait) until netd_workers_free, so the main loop can be freed first. */
 void netd_workers_stop(netd_t *d);
-/* Destroys every connection on every worker (the drain deadline passed). */
+void netd_workers_free(netd_t *d);
+/* Destroys every connection on every worker (the drain deadline passed); connections
+ * that arrive on a worker afterwards are destroyed at once. */
 void netd_workers_cut(netd_t *d);
 /* The worker init of a server group: attaches 'connection'/'adopt' on a worker thread. */
 void netd_worker_server_init(nd_server_t *worker_server, int index, void *arg);
-json_t *netd_conn_json(const netd_conn_t *c);
 netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id);
-/* On the owning worker: moves c (and its proxy pair) to worker `thread`; the reply to the
- * control client follows from the main loop. Returns 0 or a negative code. */
-int netd_worker_move(netd_worker_t *w, netd_conn_t *c, int thread, netd_client_t *client,
-                     json_t *id);
-int netd_worker_move_rebalance(netd_worker_t *w, netd_conn_t *c, int thread, void *rebalance);
-/* Main loop: one move of a rebalance ended (ok: the socket arrived). */
-void netd_rebalance_moved(netd_t *d, void *rebalance, bool ok);
+/* Worker thread: a record arrives (a move) or leaves. */
+void netd_worker_insert(netd_worker_t *w, netd_conn_t *c);
+void netd_worker_remove(netd_conn_t *c);
+/* Worker thread: the record of a socket handed over by an upgrade (parked: started
+ * later), with the id and age it had in the old process. */
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms);
+/* Worker thread: drops a record whose socket went to another process (no 'close'). */
+void netd_conn_forget(netd_conn_t *c);
+/* Worker thread: re-attaches the daemon's listeners and the handler after a move. */
+void netd_worker_adopted(netd_worker_t *w, netd_conn_t *client_or_lone);
 /* Applies the server's current idle timeout to a live connection (worker thread). */
 void netd_conn_apply_timeout(netd_conn_t *c);
-int netd_commands_check(void);
-/* Opens the config's servers (specs are taken); only_missing skips names already open.
- * Returns how many failed. */
-int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
 
-/*
- * Fan-out: runs fn(worker, arg) on every worker thread; each returns a JSON value (or
- * NULL); once all have answered, done(d, results[nworkers], arg) runs on the main loop
- * and the results are freed after it.
- */
-typedef json_t *(*netd_fanout_fn)(netd_worker_t *w, void *arg);
-typedef void (*netd_fanout_done)(netd_t *d, json_t **results, void *arg);
-int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *arg);
-
-/* Events for `watch`, from any thread. */
-void netd_watch_emit(netd_t *d, const char *event, uint64_t server, uint64_t socket,
-                     json_t *extra /* stolen, may be NULL */);
-
-/* servers (commands.c) */
+/* servers.c: the server record's lifecycle. */
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref);
+/* The Server object; live_* add the bytes of connections still open. */
 json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t live_bytes_written);
-/* Opens a server from a spec (stolen on success). Replies to client (if any) once
- * listening or failed. Returns 0 when the attempt started, or fills code/msg. */
-int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_client_t *client, json_t *id,
-                     const char **code, char *msg, size_t msglen);
+/* Opens a server from a spec (stolen on success). `p` (may be NULL) is answered once it
+ * listens or fails. Returns 0 when the attempt started, or fills code/msg. */
+int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, const char **code,
+                     char *msg, size_t msglen);
 void netd_server_close(netd_server_t *s, bool destroy_conns);
+/* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
+bool netd_server_closed_before(netd_t *d, const json_t *ref);
 
 /* control.c */
 int netd_control_start(netd_t *d);
@@ -186,21 +372,63 @@ void netd_control_stop(netd_t *d);
 void netd_reply_ok(netd_client_t *c, json_t *id, json_t *fields);
 void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* A command that answers later calls netd_client_done once it has replied, so the next
- * request of that client runs. */
-void netd_client_hold(netd_client_t *c);
-void netd_client_done(netd_client_t *c);
-bool netd_client_alive(const netd_client_t *c);
 void netd_client_watch(netd_client_t *c, json_t *events);
 int netd_watch_event_known(const char *name);
-void netd_control_broadcast(netd_t *d, const char *event, json_t *line);
+/* Main loop: one event line to every watcher that asked for it. */
+void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line);
+
+/* control.c: the control socket and its clients in a live upgrade. A client's whole
+ * state: its socket's export, and what the daemon holds for it. */
+typedef struct netd_client_export {
+    netd_client_t *c; /* the old process's */
+    nd_export_t ex;
+    bool watching, eof;
+    unsigned events;
+    const char *unread; /* requests not yet run */
+    size_t nunread;
+    json_t *reply_id; /* the `upgrade` request it waits for, or NULL */
+} netd_client_export_t;
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade);
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n);
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n);
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n);
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state);
+void netd_control_start_clients(netd_t *d);
+int netd_control_adopt_listener(netd_t *d, int fd);
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields);
+
+/* upgrade.c: the live upgrade (DESIGN.md 2b). */
+/* Remembers how this process was started, so the new binary starts the same way. */
+void netd_upgrade_init(netd_t *d, int argc, char **argv);
+/* Old side: starts an upgrade to `exec` (NULL: the binary we run); p (may be NULL: a
+ * SIGUSR2) is answered by the new process, or with EUPGRADE here on failure. */
+void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned timeout_ms);
+/* New side: the channel descriptor from the old process, or -1 for a normal start. */
+int netd_takeover_fd(void);
+/* New side: takes everything over. 0 once this process serves it all; -1 (the old one
+ * keeps serving) otherwise. */
+int netd_takeover(netd_t *d, int ch);
+
+/* cmd_sockets.c: destroys a socket wherever it is (in transit: once it lands), then
+ * answers p. */
+void netd_destroy_socket(netd_t *d, netd_pending_t *p, uint64_t socket_id);
 
 /* commands.c: dispatch of one parsed request. */
 void netd_command_run(netd_t *d, netd_client_t *c, const netd_command_t *cmd, json_t *req,
                       json_t *id);
+int netd_commands_check(void);
+
+/* lifecycle.c: drain and reload. */
 /* Starts the drain (SIGTERM or `shutdown`). */
 void netd_drain(netd_t *d, unsigned timeout_ms);
+/* Ends the main loop once a drain has seen every server close. */
+void netd_maybe_drained(netd_t *d);
 int netd_reload(netd_t *d);
+/* Opens the config's servers (specs are taken); only_missing skips names already open.
+ * Returns how many failed. */
+int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
 
 /* stats.c */
 json_t *netd_stats_json(netd_t *d);

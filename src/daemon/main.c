@@ -2,6 +2,8 @@
  * netd's entry point: options, the config, worker threads, the control socket, signals
  * on the main loop only, systemd readiness, and an orderly exit.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <errno.h>
@@ -90,8 +92,6 @@ static void warn_capacity(netd_t *d)
                  d->fd_limit, need);
 }
 
-static netd_t *signal_target;
-
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     netd_t *d = arg;
@@ -125,17 +125,25 @@ static void watch_overload(evutil_socket_t fd, short what, void *arg)
 
 static void finish_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    nd_loop_stop(arg);
+    netd_t *d = arg;
+    d->finish_expired = true;
+    nd_loop_stop(d->loop);
+}
+
+/* Nothing the workers still owe the main loop: no fan-out answer, no move completion. */
+static bool settled(const netd_t *d)
+{
+    return d->fanouts_open == 0 && TAILQ_EMPTY(&d->moves);
 }
 
 /*
  * After the main loop: cut what the drain left (the deadline passed, or a second signal),
- * let every 'close' run so nothing leaks, and close the control clients. Bounded: two
- * seconds at most.
+ * let every 'close' run so nothing leaks, close the control clients, and wait for the
+ * answers the workers still owe (fan-outs, moves in flight). Bounded: two seconds.
  */
 static void finish(netd_t *d)
 {
-    struct event *t = evtimer_new(nd_loop_base(d->loop), finish_timeout, d->loop);
+    struct event *t = evtimer_new(nd_loop_base(d->loop), finish_timeout, d);
     struct timeval two = {2, 0};
     if (t)
         evtimer_add(t, &two);
@@ -147,11 +155,13 @@ static void finish(netd_t *d)
             next = TAILQ_NEXT(s, link);
             netd_server_close(s, false);
         }
-        nd_loop_run(d->loop); /* maybe_drained stops it once every server closed */
+        nd_loop_run(d->loop); /* netd_maybe_drained stops it once every server closed */
     }
     netd_control_stop(d);
     nd_loop_unref(d->loop);
     nd_loop_run(d->loop); /* the control clients' 'close' */
+    while (!settled(d) && !d->finish_expired)
+        nd_loop_run_once(d->loop, 0);
     if (t)
         event_free(t);
 }
@@ -250,6 +260,8 @@ int main(int argc, char **argv)
     atomic_init(&d->stall_ms, d->cfg.stall_ms);
     TAILQ_INIT(&d->servers);
     TAILQ_INIT(&d->clients);
+    TAILQ_INIT(&d->moves);
+    TAILQ_INIT(&d->moves_retired);
     d->fd_limit = raise_fd_limit();
     warn_capacity(d);
     netd_listen_fds_init(d);
@@ -278,7 +290,6 @@ int main(int argc, char **argv)
         netd_control_stop(d);
         return 1;
     }
-    signal_target = d;
     struct event_base *base = nd_loop_base(d->loop);
     struct event *sigs[4];
     const int signums[4] = {SIGTERM, SIGINT, SIGHUP, 0};
@@ -310,14 +321,16 @@ int main(int argc, char **argv)
         event_free(d->drain_timer);
     if (overload)
         event_free(overload);
+    /* Threads first, then the main loop (whose leftover servers still post to the worker
+     * loops), then the worker loops (dropping what was posted to them). */
     netd_workers_stop(d);
     nd_loop_free(d->loop);
+    netd_workers_free(d);
+    netd_moves_free_all(d);
     netd_config_free(&d->cfg);
     for (int i = 0; i < d->listen_fds_count; i++)
         free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
     free(d->listen_fd_names);
-    free(d->listen_fd_used);
     free(d->config_file);
-    free(d->closed_ids);
     return d->exit_code;
 }

@@ -3,6 +3,8 @@
  * refused, the envelope, and every argument checked against the command table. No I/O,
  * so the fuzzer drives exactly what the control socket runs.
  */
+#include "config.h"
+
 #include "request.h"
 
 #include <stdio.h>

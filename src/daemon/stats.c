@@ -3,6 +3,8 @@
  * `metrics` text, so the two never disagree. Figures are summed on demand from the
  * per-thread and per-server atomics.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <stdarg.h>

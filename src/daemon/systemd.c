@@ -2,6 +2,8 @@
  * systemd without libsystemd: sd_notify datagrams written straight to $NOTIFY_SOCKET (an
  * abstract address starts with '@'), and socket activation from LISTEN_FDS.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <errno.h>

@@ -1,7 +1,10 @@
 /*
  * Worker threads: each owns a loop and the registry of the connections it serves, runs
- * the handlers, enforces per-connection limits, and answers fan-out queries.
+ * the handlers, enforces per-connection limits, and answers fan-out queries with typed
+ * slots. Moves between workers live in moves.c.
  */
+#include "config.h"
+
 #include "daemon.h"
 
 #include <errno.h>
@@ -13,26 +16,61 @@
 
 /* ------------------------------------------------------------------ registry */
 
-static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
-                             enum netd_role role)
+static void on_conn_close(void *sock, const nd_event_t *ev, void *arg);
+static void on_idle(void *sock, const nd_event_t *ev, void *arg);
+
+static netd_conn_t *conn_make(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                              enum netd_role role, uint64_t id, uint64_t age_ms)
 {
     netd_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->id = netd_next_id(w->d);
+    c->id = id;
     c->sock = sock;
     c->server = srv;
-    c->worker = w;
     c->role = role;
-    c->created_ms = netd_now_ms();
+    c->created_ms = netd_now_ms() - age_ms;
+    c->created_wall_ms = netd_wall_ms() - age_ms;
     netd_server_retain(srv);
-    TAILQ_INSERT_TAIL(&w->conns, c, link);
+    netd_worker_insert(w, c);
     nd_socket_set_data(sock, c); /* the daemon's slot: handlers leave it alone */
     return c;
 }
 
-static void on_conn_close(void *sock, const nd_event_t *ev, void *arg);
-static void on_idle(void *sock, const nd_event_t *ev, void *arg);
+static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                             enum netd_role role)
+{
+    return conn_make(w, sock, srv, role, netd_next_id(w->d), 0);
+}
+
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms)
+{
+    netd_conn_t *c = conn_make(w, sock, srv, role, id, age_ms);
+    if (c)
+        c->parked = true;
+    return c;
+}
+
+void netd_conn_forget(netd_conn_t *c)
+{
+    if (c->pair)
+        c->pair->pair = NULL;
+    netd_worker_remove(c);
+    netd_server_release(c->server);
+    free(c);
+}
+
+void netd_worker_insert(netd_worker_t *w, netd_conn_t *c)
+{
+    c->worker = w;
+    TAILQ_INSERT_TAIL(&w->conns, c, link);
+}
+
+void netd_worker_remove(netd_conn_t *c)
+{
+    TAILQ_REMOVE(&c->worker->conns, c, link);
+}
 
 /* Our own listeners on a socket: attached at accept and again after every move. */
 static void attach(netd_conn_t *c)
@@ -46,6 +84,25 @@ static void attach(netd_conn_t *c)
     }
 }
 
+static void watch_close(netd_conn_t *c, const nd_event_t *ev)
+{
+    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CLOSE, c->server);
+    if (!e)
+        return;
+    e->socket = c->id;
+    e->thread = c->worker->index;
+    const char *ra = nd_socket_remote_address(c->sock);
+    if (ra) {
+        snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
+        e->remote_port = nd_socket_remote_port(c->sock);
+    }
+    e->duration_ms = netd_now_ms() - c->created_ms;
+    e->bytes_read = nd_socket_bytes_read(c->sock);
+    e->bytes_written = nd_socket_bytes_written(c->sock);
+    e->had_error = ev->had_error != 0;
+    netd_event_post(e);
+}
+
 static void on_conn_close(void *sock, const nd_event_t *ev, void *arg)
 {
     netd_conn_t *c = arg;
@@ -53,12 +110,13 @@ static void on_conn_close(void *sock, const nd_event_t *ev, void *arg)
     if (c->role == NETD_ROLE_CLIENT) {
         atomic_fetch_add(&srv->bytes_read_closed, nd_socket_bytes_read(sock));
         atomic_fetch_add(&srv->bytes_written_closed, nd_socket_bytes_written(sock));
-        netd_watch_emit(c->worker->d, "close", srv->id, c->id,
-                        json_pack("{s:b}", "hadError", ev->had_error));
+        watch_close(c, ev);
     }
+    /* Paired records are always on the same worker (moves.c keeps it so). */
     if (c->pair)
         c->pair->pair = NULL;
-    TAILQ_REMOVE(&c->worker->conns, c, link);
+    netd_worker_remove(c);
+    nd_socket_set_data(sock, NULL);
     netd_server_release(srv);
     free(c);
 }
@@ -75,6 +133,13 @@ static void on_idle(void *sock, const nd_event_t *ev, void *arg)
 static netd_worker_t *worker_of(netd_t *d, nd_server_t *ws)
 {
     return &d->workers[nd_server_worker_index(ws)];
+}
+
+/* A socket that reaches a worker after the exit cut, or for a server whose connections
+ * are being destroyed, does not get to live. */
+static bool doomed(const netd_worker_t *w, const netd_server_t *srv)
+{
+    return w->cut || atomic_load(&srv->destroying);
 }
 
 /* ------------------------------------------------------------------ handler hooks */
@@ -116,11 +181,30 @@ static netd_handler_env_t env_of(netd_worker_t *w)
 
 /* ------------------------------------------------------------------ accept side */
 
+static void watch_connection(netd_conn_t *c)
+{
+    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CONNECTION, c->server);
+    if (!e)
+        return;
+    e->socket = c->id;
+    e->thread = c->worker->index;
+    const char *ra = nd_socket_remote_address(c->sock);
+    if (ra) {
+        snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
+        e->remote_port = nd_socket_remote_port(c->sock);
+    }
+    netd_event_post(e);
+}
+
 static void on_connection(void *ws, const nd_event_t *ev, void *arg)
 {
     netd_server_t *srv = arg;
     netd_worker_t *w = worker_of(srv->d, ws);
     nd_socket_t *sock = ev->socket;
+    if (doomed(w, srv)) {
+        nd_socket_destroy(sock);
+        return;
+    }
     netd_conn_t *c = conn_new(w, sock, srv, NETD_ROLE_CLIENT);
     if (!c) {
         nd_socket_destroy(sock);
@@ -132,126 +216,35 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
     if (sp->keep_alive_ms >= 0)
         nd_socket_set_keep_alive(sock, 1, (unsigned)sp->keep_alive_ms);
     attach(c);
-    netd_watch_emit(w->d, "connection", srv->id, c->id, NULL);
+    watch_connection(c);
     netd_handler_env_t env = env_of(w);
     netd_handler_connection(&sp->handler, sock, &env);
 }
 
 void netd_worker_server_init(nd_server_t *ws, int index, void *arg)
 {
+    netd_server_t *srv = arg;
+    srv->members[index] = ws; /* this worker's slot, read only on this worker */
     nd_server_on(ws, ND_EV_CONNECTION, on_connection, arg);
+    netd_server_release(srv); /* the reference netd_server_open took for this init */
 }
 
-/* ------------------------------------------------------------------ moves */
-
-typedef struct move_req {
-    netd_t *d;
-    netd_conn_t *conn; /* the client (or lone) record; its pair moves along */
-    int from, thread;
-    int err;
-    json_t *result; /* the socket object, built on the target */
-    void *rebalance; /* set when part of a rebalance: report there, not to a client */
-    netd_client_t *client;
-    json_t *id;
-} move_req_t;
-
-static void move_reply(nd_loop_t *loop, void *arg)
+void netd_worker_adopted(netd_worker_t *w, netd_conn_t *c)
 {
-    move_req_t *m = arg;
-    if (m->rebalance) {
-        netd_rebalance_moved(m->d, m->rebalance, m->result != NULL);
-        json_decref(m->result);
-        free(m);
-        return;
+    netd_conn_t *both[2] = {c, c->pair};
+    for (int i = 0; i < 2; i++)
+        if (both[i])
+            attach(both[i]);
+    netd_conn_t *client = c->role == NETD_ROLE_CLIENT ? c : c->pair;
+    if (client) {
+        netd_handler_env_t env = env_of(w);
+        netd_handler_adopt(&client->server->spec.handler, client->sock, &env);
     }
-    if (netd_client_alive(m->client)) {
-        if (m->result)
-            netd_reply_ok(m->client, m->id, json_pack("{s:O}", "socket", m->result));
-        else if (m->err == ND_ECLOSED)
-            netd_reply_error(m->client, m->id, NETD_ENOSOCKET, "socket closed before it moved");
-        else
-            netd_reply_error(m->client, m->id, nd_err_name(m->err), "%s", nd_strerror(m->err));
-    }
-    if (m->client)
-        netd_client_done(m->client);
-    json_decref(m->result);
-    json_decref(m->id);
-    free(m);
-}
-
-/* The records follow their sockets: out of the source's list when they leave, into the
- * target's when they arrive, each on its own thread. */
-static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg)
-{
-    move_req_t *m = arg;
-    netd_conn_t *c = m->conn;
-    netd_conn_t *both[2] = {c, phase == ND_MOVE_FAILED ? NULL : c->pair};
-    if (phase == ND_MOVE_DETACHED) {
+    /* Destroyed only now, with every listener back: its 'close' finds the records. */
+    if (doomed(w, c->server))
         for (int i = 0; i < 2; i++)
             if (both[i])
-                TAILQ_REMOVE(&m->d->workers[m->from].conns, both[i], link);
-        return;
-    }
-    if (phase == ND_MOVE_ADOPTED) {
-        netd_worker_t *w = &m->d->workers[m->thread];
-        for (int i = 0; i < 2; i++) {
-            if (!both[i])
-                continue;
-            both[i]->worker = w;
-            TAILQ_INSERT_TAIL(&w->conns, both[i], link);
-            attach(both[i]);
-        }
-        netd_conn_t *client = c->role == NETD_ROLE_CLIENT ? c : c->pair;
-        if (client) {
-            netd_handler_env_t env = env_of(w);
-            netd_handler_adopt(&client->server->spec.handler, client->sock, &env);
-        }
-        m->result = netd_conn_json(c);
-    } else {
-        m->err = err; /* c may be gone: never touch it here */
-    }
-    m->conn = NULL;
-    nd_loop_post(m->d->loop, move_reply, m);
-}
-
-/*
- * On the owning thread: start moving a connection (and its proxy pair) to another
- * worker. Returns 0 (the reply follows) or a negative code.
- */
-static int start_move(netd_worker_t *w, netd_conn_t *c, int thread, netd_client_t *client,
-                      json_t *id, void *rebalance)
-{
-    if (c->role == NETD_ROLE_UPSTREAM && c->pair)
-        c = c->pair; /* a pair moves from its client side */
-    if (thread == w->index)
-        return -EALREADY;
-    move_req_t *m = calloc(1, sizeof(*m));
-    if (!m)
-        return -ENOMEM;
-    m->d = w->d;
-    m->conn = c;
-    m->from = w->index;
-    m->thread = thread;
-    m->client = client;
-    m->id = json_incref(id);
-    m->rebalance = rebalance;
-    int rc = nd_socket_move_notify(c->sock, w->d->workers[thread].loop, on_move, m);
-    if (rc != 0) {
-        json_decref(m->id);
-        free(m);
-    }
-    return rc;
-}
-
-int netd_worker_move(netd_worker_t *w, netd_conn_t *c, int thread, netd_client_t *client,
-                     json_t *id)
-{
-    return start_move(w, c, thread, client, id, NULL);
-}
-
-int netd_worker_move_rebalance(netd_worker_t *w, netd_conn_t *c, int thread, void *rebalance)
-{
-    return start_move(w, c, thread, NULL, NULL, rebalance);
+                nd_socket_destroy(both[i]->sock);
 }
 
 void netd_conn_apply_timeout(netd_conn_t *c)
@@ -275,16 +268,22 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id)
 static void sweep(evutil_socket_t fd, short what, void *arg)
 {
     netd_worker_t *w = arg;
-    size_t max_buffered = atomic_load(&w->d->max_buffered_bytes);
+    /* A pipe pauses its source at the high-water mark, so a stalled queue stops growing
+     * there: past the lower of the two limits it counts as stalled. */
+    size_t limit = atomic_load(&w->d->max_buffered_bytes);
+    size_t hwm = atomic_load(&w->d->high_water_mark);
+    if (hwm > 0 && hwm < limit)
+        limit = hwm;
     unsigned stall_ms = atomic_load(&w->d->stall_ms);
     netd_conn_t *c, *next;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
-        /* A reader that takes nothing while its queue is past the hard limit. */
-        if (nd_socket_buffer_size(c->sock) > max_buffered && nd_socket_idle_ms(c->sock) >= stall_ms) {
+        size_t queued = nd_socket_buffer_size(c->sock);
+        /* A reader that takes nothing while its queue is at the limit. */
+        if (queued > 0 && queued >= limit && nd_socket_idle_ms(c->sock) >= stall_ms) {
             atomic_fetch_add(&w->slow_destroyed, 1);
             netd_log(NETD_LOG_WARN, "socket %llu: %zu bytes queued, no progress for %u ms: destroyed",
-                     (unsigned long long)c->id, nd_socket_buffer_size(c->sock), stall_ms);
+                     (unsigned long long)c->id, queued, stall_ms);
             nd_socket_destroy(c->sock);
         }
     }
@@ -316,7 +315,8 @@ int netd_workers_start(netd_t *d, int n)
         if (!w->loop)
             return -ENOMEM;
         d->worker_loops[i] = w->loop;
-        nd_loop_post(w->loop, worker_setup, w);
+        if (nd_loop_post(w->loop, worker_setup, w) != 0)
+            return -ENOMEM;
         w->thread = nd_thread_start(w->loop);
         if (!w->thread)
             return -errno;
@@ -332,7 +332,9 @@ static void worker_teardown(nd_loop_t *loop, void *arg)
         event_free(w->sweep_ev);
         w->sweep_ev = NULL;
     }
-    /* Whatever is still open at exit is cut: the drain deadline passed. */
+    /* Whatever is still open at exit is cut (the drain deadline passed), and whatever
+     * arrives later (a move or a handoff in flight) is cut on arrival. */
+    w->cut = true;
     netd_conn_t *c, *next;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
@@ -343,15 +345,24 @@ static void worker_teardown(nd_loop_t *loop, void *arg)
 void netd_workers_cut(netd_t *d)
 {
     for (int i = 0; i < d->nworkers; i++)
-        nd_loop_post(d->workers[i].loop, worker_teardown, &d->workers[i]);
+        if (!d->workers[i].cut) /* read on main: only an optimisation, set on the worker */
+            nd_loop_post(d->workers[i].loop, worker_teardown, &d->workers[i]);
 }
 
 void netd_workers_stop(netd_t *d)
 {
-    netd_workers_cut(d);
+    for (int i = 0; i < d->nworkers; i++)
+        nd_loop_post(d->workers[i].loop, worker_teardown, &d->workers[i]);
     for (int i = 0; i < d->nworkers; i++) {
-        nd_thread_join(d->workers[i].thread); /* frees the loop too */
+        nd_thread_wait(d->workers[i].thread); /* the loop stays: netd_workers_free */
         d->workers[i].thread = NULL;
+    }
+}
+
+void netd_workers_free(netd_t *d)
+{
+    for (int i = 0; i < d->nworkers; i++) {
+        nd_loop_free(d->workers[i].loop);
         d->workers[i].loop = NULL;
     }
     free(d->workers);
@@ -363,31 +374,31 @@ void netd_workers_stop(netd_t *d)
 
 /* ------------------------------------------------------------------ fan-out */
 
-typedef struct fanout {
-    netd_t *d;
-    netd_fanout_fn fn;
-    netd_fanout_done done;
-    void *arg;
-    int remaining;
-    json_t **results;
-} fanout_t;
+typedef struct fanout fanout_t;
 
 typedef struct fanout_part {
+    nd_msg_t msg; /* main -> worker, then back */
     fanout_t *f;
     int index;
 } fanout_part_t;
+
+struct fanout {
+    netd_t *d;
+    netd_fanout_fn fn;
+    netd_fanout_done done;
+    void *ctx;
+    int remaining; /* main loop only */
+    fanout_part_t parts[];
+};
 
 static void fanout_back(nd_loop_t *loop, void *arg)
 {
     fanout_part_t *p = arg;
     fanout_t *f = p->f;
-    free(p);
     if (--f->remaining > 0)
         return;
-    f->done(f->d, f->results, f->arg);
-    for (int i = 0; i < f->d->nworkers; i++)
-        json_decref(f->results[i]);
-    free(f->results);
+    f->d->fanouts_open--;
+    f->done(f->d, f->ctx);
     free(f);
 }
 
@@ -395,43 +406,36 @@ static void fanout_run(nd_loop_t *loop, void *arg)
 {
     fanout_part_t *p = arg;
     fanout_t *f = p->f;
-    f->results[p->index] = f->fn(&f->d->workers[p->index], f->arg);
-    nd_loop_post(f->d->loop, fanout_back, p);
+    f->fn(&f->d->workers[p->index], f->ctx);
+    nd_loop_post_msg(f->d->loop, &p->msg, fanout_back, p, NULL);
 }
 
-int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *arg)
+/* A worker loop freed with the part still queued (exit): the answer will never come. */
+static void fanout_dropped(void *arg)
 {
-    fanout_t *f = calloc(1, sizeof(*f));
+    fanout_part_t *p = arg;
+    if (--p->f->remaining == 0)
+        free(p->f); /* the main loop has stopped: nobody waits for done */
+}
+
+int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *ctx)
+{
+    fanout_t *f = calloc(1, sizeof(*f) + (size_t)d->nworkers * sizeof(fanout_part_t));
     if (!f)
         return -ENOMEM;
-    f->results = calloc((size_t)d->nworkers, sizeof(json_t *));
-    if (!f->results) {
-        free(f);
-        return -ENOMEM;
-    }
     f->d = d;
     f->fn = fn;
     f->done = done;
-    f->arg = arg;
+    f->ctx = ctx;
     f->remaining = d->nworkers;
+    d->fanouts_open++;
     for (int i = 0; i < d->nworkers; i++) {
-        fanout_part_t *p = malloc(sizeof(*p));
-        if (p) {
-            p->f = f;
-            p->index = i;
-        }
-        if (!p || nd_loop_post(d->workers[i].loop, fanout_run, p) != 0) {
-            /* Cannot happen short of OOM; answer with what the others give. */
-            free(p);
-            f->remaining--;
-        }
+        f->parts[i].f = f;
+        f->parts[i].index = i;
+        nd_loop_post_msg(d->workers[i].loop, &f->parts[i].msg, fanout_run, &f->parts[i],
+                         fanout_dropped);
     }
-    if (f->remaining == 0) {
-        done(d, f->results, arg);
-        free(f->results);
-        free(f);
-    }
-    return 0; // NOLINT(clang-analyzer-unix.Malloc): the posted parts own f now
+    return 0;
 }
 
 /* ------------------------------------------------------------------ describing */
@@ -450,25 +454,50 @@ static const char *state_of(const nd_socket_t *s)
     return "closing";
 }
 
-json_t *netd_conn_json(const netd_conn_t *c)
+void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out)
 {
     const nd_socket_t *s = c->sock;
+    memset(out, 0, sizeof(*out));
+    out->id = c->id;
+    out->server = c->server->id;
+    out->thread = c->worker->index;
+    out->role = c->role;
+    out->state = state_of(s);
     const char *ra = nd_socket_remote_address(s), *la = nd_socket_local_address(s);
     const char *rf = nd_socket_remote_family(s);
-    uint64_t age = netd_now_ms() - c->created_ms;
-    uint64_t idle = nd_socket_idle_ms(s);
-    if (idle > age)
-        idle = age; /* two clocks: the loop's cached one and ours */
+    if (ra) {
+        snprintf(out->remote_address, sizeof(out->remote_address), "%s", ra);
+        out->remote_port = nd_socket_remote_port(s);
+        out->remote_family = rf && strcmp(rf, "IPv6") == 0 ? 6 : 4;
+    }
+    if (la) {
+        snprintf(out->local_address, sizeof(out->local_address), "%s", la);
+        out->local_port = nd_socket_local_port(s);
+    }
+    out->bytes_read = nd_socket_bytes_read(s);
+    out->bytes_written = nd_socket_bytes_written(s);
+    out->buffer_size = nd_socket_buffer_size(s);
+    out->age_ms = netd_now_ms() - c->created_ms;
+    out->idle_ms = nd_socket_idle_ms(s);
+    if (out->idle_ms > out->age_ms)
+        out->idle_ms = out->age_ms; /* two clocks: the loop's cached one and ours */
+}
+
+json_t *netd_sockinfo_json(const netd_sockinfo_t *i)
+{
+    bool ip = i->remote_address[0] != '\0';
+    bool lip = i->local_address[0] != '\0';
     return json_pack("{s:I, s:I, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
-                     "id", (json_int_t)c->id, "server", (json_int_t)c->server->id, "thread",
-                     c->worker->index, "remoteAddress", ra ? json_string(ra) : json_null(),
-                     "remotePort", ra ? json_integer(nd_socket_remote_port(s)) : json_null(),
-                     "remoteFamily", rf ? json_string(rf) : json_null(), "localAddress",
-                     la ? json_string(la) : json_null(), "localPort",
-                     la ? json_integer(nd_socket_local_port(s)) : json_null(), "bytesRead",
-                     (json_int_t)nd_socket_bytes_read(s), "bytesWritten",
-                     (json_int_t)nd_socket_bytes_written(s), "bufferSize",
-                     (json_int_t)nd_socket_buffer_size(s), "ageMs",
-                     (json_int_t)age, "idleMs", (json_int_t)idle, "state", state_of(s), "role",
-                     c->role == NETD_ROLE_CLIENT ? "client" : "upstream");
+                     "id", (json_int_t)i->id, "server", (json_int_t)i->server, "thread",
+                     i->thread, "remoteAddress",
+                     ip ? json_string(i->remote_address) : json_null(), "remotePort",
+                     ip ? json_integer(i->remote_port) : json_null(), "remoteFamily",
+                     ip ? json_string(nd_family_name(i->remote_family)) : json_null(),
+                     "localAddress", lip ? json_string(i->local_address) : json_null(),
+                     "localPort", lip ? json_integer(i->local_port) : json_null(), "bytesRead",
+                     (json_int_t)i->bytes_read, "bytesWritten", (json_int_t)i->bytes_written,
+                     "bufferSize", (json_int_t)i->buffer_size, "ageMs", (json_int_t)i->age_ms,
+                     "idleMs", (json_int_t)i->idle_ms, "state",
+                     i->moving ? "moving" : i->state, "role",
+                     i->role == NETD_ROLE_CLIENT ? "client" : "upstream");
 }

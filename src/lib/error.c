@@ -99,12 +99,16 @@ int nd__error_set(nd__error_store_t **stp, int code, const char *syscall, const 
     size_t rest = sizeof(st->message) - (size_t)n;
     if (hostname)
         snprintf(st->message + n, rest, " %s", hostname);
-    else if (address && port >= 0 && strchr(address, ':'))
-        snprintf(st->message + n, rest, " [%s]:%d", address, port);
-    else if (address && port >= 0)
+    else if (address && port >= 0) /* Node: "::1:8124", no brackets */
         snprintf(st->message + n, rest, " %s:%d", address, port);
     else if (address)
         snprintf(st->message + n, rest, " %s", address);
     e->message = st->message;
     return 0;
+}
+
+void nd__error_set_message(nd__error_store_t *st, const char *message)
+{
+    snprintf(st->message, sizeof(st->message), "%s", message);
+    st->err.message = st->message;
 }

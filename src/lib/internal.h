@@ -5,6 +5,40 @@
 #ifndef ND_INTERNAL_H
 #define ND_INTERNAL_H
 
+/*
+ * Ownership across threads
+ * ------------------------
+ * One rule: an object belongs to one loop, and only that loop's thread touches it. Other
+ * threads reach it only through the loop's mailbox, with a message that carries a counted
+ * reference or hands the object over whole; never a bare pointer the owner may free.
+ *
+ * nd_loop_t      owned by: the thread running it. Touched by others: nd_loop_post /
+ *                nd_loop_post_msg (mb_lock), the remote_refs and stats atomics. Freed by
+ *                nd_loop_free on any thread once no thread runs it; messages still queued
+ *                then get their drop().
+ * handles        (servers, sockets) owned by: their h.loop. refcnt is plain (loop thread
+ *                only): the library's own reference (owned), nd_*_hold, and a guard around
+ *                every dispatch. Freed at refcnt 0, never before 'close' has run; a server
+ *                that does not listen has no 'close': nd_server_free drops the library's
+ *                reference instead.
+ * nd__group_t    shared by the owner-side server (owner loop) and one worker-side server
+ *                per member loop. Only the atomics (live counts, unclosed, max, fd_ceiling,
+ *                closing, counters, refs) are shared; every other field is written before the
+ *                members exist or by the owner only. Each group_msg_t carries a counted
+ *                reference (refs), dropped when it has run or been dropped; the group is
+ *                freed at refs 0, after the owner and every member are gone.
+ * accepted fds   in a handoff message: owned by the message until the worker's server
+ *                takes them (deliver) or the message is dropped (closed, uncounted).
+ * a moving socket from the DETACHED phase until the adopt runs it is on no loop's handle
+ *                list: move_msg_t owns it (and its pair), with every event stopped; the
+ *                source touches nothing of it after posting; the target re-assigns its
+ *                events to its own base. It stays counted in its group the whole way, and
+ *                its unread input (in) travels inside it.
+ * a pair         (piped both ways) moves together; while one half is torn down and its
+ *                'close' has not run, the other cannot move: the application's listeners
+ *                on the closing half may still point at it (nd_socket_t.pair).
+ */
+
 #include "config.h"
 
 #include <netd/net.h>
@@ -28,6 +62,10 @@
 #define ND__READ_CHUNK 65536     /* one read; Node's slab size */
 #define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
 #define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
+/* Node's default highWaterMark of a net.Socket, both ways: input read while nobody consumes
+ * it stops at this many bytes; a write while connecting returns true below it. */
+#define ND__READ_HWM 16384
+#define ND__WRITE_HWM 16384
 
 /* Milliseconds as a struct timeval, for libevent timers. */
 static inline struct timeval nd__ms_tv(unsigned ms)
@@ -50,6 +88,9 @@ typedef struct nd__error_store {
  * the caller reports the bare code). */
 int nd__error_set(nd__error_store_t **st, int code, const char *syscall, const char *address,
                   int port, const char *hostname);
+/* Replaces the message built by nd__error_set (Node's fixed texts, e.g. v0.10's "This socket
+ * has been ended by the other party"). */
+void nd__error_set_message(nd__error_store_t *st, const char *message);
 
 /* ------------------------------------------------------------------------ emitter */
 
@@ -108,8 +149,11 @@ void nd__handle_fini(nd__handle_t *h);
 /* Schedules deferred work bits; processed on a later turn by the kind's process fn. */
 void nd__handle_pend(nd__handle_t *h, uint32_t bits);
 void nd__handle_unpend(nd__handle_t *h, uint32_t bits);
-/* Recomputes whether the handle keeps the loop alive. */
+/* Recomputes whether the handle keeps the loop alive: an active handle does while it is
+ * ref'd; a pinned one does whatever ref/unref say (libuv's active requests, e.g. queued
+ * writes). set_active(h, false) takes the handle off the loop's books entirely. */
 void nd__handle_set_active(nd__handle_t *h, bool active);
+void nd__handle_set_active_pinned(nd__handle_t *h, bool active, bool pinned);
 void nd__handle_retain(nd__handle_t *h);
 /* Drops a reference; frees the handle when none is left. */
 void nd__handle_release(nd__handle_t *h);
@@ -207,9 +251,14 @@ socklen_t nd__sockaddr_ip(nd__sockaddr_t *out, const char *ip, int port, int fam
 int nd__sockaddr_unix(nd__sockaddr_t *out, const char *path);
 int nd__set_nonblock_cloexec(int fd);
 
-/* Called by a socket's close when it belonged to a server: the count drops after 'close'
- * has run. */
+/* A connection of server s was destroyed: it no longer counts (getConnections, `connections`,
+ * maxConnections), as Node lowers the count inside destroy(). Called once per connection. */
+void nd__server_connection_destroyed(nd_server_t *s);
+/* ... and its 'close' has run: a closing server's own 'close' may come now, so it stays the
+ * last event of the server. Called once per connection, after the above. */
 void nd__server_connection_closed(nd_server_t *s);
+/* A socket imported from another process joins s's count (not its accepted total). */
+void nd__server_connection_imported(nd_server_t *s);
 
 
 /* Server groups (server.c): moving a socket between members of its group. */

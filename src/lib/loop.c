@@ -14,6 +14,8 @@
 #include <unistd.h>
 #include <event2/dns.h>
 
+#define ND__HOSTS_FILE "/etc/hosts"
+
 static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 
@@ -277,7 +279,8 @@ struct evdns_base *nd__loop_dns(nd_loop_t *loop)
             loop->dns = NULL;
             return NULL;
         }
-        evdns_base_load_hosts(loop->dns, NULL);
+        /* Named explicitly: given NULL, libevent knows only "localhost", not the file. */
+        evdns_base_load_hosts(loop->dns, ND__HOSTS_FILE);
         /* Tests answer quickly or not at all: no long retries against a dead responder. */
         evdns_base_set_option(loop->dns, "timeout:", "2");
         evdns_base_set_option(loop->dns, "attempts:", "2");
@@ -335,7 +338,12 @@ void nd__handle_unpend(nd__handle_t *h, uint32_t bits)
 
 void nd__handle_set_active(nd__handle_t *h, bool active)
 {
-    bool want = active && h->user_ref;
+    nd__handle_set_active_pinned(h, active, false);
+}
+
+void nd__handle_set_active_pinned(nd__handle_t *h, bool active, bool pinned)
+{
+    bool want = (active && h->user_ref) || pinned;
     if (want != h->counted) {
         h->counted = want;
         h->loop->alive += want ? 1 : -1;
@@ -556,6 +564,16 @@ void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *
     node->owned = false;
     node->drop = drop;
     post_node(loop, node);
+}
+
+_Static_assert(sizeof(nd__msg_t) <= sizeof(nd_msg_t), "nd_msg_t must hold a mailbox node");
+_Static_assert(_Alignof(nd__msg_t) <= _Alignof(nd_msg_t), "nd_msg_t must align a mailbox node");
+
+ND_EXPORT void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg,
+                                void (*fn)(nd_loop_t *, void *), void *arg,
+                                void (*drop)(void *arg))
+{
+    nd__loop_post_node(loop, (nd__msg_t *)(void *)msg, fn, arg, drop);
 }
 
 static void post_node(nd_loop_t *loop, nd__msg_t *m)

@@ -18,13 +18,13 @@ enum server_state {
     SRV_IDLE,      /* never listened, or closed */
     SRV_RESOLVING, /* listen() on a host name: waiting for the address */
     SRV_LISTENING, /* bound; 'listening' may still be pending */
-    SRV_FAILED,    /* the listen attempt failed: 'error' then 'close' pending */
+    SRV_FAILED,    /* the listen attempt failed: its 'error' is pending */
     SRV_CLOSING    /* stopped accepting; 'close' waits for the last connection */
 };
 
 enum server_pending {
     SP_LISTENING = 1u << 0,
-    SP_ERROR = 1u << 1, /* listen failure: 'error' then 'close' */
+    SP_ERROR = 1u << 1, /* listen failure: 'error' (and nothing after it, as in Node) */
     SP_CLOSE = 1u << 2,
     SP_COUNT = 1u << 3, /* getConnections callbacks */
 };
@@ -41,10 +41,17 @@ struct nd_server {
     int fd;
     bool allow_half_open;
     bool accepting;       /* accept_ev is added */
-    bool unlink_on_close; /* we created the unix socket file */
+    bool unlink_on_close; /* we created the unix socket file: dirfd, base, dev, ino name it */
     bool handed_off;      /* sockets went to other loops: `connections` reads -1 */
+    bool ipv6_only;       /* "::" accepts IPv6 clients only */
+    bool close_owed;      /* SP_CLOSE is pending: 'close' is emitted even if listen() came since */
     int max_connections;
-    int nconn;
+    int nconn; /* live connections: lowered when one is destroyed */
+    int nopen; /* connections whose 'close' has not run yet: a closing server waits for 0 */
+    int dirfd;        /* the directory our unix socket file was created in, or -1 */
+    dev_t file_dev;   /* ... and that file, so close removes it and nothing else */
+    ino_t file_ino;
+    size_t base;      /* offset of the file's name in path */
     int backlog;
     int port; /* requested, for errors */
     char host[256];
@@ -79,10 +86,12 @@ struct nd__group {
     nd_worker_init_fn init;
     void *init_arg;
     bool allow_half_open;
+    bool ipv6_only;
     unsigned rr_next;
     int rp_waiting, rp_err; /* reuseport listen: replies still due, first failure */
     unsigned listen_gen;    /* replies of an older listen attempt are ignored */
     _Atomic int64_t live;   /* every live connection of the group, wherever it is */
+    _Atomic int64_t unclosed; /* connections whose 'close' has not run: a closing owner waits */
     _Atomic int max;        /* maxConnections, read by reuseport workers */
     _Atomic int fd_ceiling; /* descriptor reserve, read by reuseport workers */
     _Atomic bool closing;
@@ -116,6 +125,7 @@ static bool group_is_owner(const nd_server_t *s)
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
 static void on_backoff(evutil_socket_t fd, short what, void *arg);
+static void unlink_own_file(nd_server_t *s);
 
 static void update_active(nd_server_t *s)
 {
@@ -137,8 +147,10 @@ ND_EXPORT nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t 
         return NULL;
     nd__handle_init(&s->h, loop, ND__SERVER);
     s->fd = -1;
+    s->dirfd = -1;
     s->index = -1;
     s->allow_half_open = opts && opts->allow_half_open;
+    s->ipv6_only = opts && opts->ipv6_only;
     STAILQ_INIT(&s->counts);
     event_assign(&s->backoff_ev, loop->base, -1, 0, on_backoff, s);
     if (on_connection && nd_server_on(s, ND_EV_CONNECTION, on_connection, arg) != 0) {
@@ -155,6 +167,8 @@ void nd__server_free(nd_server_t *s)
     event_del(&s->backoff_ev);
     if (s->fd >= 0)
         close(s->fd);
+    if (s->dirfd >= 0)
+        close(s->dirfd); /* a server freed while listening leaves its file, as a process exit */
     if (s->resolve)
         nd__resolve_cancel(s->resolve);
     count_req_t *c;
@@ -184,7 +198,8 @@ void nd__server_free(nd_server_t *s)
         group_release(g);
 }
 
-/* A listen attempt failed: report it as 'error' then 'close' on a later turn. */
+/* A listen attempt failed: report it as 'error' on a later turn. No 'close' follows (Node
+ * emits none): the server stays, idle, for another listen() or nd_server_free(). */
 static void fail_listen(nd_server_t *s, int code, const char *syscall, const char *address,
                         int port)
 {
@@ -233,8 +248,10 @@ static int check_can_listen(nd_server_t *s)
 {
     if (s->group && !group_is_owner(s))
         return -EINVAL; /* a worker-side server listens through its group's owner */
+    /* After close(), listening again is allowed at once, even while connections drain
+     * (Node: test-net-server-listen-remove-callback); they still count. */
     if (s->state == SRV_CLOSING)
-        return ND_ECLOSED;
+        return 0;
     /* From inside the 'error' listener of a failed listen, listening again is allowed. */
     if (s->state == SRV_FAILED && !(s->h.pending & SP_ERROR))
         return 0;
@@ -255,7 +272,7 @@ static void restart(nd_server_t *s, int backlog)
         atomic_store(&s->group->closing, false);
         s->group->listen_gen++;
     }
-    s->unlink_on_close = false;
+    unlink_own_file(s); /* nothing left normally: close() did it */
     s->path[0] = '\0';
     s->backoff_ms = 0;
 }
@@ -281,8 +298,12 @@ static void bind_ip(nd_server_t *s, const char *ip, int port)
     }
     int one = 1;
     setsockopt(s->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (sa.sa.sa_family == AF_INET6) /* "::" then means IPv6 only, like an explicit host */
-        setsockopt(s->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    /* Dual stack unless asked otherwise, as libuv: "::" takes IPv4 clients too
+     * (::ffff:127.0.0.1). Set either way, whatever the system's bindv6only default. */
+    if (sa.sa.sa_family == AF_INET6) {
+        int v6only = s->ipv6_only;
+        setsockopt(s->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+    }
     if (bind(s->fd, &sa.sa, len) != 0) {
         fail_listen(s, -errno, "listen", ip, port);
         return;
@@ -332,15 +353,64 @@ ND_EXPORT int nd_server_listen(nd_server_t *s, int port, const char *host, int b
     return 0;
 }
 
-/* A live server answers a connect; a file left by a dead process refuses it. */
-static bool path_is_stale(const nd__sockaddr_t *sa, int len)
+/*
+ * The directory a unix socket path names, opened so that a later close can find the file
+ * again without trusting the name: symlinks in the path are resolved once, here, and the
+ * descriptor then stays on that directory whatever happens to the path. -1 on failure.
+ */
+static int open_parent(const char *path, size_t *base)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    bool stale = connect(fd, &sa->sa, (socklen_t)len) != 0 && errno == ECONNREFUSED;
-    close(fd);
-    return stale;
+    const char *slash = strrchr(path, '/');
+    *base = slash ? (size_t)(slash - path) + 1 : 0;
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    char *real = realpath(dir, NULL);
+    if (!real)
+        return -1;
+    int fd = open(real, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    free(real);
+    return fd;
+}
+
+/* After the bind: remember the file just created, by directory and inode, if the path still
+ * leads to it. Otherwise (the path changed under us) the file is never removed by us. */
+static void remember_file(nd_server_t *s, int dirfd, size_t base)
+{
+    struct stat in_dir, by_path;
+    if (dirfd >= 0 && fstatat(dirfd, s->path + base, &in_dir, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISSOCK(in_dir.st_mode) && stat(s->path, &by_path) == 0 &&
+        in_dir.st_dev == by_path.st_dev && in_dir.st_ino == by_path.st_ino) {
+        s->dirfd = dirfd;
+        s->base = base;
+        s->file_dev = in_dir.st_dev;
+        s->file_ino = in_dir.st_ino;
+        s->unlink_on_close = true;
+        return;
+    }
+    if (dirfd >= 0)
+        close(dirfd);
+}
+
+/* Removes the socket file this server created, if that directory entry still is it: a file
+ * someone else put there since (or a symlink swapped into the path) is left alone. */
+static void unlink_own_file(nd_server_t *s)
+{
+    if (s->unlink_on_close) {
+        struct stat st;
+        if (fstatat(s->dirfd, s->path + s->base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            st.st_dev == s->file_dev && st.st_ino == s->file_ino)
+            unlinkat(s->dirfd, s->path + s->base, 0);
+        s->unlink_on_close = false;
+    }
+    if (s->dirfd >= 0) {
+        close(s->dirfd);
+        s->dirfd = -1;
+    }
 }
 
 ND_EXPORT int nd_server_listen_path(nd_server_t *s, const char *path, int backlog)
@@ -365,22 +435,50 @@ ND_EXPORT int nd_server_listen_path(nd_server_t *s, const char *path, int backlo
         fail_listen(s, -errno, "listen", path, -1);
         return 0;
     }
+    /* A file already at path, live or left over, is EADDRINUSE, as in Node: removing a
+     * leftover is the caller's decision (nd_unix_path_probe tells which it is). */
+    size_t base;
+    int dirfd = open_parent(path, &base);
     if (bind(s->fd, &sa.sa, (socklen_t)len) != 0) {
         int e = errno;
-        struct stat st;
-        if (e == EADDRINUSE && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) &&
-            path_is_stale(&sa, len) && unlink(path) == 0 &&
-            bind(s->fd, &sa.sa, (socklen_t)len) == 0)
-            e = 0;
-        if (e) {
-            fail_listen(s, -e, "listen", path, -1);
-            return 0;
-        }
+        if (dirfd >= 0)
+            close(dirfd);
+        fail_listen(s, -e, "listen", path, -1);
+        return 0;
     }
     snprintf(s->path, sizeof(s->path), "%s", path);
-    s->unlink_on_close = true;
+    remember_file(s, dirfd, base);
     finish_listen(s, path, -1);
     return 0;
+}
+
+ND_EXPORT int nd_unix_path_probe(const char *path)
+{
+    if (!path || !*path)
+        return -EINVAL;
+    nd__sockaddr_t sa;
+    int len = nd__sockaddr_unix(&sa, path);
+    if (len < 0)
+        return len;
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOTSOCK;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    /* Non-blocking: a unix connect completes at once or fails at once. A listener whose
+     * backlog is full answers EAGAIN: it is alive, only busy. */
+    int rc = 1;
+    if (connect(fd, &sa.sa, (socklen_t)len) != 0) {
+        if (errno == ECONNREFUSED)
+            rc = 0;
+        else if (errno != EAGAIN && errno != EINPROGRESS)
+            rc = -errno;
+    }
+    close(fd);
+    return rc;
 }
 
 static int listen_on_fd(nd_server_t *s, int fd, int backlog)
@@ -446,7 +544,7 @@ ND_EXPORT int nd_server_listen_socket_handle(nd_server_t *s, const nd_socket_t *
     return listen_dup(s, nd_socket_fd(sock), backlog);
 }
 
-/* Live connections that hold back 'close': the whole group's for an owner. */
+/* Live connections (getConnections): the whole group's for a group. */
 static int64_t live_count(const nd_server_t *s)
 {
     if (s->group)
@@ -454,10 +552,21 @@ static int64_t live_count(const nd_server_t *s)
     return s->nconn;
 }
 
+/* Connections whose 'close' has not run yet: they hold back the server's 'close', so that
+ * it stays the last event of the server. */
+static int64_t open_count(const nd_server_t *s)
+{
+    if (s->group)
+        return atomic_load_explicit(&s->group->unclosed, memory_order_seq_cst);
+    return s->nopen;
+}
+
 static void maybe_finish_close(nd_server_t *s)
 {
-    if (s->state == SRV_CLOSING && live_count(s) == 0)
+    if (s->state == SRV_CLOSING && !s->close_owed && open_count(s) == 0) {
+        s->close_owed = true;
         nd__handle_pend(&s->h, SP_CLOSE);
+    }
 }
 
 ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg)
@@ -488,10 +597,7 @@ ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg
         close(s->fd);
         s->fd = -1;
     }
-    if (s->unlink_on_close) {
-        unlink(s->path);
-        s->unlink_on_close = false;
-    }
+    unlink_own_file(s);
     s->state = SRV_CLOSING;
     update_active(s);
     maybe_finish_close(s);
@@ -506,8 +612,12 @@ static void emit_simple(nd_server_t *s, nd_event_type_t type, const nd_error_t *
 
 static void emit_close(nd_server_t *s)
 {
-    s->state = SRV_IDLE;
-    update_active(s);
+    s->close_owed = false;
+    /* listen() may have come after close(): then 'close' is emitted and it listens on. */
+    if (s->state == SRV_CLOSING) {
+        s->state = SRV_IDLE;
+        update_active(s);
+    }
     emit_simple(s, ND_EV_CLOSE, NULL);
     /* Unless a listener listened again, the library's reference ends here. */
     if (s->state == SRV_IDLE && s->h.owned) {
@@ -528,36 +638,46 @@ void nd__server_process(nd_server_t *s, uint32_t bits)
             free(c);
         }
     }
+    /* An owed 'close' comes first: close() then listen() on one turn gives 'close' then
+     * 'listening', as in Node. */
+    if ((bits & SP_CLOSE) && s->close_owed)
+        emit_close(s);
     if ((bits & SP_LISTENING) && s->state == SRV_LISTENING)
         emit_simple(s, ND_EV_LISTENING, NULL);
     if ((bits & SP_ERROR) && s->state == SRV_FAILED) {
         nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
+        s->state = SRV_IDLE; /* listen() from inside the listener is allowed */
+        update_active(s);
         emit_simple(s, ND_EV_ERROR, s->err ? &s->err->err : &bare);
-        /* 'close' directly follows a listen 'error', unless a listener started over. */
-        if (s->state == SRV_FAILED)
-            emit_close(s);
-        return;
     }
-    if ((bits & SP_CLOSE) && s->state == SRV_CLOSING && live_count(s) == 0)
-        emit_close(s);
 }
 
-static void group_uncount(nd__group_t *g, int index);
+static void group_uncount_live(nd__group_t *g, int index);
+static void group_uncount_open(nd__group_t *g);
 
-void nd__server_connection_closed(nd_server_t *s)
+void nd__server_connection_destroyed(nd_server_t *s)
 {
     s->nconn--;
     ND__STAT_ADD(s->h.loop->stats.connections, -1);
     if (s->group) {
-        group_uncount(s->group, s->index);
+        group_uncount_live(s->group, s->index);
         return;
     }
-    maybe_finish_close(s);
     /* A slot came free: accepting may resume if descriptors ran out earlier. */
     if (s->state == SRV_LISTENING && !s->accepting && s->fd >= 0) {
         event_del(&s->backoff_ev);
         start_accepting(s);
     }
+}
+
+void nd__server_connection_closed(nd_server_t *s)
+{
+    if (s->group) {
+        group_uncount_open(s->group);
+        return;
+    }
+    s->nopen--;
+    maybe_finish_close(s);
 }
 
 static void pause_accepting(nd_server_t *s)
@@ -606,6 +726,7 @@ static bool admit(nd_server_t *s)
             return false;
         }
     } while (!atomic_compare_exchange_weak(&g->live, &cur, cur + 1));
+    atomic_fetch_add(&g->unclosed, 1);
     atomic_fetch_add(&g->accepted, 1);
     if (s->index >= 0)
         atomic_fetch_add(&g->m[s->index].live, 1);
@@ -618,7 +739,8 @@ static void handoff_lost(nd__group_t *g, int index, int fd)
 {
     close(fd);
     atomic_fetch_add(&g->handoff_failed, 1);
-    group_uncount(g, index);
+    group_uncount_live(g, index);
+    group_uncount_open(g);
 }
 
 /* Gives an accepted descriptor to the application on this loop: 'connection'. */
@@ -635,6 +757,7 @@ static void deliver(nd_server_t *s, int fd, const struct sockaddr *peer, socklen
         return;
     }
     s->nconn++;
+    s->nopen++;
     s->accepted_total++;
     ND__STAT_ADD(s->h.loop->stats.connections, 1);
     ND__STAT_ADD(s->h.loop->stats.accepted, 1);
@@ -841,6 +964,23 @@ ND_EXPORT int nd_server_off(nd_server_t *s, nd_event_type_t ev, nd_listener_fn f
     return s ? nd__emitter_off(&s->h.em, ev, fn, arg) : -EINVAL;
 }
 
+ND_EXPORT int nd_server_free(nd_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->group && !group_is_owner(s))
+        return -EINVAL; /* freed with its group */
+    if (s->state != SRV_IDLE && s->state != SRV_FAILED)
+        return -EBUSY; /* listening, resolving or closing: close it, 'close' frees it */
+    nd__handle_unpend(&s->h, SP_ERROR); /* a failure not yet reported never will be */
+    s->state = SRV_IDLE;
+    if (s->h.owned) {
+        s->h.owned = false;
+        nd__handle_release(&s->h);
+    }
+    return 0;
+}
+
 ND_EXPORT void nd_server_hold(nd_server_t *s)
 {
     if (s)
@@ -940,16 +1080,15 @@ static void member_resume_msg(nd_loop_t *loop, void *arg)
     free(msg);
 }
 
-/* A connection of the group ended (or never reached the application): uncount it, and tell
- * whoever waits for the count to fall (a closing owner, a listener out of descriptors). */
-static void group_uncount(nd__group_t *g, int index)
+/* A connection of the group was destroyed (or never reached the application): it no longer
+ * counts; a listener that ran out of descriptors may accept again. */
+static void group_uncount_live(nd__group_t *g, int index)
 {
     if (index >= 0)
         atomic_fetch_sub(&g->m[index].live, 1);
-    int64_t left = atomic_fetch_sub_explicit(&g->live, 1, memory_order_seq_cst) - 1;
-    bool closing = atomic_load_explicit(&g->closing, memory_order_seq_cst);
+    atomic_fetch_sub_explicit(&g->live, 1, memory_order_seq_cst);
     bool paused = atomic_load(&g->accept_paused);
-    if ((left == 0 && closing) || paused) {
+    if (paused) {
         group_msg_t *msg = calloc(1, sizeof(*msg));
         if (msg)
             group_post(g, g->owner_loop, owner_check_msg, msg);
@@ -962,6 +1101,19 @@ static void group_uncount(nd__group_t *g, int index)
                 group_post(g, g->m[i].loop, member_resume_msg, msg);
             }
         }
+    }
+}
+
+/* ... and its 'close' has run: a closing owner waiting for the last one is told. */
+static void group_uncount_open(nd__group_t *g)
+{
+    int64_t left = atomic_fetch_sub_explicit(&g->unclosed, 1, memory_order_seq_cst) - 1;
+    /* closing is set before unclosed is read (seq_cst): either the owner sees 0, or we see
+     * closing and tell it. */
+    if (left == 0 && atomic_load_explicit(&g->closing, memory_order_seq_cst)) {
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (msg)
+            group_post(g, g->owner_loop, owner_check_msg, msg);
     }
 }
 
@@ -1015,6 +1167,7 @@ ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_opt
     g->init = init;
     g->init_arg = arg;
     g->allow_half_open = opts && opts->allow_half_open;
+    g->ipv6_only = opts && opts->ipv6_only;
     atomic_init(&g->refs, 1); /* the owner's */
     s->group = g;
     for (int i = 0; i < nworkers; i++) {
@@ -1104,7 +1257,7 @@ static void rp_reply_msg(nd_loop_t *loop, void *arg)
     free(msg);
 }
 
-static int reuseport_socket(const char *ip, int port, int *out)
+static int reuseport_socket(const char *ip, int port, bool v6only, int *out)
 {
     nd__sockaddr_t sa;
     socklen_t len = nd__sockaddr_ip(&sa, ip, port, 0);
@@ -1116,8 +1269,10 @@ static int reuseport_socket(const char *ip, int port, int *out)
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (sa.sa.sa_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (sa.sa.sa_family == AF_INET6) {
+        int v = v6only;
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, sizeof(v));
+    }
     if (bind(fd, &sa.sa, len) != 0) {
         int e = -errno;
         close(fd);
@@ -1134,8 +1289,9 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     nd_server_t *ws = g->m[msg->index].server;
     int err = ws ? 0 : -ENOMEM;
     if (ws && ws->fd < 0) {
-        int fd = -1;
-        err = reuseport_socket(msg->ip, msg->port, &fd);
+        int fd = msg->fd; /* handed over by another process (nd_server_listen_reuseport_fds) */
+        msg->fd = -1;
+        err = fd >= 0 ? 0 : reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
         if (!err && listen(fd, msg->backlog) != 0) {
             err = -errno;
             close(fd);
@@ -1145,6 +1301,10 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
             ws->state = SRV_LISTENING;
             start_accepting(ws);
         }
+    }
+    if (msg->fd >= 0) { /* not taken: no worker-side server to take it */
+        close(msg->fd);
+        msg->fd = -1;
     }
     group_msg_t *reply = calloc(1, sizeof(*reply));
     if (reply) {
@@ -1182,16 +1342,11 @@ static void group_unlisten_members(nd__group_t *g)
 }
 
 /* The owner holds the port with a bound, never-listening socket (so port 0 resolves to one
- * port for everyone); the members listen on it and accept by themselves. */
-static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+ * port for everyone); the members listen on it and accept by themselves. member_fds: the
+ * members' listening descriptors handed over by another process, or NULL. */
+static void start_reuseport(nd_server_t *s, int fd, const char *ip, const int *member_fds)
 {
     nd__group_t *g = s->group;
-    int fd = -1;
-    int err = reuseport_socket(ip, port, &fd);
-    if (err) {
-        fail_listen(s, err, "listen", ip, port);
-        return;
-    }
     s->fd = fd;
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
@@ -1213,10 +1368,48 @@ static void listen_reuseport(nd_server_t *s, const char *ip, int port)
         msg->gen = g->listen_gen;
         msg->port = a.port;
         msg->backlog = s->backlog;
+        msg->fd = member_fds ? member_fds[i] : -1;
+        msg->owns_fd = msg->fd >= 0;
         memcpy(msg->ip, a.address, sizeof(msg->ip) - 1); /* an IP literal fits */
         group_post(g, g->m[i].loop, member_listen_msg, msg);
     }
     update_active(s);
+}
+
+static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+{
+    nd__group_t *g = s->group;
+    int fd = -1;
+    int err = reuseport_socket(ip, port, g->ipv6_only, &fd);
+    if (err) {
+        fail_listen(s, err, "listen", ip, port);
+        return;
+    }
+    start_reuseport(s, fd, ip, NULL);
+}
+
+ND_EXPORT int nd_server_listen_reuseport_fds(nd_server_t *s, int owner_fd, const int *member_fds,
+                                             int n, int backlog)
+{
+    if (!s || owner_fd < 0 || !member_fds || !group_is_owner(s) ||
+        s->group->balance != ND_BALANCE_REUSEPORT || n != s->group->n)
+        return -EINVAL;
+    int rc = check_can_listen(s);
+    if (rc)
+        return rc;
+    restart(s, backlog);
+    nd__set_nonblock_cloexec(owner_fd);
+    for (int i = 0; i < n; i++)
+        nd__set_nonblock_cloexec(member_fds[i]);
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(owner_fd, &sa.sa, &len) != 0)
+        return -errno;
+    nd_address_t a;
+    nd__address_from(&a, &sa.sa, len);
+    s->port = a.port;
+    start_reuseport(s, owner_fd, a.address, member_fds);
+    return 0;
 }
 
 /* --- moves between members --- */
@@ -1255,4 +1448,55 @@ void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock)
     nd__handle_retain(&ws->h);
     nd__emit(&ws->h.em, ws, &ev);
     nd__handle_release(&ws->h);
+}
+
+/* ------------------------------------------------------------------ handing over */
+
+void nd__server_connection_imported(nd_server_t *s)
+{
+    s->nconn++;
+    s->nopen++;
+    ND__STAT_ADD(s->h.loop->stats.connections, 1);
+    nd__group_t *g = s->group;
+    if (g) {
+        atomic_fetch_add(&g->live, 1);
+        atomic_fetch_add(&g->unclosed, 1);
+        if (s->index >= 0)
+            atomic_fetch_add(&g->m[s->index].live, 1);
+    }
+}
+
+ND_EXPORT int nd_server_export(nd_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->fd < 0 || (s->state != SRV_LISTENING))
+        return ND_ENOTRUNNING;
+    stop_accepting(s);
+    return s->fd;
+}
+
+ND_EXPORT void nd_server_export_abort(nd_server_t *s)
+{
+    if (s && s->state == SRV_LISTENING && s->fd >= 0 &&
+        !(s->group && s->group->balance == ND_BALANCE_REUSEPORT && group_is_owner(s)))
+        start_accepting(s);
+}
+
+ND_EXPORT void nd_server_export_commit(nd_server_t *s)
+{
+    if (!s)
+        return;
+    /* The socket file (if any) is the other process's now: never removed from here. */
+    s->unlink_on_close = false;
+    if (s->group && !group_is_owner(s)) {
+        /* A reuseport member: its listener goes; the group closes through its owner. */
+        stop_accepting(s);
+        if (s->fd >= 0)
+            close(s->fd);
+        s->fd = -1;
+        s->state = SRV_IDLE;
+        return;
+    }
+    nd_server_close(s, NULL, NULL);
 }

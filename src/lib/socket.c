@@ -30,7 +30,15 @@ enum socket_pending {
     PK_ERROR = 1u << 4,
     PK_CLOSE = 1u << 5,
     PK_AUTOCLOSE = 1u << 6, /* both directions ended: close on the turn after 'finish' */
+    PK_FLOW = 1u << 7,      /* buffered input (and a held-back 'end') to deliver */
 };
+
+/* An 'error' waiting for its turn. Several may wait: a refused write after end() or the
+ * peer's FIN, then a failure of the connection itself. */
+typedef struct err_node {
+    struct err_node *next;
+    nd__error_store_t st;
+} err_node_t;
 
 typedef struct wreq {
     uint64_t mark; /* done once flushed_total reaches it */
@@ -48,19 +56,29 @@ struct nd_socket {
     bool allow_half_open;
     bool opt_readable;  /* reading allowed at all (false for fd sockets opened write-only) */
     bool opt_writable;  /* writing allowed at all */
-    bool paused;
+    /* Reading, as Node's streams do it: input is read from the kernel once reading has
+     * started; it is emitted as 'data' while flowing and not paused, and otherwise kept in
+     * `in` until ND__READ_HWM bytes wait there, when reading stops. */
+    bool paused;        /* pause() (or a pipe's backpressure) and no resume() since */
+    bool flowing;       /* a 'data' listener was added, pipe() or resume() was called */
+    bool read_started;  /* reading began: at accept or connect unless paused, or resume() */
     bool reading;       /* read_ev added */
     bool writing;       /* write_ev added */
-    bool eof;           /* the peer's FIN arrived */
+    bool fin_rcvd;      /* the peer's FIN was read; 'end' follows the buffered input */
+    bool eof;           /* 'end' was emitted */
     bool peer_ended;    /* eof with allowHalfOpen false: writes now fail with EPIPE */
     bool ending;        /* end() called: FIN once the queue is flushed */
     bool fin_sent;
     bool need_drain;    /* a write returned 0: emit 'drain' when the queue empties */
-    bool had_error;
-    bool error_pending; /* at most one 'error' per connection */
+    bool had_error;     /* a failure of the connection itself: 'close' has had_error 1 */
+    bool error_gate;    /* the one 'error' of a failed or closed connection was queued */
+    bool error_nomem;   /* an error could not be stored: a bare ENOMEM 'error' is due */
+    bool in_count;      /* counted in its server's connections until destroyed */
     bool closed_done;   /* 'close' has run */
     bool timer_armed;
     bool moving; /* between nd_socket_move and the detach: reads wait for the target */
+    bool parked; /* exported to another process, or imported and not started: no I/O */
+    uint32_t owed; /* while parked: deferred work (PK_*) to pend again when it starts */
     bool no_delay, keep_alive, opts_set;
     unsigned keep_alive_delay_s;
     unsigned timeout_ms;
@@ -68,16 +86,21 @@ struct nd_socket {
     struct timeval last_active;
     struct event read_ev, write_ev, timer_ev;
     struct evbuffer *out;
+    struct evbuffer *in; /* input read but not yet emitted; created on first use */
     TAILQ_HEAD(, wreq) wreqs;
     uint64_t queued_total, flushed_total;
     uint64_t bytes_read, bytes_written;
     nd_server_t *server;
     nd__resolve_t *resolve;
-    nd__error_store_t *err; /* allocated on the first error */
+    err_node_t *errq, **errq_tail; /* errors to emit, in order */
     nd__decoder_t dec;
     nd__strbuf_t text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
     nd_socket_t *pipe_dst, *pipe_src;
+    /* The other half of a pair piped both ways. Unlike the pipes, the link outlives a
+     * teardown until either 'close' has run: the application's listeners may still point
+     * across it, so neither half may leave the loop alone before then (moves). */
+    nd_socket_t *pair;
     bool pipe_end, pipe_paused;
     /* connect parameters, kept for errors and reconnects */
     int port, family, local_port;
@@ -102,6 +125,16 @@ static bool is_destroyed(const nd_socket_t *s)
     return s->state == SK_CLOSED;
 }
 
+static size_t queued(const nd_socket_t *s)
+{
+    return s->out ? evbuffer_get_length(s->out) : 0;
+}
+
+static size_t buffered(const nd_socket_t *s)
+{
+    return s->in ? evbuffer_get_length(s->in) : 0;
+}
+
 static void update_active(nd_socket_t *s)
 {
     bool active = false;
@@ -111,12 +144,14 @@ static void update_active(nd_socket_t *s)
         active = true;
         break;
     case SK_OPEN:
-        active = s->reading || s->writing || (s->out && evbuffer_get_length(s->out) > 0);
+        active = s->reading || s->writing || queued(s) > 0;
         break;
     default:
         break;
     }
-    nd__handle_set_active(&s->h, active);
+    /* Output on its way keeps the loop alive even when unref'd: in Node a pending write is
+     * a libuv request, which counts whatever the handle's ref says. */
+    nd__handle_set_active_pinned(&s->h, active, s->state == SK_OPEN && queued(s) > 0);
 }
 
 static void touch(nd_socket_t *s)
@@ -130,14 +165,18 @@ static void touch(nd_socket_t *s)
     }
 }
 
-static void start_reading(nd_socket_t *s)
+/* 'data' is emitted as input arrives. */
+static bool flowing_now(const nd_socket_t *s)
 {
-    if (s->state != SK_OPEN || s->reading || s->paused || s->eof || !s->opt_readable ||
-        s->moving)
-        return;
-    event_add(&s->read_ev, NULL);
-    s->reading = true;
-    update_active(s);
+    return s->flowing && !s->paused;
+}
+
+static bool want_reading(const nd_socket_t *s)
+{
+    if (s->state != SK_OPEN || !s->read_started || s->fin_rcvd || !s->opt_readable ||
+        s->moving || s->parked)
+        return false;
+    return flowing_now(s) || buffered(s) < ND__READ_HWM;
 }
 
 static void stop_reading(nd_socket_t *s)
@@ -149,9 +188,32 @@ static void stop_reading(nd_socket_t *s)
     update_active(s);
 }
 
+/* Reads from the kernel exactly while want_reading() says so: starts or stops. */
+static void start_reading(nd_socket_t *s)
+{
+    if (!want_reading(s)) {
+        stop_reading(s);
+        return;
+    }
+    if (s->reading)
+        return;
+    event_add(&s->read_ev, NULL);
+    s->reading = true;
+    update_active(s);
+}
+
+/* Reading begins here (connect, an fd) unless the socket was paused before: as in Node, a
+ * client paused before it connected reads nothing until resume(). */
+static void begin_reading(nd_socket_t *s)
+{
+    if (!s->paused)
+        s->read_started = true;
+    start_reading(s);
+}
+
 static void start_writing(nd_socket_t *s)
 {
-    if (!s->writing && s->fd >= 0) {
+    if (!s->writing && s->fd >= 0 && !s->parked) {
         event_add(&s->write_ev, NULL);
         s->writing = true;
         update_active(s);
@@ -165,11 +227,6 @@ static void stop_writing(nd_socket_t *s)
         s->writing = false;
         update_active(s);
     }
-}
-
-static size_t queued(const nd_socket_t *s)
-{
-    return s->out ? evbuffer_get_length(s->out) : 0;
 }
 
 static void cache_local(nd_socket_t *s)
@@ -218,6 +275,7 @@ static void init_socket(nd_socket_t *s, nd_loop_t *loop)
     s->fd = -1;
     s->opt_readable = s->opt_writable = true;
     TAILQ_INIT(&s->wreqs);
+    s->errq_tail = &s->errq;
     event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
 }
 
@@ -282,39 +340,92 @@ static void teardown(nd_socket_t *s)
     }
     if (s->out)
         evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    /* Unread input stays until 'close': a 'data' listener still running may be reading it. */
     complete_wreqs(s, ND_ECLOSED);
     unpipe_both(s);
-    nd__handle_unpend(&s->h, PK_CONNECT | PK_DRAIN);
+    nd__handle_unpend(&s->h, PK_CONNECT | PK_DRAIN | PK_FLOW);
     s->state = SK_CLOSED;
+    if (s->in_count) {
+        /* Node lowers the server's count inside destroy(), not at 'close'. */
+        s->in_count = false;
+        nd__server_connection_destroyed(s->server);
+    }
     nd__handle_pend(&s->h, PK_CLOSE);
     update_active(s);
+}
+
+/*
+ * Queues an 'error'. A gated one (the failure of the connection, or a write on a closed
+ * socket) is reported at most once per connection, as v0.10's errorEmitted; the others (a
+ * write refused after end() or the peer's FIN) each time, as v0.10's writeAfterEnd and
+ * writeAfterFIN do. message, when not NULL, replaces the "syscall CODE address" text.
+ */
+static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscall,
+                        const char *address, int port, const char *hostname, const char *message)
+{
+    if (s->closed_done)
+        return; /* 'close' is the last event of a connection */
+    if (gated) {
+        if (s->error_gate)
+            return;
+        s->error_gate = true;
+    }
+    err_node_t *e = malloc(sizeof(*e));
+    if (!e) {
+        s->error_nomem = true;
+    } else {
+        nd__error_store_t *st = &e->st;
+        nd__error_set(&st, code, syscall, address, port, hostname); /* no allocation */
+        if (message)
+            nd__error_set_message(st, message);
+        e->next = NULL;
+        *s->errq_tail = e;
+        s->errq_tail = &e->next;
+    }
+    nd__handle_pend(&s->h, PK_ERROR);
 }
 
 static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address,
                       int port, const char *hostname)
 {
-    if (s->closed_done)
-        return; /* 'close' is the last event of a connection */
-    s->had_error = true;
-    if (s->error_pending)
-        return;
-    s->error_pending = true;
-    nd__error_set(&s->err, code, syscall, address, port, hostname);
-    nd__handle_pend(&s->h, PK_ERROR);
+    queue_error(s, true, code, syscall, address, port, hostname, NULL);
 }
 
-/* A fatal error: 'error' then 'close'. Later errors of the same connection are dropped. */
+/* A fatal error: 'error' then 'close' with had_error 1. Later failures of the same
+ * connection are not reported. */
 static void destroy_with(nd_socket_t *s, int code, const char *syscall, const char *address,
                          int port, const char *hostname)
 {
     if (is_destroyed(s))
         return;
+    s->had_error = true;
     set_error(s, code, syscall, address, port, hostname);
     teardown(s);
 }
 
+static void free_errors(nd_socket_t *s)
+{
+    err_node_t *e;
+    while ((e = s->errq) != NULL) {
+        s->errq = e->next;
+        free(e);
+    }
+    s->errq_tail = &s->errq;
+    s->error_nomem = false;
+}
+
+static void unpair(nd_socket_t *s)
+{
+    if (s->pair) {
+        if (s->pair->pair == s)
+            s->pair->pair = NULL;
+        s->pair = NULL;
+    }
+}
+
 void nd__socket_free(nd_socket_t *s)
 {
+    unpair(s);
     if (s->resolve)
         nd__resolve_cancel(s->resolve);
     if (s->reading)
@@ -326,6 +437,8 @@ void nd__socket_free(nd_socket_t *s)
         close(s->fd);
     if (s->out)
         evbuffer_free(s->out);
+    if (s->in)
+        evbuffer_free(s->in);
     wreq_t *w;
     while ((w = TAILQ_FIRST(&s->wreqs)) != NULL) {
         TAILQ_REMOVE(&s->wreqs, w, link);
@@ -333,7 +446,7 @@ void nd__socket_free(nd_socket_t *s)
     }
     unpipe_both(s);
     nd__strbuf_free(&s->text);
-    free(s->err);
+    free_errors(s);
     nd__handle_fini(&s->h);
     free(s);
 }
@@ -342,8 +455,10 @@ void nd__socket_free(nd_socket_t *s)
 
 ND_EXPORT void nd_socket_options_init(nd_socket_options_t *o)
 {
+    /* v0.10's code (and Node since): an fd socket is readable and writable unless told
+     * otherwise (`options.readable !== false`); its docs said false. */
     if (o)
-        *o = (nd_socket_options_t){.fd = -1};
+        *o = (nd_socket_options_t){.fd = -1, .readable = 1, .writable = 1};
 }
 
 ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t *opts)
@@ -371,7 +486,7 @@ ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t 
         s->opt_readable = opts->readable;
         s->opt_writable = opts->writable;
         s->state = SK_OPEN;
-        start_reading(s);
+        begin_reading(s);
     }
     return s;
 }
@@ -385,6 +500,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
     init_socket(s, nd_server_loop(srv));
     s->allow_half_open = allow_half_open;
     s->server = srv;
+    s->in_count = true; /* the server counts it from here */
     s->state = SK_OPEN;
     bind_fd(s, fd);
     s->is_unix = peer->sa_family == AF_UNIX;
@@ -397,7 +513,10 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
 
 void nd__socket_start(nd_socket_t *s)
 {
+    /* An accepted socket reads at once, as Node's does (before the 'connection' listener's
+     * pause() could matter): a pause there keeps the input in its buffer. */
     touch(s);
+    s->read_started = true;
     start_reading(s);
 }
 
@@ -414,7 +533,7 @@ static void on_connected(nd_socket_t *s)
     nd__emit(&s->h.em, s, &ev);
     if (s->state != SK_OPEN)
         return;
-    start_reading(s);
+    begin_reading(s);
     if (queued(s) > 0 || (s->ending && !s->fin_sent))
         flush(s); /* writes queued while connecting, then the FIN of an early end() */
     update_active(s);
@@ -451,7 +570,9 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
     }
     if (connect(fd, &sa->sa, len) == 0) {
         nd__handle_pend(&s->h, PK_CONNECT); /* 'connect' is never emitted from connect() */
-    } else if (errno == EINPROGRESS || errno == EAGAIN) {
+    } else if (errno == EINPROGRESS || (errno == EAGAIN && sa->sa.sa_family != AF_UNIX)) {
+        /* A unix connect never goes on in the background: EAGAIN there means the
+         * listener's backlog is full, and it is reported as the failure it is. */
         start_writing(s);
     } else {
         destroy_with(s, -errno, "connect", address, port, NULL);
@@ -465,19 +586,23 @@ static void on_resolved(void *arg, int err, const char *ip, int family)
     nd_socket_t *s = arg;
     s->resolve = NULL;
     nd__handle_retain(&s->h);
-    nd__error_store_t *lerr = NULL;
-    nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = s->port};
-    if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, s->port, s->host) != 0)
-        bare.message = bare.name;
-    nd_event_t ev = {.type = ND_EV_LOOKUP,
-                     .error = err ? (lerr ? &lerr->err : &bare) : NULL,
-                     .address = ip,
-                     .family = err ? 0 : family};
-    nd__emit(&s->h.em, s, &ev);
-    free(lerr);
+    /* Node looks up names only: an IP literal connects without a 'lookup' event. A failed
+     * lookup names the host and leaves the port unset, as Node does. */
+    if (!nd_is_ip(s->host)) {
+        nd__error_store_t *lerr = NULL;
+        nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = -1};
+        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, s->host) != 0)
+            bare.message = bare.name;
+        nd_event_t ev = {.type = ND_EV_LOOKUP,
+                         .error = err ? (lerr ? &lerr->err : &bare) : NULL,
+                         .address = ip,
+                         .family = err ? 0 : family};
+        nd__emit(&s->h.em, s, &ev);
+        free(lerr);
+    }
     if (s->state == SK_RESOLVING) {
         if (err) {
-            destroy_with(s, err, "getaddrinfo", NULL, s->port, s->host);
+            destroy_with(s, err, "getaddrinfo", NULL, -1, s->host);
         } else {
             nd__sockaddr_t sa;
             socklen_t len = nd__sockaddr_ip(&sa, ip, s->port, family);
@@ -499,8 +624,12 @@ static void reset_connection(nd_socket_t *s)
     }
     s->bytes_read = s->bytes_written = 0;
     s->queued_total = s->flushed_total = 0;
-    s->eof = s->peer_ended = s->ending = s->fin_sent = false;
-    s->need_drain = s->had_error = s->error_pending = s->closed_done = false;
+    s->fin_rcvd = s->eof = s->peer_ended = s->ending = s->fin_sent = false;
+    s->need_drain = s->had_error = s->error_gate = s->closed_done = false;
+    s->read_started = s->in_count = false;
+    free_errors(s);
+    if (s->in)
+        evbuffer_drain(s->in, evbuffer_get_length(s->in));
     s->have_local = s->have_remote = false;
     s->opt_readable = s->opt_writable = true;
     s->server = NULL;
@@ -533,7 +662,7 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
     reset_connection(s);
     s->allow_half_open = s->allow_half_open || o->allow_half_open;
     s->port = o->port;
-    s->family = o->family ? o->family : 4;
+    s->family = o->family; /* 0: any family, as v0.10's dns.lookup */
     s->local_port = o->local_port;
     snprintf(s->local_address, sizeof(s->local_address), "%s",
              o->local_address ? o->local_address : "");
@@ -614,10 +743,11 @@ static void schedule_autoclose(nd_socket_t *s)
         nd__handle_pend(&s->h, PK_AUTOCLOSE);
 }
 
-static void on_eof(nd_socket_t *s)
+/* The peer's FIN, once every byte before it was delivered: 'end', then our side ends
+ * unless allowHalfOpen. */
+static void emit_end(nd_socket_t *s)
 {
     s->eof = true;
-    stop_reading(s);
     if (!s->allow_half_open)
         s->peer_ended = true;
     if (s->dec.enc != ND_ENC_NONE && s->dec.npartial) {
@@ -643,22 +773,75 @@ static void on_eof(nd_socket_t *s)
     schedule_autoclose(s);
 }
 
+/* 'end' comes only after the buffered input was delivered (Node: test-net-socket-close-
+ * after-end); with nothing buffered it comes at once, whether anyone reads or not. */
+static void maybe_end(nd_socket_t *s)
+{
+    if (s->fin_rcvd && !s->eof && buffered(s) == 0 && !s->moving && !is_destroyed(s))
+        emit_end(s);
+}
+
+/* Emits buffered input while the socket flows, one 'data' per chunk, then a held-back
+ * 'end'. A listener may pause, move or destroy the socket at any chunk. */
+static void deliver(nd_socket_t *s)
+{
+    while (flowing_now(s) && !s->moving && !is_destroyed(s) && buffered(s) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(s->in, -1, NULL, &v, 1) < 1)
+            break;
+        emit_data(s, v.iov_base, v.iov_len);
+        if (is_destroyed(s))
+            return; /* the input goes at 'close'; later listeners of this 'data' read it */
+        evbuffer_drain(s->in, v.iov_len);
+    }
+    maybe_end(s);
+    start_reading(s);
+}
+
+/* Keeps input nobody consumes yet. Returns 0, or -ENOMEM (the socket is destroyed). */
+static int buffer_input(nd_socket_t *s, const char *data, size_t len)
+{
+    if ((!s->in && !(s->in = evbuffer_new())) || evbuffer_add(s->in, data, len) != 0) {
+        destroy_with(s, -ENOMEM, "read", NULL, -1, NULL);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
     char *buf = (char *)s->h.loop->scratch;
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
-        ssize_t n = recv(s->fd, buf, ND__READ_CHUNK, 0);
+        /* The common case emits straight from the loop's read buffer: no copy. Otherwise the
+         * bytes queue behind what waits already, and a socket that does not flow reads no
+         * more than ND__READ_HWM ahead. */
+        size_t have = buffered(s);
+        bool direct = flowing_now(s) && have == 0;
+        size_t room = ND__READ_CHUNK;
+        if (!flowing_now(s))
+            room = have >= ND__READ_HWM ? 0 : ND__READ_HWM - have;
+        if (room == 0) {
+            stop_reading(s);
+            break;
+        }
+        ssize_t n = recv(s->fd, buf, room, 0);
         if (n > 0) {
             s->bytes_read += (uint64_t)n;
             ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
             touch(s);
-            emit_data(s, buf, (size_t)n);
-            if (n < ND__READ_CHUNK)
+            if (direct)
+                emit_data(s, buf, (size_t)n);
+            else if (buffer_input(s, buf, (size_t)n) == 0)
+                deliver(s);
+            start_reading(s); /* stops once the buffer is full and nobody reads */
+            if ((size_t)n < room)
                 break;
         } else if (n == 0) {
-            on_eof(s);
+            s->fin_rcvd = true;
+            stop_reading(s);
+            maybe_end(s);
             break;
         } else {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -747,7 +930,14 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     nd__handle_release(&s->h);
 }
 
-static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool fatal)
+enum write_failure {
+    WF_FATAL,   /* the connection fails: 'error', then 'close' with had_error 1 */
+    WF_CLOSED,  /* a write on a destroyed socket: one 'error' per connection */
+    WF_REFUSED, /* after end() or the peer's FIN: reported every time, the socket goes on */
+};
+
+static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg,
+                      enum write_failure how)
 {
     if (cb) {
         wreq_t *w = calloc(1, sizeof(*w));
@@ -760,10 +950,15 @@ static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, bool 
             nd__handle_pend(&s->h, PK_WRITECB);
         }
     }
-    if (fatal)
+    if (how == WF_FATAL)
         destroy_with(s, code, "write", NULL, -1, NULL);
-    else
+    else if (how == WF_CLOSED)
         set_error(s, code, "write", NULL, -1, NULL);
+    else if (code == -EPIPE) /* v0.10's writeAfterFIN: code EPIPE, no syscall */
+        queue_error(s, false, code, NULL, NULL, -1, NULL,
+                    "This socket has been ended by the other party");
+    else
+        queue_error(s, false, code, "write", NULL, -1, NULL, NULL);
     return code;
 }
 
@@ -772,14 +967,16 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
 {
     if (!s || (!data && len))
         return -EINVAL;
+    if (s->parked)
+        return -EBUSY; /* its state is on its way to another process: nothing may change */
     if (is_destroyed(s)) /* v0.10: "This socket is closed", once per connection */
-        return fail_write(s, ND_ECLOSED, cb, arg, false);
+        return fail_write(s, ND_ECLOSED, cb, arg, WF_CLOSED);
     if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
-        return fail_write(s, ND_ECLOSED, cb, arg, true);
+        return fail_write(s, ND_ECLOSED, cb, arg, WF_FATAL);
     if (s->ending)
-        return fail_write(s, ND_EWRITEAFTEREND, cb, arg, false);
+        return fail_write(s, ND_EWRITEAFTEREND, cb, arg, WF_REFUSED);
     if (s->peer_ended)
-        return fail_write(s, -EPIPE, cb, arg, false);
+        return fail_write(s, -EPIPE, cb, arg, WF_REFUSED);
 
     s->bytes_written += len;
     s->queued_total += len;
@@ -790,8 +987,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 int e = -errno;
                 s->flushed_total = s->queued_total; /* nothing more will be sent */
-                fail_write(s, e, cb, arg, true);
-                return 0;
+                return fail_write(s, e, cb, arg, WF_FATAL); /* e.g. ECONNRESET after a RST */
             }
             n = 0;
         }
@@ -803,13 +999,13 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     }
     if (done < len) {
         if (!s->out && !(s->out = evbuffer_new()))
-            return fail_write(s, -ENOMEM, cb, arg, true);
+            return fail_write(s, -ENOMEM, cb, arg, WF_FATAL);
         evbuffer_add(s->out, (const char *)data + done, len - done);
     }
     if (cb) {
         wreq_t *w = calloc(1, sizeof(*w));
         if (!w)
-            return fail_write(s, -ENOMEM, NULL, NULL, true);
+            return fail_write(s, -ENOMEM, NULL, NULL, WF_FATAL);
         w->cb = cb;
         w->arg = arg;
         w->mark = s->queued_total;
@@ -819,9 +1015,14 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     }
     if (queued(s) == 0 && s->state == SK_OPEN)
         return 1;
-    s->need_drain = true;
-    if (s->state == SK_OPEN)
+    if (s->state == SK_OPEN) {
         start_writing(s);
+    } else if (queued(s) < ND__WRITE_HWM) {
+        /* Connecting: Node's write() returns true below its buffer limit (16 KiB). */
+        update_active(s);
+        return 1;
+    }
+    s->need_drain = true;
     update_active(s);
     return 0;
 }
@@ -883,11 +1084,29 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         stop_writing(s);
         on_connected(s);
     }
-    /* 'error' comes before the write callbacks it failed (v0.10 and libuv order). */
-    if ((bits & PK_ERROR) && s->error_pending) {
-        nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
-        nd_event_t ev = {.type = ND_EV_ERROR, .error = s->err ? &s->err->err : &bare};
-        nd__emit(&s->h.em, s, &ev);
+    if ((bits & PK_FLOW) && !is_destroyed(s))
+        deliver(s);
+    /* 'error' comes before the write callbacks it failed (v0.10 and libuv order). Errors
+     * queued by these listeners wait for the next turn. */
+    if (bits & PK_ERROR) {
+        err_node_t *list = s->errq;
+        bool nomem = s->error_nomem;
+        s->errq = NULL;
+        s->errq_tail = &s->errq;
+        s->error_nomem = false;
+        while (list) {
+            err_node_t *e = list;
+            list = e->next;
+            nd_event_t ev = {.type = ND_EV_ERROR, .error = &e->st.err};
+            if (!s->closed_done)
+                nd__emit(&s->h.em, s, &ev);
+            free(e);
+        }
+        if (nomem && !s->closed_done) {
+            nd_error_t bare = {.code = -ENOMEM, .name = "ENOMEM", .port = -1, .message = "ENOMEM"};
+            nd_event_t ev = {.type = ND_EV_ERROR, .error = &bare};
+            nd__emit(&s->h.em, s, &ev);
+        }
     }
     if (bits & PK_WRITECB) {
         wreq_t *w;
@@ -898,7 +1117,8 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         }
     }
     if ((bits & PK_DRAIN) && !is_destroyed(s)) {
-        emit_simple(s, ND_EV_DRAIN);
+        if (!s->ending) /* after end() only 'finish' comes (v0.10 and Node) */
+            emit_simple(s, ND_EV_DRAIN);
         nd_socket_t *src = s->pipe_src;
         if (src && src->pipe_paused && !is_destroyed(src)) {
             src->pipe_paused = false;
@@ -913,12 +1133,18 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         teardown(s);
     if ((bits & PK_CLOSE) && is_destroyed(s) && !s->closed_done) {
         s->closed_done = true;
+        if (s->in)
+            evbuffer_drain(s->in, evbuffer_get_length(s->in));
+        /* The server stays until this 'close' has run (its own 'close' comes after). */
         nd_server_t *srv = s->server;
+        /* From its 'close' on the other half may move alone: a move asked now leaves on
+         * a later turn, after every listener of this last event has run. */
+        unpair(s);
         nd_event_t ev = {.type = ND_EV_CLOSE, .had_error = s->had_error};
         nd__emit(&s->h.em, s, &ev);
-        /* The connection counted until its 'close' ran. */
-        if (srv && s->server == srv) {
-            s->server = NULL;
+        if (srv) {
+            if (s->server == srv)
+                s->server = NULL;
             nd__server_connection_closed(srv);
         }
         if (s->state == SK_CLOSED && s->h.owned) {
@@ -930,12 +1156,29 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
 
 /* ------------------------------------------------------------------ flow control */
 
+/* Buffered input (or a held-back 'end') is delivered on a later turn, as Node's resume()
+ * does on the next tick. */
+static void schedule_flow(nd_socket_t *s)
+{
+    if (flowing_now(s) && !is_destroyed(s) && (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
+        nd__handle_pend(&s->h, PK_FLOW);
+}
+
+/* A 'data' listener or a pipe: 'data' flows unless the socket was paused. */
+static void start_flowing(nd_socket_t *s)
+{
+    s->flowing = true;
+    schedule_flow(s);
+    start_reading(s);
+}
+
 ND_EXPORT void nd_socket_pause(nd_socket_t *s)
 {
     if (!s)
         return;
+    /* As in Node, reading goes on into the socket's buffer up to its high-water mark. */
     s->paused = true;
-    stop_reading(s);
+    start_reading(s);
 }
 
 ND_EXPORT void nd_socket_resume(nd_socket_t *s)
@@ -944,7 +1187,9 @@ ND_EXPORT void nd_socket_resume(nd_socket_t *s)
         return;
     s->paused = false;
     s->pipe_paused = false;
-    start_reading(s);
+    if (s->state == SK_OPEN)
+        s->read_started = true;
+    start_flowing(s);
 }
 
 ND_EXPORT int nd_socket_is_paused(const nd_socket_t *s)
@@ -1065,6 +1310,13 @@ ND_EXPORT int nd_socket_pipe(nd_socket_t *src, nd_socket_t *dst, int end_dst)
     src->pipe_dst = dst;
     src->pipe_end = end_dst != 0;
     dst->pipe_src = src;
+    if (dst != src && dst->pipe_dst == src) {
+        unpair(src);
+        unpair(dst);
+        src->pair = dst;
+        dst->pair = src;
+    }
+    start_flowing(src); /* unlike Node's pipe(), a paused source stays paused */
     return 0;
 }
 
@@ -1076,6 +1328,8 @@ ND_EXPORT int nd_socket_unpipe(nd_socket_t *src)
         return -ENOENT;
     if (src->pipe_dst->pipe_src == src)
         src->pipe_dst->pipe_src = NULL;
+    if (src->pair == src->pipe_dst)
+        unpair(src); /* split on purpose: each half may move on its own */
     src->pipe_dst = NULL;
     if (src->pipe_paused) {
         src->pipe_paused = false;
@@ -1204,14 +1458,25 @@ ND_EXPORT void nd_socket_unref(nd_socket_t *s)
     update_active(s);
 }
 
+static int add_listener(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg,
+                        bool once)
+{
+    if (!s)
+        return -EINVAL;
+    int rc = nd__emitter_on(&s->h.em, ev, fn, arg, once);
+    if (rc == 0 && ev == ND_EV_DATA)
+        start_flowing(s); /* Node: on('data') resumes a stream that was not paused */
+    return rc;
+}
+
 ND_EXPORT int nd_socket_on(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
 {
-    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, false) : -EINVAL;
+    return add_listener(s, ev, fn, arg, false);
 }
 
 ND_EXPORT int nd_socket_once(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
 {
-    return s ? nd__emitter_on(&s->h.em, ev, fn, arg, true) : -EINVAL;
+    return add_listener(s, ev, fn, arg, true);
 }
 
 ND_EXPORT int nd_socket_off(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg)
@@ -1293,6 +1558,10 @@ static int move_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 static int move_check(nd_socket_t *s, nd_loop_t *target, nd_socket_t **peerp, int to[2])
 {
     nd_socket_t *peer = nd_socket_pipe_peer(s);
+    /* Its pair is torn down but its 'close' has not run: the listeners that tie the two
+     * together still run here. The socket waits (and usually goes with it). */
+    if (s->pair && s->pair != peer)
+        return is_destroyed(s) ? ND_ECLOSED : -EBUSY;
     int rc = move_blocker(s, peer);
     if (!rc && peer)
         rc = move_blocker(peer, s);
@@ -1346,6 +1615,7 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_
     ND__STAT_ADD(loop->stats.moved_in, 1);
     s->moving = false;
     start_reading(s); /* if not paused: the paused state travelled with the socket */
+    schedule_flow(s); /* input read on the old loop goes first, in order */
     if (writing)
         start_writing(s);
     touch(s);
@@ -1376,6 +1646,23 @@ static void adopt_msg(nd_loop_t *loop, void *arg)
     free(m);
 }
 
+/* The target loop was freed with the sockets still in its mailbox (the process exits):
+ * they belong to that loop now and go with it, without events. */
+static void adopt_dropped(void *arg)
+{
+    move_msg_t *m = arg;
+    nd_socket_t *both[2] = {m->sock, m->peer};
+    for (int i = 0; i < 2; i++) {
+        if (!both[i])
+            continue;
+        both[i]->h.loop = m->target;
+        TAILQ_INSERT_TAIL(&m->target->handles, &both[i]->h, link);
+        m->target->nhandles++;
+        nd__socket_free(both[i]);
+    }
+    free(m);
+}
+
 /* Runs from the owner's defer queue, outside every callback of the socket, so no frame
  * of this loop still holds it when the target thread takes over. */
 static void do_move(void *arg)
@@ -1390,6 +1677,7 @@ static void do_move(void *arg)
         if (held[i] && !is_destroyed(held[i])) {
             held[i]->moving = false; /* it stays: read again */
             start_reading(held[i]);
+            schedule_flow(held[i]);
         }
     }
     if (!rc && m->peer_at_call && m->peer_at_call != peer)
@@ -1410,7 +1698,7 @@ static void do_move(void *arg)
     if (peer)
         detach(peer, m->to[1], &m->writing[1], &m->pending[1]);
     /* The message node is part of m: posting cannot fail and strand the sockets. */
-    nd__loop_post_node(m->target, &m->node, adopt_msg, m, NULL);
+    nd__loop_post_node(m->target, &m->node, adopt_msg, m, adopt_dropped);
 }
 
 static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, nd_move_fn notify,
@@ -1465,4 +1753,508 @@ ND_EXPORT int nd_socket_move_notify(nd_socket_t *s, nd_loop_t *target, nd_move_f
     if (s && target == s->h.loop)
         return -EALREADY; /* no phase would ever be reported */
     return start_move(s, target, NULL, fn, arg);
+}
+
+/* ------------------------------------------------------------------ exporting to another process */
+
+/*
+ * The record: "NDSK", a version byte, the number of sockets (1, or 2 for a pair), then
+ * per socket a fixed list of fields (below), each integer little-endian. A version this
+ * code does not know is refused whole: fields are never guessed.
+ */
+#define EXPORT_MAGIC "NDSK"
+#define EXPORT_VERSION 1
+
+enum export_flag {
+    XF_HALF_OPEN = 1u << 0,
+    XF_READABLE = 1u << 1,
+    XF_WRITABLE = 1u << 2,
+    XF_PAUSED = 1u << 3,
+    XF_FLOWING = 1u << 4,
+    XF_READ_STARTED = 1u << 5,
+    XF_FIN_RCVD = 1u << 6,
+    XF_EOF = 1u << 7,
+    XF_PEER_ENDED = 1u << 8,
+    XF_ENDING = 1u << 9,
+    XF_FIN_SENT = 1u << 10,
+    XF_NEED_DRAIN = 1u << 11,
+    XF_NO_DELAY = 1u << 12,
+    XF_KEEP_ALIVE = 1u << 13,
+    XF_OPTS_SET = 1u << 14,
+    XF_UNIX = 1u << 15,
+    XF_HAVE_LOCAL = 1u << 16,
+    XF_HAVE_REMOTE = 1u << 17,
+    XF_PIPE_END = 1u << 18,
+    XF_PIPE_PAUSED = 1u << 19,
+    XF_PIPE_SELF = 1u << 20, /* pipe(s, s): an echo */
+    XF_PIPE_PEER = 1u << 21, /* piped to the other socket of the record */
+    XF_USER_REF = 1u << 22,
+    /* Events owed when it was exported: owed on the other side (a listener there gets them). */
+    XF_OWE_FLOW = 1u << 23,
+    XF_OWE_DRAIN = 1u << 24,
+    XF_OWE_FINISH = 1u << 25,
+    XF_OWE_AUTOCLOSE = 1u << 26,
+};
+
+/* Deferred work that may travel: the rest (a connect, errors, write callbacks, 'close')
+ * means the socket is not quiet. */
+#define PK_TRAVELS (PK_FLOW | PK_DRAIN | PK_FINISH | PK_AUTOCLOSE)
+
+typedef struct wbuf {
+    unsigned char *p;
+    size_t len, cap;
+    bool failed;
+} wbuf_t;
+
+static void put(wbuf_t *w, const void *data, size_t n)
+{
+    if (w->failed)
+        return;
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 512;
+        while (cap < w->len + n)
+            cap *= 2;
+        unsigned char *p = realloc(w->p, cap);
+        if (!p) {
+            w->failed = true;
+            return;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    memcpy(w->p + w->len, data, n);
+    w->len += n;
+}
+
+static void put_u64(wbuf_t *w, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    put(w, b, 8);
+}
+
+static void put_str(wbuf_t *w, const char *str)
+{
+    size_t n = strlen(str);
+    put_u64(w, n);
+    put(w, str, n);
+}
+
+static void put_evbuffer(wbuf_t *w, struct evbuffer *b)
+{
+    size_t n = b ? evbuffer_get_length(b) : 0;
+    put_u64(w, n);
+    if (n == 0 || w->failed)
+        return;
+    /* Copied out, not drained: an abort leaves the socket exactly as it was. */
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 512;
+        while (cap < w->len + n)
+            cap *= 2;
+        unsigned char *p = realloc(w->p, cap);
+        if (!p) {
+            w->failed = true;
+            return;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    evbuffer_copyout(b, w->p + w->len, n);
+    w->len += n;
+}
+
+static void put_address(wbuf_t *w, const nd_address_t *a)
+{
+    put_u64(w, (uint64_t)a->family);
+    put_u64(w, (uint64_t)a->port);
+    put_str(w, a->address);
+}
+
+typedef struct rbuf {
+    const unsigned char *p;
+    size_t len, at;
+    bool bad;
+} rbuf_t;
+
+static uint64_t get_u64(rbuf_t *r)
+{
+    if (r->bad || r->len - r->at < 8) {
+        r->bad = true;
+        return 0;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)r->p[r->at + (size_t)i] << (8 * i);
+    r->at += 8;
+    return v;
+}
+
+/* The next n bytes, or NULL (malformed). */
+static const unsigned char *get_bytes(rbuf_t *r, uint64_t n)
+{
+    if (r->bad || n > r->len - r->at) {
+        r->bad = true;
+        return NULL;
+    }
+    const unsigned char *p = r->p + r->at;
+    r->at += (size_t)n;
+    return p;
+}
+
+static void get_str(rbuf_t *r, char *out, size_t cap)
+{
+    uint64_t n = get_u64(r);
+    const unsigned char *p = get_bytes(r, n);
+    if (!p || n >= cap) {
+        r->bad = true;
+        out[0] = '\0';
+        return;
+    }
+    memcpy(out, p, (size_t)n);
+    out[n] = '\0';
+}
+
+static void get_address(rbuf_t *r, nd_address_t *a)
+{
+    a->family = (int)get_u64(r);
+    a->port = (int)get_u64(r);
+    get_str(r, a->address, sizeof(a->address));
+}
+
+static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
+{
+    uint32_t f = 0;
+#define XF_SET(cond, bit)                                                                    \
+    if (cond)                                                                                \
+    f |= (bit)
+    XF_SET(s->allow_half_open, XF_HALF_OPEN);
+    XF_SET(s->opt_readable, XF_READABLE);
+    XF_SET(s->opt_writable, XF_WRITABLE);
+    XF_SET(s->paused, XF_PAUSED);
+    XF_SET(s->flowing, XF_FLOWING);
+    XF_SET(s->read_started, XF_READ_STARTED);
+    XF_SET(s->fin_rcvd, XF_FIN_RCVD);
+    XF_SET(s->eof, XF_EOF);
+    XF_SET(s->peer_ended, XF_PEER_ENDED);
+    XF_SET(s->ending, XF_ENDING);
+    XF_SET(s->fin_sent, XF_FIN_SENT);
+    XF_SET(s->need_drain, XF_NEED_DRAIN);
+    XF_SET(s->no_delay, XF_NO_DELAY);
+    XF_SET(s->keep_alive, XF_KEEP_ALIVE);
+    XF_SET(s->opts_set, XF_OPTS_SET);
+    XF_SET(s->is_unix, XF_UNIX);
+    XF_SET(s->have_local, XF_HAVE_LOCAL);
+    XF_SET(s->have_remote, XF_HAVE_REMOTE);
+    XF_SET(s->pipe_end, XF_PIPE_END);
+    XF_SET(s->pipe_paused, XF_PIPE_PAUSED);
+    XF_SET(s->pipe_dst == s, XF_PIPE_SELF);
+    XF_SET(peer && s->pipe_dst == peer, XF_PIPE_PEER);
+    XF_SET(s->h.user_ref, XF_USER_REF);
+    XF_SET((s->h.pending | s->owed) & PK_FLOW, XF_OWE_FLOW);
+    XF_SET((s->h.pending | s->owed) & PK_DRAIN, XF_OWE_DRAIN);
+    XF_SET((s->h.pending | s->owed) & PK_FINISH, XF_OWE_FINISH);
+    XF_SET((s->h.pending | s->owed) & PK_AUTOCLOSE, XF_OWE_AUTOCLOSE);
+#undef XF_SET
+    return f;
+}
+
+static void export_one(wbuf_t *w, nd_socket_t *s, const nd_socket_t *peer)
+{
+    cache_local(s);
+    cache_remote(s);
+    put_u64(w, export_flags(s, peer));
+    put_u64(w, s->keep_alive_delay_s);
+    put_u64(w, s->timeout_ms);
+    put_u64(w, s->high_water_mark);
+    put_u64(w, s->queued_total);
+    put_u64(w, s->flushed_total);
+    put_u64(w, s->bytes_read);
+    put_u64(w, s->bytes_written);
+    put_u64(w, nd_socket_idle_ms(s));
+    put_u64(w, (uint64_t)s->dec.enc);
+    put_u64(w, s->dec.npartial);
+    put(w, s->dec.partial, sizeof(s->dec.partial));
+    put_address(w, &s->local);
+    put_address(w, &s->remote);
+    put_str(w, s->path);
+    put_evbuffer(w, s->in);
+    put_evbuffer(w, s->out);
+}
+
+/* Why s cannot be exported now, or 0: open and quiet (nothing pending to emit, no write
+ * callback owed, no error queued), and piped only to itself or to its pair. */
+static int export_blocker(const nd_socket_t *s, const nd_socket_t *peer)
+{
+    if (is_destroyed(s))
+        return ND_ECLOSED;
+    if (s->state != SK_OPEN || s->moving || s->parked || (s->h.pending & ~PK_TRAVELS) ||
+        s->errq || s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
+        return -EBUSY;
+    if (s->pair && s->pair != peer)
+        return -EBUSY;
+    if (s->pipe_dst && s->pipe_dst != s && s->pipe_dst != peer)
+        return -EBUSY;
+    if (s->pipe_src && s->pipe_src != s && s->pipe_src != peer)
+        return -EBUSY;
+    return 0;
+}
+
+static void park(nd_socket_t *s)
+{
+    s->parked = true;
+    /* What was owed waits with it: emitted here again after an abort, there after an
+     * import. */
+    s->owed = s->h.pending & PK_TRAVELS;
+    nd__handle_unpend(&s->h, s->owed);
+    stop_reading(s);
+    stop_writing(s);
+    if (s->timer_armed) {
+        evtimer_del(&s->timer_ev);
+        s->timer_armed = false;
+    }
+    update_active(s);
+}
+
+static void unpark(nd_socket_t *s)
+{
+    s->parked = false;
+    if (is_destroyed(s))
+        return;
+    if (s->timeout_ms) {
+        struct timeval tv = nd__ms_tv(s->timeout_ms);
+        evtimer_add(&s->timer_ev, &tv);
+        s->timer_armed = true;
+    }
+    start_reading(s);
+    if (queued(s) > 0 || (s->ending && !s->fin_sent))
+        flush(s);
+    nd__handle_pend(&s->h, s->owed);
+    s->owed = 0;
+    schedule_flow(s);
+    update_active(s);
+}
+
+ND_EXPORT int nd_socket_export(nd_socket_t *s, nd_export_t *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    memset(out, 0, sizeof(*out));
+    nd_socket_t *peer = nd_socket_pipe_peer(s);
+    int rc = export_blocker(s, peer);
+    if (!rc && peer)
+        rc = export_blocker(peer, s);
+    if (rc)
+        return rc;
+    wbuf_t w = {0};
+    put(&w, EXPORT_MAGIC, 4);
+    unsigned char hdr[2] = {EXPORT_VERSION, peer ? 2 : 1};
+    put(&w, hdr, 2);
+    export_one(&w, s, peer);
+    if (peer)
+        export_one(&w, peer, s);
+    if (w.failed) {
+        free(w.p);
+        return -ENOMEM;
+    }
+    out->data = w.p;
+    out->len = w.len;
+    out->socks[0] = s;
+    out->socks[1] = peer;
+    out->fds[0] = s->fd;
+    out->nfds = 1;
+    if (peer)
+        out->fds[out->nfds++] = peer->fd;
+    park(s);
+    if (peer)
+        park(peer);
+    return 0;
+}
+
+ND_EXPORT void nd_socket_export_abort(nd_export_t *ex)
+{
+    for (int i = 0; ex && i < 2; i++)
+        if (ex->socks[i])
+            unpark(ex->socks[i]);
+    nd_export_free(ex);
+}
+
+/* The socket now lives in another process: it leaves this one without an event. */
+static void let_go(nd_socket_t *s)
+{
+    if (s->in_count) {
+        s->in_count = false;
+        nd__server_connection_destroyed(s->server);
+    }
+    if (s->server) {
+        nd__server_connection_closed(s->server);
+        s->server = NULL;
+    }
+    unpair(s);
+    nd__handle_unpend(&s->h, s->h.pending);
+    nd__handle_set_active(&s->h, false);
+    nd__socket_free(s); /* closes our copy of the descriptor; theirs carries on */
+}
+
+ND_EXPORT void nd_socket_export_commit(nd_export_t *ex)
+{
+    if (!ex)
+        return;
+    nd_socket_t *a = ex->socks[0], *b = ex->socks[1];
+    if (a)
+        unpipe_both(a);
+    if (b)
+        unpipe_both(b);
+    if (a)
+        let_go(a);
+    if (b)
+        let_go(b);
+    nd_export_free(ex);
+}
+
+ND_EXPORT void nd_export_free(nd_export_t *ex)
+{
+    if (!ex)
+        return;
+    free(ex->data);
+    ex->data = NULL;
+    ex->len = 0;
+    ex->socks[0] = ex->socks[1] = NULL;
+}
+
+static int import_one(rbuf_t *r, nd_socket_t *s, uint32_t *flags)
+{
+    uint32_t f = (uint32_t)get_u64(r);
+    *flags = f;
+    s->allow_half_open = f & XF_HALF_OPEN;
+    s->opt_readable = f & XF_READABLE;
+    s->opt_writable = f & XF_WRITABLE;
+    s->paused = f & XF_PAUSED;
+    s->flowing = f & XF_FLOWING;
+    s->read_started = f & XF_READ_STARTED;
+    s->fin_rcvd = f & XF_FIN_RCVD;
+    s->eof = f & XF_EOF;
+    s->peer_ended = f & XF_PEER_ENDED;
+    s->ending = f & XF_ENDING;
+    s->fin_sent = f & XF_FIN_SENT;
+    s->need_drain = f & XF_NEED_DRAIN;
+    s->no_delay = f & XF_NO_DELAY;
+    s->keep_alive = f & XF_KEEP_ALIVE;
+    s->opts_set = f & XF_OPTS_SET;
+    s->is_unix = f & XF_UNIX;
+    s->have_local = f & XF_HAVE_LOCAL;
+    s->have_remote = f & XF_HAVE_REMOTE;
+    s->pipe_end = f & XF_PIPE_END;
+    s->pipe_paused = f & XF_PIPE_PAUSED;
+    s->h.user_ref = f & XF_USER_REF;
+    s->owed = (f & XF_OWE_FLOW ? PK_FLOW : 0) | (f & XF_OWE_DRAIN ? PK_DRAIN : 0) |
+              (f & XF_OWE_FINISH ? PK_FINISH : 0) | (f & XF_OWE_AUTOCLOSE ? PK_AUTOCLOSE : 0);
+    s->keep_alive_delay_s = (unsigned)get_u64(r);
+    s->timeout_ms = (unsigned)get_u64(r);
+    s->high_water_mark = (size_t)get_u64(r);
+    s->queued_total = get_u64(r);
+    s->flushed_total = get_u64(r);
+    s->bytes_read = get_u64(r);
+    s->bytes_written = get_u64(r);
+    uint64_t idle = get_u64(r);
+    uint64_t enc = get_u64(r), npartial = get_u64(r);
+    const unsigned char *partial = get_bytes(r, sizeof(s->dec.partial));
+    if (r->bad || enc > ND_ENC_LATIN1 || npartial > sizeof(s->dec.partial))
+        return -1;
+    nd__decoder_init(&s->dec, (nd__encoding_t)enc);
+    memcpy(s->dec.partial, partial, sizeof(s->dec.partial));
+    s->dec.npartial = (unsigned)npartial;
+    get_address(r, &s->local);
+    get_address(r, &s->remote);
+    get_str(r, s->path, sizeof(s->path));
+    for (int i = 0; i < 2 && !r->bad; i++) {
+        uint64_t n = get_u64(r);
+        const unsigned char *p = get_bytes(r, n);
+        if (!p || n == 0)
+            continue;
+        struct evbuffer **b = i == 0 ? &s->in : &s->out;
+        if ((!*b && !(*b = evbuffer_new())) || evbuffer_add(*b, p, (size_t)n) != 0)
+            return -1;
+    }
+    if (r->bad)
+        return -1;
+    /* The idle timer goes on from where it was. */
+    struct timeval now, ago = nd__ms_tv((unsigned)(idle > 0x7fffffff ? 0x7fffffff : idle));
+    event_base_gettimeofday_cached(s->h.loop->base, &now);
+    evutil_timersub(&now, &ago, &s->last_active);
+    return 0;
+}
+
+ND_EXPORT int nd_socket_import(nd_loop_t *loop, const void *data, size_t len, const int *fds,
+                               int nfds, nd_server_t *server, nd_socket_t *out[2])
+{
+    if (!loop || !data || !fds || !out || nfds < 1 || nfds > 2)
+        return -EINVAL;
+    out[0] = out[1] = NULL;
+    rbuf_t r = {data, len, 0, false};
+    const unsigned char *magic = get_bytes(&r, 4);
+    const unsigned char *hdr = get_bytes(&r, 2);
+    if (!magic || memcmp(magic, EXPORT_MAGIC, 4) != 0 || !hdr)
+        return ND_EFORMAT;
+    if (hdr[0] != EXPORT_VERSION || hdr[1] != nfds)
+        return ND_EFORMAT;
+    nd_socket_t *socks[2] = {NULL, NULL};
+    uint32_t flags[2] = {0, 0};
+    int rc = 0;
+    for (int i = 0; i < nfds && !rc; i++) {
+        nd_socket_t *s = calloc(1, sizeof(*s));
+        if (!s) {
+            rc = -ENOMEM;
+            break;
+        }
+        init_socket(s, loop);
+        socks[i] = s;
+        if (import_one(&r, s, &flags[i]) != 0)
+            rc = r.bad ? ND_EFORMAT : -ENOMEM;
+    }
+    if (!rc && r.at != r.len)
+        rc = ND_EFORMAT; /* trailing bytes: not a record of this version */
+    if (rc) {
+        for (int i = 0; i < 2; i++)
+            if (socks[i])
+                nd__socket_free(socks[i]); /* fd still -1: the caller keeps its descriptors */
+        return rc;
+    }
+    for (int i = 0; i < nfds; i++) {
+        nd_socket_t *s = socks[i];
+        bind_fd(s, fds[i]);
+        s->state = SK_OPEN;
+        s->parked = true;
+        if (flags[i] & XF_PIPE_SELF) {
+            s->pipe_dst = s->pipe_src = s;
+        } else if (flags[i] & XF_PIPE_PEER) {
+            s->pipe_dst = socks[1 - i];
+            socks[1 - i]->pipe_src = s;
+        }
+        if (server) {
+            s->server = server;
+            s->in_count = true;
+            nd__server_connection_imported(server);
+        }
+    }
+    if (nfds == 2 && socks[0]->pipe_dst == socks[1] && socks[1]->pipe_dst == socks[0]) {
+        socks[0]->pair = socks[1];
+        socks[1]->pair = socks[0];
+    }
+    out[0] = socks[0];
+    out[1] = socks[1];
+    return 0;
+}
+
+ND_EXPORT void nd_socket_import_start(nd_socket_t *s)
+{
+    if (!s || !s->parked)
+        return;
+    nd_socket_t *peer = s->pair;
+    apply_options(s);
+    unpark(s);
+    if (peer && peer->parked) {
+        apply_options(peer);
+        unpark(peer);
+    }
 }

@@ -67,6 +67,16 @@ ND_EXPORT void nd_thread_stop(nd_thread_t *t)
     }
 }
 
+ND_EXPORT int nd_thread_wait(nd_thread_t *t)
+{
+    if (!t)
+        return -EINVAL;
+    nd_thread_stop(t);
+    int rc = pthread_join(t->tid, NULL);
+    free(t);
+    return -rc;
+}
+
 ND_EXPORT int nd_thread_join(nd_thread_t *t)
 {
     if (!t)

@@ -411,6 +411,31 @@ START_TEST(test_banner_text_then_eof)
 }
 END_TEST
 
+/* The client talks to the banner before it ends: what it sends is read and dropped, so its
+ * FIN is seen and the connection closes. (libnetd keeps unread input, as Node does, and
+ * holds the peer's 'end' behind it: without the handler's resume() this hung.) */
+START_TEST(test_banner_drops_client_data)
+{
+    fx_t *f = fx_new();
+    char text[] = "goodbye\n";
+
+    f->cfg.text = text;
+    f->half_open = _i;
+    f->total = 200000;
+    f->tx = make_data(f->total, 7);
+    f->end_after_send = 1;
+    start_handler(f, NETD_HANDLER_BANNER, on_handler_listening);
+    th_run(f->loop, 5000);
+
+    ck_assert_str_eq(f->rx, text);
+    ck_assert_int_eq(f->served_closed, 1);
+    ck_assert_uint_eq(f->served_bytes_read, f->total);
+    ck_assert_int_eq(f->cli_closed, 1);
+    ck_assert_int_eq(f->cli_had_error, 0);
+    fx_done(f);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------------------ */
 /* proxy                                                                                */
 /* ------------------------------------------------------------------------------------ */
@@ -1009,6 +1034,7 @@ static Suite *handlers_suite(void)
 
     tc = tcase("banner", 10);
     tcase_add_loop_test(tc, test_banner_text_then_eof, 0, 2);
+    tcase_add_loop_test(tc, test_banner_drops_client_data, 0, 2);
     suite_add_tcase(s, tc);
 
     tc = tcase("proxy", 40);

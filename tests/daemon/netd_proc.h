@@ -160,6 +160,41 @@ int np_expect_eof(int fd);
 /* Sends data and asserts that exactly it comes back (an echo round trip). */
 void np_echo_check(int fd, const char *data);
 
+/* ------------------------------------------------------------------ shorthands */
+
+/* 1 in sanitizer builds (ASan, TSan): suites scale sizes and rates down. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(ND_ASAN) || \
+    defined(ND_TSAN)
+#define NP_SANITIZED 1
+#else
+#define NP_SANITIZED 0
+#endif
+
+/* printf, then every ' becomes " (JSON in a test without a backslash on every quote).
+ * The text lives until 16 more calls. */
+char *np_q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* JSON text parsed (asserted valid, duplicate keys refused); a new reference. */
+json_t *np_parse(const char *text);
+/* A request given as np_q text, sent on c; the reply (asserted to arrive). */
+json_t *np_ccall(np_client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Typed members of a reply, asserted to be there with that type. */
+json_int_t np_jint(const json_t *o, const char *key);
+const char *np_jstr(const json_t *o, const char *key);
+json_t *np_jobj(const json_t *o, const char *key);
+json_t *np_jarr(const json_t *o, const char *key);
+/* The server object of a server by name, its TCP port, its getConnections. */
+json_t *np_server_obj(netd_proc_t *np, const char *name);
+int np_server_port(netd_proc_t *np, const char *name);
+json_int_t np_get_connections(netd_proc_t *np, const char *name);
+/* The socket id netd gives the connection whose client side is fd (asserted found). */
+json_int_t np_socket_id_of(netd_proc_t *np, const char *server, int fd);
+/* Resident memory of a process in KiB (VmRSS). */
+long np_rss_kb(pid_t pid);
+/* Open descriptors of a process (/proc/PID/fd). */
+int np_fd_count(pid_t pid);
+/* close() that sends RST instead of FIN. */
+void np_rst_close(int fd);
+
 /* ------------------------------------------------------------------ time */
 
 uint64_t np_now_ms(void);

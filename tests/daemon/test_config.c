@@ -2,9 +2,8 @@
  * Config file and `listen` argument parsing (config.c): valid files, defaults, and every
  * kind of invalid input refused with a message that names the file and the field.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nftw, mkdtemp: the build defines no feature macros for us */
-#endif
+#include "config.h"
+
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,8 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Spelled out: a bare "config.h" could find the autoconf header of the build dir. */
-#include "../../src/daemon/config.h"
+#include "conf.h"
 
 #define N_ELEMS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 #define ERRLEN 1024

@@ -5,9 +5,8 @@
  * reload, the handlers, connection counts, drain, socket activation, sd_notify and the
  * control socket itself.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
+
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,81 +34,18 @@
 
 /* ------------------------------------------------------------------ small helpers */
 
-/* printf, then every ' becomes " (JSON without a backslash on every quote). */
-static char *qfmt(const char *fmt, va_list ap)
-{
-    char *text = NULL;
-    ck_assert(vasprintf(&text, fmt, ap) >= 0);
-    for (char *p = text; *p; p++)
-        if (*p == '\'')
-            *p = '"';
-    return text;
-}
-
-static char *Q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *Q(const char *fmt, ...)
-{
-    static char *last[8];
-    static int next;
-    va_list ap;
-    va_start(ap, fmt);
-    char *t = qfmt(fmt, ap);
-    va_end(ap);
-    free(last[next % 8]);
-    last[next++ % 8] = t;
-    return t;
-}
-
-static json_t *parse(const char *text)
-{
-    json_error_t err;
-    json_t *v = json_loads(text, JSON_REJECT_DUPLICATES, &err);
-    ck_assert_msg(v != NULL, "bad JSON in the test (%s): %s", err.text, text);
-    return v;
-}
-
-/* A request given as text (' for "), on a given client. */
-static json_t *ccall(np_client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static json_t *ccall(np_client_t *c, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *t = qfmt(fmt, ap);
-    va_end(ap);
-    json_t *req = parse(t);
-    free(t);
-    return np_client_rpc(c, req);
-}
-
-#define call(np, ...) ccall((np)->ctl, __VA_ARGS__)
-
-static json_int_t jint(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_integer(v), "\"%s\" should be an integer in %s", key, np_json_str(o));
-    return json_integer_value(v);
-}
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_string(v), "\"%s\" should be a string in %s", key, np_json_str(o));
-    return json_string_value(v);
-}
-
-static json_t *jobj(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_object(v), "\"%s\" should be an object in %s", key, np_json_str(o));
-    return v;
-}
-
-static json_t *jarr(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_array(v), "\"%s\" should be an array in %s", key, np_json_str(o));
-    return v;
-}
+/* The shared shorthands (netd_proc.h) under the names this suite has always used. */
+#define Q np_q
+#define ccall np_ccall
+#define parse np_parse
+#define call(np, ...) np_ccall((np)->ctl, __VA_ARGS__)
+#define jint np_jint
+#define jstr np_jstr
+#define jobj np_jobj
+#define jarr np_jarr
+#define server_obj np_server_obj
+#define server_port np_server_port
+#define get_connections np_get_connections
 
 static void check_one_of(const char *what, const char *got, const char *const *allowed)
 {
@@ -182,26 +118,9 @@ static void check_socket_object(const json_t *k)
 }
 
 /* The Server object of a server (by name), from `server`. */
-static json_t *server_obj(netd_proc_t *np, const char *name)
-{
-    json_t *r = np_ok(np_call(np, "{s:s, s:s}", "cmd", "server", "server", name));
-    return jobj(r, "server");
-}
-
-static int server_port(netd_proc_t *np, const char *name)
-{
-    return (int)jint(jobj(server_obj(np, name), "address"), "port");
-}
-
 static json_int_t server_id(netd_proc_t *np, const char *name)
 {
     return jint(server_obj(np, name), "id");
-}
-
-static json_int_t get_connections(netd_proc_t *np, const char *name)
-{
-    return jint(np_ok(np_call(np, "{s:s, s:s}", "cmd", "getConnections", "server", name)),
-                "count");
 }
 
 /* servers[].connections of the named server (-1: not listed). */

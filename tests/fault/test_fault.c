@@ -14,9 +14,6 @@
  * and slow everything down); under sanitizers the same tests check behaviour alone and
  * move less data. Each test prints its figures on stderr ("fault: ...").
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include "config.h"
 
 #include <check.h>
@@ -49,18 +46,7 @@
 #include "netd_proc.h"
 #include "protocol.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(ND_ASAN) || \
-    defined(ND_TSAN)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
+#define SANITIZED NP_SANITIZED
 #define MiB (1024 * 1024)
 
 extern char **environ;
@@ -78,24 +64,7 @@ static void note(const char *fmt, ...)
     fprintf(stderr, "fault: %s\n", line);
 }
 
-/* printf, then every ' becomes " (JSON without a backslash on every quote). */
-static char *Q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *Q(const char *fmt, ...)
-{
-    static char *last[8];
-    static int next;
-    char *text = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    ck_assert(vasprintf(&text, fmt, ap) >= 0);
-    va_end(ap);
-    for (char *p = text; *p; p++)
-        if (*p == '\'')
-            *p = '"';
-    free(last[next % 8]);
-    last[next++ % 8] = text;
-    return text;
-}
+#define Q np_q
 
 /* Polls cond every 20 ms until it holds, or fails the test with the message. */
 #define WAIT_FOR(cond, ms, ...)                                                              \
@@ -120,36 +89,6 @@ static uint64_t rng_next(uint64_t *s)
 }
 
 /* ------------------------------------------------------------------ /proc figures */
-
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
-    long kb = -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    ck_assert_msg(kb > 0, "no VmRSS in %s", path);
-    return kb;
-}
-
-static int fd_count(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    ck_assert_msg(d != NULL, "opendir %s: %s", path, strerror(errno));
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
 
 /* utime + stime of a process, in seconds. */
 static double cpu_seconds(pid_t pid)
@@ -192,25 +131,9 @@ static long long stat_of(netd_proc_t *np, const char *key)
     return (long long)json_integer_value(v);
 }
 
-static json_t *server_obj(netd_proc_t *np, const char *name)
-{
-    json_t *r = np_ok(np_call(np, "{s:s, s:s}", "cmd", "server", "server", name));
-    json_t *s = json_object_get(r, "server");
-    ck_assert_msg(json_is_object(s), "no server object: %s", np_json_str(r));
-    return s;
-}
-
-static int server_port(netd_proc_t *np, const char *name)
-{
-    json_t *s = server_obj(np, name);
-    int port = (int)json_integer_value(json_object_get(json_object_get(s, "address"), "port"));
-    ck_assert_msg(port > 0, "server %s has no port: %s", name, np_json_str(s));
-    return port;
-}
-
 static long long server_int(netd_proc_t *np, const char *name, const char *key)
 {
-    return (long long)json_integer_value(json_object_get(server_obj(np, name), key));
+    return (long long)json_integer_value(json_object_get(np_server_obj(np, name), key));
 }
 
 /* ------------------------------------------------------------------ sockets */
@@ -247,14 +170,6 @@ static int tcp_connect_nb(int port)
         return -e;
     }
     return fd;
-}
-
-/* close() that sends RST instead of FIN. */
-static void rst_close(int fd)
-{
-    struct linger lg = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
 }
 
 /* Sends everything (blocking socket with timeouts): 0 or -errno. */
@@ -449,7 +364,7 @@ START_TEST(test_fd_exhaustion)
                   FLOOD + KEEP + 64, (unsigned long long)nofile_limit());
     netd_proc_t *np = start_nofile(Q(CFG_ECHO), 2, 256);
     ck_assert_int_eq(stat_of(np, "fdLimit"), 256);
-    int port = server_port(np, "echo");
+    int port = np_server_port(np, "echo");
 
     /* Established and echoing before the flood. */
     int keep[KEEP];
@@ -477,7 +392,7 @@ START_TEST(test_fd_exhaustion)
     np_ok(np_client_call(fresh, "{s:s}", "cmd", "stats"));
     for (int i = 0; i < KEEP; i++)
         ck_assert_msg(echo_ok(keep[i], "saturated"), "keep[%d] stopped echoing while saturated", i);
-    int fds_sat = fd_count(np->pid);
+    int fds_sat = np_fd_count(np->pid);
     ck_assert_msg(fds_sat <= 256, "netd holds %d descriptors under a limit of 256", fds_sat);
 
     /* No accept busy loop: CPU over 3 s while saturated. */
@@ -575,7 +490,7 @@ static void sample_rss(pid_t pid, long *max_kb, uint64_t *next_ms)
 {
     if (np_now_ms() < *next_ms)
         return;
-    long kb = rss_kb(pid);
+    long kb = np_rss_kb(pid);
     if (kb > *max_kb)
         *max_kb = kb;
     *next_ms = np_now_ms() + 50;
@@ -682,10 +597,10 @@ START_TEST(test_slow_reader_echo)
 {
     pat_init();
     netd_proc_t *np = np_start(Q(CFG_ECHO), 2);
-    int port = server_port(np, "echo");
+    int port = np_server_port(np, "echo");
     int fd = np_tcp_connect(port);
     ck_assert(echo_ok(fd, "warm"));
-    long base = rss_kb(np->pid), max = base;
+    long base = np_rss_kb(np->pid), max = base;
 
     flow_t f = {.wfd = fd, .rfd = fd, .base = 12345, .total = slow_total()};
     uint64_t t0 = np_now_ms();
@@ -693,7 +608,7 @@ START_TEST(test_slow_reader_echo)
     ck_assert_msg(f.sent < f.total, "all %llu bytes went in although nobody read: where are they?",
                   (unsigned long long)f.total);
     long long queued = max_buffer_size(np);
-    long stalled_kb = rss_kb(np->pid);
+    long stalled_kb = np_rss_kb(np->pid);
     if (stalled_kb > max)
         max = stalled_kb;
     ck_assert_msg(queued <= QUEUE_BOUND, "netd queues %lld bytes for a reader that takes nothing",
@@ -731,7 +646,7 @@ START_TEST(test_slow_reader_proxy)
           "'handler':{'type':'proxy','port':%d,'host':'127.0.0.1'}}]}",
           uport),
         2);
-    int port = server_port(np, "proxy");
+    int port = np_server_port(np, "proxy");
     int client = np_tcp_connect(port);
     int up = accept_one(lfd);
     /* Both ways work before the test. */
@@ -742,7 +657,7 @@ START_TEST(test_slow_reader_proxy)
     ck_assert(np_recv_exact(client, b4, 4) == 4 && memcmp(b4, "pong", 4) == 0);
 
     /* client -> upstream, the upstream does not read. */
-    long base = rss_kb(np->pid), max = base;
+    long base = np_rss_kb(np->pid), max = base;
     flow_t a = {.wfd = client, .rfd = up, .base = 777, .total = slow_total()};
     flow_write_until_stalled(&a, 1000, np->pid, &max);
     ck_assert(a.sent < a.total);
@@ -753,7 +668,7 @@ START_TEST(test_slow_reader_proxy)
     check_rss_growth("slow reader (proxy, upstream not reading)", base, max);
 
     /* upstream -> client, the client does not read. */
-    base = rss_kb(np->pid);
+    base = np_rss_kb(np->pid);
     max = base;
     flow_t b = {.wfd = up, .rfd = client, .base = 4242, .total = slow_total()};
     flow_write_until_stalled(&b, 1000, np->pid, &max);
@@ -793,7 +708,7 @@ START_TEST(test_slow_reader_destroyed)
     free(text);
     netd_proc_t *np = np_start(cfg, 2);
     free(cfg);
-    int bport = server_port(np, "banner"), eport = server_port(np, "echo");
+    int bport = np_server_port(np, "banner"), eport = np_server_port(np, "echo");
     int echo = np_tcp_connect(eport);
     ck_assert(echo_ok(echo, "bystander"));
 
@@ -856,8 +771,8 @@ START_TEST(test_resets_half_closes)
 {
     pat_init();
     netd_proc_t *np = np_start(Q(CFG_ECHO), 2);
-    int port = server_port(np, "echo");
-    int base_fds = fd_count(np->pid);
+    int port = np_server_port(np, "echo");
+    int base_fds = np_fd_count(np->pid);
 
     /* 1000 clients send 64 KiB and reset while netd is echoing. */
     int fds[CHURN_BATCH];
@@ -871,7 +786,7 @@ START_TEST(test_resets_half_closes)
             ck_assert_msg(k > 0, "send: %s", k < 0 ? strerror(errno) : "0");
         }
         for (int i = 0; i < CHURN_BATCH; i++) {
-            rst_close(fds[i]);
+            np_rst_close(fds[i]);
             resets++;
         }
     }
@@ -901,9 +816,9 @@ START_TEST(test_resets_half_closes)
     ck_assert_int_eq(json_integer_value(json_object_get(gc, "count")), 0);
     json_t *sk = np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "role", "all"));
     ck_assert_int_eq(json_integer_value(json_object_get(sk, "total")), 0);
-    WAIT_FOR(fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors, %d before",
-             fd_count(np->pid), base_fds);
-    int end_fds = fd_count(np->pid);
+    WAIT_FOR(np_fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors, %d before",
+             np_fd_count(np->pid), base_fds);
+    int end_fds = np_fd_count(np->pid);
     long long accepted = stat_of(np, "acceptedTotal");
     ck_assert_int_ge(accepted, 2 * CHURN_N);
     /* Still serving. */
@@ -1005,7 +920,7 @@ START_TEST(test_drain)
     netd_proc_t *np = np_start(
         Q("{'shutdownTimeoutMs':20000,'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
         2);
-    int port = server_port(np, "echo");
+    int port = np_server_port(np, "echo");
     dclient_t *c = calloc(DRAIN_CLIENTS, sizeof(*c));
     struct pollfd *p = calloc(DRAIN_CLIENTS, sizeof(*p));
     ck_assert(c && p);
@@ -1059,7 +974,7 @@ START_TEST(test_second_sigterm)
     netd_proc_t *np = np_start(
         Q("{'shutdownTimeoutMs':30000,'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
         2);
-    int fd = np_tcp_connect(server_port(np, "echo"));
+    int fd = np_tcp_connect(np_server_port(np, "echo"));
     ck_assert(echo_ok(fd, "held"));
     np_signal(np, SIGTERM);
     WAIT_FOR(strstr(np_stderr(np), "draining") != NULL, 5000, "no drain after SIGTERM");
@@ -1613,7 +1528,7 @@ START_TEST(test_control_abuse)
     netd_proc_t *np = np_start(
         Q("{'control':{'mode':'0666'},'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
         2);
-    streamer_t st = {.port = server_port(np, "echo")};
+    streamer_t st = {.port = np_server_port(np, "echo")};
     atomic_init(&st.stop, false);
     ck_assert(pthread_create(&st.th, NULL, streamer_main, &st) == 0);
 
@@ -1661,7 +1576,7 @@ START_TEST(test_control_abuse)
 
     /* Nothing else was affected: the daemon, its server, its data. */
     np_ok(np_call(np, "{s:s}", "cmd", "ping"));
-    json_t *srv = server_obj(np, "echo");
+    json_t *srv = np_server_obj(np, "echo");
     ck_assert_str_eq(json_string_value(json_object_get(srv, "state")), "listening");
     ck_assert_int_eq(json_array_size(json_object_get(
                          np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")),
@@ -1826,8 +1741,8 @@ static const char *const bad_reloads[] = {
 START_TEST(test_config_sighup)
 {
     netd_proc_t *np = np_start(Q("{'servers':[{'name':'a','port':0,'host':'127.0.0.1'}]}"), 2);
-    json_t *before = json_deep_copy(server_obj(np, "a"));
-    int port = server_port(np, "a");
+    json_t *before = json_deep_copy(np_server_obj(np, "a"));
+    int port = np_server_port(np, "a");
     int fd = np_tcp_connect(port);
     ck_assert(echo_ok(fd, "before"));
     int n = (int)(sizeof(bad_reloads) / sizeof(bad_reloads[0]));
@@ -1946,7 +1861,7 @@ static void *soak_main(void *arg)
         } else if (action < 9) { /* reset mid-write */
             ssize_t k = send(fd, src, size, MSG_NOSIGNAL | MSG_DONTWAIT);
             (void)k;
-            rst_close(fd);
+            np_rst_close(fd);
             w->resets++;
         } else { /* read a little, then close with the rest unread */
             if (send_all(fd, src, size) != 0) {
@@ -1976,8 +1891,8 @@ START_TEST(test_soak)
     if (secs < 2)
         secs = 2;
     netd_proc_t *np = np_start(Q(CFG_ECHO), SOAK_THREADS);
-    int port = server_port(np, "echo");
-    int base_fds = fd_count(np->pid);
+    int port = np_server_port(np, "echo");
+    int base_fds = np_fd_count(np->pid);
 
     soak_worker_t w[SOAK_THREADS];
     memset(w, 0, sizeof(w));
@@ -1994,10 +1909,10 @@ START_TEST(test_soak)
     uint64_t warm = (uint64_t)secs * 1000 / 4;
     if (warm < 2000)
         warm = 2000;
-    long settled = 0, lo = 0, hi = 0, first = rss_kb(np->pid);
+    long settled = 0, lo = 0, hi = 0, first = np_rss_kb(np->pid);
     while (np_now_ms() < start + (uint64_t)secs * 1000) {
         np_pause_ms(250);
-        long kb = rss_kb(np->pid);
+        long kb = np_rss_kb(np->pid);
         uint64_t t = np_now_ms() - start;
         if (t < warm) {
             settled = kb; /* the last sample of the warm-up */
@@ -2023,12 +1938,12 @@ START_TEST(test_soak)
             first_error = w[i].error;
     }
     double elapsed = (double)(np_now_ms() - start) / 1000.0;
-    long end_kb = rss_kb(np->pid);
+    long end_kb = np_rss_kb(np->pid);
     WAIT_FOR(stat_of(np, "connections") == 0, 10000, "connections stay at %lld after the soak",
              stat_of(np, "connections"));
-    WAIT_FOR(fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors after the soak, %d before",
-             fd_count(np->pid), base_fds);
-    int end_fds = fd_count(np->pid);
+    WAIT_FOR(np_fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors after the soak, %d before",
+             np_fd_count(np->pid), base_fds);
+    int end_fds = np_fd_count(np->pid);
     long long accepted = stat_of(np, "acceptedTotal");
     note("soak: %.1f s, %d threads (netd -t %d), %llu connects (%.0f/s): %llu round trips, %llu "
          "half-closes, %llu resets, %llu abrupt closes, %.1f MiB echoed; %llu errors; netd RSS "

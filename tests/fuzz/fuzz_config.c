@@ -11,8 +11,10 @@
  * something; an accepted spec has a name, equals itself, describes its handler, and frees
  * cleanly; an accepted config has sane numbers.
  *
- * Built by `make fuzz` with src/daemon/config.c and src/lib/isip.c.
+ * Built by `make fuzz` with src/daemon/conf.c and src/lib/isip.c.
  */
+#include "config.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,8 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* The daemon's config.h by its path: whatever the -I order, never autoconf's. */
-#include "../../src/daemon/config.h"
+#include "conf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

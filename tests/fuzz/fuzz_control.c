@@ -10,6 +10,8 @@
  *
  * Built by `make fuzz` with src/daemon/request.c and src/common/protocol.c.
  */
+#include "config.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -278,7 +278,8 @@ START_TEST(test_unknown_name_enotfound)
     ck_assert_int_eq(t->lookup_had_address, 0);
     ck_assert_int_eq(t->err_code, ND_ENOTFOUND);
     ck_assert_str_eq(t->err_hostname, "nope.netd");
-    ck_assert_int_eq(t->err_port, 4242);
+    /* Issue 12.15: Node leaves err.port unset on a failed lookup (-1 here). */
+    ck_assert_int_eq(t->err_port, -1);
     ck_assert_str_eq(t->err_syscall, "getaddrinfo");
     ck_assert_msg(strncmp(t->err_message, "getaddrinfo ENOTFOUND", 21) == 0, "message '%s'",
                   t->err_message);
@@ -344,7 +345,7 @@ START_TEST(test_destroy_during_lookup)
 }
 END_TEST
 
-/* v0.10 emits 'lookup' even for an IP literal, without asking any server. */
+/* Issue 12.13: an IP literal is not looked up at all, as in Node: no 'lookup', no query. */
 START_TEST(test_ip_literal_lookup_without_query)
 {
     t_t *t = t_new();
@@ -357,9 +358,9 @@ START_TEST(test_ip_literal_lookup_without_query)
     th_log(&t->log, "returned");
     th_run(t->loop, 5000);
 
-    ck_assert_str_eq(th_log_str(&t->log), "returned,lookup,connect,close:0");
-    ck_assert_str_eq(t->lookup_addr, "127.0.0.1");
-    ck_assert_int_eq(t->lookup_family, 4);
+    ck_assert_str_eq(th_log_str(&t->log), "returned,connect,close:0");
+    ck_assert_int_eq(t->lookups, 0);
+    ck_assert_str_eq(t->remote, "127.0.0.1");
     ck_assert_int_eq(th_dnsd_queries(t->dnsd), 0);
     t_done(t);
 }
@@ -380,9 +381,9 @@ START_TEST(test_ipv6_literal_lookup_without_query)
     connect_to(t, c, "::1", t->port, 0);
     th_run(t->loop, 5000);
 
-    ck_assert_str_eq(th_log_str(&t->log), "lookup,connect,close:0");
-    ck_assert_str_eq(t->lookup_addr, "::1");
-    ck_assert_int_eq(t->lookup_family, 6);
+    ck_assert_str_eq(th_log_str(&t->log), "connect,close:0");
+    ck_assert_int_eq(t->lookups, 0);
+    ck_assert_str_eq(t->remote, "::1");
     ck_assert_int_eq(th_dnsd_queries(t->dnsd), 0);
     t_done(t);
 }
@@ -401,17 +402,17 @@ static void lookup_after_return(void *self, const nd_event_t *ev, void *arg)
     sc->seen++;
 }
 
-/* 'lookup' never runs inside nd_socket_connect(), for a name, a literal or a failure. */
+/* 'lookup' never runs inside nd_socket_connect(), for a name, a failure or localhost. */
 START_TEST(test_lookup_never_synchronous)
 {
-    static const char *const hosts[] = {"test.netd", "127.0.0.1", "nope.netd", "localhost"};
+    static const char *const hosts[] = {"test.netd", "nope.netd", "localhost"};
     t_t *t = t_new();
     int returned = 0;
     sync_check_t sc = {.returned = &returned};
     nd_connect_options_t o;
 
     t->mask = 0;
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < 3; i++) {
         nd_socket_t *s = nd_socket_new(t->loop, NULL);
         ck_assert_ptr_nonnull(s);
         ck_assert_int_eq(nd_socket_on(s, ND_EV_LOOKUP, lookup_after_return, &sc), 0);
@@ -425,7 +426,7 @@ START_TEST(test_lookup_never_synchronous)
     }
     th_run(t->loop, 5000);
 
-    ck_assert_int_eq(sc.seen, 4);
+    ck_assert_int_eq(sc.seen, 3);
     t_done(t);
 }
 END_TEST
@@ -579,7 +580,7 @@ START_TEST(test_listen_on_host_name)
     ck_assert_int_eq(listening, 1);
     ck_assert_int_gt(th_dnsd_queries(t->dnsd), 0);
     ck_assert_int_eq(t->s_conns, 1);
-    ck_assert_str_eq(th_log_str(&t->log), "lookup,connect,close:0");
+    ck_assert_str_eq(th_log_str(&t->log), "connect,close:0"); /* the client dials a literal */
     t_done(t);
 }
 END_TEST
@@ -608,8 +609,86 @@ START_TEST(test_listen_on_unknown_name)
     ck_assert_int_eq(nd_server_listen(s, 0, "nope.netd", 0), 0);
     th_run(t->loop, 5000);
 
-    ck_assert_str_eq(th_log_str(&t->log), "error:ENOTFOUND,close");
+    ck_assert_str_eq(th_log_str(&t->log), "error:ENOTFOUND"); /* no 'close' (issue 12.2) */
     ck_assert_int_gt(th_dnsd_queries(t->dnsd), 0);
+    ck_assert_int_eq(nd_server_free(s), 0);
+    t_done(t);
+}
+END_TEST
+
+/* Issue 12 check: with no family given, a name is looked up in any family, as v0.10's
+ * dns.lookup did: a host with only an AAAA record connects over IPv6. */
+START_TEST(test_aaaa_only_name_any_family)
+{
+    if (!have_ipv6()) {
+        fprintf(stderr, "skipped: no IPv6 loopback\n");
+        return;
+    }
+    t_t *t = t_new();
+
+    serve(t, "::1");
+    nd_socket_t *c = new_client(t);
+    ck_assert_int_eq(nd_socket_on(c, ND_EV_CONNECT, destroy_self, NULL), 0);
+    ck_assert_int_eq(nd_socket_on(c, ND_EV_CLOSE, close_server_ev, t), 0);
+    connect_to(t, c, "six.netd", t->port, 0);
+    th_run(t->loop, 5000);
+
+    ck_assert_str_eq(th_log_str(&t->log), "lookup,connect,close:0");
+    ck_assert_str_eq(t->lookup_addr, "::1");
+    ck_assert_int_eq(t->lookup_family, 6);
+    ck_assert_str_eq(t->remote, "::1");
+    t_done(t);
+}
+END_TEST
+
+/* A name of /etc/hosts other than localhost, with its address; 0 when there is none. */
+static int hosts_entry(char *name, size_t namelen, char *addr, size_t addrlen)
+{
+    FILE *f = fopen("/etc/hosts", "r");
+    char line[512];
+    int found = 0;
+
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *save = NULL;
+        char *ip = strtok_r(line, " \t\r\n", &save);
+        if (!ip || !nd_is_ip(ip))
+            continue;
+        char *n;
+        while ((n = strtok_r(NULL, " \t\r\n", &save)) != NULL) {
+            if (strcmp(n, "localhost") != 0 && strlen(n) < namelen && strchr(n, '.') == NULL) {
+                snprintf(name, namelen, "%s", n);
+                snprintf(addr, addrlen, "%s", ip);
+                found = 1;
+                break;
+            }
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Issue 12.14: with a nameserver set (the test responder, which knows no such name), the
+ * hosts file still answers first, as the header says. */
+START_TEST(test_hosts_file_with_nameserver)
+{
+    char name[128], addr[64];
+    t_t *t = t_new();
+
+    ck_assert_msg(hosts_entry(name, sizeof(name), addr, sizeof(addr)),
+                  "/etc/hosts names nothing but localhost");
+    nd_socket_t *c = new_client(t);
+    ck_assert_int_eq(nd_socket_on(c, ND_EV_LOOKUP, destroy_self, NULL), 0);
+    connect_to(t, c, name, 9, nd_is_ip(addr));
+    th_run(t->loop, 5000);
+
+    ck_assert_str_eq(th_log_str(&t->log), "lookup,close:0");
+    ck_assert_str_eq(t->lookup_addr, addr);
+    ck_assert_int_eq(th_dnsd_queries(t->dnsd), 0);
     t_done(t);
 }
 END_TEST
@@ -631,6 +710,8 @@ static Suite *dns_suite(void)
     tcase_add_test(tc, test_localhost_from_hosts_file);
     tcase_add_test(tc, test_reconnect_after_enotfound);
     tcase_add_test(tc, test_concurrent_lookups_independent);
+    tcase_add_test(tc, test_aaaa_only_name_any_family);
+    tcase_add_test(tc, test_hosts_file_with_nameserver);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("listen");

@@ -819,7 +819,7 @@ START_TEST(close_the_server_inside_connection)
     ck_assert_int_eq(v.conn_end_seen_at_close, 1);
     ck_assert_str_eq(BUF_STR(v.ks.data), "x");
     ck_assert_int_eq(v.ks.nclose, 1);
-    ck_assert_str_eq(th_log_str(&v.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&v.cs.log), "connect,finish,end,close");
     sink_free(&v.ks);
     sink_free(&v.cs);
     th_finish(loop);
@@ -877,7 +877,8 @@ START_TEST(listen_fd_on_a_regular_file)
     ck_assert_int_eq(v.nerror, 1);
     ck_assert_msg(strcmp(v.error_name, "EINVAL") == 0 || strcmp(v.error_name, "ENOTSOCK") == 0,
                   "error %s", v.error_name);
-    ck_assert_int_eq(v.nclose, 1);
+    ck_assert_int_eq(v.nclose, 0); /* a failed listen emits no 'close' */
+    ck_assert_int_eq(nd_server_free(v.s), 0);
     th_finish(loop);
 }
 END_TEST
@@ -1010,8 +1011,9 @@ START_TEST(socket_options_init_sets_node_defaults)
     nd_socket_options_init(&o);
     ck_assert_int_eq(o.fd, -1);
     ck_assert_int_eq(o.allow_half_open, 0);
-    ck_assert_int_eq(o.readable, 0);
-    ck_assert_int_eq(o.writable, 0);
+    /* v0.10's code: readable and writable unless told otherwise */
+    ck_assert_int_eq(o.readable, 1);
+    ck_assert_int_eq(o.writable, 1);
     th_finish(loop);
 }
 END_TEST
@@ -1166,7 +1168,7 @@ START_TEST(connect_twice_gives_econnecting)
 
     ck_assert_int_eq(c.r[0], ND_ECONNECTING);
     ck_assert_int_eq(c.r[1], ND_ECONNECTING);
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ck_assert_int_eq(c.ss.nclose, 1);
     ctx_free(&c);
     th_finish(loop);
@@ -1220,8 +1222,8 @@ START_TEST(write_on_a_socket_that_never_connected)
 }
 END_TEST
 
-/* documented: ND_ECLOSED after destroy, reported to cb and as 'error' (before 'close',
- * which is always the last event). */
+/* case 65 (v0.10: "This socket is closed."), documented: ND_ECLOSED after destroy, reported
+ * to cb and as 'error' (before 'close', which is always the last event). */
 START_TEST(write_after_destroy_gives_eclosed)
 {
     lone_t l = {0};
@@ -1282,9 +1284,12 @@ START_TEST(writing_after_end_gives_ewriteafterend)
     ck_assert_int_eq(c.sync_events, 0);
     ck_assert_int_eq(c.nwcb, 1);
     ck_assert_int_eq(c.wcb_err, ND_EWRITEAFTEREND);
-    ck_assert_int_eq(c.cs.nerror, 1);
+    /* v0.10's writeAfterEnd reports every refused write, and none of them fails the
+     * connection: 'close' has had_error 0. */
+    ck_assert_int_eq(c.cs.nerror, 3);
     ck_assert_str_eq(c.cs.error_name, "EWRITEAFTEREND");
     ck_assert_int_eq(c.cs.nclose, 1);
+    ck_assert_int_eq(c.cs.had_error, 0);
     ck_assert_uint_eq(c.ss.data.len, 0);
     ctx_free(&c);
     th_finish(loop);
@@ -1324,7 +1329,7 @@ START_TEST(write_with_null_data)
     ck_assert_int_eq(c.nwcb, 0);
     ck_assert_int_eq(c.cs.nerror, 0);
     ck_assert_str_eq(BUF_STR(c.ss.data), "ok");
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1362,7 +1367,7 @@ START_TEST(write_string_with_an_unknown_encoding)
     ck_assert_int_eq(c.nwcb, 0);
     ck_assert_int_eq(c.cs.nerror, 0);
     ck_assert_str_eq(BUF_STR(c.ss.data), "ok");
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1442,7 +1447,7 @@ START_TEST(end_twice_is_harmless)
 
     ck_assert_int_eq(c.r[0], 0);
     ck_assert_int_eq(c.r[1], 0);
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1483,7 +1488,7 @@ START_TEST(destroy_twice_on_a_connected_socket)
     pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
     ck_assert_int_eq(c.cs.had_error, 0);
     ck_assert_int_eq(c.ss.nclose, 1);
     ctx_free(&c);
@@ -1583,7 +1588,7 @@ static void run_destroy_unconnected(nd_event_type_t at, const char *want)
     ck_assert_int_eq(nd_socket_on(l.s, at, destroy_self, NULL), 0);
     memset(&o, 0, sizeof(o));
     o.port = th_free_port();
-    o.host = "127.0.0.1";
+    o.host = "localhost"; /* a name: an IP literal connects without 'lookup' */
     ck_assert_int_eq(nd_socket_connect(l.s, &o), 0);
     th_run(loop, 5000);
     ck_assert_str_eq(th_log_str(&l.k.log), want);
@@ -1717,13 +1722,13 @@ static void run_destroy_in(nd_event_type_t at, const char *want)
 
 START_TEST(destroy_inside_connect)
 {
-    run_destroy_in(ND_EV_CONNECT, "lookup,connect,close");
+    run_destroy_in(ND_EV_CONNECT, "connect,close");
 }
 END_TEST
 
 START_TEST(destroy_inside_data)
 {
-    run_destroy_in(ND_EV_DATA, "lookup,connect,close");
+    run_destroy_in(ND_EV_DATA, "connect,close");
 }
 END_TEST
 
@@ -1746,7 +1751,7 @@ START_TEST(destroy_inside_end)
     ck_assert_int_eq(d.c.cs.nerror, 0);
     ck_assert_int_eq(d.c.cs.nclose, 1);
     ck_assert_int_eq(d.c.cs.had_error, 0);
-    ck_assert_msg(strncmp(th_log_str(&d.c.cs.log), "lookup,connect,end,", 19) == 0, "log %s",
+    ck_assert_msg(strncmp(th_log_str(&d.c.cs.log), "connect,end,", 12) == 0, "log %s",
                   th_log_str(&d.c.cs.log));
     ck_assert_int_eq(d.c.ss.nclose, 1);
     ctx_free(&d.c);
@@ -1756,25 +1761,25 @@ END_TEST
 
 START_TEST(destroy_inside_timeout)
 {
-    run_destroy_in(ND_EV_TIMEOUT, "lookup,connect,timeout,close");
+    run_destroy_in(ND_EV_TIMEOUT, "connect,timeout,close");
 }
 END_TEST
 
 START_TEST(destroy_inside_drain)
 {
-    run_destroy_in(ND_EV_DRAIN, "lookup,connect,drain,close");
+    run_destroy_in(ND_EV_DRAIN, "connect,drain,close");
 }
 END_TEST
 
 START_TEST(destroy_inside_finish)
 {
-    run_destroy_in(ND_EV_FINISH, "lookup,connect,finish,close");
+    run_destroy_in(ND_EV_FINISH, "connect,finish,close");
 }
 END_TEST
 
 START_TEST(destroy_inside_close)
 {
-    run_destroy_in(ND_EV_CLOSE, "lookup,connect,close");
+    run_destroy_in(ND_EV_CLOSE, "connect,close");
 }
 END_TEST
 
@@ -1803,7 +1808,7 @@ START_TEST(destroy_inside_a_write_callback)
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.nwcb, 1);
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
     ck_assert_str_eq(BUF_STR(c.ss.data), "a");
     ck_assert_int_eq(c.ss.nclose, 1);
     ctx_free(&c);
@@ -1889,7 +1894,7 @@ START_TEST(move_to_its_own_loop_or_to_null)
     ck_assert_int_eq(c.r[2], -EINVAL);
     ck_assert_int_eq(c.r[3], -EINVAL);
     ck_assert_int_eq(c.ncb, 0);
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,finish,end,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ck_assert_str_eq(BUF_STR(c.ss.data), "x");
     ctx_free(&c);
     th_finish(loop);
@@ -2029,7 +2034,7 @@ START_TEST(calls_on_a_held_socket_after_close)
     th_run(loop, 1000);
     /* Nothing more was emitted: 'close' stays the last event. */
     ck_assert_int_eq(c.flag, 1);
-    ck_assert_str_eq(th_log_str(&c.cs.log), "lookup,connect,close");
+    ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
     nd_socket_release(s);
     th_run(loop, 1000);
     ck_assert_str_eq(BUF_STR(c.ss.data), "hi");

@@ -2975,6 +2975,237 @@ END_TEST
 
 static void noop_init(nd_server_t *ws, int index, void *arg) {}
 
+/* ------------------------------------------------------------------------------------ */
+/* Issue 12: unread input moves with its socket; destroy() uncounts at once              */
+/* ------------------------------------------------------------------------------------ */
+
+#define UI_FIRST 5000
+#define UI_LATER 3000
+
+static struct {
+    atomic_int move_rc;
+    atomic_long read_before_move;
+    long got, bad_at;
+    int checked, sclosed, gclosed, moved;
+} UI;
+
+static void ui_maybe_done(void);
+
+static void ui_gclose(void *self, const nd_event_t *ev, void *arg)
+{
+    UI.gclosed++;
+    world_done(W);
+}
+
+static void ui_maybe_done(void)
+{
+    if (UI.checked && UI.sclosed && CL.closed == CL.n)
+        ck_assert_int_eq(nd_server_close(W->group, ui_gclose, NULL), 0);
+}
+
+static void ui_checked(msg_t *m)
+{
+    UI.checked++;
+    UI.got = m->a;
+    UI.bad_at = m->b;
+    ui_maybe_done();
+}
+
+static void ui_sclosed(msg_t *m)
+{
+    UI.sclosed++;
+    ui_maybe_done();
+}
+
+static void ui_cl_close(client_t *c)
+{
+    ui_maybe_done();
+}
+
+static void ui_write_pat(nd_socket_t *s, long off, size_t n)
+{
+    unsigned char *b = malloc(n);
+
+    ck_assert_ptr_nonnull(b);
+    for (size_t i = 0; i < n; i++)
+        b[i] = pat((uint64_t)off + i);
+    ck_assert_int_ge(nd_socket_write(s, b, n, NULL, NULL), 0);
+    free(b);
+}
+
+/* Owner: the socket is on its way; the rest goes to wherever it is now. */
+static void ui_moved(msg_t *m)
+{
+    UI.moved++;
+    ui_write_pat(CL.v[0].sock, UI_FIRST, UI_LATER);
+    nd_socket_end(CL.v[0].sock, NULL, 0);
+}
+
+static void ui_cl_connect(client_t *c)
+{
+    ui_write_pat(c->sock, 0, UI_FIRST);
+}
+
+/* Worker 1: every byte in order, the ones read on worker 0 first. */
+static void ui_data(void *self, const nd_event_t *ev, void *arg)
+{
+    wconn_t *c = arg;
+
+    WCHECK(tl_worker == 1, "'data' of the moved socket on worker %d", tl_worker);
+    for (size_t i = 0; i < ev->len; i++)
+        if (c->r2 < 0 && (unsigned char)ev->data[i] != pat((uint64_t)c->r1 + i))
+            c->r2 = c->r1 + (long)i;
+    c->r1 += (long)ev->len;
+}
+
+static void ui_end(void *self, const nd_event_t *ev, void *arg)
+{
+    wconn_t *c = arg;
+
+    report_now(ui_checked, c->r1, c->r2, NULL);
+}
+
+static void ui_on_adopt(nd_socket_t *sock, void *arg)
+{
+    wconn_t *c = arg;
+
+    c->widx = 1;
+    c->r2 = -1;
+    list_add(&W->list[1], c);
+    nd_socket_on(sock, ND_EV_CLOSE, wc_close, c);
+    nd_socket_on(sock, ND_EV_DATA, ui_data, c);
+    nd_socket_on(sock, ND_EV_END, ui_end, c);
+}
+
+/* Worker 0: waits until the first part has been read into the socket, then moves it. */
+static void ui_poll(evutil_socket_t fd, short what, void *arg)
+{
+    wconn_t *c = arg;
+
+    if (nd_socket_bytes_read(c->sock) < UI_FIRST) {
+        struct timeval tv = {0, 2000};
+        event_base_once(nd_loop_base(W->wl[0]), -1, EV_TIMEOUT, ui_poll, c, &tv);
+        return;
+    }
+    atomic_store(&UI.read_before_move, (long)nd_socket_bytes_read(c->sock));
+    atomic_store(&UI.move_rc, nd_socket_move(c->sock, W->wl[1], ui_on_adopt, c));
+    report_now(ui_moved, 0, 0, NULL);
+}
+
+static void ui_conn(world_t *w, int widx, nd_socket_t *sock)
+{
+    wconn_t *c = wconn_new(sock, widx);
+    struct timeval tv = {0, 2000};
+
+    WCHECK(widx == 0, "roundrobin gave the first connection to worker %d", widx);
+    /* No 'data' listener here: what arrives waits in the socket. */
+    event_base_once(nd_loop_base(w->wl[0]), -1, EV_TIMEOUT, ui_poll, c, &tv);
+}
+
+static void ui_listening(void *self, const nd_event_t *ev, void *arg)
+{
+    client_start(&CL.v[0], group_port(W));
+}
+
+/* Issue 12.1 with a move: input read on worker 0 while nobody listened there travels with
+ * the socket and comes first on worker 1, in order, before what is read there. */
+START_TEST(test_move_carries_unread_input)
+{
+    world_t *w = world_new(2);
+
+    memset(&UI, 0, sizeof(UI));
+    clients_init(1);
+    CL.on_connect = ui_cl_connect;
+    CL.on_close = ui_cl_close;
+    w->h.conn = ui_conn;
+    w->h.sclosed = ui_sclosed;
+    group_start(w, ND_BALANCE_ROUNDROBIN, ui_listening);
+    th_run(w->owner, 10000);
+    ck_assert_int_eq(atomic_load(&UI.move_rc), 0);
+    ck_assert_int_eq(atomic_load(&UI.read_before_move), UI_FIRST);
+    ck_assert_int_eq(UI.moved, 1);
+    ck_assert_int_eq(UI.checked, 1);
+    ck_assert_int_eq(UI.got, UI_FIRST + UI_LATER);
+    ck_assert_int_eq(UI.bad_at, -1);
+    ck_assert_int_eq(CL.v[0].had_error, 0);
+    ck_assert_int_eq(UI.gclosed, 1);
+    world_end(w);
+    free(CL.v);
+}
+END_TEST
+
+static struct {
+    int before, after, worker_after;
+    int reported, gclosed;
+} DC;
+
+static void dc_gclose(void *self, const nd_event_t *ev, void *arg)
+{
+    DC.gclosed++;
+    world_done(W);
+}
+
+static void dc_maybe_done(void)
+{
+    if (DC.reported && CL.closed == CL.n)
+        ck_assert_int_eq(nd_server_close(W->group, dc_gclose, NULL), 0);
+}
+
+static void dc_report(msg_t *m)
+{
+    DC.reported++;
+    DC.before = (int)m->a;
+    DC.after = (int)m->b;
+    DC.worker_after = (int)m->c;
+    dc_maybe_done();
+}
+
+static void dc_cl_close(client_t *c)
+{
+    dc_maybe_done();
+}
+
+static void dc_conn(world_t *w, int widx, nd_socket_t *sock)
+{
+    nd_server_stats_t st;
+    nd_server_t *ws = nd_socket_server(sock);
+
+    nd_server_stats(ws, &st);
+    long before = (long)st.connections;
+    nd_socket_destroy(sock);
+    nd_server_stats(ws, &st);
+    msg_t *m = msg_new(dc_report, widx, before, (long)st.connections, NULL);
+    m->c = nd_server_connections(ws);
+    send_msg(W->owner, m);
+}
+
+static void dc_listening(void *self, const nd_event_t *ev, void *arg)
+{
+    client_start(&CL.v[0], group_port(W));
+}
+
+/* case 24, issue 12.11: in a group too, destroy() lowers the count at once (the group's
+ * exact count and the worker's own), as Node lowers _connections inside destroy(). */
+START_TEST(test_group_destroy_uncounts_at_once)
+{
+    world_t *w = world_new(1);
+
+    memset(&DC, 0, sizeof(DC));
+    clients_init(1);
+    CL.on_close = dc_cl_close;
+    w->h.conn = dc_conn;
+    group_start(w, ND_BALANCE_LEASTCONN, dc_listening);
+    th_run(w->owner, 10000);
+    ck_assert_int_eq(DC.reported, 1);
+    ck_assert_int_eq(DC.before, 1);
+    ck_assert_int_eq(DC.after, 0);
+    ck_assert_int_eq(DC.worker_after, 0);
+    ck_assert_int_eq(DC.gclosed, 1);
+    world_end(w);
+    free(CL.v);
+}
+END_TEST
+
 START_TEST(test_balance_names_and_bad_groups)
 {
     nd_loop_t *loop = th_loop_new();
@@ -3034,12 +3265,14 @@ static Suite *threads_suite(void)
     tcase_add_test(tc, test_group_max_connections);
     tcase_add_test(tc, test_group_connections_property);
     tcase_add_test(tc, test_group_emfile_pauses_accept);
+    tcase_add_test(tc, test_group_destroy_uncounts_at_once);
 
     tc = tcase(s, "move", 150);
     tcase_add_test(tc, test_move_refusals);
     tcase_add_test(tc, test_move_adopt_on_target_thread);
     tcase_add_test(tc, test_move_proxy_pair);
     tcase_add_test(tc, test_move_stream_integrity);
+    tcase_add_test(tc, test_move_carries_unread_input);
 
     tc = tcase(s, "stress", 60);
     tcase_add_test(tc, test_group_stress);

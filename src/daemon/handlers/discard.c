@@ -1,6 +1,8 @@
 /*
  * discard (RFC 863 in spirit): read everything, keep nothing, answer nothing.
  */
+#include "config.h"
+
 #include "handlers.h"
 
 static void on_data(void *self, const nd_event_t *ev, void *arg)

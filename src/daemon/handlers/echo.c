@@ -2,6 +2,8 @@
  * echo: the reference's first example. An optional greeting, then every byte the client
  * sends comes straight back.
  */
+#include "config.h"
+
 #include "handlers.h"
 
 #include <string.h>

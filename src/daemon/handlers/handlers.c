@@ -2,6 +2,8 @@
  * Dispatch: the daemon knows only these two entry points; each handler type lives in its
  * own file (echo.c, discard.c, banner.c, proxy.c).
  */
+#include "config.h"
+
 #include "handlers.h"
 
 void netd_handler_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,

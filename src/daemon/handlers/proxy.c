@@ -17,6 +17,8 @@
  * argument is the other socket, and after a move the link is found again through the
  * pipe (nd_socket_pipe_peer). The data slots of both sockets are left to the daemon.
  */
+#include "config.h"
+
 #include "handlers.h"
 
 #include <errno.h>

@@ -3,8 +3,8 @@
  * `listen` (the same object as a config server entry), and their validation with
  * messages that name the bad field.
  */
-#ifndef NETD_CONFIG_H
-#define NETD_CONFIG_H
+#ifndef NETD_CONF_H
+#define NETD_CONF_H
 
 #include <stdbool.h>
 #include <stddef.h>

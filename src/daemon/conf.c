@@ -2,12 +2,10 @@
  * netd.json and `listen` arguments: JSON in, validated structs out (CONTROL.md "Config file").
  * Every refusal names the field ("servers[1].port: ...") so an operator can fix it at once.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 
-/* Quoted on purpose: this directory's config.h comes before the autoconf one of the build dir. */
 #include "config.h"
+
+#include "conf.h"
 #include "protocol.h"
 
 #include <errno.h>
@@ -634,6 +632,10 @@ static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
     if ((handler = json_object_get(obj, "handler")) &&
         parse_handler(e, handler, base_dir, &s->handler) < 0)
         return -1;
+    /* A proxy passes half-closes through (CONTROL.md): without allowHalfOpen the client's
+     * FIN would end its side before the upstream's reply came back. */
+    if (s->handler.type == NETD_HANDLER_PROXY && !json_object_get(obj, "allowHalfOpen"))
+        s->allow_half_open = true;
     if (parse_name(e, obj, s) < 0)
         return -1;
     return keep_source(e, obj, s);

@@ -1,0 +1,42 @@
+/*
+ * What the command files share (commands.c: the table and the daemon and server
+ * commands; cmd_sockets.c: the commands on live sockets): argument helpers and the
+ * per-server byte counts of live connections, a typed fan-out slot.
+ */
+#ifndef NETD_COMMANDS_H
+#define NETD_COMMANDS_H
+
+#include "daemon.h"
+
+/* The server named by req's "server" (id or name); NULL after replying ENOSERVER (or
+ * ENOTRUNNING for a `close` of a server that closed before). */
+netd_server_t *netd_cmd_server_arg(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
+/* An optional "server" argument: *sid 0 when absent (all servers); false when it names
+ * none (the error reply is sent). */
+bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id,
+                              uint64_t *sid);
+/* An optional integer argument that must be 0 or more; false after the EARG reply. */
+bool netd_cmd_nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
+                         long long *out, long long dflt);
+
+/* Bytes of the live client connections of one worker, per server: a fan-out slot. */
+typedef struct netd_bytes_slot {
+    size_t n;
+    struct netd_server_bytes {
+        uint64_t server, read, written;
+    } *v;
+} netd_bytes_slot_t;
+
+/* Worker thread: fills slot with the bytes of w's live client connections. */
+void netd_bytes_collect(netd_worker_t *w, netd_bytes_slot_t *slot);
+/* Main loop: the server object with the live bytes of every worker's slot added. */
+json_t *netd_server_json_with(netd_t *d, netd_server_t *s, const netd_bytes_slot_t *slots);
+void netd_bytes_slots_free(netd_bytes_slot_t *slots, int n);
+
+/* cmd_sockets.c */
+void netd_cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
+void netd_cmd_destroy(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
+void netd_cmd_move(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
+void netd_cmd_rebalance(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
+
+#endif
