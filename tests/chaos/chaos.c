@@ -865,7 +865,10 @@ typedef struct stream {
     int err; /* errno of an abrupt end; 0 for EOF */
     uint64_t start_ms, end_ms, progress_ms;
     int destroys; /* `destroy` of its socket that netd confirmed */
+    int destroy_tries; /* `destroy` of its socket sent (whatever the answer) */
     int moves;    /* `move` of its socket that netd confirmed */
+    uint64_t netd_id; /* its socket's id in the last listing that showed it */
+    int netd_thread;
     struct stream *next;             /* every stream, for the final judgement */
     struct stream *live_next, *live_prev;
 } stream_t;
@@ -1484,8 +1487,11 @@ static void learn_sockets(json_t *arr)
         json_t *rp = json_object_get(e, "remotePort");
         if (!k->upstream_role && json_is_integer(rp) && k->srv >= 0) {
             stream_t *s = by_port[(uint16_t)json_integer_value(rp)];
-            if (s && s->srv == k->srv)
+            if (s && s->srv == k->srv) {
                 k->stream = s;
+                s->netd_id = k->id;
+                s->netd_thread = k->thread;
+            }
         }
     }
 }
@@ -1541,8 +1547,19 @@ static void reply_checked(ctl_t *c, json_t *r, pending_t *p)
         json_t *o = json_object_get(r, "server");
         uint64_t id = (uint64_t)json_integer_value(json_object_get(o, "id"));
         srv_t *v = &srvs[p->srv];
-        if (!id || srv_find(id) >= 0) {
-            fail("listen: reply without a new server id");
+        if (!id) {
+            fail("listen: reply without a server id");
+            break;
+        }
+        int seen = srv_find(id);
+        if (seen >= 0) {
+            /* A `servers` reply on another client listed it first: keep that entry, and
+             * retire ours (never a target, never counted). */
+            if (v->limited_ms && !srvs[seen].limited_ms)
+                srvs[seen].limited_ms = v->limited_ms;
+            srvs[seen].ctl_extra = true;
+            v->listening = false;
+            v->closed_ms = 1;
             break;
         }
         v->port = (int)json_integer_value(json_object_get(json_object_get(o, "address"), "port"));
@@ -1927,6 +1944,8 @@ static void op_destroy(ctl_t *c, rng_t *r, uint64_t pick)
         p->stream = k->stream;
         p->credit = credit;
     }
+    if (k->stream)
+        k->stream->destroy_tries++;
     count(credit ? "destroy.upstream-side" : "destroy.stream");
 }
 
@@ -2578,11 +2597,13 @@ static void judge(bool netd_died)
         if (!s)
             continue;
         fail("stream %" PRIu64 " to %s ended early without cause: %s after %" PRIu64 " of %" PRIu64
-             " bytes echoed (%" PRIu64 " sent, ending %s%s, moved %d time(s), lived %" PRIu64
-             " ms)",
+             " bytes echoed (%" PRIu64 " sent, ending %s%s%s, moved %d time(s), %d destroy(s) "
+             "sent for it and refused, lived %" PRIu64 " ms, last seen as socket %" PRIu64
+             " on thread %d, local port %u)",
              s->serial, srv_desc(s->srv), s->err ? strerror(s->err) : "EOF", s->recvd, s->total,
-             s->sent, end_names[s->mode], s->shut ? ", FIN sent" : "", s->moves,
-             s->end_ms - s->start_ms);
+             s->sent, end_names[s->mode], s->shut ? ", FIN sent" : "",
+             s->pace_ms ? ", trickle" : "", s->moves, s->destroy_tries, s->end_ms - s->start_ms,
+             s->netd_id, s->netd_thread, s->lport);
     }
     free(open);
     count_add("stream.total", nstreams);
