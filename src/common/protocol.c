@@ -41,6 +41,8 @@ static const netd_arg_t args_watch[] = {A("id", ANY, false), A("events", STRING_
                                         END};
 static const netd_arg_t args_shutdown[] = {A("id", ANY, false), A("timeoutMs", INT, false),
                                            END};
+static const netd_arg_t args_upgrade[] = {A("id", ANY, false), A("exec", STRING, false),
+                                          A("timeoutMs", INT, false), END};
 
 const netd_command_t netd_commands[] = {
     {"ping", "{\"cmd\":\"ping\"}", "liveness: version, pid, uptimeMs", args_none},
@@ -73,6 +75,8 @@ const netd_command_t netd_commands[] = {
      "stream events, one line each, until the client disconnects", args_watch},
     {"shutdown", "{\"cmd\":\"shutdown\" [, \"timeoutMs\":MS]}",
      "drain: stop accepting, wait for connections, exit", args_shutdown},
+    {"upgrade", "{\"cmd\":\"upgrade\" [, \"exec\":PATH, \"timeoutMs\":MS]}",
+     "a new netd binary takes over every listener and connection; replied by it", args_upgrade},
     {"help", "{\"cmd\":\"help\"}", "this list", args_none},
     {NULL, NULL, NULL, NULL},
 };

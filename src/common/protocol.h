@@ -68,6 +68,7 @@ const char *netd_argtype_name(netd_argtype_t type);
 #define NETD_ETOOBIG "ETOOBIG"
 #define NETD_EPERM "EPERM"
 #define NETD_ESHUTDOWN "ESHUTDOWN"
+#define NETD_EUPGRADE "EUPGRADE"
 
 /* Limits of the transport. */
 #define NETD_MAX_LINE ((size_t)1024 * 1024)

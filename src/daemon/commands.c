@@ -225,6 +225,21 @@ static void cmd_shutdown(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     netd_drain(d, (unsigned)(t > 0x7fffffff ? 0x7fffffff : t));
 }
 
+static void cmd_upgrade(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
+{
+    long long t;
+    if (!netd_cmd_nonneg_arg(c, req, id, "timeoutMs", &t, 30000))
+        return;
+    const char *exec = json_string_value(json_object_get(req, "exec"));
+    if (exec && !*exec) {
+        netd_reply_error(c, id, NETD_EARG, "exec: must be the path of a netd binary");
+        return;
+    }
+    netd_pending_t *p = netd_pending_new(c, id);
+    if (p)
+        netd_upgrade_start(d, p, exec, (unsigned)(t > 0x7fffffff ? 0x7fffffff : (t ? t : 30000)));
+}
+
 /* ------------------------------------------------------------------ server commands */
 
 static void cmd_listen(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
@@ -386,6 +401,7 @@ static const struct {
     {"metrics", cmd_metrics},
     {"watch", cmd_watch},
     {"shutdown", cmd_shutdown},
+    {"upgrade", cmd_upgrade},
     {"help", cmd_help},
 };
 

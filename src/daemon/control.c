@@ -112,6 +112,11 @@ static void pending_free(netd_pending_t *p)
     client_release(c);
 }
 
+void netd_pending_drop(netd_pending_t *p)
+{
+    pending_free(p);
+}
+
 void netd_pending_ok(netd_pending_t *p, json_t *fields)
 {
     netd_reply_ok(p->client, p->id, fields);
@@ -598,7 +603,8 @@ int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_ex
         item.eof = c->eof;
         item.unread = c->buf + c->start;
         item.nunread = c->len - c->start;
-        item.reply_id = upgrade && upgrade->client == c ? upgrade->id : NULL;
+        item.requester = upgrade && upgrade->client == c;
+        item.reply_id = item.requester ? upgrade->id : NULL;
         (*out)[(*n)++] = item;
     }
     return 0;
@@ -649,7 +655,8 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
     c->d = d;
     c->sock = socks[0];
     c->refs = 1;
-    memcpy(c->buf, state->unread, state->nunread);
+    if (state->nunread)
+        memcpy(c->buf, state->unread, state->nunread);
     c->len = state->nunread;
     c->eof = state->eof;
     c->counted = true;

@@ -73,6 +73,8 @@ enum { NETD_WAIT_NONE, NETD_WAIT_LISTEN, NETD_WAIT_CLOSE };
 /* NULL when out of memory: then the ENOMEM reply has been sent already. */
 netd_pending_t *netd_pending_new(netd_client_t *c, json_t *id);
 void netd_pending_ok(netd_pending_t *p, json_t *fields /* stolen, may be NULL */);
+/* Frees p without a reply: its client went to another process with the request. */
+void netd_pending_drop(netd_pending_t *p);
 void netd_pending_error(netd_pending_t *p, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -297,6 +299,8 @@ struct netd {
     struct upgrade *upgrade;
     char **argv;         /* as started, to start the new binary the same way */
     char *exe;           /* the binary we run (its real path at start) */
+    netd_client_t *upgrade_requester; /* new side: the client whose `upgrade` we answer */
+    json_t *upgrade_reply_id;
     /* moves in flight and recently retired (main loop) */
     struct netd_move_list moves, moves_retired;
     uint64_t move_seq;
@@ -364,6 +368,10 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
 void netd_server_close(netd_server_t *s, bool destroy_conns);
 /* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
 bool netd_server_closed_before(netd_t *d, const json_t *ref);
+/* Upgrade, new side: a server record as the old process sent it (not listening yet), and
+ * its listening on the descriptors that came with it (taken on success). */
+netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_t errlen);
+int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path);
 
 /* control.c */
 int netd_control_start(netd_t *d);
@@ -386,7 +394,8 @@ typedef struct netd_client_export {
     unsigned events;
     const char *unread; /* requests not yet run */
     size_t nunread;
-    json_t *reply_id; /* the `upgrade` request it waits for, or NULL */
+    bool requester;   /* it waits for the `upgrade` reply */
+    json_t *reply_id; /* that request's id (NULL: it had none) */
 } netd_client_export_t;
 bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade);
 int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,

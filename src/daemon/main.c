@@ -95,6 +95,11 @@ static void warn_capacity(netd_t *d)
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     netd_t *d = arg;
+    if (sig == SIGUSR2) {
+        netd_log(NETD_LOG_INFO, "SIGUSR2: upgrading to %s", d->exe ? d->exe : "?");
+        netd_upgrade_start(d, NULL, NULL, d->cfg.shutdown_timeout_ms ? d->cfg.shutdown_timeout_ms : 30000);
+        return;
+    }
     if (sig == SIGHUP) {
         netd_log(NETD_LOG_INFO, "SIGHUP: reloading");
         netd_reload(d);
@@ -228,6 +233,9 @@ int main(int argc, char **argv)
 
     static netd_t daemon_state;
     netd_t *d = &daemon_state;
+    /* Started by a running netd to take over from it (upgrade.c): the channel. */
+    int takeover = netd_takeover_fd();
+    netd_upgrade_init(d, argc, argv);
     char err[1024];
     if (config_file) {
         if (netd_config_load(config_file, &d->cfg, err, sizeof(err)) != 0) {
@@ -281,7 +289,7 @@ int main(int argc, char **argv)
     int nthreads = threads >= 0 ? threads : d->cfg.threads;
     if (nthreads == 0)
         nthreads = detect_cpus();
-    if (netd_control_start(d) != 0) {
+    if (takeover < 0 && netd_control_start(d) != 0) {
         nd_loop_free(d->loop);
         return 1;
     }
@@ -290,9 +298,15 @@ int main(int argc, char **argv)
         netd_control_stop(d);
         return 1;
     }
+    if (takeover >= 0 && netd_takeover(d, takeover) != 0) {
+        netd_workers_stop(d);
+        nd_loop_free(d->loop);
+        netd_workers_free(d);
+        return 1;
+    }
     struct event_base *base = nd_loop_base(d->loop);
-    struct event *sigs[4];
-    const int signums[4] = {SIGTERM, SIGINT, SIGHUP, 0};
+    struct event *sigs[5];
+    const int signums[5] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2, 0};
     for (int i = 0; signums[i]; i++) {
         sigs[i] = evsignal_new(base, signums[i], on_signal, d);
         event_add(sigs[i], NULL);
@@ -301,13 +315,15 @@ int main(int argc, char **argv)
     struct timeval second = {1, 0};
     if (overload)
         event_add(overload, &second);
-    int failed = netd_open_config_servers(d, &d->cfg, false);
-    if (failed)
-        netd_log(NETD_LOG_WARN, "%d configured server(s) could not be opened", failed);
-    netd_log(NETD_LOG_INFO, "netd %s: %d worker thread(s), control socket %s",
-             NETD_VERSION_STRING, nthreads, d->control_path);
-    netd_notify("READY=1\nSTATUS=serving; control socket %s\nMAINPID=%d", d->control_path,
-                (int)getpid());
+    if (takeover < 0) {
+        int failed = netd_open_config_servers(d, &d->cfg, false);
+        if (failed)
+            netd_log(NETD_LOG_WARN, "%d configured server(s) could not be opened", failed);
+        netd_log(NETD_LOG_INFO, "netd %s: %d worker thread(s), control socket %s",
+                 NETD_VERSION_STRING, nthreads, d->control_path);
+        netd_notify("READY=1\nSTATUS=serving; control socket %s\nMAINPID=%d", d->control_path,
+                    (int)getpid());
+    }
 
     /* The main loop runs until the drain ends or a second signal cuts it short. */
     nd_loop_ref(d->loop);
@@ -331,6 +347,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < d->listen_fds_count; i++)
         free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
     free(d->listen_fd_names);
+    for (int i = 0; d->argv && d->argv[i]; i++)
+        free(d->argv[i]);
+    free(d->argv);
+    free(d->exe);
     free(d->config_file);
     return d->exit_code;
 }

@@ -61,6 +61,9 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_wri
         nd_server_stats(s->group, &st);
         max = nd_server_max_connections(s->group);
     }
+    /* What the process this one took over from had counted already (upgrade). */
+    st.accepted += s->carried.accepted;
+    st.rejected += s->carried.rejected;
     return json_pack(
         "{s:I, s:s, s:s, s:o, s:o, s:s, s:b, s:o, s:I, s:i, s:I, s:I, s:I, s:I, s:I}", "id",
         (json_int_t)s->id, "name", s->spec.name, "state", state_name(s->state), "address",
@@ -215,6 +218,10 @@ static void on_srv_close(void *group, const nd_event_t *ev, void *arg)
     bool was_listening = s->state == NETD_SRV_LISTENING ||
                          (s->state == NETD_SRV_CLOSING && s->address.family + s->address.port > 0);
     netd_stats_closed_server(d, group);
+    d->closed.accepted += s->carried.accepted;
+    d->closed.rejected += s->carried.rejected;
+    d->closed.accept_paused += s->carried.accept_paused;
+    d->closed.handoff_failed += s->carried.handoff_failed;
     nd_server_stats(group, &s->final);
     remember_closed(d, s);
     s->state = NETD_SRV_CLOSED;
@@ -396,4 +403,77 @@ void netd_server_close(netd_server_t *s, bool destroy_conns)
         if (netd_fanout(s->d, destroy_server_conns, destroyed_all, sid) != 0)
             free(sid);
     }
+}
+
+/* ------------------------------------------------------------------ upgrade: new side */
+
+netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_t errlen)
+{
+    netd_listen_spec_t spec;
+    const char *base = json_string_value(json_object_get(rec, "baseDir"));
+    if (netd_listen_spec_parse(json_object_get(rec, "source"), base, "", true, &spec, err,
+                               errlen) != 0)
+        return NULL;
+    spec.max_connections = (int)json_integer_value(json_object_get(rec, "maxConnections"));
+    netd_server_t *s = calloc(1, sizeof(*s));
+    if (s)
+        s->members = calloc((size_t)d->nworkers, sizeof(*s->members));
+    if (!s || !s->members) {
+        free(s);
+        netd_listen_spec_free(&spec);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->id = (uint64_t)json_integer_value(json_object_get(rec, "id"));
+    s->d = d;
+    s->spec = spec;
+    atomic_init(&s->timeout_ms, (unsigned)json_integer_value(json_object_get(rec, "timeout")));
+    atomic_init(&s->refs, 1 + d->nworkers);
+    s->from_config = json_is_true(json_object_get(rec, "fromConfig"));
+    s->inherited_fd = json_is_true(json_object_get(rec, "inheritedFd"));
+    json_t *c = json_object_get(rec, "counters");
+    s->carried.accepted = (uint64_t)json_integer_value(json_object_get(c, "accepted"));
+    s->carried.rejected = (uint64_t)json_integer_value(json_object_get(c, "rejected"));
+    s->carried.handoff_failed = (uint64_t)json_integer_value(json_object_get(c, "handoffFailed"));
+    s->carried.accept_paused = (uint64_t)json_integer_value(json_object_get(c, "acceptPaused"));
+    atomic_init(&s->bytes_read_closed,
+                (uint64_t)json_integer_value(json_object_get(rec, "bytesReadClosed")));
+    atomic_init(&s->bytes_written_closed,
+                (uint64_t)json_integer_value(json_object_get(rec, "bytesWrittenClosed")));
+    TAILQ_INIT(&s->waiters);
+    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
+    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
+                                   s->spec.balance, netd_worker_server_init, s);
+    if (!s->group) {
+        atomic_store(&s->refs, 1);
+        netd_server_release(s);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    nd_server_set_max_connections(s->group, s->spec.max_connections);
+    nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
+    nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
+    nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
+    nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);
+    s->state = NETD_SRV_STARTING;
+    TAILQ_INSERT_TAIL(&d->servers, s, link);
+    return s;
+}
+
+int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path)
+{
+    int rc;
+    if (nfds < 1)
+        return -EBADF;
+    if (s->spec.balance == ND_BALANCE_REUSEPORT)
+        rc = nd_server_listen_reuseport_fds(s->group, fds[0], fds + 1, nfds - 1,
+                                            s->spec.backlog);
+    else if (path)
+        rc = nd_server_listen_fd_path(s->group, fds[0], path, s->spec.backlog);
+    else
+        rc = nd_server_listen_fd(s->group, fds[0], s->spec.backlog);
+    if (rc == 0)
+        for (int i = 0; i < nfds; i++)
+            fds[i] = -1; /* the group's now */
+    return rc;
 }

@@ -51,6 +51,11 @@ static void sum(netd_t *d, totals_t *t)
     TAILQ_FOREACH(s, &d->servers, link)
     {
         t->servers++;
+        /* Counted by the process this one took over from (upgrade). */
+        t->accepted += s->carried.accepted;
+        t->rejected += s->carried.rejected;
+        t->accept_paused += s->carried.accept_paused;
+        t->handoff_failed += s->carried.handoff_failed;
         if (!s->group)
             continue;
         nd_server_stats_t st;

@@ -506,6 +506,25 @@ static int listen_on_fd(nd_server_t *s, int fd, int backlog)
     return 0;
 }
 
+ND_EXPORT int nd_server_listen_fd_path(nd_server_t *s, int fd, const char *path, int backlog)
+{
+    if (!s || fd < 0 || !path || !*path || strlen(path) >= sizeof(s->path))
+        return -EINVAL;
+    int rc = check_can_listen(s);
+    if (rc)
+        return rc;
+    rc = listen_on_fd(s, fd, backlog);
+    if (rc || s->state != SRV_LISTENING)
+        return rc;
+    /* The file is this server's from now on, as if it had bound it: removed at close if
+     * that directory entry still is this file. */
+    snprintf(s->path, sizeof(s->path), "%s", path);
+    size_t base;
+    int dirfd = open_parent(path, &base);
+    remember_file(s, dirfd, base);
+    return 0;
+}
+
 ND_EXPORT int nd_server_listen_fd(nd_server_t *s, int fd, int backlog)
 {
     if (!s || fd < 0)

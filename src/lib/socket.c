@@ -158,7 +158,7 @@ static void touch(nd_socket_t *s)
 {
     /* The loop's cached time: no syscall per read or write. */
     event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
-    if (s->timeout_ms && !s->timer_armed) {
+    if (s->timeout_ms && !s->timer_armed && !s->parked) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
         evtimer_add(&s->timer_ev, &tv);
         s->timer_armed = true;
@@ -785,7 +785,7 @@ static void maybe_end(nd_socket_t *s)
  * 'end'. A listener may pause, move or destroy the socket at any chunk. */
 static void deliver(nd_socket_t *s)
 {
-    while (flowing_now(s) && !s->moving && !is_destroyed(s) && buffered(s) > 0) {
+    while (flowing_now(s) && !s->moving && !s->parked && !is_destroyed(s) && buffered(s) > 0) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(s->in, -1, NULL, &v, 1) < 1)
             break;
@@ -1160,7 +1160,8 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
  * does on the next tick. */
 static void schedule_flow(nd_socket_t *s)
 {
-    if (flowing_now(s) && !is_destroyed(s) && (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
+    if (flowing_now(s) && !is_destroyed(s) && !s->parked &&
+        (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
         nd__handle_pend(&s->h, PK_FLOW);
 }
 
@@ -1794,6 +1795,7 @@ enum export_flag {
     XF_OWE_DRAIN = 1u << 24,
     XF_OWE_FINISH = 1u << 25,
     XF_OWE_AUTOCLOSE = 1u << 26,
+    XF_IN_SERVER = 1u << 27, /* counted in its server's connections: the importer's joins */
 };
 
 /* Deferred work that may travel: the rest (a connect, errors, write callbacks, 'close')
@@ -1955,6 +1957,7 @@ static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
     XF_SET((s->h.pending | s->owed) & PK_DRAIN, XF_OWE_DRAIN);
     XF_SET((s->h.pending | s->owed) & PK_FINISH, XF_OWE_FINISH);
     XF_SET((s->h.pending | s->owed) & PK_AUTOCLOSE, XF_OWE_AUTOCLOSE);
+    XF_SET(s->server && s->in_count, XF_IN_SERVER);
 #undef XF_SET
     return f;
 }
@@ -2231,7 +2234,7 @@ ND_EXPORT int nd_socket_import(nd_loop_t *loop, const void *data, size_t len, co
             s->pipe_dst = socks[1 - i];
             socks[1 - i]->pipe_src = s;
         }
-        if (server) {
+        if (server && (flags[i] & XF_IN_SERVER)) {
             s->server = server;
             s->in_count = true;
             nd__server_connection_imported(server);

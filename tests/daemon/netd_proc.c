@@ -475,6 +475,21 @@ netd_proc_t *np_start_ex(const np_opts_t *o)
     return np;
 }
 
+netd_proc_t *np_adopt(netd_proc_t *old, pid_t pid)
+{
+    netd_proc_t *np = calloc(1, sizeof(*np));
+    ck_assert_msg(np != NULL, "out of memory");
+    memcpy(np->dir, old->dir, sizeof(np->dir));
+    memcpy(np->sock, old->sock, sizeof(np->sock));
+    memcpy(np->config, old->config, sizeof(np->config));
+    memcpy(np->errlog, old->errlog, sizeof(np->errlog));
+    np->pid = pid;
+    np->owns_dir = old->owns_dir;
+    old->owns_dir = false;
+    register_proc(np);
+    return np;
+}
+
 netd_proc_t *np_start(const char *config, int threads)
 {
     np_opts_t o = {.config = config, .threads = threads};

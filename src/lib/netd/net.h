@@ -822,8 +822,9 @@ void nd_export_free(nd_export_t *ex);
  * a pair; on success they belong to the sockets). The sockets are parked until
  * nd_socket_import_start(): nothing is read or written, so the process handing them over
  * can still take them back if this one fails before starting them. `server` (or NULL) is
- * the server they count in from now on: a worker-side server of a group counts them in
- * the group, as a move in does (not as accepted). out[0] is the record's first socket,
+ * the server they count in from now on, for each socket that counted in one where it
+ * came from (a pair's outgoing half did not): a worker-side server of a group counts them
+ * in the group, as a move in does (not as accepted). out[0] is the record's first socket,
  * out[1] its pair or NULL. Returns 0, ND_EFORMAT (another version, or malformed: nothing
  * is taken), -EINVAL, -ENOMEM.
  */
@@ -846,6 +847,10 @@ void nd_socket_import_start(nd_socket_t *sock);
  * export those on their own loops.
  */
 int nd_server_export(nd_server_t *server);
+/* The importing side of a server on a unix path: as nd_server_listen_fd, and the socket
+ * file at path (which the other process created) is this server's: removed when it
+ * closes, if that directory entry is still that file. */
+int nd_server_listen_fd_path(nd_server_t *server, int fd, const char *path, int backlog);
 /* The importing side of a reuseport group: the owner's bound descriptor and one
  * listening descriptor per worker (n must be the group's number of workers), all taken.
  * 'listening' follows as for nd_server_listen. Returns 0, -EINVAL (not a reuseport
