@@ -32,6 +32,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -288,7 +289,8 @@ typedef struct netd {
     char config[PATH_MAX];
     char errlog[PATH_MAX];
     int up_port;
-    const char *path; /* the netd binary */
+    const char *path; /* the netd binary (absolute: netd runs in dir, for its core) */
+    char exe[PATH_MAX]; /* what runs after the libtool wrapper, for gdb on a core */
     /* The control connection of the setup and the final checks (blocking, with deadlines). */
     int ctl;
     char *cbuf;
@@ -477,6 +479,15 @@ static void netd_spawn(void)
         int nul = open("/dev/null", O_RDONLY);
         if (log < 0 || nul < 0)
             _exit(127);
+        /* A crash of the plain build leaves DIR/core; the report takes its stack from it. */
+        struct rlimit core = {RLIM_INFINITY, RLIM_INFINITY};
+        if (setrlimit(RLIMIT_CORE, &core) != 0) {
+            getrlimit(RLIMIT_CORE, &core);
+            core.rlim_cur = core.rlim_max;
+            setrlimit(RLIMIT_CORE, &core);
+        }
+        if (chdir(N.dir) != 0)
+            _exit(127);
         dup2(nul, 0);
         dup2(log, 1);
         dup2(log, 2);
@@ -528,6 +539,43 @@ static void dump_stacks(const char *why)
     }
     fflush(stdout);
     free(text);
+}
+
+/* The stack of a netd killed by a signal, from its core (gdb, when installed): the first
+ * lines go to the report, everything to DIR/crash-stacks.txt; the core is removed. */
+static void core_stacks(void)
+{
+    char core[PATH_MAX + 32];
+    snprintf(core, sizeof(core), "%s/core.%d", N.dir, (int)N.pid);
+    if (access(core, R_OK) != 0)
+        snprintf(core, sizeof(core), "%s/core", N.dir);
+    if (access(core, R_OK) != 0 || !N.exe[0])
+        return;
+    char out[PATH_MAX + 32], cmd[4 * PATH_MAX];
+    snprintf(out, sizeof(out), "%s/crash-stacks.txt", N.dir);
+    snprintf(cmd, sizeof(cmd),
+             "command -v gdb >/dev/null 2>&1 && timeout 120 gdb -batch -nx -ex 'bt 25' "
+             "-ex 'thread apply all bt 12' '%s' '%s' >'%s' 2>&1",
+             N.exe, core, out);
+    if (system(cmd) == 0) {
+        say("netd's crash, from its core (all threads in %s):", out);
+        char *text = read_text(out);
+        int shown = 0;
+        for (const char *p = text; *p && shown < 25;) {
+            const char *e = strchr(p, '\n');
+            int l = e ? (int)(e - p) : (int)strlen(p);
+            if (p[0] == '#') {
+                printf("    | %.*s\n", l > 220 ? 220 : l, p);
+                shown++;
+            } else if (shown > 0 && strncmp(p, "Thread ", 7) == 0) {
+                break; /* the crashing thread's stack is the first one */
+            }
+            p = e ? e + 1 : p + l;
+        }
+        fflush(stdout);
+        free(text);
+    }
+    unlink(core);
 }
 
 /* ---- the blocking control connection ---- */
@@ -1483,6 +1531,19 @@ static void learn_sockets(json_t *arr)
         k->thread = (int)json_integer_value(json_object_get(e, "thread"));
         const char *role = json_string_value(json_object_get(e, "role"));
         k->upstream_role = role && strcmp(role, "upstream") == 0;
+        /* CONTROL.md's Socket object: a socket in transit is "moving", with its target. */
+        const char *st = json_string_value(json_object_get(e, "state"));
+        static const char *const states[] = {"open", "readOnly", "writeOnly", "closing", "moving",
+                                             NULL};
+        bool known_state = false;
+        for (int j = 0; st && states[j]; j++)
+            known_state = known_state || strcmp(st, states[j]) == 0;
+        if (!known_state || !role || (!k->upstream_role && strcmp(role, "client") != 0) ||
+            k->thread < 0 || k->thread >= NTHREADS) {
+            char *t = json_dumps(e, JSON_COMPACT);
+            fail("sockets: an entry outside the contract: %.300s", t);
+            free(t);
+        }
         k->stream = NULL;
         json_t *rp = json_object_get(e, "remotePort");
         if (!k->upstream_role && json_is_integer(rp) && k->srv >= 0) {
@@ -2464,6 +2525,13 @@ static bool run(unsigned seconds)
 static bool wind_down(void)
 {
     g_winding = true;
+    /* Trickles send the rest at once: one started late may be planned to outlast the
+     * deadline below. */
+    for (stream_t *s = live_streams, *next; s; s = next) {
+        next = s->live_next;
+        s->pace_ms = 0;
+        stream_pump(s);
+    }
     for (ctl_t *c = ctls, *next; c; c = next) {
         next = c->next;
         if (!is_checked(c->kind))
@@ -2485,8 +2553,10 @@ static bool wind_down(void)
             for (stream_t *s = live_streams, *next; s; s = next) {
                 next = s->live_next;
                 fail("stream %" PRIu64 " to %s unfinished at the end (sent %" PRIu64 " of %" PRIu64
-                     ", %" PRIu64 " echoed)",
-                     s->serial, srv_desc(s->srv), s->sent, s->total, s->recvd);
+                     ", %" PRIu64 " echoed, ending %s%s, moved %d time(s), last seen as socket "
+                     "%" PRIu64 " on thread %d)",
+                     s->serial, srv_desc(s->srv), s->sent, s->total, s->recvd, end_names[s->mode],
+                     s->shut ? ", FIN sent" : "", s->moves, s->netd_id, s->netd_thread);
                 stream_end(s, OUT_UNFINISHED, 0);
             }
             for (ctl_t *c = ctls; c; c = c->next)
@@ -2910,7 +2980,10 @@ int main(int argc, char **argv)
     snprintf(g_builddir, sizeof(g_builddir), "%s", exe);
     static char default_netd[PATH_MAX + 32];
     snprintf(default_netd, sizeof(default_netd), "%s/src/daemon/netd", g_builddir);
+    static char abs_netd[PATH_MAX];
     N.path = netd_path ? netd_path : default_netd;
+    if (realpath(N.path, abs_netd))
+        N.path = abs_netd;
 
     snprintf(N.dir, sizeof(N.dir), "/tmp/netd-chaos-XXXXXX");
     if (!mkdtemp(N.dir)) {
@@ -2933,6 +3006,10 @@ int main(int argc, char **argv)
     ep = epoll_create1(EPOLL_CLOEXEC);
     bool alive = netd_start() && learn_core();
     if (alive) {
+        char proc_exe[64];
+        snprintf(proc_exe, sizeof(proc_exe), "/proc/%d/exe", (int)N.pid);
+        ssize_t n = readlink(proc_exe, N.exe, sizeof(N.exe) - 1);
+        N.exe[n > 0 ? n : 0] = '\0';
         N.base_fds = count_fds(N.pid, &N.base_links);
         N.nbase_links = N.base_fds;
         say("netd pid %d up, %d descriptors", (int)N.pid, N.base_fds);
@@ -2949,8 +3026,11 @@ int main(int argc, char **argv)
         waitpid(N.pid, &N.status, 0);
     }
     bool died = (N.exited && g_died) || g_unresponsive;
-    if (sanitizer_reports() == 0 && died)
+    if (sanitizer_reports() == 0 && died) {
         print_stderr_tail(30);
+        if (N.exited && WIFSIGNALED(N.status))
+            core_stacks();
+    }
     judge(died);
     print_counters();
     while (ctls)
