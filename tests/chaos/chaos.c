@@ -1828,7 +1828,7 @@ static ctl_t *regular_client(uint64_t r)
 
 static uint64_t listen_serial;
 
-static void op_listen(ctl_t *c, rng_t *r)
+static void op_listen(ctl_t *c, rng_t *r, uint64_t pick)
 {
     if (count_ctl_extras() >= MAX_CTL_EXTRAS)
         return;
@@ -1871,10 +1871,10 @@ static void op_listen(ctl_t *c, rng_t *r)
         p->srv = idx;
 }
 
-/* close goes on a connection of its own: with wait, its reply comes only once every
- * connection of that server has ended, and the regular clients' later requests would
- * wait behind it. */
-static void op_close(rng_t *r, uint64_t pick)
+/* close goes on a connection of its own, not the regular client given: with wait, its
+ * reply comes only once every connection of that server has ended, and the regular
+ * clients' later requests would wait behind it. */
+static void op_close(ctl_t *unused, rng_t *r, uint64_t pick)
 {
     int idx = pick_ctl_extra(pick);
     if (idx < 0)
@@ -2010,6 +2010,83 @@ static void op_destroy(ctl_t *c, rng_t *r, uint64_t pick)
     count(credit ? "destroy.upstream-side" : "destroy.stream");
 }
 
+static void op_sockets(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    json_t *req = json_pack("{s:s}", "role", "all");
+    if (rng_pct(r, 10)) {
+        int idx = pick_any_server(pick);
+        if (idx >= 0)
+            json_object_set_new(req, "server", server_ref(idx, rng_next(r)));
+    }
+    if (rng_pct(r, 10))
+        json_object_set_new(req, "limit", json_integer((json_int_t)rng_range(r, 0, 50)));
+    ctl_request(c, OP_SOCKETS, req);
+}
+
+static void op_rebalance(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    json_t *req = json_object();
+    int idx = rng_pct(r, 50) ? pick_any_server(pick) : -1;
+    if (idx >= 0)
+        json_object_set_new(req, "server", server_ref(idx, rng_next(r)));
+    ctl_request(c, OP_REBALANCE, req);
+}
+
+static void op_on_server(ctl_t *c, rng_t *r, uint64_t pick, enum op op)
+{
+    int idx = pick_any_server(pick);
+    if (idx >= 0)
+        ctl_request(c, op, json_pack("{s:o}", "server", server_ref(idx, rng_next(r))));
+}
+
+static void op_getconn(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    op_on_server(c, r, pick, OP_GETCONN);
+}
+
+static void op_server(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    op_on_server(c, r, pick, OP_SERVER);
+}
+
+static void op_servers(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    ctl_request(c, OP_SERVERS, json_object());
+}
+
+static void op_stats(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    ctl_request(c, OP_STATS, json_object());
+}
+
+static void op_metrics(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    ctl_request(c, OP_METRICS, json_object());
+}
+
+static void op_ping(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    ctl_request(c, OP_PING, json_object());
+}
+
+static void op_help(ctl_t *c, rng_t *r, uint64_t pick)
+{
+    ctl_request(c, OP_HELP, json_object());
+}
+
+/* The mix of control operations, in percent of the control ticks. */
+static const struct {
+    unsigned weight;
+    const char *name; /* for --without */
+    void (*fn)(ctl_t *c, rng_t *r, uint64_t pick);
+} control_mix[] = {
+    {12, "sockets", op_sockets}, {30, "move", op_move},       {6, "rebalance", op_rebalance},
+    {10, "destroy", op_destroy}, {5, "listen", op_listen},    {4, "set", op_set},
+    {4, "close", op_close},      {6, "getConnections", op_getconn},
+    {6, "servers", op_servers},  {2, "server", op_server},    {5, "stats", op_stats},
+    {3, "metrics", op_metrics},  {5, "ping", op_ping},        {2, "help", op_help},
+};
+
 static void op_control(uint64_t a, uint64_t b, uint64_t pick)
 {
     rng_t r = {b};
@@ -2018,65 +2095,17 @@ static void op_control(uint64_t a, uint64_t b, uint64_t pick)
         count("ctl.skipped-busy");
         return;
     }
-    unsigned w = (unsigned)((a >> 32) % 100);
-    static const struct {
-        unsigned below;
-        const char *name;
-    } mix[] = {{12, "sockets"}, {42, "move"},   {48, "rebalance"},      {58, "destroy"},
-               {63, "listen"},  {67, "set"},    {71, "close"},          {77, "getConnections"},
-               {83, "servers"}, {85, "server"}, {90, "stats"},          {93, "metrics"},
-               {98, "ping"},    {100, "help"}};
-    for (size_t i = 0; i < sizeof(mix) / sizeof(mix[0]); i++) {
-        if (w < mix[i].below) {
-            if (!enabled(mix[i].name))
-                return;
+    unsigned total = 0;
+    for (size_t i = 0; i < sizeof(control_mix) / sizeof(control_mix[0]); i++)
+        total += control_mix[i].weight;
+    unsigned w = (unsigned)((a >> 32) % total);
+    for (size_t i = 0; i < sizeof(control_mix) / sizeof(control_mix[0]); i++) {
+        if (w < control_mix[i].weight) {
+            if (enabled(control_mix[i].name))
+                control_mix[i].fn(c, &r, pick);
             break;
         }
-    }
-    if (w < 12) {
-        json_t *req = json_pack("{s:s}", "role", "all");
-        if (rng_pct(&r, 10)) {
-            int idx = pick_any_server(pick);
-            if (idx >= 0)
-                json_object_set_new(req, "server", server_ref(idx, rng_next(&r)));
-        }
-        if (rng_pct(&r, 10))
-            json_object_set_new(req, "limit", json_integer((json_int_t)rng_range(&r, 0, 50)));
-        ctl_request(c, OP_SOCKETS, req);
-    } else if (w < 42) {
-        op_move(c, &r, pick);
-    } else if (w < 48) {
-        json_t *req = json_object();
-        int idx = rng_pct(&r, 50) ? pick_any_server(pick) : -1;
-        if (idx >= 0)
-            json_object_set_new(req, "server", server_ref(idx, rng_next(&r)));
-        ctl_request(c, OP_REBALANCE, req);
-    } else if (w < 58) {
-        op_destroy(c, &r, pick);
-    } else if (w < 63) {
-        op_listen(c, &r);
-    } else if (w < 67) {
-        op_set(c, &r, pick);
-    } else if (w < 71) {
-        op_close(&r, pick);
-    } else if (w < 77) {
-        int idx = pick_any_server(pick);
-        if (idx >= 0)
-            ctl_request(c, OP_GETCONN, json_pack("{s:o}", "server", server_ref(idx, rng_next(&r))));
-    } else if (w < 83) {
-        ctl_request(c, OP_SERVERS, json_object());
-    } else if (w < 85) {
-        int idx = pick_any_server(pick);
-        if (idx >= 0)
-            ctl_request(c, OP_SERVER, json_pack("{s:o}", "server", server_ref(idx, rng_next(&r))));
-    } else if (w < 90) {
-        ctl_request(c, OP_STATS, json_object());
-    } else if (w < 93) {
-        ctl_request(c, OP_METRICS, json_object());
-    } else if (w < 98) {
-        ctl_request(c, OP_PING, json_object());
-    } else {
-        ctl_request(c, OP_HELP, json_object());
+        w -= control_mix[i].weight;
     }
     ctl_flush(c);
 }
