@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # netd against Node's net module, under the same load, one after the other.
 #
 #   bench/compare.sh BUILDDIR        (or `make bench` from the build directory)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * echod: the plain upstream echo behind both proxies in the benchmark. One thread,
  * level-triggered epoll, one 64 KiB buffer; nothing of libnetd or Node, so it costs both

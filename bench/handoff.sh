@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The cost of handing connections between threads: one netd serves the same echo twice,
 # once through the acceptor's leastconn handoff and once with reuseport (each worker
 # accepts for itself, no handoff), and netload measures, side by side:

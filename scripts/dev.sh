@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The developer's entry point: `run` builds and starts the echo example, `test` runs every
 # suite in a plain and an ASan+UBSan build, the thread and daemon suites under TSan, and
 # the chaos runs under both sanitizers (what CI runs); `lint` runs the static checkers.
@@ -6,7 +7,10 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind)
+# tmux and prometheus (promtool too) are for tests only: netctl top in a real terminal,
+# and a real Prometheus scraping netd.
+PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind
+    bash-completion zsh systemd util-linux python3 tmux prometheus)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {

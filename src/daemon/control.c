@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The control socket (CONTROL.md): a libnetd server on a unix path, line framing, peer
  * credentials and limits, request parsing against the command table, replies, watchers.
@@ -6,6 +7,7 @@
 
 #include "daemon.h"
 #include "request.h"
+#include "unixpath.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -157,7 +159,7 @@ static void client_finish(netd_client_t *c, bool kill)
         return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
-    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
+    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (suseconds_t)(NETD_CLIENT_KILL_MS % 1000) * 1000};
     if (!c->kill_ev || evtimer_add(c->kill_ev, &tv) != 0)
         nd_socket_destroy(c->sock);
 }
@@ -483,58 +485,47 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
 
 /* ------------------------------------------------------------------ the socket */
 
-/* Is a netd answering on this path? A stale file refuses the connect. */
-static bool someone_answers(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    bool yes = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return yes;
-}
-
 int netd_control_start(netd_t *d)
 {
     const char *path = d->control_path;
-    if (strlen(path) + 24 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+    char why[512];
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         netd_log(NETD_LOG_ERROR, "control socket path too long: %s", path);
         return -ENAMETOOLONG;
     }
-    if (someone_answers(path)) {
+    int rc = d->control_default ? netd_unix_default_dir(path, why, sizeof(why)) : 0;
+    if (rc) {
+        netd_log(NETD_LOG_ERROR, "control socket %s: %s", path, why);
+        return rc;
+    }
+    /* Never blocks: a listener with a full backlog is "busy", and not replaced either. */
+    switch (netd_unix_probe(path)) {
+    case NETD_PEER_ANSWERS:
         netd_log(NETD_LOG_ERROR, "another netd answers on %s: refusing to start", path);
         return -EADDRINUSE;
+    case NETD_PEER_BUSY:
+        netd_log(NETD_LOG_ERROR,
+                 "a process listens on %s but does not answer at once: refusing to start", path);
+        return -EADDRINUSE;
+    default:
+        break;
     }
-    /* Created under a temporary name, chmod'ed, then renamed: the path never exists with
-     * the wrong mode. */
-    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
-    unlink(tmp);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", tmp);
-    int rc = 0;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        chmod(tmp, d->cfg.control_mode) != 0 ||
-        (d->cfg.has_control_gid && chown(tmp, (uid_t)-1, d->cfg.control_gid) != 0) ||
-        rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc) {
-        netd_log(NETD_LOG_ERROR, "control socket %s: %s", path, strerror(-rc));
-        unlink(tmp);
-        close(fd);
-        return rc;
+    netd_unix_opts_t o = {.mode = (int)d->cfg.control_mode,
+                          .uid = (uid_t)-1,
+                          .gid = d->cfg.has_control_gid ? (gid_t)d->cfg.control_gid : (gid_t)-1,
+                          .via_rename = true};
+    int fd = netd_unix_bind(path, &o, &d->control_file, why, sizeof(why));
+    if (fd < 0) {
+        netd_log(NETD_LOG_ERROR, "control socket: %s", why);
+        return fd;
     }
     /* Half-open: a client's FIN does not end our side before its last line is answered. */
     nd_server_options_t opts = {.allow_half_open = 1};
     d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
     if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
         close(fd);
-        unlink(path);
+        netd_unix_file_remove(d->control_file);
+        d->control_file = NULL;
         return -ENOMEM;
     }
     /* Control clients never hold the daemon up: the drain waits for data only. */
@@ -547,8 +538,13 @@ void netd_control_stop(netd_t *d)
     if (d->control) {
         nd_server_close(d->control, NULL, NULL);
         d->control = NULL;
-        if (!d->handed_over) /* after an upgrade the path is the new netd's */
-            unlink(d->control_path);
+        /* Only if the path still is the socket this netd made (CONTROL.md Transport);
+         * after an upgrade it is the new netd's, the same inode: left alone. */
+        if (d->handed_over)
+            netd_unix_file_forget(d->control_file);
+        else
+            netd_unix_file_remove(d->control_file);
+        d->control_file = NULL;
     }
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients, link)
@@ -694,6 +690,9 @@ void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields)
 
 int netd_control_adopt_listener(netd_t *d, int fd)
 {
+    /* Taken over from the previous netd: the file at the path now is this one's to
+     * remove at exit (while it still is that file). */
+    d->control_file = netd_unix_file_adopt(d->control_path);
     nd_server_options_t opts = {.allow_half_open = 1};
     d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
     if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {

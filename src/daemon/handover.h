@@ -13,7 +13,7 @@
 /* At most this many descriptors in one packet (the kernel's SCM_MAX_FD is 253). */
 #define NETD_HO_MAX_FDS 253
 /* At most this many bytes in one packet (header, JSON and payload). */
-#define NETD_HO_MAX_PACKET (1024 * 1024)
+#define NETD_HO_MAX_PACKET ((size_t)1024 * 1024)
 
 /* One received packet. Descriptors not taken (set to -1 by the taker) are closed by
  * netd_ho_msg_free. */

@@ -1,6 +1,8 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd's entry point: options, the config, worker threads, the control socket, signals
- * on the main loop only, systemd readiness, and an orderly exit.
+ * on the main loop only, and an orderly exit (lifecycle.c opens the servers and tells
+ * systemd when they all listen).
  */
 #include "config.h"
 
@@ -19,22 +21,11 @@
 #include <unistd.h>
 #include <event2/event.h>
 
-int netd_log_level = NETD_LOG_INFO;
-
-void netd_log(int level, const char *fmt, ...)
-{
-    static const char *const names[] = {"error", "warning", "info", "debug"};
-    if (level > netd_log_level)
-        return;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    /* One write per line, so lines of several threads never interleave; journald adds the
-     * timestamp. */
-    fprintf(stderr, "netd: %s: %s\n", names[level], line);
-}
+#ifndef NETD_SYSCONFDIR
+#define NETD_SYSCONFDIR "/etc"
+#endif
+/* The config netd reads without -c, when it exists (the sample `make install` puts there). */
+#define DEFAULT_CONFIG NETD_SYSCONFDIR "/netd/netd.json"
 
 uint64_t netd_now_ms(void)
 {
@@ -51,13 +42,17 @@ uint64_t netd_next_id(netd_t *d)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--check] [-v] [--version] [--help]\n"
-            "  -c, --config FILE    JSON config (default: built in: no servers)\n"
+            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--metrics HOST:PORT] [--check]\n"
+            "            [-v] [--version] [--help]\n"
+            "  -c, --config FILE    JSON config (default: " DEFAULT_CONFIG " if it exists,\n"
+            "                       else the built-in one: no servers)\n"
             "  -f, --foreground     accepted for compatibility: netd never forks\n"
             "  -t, --threads N      worker threads (default: config, else one per CPU)\n"
             "  -s, --socket PATH    control socket path\n"
-            "      --check          validate the config and exit (0 valid, 2 invalid)\n"
-            "  -v, --verbose        more logging (repeat for debug)\n"
+            "      --metrics HOST:PORT  serve GET /metrics there (over the config's metrics)\n"
+            "      --check          validate the config and exit (0 valid, 2 invalid);\n"
+            "                       with -v, print it with every default spelled out\n"
+            "  -v, --verbose        more logging: -v reload diffs and moves, -vv every connection\n"
             "      --version        print the version\n"
             "  -h, --help           this text\n");
 }
@@ -83,7 +78,7 @@ static void warn_capacity(netd_t *d)
     for (size_t i = 0; i < d->cfg.nservers; i++) {
         if (d->cfg.servers[i].max_connections <= 0)
             continue;
-        int per = d->cfg.servers[i].handler.type == NETD_HANDLER_PROXY ? 2 : 1;
+        int per = d->cfg.servers[i].handler.ops->descriptors;
         need += (long long)d->cfg.servers[i].max_connections * per;
     }
     if (need > d->fd_limit)
@@ -101,8 +96,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     if (sig == SIGHUP) {
-        netd_log(NETD_LOG_INFO, "SIGHUP: reloading");
-        netd_reload(d);
+        netd_observe_reopen(d); /* logrotate moved the access log, whatever the reload says */
+        netd_reload(d, NULL);
+        return;
+    }
+    if (d->upgrade && !d->draining) {
+        /* Stopping wins over upgrading: everything goes back first, then the drain. */
+        netd_log(NETD_LOG_INFO, "%s during an upgrade: the upgrade is undone, then netd drains",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM");
+        d->drain_after_upgrade = true;
+        netd_upgrade_cancel(d, "netd was told to stop");
         return;
     }
     if (d->draining) {
@@ -119,6 +122,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void watch_overload(evutil_socket_t fd, short what, void *arg)
 {
     netd_t *d = arg;
+    netd_log_flush();
     uint64_t paused = netd_stats_accept_paused(d);
     if (paused > d->paused_seen)
         netd_log(NETD_LOG_WARN,
@@ -184,8 +188,8 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'}, {"socket", required_argument, NULL, 's'},
         {"check", no_argument, NULL, 'C'},       {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},     {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    const char *config_file = NULL, *socket_path = NULL;
+        {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0}};
+    const char *config_file = NULL, *socket_path = NULL, *metrics_flag = NULL;
     int threads = -1;
     bool check_only = false;
     int opt;
@@ -212,8 +216,20 @@ int main(int argc, char **argv)
         case 'C':
             check_only = true;
             break;
+        case 'M': {
+            char *host, err[256];
+            int port;
+            if (netd_metrics_parse_addr(optarg, &host, &port, err, sizeof(err)) != 0) {
+                fprintf(stderr, "netd: %s\n", err);
+                return 2;
+            }
+            free(host);
+            metrics_flag = optarg;
+            break;
+        }
         case 'v':
-            netd_log_level++;
+            if (netd_log_level < NETD_LOG_TRACE)
+                netd_log_level++;
             break;
         case 'V':
             printf("netd %s\n", NETD_VERSION_STRING);
@@ -233,10 +249,16 @@ int main(int argc, char **argv)
 
     static netd_t daemon_state;
     netd_t *d = &daemon_state;
+    d->metrics_flag = metrics_flag;
+    netd_log_init();
     /* Started by a running netd to take over from it (upgrade.c): the channel. */
     int takeover = netd_takeover_fd();
     netd_upgrade_init(d, argc, argv);
     char err[1024];
+    /* Without -c: the installed config when there is one (what --check checks too). */
+    bool default_file = !config_file && access(DEFAULT_CONFIG, F_OK) == 0;
+    if (default_file)
+        config_file = DEFAULT_CONFIG;
     if (config_file) {
         if (netd_config_load(config_file, &d->cfg, err, sizeof(err)) != 0) {
             fprintf(stderr, "netd: %s\n", err);
@@ -246,18 +268,44 @@ int main(int argc, char **argv)
     } else {
         netd_config_default(&d->cfg);
     }
+
+    const char *control_from = "-s";
+    if (socket_path) {
+        snprintf(d->control_path, sizeof(d->control_path), "%s", socket_path);
+    } else if (d->cfg.control_path) {
+        snprintf(d->control_path, sizeof(d->control_path), "%s", d->cfg.control_path);
+        control_from = "control.path";
+    } else {
+        netd_default_socket_path(d->control_path, sizeof(d->control_path));
+        d->control_default = true;
+        const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+        control_from = rd && *rd         ? "$RUNTIME_DIRECTORY"
+                       : geteuid() == 0  ? "the default for root"
+                       : xdg && *xdg     ? "$XDG_RUNTIME_DIR"
+                                         : "the default for this user";
+    }
+
     if (check_only) {
-        printf("netd: %s: valid (%zu server%s)\n", config_file ? config_file : "built-in config",
-               d->cfg.nservers, d->cfg.nservers == 1 ? "" : "s");
+        if (config_file)
+            printf("netd: %s: valid (%zu server%s)\n", config_file, d->cfg.nservers,
+                   d->cfg.nservers == 1 ? "" : "s");
+        else
+            printf("netd: no config file at %s: netd would run the built-in config (no "
+                   "servers): valid\n",
+                   DEFAULT_CONFIG);
+        if (netd_log_level > NETD_LOG_INFO) {
+            /* Like nginx -T: the effective config, every default spelled out. */
+            json_t *eff = netd_config_json(&d->cfg, d->control_path);
+            char *text = eff ? json_dumps(eff, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+            if (text)
+                printf("%s\n", text);
+            free(text);
+            json_decref(eff);
+        }
         netd_config_free(&d->cfg);
         free(d->config_file);
         return 0;
     }
-    if (netd_commands_check() != 0) {
-        fprintf(stderr, "netd: internal error: a command of the table has no handler\n");
-        return 1;
-    }
-
     signal(SIGPIPE, SIG_IGN);
     /* Worker threads inherit a mask that blocks everything; only the main loop handles
      * signals (nd_thread_start blocks them around thread creation). */
@@ -270,16 +318,15 @@ int main(int argc, char **argv)
     TAILQ_INIT(&d->clients);
     TAILQ_INIT(&d->moves);
     TAILQ_INIT(&d->moves_retired);
+    if (d->config_file)
+        netd_log(NETD_LOG_INFO, "netd %s: config %s", NETD_VERSION_STRING, d->config_file);
+    else
+        netd_log(NETD_LOG_INFO, "netd %s: no config file (%s does not exist): built-in defaults",
+                 NETD_VERSION_STRING, DEFAULT_CONFIG);
+    netd_log(NETD_LOG_INFO, "control socket %s (from %s)", d->control_path, control_from);
     d->fd_limit = raise_fd_limit();
     warn_capacity(d);
     netd_listen_fds_init(d);
-
-    if (socket_path)
-        snprintf(d->control_path, sizeof(d->control_path), "%s", socket_path);
-    else if (d->cfg.control_path)
-        snprintf(d->control_path, sizeof(d->control_path), "%s", d->cfg.control_path);
-    else
-        netd_default_socket_path(d->control_path, sizeof(d->control_path));
 
     d->loop = nd_loop_new();
     if (!d->loop) {
@@ -290,7 +337,14 @@ int main(int argc, char **argv)
     if (nthreads == 0)
         nthreads = detect_cpus();
     if (takeover < 0 && netd_control_start(d) != 0) {
+        netd_notify("STATUS=failed: control socket %s", d->control_path);
         nd_loop_free(d->loop);
+        netd_config_free(&d->cfg);
+        free(d->config_file);
+        return 1;
+    }
+    if (netd_observe_init(d, nthreads) != 0) {
+        netd_control_stop(d);
         return 1;
     }
     if (netd_workers_start(d, nthreads) != 0) {
@@ -302,6 +356,11 @@ int main(int argc, char **argv)
         netd_workers_stop(d);
         nd_loop_free(d->loop);
         netd_workers_free(d);
+        return 1;
+    }
+    /* Taking over, the old netd still holds the metrics port: wait for it. */
+    if (netd_observe_start(d, takeover >= 0) != 0) {
+        netd_control_stop(d);
         return 1;
     }
     struct event_base *base = nd_loop_base(d->loop);
@@ -316,16 +375,18 @@ int main(int argc, char **argv)
     if (overload)
         event_add(overload, &second);
     if (takeover < 0) {
-        int failed = netd_open_config_servers(d, &d->cfg, false);
-        if (failed)
-            netd_log(NETD_LOG_WARN, "%d configured server(s) could not be opened", failed);
-        netd_log(NETD_LOG_INFO, "netd %s: %d worker thread(s), control socket %s",
-                 NETD_VERSION_STRING, nthreads, d->control_path);
-        netd_notify("READY=1\nSTATUS=serving; control socket %s\nMAINPID=%d", d->control_path,
-                    (int)getpid());
+        netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)",
+                 nthreads, d->cfg.nservers);
+        /* READY=1 once every one listens; if one cannot, netd exits 1 naming it. */
+        netd_start_servers(d);
+    } else {
+        /* The servers came with the takeover: the file they were opened from is the one
+         * a reload compares with. */
+        netd_servers_taken_over(d);
     }
 
-    /* The main loop runs until the drain ends or a second signal cuts it short. */
+    /* The main loop runs until the drain ends, a second signal cuts it short, or a
+     * configured server could not listen. */
     nd_loop_ref(d->loop);
     nd_loop_run(d->loop);
     finish(d);
@@ -340,10 +401,12 @@ int main(int argc, char **argv)
     /* Threads first, then the main loop (whose leftover servers still post to the worker
      * loops), then the worker loops (dropping what was posted to them). */
     netd_workers_stop(d);
+    netd_observe_stop(d);
     nd_loop_free(d->loop);
     netd_workers_free(d);
     netd_moves_free_all(d);
     netd_config_free(&d->cfg);
+    netd_loaded_free(d);
     for (int i = 0; i < d->listen_fds_count; i++)
         free(d->listen_fd_names ? d->listen_fd_names[i] : NULL);
     free(d->listen_fd_names);

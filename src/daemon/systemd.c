@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * systemd without libsystemd: sd_notify datagrams written straight to $NOTIFY_SOCKET (an
  * abstract address starts with '@'), and socket activation from LISTEN_FDS.
@@ -9,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,4 +105,107 @@ int netd_listen_fd_lookup(netd_t *d, const netd_listen_spec_t *spec)
         }
     }
     return -1;
+}
+
+/* A notify message with descriptors (FDSTORE=1). 0, or -1 when there is no NOTIFY_SOCKET
+ * or the send failed. */
+static int notify_fds(const char *msg, const int *fds, int n)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path || (path[0] != '/' && path[0] != '@'))
+        return -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t plen = strlen(path);
+    if (plen >= sizeof(sa.sun_path) || n < 0 || n > 16)
+        return -1;
+    memcpy(sa.sun_path, path, plen);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct iovec iov = {(void *)msg, strlen(msg)};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * 16)];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    struct msghdr mh = {.msg_name = &sa,
+                        .msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen),
+                        .msg_iov = &iov,
+                        .msg_iovlen = 1};
+    if (n > 0) {
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)n);
+    }
+    int rc = sendmsg(fd, &mh, MSG_NOSIGNAL) < 0 ? -1 : 0;
+    close(fd);
+    return rc;
+}
+
+/* systemd accepts a descriptor name of printable ASCII without ':' (at most 255). */
+static bool fd_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 255)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (*p <= ' ' || *p >= 127 || *p == ':')
+            return false;
+    return true;
+}
+
+void netd_fdstore_listeners(netd_t *d)
+{
+    if (!getenv("NOTIFY_SOCKET") || d->handed_over)
+        return;
+    int stored = 0;
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+    {
+        if (s->state != NETD_SRV_LISTENING || !s->group || s->spec.path ||
+            s->spec.balance == ND_BALANCE_REUSEPORT || !fd_name_ok(s->spec.name))
+            continue;
+        int fd = nd_server_export(s->group); /* accepting stops; the kernel keeps queueing */
+        if (fd < 0)
+            continue;
+        char msg[320];
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", s->spec.name);
+        if (notify_fds(msg, &fd, 1) == 0)
+            stored++;
+    }
+    if (stored)
+        netd_log(NETD_LOG_INFO,
+                 "%d listener(s) kept in systemd's descriptor store: a restart takes them back",
+                 stored);
+}
+
+void netd_fdstore_forget_unused(netd_t *d)
+{
+    if (!getenv("NOTIFY_SOCKET"))
+        return;
+    for (int i = 0; i < d->listen_fds_count; i++) {
+        const char *name = d->listen_fd_names ? d->listen_fd_names[i] : NULL;
+        if (!name || !fd_name_ok(name))
+            continue;
+        bool used = false;
+        netd_server_t *s;
+        TAILQ_FOREACH(s, &d->servers, link)
+        {
+            if (strcmp(s->spec.name, name) == 0 ||
+                (s->spec.fd_name && strcmp(s->spec.fd_name, name) == 0) ||
+                s->spec.fd == d->listen_fds_start + i)
+                used = true;
+        }
+        if (!used) {
+            char msg[320];
+            snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+            notify_fds(msg, NULL, 0);
+        }
+    }
 }

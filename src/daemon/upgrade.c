@@ -34,7 +34,7 @@
 
 #define NETD_UPGRADE_PROTO 1
 /* Records' bytes per packet (with the JSON header well under NETD_HO_MAX_PACKET). */
-#define PAYLOAD_MAX (96 * 1024)
+#define PAYLOAD_MAX ((size_t)96 * 1024)
 
 extern char **environ;
 
@@ -106,6 +106,7 @@ struct upgrade {
     ho_slot_t *slots;
     int slots_out;
     uint64_t batch, acked;
+    const char *cancel; /* why it must stop (SIGTERM), set while the workers export */
 };
 
 /* -vv: how long each step took, from the request on. */
@@ -307,7 +308,9 @@ static void back_to_main(nd_loop_t *loop, void *arg)
     upgrade_t *u = slot->u;
     if (--u->slots_out > 0)
         return;
-    if (u->stage == U_EXPORTING) {
+    if (u->stage == U_EXPORTING && u->cancel) {
+        fail(u, "%s", u->cancel);
+    } else if (u->stage == U_EXPORTING) {
         int busy = 0, err = 0;
         for (int i = 0; i < u->d->nworkers; i++) {
             busy += u->slots[i].busy;
@@ -357,6 +360,21 @@ static void after_abort(upgrade_t *u)
     if (u->p)
         netd_pending_error(u->p, NETD_EUPGRADE, "%s", fail_why);
     upgrade_free(u);
+    if (d->drain_after_upgrade) {
+        d->drain_after_upgrade = false;
+        netd_drain(d, d->cfg.shutdown_timeout_ms);
+    }
+}
+
+void netd_upgrade_cancel(netd_t *d, const char *why)
+{
+    upgrade_t *u = d->upgrade;
+    if (!u)
+        return;
+    if (u->stage == U_EXPORTING)
+        u->cancel = why; /* the workers' answers come first, then everything goes back */
+    else
+        fail(u, "%s", why);
 }
 
 static void fail(upgrade_t *u, const char *fmt, ...)
@@ -508,6 +526,8 @@ typedef struct bytes {
 
 static int bytes_add(bytes_t *b, const void *data, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 65536;
         while (cap < b->len + n)
@@ -721,7 +741,7 @@ static void export_all(upgrade_t *u)
     TAILQ_FOREACH(s, &d->servers, link)
         n++;
     u->srv = calloc(n ? n : 1, sizeof(*u->srv));
-    u->rp = calloc(n ? n : 1, sizeof(*u->rp));
+    u->rp = calloc(n ? n : 1, sizeof(netd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     u->slots = calloc((size_t)d->nworkers, sizeof(*u->slots));
     if (!u->srv || !u->rp || !u->slots) {
         u->exported = false;
@@ -876,6 +896,8 @@ void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned
     const char *exe = exec ? exec : d->exe;
     if (d->upgrade) {
         why = "an upgrade is already in progress";
+    } else if (d->reload) {
+        why = "a reload is still opening servers: upgrade after it";
     } else if (d->draining) {
         if (p)
             netd_pending_error(p, NETD_ESHUTDOWN, "netd is draining");
@@ -1198,7 +1220,7 @@ static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
         in_part_t *p = &b->parts[w];
         if (p->n == p->cap) {
             size_t cap = p->cap ? p->cap * 2 : 64;
-            in_item_t **v = realloc(p->items, cap * sizeof(*v));
+            in_item_t **v = realloc(p->items, cap * sizeof(in_item_t *)); // NOLINT(bugprone-sizeof-expression)
             if (!v)
                 return tk_fail(t, "out of memory");
             p->items = v;

@@ -2217,6 +2217,9 @@ ND_EXPORT int nd_socket_import(nd_loop_t *loop, const void *data, size_t len, co
     }
     if (!rc && r.at != r.len)
         rc = ND_EFORMAT; /* trailing bytes: not a record of this version */
+    for (int i = 0; !rc && i < nfds; i++)
+        if ((flags[i] & XF_PIPE_PEER) && nfds != 2)
+            rc = ND_EFORMAT; /* piped to a pair that is not in the record */
     if (rc) {
         for (int i = 0; i < 2; i++)
             if (socks[i])

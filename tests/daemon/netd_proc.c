@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd_proc: start a real netd for a test, talk to its control socket, signal it, wait
  * for it, clean up (see netd_proc.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd_proc: drive a real netd from a Check test. Starts netd as a child process with a
  * config in a fresh temporary directory and a control socket there, talks to it over the

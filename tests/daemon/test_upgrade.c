@@ -480,6 +480,91 @@ START_TEST(test_upgrade_never_ready)
 }
 END_TEST
 
+/* A SIGTERM during an upgrade undoes the upgrade, then drains: netd exits 0 and the
+ * request gets its EUPGRADE. */
+START_TEST(test_sigterm_during_upgrade)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    const char *env[] = {"NETD_TEST_UPGRADE=no-ready", NULL};
+    np_opts_t o = {.config = Q(CFG), .threads = 2, .env = env};
+    netd_proc_t *np = np_start_ex(&o);
+    np_client_t *c = np_connect(np);
+    np_client_send(c, json_pack("{s:s, s:s, s:i, s:i}", "cmd", "upgrade", "exec", new_binary(np),
+                                "timeoutMs", 60000, "id", 5));
+    np_pause_ms(300); /* the new process has started and waits */
+    np_signal(np, SIGTERM);
+    json_t *r = np_client_recv(c, NP_TIMEOUT_MS);
+    ck_assert_int_eq(np_jint(r, "id"), 5);
+    np_expect_error(r, "EUPGRADE", "told to stop");
+    np_client_close(c);
+    ck_assert_int_eq(np_wait_exit(np, 10000), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ a restart */
+
+/* What a restart keeps (systemd's descriptor store): at the stop, the TCP listener goes
+ * to the store (FDSTORE=1, FDNAME=the server's name); a client that connects while no
+ * netd runs waits in the kernel's queue; the next netd gets the descriptor back by name
+ * and answers it. (Established connections end with the drain: only an upgrade keeps
+ * those.) The test plays systemd's part. */
+START_TEST(test_restart_keeps_queued_connections)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 16], env[PATH_MAX + 32];
+    np_mkdtemp(dir);
+    snprintf(path, sizeof(path), "%s/notify", dir);
+    int ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    ck_assert(strlen(path) < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    ck_assert(bind(ns, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    snprintf(env, sizeof(env), "NOTIFY_SOCKET=%s", path);
+    const char *envv[] = {env, NULL};
+    np_opts_t o = {.config = Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
+                   .threads = 2, .env = envv};
+    netd_proc_t *a = np_start_ex(&o);
+    int port = np_server_port(a, "echo");
+    np_signal(a, SIGTERM);
+    ck_assert_int_eq(np_wait_exit(a, 10000), 0);
+    /* The store's message: FDSTORE=1, FDNAME=echo, and the listener. */
+    int stored = -1;
+    for (int i = 0; i < 16 && stored < 0; i++) {
+        char buf[512];
+        union {
+            char b[CMSG_SPACE(sizeof(int) * 4)];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec iov = {buf, sizeof(buf) - 1};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+                            .msg_controllen = sizeof(ctl.b)};
+        ssize_t n = recvmsg(ns, &mh, MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        buf[n] = '\0';
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        if (strstr(buf, "FDSTORE=1") && strstr(buf, "FDNAME=echo") && cm &&
+            cm->cmsg_type == SCM_RIGHTS)
+            memcpy(&stored, CMSG_DATA(cm), sizeof(int));
+    }
+    ck_assert_msg(stored >= 0, "no FDSTORE=1 with the listener at the stop");
+    /* No netd runs: a client connects anyway and sends. */
+    int fd = np_tcp_connect(port);
+    np_send_all(fd, "queued", 6);
+    np_opts_t o2 = {.config = Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
+                    .threads = 2, .pass_fd = stored, .listen_fds = 1, .listen_fdnames = "echo"};
+    netd_proc_t *b = np_start_ex(&o2);
+    close(stored);
+    char got[8];
+    ck_assert_int_eq(np_recv_exact(fd, got, 6), 6);
+    ck_assert(memcmp(got, "queued", 6) == 0);
+    ck_assert_int_eq(np_server_port(b, "echo"), port);
+    close(fd);
+    close(ns);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -495,6 +580,8 @@ int main(void)
     tcase_add_test(tc, test_upgrade_other_protocol);
     tcase_add_test(tc, test_upgrade_killed_halfway);
     tcase_add_test(tc, test_upgrade_never_ready);
+    tcase_add_test(tc, test_sigterm_during_upgrade);
+    tcase_add_test(tc, test_restart_keeps_queued_connections);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -378,6 +378,12 @@ START_TEST(unknown_version_refused_then_abort)
     ck_assert_int_eq(nd_socket_import(other, copy, ex.len, ex.fds, ex.nfds, NULL, out), ND_EFORMAT);
     ck_assert_int_eq(nd_loop_handle_count(other), 0);
     ck_assert_int_ne(fcntl(sp[0], F_GETFD), -1); /* still open: nothing was taken */
+    /* A lone socket's record claiming a pipe to a pair it does not carry (bit 21 of the
+     * flags, the first field after the 6-byte header) is refused, not followed. */
+    memcpy(copy, ex.data, ex.len);
+    copy[6 + 2] |= 1u << 5;
+    ck_assert_int_eq(nd_socket_import(other, copy, ex.len, ex.fds, ex.nfds, NULL, out), ND_EFORMAT);
+    ck_assert_int_eq(nd_loop_handle_count(other), 0);
     /* A truncated record is refused the same way. */
     ck_assert_int_eq(nd_socket_import(other, ex.data, ex.len - 3, ex.fds, ex.nfds, NULL, out),
                      ND_EFORMAT);
