@@ -1714,6 +1714,10 @@ static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, n
     int rc = move_check(s, target, &peer, to);
     if (rc)
         return rc;
+    /* One move at a time, for either half of a pair: a second departure would detach the
+     * sockets from a loop they already left. A parked socket belongs to an export. */
+    if (s->moving || s->parked || (peer && (peer->moving || peer->parked)))
+        return -EBUSY;
     move_msg_t *m = calloc(1, sizeof(*m));
     if (!m)
         return -ENOMEM;

@@ -748,8 +748,9 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  * one half is destroyed but its 'close' has not run, the other cannot move (-EBUSY, also
  * reported as ND_MOVE_FAILED when it happens between the call and the departure), since
  * the application's listeners on the closing half may still point at it.
- * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
- * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
+ * Returns 0; -EBUSY while connecting or resolving, when piped to a socket that is not
+ * its pair, while a move of it or of its pair is already on its way, or while it is
+ * exported (nd_socket_export); ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
  * group or target is not a loop of its group; -EINVAL for NULL; 0 and nothing happens
  * when target is its own loop.
  */
