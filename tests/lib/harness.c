@@ -17,7 +17,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+TCase *th_tcase(Suite *s, const char *name, double timeout_s)
+{
+    TCase *tc = tcase_create(name);
+
+    tcase_set_timeout(tc, timeout_s);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
+int th_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
 
 unsigned th_scale(unsigned ms)
 {
@@ -44,6 +64,72 @@ int th_sanitized(void)
 #else
     return 0;
 #endif
+}
+
+double th_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+double th_cpu_ms(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+void th_sem_wait(sem_t *s, unsigned ms, const char *what)
+{
+    struct timespec ts;
+    unsigned lim = th_scale(ms);
+    int rc;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += lim / 1000;
+    ts.tv_nsec += (long)(lim % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    while ((rc = sem_timedwait(s, &ts)) != 0 && errno == EINTR)
+        ;
+    ck_assert_msg(rc == 0, "timed out waiting for %s", what);
+}
+
+void th_need_fds(rlim_t n)
+{
+    struct rlimit rl;
+
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < n) {
+        ck_assert_msg(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= n,
+                      "this test needs %lu descriptors; the hard limit is %lu", (unsigned long)n,
+                      (unsigned long)rl.rlim_max);
+        rl.rlim_cur = n;
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+}
+
+void th_pat_fill(unsigned char *dst, uint64_t off, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = th_pat(off + i);
+}
+
+uint64_t th_fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
 }
 
 nd_loop_t *th_loop_new(void)
