@@ -157,7 +157,9 @@ cmd_test() {
     local tsan_tests="tests/lib/test_loop tests/lib/test_mailbox tests/lib/test_group"
     tsan_tests+=" tests/lib/test_thread_stress tests/lib/test_regress tests/lib/test_moves"
     tsan_tests+=" tests/daemon/test_config tests/daemon/test_handlers"
-    tsan_tests+=" tests/daemon/test_daemon tests/daemon/test_races"
+    tsan_tests+=" tests/daemon/test_commands tests/daemon/test_errors tests/daemon/test_conffile"
+    tsan_tests+=" tests/daemon/test_serving tests/daemon/test_systemd tests/daemon/test_process"
+    tsan_tests+=" tests/daemon/test_races"
     make_args=(TESTS="$tsan_tests")
     check_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
     make_args=()

@@ -16,8 +16,11 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1163,4 +1166,345 @@ void np_rst_close(int fd)
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     close(fd);
+}
+
+json_t *np_qcall(netd_proc_t *np, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *t = qfmt(fmt, ap);
+    va_end(ap);
+    json_t *req = np_parse(t);
+    free(t);
+    return np_client_rpc(np->ctl, req);
+}
+
+bool np_str_in(const char *hay, const char *needle)
+{
+    return hay && strstr(hay, needle) != NULL;
+}
+
+void np_sun_set(struct sockaddr_un *sa, const char *path)
+{
+    size_t n = strlen(path);
+    ck_assert_msg(n < sizeof(sa->sun_path), "unix path too long: %s", path);
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    memcpy(sa->sun_path, path, n + 1);
+}
+
+void np_pattern(char *buf, size_t len, size_t offset)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)('a' + (offset + i) % 26);
+}
+
+/* ------------------------------------------------------------------ suites */
+
+TCase *np_tcase(Suite *s, const char *name, int timeout)
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
+    tcase_set_timeout(tc, timeout);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
+int np_run_suite(Suite *s)
+{
+    signal(SIGPIPE, SIG_IGN);
+    np_tmproot_init();
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    np_tmproot_cleanup();
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ------------------------------------------------------------------ the objects of replies */
+
+static void check_one_of(const char *what, const char *got, const char *const *allowed)
+{
+    for (int i = 0; allowed[i]; i++)
+        if (strcmp(got, allowed[i]) == 0)
+            return;
+    ck_abort_msg("%s: unexpected value \"%s\"", what, got);
+}
+
+void np_check_server_object(const json_t *s)
+{
+    static const char *const states[] = {"listening", "closing", "closed", NULL};
+    static const char *const balances[] = {"leastconn", "roundrobin", "reuseport", NULL};
+    ck_assert_msg(json_is_object(s), "server should be an object: %s", np_json_str(s));
+    ck_assert_int_gt(np_jint(s, "id"), 0);
+    ck_assert_msg(*np_jstr(s, "name"), "empty name");
+    check_one_of("state", np_jstr(s, "state"), states);
+    json_t *a = np_jobj(s, "address");
+    if (json_object_get(a, "path")) {
+        np_jstr(a, "path");
+        ck_assert_msg(json_object_size(a) == 1, "a path address has only \"path\": %s",
+                      np_json_str(a));
+    } else {
+        np_jstr(a, "address");
+        static const char *const fams[] = {"IPv4", "IPv6", NULL};
+        check_one_of("address.family", np_jstr(a, "family"), fams);
+        json_int_t port = np_jint(a, "port");
+        ck_assert_msg(port > 0 && port <= 65535, "address.port %lld", (long long)port);
+    }
+    np_jstr(np_jobj(s, "handler"), "type");
+    check_one_of("balance", np_jstr(s, "balance"), balances);
+    ck_assert_msg(json_is_boolean(json_object_get(s, "allowHalfOpen")), "allowHalfOpen: %s",
+                  np_json_str(s));
+    json_t *mc = json_object_get(s, "maxConnections");
+    ck_assert_msg(mc && (json_is_null(mc) || json_is_integer(mc)), "maxConnections: %s",
+                  np_json_str(s));
+    ck_assert_int_ge(np_jint(s, "timeout"), 0);
+    ck_assert_int_gt(np_jint(s, "backlog"), 0);
+    static const char *const counters[] = {"connections", "acceptedTotal", "rejectedTotal",
+                                           "bytesReadTotal", "bytesWrittenTotal", NULL};
+    for (int i = 0; counters[i]; i++)
+        ck_assert_msg(np_jint(s, counters[i]) >= 0, "%s < 0", counters[i]);
+}
+
+void np_check_socket_object(const json_t *k)
+{
+    static const char *const states[] = {"open", "readOnly", "writeOnly", "closing", NULL};
+    static const char *const roles[] = {"client", "upstream", NULL};
+    ck_assert_msg(json_is_object(k), "socket should be an object: %s", np_json_str(k));
+    ck_assert_int_gt(np_jint(k, "id"), 0);
+    ck_assert_int_gt(np_jint(k, "server"), 0);
+    ck_assert_int_ge(np_jint(k, "thread"), 0);
+    /* nd_is_ip (libnetd) also keeps libnetd.so needed under --as-needed: this archive,
+     * linked after it, uses it too. */
+    int family = nd_is_ip(np_jstr(k, "remoteAddress"));
+    ck_assert_msg(family == 4 || family == 6, "remoteAddress is not an IP: %s", np_json_str(k));
+    np_jint(k, "remotePort");
+    np_jstr(k, "remoteFamily");
+    ck_assert_msg(nd_is_ip(np_jstr(k, "localAddress")) != 0, "localAddress is not an IP: %s",
+                  np_json_str(k));
+    np_jint(k, "localPort");
+    static const char *const nums[] = {"bytesRead", "bytesWritten", "bufferSize", "ageMs",
+                                       "idleMs", NULL};
+    for (int i = 0; nums[i]; i++)
+        ck_assert_msg(np_jint(k, nums[i]) >= 0, "%s < 0", nums[i]);
+    check_one_of("state", np_jstr(k, "state"), states);
+    check_one_of("role", np_jstr(k, "role"), roles);
+}
+
+/* ------------------------------------------------------------------ servers and counts */
+
+json_int_t np_server_id(netd_proc_t *np, const char *name)
+{
+    return np_jint(np_server_obj(np, name), "id");
+}
+
+json_int_t np_listed_connections(netd_proc_t *np, const char *name)
+{
+    json_t *arr = np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers");
+    size_t i;
+    json_t *s;
+    json_array_foreach(arr, i, s)
+    {
+        if (strcmp(np_jstr(s, "name"), name) == 0)
+            return np_jint(s, "connections");
+    }
+    return -1;
+}
+
+json_t *np_stats(netd_proc_t *np)
+{
+    return np_ok(np_call(np, "{s:s}", "cmd", "stats"));
+}
+
+json_int_t np_wait_stat_ge(netd_proc_t *np, const char *key, json_int_t min)
+{
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    for (;;) {
+        json_int_t v = np_jint(np_stats(np), key);
+        if (v >= min)
+            return v;
+        ck_assert_msg(np_now_ms() < deadline, "stats.%s stayed at %lld, expected >= %lld", key,
+                      (long long)v, (long long)min);
+        np_pause_ms(10);
+    }
+}
+
+void np_wait_count(netd_proc_t *np, const char *name, json_int_t want, json_int_t lo,
+                   json_int_t hi)
+{
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    for (;;) {
+        json_int_t a = np_get_connections(np, name);
+        json_int_t b = np_listed_connections(np, name);
+        ck_assert_msg(a >= lo && a <= hi, "getConnections %lld outside [%lld, %lld]",
+                      (long long)a, (long long)lo, (long long)hi);
+        ck_assert_msg(b >= lo && b <= hi, "servers[].connections %lld outside [%lld, %lld]",
+                      (long long)b, (long long)lo, (long long)hi);
+        if (a == want && b == want)
+            return;
+        ck_assert_msg(np_now_ms() < deadline,
+                      "connections never reached %lld: getConnections %lld, servers %lld",
+                      (long long)want, (long long)a, (long long)b);
+        np_pause_ms(10);
+    }
+}
+
+int np_echo_client(int port)
+{
+    int fd = np_tcp_connect(port);
+    np_echo_check(fd, "ping\n");
+    return fd;
+}
+
+int np_listen_tcp0(netd_proc_t *np, const char *name, const char *handler_json)
+{
+    json_t *r;
+    if (handler_json)
+        r = np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'%s','handler':%s}",
+                     name, handler_json);
+    else
+        r = np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'%s'}", name);
+    np_ok(r);
+    return (int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port");
+}
+
+/* ------------------------------------------------------------------ sd_notify */
+
+void np_notify_open(np_notify_t *n, bool abstract)
+{
+    static int counter;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    socklen_t len;
+    n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ck_assert_msg(n->fd >= 0, "socket: %s", strerror(errno));
+    if (abstract) {
+        char name[80];
+        snprintf(name, sizeof(name), "netd-test-notify-%d-%d", (int)getpid(), counter++);
+        sa.sun_path[0] = '\0';
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+        snprintf(n->env, sizeof(n->env), "NOTIFY_SOCKET=@%s", name);
+    } else {
+        char dir[PATH_MAX];
+        np_mkdtemp(dir);
+        char path[PATH_MAX + 16];
+        snprintf(path, sizeof(path), "%s/notify.sock", dir);
+        np_sun_set(&sa, path);
+        len = sizeof(sa);
+        snprintf(n->env, sizeof(n->env), "NOTIFY_SOCKET=%s", sa.sun_path);
+    }
+    ck_assert_msg(bind(n->fd, (struct sockaddr *)&sa, len) == 0, "bind notify: %s",
+                  strerror(errno));
+}
+
+void np_expect_notify(np_notify_t *n, const char *needle)
+{
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    char seen[2048] = "";
+    for (;;) {
+        int left = (int)((int64_t)deadline - (int64_t)np_now_ms());
+        ck_assert_msg(left > 0, "no \"%s\" on NOTIFY_SOCKET; got: %s", needle, seen);
+        struct pollfd pfd = {n->fd, POLLIN, 0};
+        if (poll(&pfd, 1, left) <= 0)
+            continue;
+        char buf[1024];
+        ssize_t len = recv(n->fd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        strncat(seen, buf, sizeof(seen) - strlen(seen) - 2);
+        strcat(seen, "|");
+        /* Lines of the datagram. */
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+            if (strcmp(line, needle) == 0)
+                return;
+    }
+}
+
+/* ------------------------------------------------------------------ an upstream for proxy */
+
+/* Returns when told to stop (or on an error of the stop pipe). */
+static void *upstream_main(void *arg)
+{
+    np_upstream_t *u = arg;
+    for (;;) {
+        struct pollfd p[2] = {{u->lfd, POLLIN, 0}, {u->stop[0], POLLIN, 0}};
+        if (poll(p, 2, -1) < 0)
+            continue;
+        if (p[1].revents)
+            return NULL;
+        int c = accept4(u->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0)
+            continue;
+        atomic_fetch_add(&u->accepted, 1);
+        char buf[65536];
+        for (;;) {
+            struct pollfd q[2] = {{c, POLLIN, 0}, {u->stop[0], POLLIN, 0}};
+            if (poll(q, 2, -1) < 0)
+                continue;
+            if (q[1].revents) {
+                close(c);
+                return NULL;
+            }
+            ssize_t n = recv(c, buf, sizeof(buf), 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 0) {
+                atomic_fetch_add(&u->saw_eof, 1);
+                send(c, "bye\n", 4, MSG_NOSIGNAL);
+                shutdown(c, SHUT_WR);
+                /* Wait for the far side to close (or the stop), then go. */
+                for (;;) {
+                    struct pollfd r[2] = {{c, POLLIN, 0}, {u->stop[0], POLLIN, 0}};
+                    if (poll(r, 2, -1) < 0)
+                        continue;
+                    if (r[1].revents) {
+                        close(c);
+                        return NULL;
+                    }
+                    if (recv(c, buf, sizeof(buf), 0) <= 0)
+                        break;
+                }
+                break;
+            }
+            if (n < 0)
+                break;
+            size_t off = 0;
+            while (off < (size_t)n) {
+                ssize_t w = send(c, buf + off, (size_t)n - off, MSG_NOSIGNAL);
+                if (w <= 0)
+                    break;
+                off += (size_t)w;
+            }
+        }
+        close(c);
+    }
+}
+
+void np_upstream_start(np_upstream_t *u, const char *unix_path)
+{
+    memset(u, 0, sizeof(*u));
+    if (unix_path) {
+        snprintf(u->path, sizeof(u->path), "%s", unix_path);
+        u->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa;
+        np_sun_set(&sa, unix_path);
+        ck_assert_msg(bind(u->lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind: %s",
+                      strerror(errno));
+        ck_assert(listen(u->lfd, 16) == 0);
+    } else {
+        u->lfd = np_tcp_listen(&u->port);
+    }
+    ck_assert(pipe2(u->stop, O_CLOEXEC) == 0);
+    ck_assert(pthread_create(&u->th, NULL, upstream_main, u) == 0);
+}
+
+void np_upstream_stop(np_upstream_t *u)
+{
+    ck_assert(write(u->stop[1], "x", 1) == 1);
+    pthread_join(u->th, NULL);
+    close(u->stop[0]);
+    close(u->stop[1]);
+    close(u->lfd);
 }

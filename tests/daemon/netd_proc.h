@@ -12,15 +12,22 @@
 #ifndef NETD_TEST_PROC_H
 #define NETD_TEST_PROC_H
 
+#include <check.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <jansson.h>
 
 /* The default deadline of every wait, in ms, before th_scale (CK_TIMEOUT_MULTIPLIER). */
 #define NP_TIMEOUT_MS 5000
+
+/* One echo server on loopback, port 0 (an np_q text). */
+#define NP_CFG_ECHO "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"
 
 /* ------------------------------------------------------------------ control clients */
 
@@ -183,6 +190,8 @@ char *np_q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 json_t *np_parse(const char *text);
 /* A request given as np_q text, sent on c; the reply (asserted to arrive). */
 json_t *np_ccall(np_client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A request given as np_q text, sent on np->ctl; the reply (asserted to arrive). */
+json_t *np_qcall(netd_proc_t *np, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Typed members of a reply, asserted to be there with that type. */
 json_int_t np_jint(const json_t *o, const char *key);
 const char *np_jstr(const json_t *o, const char *key);
@@ -200,6 +209,76 @@ long np_rss_kb(pid_t pid);
 int np_fd_count(pid_t pid);
 /* close() that sends RST instead of FIN. */
 void np_rst_close(int fd);
+
+/* hay (may be NULL) contains needle. */
+bool np_str_in(const char *hay, const char *needle);
+/* *sa = an AF_UNIX address with sun_path = path (asserted to fit). */
+void np_sun_set(struct sockaddr_un *sa, const char *path);
+/* A data pattern whose every byte depends on its offset: order and loss show. */
+void np_pattern(char *buf, size_t len, size_t offset);
+
+/* ------------------------------------------------------------------ suites */
+
+/* A test case of s with the checked teardown np_cleanup_all and a timeout in seconds. */
+TCase *np_tcase(Suite *s, const char *name, int timeout);
+/* main() of a daemon suite: SIGPIPE ignored, the temporary root made, every test of s
+ * run, the root removed. Returns the exit status. */
+int np_run_suite(Suite *s);
+
+/* ------------------------------------------------------------------ objects and counts */
+
+/* Every field of a Server / Socket object (CONTROL.md "Objects"), with its type. */
+void np_check_server_object(const json_t *s);
+void np_check_socket_object(const json_t *k);
+/* The id of a server by name. */
+json_int_t np_server_id(netd_proc_t *np, const char *name);
+/* servers[].connections of the named server (-1: not listed). */
+json_int_t np_listed_connections(netd_proc_t *np, const char *name);
+/* The `stats` reply (asserted ok). */
+json_t *np_stats(netd_proc_t *np);
+/* Polls a stats counter until it reaches min; returns it. */
+json_int_t np_wait_stat_ge(netd_proc_t *np, const char *key, json_int_t min);
+/* Polls until getConnections and servers[].connections both equal want; on the way
+ * neither may leave [lo, hi]. */
+void np_wait_count(netd_proc_t *np, const char *name, json_int_t want, json_int_t lo,
+                   json_int_t hi);
+/* A TCP client proved served with one echo round trip ("ping\n"). */
+int np_echo_client(int port);
+/* `listen` on 127.0.0.1:0 named name, with a handler (JSON text) or the default one;
+ * returns the port. */
+int np_listen_tcp0(netd_proc_t *np, const char *name, const char *handler_json);
+
+/* ------------------------------------------------------------------ sd_notify */
+
+typedef struct np_notify {
+    int fd;
+    char env[160]; /* NOTIFY_SOCKET=... */
+} np_notify_t;
+
+/* A datagram socket for netd's sd_notify: a path in a fresh directory, or an abstract
+ * name; n->env is the variable to give netd. The test closes n->fd. */
+void np_notify_open(np_notify_t *n, bool abstract);
+/* Reads datagrams until one holds needle as a whole line; fails after NP_TIMEOUT_MS.
+ * Earlier datagrams that do not match are skipped (STATUS= updates...). */
+void np_expect_notify(np_notify_t *n, const char *needle);
+
+/* ------------------------------------------------------------------ an upstream for proxy */
+
+/* A small echo server on the test's side, in a thread: serves one connection at a time,
+ * echoes until EOF, then writes "bye\n" and shuts its side down (so both half-closes
+ * show), then closes. */
+typedef struct np_upstream {
+    int lfd;
+    int port;
+    char path[PATH_MAX];
+    int stop[2];
+    pthread_t th;
+    atomic_int accepted, saw_eof;
+} np_upstream_t;
+
+/* On 127.0.0.1:0 (u->port), or on a unix path when unix_path is given. */
+void np_upstream_start(np_upstream_t *u, const char *unix_path);
+void np_upstream_stop(np_upstream_t *u);
 
 /* ------------------------------------------------------------------ time */
 
