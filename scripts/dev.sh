@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# The developer's entry point: `run` builds and starts the echo example, `test` runs every
-# suite in a plain and an ASan+UBSan build, the thread and daemon suites under TSan, and
-# the chaos runs under both sanitizers (what CI runs); `lint` runs the static checkers.
+# The developer's entry point: `run` builds and starts the echo example, `test` checks the
+# formatting and runs every suite in a plain and an ASan+UBSan build, the thread and daemon
+# suites under TSan, and the chaos runs under both sanitizers (what CI runs); `lint` runs
+# the static checkers.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 # tmux and prometheus (promtool too) are for tests only: netctl top in a real terminal,
-# and a real Prometheus scraping netd.
+# and a real Prometheus scraping netd; clang-format for `make format-check`.
 PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind
-    bash-completion zsh systemd util-linux python3 tmux prometheus)
+    bash-completion zsh systemd util-linux python3 tmux prometheus clang-format)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {
     cat >&2 <<'EOF'
 usage: scripts/dev.sh COMMAND
   run    build, then start netd with conf/netd.json (echo on 127.0.0.1:8124)
-  test   build and run every test suite: plain, ASan+UBSan, the thread and daemon suites
-         under TSan, and the chaos runs (CHAOS_SECONDS, default 20; CHAOS_SEED to replay)
-         under ASan+UBSan and TSan
+  test   check the formatting (make format-check), build and run every test suite: plain,
+         ASan+UBSan, the thread and daemon suites under TSan, and the chaos runs
+         (CHAOS_SECONDS, default 20; CHAOS_SEED to replay) under ASan+UBSan and TSan
   lint   run cppcheck and clang-tidy (make lint)
 EOF
     exit 2
@@ -137,12 +138,25 @@ chaos_in() {
     return "$rc"
 }
 
+# format_check_in DIR: `make format-check` there, tallied like a test program.
+format_check_in() {
+    if make -C "$1" format-check; then
+        echo "PASS: format-check"
+        passed=$((passed + 1))
+    else
+        echo "FAIL: format-check (the files are listed above; 'make format' rewrites them)"
+        failed=$((failed + 1))
+        return 1
+    fi
+}
+
 cmd_test() {
     local status=0
 
     ensure_packages "${PACKAGES[@]}"
     bootstrap
     configure_in build --enable-werror
+    format_check_in build || status=1
     check_in build || status=1
 
     configure_in build-asan --enable-asan --enable-werror

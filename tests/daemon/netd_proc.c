@@ -1261,7 +1261,7 @@ void np_check_server_object(const json_t *s)
                   np_json_str(s));
     ck_assert_int_ge(np_jint(s, "timeout"), 0);
     ck_assert_int_gt(np_jint(s, "backlog"), 0);
-    static const char *const counters[] = {"connections", "acceptedTotal", "rejectedTotal",
+    static const char *const counters[] = {"connections",    "acceptedTotal",     "rejectedTotal",
                                            "bytesReadTotal", "bytesWrittenTotal", NULL};
     for (int i = 0; counters[i]; i++)
         ck_assert_msg(np_jint(s, counters[i]) >= 0, "%s < 0", counters[i]);
@@ -1284,8 +1284,8 @@ void np_check_socket_object(const json_t *k)
     ck_assert_msg(nd_is_ip(np_jstr(k, "localAddress")) != 0, "localAddress is not an IP: %s",
                   np_json_str(k));
     np_jint(k, "localPort");
-    static const char *const nums[] = {"bytesRead", "bytesWritten", "bufferSize", "ageMs",
-                                       "idleMs", NULL};
+    static const char *const nums[] = {"bytesRead", "bytesWritten", "bufferSize",
+                                       "ageMs",     "idleMs",       NULL};
     for (int i = 0; nums[i]; i++)
         ck_assert_msg(np_jint(k, nums[i]) >= 0, "%s < 0", nums[i]);
     check_one_of("state", np_jstr(k, "state"), states);
@@ -1330,15 +1330,14 @@ json_int_t np_wait_stat_ge(netd_proc_t *np, const char *key, json_int_t min)
     }
 }
 
-void np_wait_count(netd_proc_t *np, const char *name, json_int_t want, json_int_t lo,
-                   json_int_t hi)
+void np_wait_count(netd_proc_t *np, const char *name, json_int_t want, json_int_t lo, json_int_t hi)
 {
     uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
     for (;;) {
         json_int_t a = np_get_connections(np, name);
         json_int_t b = np_listed_connections(np, name);
-        ck_assert_msg(a >= lo && a <= hi, "getConnections %lld outside [%lld, %lld]",
-                      (long long)a, (long long)lo, (long long)hi);
+        ck_assert_msg(a >= lo && a <= hi, "getConnections %lld outside [%lld, %lld]", (long long)a,
+                      (long long)lo, (long long)hi);
         ck_assert_msg(b >= lo && b <= hi, "servers[].connections %lld outside [%lld, %lld]",
                       (long long)b, (long long)lo, (long long)hi);
         if (a == want && b == want)

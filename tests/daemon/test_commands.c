@@ -46,7 +46,6 @@ static json_t *socket_of_client(netd_proc_t *np, const char *name, int client_fd
     return NULL;
 }
 
-
 START_TEST(test_ping)
 {
     netd_proc_t *np = np_start("{}", 2);
@@ -67,8 +66,8 @@ END_TEST
 START_TEST(test_id_echoed)
 {
     netd_proc_t *np = np_start("{}", 2);
-    static const char *const ids[] = {"42", "'abc'", "{'k':[1,2,{'x':null}]}", "1.5", "true",
-                                      "null", "[1,'two']", "-9007199254740993", NULL};
+    static const char *const ids[] = {"42",   "'abc'",     "{'k':[1,2,{'x':null}]}", "1.5", "true",
+                                      "null", "[1,'two']", "-9007199254740993",      NULL};
     for (int i = 0; ids[i]; i++) {
         const char *idtext = np_q("%s", ids[i]);
         json_t *want = np_parse(np_q("{'v':%s}", ids[i]));
@@ -136,9 +135,9 @@ START_TEST(test_listen_options)
 {
     netd_proc_t *np = np_start("{}", 2);
     json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'opt',"
-                               "'backlog':16,'handler':{'type':'banner','text':'hi\\n'},"
-                               "'allowHalfOpen':true,'maxConnections':5,'timeout':60000,"
-                               "'noDelay':false,'keepAlive':1000,'balance':'roundrobin'}"));
+                                   "'backlog':16,'handler':{'type':'banner','text':'hi\\n'},"
+                                   "'allowHalfOpen':true,'maxConnections':5,'timeout':60000,"
+                                   "'noDelay':false,'keepAlive':1000,'balance':'roundrobin'}"));
     json_t *s = np_jobj(r, "server");
     np_check_server_object(s);
     ck_assert_str_eq(np_jstr(s, "name"), "opt");
@@ -162,7 +161,7 @@ START_TEST(test_listen_reuseport)
 {
     netd_proc_t *np = np_start("{}", 2);
     json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'rp',"
-                               "'balance':'reuseport'}"));
+                                   "'balance':'reuseport'}"));
     json_t *s = np_jobj(r, "server");
     np_check_server_object(s);
     ck_assert_str_eq(np_jstr(s, "balance"), "reuseport");
@@ -217,14 +216,15 @@ START_TEST(test_server_by_id_and_name)
     json_t *byname = np_server_obj(np, "echo");
     np_check_server_object(byname);
     json_int_t id = np_jint(byname, "id");
-    json_t *byid = np_jobj(np_ok(np_call(np, "{s:s, s:I}", "cmd", "server", "server", id)), "server");
+    json_t *byid = np_jobj(np_ok(np_call(np, "{s:s, s:I}", "cmd", "server", "server", id)),
+                           "server");
     np_check_server_object(byid);
     ck_assert_int_eq(np_jint(byid, "id"), id);
     ck_assert_str_eq(np_jstr(byid, "name"), "echo");
     /* getConnections and sockets take either too. */
-    ck_assert_int_eq(np_jint(np_ok(np_call(np, "{s:s, s:I}", "cmd", "getConnections", "server", id)),
-                          "count"),
-                     0);
+    ck_assert_int_eq(
+        np_jint(np_ok(np_call(np, "{s:s, s:I}", "cmd", "getConnections", "server", id)), "count"),
+        0);
 }
 END_TEST
 
@@ -296,7 +296,8 @@ START_TEST(test_sockets_filter_server)
     json_array_foreach(np_jarr(r, "sockets"), i, k) ck_assert_int_eq(np_jint(k, "server"), id2);
     r = np_ok(np_qcall(np, "{'cmd':'sockets','server':%lld}", (long long)np_server_id(np, "echo")));
     ck_assert_int_eq(np_jint(r, "total"), 1);
-    ck_assert_int_eq(np_jint(json_array_get(np_jarr(r, "sockets"), 0), "remotePort"), np_local_port(a));
+    ck_assert_int_eq(np_jint(json_array_get(np_jarr(r, "sockets"), 0), "remotePort"),
+                     np_local_port(a));
     r = np_ok(np_qcall(np, "{'cmd':'sockets'}"));
     ck_assert_int_eq(np_jint(r, "total"), 3);
     ck_assert_int_eq(json_array_size(np_jarr(r, "sockets")), 3);
@@ -424,7 +425,8 @@ START_TEST(test_destroy)
     np_wait_count(np, "echo", 1, 1, 2);
     /* The other connection is untouched; the destroyed one is gone for good. */
     np_echo_check(keep, "untouched");
-    np_expect_error(np_qcall(np, "{'cmd':'destroy','socket':%lld}", (long long)id), "ENOSOCKET", NULL);
+    np_expect_error(np_qcall(np, "{'cmd':'destroy','socket':%lld}", (long long)id), "ENOSOCKET",
+                    NULL);
     close(fd);
     close(keep);
 }
@@ -445,15 +447,16 @@ START_TEST(test_move)
     ck_assert(out && in);
     np_pattern(out, 2 * PART, 0);
     np_send_all(fd, out, PART);
-    json_t *r = np_ok(np_qcall(np, "{'cmd':'move','socket':%lld,'thread':%d,'id':'m'}",
-                           (long long)id, to));
+    json_t *r = np_ok(
+        np_qcall(np, "{'cmd':'move','socket':%lld,'thread':%d,'id':'m'}", (long long)id, to));
     json_t *moved = np_jobj(r, "socket");
     np_check_socket_object(moved);
     ck_assert_int_eq(np_jint(moved, "id"), id);
     ck_assert_int_eq(np_jint(moved, "thread"), to);
     /* One reply per request: the next request gets its own. */
     r = np_ok(np_qcall(np, "{'cmd':'ping','id':'after-move'}"));
-    ck_assert_msg(json_is_string(json_object_get(r, "id")) && strcmp(np_jstr(r, "id"), "after-move") == 0,
+    ck_assert_msg(json_is_string(json_object_get(r, "id")) &&
+                      strcmp(np_jstr(r, "id"), "after-move") == 0,
                   "move was answered twice: the ping got %s", np_json_str(r));
     np_send_all(fd, out + PART, PART);
     size_t got = np_recv_exact(fd, in, 2 * PART);
@@ -499,7 +502,7 @@ START_TEST(test_move_replies_once)
         np_pattern(out, INFLIGHT, (size_t)i);
         np_send_all(fd, out, INFLIGHT);
         json_t *r = np_ok(np_qcall(np, "{'cmd':'move','socket':%lld,'thread':%d,'id':'move%d'}",
-                               (long long)id, at, i));
+                                   (long long)id, at, i));
         ck_assert_msg(strcmp(np_jstr(r, "id"), np_q("move%d", i)) == 0, "move %d: reply %s", i,
                       np_json_str(r));
         ck_assert_int_eq(np_jint(np_jobj(r, "socket"), "thread"), at);
@@ -564,7 +567,8 @@ START_TEST(test_rebalance)
     }
     /* Balanced already: nothing moves. */
     np_wait_count(np, "echo", 0, 0, 8);
-    ck_assert_int_eq(np_jint(np_ok(np_qcall(np, "{'cmd':'rebalance','server':'echo'}")), "moved"), 0);
+    ck_assert_int_eq(np_jint(np_ok(np_qcall(np, "{'cmd':'rebalance','server':'echo'}")), "moved"),
+                     0);
 }
 END_TEST
 
@@ -635,8 +639,8 @@ START_TEST(test_stats)
     ck_assert_int_ge(np_jint(r, "bytesReadTotal"), 10);
     if (np_jint(r, "bytesWrittenTotal") < 10) /* counted just after the write() */
         np_wait_stat_ge(np, "bytesWrittenTotal", 10);
-    static const char *const zero[] = {"acceptPausedTotal", "handoffFailedTotal",
-                                       "idleTimeoutTotal", "slowDestroyedTotal",
+    static const char *const zero[] = {"acceptPausedTotal",   "handoffFailedTotal",
+                                       "idleTimeoutTotal",    "slowDestroyedTotal",
                                        "upstreamFailedTotal", NULL};
     for (int i = 0; zero[i]; i++)
         ck_assert_msg(np_jint(r, zero[i]) == 0, "%s should be 0: %s", zero[i], np_json_str(r));
@@ -757,7 +761,8 @@ START_TEST(test_watch_order)
     ck_assert_int_eq(np_jint(e, "server"), sid);
     int fd = np_echo_client(port);
     e = next_event(w);
-    ck_assert_msg(strcmp(np_jstr(e, "event"), "connection") == 0, "second event: %s", np_json_str(e));
+    ck_assert_msg(strcmp(np_jstr(e, "event"), "connection") == 0, "second event: %s",
+                  np_json_str(e));
     ck_assert_int_eq(np_jint(e, "server"), sid);
     json_int_t sock = np_jint(e, "socket");
     ck_assert_int_eq(sock, np_jint(socket_of_client(np, "wsrv", fd), "id"));
@@ -771,7 +776,8 @@ START_TEST(test_watch_order)
     e = next_event(w);
     ck_assert_msg(strcmp(np_jstr(e, "event"), "close") == 0, "fourth event: %s", np_json_str(e));
     ck_assert_int_eq(np_jint(e, "server"), sid);
-    ck_assert_msg(json_object_get(e, "socket") == NULL || json_is_null(json_object_get(e, "socket")),
+    ck_assert_msg(json_object_get(e, "socket") == NULL ||
+                      json_is_null(json_object_get(e, "socket")),
                   "a server's close names no socket: %s", np_json_str(e));
 }
 END_TEST
@@ -809,10 +815,10 @@ END_TEST
 
 START_TEST(test_help)
 {
-    static const char *const cmds[] = {"ping", "listen", "close", "servers", "server",
-                                       "getConnections", "sockets", "destroy", "move",
-                                       "rebalance", "set", "stats", "metrics", "watch",
-                                       "shutdown", "help", NULL};
+    static const char *const cmds[] = {
+        "ping",    "listen",  "close",    "servers",   "server", "getConnections",
+        "sockets", "destroy", "move",     "rebalance", "set",    "stats",
+        "metrics", "watch",   "shutdown", "help",      NULL};
     netd_proc_t *np = np_start("{}", 2);
     json_t *arr = np_jarr(np_ok(np_qcall(np, "{'cmd':'help'}")), "commands");
     for (int i = 0; cmds[i]; i++) {
@@ -864,7 +870,8 @@ START_TEST(test_close_wait)
     ck_assert_int_eq(np_jint(s, "id"), sid);
     ck_assert_str_eq(np_jstr(s, "state"), "closed");
     /* A closed server leaves servers. */
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 0);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     0);
 }
 END_TEST
 
@@ -877,7 +884,8 @@ START_TEST(test_close_destroy)
     ck_assert_str_eq(np_jstr(np_jobj(r, "server"), "state"), "closed");
     ck_assert_int_eq(np_expect_eof(a), 1);
     ck_assert_int_eq(np_expect_eof(b), 1);
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 0);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     0);
     ck_assert_int_eq(np_tcp_try_connect(port), -ECONNREFUSED);
     close(a);
     close(b);

@@ -25,14 +25,16 @@
 
 START_TEST(test_config_valid)
 {
-    const char *cfg = np_q("{'threads':3,'shutdownTimeoutMs':5000,"
-                        "'control':{'mode':'0600','maxClients':8,'idleTimeout':60000},"
-                        "'limits':{'highWaterMark':65536,'maxBufferedBytes':1048576,'stallMs':5000},"
-                        "'servers':["
-                        "{'name':'e','port':0,'host':'127.0.0.1','handler':{'type':'echo','greeting':'hello\\r\\n'}},"
-                        "{'path':'rel.sock'},"
-                        "{'name':'b','port':0,'host':'127.0.0.1','handler':{'type':'banner','text':'bye\\n'}},"
-                        "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'discard'},'timeout':60000}]}");
+    const char *cfg = np_q(
+        "{'threads':3,'shutdownTimeoutMs':5000,"
+        "'control':{'mode':'0600','maxClients':8,'idleTimeout':60000},"
+        "'limits':{'highWaterMark':65536,'maxBufferedBytes':1048576,'stallMs':5000},"
+        "'servers':["
+        "{'name':'e','port':0,'host':'127.0.0.1','handler':{'type':'echo','greeting':'hello\\r\\n'}"
+        "},"
+        "{'path':'rel.sock'},"
+        "{'name':'b','port':0,'host':'127.0.0.1','handler':{'type':'banner','text':'bye\\n'}},"
+        "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'discard'},'timeout':60000}]}");
     np_opts_t o = {.config = cfg, .threads = 0};
     o.args = NULL;
     netd_proc_t *np = np_start_ex(&o);
@@ -68,9 +70,10 @@ END_TEST
 START_TEST(test_check_valid)
 {
     char *out = NULL;
-    int st = np_check_config(np_q("{'threads':2,'servers':[{'name':'a','port':8124,'host':'127.0.0.1'},"
-                               "{'path':'run/echo.sock','handler':{'type':'proxy','port':80}}]}"),
-                             &out);
+    int st = np_check_config(
+        np_q("{'threads':2,'servers':[{'name':'a','port':8124,'host':'127.0.0.1'},"
+             "{'path':'run/echo.sock','handler':{'type':'proxy','port':80}}]}"),
+        &out);
     ck_assert_msg(st == 0, "--check on a valid file: status %d: %s", st, out);
     free(out);
     out = NULL;
@@ -111,8 +114,8 @@ START_TEST(test_check_invalid)
     int st = np_check_config(cfg, &out);
     ck_assert_msg(st == 2, "--check on %s: status %d (want 2): %s", cfg, st, out);
     if (invalid_configs[_i].field)
-        ck_assert_msg(np_str_in(out, invalid_configs[_i].field),
-                      "--check on %s should name %s: %s", cfg, invalid_configs[_i].field, out);
+        ck_assert_msg(np_str_in(out, invalid_configs[_i].field), "--check on %s should name %s: %s",
+                      cfg, invalid_configs[_i].field, out);
     free(out);
 }
 END_TEST
@@ -134,12 +137,12 @@ START_TEST(test_reload)
     np_notify_t n;
     np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
-    np_opts_t o = {
-        .config = np_q("{'servers':["
-                    "{'name':'a','port':0,'host':'127.0.0.1'},"
-                    "{'name':'b','port':0,'host':'127.0.0.1'},"
-                    "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'echo','greeting':'v1\\n'}}]}"),
-        .env = env};
+    np_opts_t o = {.config = np_q("{'servers':["
+                                  "{'name':'a','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'b','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'echo'"
+                                  ",'greeting':'v1\\n'}}]}"),
+                   .env = env};
     netd_proc_t *np = np_start_ex(&o);
     np_expect_notify(&n, "READY=1");
     json_int_t a_id = np_server_id(np, "a"), d_id = np_server_id(np, "d");
@@ -147,10 +150,13 @@ START_TEST(test_reload)
     int held = np_echo_client(a_port);
 
     /* a unchanged (keys reordered, a default spelled out), b removed, c added, d changed. */
-    np_write_config(np, np_q("{'servers':["
-                          "{'host':'127.0.0.1','port':0,'name':'a','noDelay':true},"
-                          "{'name':'c','port':0,'host':'127.0.0.1','handler':{'type':'banner','text':'c\\n'}},"
-                          "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'echo','greeting':'v2\\n'}}]}"));
+    np_write_config(
+        np,
+        np_q("{'servers':["
+             "{'host':'127.0.0.1','port':0,'name':'a','noDelay':true},"
+             "{'name':'c','port':0,'host':'127.0.0.1','handler':{'type':'banner','text':'c\\n'}},"
+             "{'name':'d','port':0,'host':'127.0.0.1','handler':{'type':'echo','greeting':'v2\\n'}}"
+             "]}"));
     np_signal(np, SIGHUP);
     np_expect_notify(&n, "RELOADING=1");
     np_expect_notify(&n, "READY=1");
@@ -197,7 +203,7 @@ START_TEST(test_reload_invalid_keeps)
     np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
     np_opts_t o = {.config = np_q("{'servers':[{'name':'a','port':0,'host':'127.0.0.1'},"
-                               "{'name':'b','port':0,'host':'127.0.0.1'}]}"),
+                                  "{'name':'b','port':0,'host':'127.0.0.1'}]}"),
                    .env = env};
     netd_proc_t *np = np_start_ex(&o);
     np_expect_notify(&n, "READY=1");

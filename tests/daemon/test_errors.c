@@ -29,10 +29,13 @@
 START_TEST(test_eparse)
 {
     netd_proc_t *np = np_start("{}", 2);
-    static const char *const lines[] = {
-        "hello\n", "{\"cmd\":\"ping\"\n", "{\"cmd\":\"ping\",}\n",
-        "{\"cmd\":\"p\xff\xfeing\",\"id\":1}\n", /* invalid UTF-8 */
-        "{\"id\":5,\"cmd\":\"ping\" garbage}\n", "{\"cmd\":'ping'}\n", NULL};
+    static const char *const lines[] = {"hello\n",
+                                        "{\"cmd\":\"ping\"\n",
+                                        "{\"cmd\":\"ping\",}\n",
+                                        "{\"cmd\":\"p\xff\xfeing\",\"id\":1}\n", /* invalid UTF-8 */
+                                        "{\"id\":5,\"cmd\":\"ping\" garbage}\n",
+                                        "{\"cmd\":'ping'}\n",
+                                        NULL};
     for (int i = 0; lines[i]; i++) {
         ck_assert_int_eq(np_client_send_raw(np->ctl, lines[i], strlen(lines[i])), 0);
         json_t *r = np_client_recv(np->ctl, NP_TIMEOUT_MS);
@@ -49,8 +52,7 @@ START_TEST(test_eparse_duplicate_keys)
 {
     netd_proc_t *np = np_start(np_q(NP_CFG_ECHO), 2);
     static const char *const lines[] = {
-        "{\"cmd\":\"ping\",\"cmd\":\"ping\"}\n",
-        "{\"id\":1,\"id\":2,\"cmd\":\"ping\"}\n",
+        "{\"cmd\":\"ping\",\"cmd\":\"ping\"}\n", "{\"id\":1,\"id\":2,\"cmd\":\"ping\"}\n",
         "{\"cmd\":\"close\",\"server\":\"echo\",\"server\":\"echo\"}\n", NULL};
     for (int i = 0; lines[i]; i++) {
         ck_assert_int_eq(np_client_send_raw(np->ctl, lines[i], strlen(lines[i])), 0);
@@ -64,9 +66,19 @@ END_TEST
 START_TEST(test_erequest)
 {
     netd_proc_t *np = np_start("{}", 2);
-    static const char *const lines[] = {"[1,2]", "[]", "\"ping\"", "42", "null", "true",
-                                        "{}", "{'id':3}", "{'cmd':5}", "{'cmd':null}",
-                                        "{'cmd':['ping']}", "{'cmd':{'name':'ping'}}", NULL};
+    static const char *const lines[] = {"[1,2]",
+                                        "[]",
+                                        "\"ping\"",
+                                        "42",
+                                        "null",
+                                        "true",
+                                        "{}",
+                                        "{'id':3}",
+                                        "{'cmd':5}",
+                                        "{'cmd':null}",
+                                        "{'cmd':['ping']}",
+                                        "{'cmd':{'name':'ping'}}",
+                                        NULL};
     for (int i = 0; lines[i]; i++) {
         char *line = np_q("%s\n", lines[i]);
         ck_assert_int_eq(np_client_send_raw(np->ctl, line, strlen(line)), 0);
@@ -210,14 +222,19 @@ END_TEST
 START_TEST(test_enoserver)
 {
     netd_proc_t *np = np_start(np_q(NP_CFG_ECHO), 2);
-    static const char *const reqs[] = {
-        "{'cmd':'server','server':999}",        "{'cmd':'server','server':'nope'}",
-        "{'cmd':'getConnections','server':999}", "{'cmd':'getConnections','server':'nope'}",
-        "{'cmd':'close','server':999}",         "{'cmd':'close','server':'nope'}",
-        "{'cmd':'set','server':999,'timeout':1}", "{'cmd':'set','server':'nope','maxConnections':1}",
-        "{'cmd':'sockets','server':999}",       "{'cmd':'sockets','server':'nope'}",
-        "{'cmd':'rebalance','server':999}",     "{'cmd':'rebalance','server':'nope'}",
-        NULL};
+    static const char *const reqs[] = {"{'cmd':'server','server':999}",
+                                       "{'cmd':'server','server':'nope'}",
+                                       "{'cmd':'getConnections','server':999}",
+                                       "{'cmd':'getConnections','server':'nope'}",
+                                       "{'cmd':'close','server':999}",
+                                       "{'cmd':'close','server':'nope'}",
+                                       "{'cmd':'set','server':999,'timeout':1}",
+                                       "{'cmd':'set','server':'nope','maxConnections':1}",
+                                       "{'cmd':'sockets','server':999}",
+                                       "{'cmd':'sockets','server':'nope'}",
+                                       "{'cmd':'rebalance','server':999}",
+                                       "{'cmd':'rebalance','server':'nope'}",
+                                       NULL};
     for (int i = 0; reqs[i]; i++)
         np_expect_error(np_qcall(np, "%s", reqs[i]), "ENOSERVER", NULL);
     np_ok(np_qcall(np, "{'cmd':'server','server':'echo'}"));
@@ -231,7 +248,8 @@ START_TEST(test_enosocket)
     np_expect_error(np_qcall(np, "{'cmd':'move','socket':99999,'thread':0}"), "ENOSOCKET", NULL);
     /* A server's id is not a socket id. */
     json_int_t sid = np_server_id(np, "echo");
-    np_expect_error(np_qcall(np, "{'cmd':'destroy','socket':%lld}", (long long)sid), "ENOSOCKET", NULL);
+    np_expect_error(np_qcall(np, "{'cmd':'destroy','socket':%lld}", (long long)sid), "ENOSOCKET",
+                    NULL);
 }
 END_TEST
 
@@ -241,7 +259,8 @@ START_TEST(test_enotrunning_after_close)
     json_int_t sid = np_server_id(np, "echo");
     np_ok(np_qcall(np, "{'cmd':'close','server':%lld}", (long long)sid));
     /* Close twice: the server is not running (Node's ERR_SERVER_NOT_RUNNING). */
-    np_expect_error(np_qcall(np, "{'cmd':'close','server':%lld}", (long long)sid), "ENOTRUNNING", NULL);
+    np_expect_error(np_qcall(np, "{'cmd':'close','server':%lld}", (long long)sid), "ENOTRUNNING",
+                    NULL);
 }
 END_TEST
 
@@ -253,7 +272,8 @@ START_TEST(test_eexist)
     np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'dup'}"));
     np_expect_error(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'dup'}"),
                     "EEXIST", "dup");
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 2);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     2);
 }
 END_TEST
 
@@ -266,7 +286,8 @@ START_TEST(test_eaddrinuse_raw)
     np_expect_error(r, "EADDRINUSE", NULL);
     np_expect_error(np_qcall(np, "{'cmd':'listen','port':%d}", port), "EADDRINUSE", NULL);
     /* A failed listen leaves no server behind. */
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 0);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     0);
     close(held);
     np_ok(np_qcall(np, "{'cmd':'listen','port':%d,'host':'127.0.0.1'}", port));
 }
@@ -276,11 +297,14 @@ START_TEST(test_eaddrinuse_own)
 {
     netd_proc_t *np = np_start(np_q(NP_CFG_ECHO), 2);
     int port = np_server_port(np, "echo");
-    np_expect_error(np_qcall(np, "{'cmd':'listen','port':%d,'host':'127.0.0.1','name':'again'}", port),
-                    "EADDRINUSE", NULL);
-    np_expect_error(np_qcall(np, "{'cmd':'listen','port':%d,'name':'again','balance':'reuseport'}", port),
-                    "EADDRINUSE", NULL);
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 1);
+    np_expect_error(
+        np_qcall(np, "{'cmd':'listen','port':%d,'host':'127.0.0.1','name':'again'}", port),
+        "EADDRINUSE", NULL);
+    np_expect_error(
+        np_qcall(np, "{'cmd':'listen','port':%d,'name':'again','balance':'reuseport'}", port),
+        "EADDRINUSE", NULL);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     1);
 }
 END_TEST
 
@@ -293,8 +317,10 @@ START_TEST(test_ebadf)
     np_expect_error(np_qcall(np, "{'cmd':'listen','fd':'web'}"), "EBADF", NULL);
     /* The control socket's own descriptor is not an inherited one either. */
     for (int fd = 1; fd < 12; fd++)
-        np_expect_error(np_qcall(np, "{'cmd':'listen','fd':%d,'name':'f%d'}", fd, fd), "EBADF", NULL);
-    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")), 0);
+        np_expect_error(np_qcall(np, "{'cmd':'listen','fd':%d,'name':'f%d'}", fd, fd), "EBADF",
+                        NULL);
+    ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
+                     0);
 }
 END_TEST
 
@@ -358,7 +384,8 @@ START_TEST(test_line_at_limit)
     netd_proc_t *np = np_start("{}", 2);
     ck_assert_int_eq(send_big_line(np->ctl, NETD_MAX_LINE, true), 0);
     json_t *r = np_ok(np_client_recv(np->ctl, NP_TIMEOUT_MS));
-    ck_assert_int_eq(strlen(np_jstr(r, "id")), NETD_MAX_LINE - strlen("{\"cmd\":\"ping\",\"id\":\"\"}"));
+    ck_assert_int_eq(strlen(np_jstr(r, "id")),
+                     NETD_MAX_LINE - strlen("{\"cmd\":\"ping\",\"id\":\"\"}"));
     np_ok(np_qcall(np, "{'cmd':'ping'}"));
 }
 END_TEST
@@ -471,18 +498,23 @@ END_TEST
 START_TEST(test_bad_requests_keep_connection)
 {
     netd_proc_t *np = np_start(np_q(NP_CFG_ECHO), 2);
-    static const char *const lines[] = {
-        "garbage\n", "[1]\n", "{\"cmd\":\"nope\"}\n", "{\"cmd\":\"ping\",\"x\":1}\n",
-        "{\"cmd\":\"server\",\"server\":999}\n", "{\"cmd\":\"destroy\",\"socket\":999}\n",
-        "{\"cmd\":\"close\",\"server\":\"nope\"}\n", "{\"a\":1,\"a\":2}\n", NULL};
+    static const char *const lines[] = {"garbage\n",
+                                        "[1]\n",
+                                        "{\"cmd\":\"nope\"}\n",
+                                        "{\"cmd\":\"ping\",\"x\":1}\n",
+                                        "{\"cmd\":\"server\",\"server\":999}\n",
+                                        "{\"cmd\":\"destroy\",\"socket\":999}\n",
+                                        "{\"cmd\":\"close\",\"server\":\"nope\"}\n",
+                                        "{\"a\":1,\"a\":2}\n",
+                                        NULL};
     /* All in one write: answered in order, one line each. */
     char all[1024] = "";
     for (int i = 0; lines[i]; i++)
         strcat(all, lines[i]);
     strcat(all, "{\"cmd\":\"ping\",\"id\":\"last\"}\n");
     ck_assert_int_eq(np_client_send_raw(np->ctl, all, strlen(all)), 0);
-    static const char *const codes[] = {"EPARSE", "EREQUEST", "ECOMMAND", "EARG", "ENOSERVER",
-                                        "ENOSOCKET", "ENOSERVER", "EPARSE", NULL};
+    static const char *const codes[] = {"EPARSE",    "EREQUEST",  "ECOMMAND", "EARG", "ENOSERVER",
+                                        "ENOSOCKET", "ENOSERVER", "EPARSE",   NULL};
     for (int i = 0; codes[i]; i++)
         np_expect_error(np_client_recv(np->ctl, NP_TIMEOUT_MS), codes[i], NULL);
     json_t *r = np_ok(np_client_recv(np->ctl, NP_TIMEOUT_MS));

@@ -78,7 +78,7 @@ START_TEST(test_second_sigterm)
     np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
     np_opts_t o = {.config = np_q("{'shutdownTimeoutMs':60000,"
-                               "'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
+                                  "'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
                    .env = env};
     netd_proc_t *np = np_start_ex(&o);
     np_expect_notify(&n, "READY=1");
@@ -135,7 +135,8 @@ END_TEST
 START_TEST(test_control_path_from_config)
 {
     /* No -s: the config's control.path, relative to the config file's directory. */
-    np_opts_t o = {.config = np_q("{'control':{'path':'c.sock'}}"), .sock_path = "c.sock",
+    np_opts_t o = {.config = np_q("{'control':{'path':'c.sock'}}"),
+                   .sock_path = "c.sock",
                    .no_sock_arg = true};
     netd_proc_t *np = np_start_ex(&o);
     ck_assert_msg(np_str_in(np->sock, "/c.sock"), "%s", np->sock);

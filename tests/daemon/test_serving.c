@@ -71,7 +71,7 @@ START_TEST(test_discard)
     json_int_t got;
     for (;;) {
         json_t *arr = np_jarr(np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "server", "dis")),
-                           "sockets");
+                              "sockets");
         /* (Not listed until netd has accepted it: no reply tells us when.) */
         ck_assert_int_le(json_array_size(arr), 1);
         got = 0;
@@ -141,10 +141,11 @@ START_TEST(test_proxy_tcp)
     netd_proc_t *np = np_start("{}", 2);
     np_upstream_start(&up, NULL);
     /* allowHalfOpen is what lets the client's FIN through while the upstream answers. */
-    json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'px',"
+    json_t *r = np_ok(np_qcall(np,
+                               "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'px',"
                                "'allowHalfOpen':true,'handler':{'type':'proxy','port':%d,"
                                "'host':'127.0.0.1'}}",
-                           up.port));
+                               up.port));
     json_t *h = np_jobj(np_jobj(r, "server"), "handler");
     ck_assert_str_eq(np_jstr(h, "type"), "proxy");
     ck_assert_int_eq(np_jint(h, "port"), up.port);
@@ -170,9 +171,10 @@ START_TEST(test_proxy_unix_upstream)
     char path[PATH_MAX + 16];
     snprintf(path, sizeof(path), "%s/up.sock", np->dir);
     np_upstream_start(&up, path);
-    json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'pu',"
+    json_t *r = np_ok(np_qcall(np,
+                               "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'pu',"
                                "'allowHalfOpen':true,'handler':{'type':'proxy','path':'%s'}}",
-                           path));
+                               path));
     ck_assert_str_eq(np_jstr(np_jobj(np_jobj(r, "server"), "handler"), "path"), path);
     int fd = np_tcp_connect((int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port"));
     proxy_roundtrip(fd, &up);
@@ -221,8 +223,10 @@ START_TEST(test_proxy_backpressure)
         ssize_t n = send(fd, chunk, sizeof(chunk), MSG_NOSIGNAL);
         if (n > 0) {
             sent += (size_t)n;
-            ck_assert_msg(sent < cap, "sent %zu bytes to a proxy whose upstream never reads: "
-                                      "no backpressure", sent);
+            ck_assert_msg(sent < cap,
+                          "sent %zu bytes to a proxy whose upstream never reads: "
+                          "no backpressure",
+                          sent);
             continue;
         }
         ck_assert_msg(n < 0 && errno == EAGAIN, "send: %s", strerror(errno));

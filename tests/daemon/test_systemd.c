@@ -98,7 +98,8 @@ START_TEST(test_activation_listen_fd_name)
     int lfd = np_tcp_listen(&port);
     netd_proc_t *np = start_activated("{}", lfd, "web", NULL);
     close(lfd);
-    json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','fd':'web','handler':{'type':'banner','text':'w\\n'}}"));
+    json_t *r = np_ok(
+        np_qcall(np, "{'cmd':'listen','fd':'web','handler':{'type':'banner','text':'w\\n'}}"));
     ck_assert_int_eq(np_jint(np_jobj(np_jobj(r, "server"), "address"), "port"), port);
     int fd = np_tcp_connect(port);
     char buf[8];

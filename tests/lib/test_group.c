@@ -60,13 +60,16 @@ static void once_data(void *self, const nd_event_t *ev, void *arg)
     wconn_t *c = arg;
 
     WCHECK(c->hdrlen + ev->len <= 4, "more than the 4-byte id from a client");
-    if (c->hdrlen + ev->len > 4) return;
+    if (c->hdrlen + ev->len > 4)
+        return;
     memcpy(c->hdr + c->hdrlen, ev->data, ev->len);
     c->hdrlen += ev->len;
-    if (c->hdrlen < 4) return;
+    if (c->hdrlen < 4)
+        return;
     c->id = (int)get32(c->hdr);
     WCHECK(c->id >= 0 && c->id < ONCE.n, "bad client id %d", c->id);
-    if (c->id >= 0 && c->id < ONCE.n) atomic_fetch_add(&ONCE.seen[c->id], 1);
+    if (c->id >= 0 && c->id < ONCE.n)
+        atomic_fetch_add(&ONCE.seen[c->id], 1);
     int rc = nd_socket_write(c->sock, c->hdr, 4, NULL, NULL);
     WCHECK(rc >= 0, "echo write: %s", nd_err_name(rc));
 }
@@ -108,7 +111,8 @@ static void once_gclose(void *self, const nd_event_t *ev, void *arg)
 static void once_cl_close(client_t *c)
 {
     OCHECK(!c->had_error, "client %d closed with an error (%s)", c->id, c->err);
-    if (CL.closed == CL.n) ck_assert_int_eq(nd_server_close(W->group, once_gclose, NULL), 0);
+    if (CL.closed == CL.n)
+        ck_assert_int_eq(nd_server_close(W->group, once_gclose, NULL), 0);
 }
 
 static void once_listening(void *self, const nd_event_t *ev, void *arg)
@@ -202,7 +206,8 @@ static void seq_gclose(void *self, const nd_event_t *ev, void *arg)
 
 static void seq_cl_close(client_t *c)
 {
-    if (CL.closed == CL.n) ck_assert_int_eq(nd_server_close(W->group, seq_gclose, NULL), 0);
+    if (CL.closed == CL.n)
+        ck_assert_int_eq(nd_server_close(W->group, seq_gclose, NULL), 0);
 }
 
 static void seq_listening(void *self, const nd_event_t *ev, void *arg)
@@ -261,7 +266,8 @@ static void gc_adopt_rep(msg_t *m);
 
 static void gc_reply(void)
 {
-    if (++GC.replies == 2) gc_next_phase();
+    if (++GC.replies == 2)
+        gc_next_phase();
 }
 
 static void gc_owner_count(nd_server_t *server, int err, int count, void *arg)
@@ -371,16 +377,19 @@ static void gc_progress(void)
 {
     int want_closed = -1;
 
-    if (GC.checking) return;
+    if (GC.checking)
+        return;
     switch (GC.phase) {
     case GC_CONNECT:
-        if (GC.conns == GC.n) gc_check(GC.n);
+        if (GC.conns == GC.n)
+            gc_check(GC.n);
         return;
     case GC_CLIENT_CLOSE:
         want_closed = GC.nclose;
         break;
     case GC_SERVER_DESTROY:
-        if (GC.destroy_left > 0) return;
+        if (GC.destroy_left > 0)
+            return;
         want_closed = GC.nclose + GC.ndestroy;
         break;
     case GC_MOVE:
@@ -394,7 +403,8 @@ static void gc_progress(void)
         return;
     }
     ck_assert_int_le(GC.sclosed, want_closed);
-    if (GC.sclosed == want_closed) gc_check(GC.n - GC.sclosed);
+    if (GC.sclosed == want_closed)
+        gc_check(GC.n - GC.sclosed);
 }
 
 static void gc_destroyed(msg_t *m)
@@ -415,7 +425,8 @@ static void gc_moved(msg_t *m)
         ck_assert_msg(GC.move_asked < W->nw, "the workers hold fewer than %d sockets", GC.nmove);
         /* At most a quarter from each worker, so every worker sends and receives. */
         int k = GC.move_left < GC.nmove / W->nw ? GC.move_left : GC.nmove / W->nw;
-        if (GC.move_asked == W->nw - 1) k = GC.move_left;
+        if (GC.move_asked == W->nw - 1)
+            k = GC.move_left;
         post_msg(W->wl[GC.move_asked++], gc_wmove, 0, k, 0, NULL);
     }
     gc_progress();
@@ -442,12 +453,14 @@ static void gc_conn_rep(msg_t *m)
 static void gc_gclose(void *self, const nd_event_t *ev, void *arg)
 {
     GC.gclosed++;
-    if (CL.closed == CL.n) world_done(W);
+    if (CL.closed == CL.n)
+        world_done(W);
 }
 
 static void gc_cl_close(client_t *c)
 {
-    if (GC.gclosed && CL.closed == CL.n) world_done(W);
+    if (GC.gclosed && CL.closed == CL.n)
+        world_done(W);
 }
 
 static void gc_next_phase(void)
@@ -553,19 +566,22 @@ static void mc_conn(world_t *w, int widx, nd_socket_t *sock)
 
 static void mc_maybe_done(void)
 {
-    if (CL.closed == CL.n && MC.gclosed && MC.sclosed == MC_MAX) world_done(W);
+    if (CL.closed == CL.n && MC.gclosed && MC.sclosed == MC_MAX)
+        world_done(W);
 }
 
 static void mc_gclose(void *self, const nd_event_t *ev, void *arg)
 {
     MC.gclosed++;
-    if (!MC.last_destroyed) MC.gclosed_early++;
+    if (!MC.last_destroyed)
+        MC.gclosed_early++;
     mc_maybe_done();
 }
 
 static void mc_pong(msg_t *m)
 {
-    if (++MC.pongs < W->nw) return;
+    if (++MC.pongs < W->nw)
+        return;
     /* Every worker has handled its closes and answered: 'close' must still wait. */
     ck_assert_msg(MC.gclosed == 0, "'close' fired while a worker still holds a connection");
     MC.last_destroyed = 1;
@@ -599,7 +615,8 @@ static void mc_count(nd_server_t *server, int err, int count, void *arg)
     MC.kept = -1;
     for (int i = 0; i < CL.n; i++) {
         client_t *c = &CL.v[i];
-        if (!c->ok) continue;
+        if (!c->ok)
+            continue;
         if (MC.kept < 0)
             MC.kept = i;
         else
@@ -609,7 +626,8 @@ static void mc_count(nd_server_t *server, int err, int count, void *arg)
 
 static void mc_settle(void)
 {
-    if (MC.settled || MC.ok + MC.rejected < MC_CLIENTS) return;
+    if (MC.settled || MC.ok + MC.rejected < MC_CLIENTS)
+        return;
     MC.settled = 1;
     ck_assert_int_eq(MC.ok, MC_MAX);
     ck_assert_int_eq(MC.rejected, MC_CLIENTS - MC_MAX);
@@ -814,7 +832,8 @@ static void *em_clients(void *arg)
         size_t got = 0;
         while (got < 2) {
             ssize_t n = recv(EM.fds[i], buf + got, 2 - got, 0);
-            if (n <= 0) break;
+            if (n <= 0)
+                break;
             got += (size_t)n;
         }
         if (got == 2 && memcmp(buf, "ok", 2) == 0)
@@ -867,14 +886,16 @@ static rlim_t limit_leaving(int spare)
     memset(open_fd, 0, sizeof(open_fd));
     while ((e = readdir(d)) != NULL) {
         int fd = atoi(e->d_name);
-        if (e->d_name[0] != '.' && fd >= 0 && fd < (int)sizeof(open_fd)) open_fd[fd] = 1;
+        if (e->d_name[0] != '.' && fd >= 0 && fd < (int)sizeof(open_fd))
+            open_fd[fd] = 1;
     }
     /* The directory's own descriptor is free again after this. */
     open_fd[dirfd(d)] = 0;
     closedir(d);
     int fd = 0;
     for (int freed = 0; freed < spare; fd++)
-        if (!open_fd[fd]) freed++;
+        if (!open_fd[fd])
+            freed++;
     return (rlim_t)fd;
 }
 
@@ -915,8 +936,10 @@ START_TEST(test_group_emfile_pauses_accept)
     w->h.sclosed = em_sclosed;
     group_start(w, ND_BALANCE_LEASTCONN, em_listening);
     th_run(w->owner, 30000);
-    if (EM.lowered) ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &EM.saved), 0);
-    if (EM.th_started) pthread_join(EM.th, NULL);
+    if (EM.lowered)
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &EM.saved), 0);
+    if (EM.th_started)
+        pthread_join(EM.th, NULL);
     ck_assert_int_eq(atomic_load(&EM.failed), 0);
     ck_assert_int_eq(atomic_load(&EM.served), EM_CLIENTS);
     ck_assert_int_eq(EM.paused_seen, 1);

@@ -38,7 +38,8 @@ static void mb_msg(nd_loop_t *loop, void *arg)
     uintptr_t v = (uintptr_t)arg;
     int s = (int)(v >> 24), seq = (int)(v & 0xffffff);
 
-    if (!pthread_equal(pthread_self(), MB.tid)) MB.wrong_thread++;
+    if (!pthread_equal(pthread_self(), MB.tid))
+        MB.wrong_thread++;
     if (s < 0 || s >= NSENDERS || seq != MB.next[s]) {
         if (MB.out_of_order++ == 0)
             snprintf(MB.first_bad, sizeof(MB.first_bad), "sender %d: got %d, expected %d", s, seq,
@@ -46,7 +47,8 @@ static void mb_msg(nd_loop_t *loop, void *arg)
     } else {
         MB.next[s] = seq + 1;
     }
-    if (++MB.total == (long)NSENDERS * MB.per) nd_loop_unref(loop);
+    if (++MB.total == (long)NSENDERS * MB.per)
+        nd_loop_unref(loop);
 }
 
 static void *mb_sender(void *arg)
@@ -121,7 +123,8 @@ static char thread_state(pid_t tid)
 
     snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
     f = fopen(path, "r");
-    if (!f) return '?';
+    if (!f)
+        return '?';
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -144,7 +147,8 @@ static void *wk_poster(void *arg)
         sched_yield();
     }
     WK.posted_at = th_now_ms();
-    if (nd_loop_post(WK.loop, wk_msg, NULL) != 0) atomic_store(&WK.ran, -1000);
+    if (nd_loop_post(WK.loop, wk_msg, NULL) != 0)
+        atomic_store(&WK.ran, -1000);
     return NULL;
 }
 

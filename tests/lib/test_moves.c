@@ -289,13 +289,15 @@ static void st_next_step(void)
  */
 static void st_sdata(void *self, const nd_event_t *ev, void *arg)
 {
-    if (tl_worker != ST.cur) ST.wrong_thread++;
+    if (tl_worker != ST.cur)
+        ST.wrong_thread++;
     if (ST.moving) {
         ST.events_while_moving++;
         if (ST.heldlen + ev->len > ST.heldcap) {
             ST.heldcap = (ST.heldlen + ev->len) * 2;
             ST.held = realloc(ST.held, ST.heldcap);
-            if (!ST.held) abort();
+            if (!ST.held)
+                abort();
         }
         memcpy(ST.held + ST.heldlen, ev->data, ev->len);
         ST.heldlen += ev->len;
@@ -330,7 +332,8 @@ static void st_sdrain(void *self, const nd_event_t *ev, void *arg)
 
 static void st_later(nd_loop_t *loop, void *arg)
 {
-    if (!ST.moving && !ST.sclosed_here) st_next_step();
+    if (!ST.moving && !ST.sclosed_here)
+        st_next_step();
 }
 
 static void st_adopt(nd_socket_t *sock, void *arg)
@@ -338,7 +341,8 @@ static void st_adopt(nd_socket_t *sock, void *arg)
     WCHECK(arg == &ST, "on_adopt got another arg");
     if (tl_worker != ST.target || !pthread_equal(pthread_self(), W->wtid[ST.target]))
         ST.wrong_thread++;
-    if (sock != ST.ss || nd_socket_loop(sock) != W->wl[ST.target]) ST.wrong_socket++;
+    if (sock != ST.ss || nd_socket_loop(sock) != W->wl[ST.target])
+        ST.wrong_socket++;
     ST.cur = ST.target;
     ST.moving = 0;
     ST.adopted++;
@@ -360,7 +364,8 @@ static void st_adopt(nd_socket_t *sock, void *arg)
 
 static void st_adopt_ev(world_t *w, int widx, nd_socket_t *sock)
 {
-    if (sock != ST.ss || widx != ST.target) ST.wrong_socket++;
+    if (sock != ST.ss || widx != ST.target)
+        ST.wrong_socket++;
 }
 
 static void st_finish_if_done(void);
@@ -373,7 +378,8 @@ static void st_sreport(msg_t *m)
 
 static void st_sclose(void *self, const nd_event_t *ev, void *arg)
 {
-    if (tl_worker != ST.cur) ST.wrong_thread++;
+    if (tl_worker != ST.cur)
+        ST.wrong_thread++;
     WCHECK(!ev->had_error, "the server side closed with an error");
     ST.sclosed_here = 1;
     ST.s_bytes_read = nd_socket_bytes_read(ST.ss);
@@ -452,7 +458,8 @@ static void st_gclose(void *self, const nd_event_t *ev, void *arg)
 
 static void st_finish_if_done(void)
 {
-    if (ST.cclosed && ST.sreported) ck_assert_int_eq(nd_server_close(W->group, st_gclose, NULL), 0);
+    if (ST.cclosed && ST.sreported)
+        ck_assert_int_eq(nd_server_close(W->group, st_gclose, NULL), 0);
 }
 
 static void st_listening(void *self, const nd_event_t *ev, void *arg)
@@ -638,7 +645,8 @@ static void rf_refusals(void)
 
 static void rf_maybe_ready(void)
 {
-    if (RF.connected == 2 && RF.npeers == 2) rf_refusals();
+    if (RF.connected == 2 && RF.npeers == 2)
+        rf_refusals();
 }
 
 static void rf_connected(void *self, const nd_event_t *ev, void *arg)
@@ -818,7 +826,8 @@ static void ad_cl_data(client_t *c, const char *data, size_t len)
     OCHECK(c->rxlen + len <= 9, "too much echoed");
     memcpy(c->rx + c->rxlen, data, len);
     c->rxlen += len;
-    if (c->rxlen == 9) nd_socket_end(c->sock, NULL, 0);
+    if (c->rxlen == 9)
+        nd_socket_end(c->sock, NULL, 0);
 }
 
 static void ad_cl_close(client_t *c)

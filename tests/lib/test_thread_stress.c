@@ -49,7 +49,8 @@ static void ss_sdata(void *self, const nd_event_t *ev, void *arg);
 static void ss_echo(wconn_t *c, const char *data, size_t len)
 {
     /* r1: the worker ended it; writing after that would be an error of ours. */
-    if (c->r1) return;
+    if (c->r1)
+        return;
     int rc = nd_socket_write(c->sock, data, len, NULL, NULL);
     /* The peer may have ended or reset meanwhile: those failures are the client's doing. */
     WCHECK(rc >= 0 || rc == -EPIPE || rc == ND_ECLOSED || rc == ND_EWRITEAFTEREND, "echo write: %s",
@@ -106,7 +107,8 @@ static void ss_waction(msg_t *m)
 {
     wlist_t *l = &W->list[tl_worker];
 
-    if (l->n == 0) return;
+    if (l->n == 0)
+        return;
     wconn_t *c = l->v[rnd(&tl_rng) % (unsigned)l->n];
     switch (m->a) {
     case 0: {
@@ -142,7 +144,8 @@ static void ss_conn(world_t *w, int widx, nd_socket_t *sock)
 {
     wconn_t *c = keep_conn(w, widx, sock);
 
-    if (tl_rng == 1) tl_rng = 7919u * (unsigned)(widx + 1);
+    if (tl_rng == 1)
+        tl_rng = 7919u * (unsigned)(widx + 1);
     nd_socket_on(sock, ND_EV_DATA, ss_sdata, c);
 }
 
@@ -222,7 +225,8 @@ static client_t *ss_pick(void)
 {
     for (int tries = 0; tries < 8 && CL.n > 0; tries++) {
         client_t *c = &CL.v[rnd(&SS.rng) % (unsigned)CL.n];
-        if (c->sock && !c->ok && c->ends == 0 && c->errors == 0) return c;
+        if (c->sock && !c->ok && c->ends == 0 && c->errors == 0)
+            return c;
     }
     return NULL;
 }
@@ -264,10 +268,12 @@ static void ss_tick(void *arg)
                 nd_socket_end(c->sock, NULL, 0);
             }
         } else if (r < 68) {
-            if ((c = ss_pick()) != NULL) nd_socket_destroy(c->sock);
+            if ((c = ss_pick()) != NULL)
+                nd_socket_destroy(c->sock);
         } else {
             long what = r < 88 ? 0 : r < 94 ? 1 : 2;
-            if (what == 0) SS.moves_asked++;
+            if (what == 0)
+                SS.moves_asked++;
             post_msg(w->wl[rnd(&SS.rng) % (unsigned)w->nw], ss_waction, 0, what, 0, NULL);
         }
     }

@@ -44,7 +44,8 @@ static void fail_on_owner(nd_loop_t *loop, void *arg)
 
 static void check_no_worker_failure(void)
 {
-    if (atomic_load(&g_failed)) fail_now();
+    if (atomic_load(&g_failed))
+        fail_now();
 }
 
 void world_fail(const char *file, int line, const char *fmt, ...)
@@ -58,8 +59,10 @@ void world_fail(const char *file, int line, const char *fmt, ...)
         vsnprintf(g_fail + n, sizeof(g_fail) - (size_t)n, fmt, ap);
         va_end(ap);
         pthread_mutex_unlock(&g_fail_mu);
-        if (g_owner && pthread_equal(pthread_self(), g_owner_tid)) fail_now();
-        if (g_owner) nd_loop_post(g_owner, fail_on_owner, NULL);
+        if (g_owner && pthread_equal(pthread_self(), g_owner_tid))
+            fail_now();
+        if (g_owner)
+            nd_loop_post(g_owner, fail_on_owner, NULL);
     }
 }
 
@@ -79,7 +82,8 @@ msg_t *msg_new(msg_fn fn, int widx, long a, long b, void *p)
 {
     msg_t *m = calloc(1, sizeof(*m));
 
-    if (!m) abort();
+    if (!m)
+        abort();
     m->fn = fn;
     m->widx = widx;
     m->a = a;
@@ -93,7 +97,8 @@ void send_msg(nd_loop_t *loop, msg_t *m)
     int rc = nd_loop_post(loop, msg_run, m);
 
     WCHECK(rc == 0, "nd_loop_post: %s", nd_err_name(rc));
-    if (rc != 0) free(m);
+    if (rc != 0)
+        free(m);
 }
 
 void post_msg(nd_loop_t *loop, msg_fn fn, int widx, long a, long b, void *p)
@@ -117,7 +122,8 @@ void list_add(wlist_t *l, wconn_t *c)
     if (l->n == l->cap) {
         l->cap = l->cap ? l->cap * 2 : 64;
         l->v = realloc(l->v, sizeof(*l->v) * (size_t)l->cap);
-        if (!l->v) abort();
+        if (!l->v)
+            abort();
     }
     c->slot = l->n;
     l->v[l->n++] = c;
@@ -125,7 +131,8 @@ void list_add(wlist_t *l, wconn_t *c)
 
 void list_remove(wlist_t *l, wconn_t *c)
 {
-    if (c->slot < 0) return;
+    if (c->slot < 0)
+        return;
     WCHECK(c->slot < l->n && l->v[c->slot] == c, "connection list out of step");
     l->v[c->slot] = l->v[--l->n];
     l->v[c->slot]->slot = c->slot;
@@ -136,7 +143,8 @@ wconn_t *wconn_new(nd_socket_t *sock, int widx)
 {
     wconn_t *c = calloc(1, sizeof(*c));
 
-    if (!c) abort();
+    if (!c)
+        abort();
     c->sock = sock;
     c->widx = widx;
     c->slot = -1;
@@ -155,7 +163,8 @@ void hold_bytes(wconn_t *c, const char *data, size_t len)
     if (c->heldlen + len > c->heldcap) {
         c->heldcap = (c->heldlen + len) * 2;
         c->held = realloc(c->held, c->heldcap);
-        if (!c->held) abort();
+        if (!c->held)
+            abort();
     }
     memcpy(c->held + c->heldlen, data, len);
     c->heldlen += len;
@@ -279,7 +288,8 @@ static void w_on_connection(void *self, const nd_event_t *ev, void *arg)
     WCHECK(nd_socket_loop(ev->socket) == w->wl[i], "connection on worker %d has another loop", i);
     WCHECK(nd_socket_server(ev->socket) == self, "socket's server is not the worker's server");
     atomic_fetch_add(&w->nconn[i], 1);
-    if (w->h.conn) w->h.conn(w, i, ev->socket);
+    if (w->h.conn)
+        w->h.conn(w, i, ev->socket);
 }
 
 static void w_on_adopt_ev(void *self, const nd_event_t *ev, void *arg)
@@ -292,7 +302,8 @@ static void w_on_adopt_ev(void *self, const nd_event_t *ev, void *arg)
     WCHECK(ev->socket != NULL && nd_socket_loop(ev->socket) == w->wl[i],
            "adopted socket is not on worker %d's loop", i);
     atomic_fetch_add(&w->nadopt_ev[i], 1);
-    if (w->h.adopt_ev) w->h.adopt_ev(w, i, ev->socket);
+    if (w->h.adopt_ev)
+        w->h.adopt_ev(w, i, ev->socket);
 }
 
 static void w_init(nd_server_t *ws, int index, void *arg)
@@ -355,9 +366,11 @@ void wc_close(void *self, const nd_event_t *ev, void *arg)
      * listeners see the 'close' and no on_adopt follows. */
     if (c->moving) {
         WCHECK(W->h.move_closed != NULL, "a socket closed while it was being moved");
-        if (W->h.move_closed) report_now(W->h.move_closed, 0, 0, NULL);
+        if (W->h.move_closed)
+            report_now(W->h.move_closed, 0, 0, NULL);
     }
-    if (W->h.sclosed) report_late(W->h.sclosed, (long)nd_socket_bytes_read(c->sock), c->id, NULL);
+    if (W->h.sclosed)
+        report_late(W->h.sclosed, (long)nd_socket_bytes_read(c->sock), c->id, NULL);
     wconn_free(c);
 }
 
@@ -392,7 +405,8 @@ static void cl_connect(void *self, const nd_event_t *ev, void *arg)
 
     c->connects++;
     CL.connected++;
-    if (CL.on_connect) CL.on_connect(c);
+    if (CL.on_connect)
+        CL.on_connect(c);
 }
 
 static void cl_data(void *self, const nd_event_t *ev, void *arg)
@@ -429,7 +443,8 @@ static void cl_close(void *self, const nd_event_t *ev, void *arg)
     c->had_error = ev->had_error;
     c->sock = NULL;
     CL.closed++;
-    if (CL.on_close) CL.on_close(c);
+    if (CL.on_close)
+        CL.on_close(c);
 }
 
 void client_start(client_t *c, int port)
@@ -450,5 +465,6 @@ void client_start(client_t *c, int port)
 void clients_destroy_all(void)
 {
     for (int i = 0; i < CL.n; i++)
-        if (CL.v[i].sock) nd_socket_destroy(CL.v[i].sock);
+        if (CL.v[i].sock)
+            nd_socket_destroy(CL.v[i].sock);
 }

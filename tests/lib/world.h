@@ -31,13 +31,15 @@ void world_fail(const char *file, int line, const char *fmt, ...)
 
 #define WCHECK(cond, ...)                                                                          \
     do {                                                                                           \
-        if (!(cond)) world_fail(__FILE__, __LINE__, __VA_ARGS__);                                  \
+        if (!(cond))                                                                               \
+            world_fail(__FILE__, __LINE__, __VA_ARGS__);                                           \
     } while (0)
 
 /* For hot paths on the owner thread: no message unless it fails. */
 #define OCHECK(cond, ...)                                                                          \
     do {                                                                                           \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
+        if (!(cond))                                                                               \
+            ck_abort_msg(__VA_ARGS__);                                                             \
     } while (0)
 
 /* Which worker this thread runs: -1 on the test's own thread. */
