@@ -1012,33 +1012,22 @@ END_TEST
 
 /* ------------------------------------------------------------------------------------ */
 
-static TCase *tcase(const char *name, int timeout)
-{
-    TCase *tc = tcase_create(name);
-
-    tcase_set_timeout(tc, timeout);
-    return tc;
-}
-
 static Suite *handlers_suite(void)
 {
     Suite *s = suite_create("handlers");
     TCase *tc;
 
-    tc = tcase("echo", 15);
+    tc = th_tcase(s, "echo", 15);
     tcase_add_loop_test(tc, test_echo_greeting_then_1mib, 0, 2);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("discard", 15);
+    tc = th_tcase(s, "discard", 15);
     tcase_add_loop_test(tc, test_discard_10mib, 0, 2);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("banner", 10);
+    tc = th_tcase(s, "banner", 10);
     tcase_add_loop_test(tc, test_banner_text_then_eof, 0, 2);
     tcase_add_loop_test(tc, test_banner_drops_client_data, 0, 2);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("proxy", 40);
+    tc = th_tcase(s, "proxy", 40);
     tcase_add_loop_test(tc, test_proxy_echo_both_ways, 0, 2);
     tcase_add_loop_test(tc, test_proxy_half_close, 0, 2);
     tcase_add_loop_test(tc, test_proxy_half_close_upstream_first, 0, 2);
@@ -1046,20 +1035,13 @@ static Suite *handlers_suite(void)
     tcase_add_loop_test(tc, test_proxy_upstream_refused, 0, 2);
     tcase_add_test(tc, test_proxy_slow_upstream_bounded);
     tcase_add_loop_test(tc, test_proxy_upstream_closes_first, 0, 2);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("adopt", 20);
+    tc = th_tcase(s, "adopt", 20);
     tcase_add_test(tc, test_proxy_adopt_after_move);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(handlers_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failures == 0 ? 0 : 1;
+    return th_run_suite(handlers_suite());
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "harness.h"
 #include "protocol.h"
 
 #define N_ELEMS(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -1128,10 +1129,8 @@ END_TEST
 
 static TCase *new_tcase(Suite *s, const char *name)
 {
-    TCase *tc = tcase_create(name);
+    TCase *tc = th_tcase(s, name, 10);
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 10);
-    suite_add_tcase(s, tc);
     return tc;
 }
 
@@ -1198,9 +1197,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(config_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return th_run_suite(config_suite());
 }

@@ -1163,35 +1163,26 @@ END_TEST
 
 /* ------------------------------------------------------------------ suite */
 
-static TCase *tcase(Suite *s, const char *name, int timeout)
-{
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 static Suite *observe_suite(void)
 {
     Suite *s = suite_create("observe");
-    TCase *tc = tcase(s, "http", 20);
+    TCase *tc = np_tcase(s, "http", 20);
     tcase_add_test(tc, test_http_endpoint);
     tcase_add_test(tc, test_http_concurrent_scrapes);
     tcase_add_test(tc, test_http_emfile_pause);
     tcase_add_test(tc, test_metrics_flag);
     tcase_add_test(tc, test_metrics_bind_fails);
     tcase_add_test(tc, test_config_errors);
-    tc = tcase(s, "metrics", 20);
+    tc = np_tcase(s, "metrics", 20);
     tcase_add_test(tc, test_server_metrics);
     tcase_add_test(tc, test_metrics_name_survives_reopen);
     tcase_add_test(tc, test_metrics_threads_and_moves);
     tcase_add_test(tc, test_metrics_process);
     tcase_add_test(tc, test_metrics_across_upgrade);
-    tc = tcase(s, "live", 20);
+    tc = np_tcase(s, "live", 20);
     tcase_add_test(tc, test_watch_fields);
     tcase_add_test(tc, test_sockets_peer_sort);
-    tc = tcase(s, "access_log", 30);
+    tc = np_tcase(s, "access_log", 30);
     tcase_add_test(tc, test_access_log_lines);
     tcase_add_test(tc, test_access_log_endings);
     tcase_add_test(tc, test_access_log_reopen);
@@ -1203,12 +1194,5 @@ static Suite *observe_suite(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    np_tmproot_init();
-    SRunner *sr = srunner_create(observe_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return np_run_suite(observe_suite());
 }

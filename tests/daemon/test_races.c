@@ -364,9 +364,7 @@ END_TEST
 static Suite *races_suite(void)
 {
     Suite *s = suite_create("races");
-    TCase *tc = tcase_create("moves");
-    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
-    tcase_set_timeout(tc, 60);
+    TCase *tc = np_tcase(s, "moves", 60);
     tcase_add_test(tc, test_move_then_hang_up);
     tcase_add_test(tc, test_pipelined_replies_keep_their_order);
     tcase_add_test(tc, test_proxy_pair_closing_while_moving);
@@ -374,18 +372,10 @@ static Suite *races_suite(void)
     tcase_add_test(tc, test_sockets_lists_sockets_in_transit);
     tcase_add_test(tc, test_close_destroy_reaches_sockets_in_transit);
     tcase_add_test(tc, test_exit_cut_with_moves_in_flight);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    np_tmproot_init();
-    SRunner *sr = srunner_create(races_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed ? 1 : 0;
+    return np_run_suite(races_suite());
 }

@@ -924,32 +924,23 @@ END_TEST
 
 /* ================================================================== suite */
 
-static TCase *tcase(Suite *s, const char *name, int timeout)
-{
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 static Suite *service_suite(void)
 {
     Suite *s = suite_create("service");
-    TCase *tc = tcase(s, "startup", 20);
+    TCase *tc = np_tcase(s, "startup", 20);
     tcase_add_test(tc, test_startup_fails_when_a_server_cannot_listen);
     tcase_add_test(tc, test_ready_once_all_listen);
     tcase_add_test(tc, test_default_dir_created);
     tcase_add_test(tc, test_default_dir_of_another_user_refused);
     tcase_add_test(tc, test_default_dir_writable_by_others_refused);
 
-    tc = tcase(s, "control", 20);
+    tc = np_tcase(s, "control", 20);
     tcase_add_test(tc, test_control_path_not_a_socket_refused);
     tcase_add_test(tc, test_control_busy_listener_refused_at_once);
     tcase_add_test(tc, test_control_socket_removed_only_if_ours);
     tcase_add_test(tc, test_control_socket_no_predictable_temp_name);
 
-    tc = tcase(s, "unix", 20);
+    tc = np_tcase(s, "unix", 20);
     tcase_add_test(tc, test_leftover_of_ours_replaced);
     tcase_add_test(tc, test_bound_socket_not_replaced);
     tcase_add_test(tc, test_listening_socket_not_replaced);
@@ -962,7 +953,7 @@ static Suite *service_suite(void)
     tcase_add_test(tc, test_socket_dirs_from_config);
     tcase_add_test(tc, test_unix_socket_mode_user_group);
 
-    tc = tcase(s, "reload", 20);
+    tc = np_tcase(s, "reload", 20);
     tcase_add_test(tc, test_reload_after_set_keeps_the_server);
     tcase_add_test(tc, test_reload_command_reports);
     tcase_add_test(tc, test_reload_failure_keeps_the_running_server);
@@ -970,15 +961,15 @@ static Suite *service_suite(void)
     tcase_add_test(tc, test_names_unique_when_a_name_is_reused);
     tcase_add_test(tc, test_unnamed_listens_on_port_0);
 
-    tc = tcase(s, "durations", 20);
+    tc = np_tcase(s, "durations", 20);
     tcase_add_test(tc, test_shutdown_default_is_the_config);
     tcase_add_test(tc, test_listen_durations);
 
-    tc = tcase(s, "activation", 20);
+    tc = np_tcase(s, "activation", 20);
     tcase_add_test(tc, test_activation_address_mismatch_warns);
     tcase_add_test(tc, test_activation_same_address_quiet);
 
-    tc = tcase(s, "log", 20);
+    tc = np_tcase(s, "log", 20);
     tcase_add_test(tc, test_log_escapes_control_characters);
     tcase_add_test(tc, test_log_repeats_rate_limited);
     tcase_add_test(tc, test_log_verbose_reload_diff);
@@ -987,12 +978,5 @@ static Suite *service_suite(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    np_tmproot_init();
-    SRunner *sr = srunner_create(service_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return np_run_suite(service_suite());
 }

@@ -613,12 +613,8 @@ END_TEST
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    np_tmproot_init();
     Suite *s = suite_create("upgrade");
-    TCase *tc = tcase_create("upgrade");
-    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
-    tcase_set_timeout(tc, 90);
+    TCase *tc = np_tcase(s, "upgrade", 90);
     tcase_add_test(tc, test_upgrade_under_load);
     tcase_add_test(tc, test_upgrade_by_signal_twice);
     tcase_add_test(tc, test_upgrade_binary_missing);
@@ -629,11 +625,5 @@ int main(void)
     tcase_add_test(tc, test_sigterm_during_upgrade);
     tcase_add_test(tc, test_restart_keeps_queued_connections);
     tcase_add_test(tc, test_upgrade_socket_activated);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed ? 1 : 0;
+    return np_run_suite(s);
 }

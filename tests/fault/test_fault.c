@@ -1983,10 +1983,8 @@ END_TEST
 
 static TCase *tcase(Suite *s, const char *name, int timeout)
 {
-    TCase *tc = tcase_create(name);
+    TCase *tc = th_tcase(s, name, timeout);
     tcase_add_checked_fixture(tc, NULL, teardown);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
     return tc;
 }
 
@@ -2025,13 +2023,6 @@ static Suite *fault_suite(void)
 
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
     raise_nofile(4096);
-    np_tmproot_init();
-    SRunner *sr = srunner_create(fault_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return np_run_suite(fault_suite());
 }

@@ -518,42 +518,26 @@ START_TEST(test_max_buffered_bytes_is_reachable)
 }
 END_TEST
 
-static TCase *tcase(Suite *s, const char *name, int timeout)
-{
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, NULL, np_cleanup_all);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    np_tmproot_init();
     Suite *s = suite_create("hostile");
-    TCase *tc = tcase(s, "peers", 60);
+    TCase *tc = np_tcase(s, "peers", 60);
     tcase_add_test(tc, test_refused_peers_are_closed);
     tcase_add_test(tc, test_busy_peer_is_closed);
     tcase_add_test(tc, test_overflowed_watcher_is_destroyed);
     tcase_add_test(tc, test_input_after_watch_is_not_buffered);
-    tc = tcase(s, "bounds", 60);
+    tc = np_tcase(s, "bounds", 60);
     tcase_add_test(tc, test_unread_replies_are_bounded);
     tcase_add_test(tc, test_stalled_replies_are_destroyed);
     tcase_add_test(tc, test_line_splitting_is_linear);
     tcase_add_test(tc, test_last_line_without_newline_is_answered);
-    tc = tcase(s, "answers", 60);
+    tc = np_tcase(s, "answers", 60);
     tcase_add_test(tc, test_listen_closed_before_listening_is_answered);
     tcase_add_test(tc, test_one_server_per_resolved_address);
     tcase_add_test(tc, test_closed_servers_remembered_bounded);
-    tc = tcase(s, "proxies", 60);
+    tc = np_tcase(s, "proxies", 60);
     tcase_add_test(tc, test_unix_upstream_backlog_full_is_a_failure);
     tcase_add_test(tc, test_proxy_default_passes_half_close);
     tcase_add_test(tc, test_max_buffered_bytes_is_reachable);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    np_tmproot_cleanup();
-    return failed ? 1 : 0;
+    return np_run_suite(s);
 }

@@ -186,6 +186,159 @@ void th_log(th_log_t *log, const char *fmt, ...)
     log->len += (size_t)n;
 }
 
+void th_buf_add(th_buf_t *b, const void *d, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        unsigned char *p = realloc(b->p, cap);
+        ck_assert_ptr_nonnull(p);
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, d, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void th_buf_free(th_buf_t *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+static void sink_ev(void *self, const nd_event_t *ev, void *arg)
+{
+    th_sink_t *k = arg;
+
+    switch (ev->type) {
+    case ND_EV_LOOKUP:
+        k->nlookup++;
+        th_log(&k->log, "lookup");
+        break;
+    case ND_EV_CONNECT:
+        k->nconnect++;
+        th_log(&k->log, "connect");
+        break;
+    case ND_EV_DATA:
+        k->ndata++;
+        th_buf_add(&k->data, ev->data, ev->len);
+        break;
+    case ND_EV_END:
+        k->nend++;
+        th_log(&k->log, "end");
+        break;
+    case ND_EV_FINISH:
+        k->nfinish++;
+        th_log(&k->log, "finish");
+        break;
+    case ND_EV_DRAIN:
+        th_log(&k->log, "drain");
+        break;
+    case ND_EV_TIMEOUT:
+        th_log(&k->log, "timeout");
+        break;
+    case ND_EV_ERROR:
+        k->nerror++;
+        k->error_code = ev->error->code;
+        snprintf(k->error_name, sizeof(k->error_name), "%s", ev->error->name);
+        snprintf(k->error_message, sizeof(k->error_message), "%s", ev->error->message);
+        th_log(&k->log, "error:%s", ev->error->name);
+        break;
+    case ND_EV_CLOSE:
+        k->nclose++;
+        k->had_error = ev->had_error;
+        th_log(&k->log, "close");
+        break;
+    default:
+        break;
+    }
+}
+
+void th_sink_attach(nd_socket_t *s, th_sink_t *k, unsigned mask)
+{
+    for (int e = ND_EV_LOOKUP; e < ND_EV__COUNT; e++)
+        if (mask & TH_EVBIT(e))
+            ck_assert_int_eq(nd_socket_on(s, (nd_event_type_t)e, sink_ev, k), 0);
+}
+
+void th_sink_free(th_sink_t *k)
+{
+    th_buf_free(&k->data);
+}
+
+static void pair_step(th_pair_t *p)
+{
+    if (++p->parts == 2 && p->ready)
+        p->ready(p);
+}
+
+static void pair_client_closed(void *self, const nd_event_t *ev, void *arg)
+{
+    th_pair_t *p = arg;
+    if (p->client == self)
+        p->client = NULL;
+}
+
+static void pair_conn_closed(void *self, const nd_event_t *ev, void *arg)
+{
+    th_pair_t *p = arg;
+    if (p->conn == self)
+        p->conn = NULL;
+}
+
+static void pair_connected(void *self, const nd_event_t *ev, void *arg)
+{
+    pair_step(arg);
+}
+
+static void pair_connection(void *self, const nd_event_t *ev, void *arg)
+{
+    th_pair_t *p = arg;
+
+    ck_assert_ptr_null(p->conn);
+    p->conn = ev->socket;
+    ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, pair_conn_closed, p), 0);
+    /* One connection per pair: the server's 'close' then follows the connection's, so
+     * the loop ends by itself when the test is done. */
+    ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
+    if (p->accepted)
+        p->accepted(p);
+    pair_step(p);
+}
+
+static void pair_listening(void *self, const nd_event_t *ev, void *arg)
+{
+    th_pair_t *p = arg;
+    nd_address_t a;
+
+    ck_assert_int_eq(nd_server_address(self, &a), 0);
+    p->port = a.port;
+    memset(&p->copts, 0, sizeof(p->copts));
+    p->copts.port = a.port;
+    p->copts.host = "127.0.0.1";
+    p->copts.allow_half_open = p->client_half_open;
+    p->client = nd_connect(p->loop, &p->copts, pair_connected, p);
+    ck_assert_ptr_nonnull(p->client);
+    ck_assert_int_eq(nd_socket_on(p->client, ND_EV_CLOSE, pair_client_closed, p), 0);
+    if (p->connecting)
+        p->connecting(p);
+}
+
+void th_pair_open(th_pair_t *p, nd_loop_t *loop, void *arg)
+{
+    nd_server_options_t so = {.allow_half_open = p->server_half_open};
+
+    p->loop = loop;
+    p->arg = arg;
+    nd_server_t *srv = nd_server_new(loop, &so, pair_connection, p);
+    ck_assert_ptr_nonnull(srv);
+    ck_assert_int_eq(nd_server_once(srv, ND_EV_LISTENING, pair_listening, p), 0);
+    ck_assert_int_eq(nd_server_listen(srv, 0, "127.0.0.1", 0), 0);
+}
+
 struct th_timer {
     struct event *ev;
     nd_loop_t *loop;

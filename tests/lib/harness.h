@@ -68,6 +68,56 @@ typedef struct th_log {
 void th_log(th_log_t *log, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define th_log_str(l) ((const char *)(l)->buf)
 
+/* A growing byte buffer, always NUL-terminated after len (TH_BUF_STR). */
+typedef struct th_buf {
+    unsigned char *p;
+    size_t len, cap;
+} th_buf_t;
+void th_buf_add(th_buf_t *b, const void *d, size_t n);
+void th_buf_free(th_buf_t *b);
+#define TH_BUF_STR(b) ((b).p ? (const char *)(b).p : "")
+
+/* What one socket saw: every event in the attach mask counted, all but 'data' logged
+ * ("lookup", "connect", "end", "finish", "drain", "timeout", "error:NAME", "close"),
+ * the bytes of 'data' kept. th_sink_free releases the bytes. */
+typedef struct th_sink {
+    th_log_t log;
+    th_buf_t data;
+    int ndata, nlookup, nconnect, nend, nfinish, nerror, nclose, had_error;
+    int error_code;
+    char error_name[32];
+    char error_message[160];
+} th_sink_t;
+#define TH_EVBIT(e) (1u << (e))
+/* The events of a connection's life, not 'drain' nor 'timeout'. */
+#define TH_SINK_ALL                                                                                \
+    (TH_EVBIT(ND_EV_LOOKUP) | TH_EVBIT(ND_EV_CONNECT) | TH_EVBIT(ND_EV_DATA) |                     \
+     TH_EVBIT(ND_EV_END) | TH_EVBIT(ND_EV_FINISH) | TH_EVBIT(ND_EV_ERROR) | TH_EVBIT(ND_EV_CLOSE))
+void th_sink_attach(nd_socket_t *s, th_sink_t *k, unsigned mask);
+void th_sink_free(th_sink_t *k);
+
+/* A connected pair on one loop: a server on 127.0.0.1:0 that takes one connection and
+ * closes (so the loop ends by itself once both sides are gone), and a client to it. Set
+ * the hooks and half-open flags in *p (zeroed) before th_pair_open; client and conn
+ * become NULL once their 'close' has run. */
+typedef struct th_pair th_pair_t;
+typedef void (*th_pair_fn)(th_pair_t *p);
+struct th_pair {
+    nd_loop_t *loop;
+    nd_socket_t *client;
+    nd_socket_t *conn;          /* the server's side */
+    nd_connect_options_t copts; /* what the client connected with */
+    int port;
+    int parts;
+    int client_half_open;
+    int server_half_open;
+    th_pair_fn connecting; /* the client exists and is still connecting */
+    th_pair_fn accepted;   /* the server's side exists: attach its listeners here */
+    th_pair_fn ready;      /* both sides are connected */
+    void *arg;
+};
+void th_pair_open(th_pair_t *p, nd_loop_t *loop, void *arg);
+
 /* A one-shot timer on the loop's base that keeps the loop alive until it fires (ms is
  * not scaled). cancel with th_timer_cancel before it fires if needed. */
 typedef struct th_timer th_timer_t;

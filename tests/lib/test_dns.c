@@ -697,9 +697,7 @@ END_TEST
 static Suite *dns_suite(void)
 {
     Suite *s = suite_create("dns");
-    TCase *tc = tcase_create("lookup");
-
-    tcase_set_timeout(tc, 10);
+    TCase *tc = th_tcase(s, "lookup", 10);
     tcase_add_test(tc, test_lookup_before_connect);
     tcase_add_test(tc, test_lookup_family_6);
     tcase_add_test(tc, test_unknown_name_enotfound);
@@ -713,22 +711,14 @@ static Suite *dns_suite(void)
     tcase_add_test(tc, test_concurrent_lookups_independent);
     tcase_add_test(tc, test_aaaa_only_name_any_family);
     tcase_add_test(tc, test_hosts_file_with_nameserver);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("listen");
-    tcase_set_timeout(tc, 10);
+    tc = th_tcase(s, "listen", 10);
     tcase_add_test(tc, test_listen_on_host_name);
     tcase_add_test(tc, test_listen_on_unknown_name);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(dns_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failures == 0 ? 0 : 1;
+    return th_run_suite(dns_suite());
 }

@@ -17,6 +17,8 @@ static void *test_realloc(void *p, size_t n);
 #include <stdio.h>
 #include <string.h>
 
+#include "harness.h"
+
 static int realloc_fail; /* nonzero: the next reallocs fail */
 
 static void *test_realloc(void *p, size_t n)
@@ -934,62 +936,50 @@ END_TEST
 
 /* ------------------------------------------------------------------------- suite */
 
-static TCase *tcase(Suite *s, const char *name)
-{
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 30);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 static Suite *encoding_suite(void)
 {
     Suite *s = suite_create("encoding");
     TCase *tc;
 
-    tc = tcase(s, "names");
+    tc = th_tcase(s, "names", 30);
     tcase_add_test(tc, test_parse_names);
     tcase_add_test(tc, test_strbuf);
     tcase_add_test(tc, test_empty_calls);
 
-    tc = tcase(s, "utf8");
+    tc = th_tcase(s, "utf8", 30);
     tcase_add_loop_test(tc, test_utf8_big_random_chunks, 0, 4);
     tcase_add_test(tc, test_utf8_emoji_splits);
     tcase_add_loop_test(tc, test_utf8_invalid, 0, (int)N_ELEMS(utf8_cases));
     tcase_add_test(tc, test_utf8_hold_and_end);
     tcase_add_test(tc, test_utf8_chunking_invariance);
 
-    tc = tcase(s, "utf16le");
+    tc = th_tcase(s, "utf16le", 30);
     tcase_add_test(tc, test_utf16le_splits);
     tcase_add_loop_test(tc, test_utf16le_cases, 0, (int)N_ELEMS(utf16_cases));
     tcase_add_test(tc, test_utf16le_hold);
 
-    tc = tcase(s, "base64");
+    tc = th_tcase(s, "base64", 30);
     tcase_add_test(tc, test_base64_vectors);
     tcase_add_test(tc, test_base64_holds_back);
     tcase_add_test(tc, test_base64_streaming);
 
-    tc = tcase(s, "bytes");
+    tc = th_tcase(s, "bytes", 30);
     tcase_add_test(tc, test_hex_decode);
     tcase_add_test(tc, test_ascii_decode);
     tcase_add_test(tc, test_latin1_roundtrip);
     tcase_add_test(tc, test_none_passthrough);
 
-    tc = tcase(s, "encode");
+    tc = th_tcase(s, "encode", 30);
     tcase_add_loop_test(tc, test_encode_cases, 0, (int)N_ELEMS(enc_cases));
     tcase_add_test(tc, test_encode_respects_len);
     tcase_add_test(tc, test_encode_decode_roundtrip);
 
-    tc = tcase(s, "enomem");
+    tc = th_tcase(s, "enomem", 30);
     tcase_add_test(tc, test_enomem_rolls_back);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(encoding_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0;
+    return th_run_suite(encoding_suite());
 }

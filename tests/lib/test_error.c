@@ -93,17 +93,11 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("error");
-    TCase *tc = tcase_create("table");
-    tcase_set_timeout(tc, 10);
+    TCase *tc = th_tcase(s, "table", 10);
     tcase_add_test(tc, test_errno_names);
     tcase_add_test(tc, test_own_codes);
     tcase_add_test(tc, test_unknown_codes);
     tcase_add_test(tc, test_messages_of_errnos);
     tcase_add_test(tc, test_error_object_shape);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return th_run_suite(s);
 }

@@ -187,23 +187,14 @@ END_TEST
 static Suite *examples_suite(void)
 {
     Suite *s = suite_create("examples");
-    TCase *tc = tcase_create("echo");
-
-    /* Check scales this by CK_TIMEOUT_MULTIPLIER itself. */
-    tcase_set_timeout(tc, 30);
+    TCase *tc = th_tcase(s, "echo", 30);
     tcase_add_test(tc, echo_over_tcp);
     tcase_add_test(tc, echo_over_unix_socket);
     tcase_add_test(tc, client_reports_refused_connection);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(examples_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return th_run_suite(examples_suite());
 }

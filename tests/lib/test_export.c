@@ -438,16 +438,10 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("export");
-    TCase *tc = tcase_create("export");
-    tcase_set_timeout(tc, 20);
+    TCase *tc = th_tcase(s, "export", 20);
     tcase_add_test(tc, export_across_fork_keeps_the_stream);
     tcase_add_test(tc, export_pair_across_fork);
     tcase_add_test(tc, unknown_version_refused_then_abort);
     tcase_add_test(tc, only_quiet_sockets_export);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return th_run_suite(s);
 }

@@ -9,6 +9,8 @@
 
 #include <netd/net.h>
 
+#include "harness.h"
+
 #define N_ELEMS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Node's isIP(x) is defined by its two halves; every row re-checks that agreement so a
@@ -528,10 +530,7 @@ END_TEST
 
 static void add_rows(Suite *s, const char *name, const TTest *t, int n)
 {
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 10);
-    tcase_add_loop_test(tc, t, 0, n);
-    suite_add_tcase(s, tc);
+    tcase_add_loop_test(th_tcase(s, name, 10), t, 0, n);
 }
 
 static Suite *isip_suite(void)
@@ -549,19 +548,13 @@ static Suite *isip_suite(void)
     add_rows(s, "isIPv6_false", test_ipv6_false, N_ELEMS(ipv6_false));
     add_rows(s, "extra", test_extra, N_ELEMS(extra_isip));
 
-    TCase *tc = tcase_create("misc");
-    tcase_set_timeout(tc, 10);
+    TCase *tc = th_tcase(s, "misc", 10);
     tcase_add_test(tc, test_long_inputs);
     tcase_add_test(tc, test_family_name);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(isip_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0;
+    return th_run_suite(isip_suite());
 }

@@ -173,8 +173,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("loop");
-    TCase *tc = tcase_create("loop");
-    tcase_set_timeout(tc, 10);
+    TCase *tc = th_tcase(s, "loop", 10);
     tcase_add_test(tc, test_empty_loop_returns);
     tcase_add_test(tc, test_defer_runs_later_in_order);
     tcase_add_test(tc, test_app_ref_keeps_loop);
@@ -183,10 +182,5 @@ int main(void)
     tcase_add_test(tc, test_post_from_thread);
     tcase_add_test(tc, test_mailbox_is_unrefd);
     tcase_add_test(tc, test_thread_start_stop_join);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return th_run_suite(s);
 }

@@ -25,29 +25,6 @@
 /* Helpers                                                                              */
 /* ------------------------------------------------------------------------------------ */
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf_t;
-
-static void buf_add(buf_t *b, const void *d, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        unsigned char *p = realloc(b->p, cap);
-        ck_assert_ptr_nonnull(p);
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n > 0) memcpy(b->p + b->len, d, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-#define BUF_STR(b) ((b).p ? (const char *)(b).p : "")
-
 static int str_ends(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -60,161 +37,9 @@ static void nop_count(nd_server_t *server, int err, int count, void *arg) {}
 
 static void nop_defer(void *arg) {}
 
-/* What one socket saw. */
-typedef struct sink {
-    th_log_t log; /* lookup, connect, end, finish, drain, timeout, error:NAME, close */
-    buf_t data;
-    int ndata, nlookup, nconnect, nend, nfinish, nerror, nclose, had_error;
-    int error_code;
-    char error_name[32];
-} sink_t;
-
-static void sink_ev(void *self, const nd_event_t *ev, void *arg)
-{
-    sink_t *k = arg;
-
-    switch (ev->type) {
-    case ND_EV_LOOKUP:
-        k->nlookup++;
-        th_log(&k->log, "lookup");
-        break;
-    case ND_EV_CONNECT:
-        k->nconnect++;
-        th_log(&k->log, "connect");
-        break;
-    case ND_EV_DATA:
-        k->ndata++;
-        buf_add(&k->data, ev->data, ev->len);
-        break;
-    case ND_EV_END:
-        k->nend++;
-        th_log(&k->log, "end");
-        break;
-    case ND_EV_FINISH:
-        k->nfinish++;
-        th_log(&k->log, "finish");
-        break;
-    case ND_EV_DRAIN:
-        th_log(&k->log, "drain");
-        break;
-    case ND_EV_TIMEOUT:
-        th_log(&k->log, "timeout");
-        break;
-    case ND_EV_ERROR:
-        k->nerror++;
-        k->error_code = ev->error->code;
-        snprintf(k->error_name, sizeof(k->error_name), "%s", ev->error->name);
-        th_log(&k->log, "error:%s", ev->error->name);
-        break;
-    case ND_EV_CLOSE:
-        k->nclose++;
-        k->had_error = ev->had_error;
-        th_log(&k->log, "close");
-        break;
-    default:
-        break;
-    }
-}
-
-/* mask: which events go into the log (data is always recorded, never logged). */
-#define EVBIT(e) (1u << (e))
-#define ALL_EVENTS                                                                                 \
-    (EVBIT(ND_EV_LOOKUP) | EVBIT(ND_EV_CONNECT) | EVBIT(ND_EV_DATA) | EVBIT(ND_EV_END) |           \
-     EVBIT(ND_EV_FINISH) | EVBIT(ND_EV_ERROR) | EVBIT(ND_EV_CLOSE))
-
-static void sink_attach_mask(nd_socket_t *s, sink_t *k, unsigned mask)
-{
-    for (int e = ND_EV_LOOKUP; e < ND_EV__COUNT; e++)
-        if (mask & EVBIT(e)) ck_assert_int_eq(nd_socket_on(s, (nd_event_type_t)e, sink_ev, k), 0);
-}
-
-static void sink_attach(nd_socket_t *s, sink_t *k)
-{
-    sink_attach_mask(s, k, ALL_EVENTS);
-}
-
-static void sink_free(sink_t *k)
-{
-    free(k->data.p);
-    memset(&k->data, 0, sizeof(k->data));
-}
-
-/* A connected pair: a one-shot server on 127.0.0.1:0 and a client. */
-typedef struct pair pair_t;
-typedef void (*pair_fn)(pair_t *p);
-
-struct pair {
-    nd_loop_t *loop;
-    nd_socket_t *client; /* NULL once its 'close' ran */
-    nd_socket_t *conn;   /* NULL once its 'close' ran */
-    nd_connect_options_t copts;
-    int parts;
-    pair_fn connecting, accepted, ready;
-    void *arg;
-};
-
-static void pair_step(pair_t *p)
-{
-    if (++p->parts == 2 && p->ready) p->ready(p);
-}
-
-static void pair_client_closed(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    if (p->client == self) p->client = NULL;
-}
-
-static void pair_conn_closed(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    if (p->conn == self) p->conn = NULL;
-}
-
-static void pair_connected(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_step(arg);
-}
-
-static void pair_connection(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-
-    ck_assert_ptr_null(p->conn);
-    p->conn = ev->socket;
-    ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, pair_conn_closed, p), 0);
-    ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
-    if (p->accepted) p->accepted(p);
-    pair_step(p);
-}
-
-static void pair_listening(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    nd_address_t a;
-
-    ck_assert_int_eq(nd_server_address(self, &a), 0);
-    memset(&p->copts, 0, sizeof(p->copts));
-    p->copts.port = a.port;
-    p->copts.host = "127.0.0.1";
-    p->client = nd_connect(p->loop, &p->copts, pair_connected, p);
-    ck_assert_ptr_nonnull(p->client);
-    ck_assert_int_eq(nd_socket_on(p->client, ND_EV_CLOSE, pair_client_closed, p), 0);
-    if (p->connecting) p->connecting(p);
-}
-
-static void pair_open(pair_t *p, nd_loop_t *loop, void *arg)
-{
-    p->loop = loop;
-    p->arg = arg;
-    nd_server_t *srv = nd_server_new(loop, NULL, pair_connection, p);
-    ck_assert_ptr_nonnull(srv);
-    ck_assert_int_eq(nd_server_once(srv, ND_EV_LISTENING, pair_listening, p), 0);
-    ck_assert_int_eq(nd_server_listen(srv, 0, "127.0.0.1", 0), 0);
-}
-
 typedef struct ctx {
-    pair_t p;
-    sink_t cs, ss;
+    th_pair_t p;
+    th_sink_t cs, ss;
     int r[16];
     int flag;
     int in_call, sync_events;
@@ -225,20 +50,20 @@ typedef struct ctx {
 
 static void ctx_free(ctx_t *c)
 {
-    sink_free(&c->cs);
-    sink_free(&c->ss);
+    th_sink_free(&c->cs);
+    th_sink_free(&c->ss);
 }
 
-static void hook_client_sink(pair_t *p)
+static void hook_client_sink(th_pair_t *p)
 {
     ctx_t *c = p->arg;
-    sink_attach(p->client, &c->cs);
+    th_sink_attach(p->client, &c->cs, TH_SINK_ALL);
 }
 
-static void hook_server_sink(pair_t *p)
+static void hook_server_sink(th_pair_t *p)
 {
     ctx_t *c = p->arg;
-    sink_attach(p->conn, &c->ss);
+    th_sink_attach(p->conn, &c->ss, TH_SINK_ALL);
 }
 
 static void log_wcb(nd_socket_t *s, int err, void *arg)
@@ -266,7 +91,7 @@ typedef struct srv {
     char error_name[32];
     nd_socket_t *conns[4];
     int conn_end_seen_at_close;
-    sink_t cs, ks; /* a client and the accepted socket */
+    th_sink_t cs, ks; /* a client and the accepted socket */
 } srv_t;
 
 static void srv_ev(void *self, const nd_event_t *ev, void *arg)
@@ -782,7 +607,7 @@ static void cic_connection(void *self, const nd_event_t *ev, void *arg)
 {
     srv_t *v = arg;
     v->r[0] = nd_server_close(self, NULL, NULL);
-    sink_attach(ev->socket, &v->ks);
+    th_sink_attach(ev->socket, &v->ks, TH_SINK_ALL);
     ck_assert_int_eq(nd_socket_on(ev->socket, ND_EV_END, cic_conn_end, v), 0);
 }
 
@@ -798,7 +623,7 @@ static void cic_listening(void *self, const nd_event_t *ev, void *arg)
     o.host = "127.0.0.1";
     nd_socket_t *c = nd_connect(v->loop, &o, NULL, NULL);
     ck_assert_ptr_nonnull(c);
-    sink_attach(c, &v->cs);
+    th_sink_attach(c, &v->cs, TH_SINK_ALL);
     ck_assert_int_eq(nd_socket_end(c, "x", 1), 0);
 }
 
@@ -818,11 +643,11 @@ START_TEST(close_the_server_inside_connection)
     ck_assert_int_eq(v.r[0], 0);
     ck_assert_str_eq(th_log_str(&v.log), "listening,connection,conn-end,close");
     ck_assert_int_eq(v.conn_end_seen_at_close, 1);
-    ck_assert_str_eq(BUF_STR(v.ks.data), "x");
+    ck_assert_str_eq(TH_BUF_STR(v.ks.data), "x");
     ck_assert_int_eq(v.ks.nclose, 1);
     ck_assert_str_eq(th_log_str(&v.cs.log), "connect,finish,end,close");
-    sink_free(&v.ks);
-    sink_free(&v.cs);
+    th_sink_free(&v.ks);
+    th_sink_free(&v.cs);
     th_finish(loop);
 }
 END_TEST
@@ -1072,7 +897,7 @@ END_TEST
 typedef struct lone {
     nd_loop_t *loop;
     nd_socket_t *s;
-    sink_t k;
+    th_sink_t k;
     int r[8];
     int in_call, sync_events;
     int nwcb, wcb_err, nclose_in_close;
@@ -1098,7 +923,7 @@ static nd_socket_t *lone_new(lone_t *l, nd_loop_t *loop)
     l->loop = loop;
     l->s = nd_socket_new(loop, NULL);
     ck_assert_ptr_nonnull(l->s);
-    sink_attach(l->s, &l->k);
+    th_sink_attach(l->s, &l->k, TH_SINK_ALL);
     ck_assert_int_eq(nd_socket_on(l->s, ND_EV_ERROR, lone_sync, l), 0);
     ck_assert_int_eq(nd_socket_on(l->s, ND_EV_CLOSE, lone_sync, l), 0);
     return l->s;
@@ -1136,19 +961,19 @@ START_TEST(connect_with_bad_options)
     th_run(loop, 1000);
     ck_assert_str_eq(th_log_str(&l.k.log), "close");
     ck_assert_int_eq(l.k.had_error, 0);
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
 
-static void twice_connecting(pair_t *p)
+static void twice_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
-    sink_attach(p->client, &c->cs);
+    th_sink_attach(p->client, &c->cs, TH_SINK_ALL);
     c->r[0] = nd_socket_connect(p->client, &p->copts);
 }
 
-static void twice_ready(pair_t *p)
+static void twice_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->r[1] = nd_socket_connect(p->client, &p->copts);
@@ -1164,7 +989,7 @@ START_TEST(connect_twice_gives_econnecting)
     c.p.connecting = twice_connecting;
     c.p.accepted = hook_server_sink;
     c.p.ready = twice_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], ND_ECONNECTING);
@@ -1191,7 +1016,7 @@ START_TEST(connect_after_destroy_gives_eclosed)
     ck_assert_int_eq(nd_socket_connect(l.s, &o), ND_ECLOSED);
     th_run(loop, 5000);
     ck_assert_str_eq(th_log_str(&l.k.log), "close");
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
@@ -1218,7 +1043,7 @@ START_TEST(write_on_a_socket_that_never_connected)
     ck_assert_msg(strcmp(th_log_str(&l.k.log), "wcb:ECLOSED,error:ECLOSED,close") == 0 ||
                       strcmp(th_log_str(&l.k.log), "error:ECLOSED,wcb:ECLOSED,close") == 0,
                   "log %s", th_log_str(&l.k.log));
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
@@ -1247,12 +1072,12 @@ START_TEST(write_after_destroy_gives_eclosed)
     ck_assert_int_eq(l.k.nerror, 1);
     ck_assert_str_eq(l.k.error_name, "ECLOSED");
     ck_assert_msg(str_ends(th_log_str(&l.k.log), ",close"), "log %s", th_log_str(&l.k.log));
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
 
-static void wae_ready(pair_t *p)
+static void wae_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_ERROR, note_sync, c), 0);
@@ -1275,7 +1100,7 @@ START_TEST(writing_after_end_gives_ewriteafterend)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = wae_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 0);
@@ -1297,7 +1122,7 @@ START_TEST(writing_after_end_gives_ewriteafterend)
 }
 END_TEST
 
-static void nulldata_ready(pair_t *p)
+static void nulldata_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->r[0] = nd_socket_write(p->client, NULL, 5, log_wcb, c);
@@ -1318,7 +1143,7 @@ START_TEST(write_with_null_data)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = nulldata_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], -EINVAL);
@@ -1329,14 +1154,14 @@ START_TEST(write_with_null_data)
     ck_assert_int_eq(c.r[5], 0);
     ck_assert_int_eq(c.nwcb, 0);
     ck_assert_int_eq(c.cs.nerror, 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "ok");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "ok");
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ctx_free(&c);
     th_finish(loop);
 }
 END_TEST
 
-static void badenc_ready(pair_t *p)
+static void badenc_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_ERROR, note_sync, c), 0);
@@ -1357,7 +1182,7 @@ START_TEST(write_string_with_an_unknown_encoding)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = badenc_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], ND_EENCODING);
@@ -1367,23 +1192,23 @@ START_TEST(write_string_with_an_unknown_encoding)
     ck_assert_int_eq(c.r[3], 0);
     ck_assert_int_eq(c.nwcb, 0);
     ck_assert_int_eq(c.cs.nerror, 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "ok");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "ok");
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ctx_free(&c);
     th_finish(loop);
 }
 END_TEST
 
-static void setenc_connecting(pair_t *p)
+static void setenc_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
-    sink_attach(p->client, &c->cs);
+    th_sink_attach(p->client, &c->cs, TH_SINK_ALL);
     c->r[0] = nd_socket_set_encoding(p->client, "hex");
     c->r[1] = nd_socket_set_encoding(p->client, "bogus");
     c->r[2] = nd_socket_set_encoding(p->client, "utf-9");
 }
 
-static void setenc_ready(pair_t *p)
+static void setenc_ready(th_pair_t *p)
 {
     ck_assert_int_eq(nd_socket_end(p->conn, "\x01\xab", 2), 0);
 }
@@ -1397,13 +1222,13 @@ START_TEST(set_encoding_with_an_unknown_name)
     c.p.connecting = setenc_connecting;
     c.p.accepted = hook_server_sink;
     c.p.ready = setenc_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 0);
     ck_assert_int_eq(c.r[1], ND_EENCODING);
     ck_assert_int_eq(c.r[2], ND_EENCODING);
-    ck_assert_str_eq(BUF_STR(c.cs.data), "01ab");
+    ck_assert_str_eq(TH_BUF_STR(c.cs.data), "01ab");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1422,12 +1247,12 @@ START_TEST(end_on_a_socket_that_never_connected)
     nd_socket_destroy(l.s);
     th_run(loop, 1000);
     ck_assert_str_eq(th_log_str(&l.k.log), "close");
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
 
-static void endtwice_ready(pair_t *p)
+static void endtwice_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->r[0] = nd_socket_end(p->client, NULL, 0);
@@ -1443,7 +1268,7 @@ START_TEST(end_twice_is_harmless)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = endtwice_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 0);
@@ -1467,12 +1292,12 @@ START_TEST(destroy_twice_on_a_new_socket)
     th_run(loop, 1000);
     ck_assert_str_eq(th_log_str(&l.k.log), "close");
     ck_assert_int_eq(l.k.had_error, 0);
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
 
-static void destroy2_ready(pair_t *p)
+static void destroy2_ready(th_pair_t *p)
 {
     nd_socket_destroy(p->client);
     nd_socket_destroy(p->client);
@@ -1486,7 +1311,7 @@ START_TEST(destroy_twice_on_a_connected_socket)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = destroy2_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
@@ -1594,7 +1419,7 @@ static void run_destroy_unconnected(nd_event_type_t at, const char *want)
     th_run(loop, 5000);
     ck_assert_str_eq(th_log_str(&l.k.log), want);
     ck_assert_int_eq(l.k.nclose, 1);
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 
@@ -1629,10 +1454,11 @@ static void dcb_destroy(void *self, const nd_event_t *ev, void *arg)
     nd_socket_destroy(self);
 }
 
-static void dcb_connecting(pair_t *p)
+static void dcb_connecting(th_pair_t *p)
 {
     dcb_t *d = p->arg;
-    sink_attach_mask(p->client, &d->c.cs, ALL_EVENTS | EVBIT(ND_EV_TIMEOUT) | EVBIT(ND_EV_DRAIN));
+    th_sink_attach(p->client, &d->c.cs,
+                   TH_SINK_ALL | TH_EVBIT(ND_EV_TIMEOUT) | TH_EVBIT(ND_EV_DRAIN));
     ck_assert_int_eq(nd_socket_on(p->client, d->at, dcb_destroy, d), 0);
 }
 
@@ -1652,15 +1478,15 @@ static void dcb_conn_closed(void *self, const nd_event_t *ev, void *arg)
     }
 }
 
-static void dcb_accepted(pair_t *p)
+static void dcb_accepted(th_pair_t *p)
 {
     dcb_t *d = p->arg;
-    sink_attach(p->conn, &d->c.ss);
+    th_sink_attach(p->conn, &d->c.ss, TH_SINK_ALL);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, dcb_conn_closed, d), 0);
     if (d->at == ND_EV_DRAIN) nd_socket_pause(p->conn);
 }
 
-static void dcb_ready(pair_t *p)
+static void dcb_ready(th_pair_t *p)
 {
     dcb_t *d = p->arg;
     switch (d->at) {
@@ -1708,7 +1534,7 @@ static void run_destroy_in(nd_event_type_t at, const char *want)
     d.c.p.connecting = dcb_connecting;
     d.c.p.accepted = dcb_accepted;
     d.c.p.ready = dcb_ready;
-    pair_open(&d.c.p, loop, &d);
+    th_pair_open(&d.c.p, loop, &d);
     th_run(loop, 10000);
 
     ck_assert_int_eq(d.seen, 1);
@@ -1743,7 +1569,7 @@ START_TEST(destroy_inside_end)
     d.c.p.connecting = dcb_connecting;
     d.c.p.accepted = dcb_accepted;
     d.c.p.ready = dcb_ready;
-    pair_open(&d.c.p, loop, &d);
+    th_pair_open(&d.c.p, loop, &d);
     th_run(loop, 5000);
 
     ck_assert_int_eq(d.seen, 1);
@@ -1791,7 +1617,7 @@ static void destroy_in_wcb(nd_socket_t *s, int err, void *arg)
     nd_socket_destroy(s);
 }
 
-static void dwcb_ready(pair_t *p)
+static void dwcb_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_ge(nd_socket_write(p->client, "a", 1, destroy_in_wcb, c), 0);
@@ -1805,12 +1631,12 @@ START_TEST(destroy_inside_a_write_callback)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = dwcb_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.nwcb, 1);
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
-    ck_assert_str_eq(BUF_STR(c.ss.data), "a");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "a");
     ck_assert_int_eq(c.ss.nclose, 1);
     ctx_free(&c);
     th_finish(loop);
@@ -1820,7 +1646,7 @@ END_TEST
 static void dconn_connection(void *self, const nd_event_t *ev, void *arg)
 {
     srv_t *v = arg;
-    sink_attach(ev->socket, &v->ks);
+    th_sink_attach(ev->socket, &v->ks, TH_SINK_ALL);
     nd_socket_destroy(ev->socket);
     ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
 }
@@ -1837,7 +1663,7 @@ static void dconn_listening(void *self, const nd_event_t *ev, void *arg)
     o.host = "127.0.0.1";
     nd_socket_t *c = nd_connect(v->loop, &o, NULL, NULL);
     ck_assert_ptr_nonnull(c);
-    sink_attach(c, &v->cs);
+    th_sink_attach(c, &v->cs, TH_SINK_ALL);
 }
 
 START_TEST(destroy_the_accepted_socket_inside_connection)
@@ -1855,8 +1681,8 @@ START_TEST(destroy_the_accepted_socket_inside_connection)
     ck_assert_str_eq(th_log_str(&v.ks.log), "close");
     ck_assert_int_eq(v.cs.nclose, 1);
     ck_assert_int_eq(v.cs.nconnect, 1);
-    sink_free(&v.ks);
-    sink_free(&v.cs);
+    th_sink_free(&v.ks);
+    th_sink_free(&v.cs);
     th_finish(loop);
 }
 END_TEST
@@ -1867,7 +1693,7 @@ static void move_fn(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
     c->ncb++;
 }
 
-static void move_ready(pair_t *p)
+static void move_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->r[0] = nd_socket_move(p->client, p->loop, NULL, NULL);
@@ -1887,7 +1713,7 @@ START_TEST(move_to_its_own_loop_or_to_null)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = move_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 0);
@@ -1896,7 +1722,7 @@ START_TEST(move_to_its_own_loop_or_to_null)
     ck_assert_int_eq(c.r[3], -EINVAL);
     ck_assert_int_eq(c.ncb, 0);
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
-    ck_assert_str_eq(BUF_STR(c.ss.data), "x");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "x");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1932,9 +1758,9 @@ START_TEST(pipe_misuse)
     ck_assert_str_eq(th_log_str(&a.k.log), "close");
     ck_assert_str_eq(th_log_str(&b.k.log), "close");
     ck_assert_str_eq(th_log_str(&c.k.log), "close");
-    sink_free(&a.k);
-    sink_free(&b.k);
-    sink_free(&c.k);
+    th_sink_free(&a.k);
+    th_sink_free(&b.k);
+    th_sink_free(&c.k);
     th_finish(loop);
 }
 END_TEST
@@ -1957,7 +1783,7 @@ START_TEST(socket_listener_misuse)
     nd_socket_destroy(l.s);
     th_run(loop, 1000);
     ck_assert_str_eq(th_log_str(&l.k.log), "close");
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
@@ -1977,7 +1803,7 @@ START_TEST(socket_address_misuse)
     ck_assert_int_eq(nd_socket_fd(l.s), -1);
     nd_socket_destroy(l.s);
     th_run(loop, 1000);
-    sink_free(&l.k);
+    th_sink_free(&l.k);
     th_finish(loop);
 }
 END_TEST
@@ -1988,7 +1814,7 @@ static void held_closed(void *self, const nd_event_t *ev, void *arg)
     c->flag++;
 }
 
-static void held_ready(pair_t *p)
+static void held_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     nd_socket_hold(p->client);
@@ -2009,7 +1835,7 @@ START_TEST(calls_on_a_held_socket_after_close)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = held_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     nd_socket_t *s = (nd_socket_t *)(uintptr_t)c.u;
@@ -2038,7 +1864,7 @@ START_TEST(calls_on_a_held_socket_after_close)
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,close");
     nd_socket_release(s);
     th_run(loop, 1000);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "hi");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "hi");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -2051,15 +1877,12 @@ static Suite *misuse_suite(void)
     Suite *s = suite_create("misuse");
     TCase *tc;
 
-    tc = tcase_create("errors");
-    tcase_set_timeout(tc, 10);
+    tc = th_tcase(s, "errors", 10);
     tcase_add_test(tc, err_name_and_strerror_of_unknown_codes);
     tcase_add_test(tc, every_nd_code_has_its_own_name_and_message);
     tcase_add_test(tc, err_name_takes_errnos_of_either_sign);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("null");
-    tcase_set_timeout(tc, 10);
+    tc = th_tcase(s, "null", 10);
     tcase_add_test(tc, loop_run_takes_null);
     tcase_add_test(tc, loop_void_calls_take_null);
     tcase_add_test(tc, loop_getters_take_null);
@@ -2074,10 +1897,8 @@ static Suite *misuse_suite(void)
     tcase_add_test(tc, socket_options_init_sets_node_defaults);
     tcase_add_test(tc, socket_new_on_a_file_descriptor_that_is_not_a_socket);
     tcase_add_test(tc, nd_connect_with_bad_arguments);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("server");
-    tcase_set_timeout(tc, 15);
+    tc = th_tcase(s, "server", 15);
     tcase_add_test(tc, listen_rejects_ports_out_of_range);
     tcase_add_test(tc, listen_twice_gives_elistening);
     tcase_add_test(tc, close_a_server_that_never_listened);
@@ -2090,10 +1911,8 @@ static Suite *misuse_suite(void)
     tcase_add_test(tc, listen_fd_on_a_regular_file);
     tcase_add_test(tc, listen_fd_minus_one);
     tcase_add_test(tc, listen_handle_of_a_server_that_is_not_listening);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("socket");
-    tcase_set_timeout(tc, 15);
+    tc = th_tcase(s, "socket", 15);
     tcase_add_test(tc, connect_with_bad_options);
     tcase_add_test(tc, connect_twice_gives_econnecting);
     tcase_add_test(tc, connect_after_destroy_gives_eclosed);
@@ -2113,10 +1932,8 @@ static Suite *misuse_suite(void)
     tcase_add_test(tc, socket_address_misuse);
     tcase_add_test(tc, calls_on_a_held_socket_after_close);
     tcase_add_test(tc, move_to_its_own_loop_or_to_null);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("destroy_in_callback");
-    tcase_set_timeout(tc, 20);
+    tc = th_tcase(s, "destroy_in_callback", 20);
     tcase_add_test(tc, destroy_inside_lookup);
     tcase_add_test(tc, destroy_inside_error);
     tcase_add_test(tc, destroy_inside_connect);
@@ -2128,16 +1945,11 @@ static Suite *misuse_suite(void)
     tcase_add_test(tc, destroy_inside_close);
     tcase_add_test(tc, destroy_inside_a_write_callback);
     tcase_add_test(tc, destroy_the_accepted_socket_inside_connection);
-    suite_add_tcase(s, tc);
 
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(misuse_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return (failures == 0) ? 0 : 1;
+    return th_run_suite(misuse_suite());
 }

@@ -214,15 +214,9 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("regress");
-    TCase *tc = tcase_create("regress");
-    tcase_set_timeout(tc, 10);
+    TCase *tc = th_tcase(s, "regress", 10);
     tcase_add_test(tc, self_pipe_ends_with_its_input_when_half_open);
     tcase_add_test(tc, closing_group_keeps_its_owner_loop_until_close);
     tcase_add_test(tc, pipe_pauses_past_the_high_water_mark);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return th_run_suite(s);
 }

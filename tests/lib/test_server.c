@@ -3048,21 +3048,12 @@ START_TEST(test_unix_close_removes_only_its_own_file)
 }
 END_TEST
 
-static TCase *tcase(Suite *s, const char *name)
-{
-    TCase *tc = tcase_create(name);
-
-    tcase_set_timeout(tc, TIMEOUT_S);
-    suite_add_tcase(s, tc);
-    return tc;
-}
-
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *tc;
 
-    tc = tcase(s, "listen");
+    tc = th_tcase(s, "listen", TIMEOUT_S);
     tcase_add_loop_test(tc, test_listen_port0_random, 0,
                         (int)(sizeof(port0_forms) / sizeof(port0_forms[0])));
     tcase_add_test(tc, test_listen_port0_distinct);
@@ -3078,7 +3069,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_listening_flag);
     tcase_add_test(tc, test_server_accessors);
 
-    tc = tcase(s, "listen_errors");
+    tc = th_tcase(s, "listen_errors", TIMEOUT_S);
     tcase_add_test(tc, test_eaddrinuse_second_server);
     tcase_add_test(tc, test_eaddrinuse_any_host);
     tcase_add_test(tc, test_eaddrinuse_raw_listener);
@@ -3088,7 +3079,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_free_a_server_that_does_not_listen);
     tcase_add_loop_test(tc, test_listen_any_ipv6_is_dual_stack, 0, 2);
 
-    tc = tcase(s, "close");
+    tc = th_tcase(s, "close", TIMEOUT_S);
     tcase_add_loop_test(tc, test_listen_close_same_turn, 0, 2);
     tcase_add_test(tc, test_listen_close_same_turn_cancels_error);
     tcase_add_test(tc, test_relisten_from_close_listener);
@@ -3102,14 +3093,14 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_close_stops_accepting);
     tcase_add_test(tc, test_close_cb_one_shot);
 
-    tc = tcase(s, "ref");
+    tc = th_tcase(s, "ref", TIMEOUT_S);
     tcase_add_test(tc, test_unref_lets_loop_return);
     tcase_add_test(tc, test_unref_then_ref_keeps_alive);
     tcase_add_test(tc, test_unref_before_listen_remembered);
     tcase_add_test(tc, test_unref_ref_before_listen);
     tcase_add_test(tc, test_unref_survives_relisten);
 
-    tc = tcase(s, "accounting");
+    tc = th_tcase(s, "accounting", TIMEOUT_S);
     tcase_add_test(tc, test_socket_server_is_server);
     tcase_add_test(tc, test_max_connections_10_of_20);
     tcase_add_test(tc, test_max_connections_close_makes_room);
@@ -3123,7 +3114,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_server_allow_half_open);
     tcase_add_test(tc, test_server_default_not_half_open);
 
-    tc = tcase(s, "unix");
+    tc = th_tcase(s, "unix", TIMEOUT_S);
     tcase_add_test(tc, test_unix_listen_connect);
     tcase_add_test(tc, test_unix_connect_forms);
     tcase_add_loop_test(tc, test_unix_listen_forms, 0, 3);
@@ -3138,7 +3129,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_unix_path_probe);
     tcase_add_loop_test(tc, test_unix_close_removes_only_its_own_file, 0, 2);
 
-    tc = tcase(s, "handles");
+    tc = th_tcase(s, "handles", TIMEOUT_S);
     tcase_add_test(tc, test_unix_listen_fd_keeps_file);
     tcase_add_loop_test(tc, test_tcp_listen_fd, 0, 2);
     tcase_add_test(tc, test_listen_fd_closed_with_server);
@@ -3152,10 +3143,5 @@ static Suite *server_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(server_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return (failures == 0) ? 0 : 1;
+    return th_run_suite(server_suite());
 }

@@ -2651,20 +2651,12 @@ END_TEST
 
 /* ------------------------------------------------------------------------------------ */
 
-static TCase *tcase(const char *name, int timeout)
-{
-    TCase *tc = tcase_create(name);
-
-    tcase_set_timeout(tc, timeout);
-    return tc;
-}
-
 static Suite *socket_suite(void)
 {
     Suite *s = suite_create("socket");
     TCase *tc;
 
-    tc = tcase("connect", 20);
+    tc = th_tcase(s, "connect", 20);
     tcase_add_test(tc, test_connect_default_host_with_callback);
     tcase_add_test(tc, test_connect_localhost_socket_connect);
     tcase_add_test(tc, test_connect_without_callback);
@@ -2693,9 +2685,8 @@ static Suite *socket_suite(void)
     tcase_add_test(tc, test_write_never_connected);
     tcase_add_test(tc, test_write_queued_during_failed_connect);
     tcase_add_test(tc, test_nd_connect_listener_is_once);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("order", 30);
+    tc = th_tcase(s, "order", 30);
     tcase_add_test(tc, test_end_before_close);
     tcase_add_test(tc, test_end_before_close_late_reader);
     tcase_add_test(tc, test_half_open_false_auto_ends);
@@ -2711,18 +2702,16 @@ static Suite *socket_suite(void)
     tcase_add_test(tc, test_error_async_then_close);
     tcase_add_test(tc, test_getters_after_close);
     tcase_add_test(tc, test_getters_while_connecting);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("addresses", 20);
+    tc = th_tcase(s, "addresses", 20);
     tcase_add_test(tc, test_addresses_ipv4);
     tcase_add_test(tc, test_addresses_ipv6);
     tcase_add_test(tc, test_bytes_read_1mib);
     tcase_add_test(tc, test_bytes_written_includes_queued);
     tcase_add_test(tc, test_bytes_written_encoded_strings);
     tcase_add_test(tc, test_counters_restart_on_reconnect);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("options", 10);
+    tc = th_tcase(s, "options", 10);
     tcase_add_test(tc, test_no_delay_default_and_set);
     tcase_add_test(tc, test_no_delay_before_connect);
     tcase_add_test(tc, test_no_delay_before_connect_last_wins);
@@ -2731,9 +2720,8 @@ static Suite *socket_suite(void)
     tcase_add_test(tc, test_keep_alive_delay_truncated);
     tcase_add_test(tc, test_unref_then_ref_before_connect);
     tcase_add_test(tc, test_unref_connected_socket_lets_loop_finish);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("unix_fd", 10);
+    tc = th_tcase(s, "unix_fd", 10);
     tcase_add_test(tc, test_unix_connect_echo);
     tcase_add_test(tc, test_unix_connect_missing_path);
     tcase_add_test(tc, test_unix_connect_regular_file);
@@ -2742,16 +2730,10 @@ static Suite *socket_suite(void)
     tcase_add_test(tc, test_socket_from_fd_not_readable);
     tcase_add_test(tc, test_socket_from_fd_not_writable);
     tcase_add_test(tc, test_socket_from_non_socket_fd);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(socket_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failures == 0 ? 0 : 1;
+    return th_run_suite(socket_suite());
 }

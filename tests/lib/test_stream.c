@@ -24,36 +24,7 @@
 /* Small utilities                                                                      */
 /* ------------------------------------------------------------------------------------ */
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf_t;
-
-static void buf_add(buf_t *b, const void *d, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        unsigned char *p = realloc(b->p, cap);
-        ck_assert_ptr_nonnull(p);
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n > 0) memcpy(b->p + b->len, d, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_free(buf_t *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-#define BUF_STR(b) ((b).p ? (const char *)(b).p : "")
-
-static void assert_buf_eq(const buf_t *b, const void *want, size_t n)
+static void assert_buf_eq(const th_buf_t *b, const void *want, size_t n)
 {
     ck_assert_uint_eq(b->len, n);
     ck_assert_msg(n == 0 || memcmp(b->p, want, n) == 0, "received bytes differ");
@@ -69,18 +40,6 @@ static void pat_fill(unsigned char *dst, uint64_t off, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = pat(off + i);
-}
-
-#define FNV_INIT 0xcbf29ce484222325ull
-
-static uint64_t fnv1a(uint64_t h, const void *d, size_t n)
-{
-    const unsigned char *p = d;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
 }
 
 /* The write() API does not take ownership, so the chunk is freed as soon as it returns:
@@ -185,152 +144,11 @@ static size_t b64_decode(const unsigned char *s, size_t n, unsigned char *out)
 /* A sink records what one socket saw                                                   */
 /* ------------------------------------------------------------------------------------ */
 
-typedef struct sink {
-    th_log_t log; /* connect, end, finish, error:NAME, close (not data, not timeout) */
-    buf_t data;
-    int ndata, nend, nfinish, nerror, nclose, had_error;
-    int error_code;
-    char error_name[32];
-    char error_message[160];
-} sink_t;
-
-static void sink_ev(void *self, const nd_event_t *ev, void *arg)
+/* Everything but 'lookup' (and 'data' unless with_data). */
+static void sink_attach(nd_socket_t *s, th_sink_t *k, int with_data)
 {
-    sink_t *k = arg;
-
-    switch (ev->type) {
-    case ND_EV_CONNECT:
-        th_log(&k->log, "connect");
-        break;
-    case ND_EV_DATA:
-        k->ndata++;
-        buf_add(&k->data, ev->data, ev->len);
-        break;
-    case ND_EV_END:
-        k->nend++;
-        th_log(&k->log, "end");
-        break;
-    case ND_EV_FINISH:
-        k->nfinish++;
-        th_log(&k->log, "finish");
-        break;
-    case ND_EV_ERROR:
-        k->nerror++;
-        k->error_code = ev->error->code;
-        snprintf(k->error_name, sizeof(k->error_name), "%s", ev->error->name);
-        snprintf(k->error_message, sizeof(k->error_message), "%s", ev->error->message);
-        th_log(&k->log, "error:%s", ev->error->name);
-        break;
-    case ND_EV_CLOSE:
-        k->nclose++;
-        k->had_error = ev->had_error;
-        th_log(&k->log, "close");
-        break;
-    default:
-        break;
-    }
-}
-
-static void sink_attach(nd_socket_t *s, sink_t *k, int with_data)
-{
-    static const nd_event_type_t evs[] = {ND_EV_CONNECT, ND_EV_END, ND_EV_FINISH, ND_EV_ERROR,
-                                          ND_EV_CLOSE};
-    if (with_data) ck_assert_int_eq(nd_socket_on(s, ND_EV_DATA, sink_ev, k), 0);
-    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
-        ck_assert_int_eq(nd_socket_on(s, evs[i], sink_ev, k), 0);
-}
-
-static void sink_free(sink_t *k)
-{
-    buf_free(&k->data);
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* A connected pair: a one-shot server on 127.0.0.1:0 and a client                      */
-/* ------------------------------------------------------------------------------------ */
-
-typedef struct pair pair_t;
-typedef void (*pair_fn)(pair_t *p);
-
-struct pair {
-    nd_loop_t *loop;
-    nd_socket_t *client; /* NULL once its 'close' ran */
-    nd_socket_t *conn;   /* the server's side; NULL once its 'close' ran */
-    int port;
-    int parts;
-    int client_half_open;
-    int server_half_open;
-    pair_fn connecting; /* the client exists and is still connecting */
-    pair_fn accepted;   /* the server's side exists: attach its listeners here */
-    pair_fn ready;      /* both sides are connected */
-    void *arg;
-};
-
-static void pair_step(pair_t *p)
-{
-    if (++p->parts == 2 && p->ready) p->ready(p);
-}
-
-static void pair_client_closed(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    if (p->client == self) p->client = NULL;
-}
-
-static void pair_conn_closed(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    if (p->conn == self) p->conn = NULL;
-}
-
-static void pair_connected(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_step(arg);
-}
-
-static void pair_connection(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-
-    ck_assert_ptr_null(p->conn);
-    p->conn = ev->socket;
-    ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, pair_conn_closed, p), 0);
-    /* One connection per pair: the server's 'close' then follows the connection's, so
-     * the loop ends by itself when the test is done. */
-    ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
-    if (p->accepted) p->accepted(p);
-    pair_step(p);
-}
-
-static void pair_listening(void *self, const nd_event_t *ev, void *arg)
-{
-    pair_t *p = arg;
-    nd_address_t a;
-    nd_connect_options_t o;
-
-    ck_assert_int_eq(nd_server_address(self, &a), 0);
-    p->port = a.port;
-    memset(&o, 0, sizeof(o));
-    o.port = a.port;
-    o.host = "127.0.0.1";
-    o.allow_half_open = p->client_half_open;
-    p->client = nd_connect(p->loop, &o, pair_connected, p);
-    ck_assert_ptr_nonnull(p->client);
-    ck_assert_int_eq(nd_socket_on(p->client, ND_EV_CLOSE, pair_client_closed, p), 0);
-    if (p->connecting) p->connecting(p);
-}
-
-/* Hooks and half-open flags must be set in *p before the call. */
-static void pair_open(pair_t *p, nd_loop_t *loop, void *arg)
-{
-    nd_server_options_t so = {.allow_half_open = p->server_half_open};
-
-    p->loop = loop;
-    p->arg = arg;
-    nd_server_t *srv = nd_server_new(loop, &so, pair_connection, p);
-    ck_assert_ptr_nonnull(srv);
-    ck_assert_int_eq(nd_server_once(srv, ND_EV_LISTENING, pair_listening, p), 0);
-    ck_assert_int_eq(nd_server_listen(srv, 0, "127.0.0.1", 0), 0);
+    unsigned mask = TH_SINK_ALL & ~TH_EVBIT(ND_EV_LOOKUP);
+    th_sink_attach(s, k, with_data ? mask : mask & ~TH_EVBIT(ND_EV_DATA));
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -381,7 +199,7 @@ static void reader_ev(void *self, const nd_event_t *ev, void *arg)
                 break;
             }
         }
-        r->hash = fnv1a(r->hash, d, ev->len);
+        r->hash = th_fnv1a(r->hash, d, ev->len);
         r->got += ev->len;
         r->ndata++;
         if (r->pending) break;
@@ -420,7 +238,7 @@ static void reader_attach(reader_t *r, nd_loop_t *loop, nd_socket_t *s)
 {
     r->loop = loop;
     r->sock = s;
-    r->hash = FNV_INIT;
+    r->hash = TH_FNV0;
     ck_assert_int_eq(nd_socket_on(s, ND_EV_DATA, reader_ev, r), 0);
     ck_assert_int_eq(nd_socket_on(s, ND_EV_END, reader_ev, r), 0);
     ck_assert_int_eq(nd_socket_on(s, ND_EV_ERROR, reader_ev, r), 0);
@@ -432,9 +250,9 @@ static void reader_attach(reader_t *r, nd_loop_t *loop, nd_socket_t *s)
 /* ------------------------------------------------------------------------------------ */
 
 typedef struct ctx {
-    pair_t p;
-    sink_t cs; /* the client */
-    sink_t ss; /* the server's side */
+    th_pair_t p;
+    th_sink_t cs; /* the client */
+    th_sink_t ss; /* the server's side */
     int r[16];
     size_t bs[16];
     uint64_t u[4];
@@ -449,18 +267,18 @@ typedef struct ctx {
 
 static void ctx_free(ctx_t *c)
 {
-    sink_free(&c->cs);
-    sink_free(&c->ss);
+    th_sink_free(&c->cs);
+    th_sink_free(&c->ss);
     free(c->text);
 }
 
-static void hook_client_sink(pair_t *p)
+static void hook_client_sink(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
 }
 
-static void hook_server_sink(pair_t *p)
+static void hook_server_sink(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->conn, &c->ss, 1);
@@ -492,7 +310,7 @@ static void t57_connect(void *self, const nd_event_t *ev, void *arg)
     c->r[2] = nd_socket_end(self, NULL, 0);
 }
 
-static void t57_connecting(pair_t *p)
+static void t57_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -509,14 +327,14 @@ START_TEST(write_before_connect_is_flushed_in_order)
 
     c.p.connecting = t57_connecting;
     c.p.accepted = hook_server_sink;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.flag, 1);
     ck_assert_int_eq(c.r[0], 1); /* queued while connecting, below the 16 KiB limit */
     ck_assert_int_ge(c.r[1], 0);
     ck_assert_int_eq(c.r[2], 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "beforeafter");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "beforeafter");
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
     ck_assert_str_eq(th_log_str(&c.ss.log), "end,finish,close");
     ck_assert_int_eq(c.cs.had_error, 0);
@@ -531,7 +349,7 @@ static void t58_wcb(nd_socket_t *s, int err, void *arg)
     nd_socket_end(s, NULL, 0);
 }
 
-static void t58_connecting(pair_t *p)
+static void t58_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -550,21 +368,21 @@ START_TEST(write_while_connecting_returns_1_and_calls_back_after_connect)
 
     c.p.connecting = t58_connecting;
     c.p.accepted = hook_server_sink;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 1);
     ck_assert_int_eq(c.sync_events, 0);
     ck_assert_int_eq(c.nwcb, 1);
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,wcb:0,finish,end,close");
-    ck_assert_str_eq(BUF_STR(c.ss.data), "abc");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "abc");
     ck_assert_int_eq(c.ss.nend, 1);
     ctx_free(&c);
     th_finish(loop);
 }
 END_TEST
 
-static void t58b_connecting(pair_t *p)
+static void t58b_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -580,13 +398,13 @@ START_TEST(end_with_data_while_connecting)
 
     c.p.connecting = t58b_connecting;
     c.p.accepted = hook_server_sink;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 0);
     ck_assert_int_eq(c.flag, 0); /* not writable from the moment end() returns */
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,finish,end,close");
-    ck_assert_str_eq(BUF_STR(c.ss.data), "bye");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "bye");
     ck_assert_str_eq(th_log_str(&c.ss.log), "end,finish,close");
     ctx_free(&c);
     th_finish(loop);
@@ -595,9 +413,9 @@ END_TEST
 
 /* Throttle: the server side writes into a paused client until write() says 0. */
 typedef struct thr {
-    pair_t p;
+    th_pair_t p;
     reader_t rd;
-    sink_t ss;
+    th_sink_t ss;
     uint64_t written;
     int zero_seen, nonzero_after_zero, bs_over;
     int ndrain, early_drain;
@@ -622,7 +440,7 @@ static void thr_drain(void *self, const nd_event_t *ev, void *arg)
     if (t->ndrain == 1) ck_assert_int_eq(nd_socket_end(self, NULL, 0), 0);
 }
 
-static void thr_connecting(pair_t *p)
+static void thr_connecting(th_pair_t *p)
 {
     thr_t *t = p->arg;
     reader_attach(&t->rd, p->loop, p->client);
@@ -630,7 +448,7 @@ static void thr_connecting(pair_t *p)
     t->rd.paused_by_us = 1;
 }
 
-static void thr_accepted(pair_t *p)
+static void thr_accepted(th_pair_t *p)
 {
     thr_t *t = p->arg;
     sink_attach(p->conn, &t->ss, 0);
@@ -646,7 +464,7 @@ static void thr_write_one(thr_t *t, nd_socket_t *s, size_t chunk, int *r)
     if (nd_socket_buffer_size(s) > t->written) t->bs_over++;
 }
 
-static void thr_ready(pair_t *p)
+static void thr_ready(th_pair_t *p)
 {
     thr_t *t = p->arg;
     const size_t chunk = 64 * KIB;
@@ -676,7 +494,7 @@ START_TEST(throttle_write_returns_0_then_drain)
     t.p.connecting = thr_connecting;
     t.p.accepted = thr_accepted;
     t.p.ready = thr_ready;
-    pair_open(&t.p, loop, &t);
+    th_pair_open(&t.p, loop, &t);
     th_run(loop, 20000);
 
     ck_assert_int_eq(t.zero_seen, 1);
@@ -692,15 +510,15 @@ START_TEST(throttle_write_returns_0_then_drain)
     ck_assert_int_eq(t.rd.nend, 1);
     ck_assert_int_eq(t.rd.nclose, 1);
     ck_assert_str_eq(th_log_str(&t.ss.log), "finish,end,close");
-    sink_free(&t.ss);
+    th_sink_free(&t.ss);
     th_finish(loop);
 }
 END_TEST
 
 typedef struct slow {
-    pair_t p;
+    th_pair_t p;
     reader_t rd;
-    sink_t ss;
+    th_sink_t ss;
     int nwcb, wcb_bad, wcb_order_bad;
 } slow_t;
 
@@ -711,20 +529,20 @@ static void slow_wcb(nd_socket_t *s, int err, void *arg)
     w->nwcb++;
 }
 
-static void slow_connecting(pair_t *p)
+static void slow_connecting(th_pair_t *p)
 {
     slow_t *w = p->arg;
     reader_attach(&w->rd, p->loop, p->client);
     w->rd.pause_ms = 20;
 }
 
-static void slow_accepted(pair_t *p)
+static void slow_accepted(th_pair_t *p)
 {
     slow_t *w = p->arg;
     sink_attach(p->conn, &w->ss, 0);
 }
 
-static void slow_ready(pair_t *p)
+static void slow_ready(th_pair_t *p)
 {
     slow_t *w = p->arg;
     for (int i = 0; i < 10; i++)
@@ -741,7 +559,7 @@ START_TEST(every_write_callback_runs_against_a_slow_reader)
     w.p.connecting = slow_connecting;
     w.p.accepted = slow_accepted;
     w.p.ready = slow_ready;
-    pair_open(&w.p, loop, &w);
+    th_pair_open(&w.p, loop, &w);
     th_run(loop, 45000);
 
     ck_assert_int_eq(w.nwcb, 10);
@@ -753,7 +571,7 @@ START_TEST(every_write_callback_runs_against_a_slow_reader)
     ck_assert_int_eq(w.rd.nclose, 1);
     ck_assert_int_eq(w.ss.nerror, 0);
     ck_assert_int_eq(w.ss.nclose, 1);
-    sink_free(&w.ss);
+    th_sink_free(&w.ss);
     th_finish(loop);
 }
 END_TEST
@@ -766,7 +584,7 @@ static void t61_end(void *self, const nd_event_t *ev, void *arg)
     c->in_call = 0;
 }
 
-static void t61_connecting(pair_t *p)
+static void t61_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -774,7 +592,7 @@ static void t61_connecting(pair_t *p)
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_ERROR, note_sync_error, c), 0);
 }
 
-static void t61_ready(pair_t *p)
+static void t61_ready(th_pair_t *p)
 {
     ck_assert_int_eq(nd_socket_end(p->conn, NULL, 0), 0);
 }
@@ -789,7 +607,7 @@ START_TEST(write_inside_end_without_half_open_gives_epipe)
     c.p.connecting = t61_connecting;
     c.p.accepted = hook_server_sink;
     c.p.ready = t61_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_msg(c.r[0] == -EPIPE || c.r[0] == 0, "write returned %d", c.r[0]);
@@ -814,8 +632,8 @@ START_TEST(write_inside_end_without_half_open_gives_epipe)
 END_TEST
 
 typedef struct gone {
-    pair_t p;
-    sink_t ss;
+    th_pair_t p;
+    th_sink_t ss;
     int nwrites, nwcb, nwcb_err;
     th_timer_t *t;
 } gone_t;
@@ -857,7 +675,7 @@ static void gone_end(void *self, const nd_event_t *ev, void *arg)
     g->t = th_timer(g->p.loop, 20, gone_tick, g);
 }
 
-static void gone_accepted(pair_t *p)
+static void gone_accepted(th_pair_t *p)
 {
     gone_t *g = p->arg;
     sink_attach(p->conn, &g->ss, 1);
@@ -866,7 +684,7 @@ static void gone_accepted(pair_t *p)
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, gone_stop, g), 0);
 }
 
-static void gone_ready(pair_t *p)
+static void gone_ready(th_pair_t *p)
 {
     nd_socket_destroy(p->client);
 }
@@ -880,7 +698,7 @@ START_TEST(write_after_the_peer_is_gone_errors_and_still_calls_back)
     g.p.server_half_open = 1;
     g.p.accepted = gone_accepted;
     g.p.ready = gone_ready;
-    pair_open(&g.p, loop, &g);
+    th_pair_open(&g.p, loop, &g);
     th_run(loop, 10000);
 
     ck_assert_int_ge(g.nwrites, 1);
@@ -894,12 +712,12 @@ START_TEST(write_after_the_peer_is_gone_errors_and_still_calls_back)
     ck_assert_int_eq(g.ss.had_error, 1);
     ck_assert_msg(str_ends(th_log_str(&g.ss.log), ",close"), "server log: %s",
                   th_log_str(&g.ss.log));
-    sink_free(&g.ss);
+    th_sink_free(&g.ss);
     th_finish(loop);
 }
 END_TEST
 
-static void t63_ready(pair_t *p)
+static void t63_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_ERROR, note_sync_error, c), 0);
@@ -919,7 +737,7 @@ START_TEST(write_after_end_fails_with_ewriteafterend_later)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t63_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[1], 0);
@@ -948,7 +766,7 @@ static void t66_finish(void *self, const nd_event_t *ev, void *arg)
     c->bs[9] = nd_socket_buffer_size(self);
 }
 
-static void t66_connecting(pair_t *p)
+static void t66_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -971,7 +789,7 @@ START_TEST(buffer_size_counts_writes_queued_while_connecting)
 
     c.p.connecting = t66_connecting;
     c.p.accepted = hook_server_sink;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     for (int i = 0; i < 9; i++) {
@@ -982,13 +800,13 @@ START_TEST(buffer_size_counts_writes_queued_while_connecting)
     ck_assert_int_eq(c.r[9], 0);
     ck_assert_int_eq(c.cs.nfinish, 1);
     ck_assert_uint_eq(c.bs[9], 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "123456789");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "123456789");
     ctx_free(&c);
     th_finish(loop);
 }
 END_TEST
 
-static void t_zero_ready(pair_t *p)
+static void t_zero_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->in_call = 1;
@@ -1006,7 +824,7 @@ START_TEST(zero_length_write_is_allowed_and_calls_back)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t_zero_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.r[0], 1); /* connected and nothing queued */
@@ -1015,7 +833,7 @@ START_TEST(zero_length_write_is_allowed_and_calls_back)
     ck_assert_int_eq(c.wcb_err, 0);
     ck_assert_int_ge(c.r[1], 0);
     ck_assert_int_eq(c.r[2], 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "z");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "z");
     ck_assert_int_eq(c.cs.nerror, 0);
     ctx_free(&c);
     th_finish(loop);
@@ -1040,7 +858,7 @@ static void order_wcb(nd_socket_t *s, int err, void *arg)
     th_log(&a->o->c.cs.log, "w%d:%s", a->i, err ? nd_err_name(err) : "0");
 }
 
-static void order_ready(pair_t *p)
+static void order_ready(th_pair_t *p)
 {
     order_t *o = p->arg;
     for (int i = 0; i < 5; i++) {
@@ -1052,13 +870,13 @@ static void order_ready(pair_t *p)
     ck_assert_int_eq(nd_socket_end(p->client, NULL, 0), 0);
 }
 
-static void order_client(pair_t *p)
+static void order_client(th_pair_t *p)
 {
     order_t *o = p->arg;
     sink_attach(p->client, &o->c.cs, 1);
 }
 
-static void order_server(pair_t *p)
+static void order_server(th_pair_t *p)
 {
     order_t *o = p->arg;
     sink_attach(p->conn, &o->c.ss, 1);
@@ -1077,7 +895,7 @@ START_TEST(write_callbacks_run_in_order_before_finish)
     o.c.p.connecting = order_client;
     o.c.p.accepted = order_server;
     o.c.p.ready = order_ready;
-    pair_open(&o.c.p, loop, &o);
+    th_pair_open(&o.c.p, loop, &o);
     th_run(loop, 10000);
 
     ck_assert_str_eq(th_log_str(&o.c.cs.log), "connect,w0:0,w1:0,w2:0,w3:0,w4:0,finish,end,close");
@@ -1095,7 +913,7 @@ static void count_drain(void *self, const nd_event_t *ev, void *arg)
     c->ndrain++;
 }
 
-static void t_nodrain_ready(pair_t *p)
+static void t_nodrain_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_DRAIN, count_drain, c), 0);
@@ -1112,13 +930,13 @@ START_TEST(no_drain_without_a_write_that_returned_0)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t_nodrain_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(c.r[i], 1);
     ck_assert_int_eq(c.ndrain, 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "012345678901234567890123456789");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "012345678901234567890123456789");
     ctx_free(&c);
     th_finish(loop);
 }
@@ -1170,7 +988,7 @@ static void a_check(void *self, const nd_event_t *ev, void *arg)
     e->chars += ev->len / 3;
 }
 
-static void u8large_accepted(pair_t *p)
+static void u8large_accepted(th_pair_t *p)
 {
     enc_t *e = p->arg;
     sink_attach(p->conn, &e->c.ss, 0);
@@ -1178,7 +996,7 @@ static void u8large_accepted(pair_t *p)
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_DATA, a_check, e), 0);
 }
 
-static void u8large_ready(pair_t *p)
+static void u8large_ready(th_pair_t *p)
 {
     enc_t *e = p->arg;
     e->c.r[0] = nd_socket_write_string(p->client, e->c.text, "utf8", NULL, NULL);
@@ -1201,7 +1019,7 @@ START_TEST(utf8_large_string_arrives_as_whole_characters)
     e.c.p.connecting = hook_client_sink;
     e.c.p.accepted = u8large_accepted;
     e.c.p.ready = u8large_ready;
-    pair_open(&e.c.p, loop, &e);
+    th_pair_open(&e.c.p, loop, &e);
     th_run(loop, 10000);
 
     ck_assert_int_ge(e.c.r[0], 0);
@@ -1237,21 +1055,21 @@ static void drip_stop(void *self, const nd_event_t *ev, void *arg)
     }
 }
 
-static void drip_accepted(pair_t *p)
+static void drip_accepted(th_pair_t *p)
 {
     enc_t *e = p->arg;
     sink_attach(p->conn, &e->c.ss, 1);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, drip_stop, e), 0);
 }
 
-static void drip_ready(pair_t *p)
+static void drip_ready(th_pair_t *p)
 {
     enc_t *e = p->arg;
     nd_socket_set_no_delay(p->conn, 1);
     drip_tick(e);
 }
 
-static void u8split_connecting(pair_t *p)
+static void u8split_connecting(th_pair_t *p)
 {
     enc_t *e = p->arg;
     ck_assert_int_eq(nd_socket_set_encoding(p->client, "utf8"), 0);
@@ -1272,11 +1090,11 @@ START_TEST(utf8_sequences_split_across_reads_are_joined)
     e.c.p.connecting = u8split_connecting;
     e.c.p.accepted = drip_accepted;
     e.c.p.ready = drip_ready;
-    pair_open(&e.c.p, loop, &e);
+    th_pair_open(&e.c.p, loop, &e);
     th_run(loop, 5000);
 
     ck_assert_uint_eq(e.sent, e.nsend);
-    ck_assert_str_eq(BUF_STR(e.c.cs.data), text);
+    ck_assert_str_eq(TH_BUF_STR(e.c.cs.data), text);
     ck_assert_int_eq(e.bad_chunks, 0);
     ck_assert_int_eq(e.not_terminated, 0);
     ck_assert_int_eq(e.c.cs.nend, 1);
@@ -1290,21 +1108,21 @@ static void echo_data(void *self, const nd_event_t *ev, void *arg)
     ck_assert_int_ge(nd_socket_write(self, ev->data, ev->len, NULL, NULL), 0);
 }
 
-static void latin1_connecting(pair_t *p)
+static void latin1_connecting(th_pair_t *p)
 {
     enc_t *e = p->arg;
     ck_assert_int_eq(nd_socket_set_encoding(p->client, "latin1"), 0);
     sink_attach(p->client, &e->c.cs, 1);
 }
 
-static void latin1_accepted(pair_t *p)
+static void latin1_accepted(th_pair_t *p)
 {
     enc_t *e = p->arg;
     sink_attach(p->conn, &e->c.ss, 1);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_DATA, echo_data, e), 0);
 }
 
-static void latin1_ready(pair_t *p)
+static void latin1_ready(th_pair_t *p)
 {
     enc_t *e = p->arg;
     /* U+0000 cannot travel in a NUL-terminated string: it goes as a raw byte. */
@@ -1344,7 +1162,7 @@ START_TEST(latin1_round_trips_all_256_byte_values)
     e.c.p.connecting = latin1_connecting;
     e.c.p.accepted = latin1_accepted;
     e.c.p.ready = latin1_ready;
-    pair_open(&e.c.p, loop, &e);
+    th_pair_open(&e.c.p, loop, &e);
     th_run(loop, 5000);
 
     ck_assert_int_ge(e.c.r[0], 0);
@@ -1366,7 +1184,7 @@ typedef struct wstr {
     int n;
 } wstr_t;
 
-static void wstr_ready(pair_t *p)
+static void wstr_ready(th_pair_t *p)
 {
     wstr_t *w = p->arg;
     for (int i = 0; i < w->n; i++)
@@ -1375,13 +1193,13 @@ static void wstr_ready(pair_t *p)
     ck_assert_int_eq(nd_socket_end(p->client, NULL, 0), 0);
 }
 
-static void wstr_client(pair_t *p)
+static void wstr_client(th_pair_t *p)
 {
     wstr_t *w = p->arg;
     sink_attach(p->client, &w->c.cs, 1);
 }
 
-static void wstr_server(pair_t *p)
+static void wstr_server(th_pair_t *p)
 {
     wstr_t *w = p->arg;
     sink_attach(p->conn, &w->c.ss, 1);
@@ -1399,7 +1217,7 @@ static void run_write_strings(const char *const *strs, const char *const *encs, 
     w.c.p.connecting = wstr_client;
     w.c.p.accepted = wstr_server;
     w.c.p.ready = wstr_ready;
-    pair_open(&w.c.p, loop, &w);
+    th_pair_open(&w.c.p, loop, &w);
     th_run(loop, 5000);
 
     for (int i = 0; i < n; i++)
@@ -1486,7 +1304,7 @@ static void rstr_tick(void *arg)
         ck_assert_int_eq(nd_socket_end(e->c.p.conn, NULL, 0), 0);
 }
 
-static void rstr_connecting(pair_t *p)
+static void rstr_connecting(th_pair_t *p)
 {
     rstr_t *r = p->arg;
     ck_assert_int_eq(nd_socket_set_encoding(p->client, r->e.encoding), 0);
@@ -1494,14 +1312,14 @@ static void rstr_connecting(pair_t *p)
     if (r->check) ck_assert_int_eq(nd_socket_on(p->client, ND_EV_DATA, r->check, r), 0);
 }
 
-static void rstr_accepted(pair_t *p)
+static void rstr_accepted(th_pair_t *p)
 {
     rstr_t *r = p->arg;
     sink_attach(p->conn, &r->e.c.ss, 0);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, drip_stop, &r->e), 0);
 }
 
-static void rstr_ready(pair_t *p)
+static void rstr_ready(th_pair_t *p)
 {
     nd_socket_set_no_delay(p->conn, 1);
     rstr_tick(p->arg);
@@ -1513,7 +1331,7 @@ static void run_read_strings(rstr_t *r)
     r->e.c.p.connecting = rstr_connecting;
     r->e.c.p.accepted = rstr_accepted;
     r->e.c.p.ready = rstr_ready;
-    pair_open(&r->e.c.p, loop, r);
+    th_pair_open(&r->e.c.p, loop, r);
     th_run(loop, 10000);
     ck_assert_int_eq(r->at, r->nstages);
     ck_assert_int_eq(r->e.c.cs.nend, 1);
@@ -1547,7 +1365,7 @@ START_TEST(set_encoding_hex_gives_lowercase_pairs)
     r.check = hex_check;
     run_read_strings(&r);
 
-    ck_assert_str_eq(BUF_STR(r.e.c.cs.data), want);
+    ck_assert_str_eq(TH_BUF_STR(r.e.c.cs.data), want);
     ck_assert_int_eq(r.e.bad_chunks, 0);
     ck_assert_int_eq(r.e.not_terminated, 0);
     ctx_free(&r.e.c);
@@ -1643,7 +1461,7 @@ START_TEST(set_encoding_utf16le_never_splits_characters)
 }
 END_TEST
 
-static void null_enc_connecting(pair_t *p)
+static void null_enc_connecting(th_pair_t *p)
 {
     ck_assert_int_eq(nd_socket_set_encoding(p->client, "hex"), 0);
     rstr_connecting(p);
@@ -1664,7 +1482,7 @@ START_TEST(set_encoding_null_turns_decoding_off)
     r.e.c.p.connecting = null_enc_connecting;
     r.e.c.p.accepted = rstr_accepted;
     r.e.c.p.ready = rstr_ready;
-    pair_open(&r.e.c.p, loop, &r);
+    th_pair_open(&r.e.c.p, loop, &r);
     th_run(loop, 5000);
 
     assert_buf_eq(&r.e.c.cs.data, bytes, sizeof(bytes));
@@ -1689,7 +1507,7 @@ typedef struct prc {
     int paused_at_start;
     int ndata, ndata_at_teardown, torn;
     int nclose;
-    buf_t got;
+    th_buf_t got;
     th_timer_t *t;
 } prc_t;
 
@@ -1724,7 +1542,7 @@ static void pr_client_ev(void *self, const nd_event_t *ev, void *arg)
         break;
     case ND_EV_DATA:
         c->ndata++;
-        buf_add(&c->got, ev->data, ev->len);
+        th_buf_add(&c->got, ev->data, ev->len);
         break;
     case ND_EV_CLOSE:
         c->nclose++;
@@ -1805,19 +1623,19 @@ START_TEST(pause_and_resume_before_connect_last_call_wins)
         ck_assert_msg(c->paused_at_start == paused[i], "client %d paused %d", i,
                       c->paused_at_start);
         ck_assert_int_eq(c->nclose, 1);
-        ck_assert_str_eq(BUF_STR(c->got), PR_MSG);
+        ck_assert_str_eq(TH_BUF_STR(c->got), PR_MSG);
         if (paused[i]) {
             ck_assert_int_eq(c->torn, 1);
             ck_assert_msg(c->ndata_at_teardown == 0, "paused client %d read before resume", i);
         }
-        buf_free(&c->got);
+        th_buf_free(&c->got);
     }
     th_finish(loop);
 }
 END_TEST
 
 typedef struct cyc {
-    pair_t p;
+    th_pair_t p;
     reader_t rd;
     uint64_t total;
     int cycles, violations;
@@ -1858,7 +1676,7 @@ static void cyc_close(void *self, const nd_event_t *ev, void *arg)
     }
 }
 
-static void cyc_connecting(pair_t *p)
+static void cyc_connecting(th_pair_t *p)
 {
     cyc_t *y = p->arg;
     reader_attach(&y->rd, p->loop, p->client);
@@ -1866,7 +1684,7 @@ static void cyc_connecting(pair_t *p)
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_CLOSE, cyc_close, y), 0);
 }
 
-static void cyc_ready(pair_t *p)
+static void cyc_ready(th_pair_t *p)
 {
     cyc_t *y = p->arg;
     ck_assert_int_ge(write_pat(p->conn, 0, y->total, NULL, NULL), 0);
@@ -1882,7 +1700,7 @@ START_TEST(paused_socket_gets_no_data_across_100ms)
     y.total = 4 * MIB;
     y.p.connecting = cyc_connecting;
     y.p.ready = cyc_ready;
-    pair_open(&y.p, loop, &y);
+    th_pair_open(&y.p, loop, &y);
     th_run(loop, 10000);
 
     ck_assert_int_eq(y.cycles, 3);
@@ -2002,7 +1820,7 @@ static void t73_cb(void *self, const nd_event_t *ev, void *arg)
     th_log(&c->cs.log, "cb");
 }
 
-static void t73_ready(pair_t *p)
+static void t73_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_TIMEOUT, t73_on, c), 0);
@@ -2018,7 +1836,7 @@ START_TEST(set_timeout_callback_is_one_shot)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t73_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ntimeout, 2);
@@ -2051,7 +1869,7 @@ static void destroy_client_timer(void *arg)
     if (c->p.client) nd_socket_destroy(c->p.client);
 }
 
-static void t74_ready(pair_t *p)
+static void t74_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_TIMEOUT, count_timeout, c), 0);
@@ -2069,7 +1887,7 @@ START_TEST(set_timeout_0_disables_the_timer)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t74_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ntimeout, 0);
@@ -2086,7 +1904,7 @@ static void t74b_on(void *self, const nd_event_t *ev, void *arg)
     nd_socket_destroy(self);
 }
 
-static void t74b_ready(pair_t *p)
+static void t74b_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_TIMEOUT, t74b_on, c), 0);
@@ -2104,7 +1922,7 @@ START_TEST(set_timeout_0_with_callback_removes_it)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t74b_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ntimeout, 1);
@@ -2130,7 +1948,7 @@ static void t75_timeout(void *self, const nd_event_t *ev, void *arg)
     }
 }
 
-static void t75_accepted(pair_t *p)
+static void t75_accepted(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->conn, &c->ss, 1);
@@ -2146,14 +1964,14 @@ START_TEST(timeout_does_not_close_and_a_write_restarts_it)
 
     c.p.connecting = hook_client_sink;
     c.p.accepted = t75_accepted;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ntimeout, 2);
     ck_assert_int_eq(c.flag, 0);
     ck_assert_msg(c.t[1] - c.t[0] >= 50.0, "second timeout %.1f ms after the write",
                   c.t[1] - c.t[0]);
-    ck_assert_str_eq(BUF_STR(c.cs.data), "hellobye");
+    ck_assert_str_eq(TH_BUF_STR(c.cs.data), "hellobye");
     ck_assert_str_eq(th_log_str(&c.cs.log), "connect,end,finish,close");
     ck_assert_int_eq(c.ss.nclose, 1);
     ck_assert_int_eq(c.ss.had_error, 0);
@@ -2188,7 +2006,7 @@ static void t76_client_timeout(void *self, const nd_event_t *ev, void *arg)
     c->ncb++;
 }
 
-static void t76_connecting(pair_t *p)
+static void t76_connecting(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->client, &c->cs, 1);
@@ -2196,7 +2014,7 @@ static void t76_connecting(pair_t *p)
     nd_socket_set_timeout(p->client, 0, NULL, NULL);
 }
 
-static void t76_accepted(pair_t *p)
+static void t76_accepted(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     sink_attach(p->conn, &c->ss, 1);
@@ -2204,7 +2022,7 @@ static void t76_accepted(pair_t *p)
     nd_socket_set_timeout(p->conn, T76, NULL, NULL);
 }
 
-static void t76_ready(pair_t *p)
+static void t76_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     c->timer = th_timer(p->loop, 100, t76_ping, c);
@@ -2219,12 +2037,12 @@ START_TEST(timeout_fires_after_idleness_since_the_last_activity)
     c.p.connecting = t76_connecting;
     c.p.accepted = t76_accepted;
     c.p.ready = t76_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ntimeout, 1);
     ck_assert_int_eq(c.ncb, 0);
-    ck_assert_str_eq(BUF_STR(c.ss.data), "ping");
+    ck_assert_str_eq(TH_BUF_STR(c.ss.data), "ping");
     double idle = c.t[1] - c.t[0];
     ck_assert_msg(idle >= T76 && idle <= T76 + 800, "timeout after %.1f ms idle", idle);
     ck_assert_int_eq(c.cs.nend, 1);
@@ -2238,9 +2056,9 @@ END_TEST
 #define T77 500
 
 typedef struct prog {
-    pair_t p;
+    th_pair_t p;
     reader_t rd;
-    sink_t ss;
+    th_sink_t ss;
     uint64_t total;
     int ntimeout;
     double t_start, t_finish;
@@ -2260,7 +2078,7 @@ static void prog_finish(void *self, const nd_event_t *ev, void *arg)
     nd_socket_set_timeout(self, 0, NULL, NULL);
 }
 
-static void prog_connecting(pair_t *p)
+static void prog_connecting(th_pair_t *p)
 {
     prog_t *g = p->arg;
     reader_attach(&g->rd, p->loop, p->client);
@@ -2268,7 +2086,7 @@ static void prog_connecting(pair_t *p)
     g->rd.rate = 4 * MIB;
 }
 
-static void prog_accepted(pair_t *p)
+static void prog_accepted(th_pair_t *p)
 {
     prog_t *g = p->arg;
     sink_attach(p->conn, &g->ss, 0);
@@ -2276,7 +2094,7 @@ static void prog_accepted(pair_t *p)
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_FINISH, prog_finish, g), 0);
 }
 
-static void prog_ready(pair_t *p)
+static void prog_ready(th_pair_t *p)
 {
     prog_t *g = p->arg;
     small_buffers(p->conn);
@@ -2299,7 +2117,7 @@ START_TEST(write_progress_to_a_slow_reader_counts_as_activity)
     g.p.connecting = prog_connecting;
     g.p.accepted = prog_accepted;
     g.p.ready = prog_ready;
-    pair_open(&g.p, loop, &g);
+    th_pair_open(&g.p, loop, &g);
     th_run(loop, 30000);
 
     ck_assert_int_eq(g.ntimeout, 0);
@@ -2310,7 +2128,7 @@ START_TEST(write_progress_to_a_slow_reader_counts_as_activity)
     ck_assert_int_eq(g.rd.bad, 0);
     ck_assert_int_eq(g.rd.nend, 1);
     ck_assert_int_eq(g.ss.nclose, 1);
-    sink_free(&g.ss);
+    th_sink_free(&g.ss);
     th_finish(loop);
 }
 END_TEST
@@ -2391,7 +2209,7 @@ START_TEST(set_timeout_after_destroy_does_nothing)
 }
 END_TEST
 
-static void t78c_ready(pair_t *p)
+static void t78c_ready(th_pair_t *p)
 {
     ctx_t *c = p->arg;
     nd_socket_destroy(p->client);
@@ -2408,7 +2226,7 @@ START_TEST(set_timeout_after_destroying_a_connected_socket_does_nothing)
     c.p.connecting = hook_client_sink;
     c.p.accepted = hook_server_sink;
     c.p.ready = t78c_ready;
-    pair_open(&c.p, loop, &c);
+    th_pair_open(&c.p, loop, &c);
     th_run(loop, 5000);
 
     ck_assert_int_eq(c.ncb, 0);
@@ -2526,7 +2344,7 @@ END_TEST
 /* ------------------------------------------------------------------------------------ */
 
 typedef struct echo {
-    pair_t p;
+    th_pair_t p;
     uint64_t total, sent, got;
     uint64_t hsent, hgot;
     int pipe_r, ended, nend, nclose, nerror;
@@ -2541,7 +2359,7 @@ static void echo_pump(echo_t *e)
     while (s && e->sent < e->total) {
         size_t n = e->total - e->sent < ECHO_CHUNK ? (size_t)(e->total - e->sent) : ECHO_CHUNK;
         pat_fill(e->chunk, e->sent, n);
-        e->hsent = fnv1a(e->hsent, e->chunk, n);
+        e->hsent = th_fnv1a(e->hsent, e->chunk, n);
         int r = nd_socket_write(s, e->chunk, n, NULL, NULL);
         ck_assert_int_ge(r, 0);
         e->sent += n;
@@ -2558,7 +2376,7 @@ static void echo_client_ev(void *self, const nd_event_t *ev, void *arg)
     echo_t *e = arg;
     switch (ev->type) {
     case ND_EV_DATA:
-        e->hgot = fnv1a(e->hgot, ev->data, ev->len);
+        e->hgot = th_fnv1a(e->hgot, ev->data, ev->len);
         e->got += ev->len;
         break;
     case ND_EV_DRAIN:
@@ -2578,7 +2396,7 @@ static void echo_client_ev(void *self, const nd_event_t *ev, void *arg)
     }
 }
 
-static void echo_connecting(pair_t *p)
+static void echo_connecting(th_pair_t *p)
 {
     static const nd_event_type_t evs[] = {ND_EV_DATA, ND_EV_DRAIN, ND_EV_END, ND_EV_ERROR,
                                           ND_EV_CLOSE};
@@ -2586,13 +2404,13 @@ static void echo_connecting(pair_t *p)
         ck_assert_int_eq(nd_socket_on(p->client, evs[i], echo_client_ev, p->arg), 0);
 }
 
-static void echo_accepted(pair_t *p)
+static void echo_accepted(th_pair_t *p)
 {
     echo_t *e = p->arg;
     e->pipe_r = nd_socket_pipe(p->conn, p->conn, 1);
 }
 
-static void echo_ready(pair_t *p)
+static void echo_ready(th_pair_t *p)
 {
     echo_pump(p->arg);
 }
@@ -2603,13 +2421,13 @@ START_TEST(pipe_to_itself_echoes_16_mib)
     nd_loop_t *loop = th_loop_new();
 
     e.total = th_sanitized() ? 4 * MIB : 16 * MIB;
-    e.hsent = e.hgot = FNV_INIT;
+    e.hsent = e.hgot = TH_FNV0;
     e.chunk = malloc(ECHO_CHUNK);
     ck_assert_ptr_nonnull(e.chunk);
     e.p.connecting = echo_connecting;
     e.p.accepted = echo_accepted;
     e.p.ready = echo_ready;
-    pair_open(&e.p, loop, &e);
+    th_pair_open(&e.p, loop, &e);
     th_run(loop, 30000);
 
     ck_assert_int_eq(e.pipe_r, 0);
@@ -2627,7 +2445,7 @@ END_TEST
 /* Two pairs: A.client writes, A.conn is the pipe's source, B.conn its destination and
  * B.client the reader at the far end. */
 typedef struct bp {
-    pair_t a, b;
+    th_pair_t a, b;
     int nready;
     reader_t rd;
     uint64_t total;
@@ -2676,13 +2494,13 @@ static void bp_start(bp_t *x)
     x->poll = th_timer(x->a.loop, 20, bp_poll, x);
 }
 
-static void bp_ready(pair_t *p)
+static void bp_ready(th_pair_t *p)
 {
     bp_t *x = p->arg;
     if (++x->nready == 2) bp_start(x);
 }
 
-static void bp_b_connecting(pair_t *p)
+static void bp_b_connecting(th_pair_t *p)
 {
     bp_t *x = p->arg;
     reader_attach(&x->rd, p->loop, p->client);
@@ -2699,8 +2517,8 @@ START_TEST(pipe_pauses_the_source_while_the_destination_is_full)
     x.a.ready = bp_ready;
     x.b.connecting = bp_b_connecting;
     x.b.ready = bp_ready;
-    pair_open(&x.a, loop, &x);
-    pair_open(&x.b, loop, &x);
+    th_pair_open(&x.a, loop, &x);
+    th_pair_open(&x.b, loop, &x);
     th_run(loop, 20000);
 
     ck_assert_int_eq(x.pipe_r, 0);
@@ -2719,13 +2537,13 @@ START_TEST(pipe_pauses_the_source_while_the_destination_is_full)
 END_TEST
 
 typedef struct pe {
-    pair_t a, b;
+    th_pair_t a, b;
     int nready;
     int end_dst;
     int pipe_r, unpipe_r[2];
     int unpipe; /* test unpipe() after the first bytes */
     int unpiped;
-    sink_t a_conn, b_client;
+    th_sink_t a_conn, b_client;
     th_timer_t *t;
     int b_end_at_timer, b_writable_at_timer;
     size_t b_len_at_timer;
@@ -2760,21 +2578,21 @@ static void pe_b_data(void *self, const nd_event_t *ev, void *arg)
     ck_assert_int_eq(nd_socket_end(x->a.client, NULL, 0), 0);
 }
 
-static void pe_a_accepted(pair_t *p)
+static void pe_a_accepted(th_pair_t *p)
 {
     pe_t *x = p->arg;
     sink_attach(p->conn, &x->a_conn, 1);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, pe_a_conn_closed, x), 0);
 }
 
-static void pe_b_connecting(pair_t *p)
+static void pe_b_connecting(th_pair_t *p)
 {
     pe_t *x = p->arg;
     sink_attach(p->client, &x->b_client, 1);
     ck_assert_int_eq(nd_socket_on(p->client, ND_EV_DATA, pe_b_data, x), 0);
 }
 
-static void pe_ready(pair_t *p)
+static void pe_ready(th_pair_t *p)
 {
     pe_t *x = p->arg;
     if (++x->nready < 2) return;
@@ -2794,8 +2612,8 @@ static void run_pipe_end(pe_t *x)
     x->a.ready = pe_ready;
     x->b.connecting = pe_b_connecting;
     x->b.ready = pe_ready;
-    pair_open(&x->a, loop, x);
-    pair_open(&x->b, loop, x);
+    th_pair_open(&x->a, loop, x);
+    th_pair_open(&x->b, loop, x);
     th_run(loop, 5000);
     ck_assert_int_eq(x->pipe_r, 0);
     th_finish(loop);
@@ -2808,12 +2626,12 @@ START_TEST(pipe_ends_the_destination_when_the_source_ends)
     x.end_dst = 1;
     run_pipe_end(&x);
 
-    ck_assert_str_eq(BUF_STR(x.b_client.data), "hello");
+    ck_assert_str_eq(TH_BUF_STR(x.b_client.data), "hello");
     ck_assert_str_eq(th_log_str(&x.b_client.log), "connect,end,finish,close");
-    ck_assert_str_eq(BUF_STR(x.a_conn.data), "hello");
+    ck_assert_str_eq(TH_BUF_STR(x.a_conn.data), "hello");
     ck_assert_int_eq(x.a_conn.nend, 1);
-    sink_free(&x.a_conn);
-    sink_free(&x.b_client);
+    th_sink_free(&x.a_conn);
+    th_sink_free(&x.b_client);
 }
 END_TEST
 
@@ -2827,11 +2645,11 @@ START_TEST(pipe_with_end_dst_0_leaves_the_destination_open)
     ck_assert_int_eq(x.b_end_at_timer, 0);
     ck_assert_int_eq(x.b_writable_at_timer, 1);
     ck_assert_uint_eq(x.b_len_at_timer, 5);
-    ck_assert_str_eq(BUF_STR(x.b_client.data), "hello");
+    ck_assert_str_eq(TH_BUF_STR(x.b_client.data), "hello");
     /* 'end' only came from our own end() after the timer. */
     ck_assert_str_eq(th_log_str(&x.b_client.log), "connect,end,finish,close");
-    sink_free(&x.a_conn);
-    sink_free(&x.b_client);
+    th_sink_free(&x.a_conn);
+    th_sink_free(&x.b_client);
 }
 END_TEST
 
@@ -2846,13 +2664,13 @@ START_TEST(unpipe_stops_forwarding)
     ck_assert_int_eq(x.unpiped, 1);
     ck_assert_int_eq(x.unpipe_r[0], 0);
     ck_assert_int_eq(x.unpipe_r[1], -ENOENT);
-    ck_assert_str_eq(BUF_STR(x.a_conn.data), "onetwo");
+    ck_assert_str_eq(TH_BUF_STR(x.a_conn.data), "onetwo");
     ck_assert_uint_eq(x.b_len_at_timer, 3);
     ck_assert_int_eq(x.b_end_at_timer, 0); /* the source's end was not passed on either */
-    ck_assert_str_eq(BUF_STR(x.b_client.data), "one");
+    ck_assert_str_eq(TH_BUF_STR(x.b_client.data), "one");
     ck_assert_int_eq(x.b_client.nend, 1);
-    sink_free(&x.a_conn);
-    sink_free(&x.b_client);
+    th_sink_free(&x.a_conn);
+    th_sink_free(&x.b_client);
 }
 END_TEST
 
@@ -2882,7 +2700,7 @@ static void late_data(void *self, const nd_event_t *ev, void *arg)
     /* Bytes in the order they were sent: the running sum of the pattern's prefix. */
     for (size_t i = 0; i < ev->len; i++)
         ck_assert_uint_eq((unsigned char)ev->data[i], pat(l->got + i));
-    l->sum = fnv1a(l->sum, ev->data, ev->len);
+    l->sum = th_fnv1a(l->sum, ev->data, ev->len);
     l->got += ev->len;
 }
 
@@ -2933,7 +2751,7 @@ static void run_late(late_t *l, size_t total)
     l->loop = th_loop_new();
     l->total = total;
     l->attach_ms = 200;
-    l->sum = FNV_INIT;
+    l->sum = TH_FNV0;
     l->srv = nd_server_new(l->loop, NULL, late_connection, l);
     ck_assert_ptr_nonnull(l->srv);
     ck_assert_int_eq(nd_server_listen(l->srv, 0, "127.0.0.1", 0), 0);
@@ -2973,7 +2791,7 @@ START_TEST(unread_input_stops_at_16_kib_and_flows_later)
     ck_assert_uint_eq(l.read_at_attach, 16 * KIB);
     ck_assert_str_eq(th_log_str(&l.log), "attach,end(1048576),close");
     ck_assert_uint_eq(l.got, MIB);
-    ck_assert(l.sum == fnv1a(FNV_INIT, want, MIB));
+    ck_assert(l.sum == th_fnv1a(TH_FNV0, want, MIB));
     free(want);
     th_finish(l.loop);
 }
@@ -3287,8 +3105,7 @@ static Suite *stream_suite(void)
     Suite *s = suite_create("stream");
     TCase *tc;
 
-    tc = tcase_create("write");
-    tcase_set_timeout(tc, 30);
+    tc = th_tcase(s, "write", 30);
     tcase_add_test(tc, write_before_connect_is_flushed_in_order);
     tcase_add_test(tc, write_while_connecting_returns_1_and_calls_back_after_connect);
     tcase_add_test(tc, end_with_data_while_connecting);
@@ -3303,22 +3120,16 @@ static Suite *stream_suite(void)
     tcase_add_test(tc, no_drain_after_end_only_finish);
     tcase_add_test(tc, write_while_connecting_is_true_below_16_kib);
     tcase_add_test(tc, unrefd_socket_with_queued_output_keeps_the_loop);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("unread");
-    tcase_set_timeout(tc, 30);
+    tc = th_tcase(s, "unread", 30);
     tcase_add_test(tc, data_listener_added_late_gets_the_bytes_then_end);
     tcase_add_test(tc, unread_input_stops_at_16_kib_and_flows_later);
     tcase_add_test(tc, paused_socket_reads_on_and_times_out_only_when_the_peer_stops);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("slow");
-    tcase_set_timeout(tc, 60);
+    tc = th_tcase(s, "slow", 60);
     tcase_add_test(tc, every_write_callback_runs_against_a_slow_reader);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("encoding");
-    tcase_set_timeout(tc, 20);
+    tc = th_tcase(s, "encoding", 20);
     tcase_add_test(tc, utf8_large_string_arrives_as_whole_characters);
     tcase_add_test(tc, utf8_sequences_split_across_reads_are_joined);
     tcase_add_test(tc, latin1_round_trips_all_256_byte_values);
@@ -3331,17 +3142,13 @@ static Suite *stream_suite(void)
     tcase_add_test(tc, set_encoding_base64_emits_whole_groups);
     tcase_add_test(tc, set_encoding_utf16le_never_splits_characters);
     tcase_add_test(tc, set_encoding_null_turns_decoding_off);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("pause");
-    tcase_set_timeout(tc, 20);
+    tc = th_tcase(s, "pause", 20);
     tcase_add_test(tc, pause_and_resume_before_connect_last_call_wins);
     tcase_add_test(tc, paused_socket_gets_no_data_across_100ms);
     tcase_add_test(tc, paused_client_and_unrefd_server_let_the_loop_end);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("timeout");
-    tcase_set_timeout(tc, 40);
+    tc = th_tcase(s, "timeout", 40);
     tcase_add_test(tc, set_timeout_callback_is_one_shot);
     tcase_add_test(tc, set_timeout_0_disables_the_timer);
     tcase_add_test(tc, set_timeout_0_with_callback_removes_it);
@@ -3352,25 +3159,18 @@ static Suite *stream_suite(void)
     tcase_add_test(tc, set_timeout_after_destroy_does_nothing);
     tcase_add_test(tc, set_timeout_after_destroying_a_connected_socket_does_nothing);
     tcase_add_test(tc, unrefd_sockets_with_timers_let_the_loop_end);
-    suite_add_tcase(s, tc);
 
-    tc = tcase_create("pipe");
-    tcase_set_timeout(tc, 40);
+    tc = th_tcase(s, "pipe", 40);
     tcase_add_test(tc, pipe_to_itself_echoes_16_mib);
     tcase_add_test(tc, pipe_pauses_the_source_while_the_destination_is_full);
     tcase_add_test(tc, pipe_ends_the_destination_when_the_source_ends);
     tcase_add_test(tc, pipe_with_end_dst_0_leaves_the_destination_open);
     tcase_add_test(tc, unpipe_stops_forwarding);
-    suite_add_tcase(s, tc);
 
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(stream_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failures = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return (failures == 0) ? 0 : 1;
+    return th_run_suite(stream_suite());
 }
