@@ -27,94 +27,12 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-/* printf, then every ' becomes " (JSON without a backslash on every quote). */
-static char *Q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *Q(const char *fmt, ...)
-{
-    static char *last[8];
-    static int next;
-    char *t = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    ck_assert(vasprintf(&t, fmt, ap) >= 0);
-    va_end(ap);
-    for (char *p = t; *p; p++)
-        if (*p == '\'')
-            *p = '"';
-    free(last[next % 8]);
-    last[next++ % 8] = t;
-    return t;
-}
-
-static json_t *ccall(np_client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static json_t *ccall(np_client_t *c, const char *fmt, ...)
-{
-    char *t = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    ck_assert(vasprintf(&t, fmt, ap) >= 0);
-    va_end(ap);
-    for (char *p = t; *p; p++)
-        if (*p == '\'')
-            *p = '"';
-    json_error_t err;
-    json_t *req = json_loads(t, JSON_REJECT_DUPLICATES, &err);
-    ck_assert_msg(req != NULL, "bad JSON in the test (%s): %s", err.text, t);
-    free(t);
-    return np_client_rpc(c, req);
-}
-
-#define call(np, ...) ccall((np)->ctl, __VA_ARGS__)
-
-static json_int_t jint(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_integer(v), "\"%s\" should be an integer in %s", key, np_json_str(o));
-    return json_integer_value(v);
-}
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_string(v), "\"%s\" should be a string in %s", key, np_json_str(o));
-    return json_string_value(v);
-}
-
-static json_t *jobj(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_object(v), "\"%s\" should be an object in %s", key, np_json_str(o));
-    return v;
-}
-
-static json_t *jarr(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_array(v), "\"%s\" should be an array in %s", key, np_json_str(o));
-    return v;
-}
-
-static bool str_in(const char *hay, const char *needle)
-{
-    return hay && strstr(hay, needle) != NULL;
-}
-
 static size_t count_in(const char *hay, const char *needle)
 {
     size_t n = 0;
     for (const char *p = hay; p && (p = strstr(p, needle)); p += strlen(needle))
         n++;
     return n;
-}
-
-static json_t *server_obj(netd_proc_t *np, const char *name)
-{
-    return jobj(np_ok(np_call(np, "{s:s, s:s}", "cmd", "server", "server", name)), "server");
-}
-
-static int server_port(netd_proc_t *np, const char *name)
-{
-    return (int)jint(jobj(server_obj(np, name), "address"), "port");
 }
 
 /* The names in `servers`, as one string "a,b,c" in list order. */
@@ -124,10 +42,10 @@ static const char *server_names(netd_proc_t *np)
     out[0] = '\0';
     size_t i;
     json_t *s;
-    json_array_foreach(jarr(np_ok(call(np, "{'cmd':'servers'}")), "servers"), i, s)
+    json_array_foreach(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers"), i, s)
     {
         strncat(out, i ? "," : "", sizeof(out) - strlen(out) - 1);
-        strncat(out, jstr(s, "name"), sizeof(out) - strlen(out) - 1);
+        strncat(out, np_jstr(s, "name"), sizeof(out) - strlen(out) - 1);
     }
     return out;
 }
@@ -136,27 +54,11 @@ static const char *server_names(netd_proc_t *np)
 static void wait_log(netd_proc_t *np, const char *needle)
 {
     uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
-    while (!str_in(np_stderr(np), needle)) {
+    while (!np_str_in(np_stderr(np), needle)) {
         ck_assert_msg(np_now_ms() < deadline, "netd never logged \"%s\"; stderr:\n%s", needle,
                       np_stderr(np));
         np_pause_ms(10);
     }
-}
-
-static int echo_client(int port)
-{
-    int fd = np_tcp_connect(port);
-    np_echo_check(fd, "ping\n");
-    return fd;
-}
-
-static void sun_set(struct sockaddr_un *sa, const char *path)
-{
-    size_t n = strlen(path);
-    ck_assert_msg(n < sizeof(sa->sun_path), "unix path too long: %s", path);
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    memcpy(sa->sun_path, path, n + 1);
 }
 
 /* A unix socket bound at path; listening when backlog >= 0. The fd (caller closes). */
@@ -165,7 +67,7 @@ static int unix_bound(const char *path, int backlog)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ck_assert(fd >= 0);
     struct sockaddr_un sa;
-    sun_set(&sa, path);
+    np_sun_set(&sa, path);
     ck_assert_msg(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s: %s", path,
                   strerror(errno));
     if (backlog >= 0)
@@ -210,25 +112,8 @@ static char *path_in(const char *dir, const char *name)
     return out;
 }
 
-typedef struct notify_sock {
-    int fd;
-    char env[160];
-} notify_sock_t;
-
-static void notify_open(notify_sock_t *n)
-{
-    char dir[PATH_MAX];
-    np_mkdtemp(dir);
-    struct sockaddr_un sa;
-    sun_set(&sa, path_in(dir, "notify.sock"));
-    n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    ck_assert(n->fd >= 0);
-    ck_assert(bind(n->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-    snprintf(n->env, sizeof(n->env), "NOTIFY_SOCKET=%s", sa.sun_path);
-}
-
 /* Every datagram received so far, lines joined with '|'. */
-static const char *notify_drain(notify_sock_t *n, unsigned wait_ms)
+static const char *notify_drain(np_notify_t *n, unsigned wait_ms)
 {
     static char seen[4096];
     seen[0] = '\0';
@@ -258,23 +143,23 @@ START_TEST(test_startup_fails_when_a_server_cannot_listen)
 {
     int port;
     int busy = np_tcp_listen(&port);
-    notify_sock_t n;
-    notify_open(&n);
+    np_notify_t n;
+    np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
-    np_opts_t o = {.config = Q("{'servers':[{'name':'fine','port':0,'host':'127.0.0.1'},"
-                               "{'name':'web','port':%d,'host':'127.0.0.1'}]}",
-                               port),
+    np_opts_t o = {.config = np_q("{'servers':[{'name':'fine','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'web','port':%d,'host':'127.0.0.1'}]}",
+                                  port),
                    .env = env,
                    .no_wait = true};
     netd_proc_t *np = np_start_ex(&o);
     ck_assert_int_eq(np_wait_exit(np, NP_TIMEOUT_MS), 1);
     const char *err = np_stderr(np);
-    ck_assert_msg(str_in(err, "server web") && str_in(err, "EADDRINUSE") &&
-                      str_in(err, "could not listen: web (EADDRINUSE)"),
+    ck_assert_msg(np_str_in(err, "server web") && np_str_in(err, "EADDRINUSE") &&
+                      np_str_in(err, "could not listen: web (EADDRINUSE)"),
                   "stderr should name the server and the error:\n%s", err);
     const char *seen = notify_drain(&n, 200);
-    ck_assert_msg(!str_in(seen, "READY=1"), "READY=1 was sent: %s", seen);
-    ck_assert_msg(str_in(seen, "STATUS=failed"), "no failed STATUS: %s", seen);
+    ck_assert_msg(!np_str_in(seen, "READY=1"), "READY=1 was sent: %s", seen);
+    ck_assert_msg(np_str_in(seen, "STATUS=failed"), "no failed STATUS: %s", seen);
     struct stat st;
     ck_assert_msg(stat(np->sock, &st) != 0, "the control socket was left behind");
     close(busy);
@@ -285,19 +170,19 @@ END_TEST
 /* READY=1 comes once every configured server listens; the log says which control path. */
 START_TEST(test_ready_once_all_listen)
 {
-    notify_sock_t n;
-    notify_open(&n);
+    np_notify_t n;
+    np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
-    np_opts_t o = {.config = Q("{'servers':[{'name':'a','port':0,'host':'127.0.0.1'},"
-                               "{'name':'u','path':'u.sock'}]}"),
+    np_opts_t o = {.config = np_q("{'servers':[{'name':'a','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'u','path':'u.sock'}]}"),
                    .env = env};
     netd_proc_t *np = np_start_ex(&o);
     const char *seen = notify_drain(&n, 300);
-    ck_assert_msg(str_in(seen, "READY=1"), "no READY=1: %s", seen);
+    ck_assert_msg(np_str_in(seen, "READY=1"), "no READY=1: %s", seen);
     char want[PATH_MAX + 64];
     snprintf(want, sizeof(want), "control socket %s (from -s)", np->sock);
-    ck_assert_msg(str_in(np_stderr(np), want), "stderr: %s", np_stderr(np));
-    ck_assert_msg(str_in(np_stderr(np), "ready: 2 servers listening"), "stderr: %s",
+    ck_assert_msg(np_str_in(np_stderr(np), want), "stderr: %s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "ready: 2 servers listening"), "stderr: %s",
                   np_stderr(np));
     close(n.fd);
 }
@@ -332,7 +217,7 @@ START_TEST(test_default_dir_created)
     ck_assert_msg((st.st_mode & 07777) == want, "mode %o, want %o", st.st_mode & 07777, want);
     ck_assert(stat(np->sock, &st) == 0 && S_ISSOCK(st.st_mode));
     ck_assert_msg((st.st_mode & 07777) == 0600, "socket mode %o", st.st_mode & 07777);
-    ck_assert_msg(str_in(np_stderr(np), "(from $RUNTIME_DIRECTORY)"), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "(from $RUNTIME_DIRECTORY)"), "%s", np_stderr(np));
 }
 END_TEST
 
@@ -346,7 +231,7 @@ START_TEST(test_default_dir_of_another_user_refused)
     ck_assert(mkdir(rd, 0755) == 0 && chown(rd, 65534, 65534) == 0);
     netd_proc_t *np = start_with_runtime_dir(rd, false);
     ck_assert_int_eq(np_wait_exit(np, NP_TIMEOUT_MS), 1);
-    ck_assert_msg(str_in(np_stderr(np), "belongs to uid 65534"), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "belongs to uid 65534"), "%s", np_stderr(np));
 }
 END_TEST
 
@@ -358,7 +243,7 @@ START_TEST(test_default_dir_writable_by_others_refused)
     ck_assert(mkdir(rd, 0700) == 0 && chmod(rd, 0777) == 0);
     netd_proc_t *np = start_with_runtime_dir(rd, false);
     ck_assert_int_eq(np_wait_exit(np, NP_TIMEOUT_MS), 1);
-    ck_assert_msg(str_in(np_stderr(np), "writable by others"), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "writable by others"), "%s", np_stderr(np));
 }
 END_TEST
 
@@ -373,7 +258,7 @@ START_TEST(test_control_path_not_a_socket_refused)
     np_opts_t o = {.config = "{}", .sock_path = path, .no_wait = true};
     netd_proc_t *np = np_start_ex(&o);
     ck_assert_int_eq(np_wait_exit(np, NP_TIMEOUT_MS), 1);
-    ck_assert_msg(str_in(np_stderr(np), "exists and is not a socket"), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "exists and is not a socket"), "%s", np_stderr(np));
     ck_assert_msg(is_file_with(path, "precious"), "the file at the control path was replaced");
 }
 END_TEST
@@ -388,7 +273,7 @@ START_TEST(test_control_busy_listener_refused_at_once)
     int lfd = unix_bound(path, 0);
     int pending = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa;
-    sun_set(&sa, path);
+    np_sun_set(&sa, path);
     ck_assert(connect(pending, (struct sockaddr *)&sa, sizeof(sa)) == 0);
     np_opts_t o = {.config = "{}", .sock_path = path, .no_wait = true};
     uint64_t t0 = np_now_ms();
@@ -397,7 +282,7 @@ START_TEST(test_control_busy_listener_refused_at_once)
     ck_assert_msg(st == 1, "netd status %d (want 1, within 3 s; -1 means it hung)", st);
     ck_assert_msg(np_now_ms() - t0 < th_scale(3000), "took %llu ms",
                   (unsigned long long)(np_now_ms() - t0));
-    ck_assert_msg(str_in(np_stderr(np), "does not answer at once"), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), "does not answer at once"), "%s", np_stderr(np));
     struct stat stt;
     ck_assert(stat(path, &stt) == 0 && S_ISSOCK(stt.st_mode));
     close(pending);
@@ -413,7 +298,7 @@ START_TEST(test_control_socket_removed_only_if_ours)
     snprintf(other, sizeof(other), "%s/other", np->dir);
     write_text(other, "someone else's");
     ck_assert(rename(other, np->sock) == 0);
-    np_ok(call(np, "{'cmd':'shutdown'}"));
+    np_ok(np_qcall(np, "{'cmd':'shutdown'}"));
     ck_assert_int_eq(np_wait_exit(np, NP_TIMEOUT_MS), 0);
     ck_assert_msg(is_file_with(np->sock, "someone else's"),
                   "netd removed a file it did not make at its control path");
@@ -453,7 +338,7 @@ START_TEST(test_leftover_of_ours_replaced)
     int fd = np_unix_connect(path);
     np_echo_check(fd, "served\n");
     close(fd);
-    ck_assert_msg(str_in(np_stderr(np), "removed netd's leftover socket file"), "%s",
+    ck_assert_msg(np_str_in(np_stderr(np), "removed netd's leftover socket file"), "%s",
                   np_stderr(np));
 }
 END_TEST
@@ -504,7 +389,7 @@ START_TEST(test_leftover_in_shared_dir_kept)
     char shared[PATH_MAX];
     np_mkdtemp(shared);
     ck_assert(chmod(shared, 01777) == 0);
-    np_opts_t o = {.config = Q("{'control':{'socketDirs':['%s']}}", shared)};
+    np_opts_t o = {.config = np_q("{'control':{'socketDirs':['%s']}}", shared)};
     netd_proc_t *np = np_start_ex(&o);
     const char *path = path_in(shared, "s.sock");
     leftover(path);
@@ -594,9 +479,9 @@ START_TEST(test_socket_dirs_from_config)
     char trusted_dir[PATH_MAX];
     np_mkdtemp(trusted_dir);
     np_opts_t o = {0};
-    o.config = Q("{'control':{'socketDirs':['extra', '%s']},"
-                 "'servers':[{'name':'trusted','path':'%s/cfg.sock'}]}",
-                 other, trusted_dir);
+    o.config = np_q("{'control':{'socketDirs':['extra', '%s']},"
+                    "'servers':[{'name':'trusted','path':'%s/cfg.sock'}]}",
+                    other, trusted_dir);
     netd_proc_t *np = np_start_ex(&o);
     ck_assert(mkdir(path_in(np->dir, "extra"), 0700) == 0);
     np_ok(listen_path(np, path_in(path_in(np->dir, "extra"), "e.sock")));
@@ -612,7 +497,8 @@ END_TEST
 
 START_TEST(test_unix_socket_mode_user_group)
 {
-    netd_proc_t *np = np_start(Q("{'servers':[{'name':'cfg','path':'cfg.sock','mode':'0604'}]}"), 2);
+    netd_proc_t *np = np_start(np_q("{'servers':[{'name':'cfg','path':'cfg.sock','mode':'0604'}]}"),
+                               2);
     struct stat st;
     ck_assert(stat(path_in(np->dir, "cfg.sock"), &st) == 0);
     ck_assert_msg((st.st_mode & 0777) == 0604, "config mode: %o", st.st_mode & 0777);
@@ -625,7 +511,7 @@ START_TEST(test_unix_socket_mode_user_group)
     snprintf(group, sizeof(group), "%u", gid);
     json_t *r = np_ok(np_call(np, "{s:s, s:s, s:s, s:s, s:s}", "cmd", "listen", "path", path,
                               "mode", "0640", "user", user, "group", group));
-    ck_assert_str_eq(jstr(jobj(jobj(r, "server"), "address"), "path"), path);
+    ck_assert_str_eq(np_jstr(np_jobj(np_jobj(r, "server"), "address"), "path"), path);
     ck_assert(stat(path, &st) == 0);
     ck_assert_msg((st.st_mode & 0777) == 0640, "mode %o, want 0640", st.st_mode & 0777);
     ck_assert_msg(st.st_uid == uid && st.st_gid == gid, "owner %d:%d, want %u:%u",
@@ -638,7 +524,7 @@ START_TEST(test_unix_socket_mode_user_group)
                         "EPERM", "chown");
         ck_assert(stat(denied, &st) != 0);
     }
-    np_expect_error(call(np, "{'cmd':'listen','port':0,'mode':'0600'}"), "EARG",
+    np_expect_error(np_qcall(np, "{'cmd':'listen','port':0,'mode':'0600'}"), "EARG",
                     "mode: only with path");
     np_expect_error(np_call(np, "{s:s, s:s, s:s}", "cmd", "listen", "path",
                             path_in(np->dir, "n.sock"), "user", "no-such-user-here"),
@@ -658,59 +544,60 @@ END_TEST
 /* `set` changes the running server, not the file: a reload leaves it alone. */
 START_TEST(test_reload_after_set_keeps_the_server)
 {
-    netd_proc_t *np = np_start(Q(CFG_AB), 2);
-    json_int_t id = jint(server_obj(np, "echo"), "id");
-    int held = echo_client(server_port(np, "echo"));
-    np_ok(call(np, "{'cmd':'set','server':'echo','maxConnections':100}"));
+    netd_proc_t *np = np_start(np_q(CFG_AB), 2);
+    json_int_t id = np_jint(np_server_obj(np, "echo"), "id");
+    int held = np_echo_client(np_server_port(np, "echo"));
+    np_ok(np_qcall(np, "{'cmd':'set','server':'echo','maxConnections':100}"));
     np_signal(np, SIGHUP);
     wait_log(np, "reloaded");
-    json_t *s = server_obj(np, "echo");
-    ck_assert_int_eq(jint(s, "id"), id);
-    ck_assert_int_eq(jint(s, "maxConnections"), 100);
+    json_t *s = np_server_obj(np, "echo");
+    ck_assert_int_eq(np_jint(s, "id"), id);
+    ck_assert_int_eq(np_jint(s, "maxConnections"), 100);
     ck_assert_str_eq(server_names(np), "echo,b");
     np_echo_check(held, "still served\n");
     close(held);
-    json_t *r = np_ok(call(np, "{'cmd':'close','server':'echo'}"));
-    ck_assert_int_eq(jint(jobj(r, "server"), "id"), id);
+    json_t *r = np_ok(np_qcall(np, "{'cmd':'close','server':'echo'}"));
+    ck_assert_int_eq(np_jint(np_jobj(r, "server"), "id"), id);
 }
 END_TEST
 
 START_TEST(test_reload_command_reports)
 {
-    notify_sock_t n;
-    notify_open(&n);
+    np_notify_t n;
+    np_notify_open(&n, false);
     const char *env[] = {n.env, NULL};
-    np_opts_t o = {.config = Q("{'servers':[{'name':'keep','port':0,'host':'127.0.0.1'},"
-                               "{'name':'gone','port':0,'host':'127.0.0.1'},"
-                               "{'name':'chg','port':0,'host':'127.0.0.1'}]}"),
+    np_opts_t o = {.config = np_q("{'servers':[{'name':'keep','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'gone','port':0,'host':'127.0.0.1'},"
+                                  "{'name':'chg','port':0,'host':'127.0.0.1'}]}"),
                    .env = env};
     netd_proc_t *np = np_start_ex(&o);
     notify_drain(&n, 100);
-    int gone_port = server_port(np, "gone");
-    np_write_config(np, Q("{'servers':[{'name':'keep','host':'127.0.0.1','port':0},"
-                          "{'name':'chg','port':0,'host':'127.0.0.1','maxConnections':3},"
-                          "{'name':'new','port':0,'host':'127.0.0.1'}]}"));
-    json_t *r = np_ok(call(np, "{'cmd':'reload','id':7}"));
-    ck_assert_int_eq(jint(r, "id"), 7);
-    ck_assert_str_eq(np_json_str(jarr(r, "added")), "[\"new\"]");
-    ck_assert_str_eq(np_json_str(jarr(r, "removed")), "[\"gone\"]");
-    ck_assert_str_eq(np_json_str(jarr(r, "changed")), "[\"chg\"]");
-    ck_assert_str_eq(np_json_str(jarr(r, "kept")), "[\"keep\"]");
-    ck_assert_int_eq(json_array_size(jarr(r, "failed")), 0);
+    int gone_port = np_server_port(np, "gone");
+    np_write_config(np, np_q("{'servers':[{'name':'keep','host':'127.0.0.1','port':0},"
+                             "{'name':'chg','port':0,'host':'127.0.0.1','maxConnections':3},"
+                             "{'name':'new','port':0,'host':'127.0.0.1'}]}"));
+    json_t *r = np_ok(np_qcall(np, "{'cmd':'reload','id':7}"));
+    ck_assert_int_eq(np_jint(r, "id"), 7);
+    ck_assert_str_eq(np_json_str(np_jarr(r, "added")), "[\"new\"]");
+    ck_assert_str_eq(np_json_str(np_jarr(r, "removed")), "[\"gone\"]");
+    ck_assert_str_eq(np_json_str(np_jarr(r, "changed")), "[\"chg\"]");
+    ck_assert_str_eq(np_json_str(np_jarr(r, "kept")), "[\"keep\"]");
+    ck_assert_int_eq(json_array_size(np_jarr(r, "failed")), 0);
     /* Replied once the new servers listen. */
-    int fd = echo_client(server_port(np, "new"));
+    int fd = np_echo_client(np_server_port(np, "new"));
     close(fd);
-    ck_assert_int_eq(jint(server_obj(np, "chg"), "maxConnections"), 3);
+    ck_assert_int_eq(np_jint(np_server_obj(np, "chg"), "maxConnections"), 3);
     ck_assert_int_eq(np_tcp_try_connect(gone_port), -ECONNREFUSED);
     const char *seen = notify_drain(&n, 200);
-    ck_assert_msg(str_in(seen, "RELOADING=1") && str_in(seen, "MONOTONIC_USEC=") &&
-                      str_in(seen, "READY=1"),
+    ck_assert_msg(np_str_in(seen, "RELOADING=1") && np_str_in(seen, "MONOTONIC_USEC=") &&
+                      np_str_in(seen, "READY=1"),
                   "notify: %s", seen);
-    ck_assert_msg(str_in(np_stderr(np), "added [new], removed [gone], changed [chg], kept [keep]"),
-                  "%s", np_stderr(np));
+    ck_assert_msg(
+        np_str_in(np_stderr(np), "added [new], removed [gone], changed [chg], kept [keep]"), "%s",
+        np_stderr(np));
     /* An invalid file: the field named, nothing changed. */
-    np_write_config(np, Q("{'servers':[{'name':'keep','port':0,'host':'999.1.1.1'}]}"));
-    np_expect_error(call(np, "{'cmd':'reload'}"), "EARG", "servers[0].host");
+    np_write_config(np, np_q("{'servers':[{'name':'keep','port':0,'host':'999.1.1.1'}]}"));
+    np_expect_error(np_qcall(np, "{'cmd':'reload'}"), "EARG", "servers[0].host");
     ck_assert_str_eq(server_names(np), "keep,chg,new");
     close(n.fd);
 }
@@ -721,48 +608,48 @@ START_TEST(test_reload_failure_keeps_the_running_server)
 {
     int port;
     int busy = np_tcp_listen(&port);
-    netd_proc_t *np = np_start(Q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1'}]}"), 2);
-    json_int_t id = jint(server_obj(np, "web"), "id");
-    int web_port = server_port(np, "web");
-    np_write_config(np, Q("{'servers':[{'name':'web','port':%d,'host':'127.0.0.1'},"
-                          "{'name':'also','port':%d,'host':'127.0.0.1'}]}",
-                          port, port));
+    netd_proc_t *np = np_start(np_q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1'}]}"), 2);
+    json_int_t id = np_jint(np_server_obj(np, "web"), "id");
+    int web_port = np_server_port(np, "web");
+    np_write_config(np, np_q("{'servers':[{'name':'web','port':%d,'host':'127.0.0.1'},"
+                             "{'name':'also','port':%d,'host':'127.0.0.1'}]}",
+                             port, port));
     /* The file is invalid as a whole (two servers on one address): refused up front. */
-    np_expect_error(call(np, "{'cmd':'reload'}"), "EARG", "the same address");
-    np_write_config(np, Q("{'servers':[{'name':'web','port':%d,'host':'127.0.0.1'}]}", port));
-    json_t *r = np_ok(call(np, "{'cmd':'reload'}"));
-    json_t *failed = jarr(r, "failed");
+    np_expect_error(np_qcall(np, "{'cmd':'reload'}"), "EARG", "the same address");
+    np_write_config(np, np_q("{'servers':[{'name':'web','port':%d,'host':'127.0.0.1'}]}", port));
+    json_t *r = np_ok(np_qcall(np, "{'cmd':'reload'}"));
+    json_t *failed = np_jarr(r, "failed");
     ck_assert_msg(json_array_size(failed) == 1, "%s", np_json_str(r));
-    ck_assert_str_eq(jstr(json_array_get(failed, 0), "name"), "web");
-    ck_assert_str_eq(jstr(json_array_get(failed, 0), "code"), "EADDRINUSE");
-    ck_assert_int_eq(json_array_size(jarr(r, "changed")), 0);
-    json_t *s = server_obj(np, "web");
-    ck_assert_int_eq(jint(s, "id"), id);
-    ck_assert_str_eq(jstr(s, "state"), "listening");
+    ck_assert_str_eq(np_jstr(json_array_get(failed, 0), "name"), "web");
+    ck_assert_str_eq(np_jstr(json_array_get(failed, 0), "code"), "EADDRINUSE");
+    ck_assert_int_eq(json_array_size(np_jarr(r, "changed")), 0);
+    json_t *s = np_server_obj(np, "web");
+    ck_assert_int_eq(np_jint(s, "id"), id);
+    ck_assert_str_eq(np_jstr(s, "state"), "listening");
     ck_assert_str_eq(server_names(np), "web");
-    int fd = echo_client(web_port);
+    int fd = np_echo_client(web_port);
     close(fd);
     /* Once the port is free, the same file applies. */
     close(busy);
-    r = np_ok(call(np, "{'cmd':'reload'}"));
-    ck_assert_str_eq(np_json_str(jarr(r, "changed")), "[\"web\"]");
-    ck_assert_int_eq(server_port(np, "web"), port);
+    r = np_ok(np_qcall(np, "{'cmd':'reload'}"));
+    ck_assert_str_eq(np_json_str(np_jarr(r, "changed")), "[\"web\"]");
+    ck_assert_int_eq(np_server_port(np, "web"), port);
 }
 END_TEST
 
 /* 11.10: no reload while draining; the servers stay closed. */
 START_TEST(test_reload_refused_while_draining)
 {
-    netd_proc_t *np =
-        np_start(Q("{'shutdownTimeoutMs':'1m','servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
-                 2);
-    int port = server_port(np, "echo");
-    int held = echo_client(port);
-    np_ok(call(np, "{'cmd':'shutdown'}"));
+    netd_proc_t *np = np_start(
+        np_q("{'shutdownTimeoutMs':'1m','servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
+        2);
+    int port = np_server_port(np, "echo");
+    int held = np_echo_client(port);
+    np_ok(np_qcall(np, "{'cmd':'shutdown'}"));
     wait_log(np, "draining");
     np_signal(np, SIGHUP);
     wait_log(np, "SIGHUP refused: netd is draining");
-    np_expect_error(call(np, "{'cmd':'reload'}"), "ESHUTDOWN", "draining");
+    np_expect_error(np_qcall(np, "{'cmd':'reload'}"), "ESHUTDOWN", "draining");
     ck_assert_int_eq(np_tcp_try_connect(port), -ECONNREFUSED);
     np_echo_check(held, "still served while draining\n");
     close(held);
@@ -774,18 +661,18 @@ END_TEST
 START_TEST(test_names_unique_when_a_name_is_reused)
 {
     netd_proc_t *np = np_start("{}", 2);
-    json_t *r = np_ok(call(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
-    json_int_t old = jint(jobj(r, "server"), "id");
-    int held = echo_client((int)jint(jobj(jobj(r, "server"), "address"), "port"));
-    np_ok(call(np, "{'cmd':'close','server':'web','wait':false}"));
-    np_ok(call(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
+    json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
+    json_int_t old = np_jint(np_jobj(r, "server"), "id");
+    int held = np_echo_client((int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port"));
+    np_ok(np_qcall(np, "{'cmd':'close','server':'web','wait':false}"));
+    np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
     char retired[64];
     snprintf(retired, sizeof(retired), "web#%lld", (long long)old);
     char want[128];
     snprintf(want, sizeof(want), "%s,web", retired);
     ck_assert_str_eq(server_names(np), want);
-    ck_assert_int_ne(jint(server_obj(np, "web"), "id"), old);
-    ck_assert_int_eq(jint(server_obj(np, retired), "id"), old);
+    ck_assert_int_ne(np_jint(np_server_obj(np, "web"), "id"), old);
+    ck_assert_int_eq(np_jint(np_server_obj(np, retired), "id"), old);
     close(held);
 }
 END_TEST
@@ -794,14 +681,18 @@ END_TEST
 START_TEST(test_unnamed_listens_on_port_0)
 {
     netd_proc_t *np = np_start("{}", 2);
-    json_t *a = jobj(np_ok(call(np, "{'cmd':'listen','port':0,'host':'127.0.0.1'}")), "server");
-    json_t *b = jobj(np_ok(call(np, "{'cmd':'listen','port':0,'host':'127.0.0.1'}")), "server");
+    json_t *a = np_jobj(np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1'}")),
+                        "server");
+    json_t *b = np_jobj(np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1'}")),
+                        "server");
     char want[64];
-    snprintf(want, sizeof(want), "127.0.0.1:%lld", (long long)jint(jobj(a, "address"), "port"));
-    ck_assert_str_eq(jstr(a, "name"), want);
-    snprintf(want, sizeof(want), "127.0.0.1:%lld", (long long)jint(jobj(b, "address"), "port"));
-    ck_assert_str_eq(jstr(b, "name"), want);
-    ck_assert_int_eq(server_port(np, want), (int)jint(jobj(b, "address"), "port"));
+    snprintf(want, sizeof(want), "127.0.0.1:%lld",
+             (long long)np_jint(np_jobj(a, "address"), "port"));
+    ck_assert_str_eq(np_jstr(a, "name"), want);
+    snprintf(want, sizeof(want), "127.0.0.1:%lld",
+             (long long)np_jint(np_jobj(b, "address"), "port"));
+    ck_assert_str_eq(np_jstr(b, "name"), want);
+    ck_assert_int_eq(np_server_port(np, want), (int)np_jint(np_jobj(b, "address"), "port"));
 }
 END_TEST
 
@@ -811,14 +702,14 @@ END_TEST
 START_TEST(test_shutdown_default_is_the_config)
 {
     netd_proc_t *np = np_start(
-        Q("{'shutdownTimeoutMs':'300ms','servers':[{'name':'e','port':0,'host':'127.0.0.1',"
-          "'timeout':'1m','keepAlive':'30s'}]}"),
+        np_q("{'shutdownTimeoutMs':'300ms','servers':[{'name':'e','port':0,'host':'127.0.0.1',"
+             "'timeout':'1m','keepAlive':'30s'}]}"),
         2);
-    json_t *s = server_obj(np, "e");
-    ck_assert_int_eq(jint(s, "timeout"), 60000);
-    int held = echo_client(server_port(np, "e"));
+    json_t *s = np_server_obj(np, "e");
+    ck_assert_int_eq(np_jint(s, "timeout"), 60000);
+    int held = np_echo_client(np_server_port(np, "e"));
     uint64_t t0 = np_now_ms();
-    np_ok(call(np, "{'cmd':'shutdown'}"));
+    np_ok(np_qcall(np, "{'cmd':'shutdown'}"));
     int st = np_wait_exit(np, 5000);
     ck_assert_msg(st == 1, "status %d: the 300 ms deadline should cut the held connection", st);
     ck_assert_msg(np_now_ms() - t0 < th_scale(3000), "took %llu ms",
@@ -830,9 +721,10 @@ END_TEST
 START_TEST(test_listen_durations)
 {
     netd_proc_t *np = np_start("{}", 2);
-    json_t *r = np_ok(call(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','timeout':'2s'}"));
-    ck_assert_int_eq(jint(jobj(r, "server"), "timeout"), 2000);
-    np_expect_error(call(np, "{'cmd':'listen','port':0,'timeout':'2 weeks'}"), "EARG", "timeout");
+    json_t *r = np_ok(np_qcall(np, "{'cmd':'listen','port':0,'host':'127.0.0.1','timeout':'2s'}"));
+    ck_assert_int_eq(np_jint(np_jobj(r, "server"), "timeout"), 2000);
+    np_expect_error(np_qcall(np, "{'cmd':'listen','port':0,'timeout':'2 weeks'}"), "EARG",
+                    "timeout");
 }
 END_TEST
 
@@ -844,17 +736,18 @@ START_TEST(test_activation_address_mismatch_warns)
     int port;
     int lfd = np_tcp_listen(&port);
     int other = th_free_port();
-    np_opts_t o = {.config = Q("{'servers':[{'name':'echo','port':%d,'host':'127.0.0.1'}]}", other),
-                   .pass_fd = lfd,
-                   .listen_fds = 1,
-                   .listen_fdnames = "echo"};
+    np_opts_t o = {
+        .config = np_q("{'servers':[{'name':'echo','port':%d,'host':'127.0.0.1'}]}", other),
+        .pass_fd = lfd,
+        .listen_fds = 1,
+        .listen_fdnames = "echo"};
     netd_proc_t *np = np_start_ex(&o);
     close(lfd);
-    ck_assert_int_eq(server_port(np, "echo"), port);
+    ck_assert_int_eq(np_server_port(np, "echo"), port);
     char want[160];
     snprintf(want, sizeof(want), "bound to 127.0.0.1:%d, the config says 127.0.0.1:%d", port,
              other);
-    ck_assert_msg(str_in(np_stderr(np), want), "%s", np_stderr(np));
+    ck_assert_msg(np_str_in(np_stderr(np), want), "%s", np_stderr(np));
 }
 END_TEST
 
@@ -862,14 +755,15 @@ START_TEST(test_activation_same_address_quiet)
 {
     int port;
     int lfd = np_tcp_listen(&port);
-    np_opts_t o = {.config = Q("{'servers':[{'name':'echo','port':%d,'host':'127.0.0.1'}]}", port),
-                   .pass_fd = lfd,
-                   .listen_fds = 1,
-                   .listen_fdnames = "echo"};
+    np_opts_t o = {
+        .config = np_q("{'servers':[{'name':'echo','port':%d,'host':'127.0.0.1'}]}", port),
+        .pass_fd = lfd,
+        .listen_fds = 1,
+        .listen_fdnames = "echo"};
     netd_proc_t *np = np_start_ex(&o);
     close(lfd);
-    ck_assert_int_eq(server_port(np, "echo"), port);
-    ck_assert_msg(!str_in(np_stderr(np), "inherited socket"), "%s", np_stderr(np));
+    ck_assert_int_eq(np_server_port(np, "echo"), port);
+    ck_assert_msg(!np_str_in(np_stderr(np), "inherited socket"), "%s", np_stderr(np));
 }
 END_TEST
 
@@ -881,8 +775,8 @@ START_TEST(test_log_escapes_control_characters)
     np_ok(np_call(np, "{s:s, s:i, s:s, s:s}", "cmd", "listen", "port", 0, "host", "127.0.0.1",
                   "name", "evil\nnetd: error: forged"));
     wait_log(np, "evil\\nnetd: error: forged");
-    ck_assert_msg(!str_in(np_stderr(np), "\nnetd: error: forged"), "a name split a log line:\n%s",
-                  np_stderr(np));
+    ck_assert_msg(!np_str_in(np_stderr(np), "\nnetd: error: forged"),
+                  "a name split a log line:\n%s", np_stderr(np));
 }
 END_TEST
 
@@ -890,12 +784,11 @@ END_TEST
 START_TEST(test_log_repeats_rate_limited)
 {
     int dead = th_free_port();
-    netd_proc_t *np = np_start(
-        Q("{'servers':[{'name':'front','port':0,'host':'127.0.0.1',"
-          "'handler':{'type':'proxy','port':%d,'host':'127.0.0.1'}}]}",
-          dead),
-        2);
-    int port = server_port(np, "front");
+    netd_proc_t *np = np_start(np_q("{'servers':[{'name':'front','port':0,'host':'127.0.0.1',"
+                                    "'handler':{'type':'proxy','port':%d,'host':'127.0.0.1'}}]}",
+                                    dead),
+                               2);
+    int port = np_server_port(np, "front");
     for (int i = 0; i < 20; i++) {
         int fd = np_tcp_connect(port);
         ck_assert_int_eq(np_expect_eof(fd), 1);
@@ -912,12 +805,12 @@ END_TEST
 START_TEST(test_log_verbose_reload_diff)
 {
     static const char *const args[] = {"-v", NULL};
-    np_opts_t o = {.config = Q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1'}]}"),
+    np_opts_t o = {.config = np_q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1'}]}"),
                    .args = args};
     netd_proc_t *np = np_start_ex(&o);
-    np_write_config(np, Q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1',"
-                          "'maxConnections':5}]}"));
-    np_ok(call(np, "{'cmd':'reload'}"));
+    np_write_config(np, np_q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1',"
+                             "'maxConnections':5}]}"));
+    np_ok(np_qcall(np, "{'cmd':'reload'}"));
     wait_log(np, "reload: web changed: maxConnections");
 }
 END_TEST
