@@ -11,6 +11,8 @@
  */
 #include "config.h"
 
+#include "rng.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -55,61 +57,6 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-typedef struct rng {
-    uint64_t s;
-} rng_t;
-
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rng_next(rng_t *r)
-{
-    r->s += 0x9e3779b97f4a7c15ULL;
-    return mix64(r->s);
-}
-
-static uint64_t rng_below(rng_t *r, uint64_t n)
-{
-    return n ? rng_next(r) % n : 0;
-}
-
-static bool rng_pct(rng_t *r, unsigned pct)
-{
-    return rng_below(r, 100) < pct;
-}
-
-static uint64_t rng_range(rng_t *r, uint64_t lo, uint64_t hi)
-{
-    return lo + rng_below(r, hi - lo + 1);
-}
-
-static uint64_t rng_log(rng_t *r, uint64_t lo, uint64_t hi)
-{
-    int bits = 64 - __builtin_clzll(hi | 1);
-    int k = (int)rng_below(r, (uint64_t)bits);
-    uint64_t base = 1ULL << k;
-    uint64_t v = base + rng_below(r, base);
-    return v < lo ? lo : v > hi ? hi : v;
-}
-
-static void gen_fill(uint64_t seed, uint64_t off, uint8_t *out, size_t n)
-{
-    while (n > 0) {
-        uint64_t w = mix64(seed ^ ((off >> 3) * 0xd6e8feb86659fd93ULL));
-        unsigned k = (unsigned)(off & 7);
-        size_t take = 8 - k < n ? 8 - k : n;
-        for (size_t i = 0; i < take; i++)
-            out[i] = (uint8_t)(w >> ((k + i) * 8));
-        out += take;
-        off += take;
-        n -= take;
-    }
 }
 
 /* ------------------------------------------------------------------ report */

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The chaos runs' seeded randomness (chaos.c, lib_stress.c): splitmix64, the draws made
+ * from it, and stream bytes as a pure function of (seed, offset). Header-only, so the
+ * netd tester stays a program of its own that links no test library.
+ */
+#ifndef NETD_CHAOS_RNG_H
+#define NETD_CHAOS_RNG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct rng {
+    uint64_t s;
+} rng_t;
+
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rng_next(rng_t *r)
+{
+    r->s += 0x9e3779b97f4a7c15ULL;
+    return mix64(r->s);
+}
+
+static inline uint64_t rng_below(rng_t *r, uint64_t n)
+{
+    return n ? rng_next(r) % n : 0;
+}
+
+static inline bool rng_pct(rng_t *r, unsigned pct)
+{
+    return rng_below(r, 100) < pct;
+}
+
+static inline uint64_t rng_range(rng_t *r, uint64_t lo, uint64_t hi)
+{
+    return lo + rng_below(r, hi - lo + 1);
+}
+
+/* Log-uniform in [lo, hi] (integers only, so every build draws the same): a 3-byte write
+ * is as likely as a 100 KB one. */
+static inline uint64_t rng_log(rng_t *r, uint64_t lo, uint64_t hi)
+{
+    int bits = 64 - __builtin_clzll(hi | 1);
+    int k = (int)rng_below(r, (uint64_t)bits);
+    uint64_t base = 1ULL << k;
+    uint64_t v = base + rng_below(r, base);
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* The bytes of a stream: a pure function of (seed, offset), so echoes are checked as they
+ * arrive without keeping what was sent. */
+static inline void gen_fill(uint64_t seed, uint64_t off, uint8_t *out, size_t n)
+{
+    while (n > 0) {
+        uint64_t w = mix64(seed ^ ((off >> 3) * 0xd6e8feb86659fd93ULL));
+        unsigned k = (unsigned)(off & 7);
+        size_t take = 8 - k < n ? 8 - k : n;
+        for (size_t i = 0; i < take; i++)
+            out[i] = (uint8_t)(w >> ((k + i) * 8));
+        out += take;
+        off += take;
+        n -= take;
+    }
+}
+
+#endif
