@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <ftw.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -1506,4 +1507,74 @@ void np_upstream_stop(np_upstream_t *u)
     close(u->stop[0]);
     close(u->stop[1]);
     close(u->lfd);
+}
+
+/* ------------------------------------------------------------------ another user */
+
+int np_request_as_nobody(netd_proc_t *np, const char *line, char *out, size_t cap)
+{
+    ck_assert(geteuid() == 0 && cap > 1);
+    /* The socket's own mode decides, so the directories must let nobody reach it. */
+    ck_assert(chmod(np->dir, 0711) == 0);
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", np->dir);
+    *strrchr(parent, '/') = '\0';
+    if (strcmp(parent, "/tmp") != 0)
+        chmod(parent, 0711);
+    int p[2];
+    ck_assert(pipe(p) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        /* What came, after the errno of the last read as "N\n" (-1: nothing was read). */
+        char *text = calloc(1, cap);
+        int last = -1;
+        if (!text)
+            _exit(1);
+        snprintf(text, cap, "setuid failed");
+        if (setgroups(0, NULL) == 0 && setgid(65534) == 0 && setuid(65534) == 0) {
+            int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+            struct sockaddr_un sa = {.sun_family = AF_UNIX};
+            if (snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", np->sock) >=
+                (int)sizeof(sa.sun_path))
+                _exit(1);
+            if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+                snprintf(text, cap, "connect: %s", strerror(errno));
+            } else {
+                ssize_t w = send(fd, line, strlen(line), MSG_NOSIGNAL);
+                (void)w;
+                struct timeval tv = {5, 0};
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+                size_t n = 0;
+                ssize_t k;
+                while (n < cap - 1 && (k = recv(fd, text + n, cap - 1 - n, 0)) > 0)
+                    n += (size_t)k;
+                text[n] = '\0';
+                last = n < cap - 1 && k < 0 ? errno : 0;
+            }
+        }
+        char head[16];
+        int hl = snprintf(head, sizeof(head), "%d\n", last);
+        ssize_t w = write(p[1], head, (size_t)hl);
+        w = write(p[1], text, strlen(text));
+        (void)w;
+        _exit(0);
+    }
+    close(p[1]);
+    char *buf = malloc(cap + 16);
+    ck_assert(buf != NULL);
+    size_t n = 0;
+    ssize_t k;
+    while (n < cap + 15 && (k = read(p[0], buf + n, cap + 15 - n)) > 0)
+        n += (size_t)k;
+    close(p[0]);
+    waitpid(pid, NULL, 0);
+    buf[n] = '\0';
+    char *nl = strchr(buf, '\n');
+    ck_assert_msg(nl != NULL, "the child of another user said nothing");
+    int last = atoi(buf);
+    snprintf(out, cap, "%s", nl + 1);
+    free(buf);
+    return last;
 }

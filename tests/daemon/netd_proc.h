@@ -280,6 +280,15 @@ typedef struct np_upstream {
 void np_upstream_start(np_upstream_t *u, const char *unix_path);
 void np_upstream_stop(np_upstream_t *u);
 
+/* ------------------------------------------------------------------ another user */
+
+/* Root only: as user nobody, connects to np's control socket (made reachable: np->dir and
+ * its parent get mode 0711), sends line and reads until EOF, 5 s or cap - 1 bytes. out
+ * (cap bytes) gets what arrived, or "connect: <error>" / "setuid failed". Returns the
+ * errno of the read that ended it: 0 for EOF (or a full buffer), EAGAIN for the timeout,
+ * ECONNRESET...; -1 when nothing was read. */
+int np_request_as_nobody(netd_proc_t *np, const char *line, char *out, size_t cap);
+
 /* ------------------------------------------------------------------ time */
 
 uint64_t np_now_ms(void);
