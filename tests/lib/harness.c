@@ -269,6 +269,39 @@ void th_sink_free(th_sink_t *k)
     th_buf_free(&k->data);
 }
 
+int th_server_port(nd_server_t *server)
+{
+    nd_address_t a;
+
+    ck_assert_int_eq(nd_server_address(server, &a), 0);
+    return a.port;
+}
+
+nd_socket_t *th_connect(nd_loop_t *loop, int port, nd_listener_fn on_connect, void *arg)
+{
+    nd_connect_options_t o;
+
+    memset(&o, 0, sizeof(o));
+    o.port = port;
+    o.host = "127.0.0.1";
+    nd_socket_t *s = nd_connect(loop, &o, on_connect, arg);
+    ck_assert_msg(s != NULL, "nd_connect 127.0.0.1:%d: %s", port, strerror(errno));
+    return s;
+}
+
+nd_socket_t *th_socket_on_fd(nd_loop_t *loop, int fd)
+{
+    nd_socket_options_t o;
+
+    nd_socket_options_init(&o);
+    o.fd = fd;
+    o.readable = 1;
+    o.writable = 1;
+    nd_socket_t *s = nd_socket_new(loop, &o);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
 static void pair_step(th_pair_t *p)
 {
     if (++p->parts == 2 && p->ready)

@@ -118,6 +118,13 @@ struct th_pair {
 };
 void th_pair_open(th_pair_t *p, nd_loop_t *loop, void *arg);
 
+/* The port a listening server is bound to (asserted). */
+int th_server_port(nd_server_t *server);
+/* nd_connect to 127.0.0.1:port (asserted to start), on_connect its 'connect' listener. */
+nd_socket_t *th_connect(nd_loop_t *loop, int port, nd_listener_fn on_connect, void *arg);
+/* A socket over a connected descriptor (a socketpair end...), readable and writable. */
+nd_socket_t *th_socket_on_fd(nd_loop_t *loop, int fd);
+
 /* A one-shot timer on the loop's base that keeps the loop alive until it fires (ms is
  * not scaled). cancel with th_timer_cancel before it fires if needed. */
 typedef struct th_timer th_timer_t;

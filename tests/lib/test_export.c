@@ -296,18 +296,6 @@ END_TEST
 
 /* ------------------------------------------------------------------ a pair */
 
-static nd_socket_t *wrap(nd_loop_t *loop, int fd)
-{
-    nd_socket_options_t o;
-    nd_socket_options_init(&o);
-    o.fd = fd;
-    o.readable = 1;
-    o.writable = 1;
-    nd_socket_t *s = nd_socket_new(loop, &o);
-    ck_assert_ptr_nonnull(s);
-    return s;
-}
-
 /* A proxy-like pair piped both ways goes as one record with two descriptors and goes on
  * relaying both ways over there; a FIN still passes through. */
 START_TEST(export_pair_across_fork)
@@ -318,7 +306,7 @@ START_TEST(export_pair_across_fork)
     int a[2], b[2];
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
-    nd_socket_t *x = wrap(loop, a[0]), *y = wrap(loop, b[0]);
+    nd_socket_t *x = th_socket_on_fd(loop, a[0]), *y = th_socket_on_fd(loop, b[0]);
     ck_assert_int_eq(nd_socket_pipe(x, y, 1), 0);
     ck_assert_int_eq(nd_socket_pipe(y, x, 1), 0);
     nd_loop_run_once(loop, 1);
@@ -366,7 +354,7 @@ START_TEST(unknown_version_refused_then_abort)
     nd_loop_t *other = th_loop_new();
     int sp[2];
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
-    nd_socket_t *s = wrap(loop, sp[0]);
+    nd_socket_t *s = th_socket_on_fd(loop, sp[0]);
     ck_assert(send(sp[1], "early", 5, 0) == 5);
     run_until(loop, five_read, s);
     nd_export_t ex;
@@ -417,7 +405,8 @@ START_TEST(only_quiet_sockets_export)
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, z), 0);
-    nd_socket_t *x = wrap(loop, a[0]), *y = wrap(loop, b[0]), *w = wrap(loop, z[0]);
+    nd_socket_t *x = th_socket_on_fd(loop, a[0]), *y = th_socket_on_fd(loop, b[0]),
+                *w = th_socket_on_fd(loop, z[0]);
     nd_socket_pipe(x, y, 1);
     nd_socket_pipe(y, w, 1); /* y is piped to a third: cutting it would lose data */
     nd_loop_run_once(loop, 1);

@@ -31,18 +31,6 @@ typedef struct pairt {
     bool detached_alone;
 } pairt_t;
 
-static nd_socket_t *wrap(nd_loop_t *loop, int fd)
-{
-    nd_socket_options_t o;
-    nd_socket_options_init(&o);
-    o.fd = fd;
-    o.readable = 1;
-    o.writable = 1;
-    nd_socket_t *s = nd_socket_new(loop, &o);
-    ck_assert_ptr_nonnull(s);
-    return s;
-}
-
 static void pair_setup(pairt_t *t)
 {
     memset(t, 0, sizeof(*t));
@@ -51,8 +39,8 @@ static void pair_setup(pairt_t *t)
     int sx[2], sy[2];
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sx), 0);
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sy), 0);
-    t->x = wrap(t->a, sx[0]);
-    t->y = wrap(t->a, sy[0]);
+    t->x = th_socket_on_fd(t->a, sx[0]);
+    t->y = th_socket_on_fd(t->a, sy[0]);
     t->peer_fds[0] = sx[1];
     t->peer_fds[1] = sy[1];
     ck_assert_int_eq(nd_socket_pipe(t->x, t->y, 1), 0);
@@ -464,13 +452,7 @@ static void st_finish_if_done(void)
 
 static void st_listening(void *self, const nd_event_t *ev, void *arg)
 {
-    nd_connect_options_t o;
-
-    memset(&o, 0, sizeof(o));
-    o.port = group_port(W);
-    o.host = "127.0.0.1";
-    ST.cli = nd_connect(W->owner, &o, st_cconnect, NULL);
-    ck_assert_msg(ST.cli != NULL, "nd_connect: %s", strerror(errno));
+    ST.cli = th_connect(W->owner, group_port(W), st_cconnect, NULL);
     nd_socket_on(ST.cli, ND_EV_DATA, st_cdata, NULL);
     nd_socket_on(ST.cli, ND_EV_DRAIN, st_cdrain, NULL);
     nd_socket_on(ST.cli, ND_EV_CLOSE, st_cclose, NULL);

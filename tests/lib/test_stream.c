@@ -1560,19 +1560,12 @@ static void pr_client_ev(void *self, const nd_event_t *ev, void *arg)
 static void pr_listening(void *self, const nd_event_t *ev, void *arg)
 {
     pr_t *pr = arg;
-    nd_address_t a;
-    nd_connect_options_t o;
-
-    ck_assert_int_eq(nd_server_address(self, &a), 0);
-    memset(&o, 0, sizeof(o));
-    o.port = a.port;
-    o.host = "127.0.0.1";
+    int port = th_server_port(self);
     for (int i = 0; i < 5; i++) {
         prc_t *c = &pr->c[i];
         c->pr = pr;
         c->i = i;
-        c->sock = nd_connect(pr->loop, &o, NULL, NULL);
-        ck_assert_ptr_nonnull(c->sock);
+        c->sock = th_connect(pr->loop, port, NULL, NULL);
         switch (i) {
         case 0:
             nd_socket_resume(c->sock);
@@ -1751,15 +1744,8 @@ static void pcx_server_closed(void *self, const nd_event_t *ev, void *arg)
 static void pcx_listening(void *self, const nd_event_t *ev, void *arg)
 {
     pcx_t *x = arg;
-    nd_address_t a;
-    nd_connect_options_t o;
-
-    ck_assert_int_eq(nd_server_address(self, &a), 0);
-    memset(&o, 0, sizeof(o));
-    o.port = a.port;
-    o.host = "127.0.0.1";
-    x->client = nd_connect(x->loop, &o, pcx_connected, x);
-    ck_assert_ptr_nonnull(x->client);
+    int port = th_server_port(self);
+    x->client = th_connect(x->loop, port, pcx_connected, x);
     nd_socket_pause(x->client);
     ck_assert_int_eq(nd_socket_on(x->client, ND_EV_CLOSE, pcx_closed, x), 0);
 }
@@ -2288,16 +2274,9 @@ static void unr_connected(void *self, const nd_event_t *ev, void *arg)
 static void unr_listening(void *self, const nd_event_t *ev, void *arg)
 {
     unr_t *u = arg;
-    nd_address_t a;
-    nd_connect_options_t o;
-
-    ck_assert_int_eq(nd_server_address(self, &a), 0);
-    memset(&o, 0, sizeof(o));
-    o.port = a.port;
-    o.host = "127.0.0.1";
+    int port = th_server_port(self);
     for (int i = 0; i < NUNREF; i++) {
-        u->cli[i] = nd_connect(u->loop, &o, unr_connected, u);
-        ck_assert_ptr_nonnull(u->cli[i]);
+        u->cli[i] = th_connect(u->loop, port, unr_connected, u);
         ck_assert_int_eq(nd_socket_on(u->cli[i], ND_EV_TIMEOUT, unr_count, u), 0);
         ck_assert_int_eq(nd_socket_on(u->cli[i], ND_EV_CLOSE, unr_count, u), 0);
     }

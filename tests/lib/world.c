@@ -449,13 +449,7 @@ static void cl_close(void *self, const nd_event_t *ev, void *arg)
 
 void client_start(client_t *c, int port)
 {
-    nd_connect_options_t o;
-
-    memset(&o, 0, sizeof(o));
-    o.port = port;
-    o.host = "127.0.0.1";
-    c->sock = nd_connect(g_owner, &o, cl_connect, c);
-    ck_assert_msg(c->sock != NULL, "nd_connect: %s", strerror(errno));
+    c->sock = th_connect(g_owner, port, cl_connect, c);
     nd_socket_on(c->sock, ND_EV_DATA, cl_data, c);
     nd_socket_on(c->sock, ND_EV_END, cl_end, c);
     nd_socket_on(c->sock, ND_EV_ERROR, cl_error, c);
