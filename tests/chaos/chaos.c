@@ -12,7 +12,7 @@
  */
 #include "config.h"
 
-#include "rng.h"
+#include "chaos.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -45,18 +45,6 @@
 #include <unistd.h>
 #include <jansson.h>
 
-/* Sanitized builds run netd several times slower: fewer streams, longer deadlines. */
-#if defined(ND_TSAN)
-#define BUILD_NAME "tsan"
-#define SLOW 4
-#elif defined(ND_ASAN)
-#define BUILD_NAME "asan"
-#define SLOW 2
-#else
-#define BUILD_NAME "plain"
-#define SLOW 1
-#endif
-
 #define NTHREADS 4
 #define MAX_CHUNK (300 * 1024)
 #define MAX_TOTAL ((uint64_t)(SLOW == 1 ? 4096 : SLOW == 2 ? 2048 : 512) * 1024)
@@ -72,13 +60,6 @@
 #define SETTLE_MS (10000 * SLOW) /* the final checks wait this long for a condition */
 
 /* ------------------------------------------------------------------ small things */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(unsigned ms)
 {

@@ -11,7 +11,7 @@
  */
 #include "config.h"
 
-#include "rng.h"
+#include "chaos.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -31,17 +31,6 @@
 #include <event2/event.h>
 #include <netd/net.h>
 
-#if defined(ND_TSAN)
-#define BUILD_NAME "tsan"
-#define SLOW 4
-#elif defined(ND_ASAN)
-#define BUILD_NAME "asan"
-#define SLOW 2
-#else
-#define BUILD_NAME "plain"
-#define SLOW 1
-#endif
-
 #define NW 4
 #define MAX_CHUNK (300 * 1024)
 #define MAX_TOTAL ((uint64_t)(SLOW == 1 ? 1024 : SLOW == 2 ? 512 : 128) * 1024)
@@ -49,15 +38,6 @@
 #define WORKER_TICK_MS (SLOW == 1 ? 3 : SLOW == 2 ? 5 : 10)
 #define STALL_MS (10000 * SLOW)
 #define SETTLE_MS (10000 * SLOW)
-
-/* ------------------------------------------------------------------ small things */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------------ report */
 

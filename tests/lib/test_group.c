@@ -342,12 +342,7 @@ static void gc_adopted(nd_socket_t *sock, void *arg)
 {
     wconn_t *c = arg;
 
-    WCHECK(tl_worker == c->target, "on_adopt for worker %d ran on worker %d", c->target, tl_worker);
-    WCHECK(sock == c->sock, "on_adopt got another socket");
-    c->widx = tl_worker;
-    c->moving = 0;
-    list_add(&W->list[tl_worker], c);
-    nd_socket_on(sock, ND_EV_CLOSE, wc_close, c);
+    wconn_adopted(c, sock);
     report_now(gc_adopt_rep, 0, 0, NULL);
 }
 

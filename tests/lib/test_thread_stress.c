@@ -80,13 +80,8 @@ static void ss_adopted(nd_socket_t *sock, void *arg)
 {
     wconn_t *c = arg;
 
-    WCHECK(tl_worker == c->target, "on_adopt for worker %d ran on worker %d", c->target, tl_worker);
-    WCHECK(sock == c->sock, "on_adopt got another socket");
-    c->widx = tl_worker;
-    c->moving = 0;
-    list_add(&W->list[tl_worker], c);
+    wconn_adopted(c, sock);
     nd_socket_on(sock, ND_EV_DATA, ss_sdata, c);
-    nd_socket_on(sock, ND_EV_CLOSE, wc_close, c);
     if (c->heldlen) {
         size_t n = c->heldlen;
         c->heldlen = 0;

@@ -384,6 +384,16 @@ wconn_t *keep_conn(world_t *w, int widx, nd_socket_t *sock)
     return c;
 }
 
+void wconn_adopted(wconn_t *c, nd_socket_t *sock)
+{
+    WCHECK(tl_worker == c->target, "on_adopt for worker %d ran on worker %d", c->target, tl_worker);
+    WCHECK(sock == c->sock, "on_adopt got another socket");
+    c->widx = tl_worker;
+    c->moving = 0;
+    list_add(&W->list[tl_worker], c);
+    nd_socket_on(sock, ND_EV_CLOSE, wc_close, c);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Clients on the owner loop                                                            */
 /* ------------------------------------------------------------------------------------ */

@@ -147,6 +147,9 @@ void hold_bytes(wconn_t *c, const char *data, size_t len);
 void wc_close(void *self, const nd_event_t *ev, void *arg);
 /* A connection the worker keeps, listed, until it closes (with wc_close). */
 wconn_t *keep_conn(world_t *w, int widx, nd_socket_t *sock);
+/* From the on_adopt of a move to c->target: c is listed on this worker again and closes
+ * with wc_close. */
+void wconn_adopted(wconn_t *c, nd_socket_t *sock);
 
 /* From a worker: runs fn on the owner with a message from this worker. */
 void report_now(msg_fn fn, long a, long b, void *p);

@@ -1,15 +1,36 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The chaos runs' seeded randomness (chaos.c, lib_stress.c): splitmix64, the draws made
- * from it, and stream bytes as a pure function of (seed, offset). Header-only, so the
- * netd tester stays a program of its own that links no test library.
+ * What the two chaos runs (chaos.c, lib_stress.c) share: how slow this build is, the
+ * clock, splitmix64 and the draws made from it, and stream bytes as a pure function of
+ * (seed, offset). Header-only, so the netd tester stays a program of its own that links
+ * no test library.
  */
-#ifndef NETD_CHAOS_RNG_H
-#define NETD_CHAOS_RNG_H
+#ifndef NETD_CHAOS_H
+#define NETD_CHAOS_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
+
+/* Sanitized builds run several times slower: fewer streams, longer deadlines. */
+#if defined(ND_TSAN)
+#define BUILD_NAME "tsan"
+#define SLOW 4
+#elif defined(ND_ASAN)
+#define BUILD_NAME "asan"
+#define SLOW 2
+#else
+#define BUILD_NAME "plain"
+#define SLOW 1
+#endif
+
+static inline uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 typedef struct rng {
     uint64_t s;
