@@ -4,17 +4,12 @@
 # --json output, exit codes 0/1/2/3, and the issue's script (listen, count, close, count).
 set -u
 
-top_builddir=${top_builddir:-.}
-NETD=$top_builddir/src/daemon/netd
-NETCTL=$top_builddir/src/ctl/netctl
-[[ -x $NETD && -x $NETCTL ]] || { echo "missing $NETD or $NETCTL"; exit 99; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 command -v python3 >/dev/null || { echo "SKIP: python3 is needed for the test clients"; exit 77; }
 
 dir=$(mktemp -d /tmp/netctl-test.XXXXXX)
 sock=$dir/netd.sock
 pid=
-passed=0
-failed=0
 
 cleanup() {
     [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
@@ -23,22 +18,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION EXPECTED ACTUAL
-    if [[ "$2" == "$3" ]]; then ok; else fail "$1: expected [$2], got [$3]"; fi
-}
 ctl() { "$NETCTL" -s "$sock" --timeout 5000 "$@"; }
 
-# Waits (up to 5 s) until COMMAND succeeds: no fixed sleeps.
-wait_for() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        python3 -c 'import time; time.sleep(0.05)'
-    done
-    return 1
-}
 
 "$NETD" -f -t 2 -s "$sock" 2>"$dir/netd.log" &
 pid=$!

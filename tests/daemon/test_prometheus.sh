@@ -5,22 +5,16 @@
 # netd_server_connections{server="echo"} equal to the clients this test holds open.
 set -u
 
-top_builddir=${top_builddir:-.}
-NETD=$top_builddir/src/daemon/netd
-NETCTL=$top_builddir/src/ctl/netctl
-[[ -x $NETD && -x $NETCTL ]] || { echo "missing $NETD or $NETCTL"; exit 99; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 command -v python3 >/dev/null || { echo "SKIP: python3 is needed for the test clients"; exit 77; }
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     echo "SKIP: prometheus and promtool are not installed (Debian package 'prometheus';"
     echo "      scripts/dev.sh installs it)"
     exit 77
 fi
-scale=${CK_TIMEOUT_MULTIPLIER:-1}
 
 dir=$(mktemp -d /tmp/netd-prom.XXXXXX)
 pid= prom= clients=
-passed=0
-failed=0
 cleanup() {
     [[ -n $prom ]] && kill "$prom" 2>/dev/null && wait "$prom" 2>/dev/null
     [[ -n $clients ]] && kill "$clients" 2>/dev/null
@@ -28,19 +22,8 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
 ctl() { "$NETCTL" -s "$dir/netd.sock" --timeout 5000 "$@"; }
 # Waits up to N seconds (scaled) until COMMAND succeeds: no fixed sleeps.
-wait_for() {
-    local secs=$1 i
-    shift
-    for ((i = 0; i < secs * scale * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        python3 -c 'import time; time.sleep(0.1)'
-    done
-    return 1
-}
 http_get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -52,7 +35,7 @@ cat >"$dir/netd.json" <<EOF
 EOF
 "$NETD" -t 2 -c "$dir/netd.json" 2>"$dir/netd.log" &
 pid=$!
-wait_for 5 ctl ping || { cat "$dir/netd.log"; echo "netd did not start"; exit 1; }
+wait_for ctl ping || { cat "$dir/netd.log"; echo "netd did not start"; exit 1; }
 mport=$(sed -nE 's#.*metrics: serving http://127\.0\.0\.1:([0-9]+)/metrics.*#\1#p' "$dir/netd.log")
 [[ $mport =~ ^[0-9]+$ ]] || { cat "$dir/netd.log"; echo "no metrics port in netd's log"; exit 1; }
 port=$(ctl --json server echo | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["address"]["port"])')
@@ -70,7 +53,7 @@ open(fifo).read()
 EOF
 clients=$!
 exec 3>"$dir/hold"
-wait_for 5 bash -c "[[ \$('$NETCTL' -s '$dir/netd.sock' connections echo) == $N ]]" || fail "netd never counted $N clients"
+wait_for bash -c "[[ \$('$NETCTL' -s '$dir/netd.sock' connections echo) == $N ]]" || fail "netd never counted $N clients"
 
 # ---- promtool on both outputs (one generator; names, types, HELP, escaping)
 if out=$(http_get "http://127.0.0.1:$mport/metrics" | promtool check metrics 2>&1); then ok; else fail "promtool on GET /metrics: $out"; fi

@@ -7,20 +7,14 @@
 # completions. Parts that need a tool or root say SKIP and why.
 set -u
 
-top_builddir=${top_builddir:-.}
 top_srcdir=${top_srcdir:-..}
 bindir=${bindir:-/usr/local/bin}
 sysconfdir=${sysconfdir:-/usr/local/etc}
-NETD=$(readlink -f "$top_builddir/src/daemon/netd")
-NETCTL=$(readlink -f "$top_builddir/src/ctl/netctl")
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 UNIT=$top_builddir/conf/netd.service
-[[ -x $NETD && -x $NETCTL ]] || { echo "missing $NETD or $NETCTL"; exit 99; }
 
 dir=$(mktemp -d /tmp/netd-service-test.XXXXXX)
 chmod 755 "$dir"
-passed=0
-failed=0
-skipped=0
 pids=()
 cleanup() {
     local p
@@ -29,24 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-skip() { skipped=$((skipped + 1)); echo "SKIP: $*"; }
-check() { # check DESCRIPTION EXPECTED ACTUAL
-    if [[ "$2" == "$3" ]]; then ok; else fail "$1: expected [$2], got [$3]"; fi
-}
-contains() { # contains DESCRIPTION NEEDLE TEXT
-    if [[ "$3" == *"$2"* ]]; then ok; else fail "$1: [$2] not in: $3"; fi
-}
-# Waits (up to 5 s) until COMMAND succeeds: no fixed sleeps.
-wait_for() {
-    local i
-    for ((i = 0; i < 250; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.02
-    done
-    return 1
-}
 can_unshare() { ((EUID == 0)) && unshare -m true 2>/dev/null; }
 
 # ---------------------------------------------------------------- the unit (13.12)

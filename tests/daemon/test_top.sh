@@ -5,19 +5,13 @@
 # clients through `netctl sockets --sort/--peer` (names in SERVER, SEND-Q).
 set -u
 
-top_builddir=${top_builddir:-.}
-NETD=$top_builddir/src/daemon/netd
-NETCTL=$(cd "$(dirname "$top_builddir/src/ctl/netctl")" && pwd)/netctl
-[[ -x $NETD && -x $NETCTL ]] || { echo "missing $NETD or $NETCTL"; exit 99; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 command -v python3 >/dev/null || { echo "SKIP: python3 is needed for the test clients"; exit 77; }
 command -v tmux >/dev/null || { echo "SKIP: tmux is not installed (scripts/dev.sh installs it)"; exit 77; }
-scale=${CK_TIMEOUT_MULTIPLIER:-1}
 
 dir=$(mktemp -d /tmp/netd-top.XXXXXX)
 TMUX_SOCK=netd-top-$$
 pid= clients=
-passed=0
-failed=0
 cleanup() {
     tmux -L "$TMUX_SOCK" kill-server 2>/dev/null
     [[ -n $clients ]] && kill "$clients" 2>/dev/null
@@ -25,20 +19,9 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
 ctl() { "$NETCTL" -s "$dir/netd.sock" --timeout 5000 "$@"; }
 pane() { tmux -L "$TMUX_SOCK" capture-pane -p -t top; }
 keys() { tmux -L "$TMUX_SOCK" send-keys -t top "$@"; }
-# Waits up to 5 s (scaled) until COMMAND succeeds.
-wait_for() {
-    local i
-    for ((i = 0; i < 50 * scale; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        python3 -c 'import time; time.sleep(0.1)'
-    done
-    return 1
-}
 screen_has() { pane | grep -qE -- "$1"; }
 expect_screen() { # expect_screen DESCRIPTION REGEX
     if wait_for screen_has "$2"; then ok; else
