@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -261,10 +262,11 @@ static void close_from(int lowfd)
 }
 
 /* fork/exec netd with argv; stdout and stderr to errlog; pass_fd as fd 3; listen_pid_slot
- * (a "LISTEN_PID=" buffer inside envp) filled with the child's pid. Everything is built
- * before fork: the child only calls async-signal-safe functions. */
+ * (a "LISTEN_PID=" buffer inside envp) filled with the child's pid; nofile > 0: the child's
+ * RLIMIT_NOFILE (soft and hard). Everything is built before fork: the child only calls
+ * async-signal-safe functions. */
 static pid_t spawn(char *const argv[], char *const envp[], const char *errlog, int pass_fd,
-                   char *listen_pid_slot)
+                   char *listen_pid_slot, rlim_t nofile)
 {
     int out = open(errlog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     ck_assert_msg(out >= 0, "open %s: %s", errlog, strerror(errno));
@@ -294,6 +296,9 @@ static pid_t spawn(char *const argv[], char *const envp[], const char *errlog, i
         } else {
             close_from(3);
         }
+        struct rlimit rl = {nofile, nofile};
+        if (nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            _exit(126);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -471,7 +476,7 @@ netd_proc_t *np_start_ex(const np_opts_t *o)
     char *owned[4];
     int nowned = 0;
     char **envp = build_env(o, lpbuf, sizeof(lpbuf), &slot, owned, &nowned);
-    np->pid = spawn((char *const *)argv, envp, np->errlog, o->pass_fd, slot);
+    np->pid = spawn((char *const *)argv, envp, np->errlog, o->pass_fd, slot, o->nofile);
     free(envp);
     for (int i = 0; i < nowned; i++)
         free(owned[i]);
@@ -633,7 +638,7 @@ int np_check_config(const char *config, char **out)
     int nowned = 0;
     np_opts_t o = {0};
     char **envp = build_env(&o, lpbuf, sizeof(lpbuf), &slot, owned, &nowned);
-    np->pid = spawn((char *const *)argv, envp, np->errlog, 0, NULL);
+    np->pid = spawn((char *const *)argv, envp, np->errlog, 0, NULL, 0);
     free(envp);
     int st = np_wait_exit(np, NP_TIMEOUT_MS);
     ck_assert_msg(st >= 0, "netd --check did not exit in time");

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <jansson.h>
@@ -79,6 +80,8 @@ typedef struct np_opts {
     bool no_config;          /* run without -c */
     bool no_wait;            /* do not wait for the ping (a start expected to fail) */
     const char *const *args; /* more arguments, NULL-terminated, or NULL */
+    rlim_t nofile;           /* > 0: netd's RLIMIT_NOFILE, soft and hard (the test keeps
+                                its own, higher limit for its clients) */
 } np_opts_t;
 
 typedef struct netd_proc {

@@ -34,11 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -49,8 +47,6 @@
 
 #define SANITIZED NP_SANITIZED
 #define MiB (1024 * 1024)
-
-extern char **environ;
 
 /* ================================================================== small helpers */
 
@@ -228,127 +224,12 @@ static const uint8_t *pat_at(uint64_t off)
 
 /* ------------------------------------------------------------------ a netd with a low fd limit */
 
-/* np_start_ex has no hook between fork and exec, and the test process must keep a high
- * limit for its own clients: this starts netd the same way, with RLIMIT_NOFILE set (soft
- * and hard) in the child before exec. The result works with every np_* call; the teardown
- * stops it. */
-#define MAX_OWN 4
-static netd_proc_t *own[MAX_OWN];
-
-static void teardown(void)
-{
-    for (int i = 0; i < MAX_OWN; i++) {
-        if (own[i]) {
-            np_stop(own[i]);
-            own[i] = NULL;
-        }
-    }
-    np_cleanup_all();
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_msg(f != NULL, "fopen %s: %s", path, strerror(errno));
-    size_t n = strlen(text);
-    ck_assert(fwrite(text, 1, n, f) == n);
-    ck_assert(fclose(f) == 0);
-}
-
-static void path_join(char *out, size_t n, const char *dir, const char *name)
-{
-    int len = snprintf(out, n, "%s/%s", dir, name);
-    ck_assert_msg(len > 0 && (size_t)len < n, "path too long: %s/%s", dir, name);
-}
-
+/* The test process keeps a high limit for its own clients; netd gets nofile (soft and
+ * hard), set in the child before exec. */
 static netd_proc_t *start_nofile(const char *config, int threads, rlim_t nofile)
 {
-    netd_proc_t *np = calloc(1, sizeof(*np));
-    ck_assert(np != NULL);
-    int slot = -1;
-    for (int i = 0; i < MAX_OWN && slot < 0; i++)
-        if (!own[i])
-            slot = i;
-    ck_assert(slot >= 0);
-    own[slot] = np;
-    np_mkdtemp(np->dir);
-    np->owns_dir = true;
-    path_join(np->config, sizeof(np->config), np->dir, "netd.json");
-    path_join(np->sock, sizeof(np->sock), np->dir, "netd.sock");
-    path_join(np->errlog, sizeof(np->errlog), np->dir, "stderr.txt");
-    write_text(np->config, config);
-
-    char tbuf[16];
-    snprintf(tbuf, sizeof(tbuf), "%d", threads);
-    const char *argv[] = {np_netd_path(), "-c", np->config, "-s", np->sock, "-t", tbuf, NULL};
-    size_t n = 0;
-    for (char **e = environ; *e; e++)
-        n++;
-    char **envp = calloc(n + 1, sizeof(char *));
-    ck_assert(envp != NULL);
-    size_t k = 0;
-    for (char **e = environ; *e; e++)
-        if (strncmp(*e, "LISTEN_", 7) != 0 && strncmp(*e, "NOTIFY_SOCKET=", 14) != 0 &&
-            strncmp(*e, "NETD_SOCKET=", 12) != 0 && strncmp(*e, "RUNTIME_DIRECTORY=", 18) != 0)
-            envp[k++] = *e;
-    int out = open(np->errlog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    ck_assert(out >= 0 && null >= 0);
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
-            _exit(127);
-        if (syscall(SYS_close_range, 3U, ~0U, 0) != 0)
-            for (int fd = 3; fd < 65536; fd++)
-                close(fd);
-        struct rlimit rl = {nofile, nofile};
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            _exit(126);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        execve(argv[0], (char *const *)argv, envp);
-        _exit(127);
-    }
-    close(out);
-    close(null);
-    free(envp);
-    np->pid = pid;
-
-    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS * 2);
-    for (;;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            np->exited = true;
-            np->status = st;
-            ck_abort_msg("netd exited (status %d) before answering; stderr:\n%s", st,
-                         np_stderr(np));
-        }
-        np_client_t *c = np_client_open(np->sock);
-        if (c) {
-            np_client_send(c, json_pack("{s:s}", "cmd", "ping"));
-            char *line = np_client_read_line(c, 2000, NULL);
-            json_t *r = line ? json_loads(line, 0, NULL) : NULL;
-            free(line);
-            bool ok = r && json_is_true(json_object_get(r, "ok"));
-            json_decref(r);
-            if (ok) {
-                np->ctl = c;
-                return np;
-            }
-            np_client_close(c);
-        }
-        ck_assert_msg(np_now_ms() < deadline, "netd did not answer ping; stderr:\n%s",
-                      np_stderr(np));
-        np_pause_ms(10);
-    }
+    np_opts_t o = {.config = config, .threads = threads, .nofile = nofile};
+    return np_start_ex(&o);
 }
 
 #define CFG_ECHO "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"
@@ -1936,42 +1817,35 @@ END_TEST
 
 /* ================================================================== suite */
 
-static TCase *tcase(Suite *s, const char *name, int timeout)
-{
-    TCase *tc = th_tcase(s, name, timeout);
-    tcase_add_checked_fixture(tc, NULL, teardown);
-    return tc;
-}
-
 static Suite *fault_suite(void)
 {
     Suite *s = suite_create("fault");
-    TCase *tc = tcase(s, "fd_exhaustion", 60);
+    TCase *tc = np_tcase(s, "fd_exhaustion", 60);
     tcase_add_test(tc, test_fd_exhaustion);
 
-    tc = tcase(s, "slow_readers", SANITIZED ? 240 : 120);
+    tc = np_tcase(s, "slow_readers", SANITIZED ? 240 : 120);
     tcase_add_test(tc, test_slow_reader_echo);
     tcase_add_test(tc, test_slow_reader_proxy);
     tcase_add_test(tc, test_slow_reader_destroyed);
 
-    tc = tcase(s, "resets", 90);
+    tc = np_tcase(s, "resets", 90);
     tcase_add_test(tc, test_resets_half_closes);
 
-    tc = tcase(s, "drain", 90);
+    tc = np_tcase(s, "drain", 90);
     tcase_add_test(tc, test_drain);
     tcase_add_test(tc, test_second_sigterm);
 
-    tc = tcase(s, "control_abuse", 90);
+    tc = np_tcase(s, "control_abuse", 90);
     tcase_add_test(tc, test_control_abuse);
     tcase_add_test(tc, test_eparse_reply_always_sent);
 
-    tc = tcase(s, "config_abuse", 60);
+    tc = np_tcase(s, "config_abuse", 60);
     tcase_add_test(tc, test_config_check);
     tcase_add_test(tc, test_config_sighup);
 
     const char *env = getenv("NETD_SOAK_SECONDS");
     int soak = env && *env ? atoi(env) : (SANITIZED ? 5 : 20);
-    tc = tcase(s, "soak", soak + 60);
+    tc = np_tcase(s, "soak", soak + 60);
     tcase_add_test(tc, test_soak);
     return s;
 }
