@@ -211,15 +211,6 @@ static int ack(takeover_t *t, const netd_ho_msg_t *head)
     return 0;
 }
 
-static netd_server_t *server_by_id(netd_t *d, uint64_t id)
-{
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-        if (s->id == id)
-            return s;
-    return NULL;
-}
-
 /* A batch of sockets: acknowledged at once (its descriptors are ours now), imported
  * parked by the workers meanwhile; commit waits for every import (finish_imports). */
 static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
@@ -249,7 +240,7 @@ static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
         json_t *socks = json_object_get(e, "socks");
         int ns = (int)json_array_size(socks);
         it->len = (size_t)json_integer_value(json_object_get(e, "len"));
-        it->srv = server_by_id(d, (uint64_t)json_integer_value(json_object_get(e, "server")));
+        it->srv = netd_server_by_id(d, (uint64_t)json_integer_value(json_object_get(e, "server")));
         if (ns < 1 || ns > 2 || it->len > n - at || fdi + ns > head->nfds || !it->srv)
             return tk_fail(t, "a socket record does not match its batch");
         it->n = ns;
