@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The commands on live sockets: `sockets`, `destroy`, `move` and `rebalance`. Workers
  * answer with typed slots (copies of their records); the main loop merges them with the

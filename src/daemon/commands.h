@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * What the command files share (commands.c: the dispatch; cmd_daemon.c, cmd_servers.c,
  * cmd_sockets.c: the commands): argument helpers and the per-server byte counts of live

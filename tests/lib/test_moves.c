@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Moving live sockets between loops when the other side disappears at each step: the
  * pair torn down before the call, between the call and the departure, after it. Each
