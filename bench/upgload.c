@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * upgload: the live upgrade's benchmark client. Holds N echo connections, each sending a
  * small message and waiting for its echo, over and over (every byte checked); asks netd

@@ -264,8 +264,6 @@ static json_t *proxy_handler(const char *target)
 
 static json_t *handler_arg(const char *spec)
 {
-    if (strcmp(spec, "echo") == 0 || strcmp(spec, "discard") == 0)
-        return json_pack("{s:s}", "type", spec);
     if (strncmp(spec, "banner:", 7) == 0) {
         json_t *h = json_pack("{s:s}", "type", "banner");
         json_object_set_new(h, "text", text_arg("--handler banner:TEXT", spec + 7));
@@ -276,9 +274,13 @@ static json_t *handler_arg(const char *spec)
     if (strcmp(spec, "banner") == 0 || strcmp(spec, "proxy") == 0)
         usage_error("--handler: %s needs a %s after a colon", spec,
                     spec[0] == 'b' ? "TEXT" : "[HOST:]PORT or PATH");
-    usage_error("--handler: unknown handler '%s' (echo, discard, banner:TEXT, "
-                "proxy:[HOST:]PORT, proxy:PATH)",
-                spec);
+    /* Any other name is sent as it is: netd knows its handlers (netctl speaks only the
+     * protocol), and its EARG names the ones it has. */
+    if (!*spec || strspn(spec, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(spec))
+        usage_error("--handler: '%s' is not a handler (echo, discard, banner:TEXT, "
+                    "proxy:[HOST:]PORT, proxy:PATH, or another handler's name)",
+                    spec);
+    return json_pack("{s:s}", "type", spec);
 }
 
 /* ------------------------------------------------- requests checked by the table */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl top: every interval asks netd for `stats`, `servers` and the busiest `sockets`
  * over one control connection, and shows rates from the difference with the previous

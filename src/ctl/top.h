@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl top: a live view of a running netd, refreshed every interval (hatop, redis-cli
  * --stat). Full screen on a terminal; one line per interval otherwise, for logs.

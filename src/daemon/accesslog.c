@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The access log: one line per closed connection of a server with "accessLog": true,
  * written to a file (reopened on SIGHUP) or to stderr (journald).

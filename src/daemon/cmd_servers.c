@@ -92,14 +92,9 @@ static void servers_query(netd_t *d, netd_client_t *c, json_t *id, uint64_t serv
 {
     servers_q_t *q = calloc(1, sizeof(*q));
     netd_bytes_slot_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!q || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(q);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, q, slots);
+    if (!p)
         return;
-    }
     q->p = p;
     q->server_id = server_id;
     q->apply_timeout = apply_timeout;
@@ -110,15 +105,6 @@ static void servers_query(netd_t *d, netd_client_t *c, json_t *id, uint64_t serv
         free(slots);
         free(q);
     }
-}
-
-static netd_server_t *server_by_id(netd_t *d, uint64_t id)
-{
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-        if (s->id == id)
-            return s;
-    return NULL;
 }
 
 void netd_cmd_listen(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
@@ -194,7 +180,7 @@ void netd_cmd_servers(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 
 static void server_reply(netd_t *d, servers_q_t *q)
 {
-    netd_server_t *s = server_by_id(d, q->server_id);
+    netd_server_t *s = netd_server_by_id(d, q->server_id);
     if (s)
         netd_pending_ok(q->p, json_pack("{s:o}", "server", netd_server_json_with(d, s, q->slots)));
     else

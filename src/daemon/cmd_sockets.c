@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The commands on live sockets: `sockets`, `destroy`, `move` and `rebalance`. Workers
  * answer with typed slots (copies of their records); the main loop merges them with the
@@ -180,14 +181,9 @@ void netd_cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     }
     sockets_q_t *q = calloc(1, sizeof(*q));
     info_vec_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!q || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(q);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, q, slots);
+    if (!p)
         return;
-    }
     q->p = p;
     q->slots = slots;
     q->server_id = sid;
@@ -382,14 +378,9 @@ void netd_cmd_move(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     }
     move_q_t *q = calloc(1, sizeof(*q));
     struct located *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!q || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(q);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, q, slots);
+    if (!p)
         return;
-    }
     q->p = p;
     q->socket_id = sid;
     q->thread = (int)t;
@@ -494,14 +485,9 @@ void netd_cmd_rebalance(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
         return;
     rebalance_t *rb = calloc(1, sizeof(*rb));
     info_vec_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = rb && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!rb || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(rb);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, rb, slots);
+    if (!p)
         return;
-    }
     rb->p = p;
     rb->server_id = sid;
     rb->slots = slots;

@@ -50,6 +50,18 @@ bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *
     return s != NULL;
 }
 
+netd_pending_t *netd_cmd_pending(netd_client_t *c, json_t *id, void *q, void *slots)
+{
+    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
+    if (!p) {
+        if (!q || !slots) /* else netd_pending_new has replied */
+            netd_reply_error(c, id, "ENOMEM", "out of memory");
+        free(q);
+        free(slots);
+    }
+    return p;
+}
+
 bool netd_cmd_nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
                          long long *out, long long dflt)
 {

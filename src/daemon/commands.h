@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * What the command files share (commands.c: the dispatch; cmd_daemon.c, cmd_servers.c,
  * cmd_sockets.c: the commands): argument helpers and the per-server byte counts of live
@@ -20,6 +21,11 @@ bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *
 /* An optional integer argument that must be 0 or more; false after the EARG reply. */
 bool netd_cmd_nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
                          long long *out, long long dflt);
+
+/* The reply a fan-out command owes, once its query record q and its per-worker slots
+ * were allocated (either may be NULL: out of memory). NULL after freeing both and
+ * replying (ENOMEM, or the client is going away). */
+netd_pending_t *netd_cmd_pending(netd_client_t *c, json_t *id, void *q, void *slots);
 
 /* Bytes of the live client connections of one worker, per server: a fan-out slot. */
 typedef struct netd_bytes_slot {

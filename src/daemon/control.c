@@ -385,9 +385,10 @@ static void on_drain(void *sock, const nd_event_t *ev, void *arg)
     schedule_processing(c);
 }
 
-static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
+/* The client's socket is gone (its 'close', or it left with an upgrade): out of the
+ * books; the record itself lives while replies still hold it. */
+static void client_gone(netd_client_t *c)
 {
-    netd_client_t *c = arg;
     netd_t *d = c->d;
     if (c->counted)
         d->clients->n--;
@@ -397,6 +398,12 @@ static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
         evtimer_del(c->kill_ev);
     TAILQ_REMOVE(&d->clients->list, c, link);
     c->sock = NULL;
+}
+
+static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    client_gone(c);
     client_release(c);
 }
 
@@ -643,15 +650,7 @@ void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n
 {
     for (size_t i = 0; i < n; i++) {
         netd_client_t *c = items[i].c;
-        /* The socket leaves without 'close': do what on_client_close would. */
-        if (c->counted)
-            d->clients->n--;
-        if (c->watching)
-            atomic_fetch_sub(&d->watchers, 1);
-        if (c->kill_ev)
-            evtimer_del(c->kill_ev);
-        TAILQ_REMOVE(&d->clients->list, c, link);
-        c->sock = NULL;
+        client_gone(c); /* it leaves without 'close' */
         nd_socket_export_commit(&items[i].ex);
         client_release(c);
     }

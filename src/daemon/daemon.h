@@ -389,6 +389,8 @@ void netd_conn_apply_timeout(netd_conn_t *c);
 
 /* servers.c: the server record's lifecycle. */
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref);
+/* The open server with that id (not one that closed), or NULL. */
+netd_server_t *netd_server_by_id(netd_t *d, uint64_t id);
 /* The Server object; live_* add the bytes of connections still open. */
 json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t live_bytes_written);
 /* Opens a server from a spec (stolen on success). `p` (may be NULL) is answered once it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The handover channel between a running netd and the binary that takes over from it
  * (DESIGN.md 2b): one SOCK_SEQPACKET socketpair. A message is one packet: a 4-byte

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * GET /metrics over HTTP (libevent's evhttp) on the main loop: the same text as the
  * `metrics` command, in the Prometheus text format 0.0.4. Other paths get 404, methods

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The Prometheus text (exposition format 0.0.4), built on the main loop from the servers'
  * and workers' atomics after one fan-out in which each worker settles its connections'

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Moving live sockets between workers (`move`, `rebalance`): the main loop's registry of
  * moves in flight, and the worker side that hands a socket's records to the library's

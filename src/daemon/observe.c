@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The workers' side of observation (how each connection ended, its duration, its moves,
  * its bytes settled into its server's totals, its access-log line) and the module's life

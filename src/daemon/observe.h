@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * What netd shows operators about itself: the counters workers keep per server and per
  * connection, the Prometheus text (metrics.c, one generator for the `metrics` command and

@@ -90,6 +90,15 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_wri
 }
 
 /* A name finds the live server first, so `close web` after a reload reaches the new one. */
+netd_server_t *netd_server_by_id(netd_t *d, uint64_t id)
+{
+    netd_server_t *s;
+    TAILQ_FOREACH(s, &d->servers, link)
+        if (s->id == id)
+            return s;
+    return NULL;
+}
+
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref)
 {
     netd_server_t *s, *closing = NULL;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * How `sockets` narrows and orders its answer for an operator looking for one peer or for
  * the busiest, oldest or idlest connections: the peer filter and the sort orders, applied

@@ -86,11 +86,12 @@ static void attach(netd_conn_t *c)
     }
 }
 
-static void watch_close(netd_conn_t *c, const nd_event_t *ev)
+/* A watch event about a connection, with what every such event carries. */
+static netd_event_t *conn_event(netd_conn_t *c, enum netd_event_kind kind)
 {
-    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CLOSE, c->server);
+    netd_event_t *e = netd_event_new(c->worker->d, kind, c->server);
     if (!e)
-        return;
+        return NULL;
     e->socket = c->id;
     e->thread = c->worker->index;
     const char *ra = nd_socket_remote_address(c->sock);
@@ -98,6 +99,14 @@ static void watch_close(netd_conn_t *c, const nd_event_t *ev)
         snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
         e->remote_port = nd_socket_remote_port(c->sock);
     }
+    return e;
+}
+
+static void watch_close(netd_conn_t *c, const nd_event_t *ev)
+{
+    netd_event_t *e = conn_event(c, NETD_EV_CLOSE);
+    if (!e)
+        return;
     e->duration_ms = netd_now_ms() - c->created_ms;
     e->bytes_read = nd_socket_bytes_read(c->sock);
     e->bytes_written = nd_socket_bytes_written(c->sock);
@@ -191,17 +200,9 @@ static netd_handler_env_t env_of(netd_worker_t *w)
 
 static void watch_connection(netd_conn_t *c)
 {
-    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CONNECTION, c->server);
-    if (!e)
-        return;
-    e->socket = c->id;
-    e->thread = c->worker->index;
-    const char *ra = nd_socket_remote_address(c->sock);
-    if (ra) {
-        snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
-        e->remote_port = nd_socket_remote_port(c->sock);
-    }
-    netd_event_post(e);
+    netd_event_t *e = conn_event(c, NETD_EV_CONNECTION);
+    if (e)
+        netd_event_post(e);
 }
 
 static void on_connection(void *ws, const nd_event_t *ev, void *arg)

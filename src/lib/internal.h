@@ -37,6 +37,9 @@
  * a pair         (piped both ways) moves together; while one half is torn down and its
  *                'close' has not run, the other cannot move: the application's listeners
  *                on the closing half may still point at it (nd_socket_t.pair).
+ *                One move at a time: from nd_socket_move until the adopt, a second move
+ *                of either half, or an export, is refused (EBUSY); two departures would
+ *                detach the pair twice from the loop it already left.
  */
 
 #include "config.h"

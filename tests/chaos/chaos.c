@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * chaos: a seeded chaos run against a real netd (issue 10). It starts netd from the build
  * tree with 4 workers and, for SECONDS, throws verified data streams, control operations

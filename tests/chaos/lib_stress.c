@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * lib_stress: the chaos run for libnetd alone (issue 10). One process, 4 worker loops in
  * threads serving three server groups (two echo groups and an in-process proxy whose

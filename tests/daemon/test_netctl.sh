@@ -113,8 +113,12 @@ ctl listen 70000 2>/dev/null
 check "port 70000 is a usage error" 2 $?
 ctl destroy abc 2>/dev/null
 check "non-numeric socket id is a usage error" 2 $?
-ctl listen 0 --handler nosuch 2>/dev/null
-check "unknown handler is a usage error" 2 $?
+ctl listen 0 --handler nosuch 2>"$dir/err"
+check "unknown handler: netd's error" 1 $?
+grep -q '^netctl: EARG: .*unknown handler "nosuch" (echo, discard, banner, proxy)' "$dir/err" && ok ||
+    fail "unknown handler names the ones netd has: $(cat "$dir/err")"
+ctl listen 0 --handler 'no such' 2>/dev/null
+check "a handler name with a space is a usage error" 2 $?
 "$NETCTL" -s "$dir/none.sock" ping 2>"$dir/err"
 check "unreachable daemon" 3 $?
 grep -q "$dir/none.sock" "$dir/err" && ok || fail "unreachable names the path: $(cat "$dir/err")"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Seeing netd work, end to end against a real daemon: GET /metrics over HTTP and the
  * `metrics` command (the same text: per-server series by name, per-thread series, the

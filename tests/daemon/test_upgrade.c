@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The live upgrade end to end: a running netd under load hands everything to a second
  * netd binary, and the clients notice nothing: no reset, no refused connect, every byte

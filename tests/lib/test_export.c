@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Handing live sockets to another process (nd_socket_export / nd_socket_import): across a
  * real fork(), with the descriptors passed by SCM_RIGHTS, the stream carries on intact:
