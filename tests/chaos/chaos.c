@@ -188,19 +188,6 @@ static void print_counters(void)
     fflush(stdout);
 }
 
-/* Kinds of operations switched off with --without (triage: get past a known crash). The
- * PRNG draws stay the same, so the rest of the run keeps its decisions. */
-static const char *without[32];
-static int nwithout;
-
-static bool enabled(const char *name)
-{
-    for (int i = 0; i < nwithout; i++)
-        if (strcmp(without[i], name) == 0)
-            return false;
-    return true;
-}
-
 /* ------------------------------------------------------------------ the netd process */
 
 typedef struct netd {
@@ -2909,8 +2896,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--netd") && i + 1 < argc) {
             netd_path = argv[++i];
         } else if (!strcmp(argv[i], "--without") && i + 1 < argc) {
-            for (char *t = strtok(argv[++i], ","); t && nwithout < 32; t = strtok(NULL, ","))
-                without[nwithout++] = t;
+            without_add(argv[++i]);
         } else if (!strcmp(argv[i], "--keep")) {
             keep = true;
         } else {

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 /* Sanitized builds run several times slower: fewer streams, longer deadlines. */
@@ -89,6 +90,27 @@ static inline void gen_fill(uint64_t seed, uint64_t off, uint8_t *out, size_t n)
         off += take;
         n -= take;
     }
+}
+
+/* Kinds of operations switched off with --without LIST (triage: get past a known
+ * crash). The PRNG draws stay the same, so the rest of the run keeps its decisions. */
+#define MAX_WITHOUT 32
+static const char *without[MAX_WITHOUT];
+static int nwithout;
+
+/* Takes a comma-separated LIST (kept: it is argv's). */
+static inline void without_add(char *list)
+{
+    for (char *t = strtok(list, ","); t && nwithout < MAX_WITHOUT; t = strtok(NULL, ","))
+        without[nwithout++] = t;
+}
+
+static inline bool enabled(const char *name)
+{
+    for (int i = 0; i < nwithout; i++)
+        if (strcmp(without[i], name) == 0)
+            return false;
+    return true;
 }
 
 #endif

@@ -107,18 +107,6 @@ static void count(int c)
     atomic_fetch_add_explicit(&counters[c], 1, memory_order_relaxed);
 }
 
-/* Operations switched off with --without (triage); the PRNG draws stay the same. */
-static const char *without[16];
-static int nwithout;
-
-static bool enabled(const char *name)
-{
-    for (int i = 0; i < nwithout; i++)
-        if (strcmp(without[i], name) == 0)
-            return false;
-    return true;
-}
-
 /* ------------------------------------------------------------------ the world */
 
 enum { G_E1, G_E2, G_P, G__N }; /* echo, echo that closes and listens again, proxy to E1 */
@@ -1108,8 +1096,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             g_seconds = (unsigned)strtoul(argv[++i], NULL, 10);
         } else if (!strcmp(argv[i], "--without") && i + 1 < argc) {
-            for (char *t = strtok(argv[++i], ","); t && nwithout < 16; t = strtok(NULL, ","))
-                without[nwithout++] = t;
+            without_add(argv[++i]);
         } else {
             fprintf(stderr, "usage: lib_stress [--seed N] [--seconds N] [--without LIST]\n"
                             "  LIST (comma-separated): move, move-notify, destroy, end, pause,\n"
