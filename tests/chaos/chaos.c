@@ -526,6 +526,20 @@ static bool send_all_deadline(int fd, const char *p, size_t len, uint64_t deadli
     return true;
 }
 
+/* netd closes a control client idle for control.idleTimeout (5 min by default), as
+ * CONTROL.md says: the setup connection, quiet for the whole run, is opened again. */
+static void sync_reopen_if_closed(void)
+{
+    char b;
+    struct pollfd pfd = {N.ctl, POLLIN, 0};
+    if (N.ctl < 0 || poll(&pfd, 1, 0) <= 0 || N.clen > 0 ||
+        recv(N.ctl, &b, 1, MSG_PEEK | MSG_DONTWAIT) != 0)
+        return;
+    close(N.ctl);
+    N.ctl = unix_connect(N.sock, false);
+    count("setup-connection.reopened");
+}
+
 /* One request on the setup connection, its reply (a new reference), or NULL with the
  * reason in *why. */
 static json_t *sync_call(json_t *req, unsigned timeout_ms, const char **why)
@@ -536,6 +550,7 @@ static json_t *sync_call(json_t *req, unsigned timeout_ms, const char **why)
     if (g_unresponsive)
         timeout_ms = timeout_ms < 2000 ? timeout_ms : 2000; /* it did not answer before */
     uint64_t deadline = now_ms() + timeout_ms;
+    sync_reopen_if_closed();
     json_int_t id = ++N.next_id;
     json_object_set_new(req, "id", json_integer(id));
     char *text = json_dumps(req, JSON_COMPACT);
@@ -1893,7 +1908,9 @@ static void op_move(ctl_t *c, rng_t *r, uint64_t pick)
  * destroy: only sockets whose ending we can account for. A client socket of one of our
  * streams marks that stream; a proxy's upstream leg (or the upstream server's side of it)
  * belongs to a stream we cannot name from the listing, so it becomes a credit that may
- * explain one proxied stream's early end. Anything else is left alone.
+ * explain one proxied stream's early end, or that of a direct stream to the upstream
+ * server (its socket there looks the same until the listing matches it). Anything else
+ * is left alone.
  */
 static void op_destroy(ctl_t *c, rng_t *r, uint64_t pick)
 {
@@ -2588,7 +2605,10 @@ static void judge(bool netd_died)
         size_t bi = 0;
         for (size_t i = 0; i < nopen; i++) {
             stream_t *s = open[i];
-            if (!s || !srvs[s->srv].proxy || s->start_ms > credits[k].to_ms ||
+            /* A destroy of the upstream server's side may also have hit one of our direct
+             * streams to it, when the listing had not matched that socket to it yet. */
+            if (!s || !(srvs[s->srv].proxy || srvs[s->srv].upstream) ||
+                s->start_ms > credits[k].to_ms ||
                 s->end_ms < credits[k].from_ms)
                 continue;
             if (!best || s->end_ms < best->end_ms) {
@@ -2771,6 +2791,26 @@ static void report_fd_difference(void)
     free_links(now, n);
 }
 
+/* A close that was not answered waits behind connections that did not end: a new setup
+ * connection (the old one has the close queued), and what netd says of them. */
+static void explain_close(const srv_t *v)
+{
+    if (N.ctl >= 0)
+        close(N.ctl);
+    N.clen = 0;
+    N.ctl = unix_connect(N.sock, false);
+    if (N.ctl < 0)
+        return;
+    json_t *r = sync_call(json_pack("{s:s, s:I, s:s}", "cmd", "sockets", "server",
+                                    (json_int_t)v->id, "role", "all"),
+                          REPLY_TIMEOUT_MS, NULL);
+    char *t = r ? json_dumps(r, JSON_COMPACT) : NULL;
+    printf("chaos: %s still holds: %s\n", v->name, t ? t : "(no reply)");
+    fflush(stdout);
+    free(t);
+    json_decref(r);
+}
+
 /* Everything that must hold once the chaos is over; netd is alive when this starts. */
 static void final_checks(void)
 {
@@ -2782,9 +2822,10 @@ static void final_checks(void)
         v->closed_ms = now_ms();
         json_t *r = sync_call(json_pack("{s:s, s:I}", "cmd", "close", "server", (json_int_t)v->id),
                               4 * REPLY_TIMEOUT_MS, NULL);
-        if (!r)
+        if (!r) {
             fail("close %s at the end: no reply", v->name);
-        else if (!json_is_true(json_object_get(r, "ok"))) {
+            explain_close(v);
+        } else if (!json_is_true(json_object_get(r, "ok"))) {
             char *t = json_dumps(r, JSON_COMPACT);
             fail("close %s at the end: %s", v->name, t);
             free(t);
