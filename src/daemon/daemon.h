@@ -178,6 +178,8 @@ typedef struct netd_sockinfo {
     int remote_port, local_port;
     int remote_family; /* 4, 6, or 0 (unix) */
     uint64_t bytes_read, bytes_written, buffer_size, age_ms, idle_ms;
+    uint64_t created_ms; /* netd_now_ms() at its start: the age order, whichever worker
+                            measured age_ms when */
     char server_name[128]; /* "serverName" (truncated past 127 bytes) */
 } netd_sockinfo_t;
 

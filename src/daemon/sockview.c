@@ -91,10 +91,12 @@ static int by_bytes(const void *a, const void *b)
     return desc(x->bytes_read + x->bytes_written, y->bytes_read + y->bytes_written, x, y);
 }
 
+/* Oldest first. By the start, not by age_ms: each worker measured its ages at its own
+ * moment, so two sockets started a millisecond apart on two workers could swap. */
 static int by_age(const void *a, const void *b)
 {
     const netd_sockinfo_t *x = a, *y = b;
-    return desc(x->age_ms, y->age_ms, x, y);
+    return desc(UINT64_MAX - x->created_ms, UINT64_MAX - y->created_ms, x, y);
 }
 
 static int by_idle(const void *a, const void *b)

@@ -495,6 +495,7 @@ void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out)
     out->bytes_read = nd_socket_bytes_read(s);
     out->bytes_written = nd_socket_bytes_written(s);
     out->buffer_size = nd_socket_buffer_size(s);
+    out->created_ms = c->created_ms;
     out->age_ms = netd_now_ms() - c->created_ms;
     out->idle_ms = nd_socket_idle_ms(s);
     if (out->idle_ms > out->age_ms)
