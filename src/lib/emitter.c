@@ -30,7 +30,8 @@ int nd__emitter_on(nd__emitter_t *em, nd_event_type_t type, nd_listener_fn fn, v
     if (!fn || (unsigned)type >= ND_EV__COUNT)
         return -EINVAL;
     if (em->n == em->cap) {
-        unsigned cap = em->cap ? em->cap * 2 : 4;
+        /* Two fit most sockets (a server's 'close' and 'end', say): sized for them. */
+        unsigned cap = em->cap ? em->cap * 2 : 2;
         nd__listener_t *v = realloc(em->v, cap * sizeof(*v));
         if (!v)
             return -ENOMEM;

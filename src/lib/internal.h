@@ -59,7 +59,12 @@
 #define ND_EXPORT __attribute__((visibility("default")))
 
 #define ND__DEFAULT_BACKLOG 511
+#define ND__HOST_MAX 256         /* a host name given to connect or listen, with its NUL */
 #define ND__READ_CHUNK 65536     /* one read; Node's slab size */
+/* A piped socket whose reads bring at least this many bytes splices its next ones, until a
+ * read brings less than a quarter of it (small messages are cheaper copied). */
+#define ND__SPLICE_MIN 16384
+#define ND__PIPE_POOL 8          /* empty splice pipes a loop keeps for reuse */
 #define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
 #define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
 /* Node's default highWaterMark of a net.Socket, both ways: input read while nobody consumes
@@ -220,6 +225,8 @@ struct nd_loop {
     struct evdns_base *dns;
     char nameserver[64];
     unsigned char *scratch; /* ND__READ_CHUNK bytes for reads: no allocation per read */
+    int pipes[ND__PIPE_POOL][2]; /* empty splice pipes (read end, write end) */
+    int npipes;
 };
 
 void nd__loop_arm_pending(nd_loop_t *loop);
@@ -229,6 +236,11 @@ void nd__loop_defer_node(nd_loop_t *loop, nd__defer_t *node, void (*fn)(void *ar
 /* Posts with a node the caller embedded in its own message: cannot fail. */
 void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
                         void *arg, void (*drop)(void *arg));
+/* An empty pipe for splicing, from the loop's pool or new (non-blocking, close-on-exec).
+ * Returns 0, or -errno (EMFILE: the caller copies instead). */
+int nd__loop_pipe_get(nd_loop_t *loop, int *r, int *w);
+/* Gives back a pipe that holds nothing; kept for reuse or closed. */
+void nd__loop_pipe_put(nd_loop_t *loop, int r, int w);
 /* The loop's resolver, created on first use. NULL when out of memory. */
 struct evdns_base *nd__loop_dns(nd_loop_t *loop);
 

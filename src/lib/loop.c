@@ -187,8 +187,41 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
     pthread_mutex_destroy(&loop->mb_lock);
     event_del(&loop->pending_ev);
     event_base_free(loop->base);
+    while (loop->npipes > 0) {
+        loop->npipes--;
+        close(loop->pipes[loop->npipes][0]);
+        close(loop->pipes[loop->npipes][1]);
+    }
     free(loop->scratch);
     free(loop);
+}
+
+int nd__loop_pipe_get(nd_loop_t *loop, int *r, int *w)
+{
+    if (loop->npipes > 0) {
+        loop->npipes--;
+        *r = loop->pipes[loop->npipes][0];
+        *w = loop->pipes[loop->npipes][1];
+        return 0;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -errno;
+    *r = fds[0];
+    *w = fds[1];
+    return 0;
+}
+
+void nd__loop_pipe_put(nd_loop_t *loop, int r, int w)
+{
+    if (loop->npipes < ND__PIPE_POOL) {
+        loop->pipes[loop->npipes][0] = r;
+        loop->pipes[loop->npipes][1] = w;
+        loop->npipes++;
+        return;
+    }
+    close(r);
+    close(w);
 }
 
 ND_EXPORT struct event_base *nd_loop_base(nd_loop_t *loop)

@@ -4,7 +4,9 @@
  */
 #include "internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -41,7 +43,7 @@ typedef struct err_node {
 } err_node_t;
 
 typedef struct wreq {
-    uint64_t mark; /* done once flushed_total reaches it */
+    uint64_t mark; /* done once flushed(s) reaches it */
     nd_write_cb cb;
     void *arg;
     int err;
@@ -49,72 +51,113 @@ typedef struct wreq {
     TAILQ_ENTRY(wreq) link;
 } wreq_t;
 
+/* An endpoint in binary, as accept() and getsockname() give it: formatted only when asked,
+ * so a connection nobody asks about carries 20 bytes per end instead of a text address. */
+typedef struct endpoint {
+    uint8_t family; /* 0 (unknown), 4 or 6; unix sockets keep their path in addr_text */
+    uint16_t port;
+    unsigned char addr[16];
+} endpoint_t;
+
+/* The text forms the getters hand out (valid until the socket is freed), and a unix
+ * socket's local path: allocated when first needed. */
+typedef struct addr_text {
+    char remote[64];
+    char local[sizeof(((struct sockaddr_un *)0)->sun_path)];
+} addr_text_t;
+
+/* What connect() was given, kept for errors and reconnects: client sockets only. */
+typedef struct dial {
+    nd__resolve_t *resolve;
+    int port, family, local_port;
+    char local_address[64];
+    char target[64]; /* the IP dialled (a unix socket dials `name`) */
+    char name[];     /* the host name, or the unix path */
+} dial_t;
+
+/* setEncoding's decoder and the text it produces: only for sockets that decode. */
+typedef struct decoding {
+    nd__decoder_t dec;
+    nd__strbuf_t text;
+} decoding_t;
+
+/*
+ * The socket. What every connection needs stays inline; what only some use is allocated
+ * on first use and owned by the socket (freed with it, carried by a move): the write
+ * event (a write that had to wait, or a connect), the idle timer (setTimeout), connect
+ * parameters (clients), the decoder (setEncoding), text addresses (when asked), the
+ * buffers (in: input nobody consumes yet; out: output the kernel did not take) and the
+ * splice pipe (sp_r/sp_w: output spliced from a piped source, counted in queued()).
+ */
 struct nd_socket {
     nd__handle_t h;
-    enum socket_state state;
     int fd;
-    bool allow_half_open;
-    bool opt_readable;  /* reading allowed at all (false for fd sockets opened write-only) */
-    bool opt_writable;  /* writing allowed at all */
+    uint8_t state; /* enum socket_state */
+    bool allow_half_open : 1;
+    bool opt_readable : 1; /* reading allowed at all (false for fd sockets opened write-only) */
+    bool opt_writable : 1; /* writing allowed at all */
     /* Reading, as Node's streams do it: input is read from the kernel once reading has
      * started; it is emitted as 'data' while flowing and not paused, and otherwise kept in
      * `in` until ND__READ_HWM bytes wait there, when reading stops. */
-    bool paused;        /* pause() (or a pipe's backpressure) and no resume() since */
-    bool flowing;       /* a 'data' listener was added, pipe() or resume() was called */
-    bool read_started;  /* reading began: at accept or connect unless paused, or resume() */
-    bool reading;       /* read_ev added */
-    bool writing;       /* write_ev added */
-    bool fin_rcvd;      /* the peer's FIN was read; 'end' follows the buffered input */
-    bool eof;           /* 'end' was emitted */
-    bool peer_ended;    /* eof with allowHalfOpen false: writes now fail with EPIPE */
-    bool ending;        /* end() called: FIN once the queue is flushed */
-    bool fin_sent;
-    bool need_drain;    /* a write returned 0: emit 'drain' when the queue empties */
-    bool had_error;     /* a failure of the connection itself: 'close' has had_error 1 */
-    bool error_gate;    /* the one 'error' of a failed or closed connection was queued */
-    bool error_nomem;   /* an error could not be stored: a bare ENOMEM 'error' is due */
-    bool in_count;      /* counted in its server's connections until destroyed */
-    bool closed_done;   /* 'close' has run */
-    bool timer_armed;
-    bool moving; /* between nd_socket_move and the detach: reads wait for the target */
-    bool no_delay, keep_alive, opts_set;
-    unsigned keep_alive_delay_s;
+    bool paused : 1;       /* pause() (or a pipe's backpressure) and no resume() since */
+    bool flowing : 1;      /* a 'data' listener was added, pipe() or resume() was called */
+    bool read_started : 1; /* reading began: at accept or connect unless paused, or resume() */
+    bool reading : 1;      /* read_ev added */
+    bool writing : 1;      /* wev added */
+    bool fin_rcvd : 1;     /* the peer's FIN was read; 'end' follows the buffered input */
+    bool eof : 1;          /* 'end' was emitted */
+    bool peer_ended : 1;   /* eof with allowHalfOpen false: writes now fail with EPIPE */
+    bool ending : 1;       /* end() called: FIN once the queue is flushed */
+    bool fin_sent : 1;
+    bool need_drain : 1;   /* a write returned 0: emit 'drain' when the queue empties */
+    bool had_error : 1;    /* a failure of the connection itself: 'close' has had_error 1 */
+    bool error_gate : 1;   /* the one 'error' of a failed or closed connection was queued */
+    bool error_nomem : 1;  /* an error could not be stored: a bare ENOMEM 'error' is due */
+    bool in_count : 1;     /* counted in its server's connections until destroyed */
+    bool closed_done : 1;  /* 'close' has run */
+    bool timer_armed : 1;
+    bool moving : 1; /* between nd_socket_move and the detach: reads wait for the target */
+    bool no_delay : 1, keep_alive : 1, opts_set : 1;
+    bool is_unix : 1;
+    bool have_local : 1, have_remote : 1;
+    bool pipe_end : 1, pipe_paused : 1;
+    bool bulk : 1; /* the last read filled a chunk: a pipe from here splices */
+    uint16_t keep_alive_delay_s; /* more than TCP_KEEPIDLE takes anyway */
     unsigned timeout_ms;
-    size_t high_water_mark; /* pipe pauses its source once more than this is queued */
-    struct timeval last_active;
-    struct event read_ev, write_ev, timer_ev;
-    struct evbuffer *out;
-    struct evbuffer *in; /* input read but not yet emitted; created on first use */
+    uint32_t sp_len; /* bytes waiting in the splice pipe */
+    int sp_r, sp_w;  /* the splice pipe holding output of this socket, or -1 */
+    uint32_t high_water_mark; /* pipe pauses its source once more than this is queued */
+    uint64_t last_active_us; /* the loop's cached clock at the last read or write progress */
+    struct event read_ev;
+    struct event *wev;      /* write readiness (and connect completion); lazy */
+    struct event *timer_ev; /* the idle timer; lazy */
+    struct evbuffer *out;   /* output the kernel did not take yet; lazy */
+    struct evbuffer *in;    /* input read but not yet emitted; lazy */
     TAILQ_HEAD(, wreq) wreqs;
-    uint64_t queued_total, flushed_total;
-    uint64_t bytes_read, bytes_written;
+    /* bytes_written counts bytes accepted by write() (queued ones too): it is also the
+     * mark of the newest write; those handed to the kernel are flushed(s). */
+    uint64_t bytes_written;
+    uint64_t bytes_read;
     nd_server_t *server;
-    nd__resolve_t *resolve;
-    err_node_t *errq, **errq_tail; /* errors to emit, in order */
-    nd__decoder_t dec;
-    nd__strbuf_t text;
+    struct err_node *errq; /* errors to emit, in order */
+    dial_t *dial;
+    decoding_t *decoding;
+    addr_text_t *text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
     nd_socket_t *pipe_dst, *pipe_src;
     /* The other half of a pair piped both ways. Unlike the pipes, the link outlives a
      * teardown until either 'close' has run: the application's listeners may still point
      * across it, so neither half may leave the loop alone before then (moves). */
     nd_socket_t *pair;
-    bool pipe_end, pipe_paused;
-    /* connect parameters, kept for errors and reconnects */
-    int port, family, local_port;
-    char host[256];
-    char local_address[64];
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    char target[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the IP or path dialled */
-    bool is_unix;
-    nd_address_t local, remote;
-    bool have_local, have_remote;
+    endpoint_t local, remote;
 };
 
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void flush(nd_socket_t *s);
+static void destroy_with(nd_socket_t *s, int code, const char *syscall, const char *address,
+                         int port, const char *hostname);
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -123,9 +166,17 @@ static bool is_destroyed(const nd_socket_t *s)
     return s->state == SK_CLOSED;
 }
 
+/* Output not yet handed to the kernel: the buffer, and bytes waiting in the splice pipe
+ * (which always go first: nothing is spliced while the buffer holds anything). */
 static size_t queued(const nd_socket_t *s)
 {
-    return s->out ? evbuffer_get_length(s->out) : 0;
+    return (s->out ? evbuffer_get_length(s->out) : 0) + s->sp_len;
+}
+
+/* Bytes handed to the kernel: everything write() accepted but what is still queued. */
+static uint64_t flushed(const nd_socket_t *s)
+{
+    return s->bytes_written - queued(s);
 }
 
 static size_t buffered(const nd_socket_t *s)
@@ -152,14 +203,29 @@ static void update_active(nd_socket_t *s)
     nd__handle_set_active_pinned(&s->h, active, s->state == SK_OPEN && queued(s) > 0);
 }
 
-static void touch(nd_socket_t *s)
+static uint64_t now_us(nd_loop_t *loop)
 {
     /* The loop's cached time: no syscall per read or write. */
-    event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
-    if (s->timeout_ms && !s->timer_armed) {
+    struct timeval tv;
+    event_base_gettimeofday_cached(loop->base, &tv);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+static void touch(nd_socket_t *s)
+{
+    s->last_active_us = now_us(s->h.loop);
+    if (s->timeout_ms && !s->timer_armed && s->timer_ev) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
-        evtimer_add(&s->timer_ev, &tv);
+        evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
+    }
+}
+
+static void disarm_timer(nd_socket_t *s)
+{
+    if (s->timer_armed) {
+        evtimer_del(s->timer_ev);
+        s->timer_armed = false;
     }
 }
 
@@ -209,22 +275,66 @@ static void begin_reading(nd_socket_t *s)
     start_reading(s);
 }
 
+/* The write event exists once a socket has had to wait for the kernel (or connects);
+ * most connections of a server never do. Returns false when out of memory. */
+static bool have_wev(nd_socket_t *s)
+{
+    if (!s->wev)
+        s->wev = event_new(s->h.loop->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    return s->wev != NULL;
+}
+
 static void start_writing(nd_socket_t *s)
 {
-    if (!s->writing && s->fd >= 0) {
-        event_add(&s->write_ev, NULL);
-        s->writing = true;
-        update_active(s);
+    if (s->writing || s->fd < 0)
+        return;
+    if (!have_wev(s)) {
+        destroy_with(s, -ENOMEM, "write", NULL, -1, NULL);
+        return;
     }
+    event_add(s->wev, NULL);
+    s->writing = true;
+    update_active(s);
 }
 
 static void stop_writing(nd_socket_t *s)
 {
     if (s->writing) {
-        event_del(&s->write_ev);
+        event_del(s->wev);
         s->writing = false;
         update_active(s);
     }
+}
+
+static void endpoint_set(endpoint_t *ep, const struct sockaddr *sa)
+{
+    memset(ep, 0, sizeof(*ep));
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        ep->family = 4;
+        ep->port = ntohs(in->sin_port);
+        memcpy(ep->addr, &in->sin_addr, sizeof(in->sin_addr));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        ep->family = 6;
+        ep->port = ntohs(in6->sin6_port);
+        memcpy(ep->addr, &in6->sin6_addr, sizeof(in6->sin6_addr));
+    }
+}
+
+/* As nd__address_from would have made it from the sockaddr. */
+static void endpoint_format(const endpoint_t *ep, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (ep->family)
+        inet_ntop(ep->family == 6 ? AF_INET6 : AF_INET, ep->addr, buf, (socklen_t)size);
+}
+
+static addr_text_t *text_of(nd_socket_t *s)
+{
+    if (!s->text)
+        s->text = calloc(1, sizeof(*s->text));
+    return s->text;
 }
 
 static void cache_local(nd_socket_t *s)
@@ -233,10 +343,20 @@ static void cache_local(nd_socket_t *s)
         return;
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
-    if (getsockname(s->fd, &sa.sa, &len) == 0) {
-        nd__address_from(&s->local, &sa.sa, len);
-        s->have_local = true;
+    if (getsockname(s->fd, &sa.sa, &len) != 0)
+        return;
+    if (sa.sa.sa_family == AF_UNIX) {
+        /* A unix path has no binary form: kept as text (rare enough to allocate). */
+        nd_address_t a;
+        nd__address_from(&a, &sa.sa, len);
+        if (!text_of(s))
+            return;
+        memcpy(s->text->local, a.address, sizeof(s->text->local));
+        memset(&s->local, 0, sizeof(s->local));
+    } else {
+        endpoint_set(&s->local, &sa.sa);
     }
+    s->have_local = true;
 }
 
 static void cache_remote(nd_socket_t *s)
@@ -246,7 +366,7 @@ static void cache_remote(nd_socket_t *s)
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
     if (getpeername(s->fd, &sa.sa, &len) == 0) {
-        nd__address_from(&s->remote, &sa.sa, len);
+        endpoint_set(&s->remote, &sa.sa);
         s->have_remote = true;
     }
 }
@@ -271,17 +391,17 @@ static void init_socket(nd_socket_t *s, nd_loop_t *loop)
 {
     nd__handle_init(&s->h, loop, ND__SOCKET);
     s->fd = -1;
+    s->sp_r = s->sp_w = -1;
     s->opt_readable = s->opt_writable = true;
     TAILQ_INIT(&s->wreqs);
-    s->errq_tail = &s->errq;
-    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
 }
 
 static void bind_fd(nd_socket_t *s, int fd)
 {
     s->fd = fd;
     event_assign(&s->read_ev, s->h.loop->base, fd, EV_READ | EV_PERSIST, on_readable, s);
-    event_assign(&s->write_ev, s->h.loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    if (s->wev)
+        event_assign(s->wev, s->h.loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
 }
 
 static void complete_wreqs(nd_socket_t *s, int err)
@@ -289,7 +409,7 @@ static void complete_wreqs(nd_socket_t *s, int err)
     wreq_t *w;
     bool any = false;
     TAILQ_FOREACH(w, &s->wreqs, link) {
-        if (!w->done && (err || s->flushed_total >= w->mark)) {
+        if (!w->done && (err || flushed(s) >= w->mark)) {
             w->done = true;
             w->err = err;
             any = true;
@@ -315,21 +435,29 @@ static void unpipe_both(nd_socket_t *s)
     }
 }
 
+/* Output waiting in the splice pipe is dropped with the pipe (as destroy drops `out`). */
+static void drop_splice_pipe(nd_socket_t *s)
+{
+    if (s->sp_r >= 0) {
+        close(s->sp_r);
+        close(s->sp_w);
+        s->sp_r = s->sp_w = -1;
+    }
+    s->sp_len = 0;
+}
+
 /* Stops all I/O and releases the descriptor; 'close' follows on a later turn. */
 static void teardown(nd_socket_t *s)
 {
     if (is_destroyed(s))
         return;
-    if (s->resolve) {
-        nd__resolve_cancel(s->resolve);
-        s->resolve = NULL;
+    if (s->dial && s->dial->resolve) {
+        nd__resolve_cancel(s->dial->resolve);
+        s->dial->resolve = NULL;
     }
     stop_reading(s);
     stop_writing(s);
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     if (s->fd >= 0) {
         cache_local(s);
         cache_remote(s);
@@ -338,6 +466,7 @@ static void teardown(nd_socket_t *s)
     }
     if (s->out)
         evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    drop_splice_pipe(s);
     /* Unread input stays until 'close': a 'data' listener still running may be reading it. */
     complete_wreqs(s, ND_ECLOSED);
     unpipe_both(s);
@@ -377,8 +506,10 @@ static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscal
         if (message)
             nd__error_set_message(st, message);
         e->next = NULL;
-        *s->errq_tail = e;
-        s->errq_tail = &e->next;
+        err_node_t **tail = &s->errq;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = e;
     }
     nd__handle_pend(&s->h, PK_ERROR);
 }
@@ -408,7 +539,6 @@ static void free_errors(nd_socket_t *s)
         s->errq = e->next;
         free(e);
     }
-    s->errq_tail = &s->errq;
     s->error_nomem = false;
 }
 
@@ -424,15 +554,18 @@ static void unpair(nd_socket_t *s)
 void nd__socket_free(nd_socket_t *s)
 {
     unpair(s);
-    if (s->resolve)
-        nd__resolve_cancel(s->resolve);
+    if (s->dial && s->dial->resolve)
+        nd__resolve_cancel(s->dial->resolve);
+    free(s->dial);
     if (s->reading)
         event_del(&s->read_ev);
-    if (s->writing)
-        event_del(&s->write_ev);
-    event_del(&s->timer_ev);
+    if (s->wev)
+        event_free(s->wev); /* deletes it first if pending */
+    if (s->timer_ev)
+        event_free(s->timer_ev);
     if (s->fd >= 0)
         close(s->fd);
+    drop_splice_pipe(s);
     if (s->out)
         evbuffer_free(s->out);
     if (s->in)
@@ -443,7 +576,11 @@ void nd__socket_free(nd_socket_t *s)
         free(w);
     }
     unpipe_both(s);
-    nd__strbuf_free(&s->text);
+    if (s->decoding) {
+        nd__strbuf_free(&s->decoding->text);
+        free(s->decoding);
+    }
+    free(s->text);
     free_errors(s);
     nd__handle_fini(&s->h);
     free(s);
@@ -503,7 +640,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
     bind_fd(s, fd);
     s->is_unix = peer->sa_family == AF_UNIX;
     if (!s->is_unix) {
-        nd__address_from(&s->remote, peer, peerlen);
+        endpoint_set(&s->remote, peer);
         s->have_remote = true;
     }
     return s;
@@ -547,22 +684,24 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
     }
     bind_fd(s, fd);
     s->state = SK_CONNECTING;
-    snprintf(s->target, sizeof(s->target), "%s", address);
-    if (s->local_address[0] || s->local_port) {
+    dial_t *dl = s->dial;
+    if (!s->is_unix)
+        snprintf(dl->target, sizeof(dl->target), "%s", address);
+    if (dl->local_address[0] || dl->local_port) {
         nd__sockaddr_t la;
-        const char *lip = s->local_address[0] ? s->local_address
+        const char *lip = dl->local_address[0] ? dl->local_address
                           : sa->sa.sa_family == AF_INET6 ? "::"
                                                           : "0.0.0.0";
-        socklen_t llen = nd__sockaddr_ip(&la, lip, s->local_port,
+        socklen_t llen = nd__sockaddr_ip(&la, lip, dl->local_port,
                                          sa->sa.sa_family == AF_INET6 ? 6 : 4);
         if (!llen) {
-            destroy_with(s, -EINVAL, "bind", lip, s->local_port, NULL);
+            destroy_with(s, -EINVAL, "bind", lip, dl->local_port, NULL);
             return;
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (bind(fd, &la.sa, llen) != 0) {
-            destroy_with(s, -errno, "bind", lip, s->local_port, NULL);
+            destroy_with(s, -errno, "bind", lip, dl->local_port, NULL);
             return;
         }
     }
@@ -582,14 +721,15 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
 static void on_resolved(void *arg, int err, const char *ip, int family)
 {
     nd_socket_t *s = arg;
-    s->resolve = NULL;
+    dial_t *dl = s->dial;
+    dl->resolve = NULL;
     nd__handle_retain(&s->h);
     /* Node looks up names only: an IP literal connects without a 'lookup' event. A failed
      * lookup names the host and leaves the port unset, as Node does. */
-    if (!nd_is_ip(s->host)) {
+    if (!nd_is_ip(dl->name)) {
         nd__error_store_t *lerr = NULL;
         nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = -1};
-        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, s->host) != 0)
+        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, dl->name) != 0)
             bare.message = bare.name;
         nd_event_t ev = {.type = ND_EV_LOOKUP,
                          .error = err ? (lerr ? &lerr->err : &bare) : NULL,
@@ -600,14 +740,14 @@ static void on_resolved(void *arg, int err, const char *ip, int family)
     }
     if (s->state == SK_RESOLVING) {
         if (err) {
-            destroy_with(s, err, "getaddrinfo", NULL, -1, s->host);
+            destroy_with(s, err, "getaddrinfo", NULL, -1, dl->name);
         } else {
             nd__sockaddr_t sa;
-            socklen_t len = nd__sockaddr_ip(&sa, ip, s->port, family);
+            socklen_t len = nd__sockaddr_ip(&sa, ip, dl->port, family);
             if (len)
-                connect_addr(s, &sa, len, ip, s->port);
+                connect_addr(s, &sa, len, ip, dl->port);
             else
-                destroy_with(s, -EINVAL, "connect", ip, s->port, NULL);
+                destroy_with(s, -EINVAL, "connect", ip, dl->port, NULL);
         }
     }
     nd__handle_release(&s->h);
@@ -621,7 +761,6 @@ static void reset_connection(nd_socket_t *s)
         nd__handle_retain(&s->h);
     }
     s->bytes_read = s->bytes_written = 0;
-    s->queued_total = s->flushed_total = 0;
     s->fin_rcvd = s->eof = s->peer_ended = s->ending = s->fin_sent = false;
     s->need_drain = s->had_error = s->error_gate = s->closed_done = false;
     s->read_started = s->in_count = false;
@@ -633,8 +772,8 @@ static void reset_connection(nd_socket_t *s)
     s->server = NULL;
     memset(&s->local, 0, sizeof(s->local));
     memset(&s->remote, 0, sizeof(s->remote));
-    if (s->dec.enc != ND_ENC_NONE)
-        nd__decoder_init(&s->dec, s->dec.enc);
+    if (s->decoding)
+        nd__decoder_init(&s->decoding->dec, s->decoding->dec.enc);
 }
 
 ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
@@ -643,7 +782,7 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
         return -EINVAL;
     if (!o->path && (o->port < 0 || o->port > 65535))
         return -EINVAL;
-    if (o->path && (!*o->path || strlen(o->path) >= sizeof(s->path)))
+    if (o->path && (!*o->path || strlen(o->path) >= sizeof(((addr_text_t *)0)->local)))
         return o->path && *o->path ? -ENAMETOOLONG : -EINVAL;
     if (!o->path && o->local_address && *o->local_address && !nd_is_ip(o->local_address))
         return -EINVAL; /* v0.10: "localAddress should be a valid IP" */
@@ -651,33 +790,38 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
         return -EINVAL;
     if (o->family != 0 && o->family != 4 && o->family != 6)
         return -EINVAL;
-    if (o->host && strlen(o->host) >= sizeof(s->host))
+    if (o->host && strlen(o->host) >= ND__HOST_MAX)
         return -EINVAL;
     if (s->state == SK_CLOSED && !s->closed_done)
         return ND_ECLOSED;
     if (s->state != SK_NEW && s->state != SK_CLOSED)
         return ND_ECONNECTING;
+    const char *name = o->path ? o->path : o->host && *o->host ? o->host : "localhost";
+    dial_t *dl = calloc(1, sizeof(*dl) + strlen(name) + 1);
+    if (!dl)
+        return -ENOMEM;
     reset_connection(s);
+    free(s->dial);
+    s->dial = dl;
     s->allow_half_open = s->allow_half_open || o->allow_half_open;
-    s->port = o->port;
-    s->family = o->family; /* 0: any family, as v0.10's dns.lookup */
-    s->local_port = o->local_port;
-    snprintf(s->local_address, sizeof(s->local_address), "%s",
+    dl->port = o->port;
+    dl->family = o->family; /* 0: any family, as v0.10's dns.lookup */
+    dl->local_port = o->local_port;
+    snprintf(dl->local_address, sizeof(dl->local_address), "%s",
              o->local_address ? o->local_address : "");
+    memcpy(dl->name, name, strlen(name) + 1);
     if (o->path) {
         s->is_unix = true;
-        snprintf(s->path, sizeof(s->path), "%s", o->path);
         nd__sockaddr_t sa;
-        int len = nd__sockaddr_unix(&sa, s->path);
+        int len = nd__sockaddr_unix(&sa, dl->name);
         s->state = SK_CONNECTING;
-        connect_addr(s, &sa, (socklen_t)len, s->path, -1);
+        connect_addr(s, &sa, (socklen_t)len, dl->name, -1);
         return 0;
     }
     s->is_unix = false;
-    snprintf(s->host, sizeof(s->host), "%s", o->host && *o->host ? o->host : "localhost");
     s->state = SK_RESOLVING;
-    s->resolve = nd__resolve_start(s->h.loop, s->host, s->family, on_resolved, s);
-    if (!s->resolve) {
+    dl->resolve = nd__resolve_start(s->h.loop, dl->name, dl->family, on_resolved, s);
+    if (!dl->resolve) {
         s->state = SK_NEW;
         return -ENOMEM;
     }
@@ -704,18 +848,24 @@ ND_EXPORT nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *o
 
 /* ------------------------------------------------------------------ reading */
 
+static bool decodes(const nd_socket_t *s)
+{
+    return s->decoding && s->decoding->dec.enc != ND_ENC_NONE;
+}
+
 static void emit_data(nd_socket_t *s, const char *data, size_t len)
 {
-    if (s->dec.enc != ND_ENC_NONE) {
-        s->text.len = 0;
-        if (nd__decoder_write(&s->dec, (const unsigned char *)data, len, &s->text) != 0) {
+    if (decodes(s)) {
+        nd__strbuf_t *text = &s->decoding->text;
+        text->len = 0;
+        if (nd__decoder_write(&s->decoding->dec, (const unsigned char *)data, len, text) != 0) {
             destroy_with(s, -ENOMEM, "read", NULL, -1, NULL);
             return;
         }
-        if (s->text.len == 0)
+        if (text->len == 0)
             return;
-        data = s->text.ptr;
-        len = s->text.len;
+        data = text->ptr;
+        len = text->len;
     }
     nd_event_t ev = {.type = ND_EV_DATA, .data = data, .len = len};
     nd__emit(&s->h.em, s, &ev);
@@ -748,10 +898,11 @@ static void emit_end(nd_socket_t *s)
     s->eof = true;
     if (!s->allow_half_open)
         s->peer_ended = true;
-    if (s->dec.enc != ND_ENC_NONE && s->dec.npartial) {
-        s->text.len = 0;
-        if (nd__decoder_end(&s->dec, &s->text) == 0 && s->text.len) {
-            nd_event_t dev = {.type = ND_EV_DATA, .data = s->text.ptr, .len = s->text.len};
+    if (decodes(s) && s->decoding->dec.npartial) {
+        nd__strbuf_t *text = &s->decoding->text;
+        text->len = 0;
+        if (nd__decoder_end(&s->decoding->dec, text) == 0 && text->len) {
+            nd_event_t dev = {.type = ND_EV_DATA, .data = text->ptr, .len = text->len};
             nd__emit(&s->h.em, s, &dev);
             if (is_destroyed(s))
                 return;
@@ -806,12 +957,117 @@ static int buffer_input(nd_socket_t *s, const char *data, size_t len)
     return 0;
 }
 
+/* ------------------------------------------------------------------ splice */
+
+/*
+ * The bulk path of a pipe: bytes go from the source's descriptor into a kernel pipe and from
+ * there into the destination's descriptor (splice(2)), never through user memory. It is
+ * taken only where nothing in user space needs to see the bytes: the source has no 'data'
+ * listener and decodes nothing, no input waits in its buffer, and the destination is open
+ * with nothing in its own output buffer (so the bytes keep their order). The pipe belongs
+ * to the destination while it holds bytes: they are its queued output (bufferSize,
+ * backpressure against its high-water mark, 'drain', the FIN after them) exactly as if
+ * write() had queued them, and they go with it when it moves or are dropped when it is
+ * destroyed. Anything else falls back to reading into the loop's buffer.
+ */
+static bool can_splice(const nd_socket_t *s, const nd_socket_t *dst)
+{
+    return dst && s->bulk && !decodes(s) && !nd__emitter_has(&s->h.em, ND_EV_DATA) &&
+           buffered(s) == 0 && dst->state == SK_OPEN && dst->fd >= 0 && !dst->ending &&
+           !dst->peer_ended && dst->opt_writable && !dst->moving &&
+           (!dst->out || evbuffer_get_length(dst->out) == 0);
+}
+
+/* Moves what the pipe holds into the descriptor, as far as the kernel takes it; an emptied
+ * pipe goes back to the loop's pool. The caller completes the flush (flush()). */
+static void splice_out(nd_socket_t *s)
+{
+    while (s->sp_len > 0) {
+        ssize_t w = splice(s->sp_r, NULL, s->fd, NULL, s->sp_len,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (w > 0) {
+            s->sp_len -= (uint32_t)w;
+            ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
+            touch(s);
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            destroy_with(s, -errno, "write", NULL, -1, NULL);
+            return;
+        }
+        break;
+    }
+    if (s->sp_len == 0 && s->sp_r >= 0) {
+        nd__loop_pipe_put(s->h.loop, s->sp_r, s->sp_w);
+        s->sp_r = s->sp_w = -1;
+    }
+}
+
+enum splice_result { SP_AGAIN, SP_DONE, SP_RECV };
+
+/* One read of src spliced into dst. SP_AGAIN: read again; SP_DONE: stop for now;
+ * SP_RECV: read this one with recv() instead (EOF, a full pipe, no pipe to be had, a
+ * descriptor that cannot splice). */
+static enum splice_result splice_step(nd_socket_t *s, nd_socket_t *dst)
+{
+    if (dst->sp_r < 0 && nd__loop_pipe_get(s->h.loop, &dst->sp_r, &dst->sp_w) != 0) {
+        s->bulk = false; /* no descriptors for a pipe: the buffered path still works */
+        return SP_RECV;
+    }
+    ssize_t n = splice(s->fd, NULL, dst->sp_w, NULL, ND__READ_CHUNK,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n <= 0) {
+        int e = n < 0 ? errno : 0;
+        if (dst->sp_len == 0) {
+            nd__loop_pipe_put(s->h.loop, dst->sp_r, dst->sp_w);
+            dst->sp_r = dst->sp_w = -1;
+        }
+        if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK) && dst->sp_len == 0)
+            return SP_DONE; /* nothing to read */
+        if (n < 0 && e == EINTR)
+            return SP_AGAIN;
+        if (n < 0 && e != EAGAIN && e != EWOULDBLOCK)
+            s->bulk = false; /* e.g. EINVAL: this descriptor does not splice */
+        return SP_RECV;       /* EOF, an error, or the pipe is full: recv tells which */
+    }
+    s->bytes_read += (uint64_t)n;
+    ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
+    touch(s);
+    dst->bytes_written += (uint64_t)n;
+    dst->sp_len += (uint32_t)n;
+    if (n < ND__SPLICE_MIN / 4)
+        s->bulk = false; /* small reads again: copying is cheaper */
+    flush(dst);
+    if (is_destroyed(s))
+        return SP_DONE;
+    if (!is_destroyed(dst) && queued(dst) > 0) {
+        /* As a write() that returned 0: 'drain' comes when the queue empties, and the
+         * source waits past the destination's high-water mark. */
+        dst->need_drain = true;
+        if (queued(dst) > dst->high_water_mark) {
+            nd_socket_pause(s);
+            s->pipe_paused = true;
+            return SP_DONE;
+        }
+    }
+    return (size_t)n < ND__READ_CHUNK ? SP_DONE : SP_AGAIN;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
     char *buf = (char *)s->h.loop->scratch;
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
+        if (s->bulk && flowing_now(s) && can_splice(s, s->pipe_dst)) {
+            enum splice_result r = splice_step(s, s->pipe_dst);
+            if (r == SP_AGAIN)
+                continue;
+            if (r == SP_DONE)
+                break;
+        }
         /* The common case emits straight from the loop's read buffer: no copy. Otherwise the
          * bytes queue behind what waits already, and a socket that does not flow reads no
          * more than ND__READ_HWM ahead. */
@@ -829,6 +1085,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
             s->bytes_read += (uint64_t)n;
             ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
             touch(s);
+            /* A large read: if this socket is piped, the next ones may splice. */
+            s->bulk = (size_t)n >= ND__SPLICE_MIN;
             if (direct)
                 emit_data(s, buf, (size_t)n);
             else if (buffer_input(s, buf, (size_t)n) == 0)
@@ -861,10 +1119,16 @@ static void send_fin(nd_socket_t *s)
     nd__handle_pend(&s->h, PK_FINISH);
 }
 
-/* Writes as much of the queue as the kernel takes, with one sendmsg of many chains. */
+/* Writes as much of the queue as the kernel takes: the splice pipe first, then the buffer
+ * with one sendmsg of many chains. */
 static void flush(nd_socket_t *s)
 {
-    while (queued(s) > 0) {
+    if (s->sp_len > 0) {
+        splice_out(s);
+        if (is_destroyed(s))
+            return;
+    }
+    while (s->sp_len == 0 && queued(s) > 0) {
         struct evbuffer_iovec v[64];
         struct iovec iov[64];
         int n = evbuffer_peek(s->out, -1, NULL, v, 64);
@@ -883,7 +1147,6 @@ static void flush(nd_socket_t *s)
             return;
         }
         evbuffer_drain(s->out, (size_t)w);
-        s->flushed_total += (uint64_t)w;
         ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
         touch(s);
         if (n < 64 && queued(s) > 0)
@@ -918,7 +1181,9 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         }
         stop_writing(s);
         if (err) {
-            destroy_with(s, -err, "connect", s->target, s->is_unix ? -1 : s->port, NULL);
+            dial_t *dl = s->dial;
+            destroy_with(s, -err, "connect", s->is_unix ? dl->name : dl->target,
+                         s->is_unix ? -1 : dl->port, NULL);
         } else {
             on_connected(s);
         }
@@ -975,20 +1240,17 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
         return fail_write(s, -EPIPE, cb, arg, WF_REFUSED);
 
     s->bytes_written += len;
-    s->queued_total += len;
     size_t done = 0;
     if (s->state == SK_OPEN && queued(s) == 0 && len > 0) {
         ssize_t n = send(s->fd, data, len, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 int e = -errno;
-                s->flushed_total = s->queued_total; /* nothing more will be sent */
                 return fail_write(s, e, cb, arg, WF_FATAL); /* e.g. ECONNRESET after a RST */
             }
             n = 0;
         }
         done = (size_t)n;
-        s->flushed_total += done;
         ND__STAT_ADD(s->h.loop->stats.bytes_written, done);
         if (done)
             touch(s);
@@ -1004,7 +1266,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
             return fail_write(s, -ENOMEM, NULL, NULL, WF_FATAL);
         w->cb = cb;
         w->arg = arg;
-        w->mark = s->queued_total;
+        w->mark = s->bytes_written;
         TAILQ_INSERT_TAIL(&s->wreqs, w, link);
         if (s->state == SK_OPEN && queued(s) == 0)
             complete_wreqs(s, 0);
@@ -1088,7 +1350,6 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         err_node_t *list = s->errq;
         bool nomem = s->error_nomem;
         s->errq = NULL;
-        s->errq_tail = &s->errq;
         s->error_nomem = false;
         while (list) {
             err_node_t *e = list;
@@ -1198,13 +1459,16 @@ ND_EXPORT int nd_socket_set_encoding(nd_socket_t *s, const char *encoding)
     if (!s)
         return -EINVAL;
     if (!encoding) {
-        nd__decoder_init(&s->dec, ND_ENC_NONE);
+        if (s->decoding)
+            nd__decoder_init(&s->decoding->dec, ND_ENC_NONE);
         return 0;
     }
     int enc = nd__encoding_parse(encoding);
     if (enc < 0)
         return enc;
-    nd__decoder_init(&s->dec, (nd__encoding_t)enc);
+    if (!s->decoding && !(s->decoding = calloc(1, sizeof(*s->decoding))))
+        return -ENOMEM;
+    nd__decoder_init(&s->decoding->dec, (nd__encoding_t)enc);
     return 0;
 }
 
@@ -1214,15 +1478,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     s->timer_armed = false;
     if (!s->timeout_ms || is_destroyed(s))
         return;
-    struct timeval now, idle;
-    event_base_gettimeofday_cached(s->h.loop->base, &now);
-    evutil_timersub(&now, &s->last_active, &idle);
-    uint64_t idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+    uint64_t now = now_us(s->h.loop);
+    uint64_t idle_ms = now > s->last_active_us ? (now - s->last_active_us) / 1000 : 0;
     if (idle_ms < s->timeout_ms) {
         /* Activity since the timer was armed: wait for the rest of the idle period. */
         uint64_t rest = s->timeout_ms - idle_ms;
         struct timeval tv = {(time_t)(rest / 1000), (suseconds_t)((rest % 1000) * 1000)};
-        evtimer_add(&s->timer_ev, &tv);
+        evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
         return;
     }
@@ -1237,21 +1499,18 @@ ND_EXPORT void nd_socket_set_timeout(nd_socket_t *s, unsigned ms, nd_listener_fn
         return;
     if (ms == 0) {
         s->timeout_ms = 0;
-        if (s->timer_armed) {
-            evtimer_del(&s->timer_ev);
-            s->timer_armed = false;
-        }
+        disarm_timer(s);
         if (cb)
             nd_socket_off(s, ND_EV_TIMEOUT, cb, arg);
         return;
     }
+    /* The timer exists once a timeout is asked for: most connections never have one. */
+    if (!s->timer_ev && !(s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))
+        return; /* out of memory: no 'timeout' will come */
     if (cb)
         nd_socket_once(s, ND_EV_TIMEOUT, cb, arg);
     s->timeout_ms = ms;
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     touch(s);
 }
 
@@ -1273,7 +1532,9 @@ ND_EXPORT void nd_socket_set_keep_alive(nd_socket_t *s, int enable, unsigned ini
         return;
     s->keep_alive = enable != 0;
     if (initial_delay_ms / 1000 > 0)
-        s->keep_alive_delay_s = initial_delay_ms / 1000;
+        s->keep_alive_delay_s = initial_delay_ms / 1000 > UINT16_MAX
+                                    ? UINT16_MAX
+                                    : (uint16_t)(initial_delay_ms / 1000);
     s->opts_set = true;
     if (s->state == SK_OPEN && s->fd >= 0 && !s->is_unix) {
         int v = s->keep_alive;
@@ -1291,7 +1552,7 @@ ND_EXPORT int nd_socket_set_high_water_mark(nd_socket_t *s, size_t bytes)
 {
     if (!s)
         return -EINVAL;
-    s->high_water_mark = bytes;
+    s->high_water_mark = bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
     return 0;
 }
 
@@ -1344,10 +1605,29 @@ ND_EXPORT int nd_socket_address(const nd_socket_t *cs, nd_address_t *out)
     cache_local(s);
     if (!s->have_local)
         return ND_ENOTCONNECTED;
-    *out = s->local;
-    if (s->is_unix && !out->address[0] && s->path[0])
-        snprintf(out->address, sizeof(out->address), "%s", s->path);
+    memset(out, 0, sizeof(*out));
+    if (s->is_unix) {
+        if (s->text)
+            memcpy(out->address, s->text->local, sizeof(s->text->local));
+        if (!out->address[0] && s->dial)
+            snprintf(out->address, sizeof(out->address), "%s", s->dial->name);
+        return 0;
+    }
+    endpoint_format(&s->local, out->address, sizeof(out->address));
+    out->family = s->local.family;
+    out->port = s->local.port;
     return 0;
+}
+
+/* The endpoint's text, in storage that lives as long as the socket; NULL when out of
+ * memory. */
+static const char *endpoint_text(nd_socket_t *s, bool remote)
+{
+    if (!text_of(s))
+        return NULL;
+    char *buf = remote ? s->text->remote : s->text->local;
+    endpoint_format(remote ? &s->remote : &s->local, buf, sizeof(s->text->remote));
+    return buf;
 }
 
 ND_EXPORT const char *nd_socket_remote_address(const nd_socket_t *cs)
@@ -1357,7 +1637,7 @@ ND_EXPORT const char *nd_socket_remote_address(const nd_socket_t *cs)
         return NULL;
     if (s->state == SK_OPEN)
         cache_remote(s);
-    return s->have_remote ? s->remote.address : NULL;
+    return s->have_remote ? endpoint_text(s, true) : NULL;
 }
 
 ND_EXPORT int nd_socket_remote_port(const nd_socket_t *s)
@@ -1377,7 +1657,7 @@ ND_EXPORT const char *nd_socket_local_address(const nd_socket_t *cs)
         return NULL;
     if (s->state == SK_OPEN || s->state == SK_CONNECTING)
         cache_local(s);
-    return s->have_local ? s->local.address : NULL;
+    return s->have_local ? endpoint_text(s, false) : NULL;
 }
 
 ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
@@ -1387,14 +1667,10 @@ ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
 
 ND_EXPORT uint64_t nd_socket_idle_ms(const nd_socket_t *s)
 {
-    if (!s || (!s->last_active.tv_sec && !s->last_active.tv_usec))
+    if (!s || !s->last_active_us)
         return 0;
-    struct timeval now, idle;
-    event_base_gettimeofday_cached(s->h.loop->base, &now);
-    evutil_timersub(&now, &s->last_active, &idle);
-    if (idle.tv_sec < 0)
-        return 0;
-    return (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+    uint64_t now = now_us(s->h.loop);
+    return now > s->last_active_us ? (now - s->last_active_us) / 1000 : 0;
 }
 
 ND_EXPORT uint64_t nd_socket_bytes_read(const nd_socket_t *s)
@@ -1582,10 +1858,7 @@ static void detach(nd_socket_t *s, int to, bool *writing, uint32_t *pending)
     *writing = s->writing;
     stop_reading(s);
     stop_writing(s);
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     *pending = s->h.pending;
     nd__handle_unpend(&s->h, s->h.pending);
     nd__handle_set_active(&s->h, false);
@@ -1603,9 +1876,9 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_
     s->h.loop = loop;
     TAILQ_INSERT_TAIL(&loop->handles, &s->h, link);
     loop->nhandles++;
-    event_assign(&s->read_ev, loop->base, s->fd, EV_READ | EV_PERSIST, on_readable, s);
-    event_assign(&s->write_ev, loop->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
-    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
+    bind_fd(s, s->fd);
+    if (s->timer_ev)
+        event_assign(s->timer_ev, loop->base, -1, 0, on_timer, s);
     if (s->server && to >= 0)
         s->server = nd__server_move_in(s->server, to);
     ND__STAT_ADD(loop->stats.moved_in, 1);
