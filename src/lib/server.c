@@ -104,12 +104,8 @@ typedef struct group_msg {
     nd__msg_t node; /* embedded: posting cannot fail */
     nd__group_t *g;
     int index;
-    int fd;
-    bool owns_fd; /* a handoff: fd is an accepted connection */
     int err;
     unsigned gen;
-    socklen_t plen;
-    nd__sockaddr_t peer;
     char ip[64];
     int port, backlog;
 } group_msg_t;
@@ -766,18 +762,57 @@ static void deliver(nd_server_t *s, int fd, const struct sockaddr *peer, socklen
     nd__socket_start(sock);
 }
 
+/* One accepted connection on its way to a worker. A unix peer keeps only its family,
+ * which is all a socket reads of it. */
+typedef struct handoff_conn {
+    int fd;
+    socklen_t plen;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
+} handoff_conn_t;
+
+/* The connections one wake of the acceptor gives one worker: one message and at most one
+ * wakeup for all of them. The descriptors are the message's until the worker's server
+ * takes them (deliver), or it is dropped (closed). */
+typedef struct handoff_msg {
+    nd__msg_t node; /* embedded: posting cannot fail */
+    nd__group_t *g;
+    int index, n;
+    handoff_conn_t c[];
+} handoff_msg_t;
+
 static void handoff_msg(nd_loop_t *loop, void *arg)
 {
-    group_msg_t *msg = arg;
+    handoff_msg_t *msg = arg;
     nd__group_t *g = msg->g;
-    nd_server_t *ws = g->m[msg->index].server;
-    if (ws) {
-        ND__STAT_ADD(loop->stats.handed_off, 1);
-        deliver(ws, msg->fd, &msg->peer.sa, msg->plen);
-    } else {
-        handoff_lost(g, msg->index, msg->fd);
+    for (int k = 0; k < msg->n; k++) {
+        /* Looked up for each: a 'connection' listener cannot free the worker-side server
+         * (only its group can), but reading it again costs nothing. */
+        nd_server_t *ws = g->m[msg->index].server;
+        handoff_conn_t *c = &msg->c[k];
+        socklen_t plen = c->plen < sizeof(c->peer) ? c->plen : (socklen_t)sizeof(c->peer);
+        if (ws) {
+            ND__STAT_ADD(loop->stats.handed_off, 1);
+            deliver(ws, c->fd, &c->peer.sa, plen);
+        } else {
+            handoff_lost(g, msg->index, c->fd);
+        }
     }
     group_release(g);
+    free(msg);
+}
+
+/* The worker's loop was freed before the message ran (the process exits): the
+ * descriptors are closed with it. */
+static void handoff_drop(void *arg)
+{
+    handoff_msg_t *msg = arg;
+    for (int k = 0; k < msg->n; k++)
+        close(msg->c[k].fd);
+    group_release(msg->g);
     free(msg);
 }
 
@@ -797,29 +832,47 @@ static int pick_member(nd__group_t *g)
     return best;
 }
 
-/* The owner passes an accepted descriptor through a worker's mailbox; it counts all along. */
-static void hand_off(nd_server_t *s, int fd, const nd__sockaddr_t *peer, socklen_t plen)
+/* The owner passes what one wake accepted through the workers' mailboxes, one message per
+ * worker that gets any (member[k] says which); every connection counts all along. */
+static void hand_off(nd_server_t *s, const handoff_conn_t *conns, const int *member, int n)
 {
     nd__group_t *g = s->group;
-    int i = pick_member(g);
-    atomic_fetch_add(&g->m[i].live, 1);
     s->handed_off = true;
-    group_msg_t *msg = malloc(sizeof(*msg));
-    if (!msg) {
-        handoff_lost(g, i, fd);
-        return;
+    for (int i = 0; i < g->n; i++) {
+        int count = 0;
+        for (int k = 0; k < n; k++)
+            count += member[k] == i;
+        if (count == 0)
+            continue;
+        handoff_msg_t *msg = malloc(sizeof(*msg) + (size_t)count * sizeof(msg->c[0]));
+        if (msg) {
+            msg->index = i;
+            msg->n = 0;
+        }
+        for (int k = 0; k < n; k++) {
+            if (member[k] != i)
+                continue;
+            if (msg)
+                msg->c[msg->n++] = conns[k];
+            else
+                handoff_lost(g, i, conns[k].fd);
+        }
+        if (msg) {
+            msg->g = g;
+            atomic_fetch_add(&g->refs, 1);
+            nd__loop_post_node(g->m[i].loop, &msg->node, handoff_msg, msg, handoff_drop);
+        }
     }
-    msg->index = i;
-    msg->fd = fd;
-    msg->owns_fd = true;
-    msg->peer = *peer;
-    msg->plen = plen;
-    group_post(g, g->m[i].loop, handoff_msg, msg);
 }
 
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
     nd_server_t *s = arg;
+    /* An owner collects the wake's connections, then posts them together. */
+    handoff_conn_t batch[ND__ACCEPTS_PER_WAKE];
+    int member[ND__ACCEPTS_PER_WAKE];
+    int nbatch = 0;
+    nd__loop_awake(s->h.loop);
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__ACCEPTS_PER_WAKE && s->state == SRV_LISTENING; i++) {
         nd__sockaddr_t peer;
@@ -851,11 +904,21 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
-        if (group_is_owner(s))
-            hand_off(s, fd, &peer, plen);
-        else
+        if (group_is_owner(s)) {
+            /* Picked now, counted now: the next pick of this wake sees it. */
+            int m = pick_member(s->group);
+            atomic_fetch_add(&s->group->m[m].live, 1);
+            handoff_conn_t *c = &batch[nbatch];
+            c->fd = fd;
+            c->plen = plen;
+            memcpy(&c->peer, &peer, plen < sizeof(c->peer) ? plen : sizeof(c->peer));
+            member[nbatch++] = m;
+        } else {
             deliver(s, fd, &peer.sa, plen);
+        }
     }
+    if (nbatch > 0)
+        hand_off(s, batch, member, nbatch);
     nd__handle_release(&s->h);
 }
 
@@ -1015,8 +1078,6 @@ ND_EXPORT void *nd_server_data(const nd_server_t *s)
 static void drop_msg(void *arg)
 {
     group_msg_t *msg = arg;
-    if (msg->owns_fd)
-        close(msg->fd);
     group_release(msg->g);
     free(msg);
 }

@@ -121,7 +121,8 @@ struct nd_socket {
     bool is_unix : 1;
     bool have_local : 1, have_remote : 1;
     bool pipe_end : 1, pipe_paused : 1;
-    bool bulk : 1; /* the last read filled a chunk: a pipe from here splices */
+    bool bulk : 1;    /* the last read filled a chunk: a pipe from here splices */
+    bool spliced : 1; /* counted in the loop's splicers (it took a pipe once) */
     uint16_t keep_alive_delay_s; /* more than TCP_KEEPIDLE takes anyway */
     unsigned timeout_ms;
     uint32_t sp_len; /* bytes waiting in the splice pipe */
@@ -435,7 +436,8 @@ static void unpipe_both(nd_socket_t *s)
     }
 }
 
-/* Output waiting in the splice pipe is dropped with the pipe (as destroy drops `out`). */
+/* Output waiting in the splice pipe is dropped with the pipe (as destroy drops `out`);
+ * the socket stops counting as one the loop keeps pipes for. */
 static void drop_splice_pipe(nd_socket_t *s)
 {
     if (s->sp_r >= 0) {
@@ -444,6 +446,10 @@ static void drop_splice_pipe(nd_socket_t *s)
         s->sp_r = s->sp_w = -1;
     }
     s->sp_len = 0;
+    if (s->spliced) {
+        s->spliced = false;
+        nd__loop_splicer_gone(s->h.loop);
+    }
 }
 
 /* Stops all I/O and releases the descriptor; 'close' follows on a later turn. */
@@ -1016,6 +1022,12 @@ static enum splice_result splice_step(nd_socket_t *s, nd_socket_t *dst)
         s->bulk = false; /* no descriptors for a pipe: the buffered path still works */
         return SP_RECV;
     }
+    if (!dst->spliced) {
+        dst->spliced = true;
+        s->h.loop->splicers++;
+    }
+    /* One read's worth, as recv() would take: past the high-water mark the destination
+     * queues at most one read more before the source pauses. */
     ssize_t n = splice(s->fd, NULL, dst->sp_w, NULL, ND__READ_CHUNK,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n <= 0) {
@@ -1059,6 +1071,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
     char *buf = (char *)s->h.loop->scratch;
+    nd__loop_awake(s->h.loop);
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
         if (s->bulk && flowing_now(s) && can_splice(s, s->pipe_dst)) {
@@ -1169,6 +1182,7 @@ static void flush(nd_socket_t *s)
 static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
+    nd__loop_awake(s->h.loop);
     nd__handle_retain(&s->h);
     if (s->state == SK_CONNECTING) {
         int err = 0;
@@ -1864,6 +1878,8 @@ static void detach(nd_socket_t *s, int to, bool *writing, uint32_t *pending)
     nd__handle_set_active(&s->h, false);
     if (s->server && to >= 0)
         nd__server_move_out(s->server, to);
+    if (s->spliced)
+        nd__loop_splicer_gone(s->h.loop); /* its pipe, if any, goes with it */
     /* Listeners belong to the code that ran on this loop; the adopter attaches its own. */
     s->h.em.n = 0;
     s->h.em.has = 0;
@@ -1876,6 +1892,8 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_
     s->h.loop = loop;
     TAILQ_INSERT_TAIL(&loop->handles, &s->h, link);
     loop->nhandles++;
+    if (s->spliced)
+        loop->splicers++;
     bind_fd(s, s->fd);
     if (s->timer_ev)
         event_assign(s->timer_ev, loop->base, -1, 0, on_timer, s);
@@ -1927,6 +1945,8 @@ static void adopt_dropped(void *arg)
         both[i]->h.loop = m->target;
         TAILQ_INSERT_TAIL(&m->target->handles, &both[i]->h, link);
         m->target->nhandles++;
+        if (both[i]->spliced)
+            m->target->splicers++;
         nd__socket_free(both[i]);
     }
     free(m);
