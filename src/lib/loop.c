@@ -736,4 +736,5 @@ ND_EXPORT void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out)
     out->moved_in = atomic_load_explicit(&st->moved_in, memory_order_relaxed);
     out->bytes_read = atomic_load_explicit(&st->bytes_read, memory_order_relaxed);
     out->bytes_written = atomic_load_explicit(&st->bytes_written, memory_order_relaxed);
+    out->bytes_spliced = atomic_load_explicit(&st->bytes_spliced, memory_order_relaxed);
 }

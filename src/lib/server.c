@@ -42,7 +42,6 @@ struct nd_server {
     bool allow_half_open;
     bool accepting;       /* accept_ev is added */
     bool unlink_on_close; /* we created the unix socket file: dirfd, base, dev, ino name it */
-    bool handed_off;      /* sockets went to other loops: `connections` reads -1 */
     bool ipv6_only;       /* "::" accepts IPv6 clients only */
     bool close_owed;      /* SP_CLOSE is pending: 'close' is emitted even if listen() came since */
     int max_connections;
@@ -87,8 +86,11 @@ struct nd__group {
     void *init_arg;
     bool allow_half_open;
     bool ipv6_only;
-    unsigned rr_next;
-    int rp_waiting, rp_err; /* reuseport listen: replies still due, first failure */
+    _Atomic unsigned rr_next; /* the acceptor's, and the owner's when it closes */
+    int rp_waiting, rp_err; /* members' listen replies still due, first failure */
+    bool shared;        /* worker_accepts: the first member accepts for the group */
+    bool owner_accepts; /* owner thread: the owner's loop accepts (the default, or the
+                           acceptor could not take the listener) */
     unsigned listen_gen;    /* replies of an older listen attempt are ignored */
     _Atomic int64_t live;   /* every live connection of the group, wherever it is */
     _Atomic int64_t unclosed; /* connections whose 'close' has not run: a closing owner waits */
@@ -106,6 +108,8 @@ typedef struct group_msg {
     int index;
     int err;
     unsigned gen;
+    int fd;       /* a shared listener for the acceptor, when owns_fd */
+    bool owns_fd; /* closed if the message is dropped */
     char ip[64];
     int port, backlog;
 } group_msg_t;
@@ -120,6 +124,7 @@ static bool group_is_owner(const nd_server_t *s)
 }
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
+static void accept_some(nd_server_t *s);
 static void on_backoff(evutil_socket_t fd, short what, void *arg);
 static void unlink_own_file(nd_server_t *s);
 
@@ -227,7 +232,11 @@ static void stop_accepting(nd_server_t *s)
     event_del(&s->backoff_ev);
 }
 
-/* The descriptor is bound (or adopted): listen and schedule 'listening'. */
+static int share_listener(nd_server_t *s);
+
+/* The descriptor is bound (or adopted): listen and schedule 'listening'. A group whose
+ * first worker accepts (worker_accepts) gets a duplicate of the descriptor there; if that
+ * cannot be sent, or the worker cannot take it, the owner accepts as without the option. */
 static void finish_listen(nd_server_t *s, const char *address, int port)
 {
     if (listen(s->fd, s->backlog) != 0) {
@@ -235,7 +244,10 @@ static void finish_listen(nd_server_t *s, const char *address, int port)
         return;
     }
     s->state = SRV_LISTENING;
-    start_accepting(s);
+    if (s->group)
+        s->group->owner_accepts = !(s->group->shared && share_listener(s) == 0);
+    if (!s->group || s->group->owner_accepts)
+        start_accepting(s);
     nd__handle_pend(&s->h, SP_LISTENING);
     update_active(s);
 }
@@ -574,10 +586,20 @@ ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg
     if (s->state == SRV_IDLE || s->state == SRV_CLOSING)
         return ND_ENOTRUNNING;
     if (s->group) {
+        /* Connections that completed their handshake before close() are served, as when
+         * the owner accepted them itself: the acceptor may not have reached them yet. The
+         * owner takes what is queued now and hands it off. */
+        bool shared = s->group->shared && !s->group->owner_accepts;
+        if (shared && s->state == SRV_LISTENING && s->fd >= 0)
+            accept_some(s);
         /* Set before live is read (seq_cst): a worker dropping to zero either sees it and
          * tells us, or we see zero here. */
         atomic_store_explicit(&s->group->closing, true, memory_order_seq_cst);
-        if (s->group->balance == ND_BALANCE_REUSEPORT)
+        /* The acceptor's duplicate of a shared listener would keep it open until the
+         * member hears of the close: shutting it down refuses new connections at once. */
+        if (shared && s->fd >= 0)
+            shutdown(s->fd, SHUT_RD);
+        if (shared || s->group->balance == ND_BALANCE_REUSEPORT)
             group_unlisten_members(s->group);
     }
     if (on_close)
@@ -724,8 +746,8 @@ static bool admit(nd_server_t *s)
     } while (!atomic_compare_exchange_weak(&g->live, &cur, cur + 1));
     atomic_fetch_add(&g->unclosed, 1);
     atomic_fetch_add(&g->accepted, 1);
-    if (s->index >= 0)
-        atomic_fetch_add(&g->m[s->index].live, 1);
+    if (g->balance == ND_BALANCE_REUSEPORT)
+        atomic_fetch_add(&g->m[s->index].live, 1); /* its own; the acceptor picks first */
     return true;
 }
 
@@ -819,7 +841,8 @@ static void handoff_drop(void *arg)
 static int pick_member(nd__group_t *g)
 {
     if (g->balance == ND_BALANCE_ROUNDROBIN)
-        return (int)(g->rr_next++ % (unsigned)g->n);
+        return (int)(atomic_fetch_add_explicit(&g->rr_next, 1, memory_order_relaxed) %
+                     (unsigned)g->n);
     int best = 0;
     int64_t least = atomic_load_explicit(&g->m[0].live, memory_order_relaxed);
     for (int i = 1; i < g->n; i++) {
@@ -837,7 +860,6 @@ static int pick_member(nd__group_t *g)
 static void hand_off(nd_server_t *s, const handoff_conn_t *conns, const int *member, int n)
 {
     nd__group_t *g = s->group;
-    s->handed_off = true;
     for (int i = 0; i < g->n; i++) {
         int count = 0;
         for (int k = 0; k < n; k++)
@@ -865,10 +887,10 @@ static void hand_off(nd_server_t *s, const handoff_conn_t *conns, const int *mem
     }
 }
 
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
+/* Accepts what is queued (up to a wake's cap) and serves or hands it off. */
+static void accept_some(nd_server_t *s)
 {
-    nd_server_t *s = arg;
-    /* An owner collects the wake's connections, then posts them together. */
+    /* Connections for other members are collected, then posted together. */
     handoff_conn_t batch[ND__ACCEPTS_PER_WAKE];
     int member[ND__ACCEPTS_PER_WAKE];
     int nbatch = 0;
@@ -886,6 +908,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             }
             if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
                 continue;
+            if (errno == EINVAL) {
+                /* Not listening any more: a shared listener its owner shut down (the close
+                 * reaches this member next). Readable for good: stop watching it. */
+                stop_accepting(s);
+            }
             break; /* EAGAIN, or an error accept never reports as 'error' */
         }
         int ceiling = s->group ? atomic_load_explicit(&s->group->fd_ceiling, memory_order_relaxed)
@@ -904,10 +931,15 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
-        if (group_is_owner(s)) {
-            /* Picked now, counted now: the next pick of this wake sees it. */
+        if (s->group && s->group->balance != ND_BALANCE_REUSEPORT) {
+            /* The acceptor: picked now, counted now (the next pick of this wake sees it);
+             * its own are served at once, the others go in one message per member. */
             int m = pick_member(s->group);
             atomic_fetch_add(&s->group->m[m].live, 1);
+            if (m == s->index) {
+                deliver(s, fd, &peer.sa, plen);
+                continue;
+            }
             handoff_conn_t *c = &batch[nbatch];
             c->fd = fd;
             c->plen = plen;
@@ -920,6 +952,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     if (nbatch > 0)
         hand_off(s, batch, member, nbatch);
     nd__handle_release(&s->h);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_some(arg);
 }
 
 ND_EXPORT int nd_server_address(const nd_server_t *s, nd_address_t *out)
@@ -990,7 +1027,12 @@ ND_EXPORT int nd_server_connections(const nd_server_t *s)
 {
     if (!s)
         return -EINVAL;
-    return s->handed_off ? -1 : s->nconn;
+    /* A group's owner hands every connection to a worker (its acceptor keeps some, but
+     * that is another loop too): -1 from the first on, as Node's null. */
+    if (group_is_owner(s) && s->group->balance != ND_BALANCE_REUSEPORT &&
+        atomic_load(&s->group->accepted) > 0)
+        return -1;
+    return s->nconn;
 }
 
 ND_EXPORT int nd_server_get_connections(nd_server_t *s, nd_count_fn cb, void *arg)
@@ -1078,6 +1120,8 @@ ND_EXPORT void *nd_server_data(const nd_server_t *s)
 static void drop_msg(void *arg)
 {
     group_msg_t *msg = arg;
+    if (msg->owns_fd)
+        close(msg->fd);
     group_release(msg->g);
     free(msg);
 }
@@ -1120,7 +1164,7 @@ static void owner_check_msg(nd_loop_t *loop, void *arg)
         maybe_finish_close(owner);
         /* A slot came free: accept again if descriptors ran out. */
         if (owner->state == SRV_LISTENING && !owner->accepting && owner->fd >= 0 &&
-            msg->g->balance != ND_BALANCE_REUSEPORT) {
+            msg->g->owner_accepts) {
             event_del(&owner->backoff_ev);
             start_accepting(owner);
         }
@@ -1148,14 +1192,16 @@ static void group_uncount_live(nd__group_t *g, int index)
     if (index >= 0)
         atomic_fetch_sub(&g->m[index].live, 1);
     atomic_fetch_sub_explicit(&g->live, 1, memory_order_seq_cst);
-    bool paused = atomic_load(&g->accept_paused);
-    if (paused) {
-        group_msg_t *msg = calloc(1, sizeof(*msg));
-        if (msg)
-            group_post(g, g->owner_loop, owner_check_msg, msg);
-    }
-    if (paused && g->balance == ND_BALANCE_REUSEPORT) {
-        for (int i = 0; i < g->n; i++) {
+    if (atomic_load(&g->accept_paused)) {
+        /* Whoever accepts may again: the owner (it checks that it is the one), and every
+         * member with reuseport or the first with worker_accepts. */
+        if (g->balance != ND_BALANCE_REUSEPORT) {
+            group_msg_t *msg = calloc(1, sizeof(*msg));
+            if (msg)
+                group_post(g, g->owner_loop, owner_check_msg, msg);
+        }
+        int accepting = g->balance == ND_BALANCE_REUSEPORT ? g->n : g->shared ? 1 : 0;
+        for (int i = 0; i < accepting; i++) {
             group_msg_t *msg = calloc(1, sizeof(*msg));
             if (msg) {
                 msg->index = i;
@@ -1229,6 +1275,7 @@ ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_opt
     g->init_arg = arg;
     g->allow_half_open = opts && opts->allow_half_open;
     g->ipv6_only = opts && opts->ipv6_only;
+    g->shared = opts && opts->worker_accepts && balance != ND_BALANCE_REUSEPORT;
     atomic_init(&g->refs, 1); /* the owner's */
     s->group = g;
     for (int i = 0; i < nworkers; i++) {
@@ -1302,7 +1349,17 @@ static void rp_reply_msg(nd_loop_t *loop, void *arg)
     group_msg_t *msg = arg;
     nd__group_t *g = msg->g;
     nd_server_t *s = g->owner;
-    if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING && g->rp_waiting > 0) {
+    if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING && g->rp_waiting > 0 &&
+        g->balance != ND_BALANCE_REUSEPORT) {
+        /* The acceptor's answer: 'listening' is out already; if it could not take the
+         * listener, the owner accepts. */
+        g->rp_waiting = 0;
+        if (msg->err) {
+            g->owner_accepts = true;
+            start_accepting(s);
+        }
+    } else if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING &&
+               g->rp_waiting > 0) {
         if (msg->err && !g->rp_err)
             g->rp_err = msg->err;
         if (--g->rp_waiting == 0) {
@@ -1349,7 +1406,17 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     nd__group_t *g = msg->g;
     nd_server_t *ws = g->m[msg->index].server;
     int err = ws ? 0 : -ENOMEM;
-    if (ws && ws->fd < 0) {
+    if (ws && msg->owns_fd) {
+        /* The group's one listener: this member accepts for all of them. */
+        if (ws->fd >= 0) {
+            stop_accepting(ws);
+            close(ws->fd);
+        }
+        ws->fd = msg->fd;
+        msg->owns_fd = false;
+        ws->state = SRV_LISTENING;
+        start_accepting(ws);
+    } else if (ws && ws->fd < 0) {
         int fd = -1;
         err = reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
         if (!err && listen(fd, msg->backlog) != 0) {
@@ -1362,6 +1429,8 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
             start_accepting(ws);
         }
     }
+    if (msg->owns_fd)
+        close(msg->fd); /* no worker-side server to take it */
     group_msg_t *reply = calloc(1, sizeof(*reply));
     if (reply) {
         reply->err = err;
@@ -1370,6 +1439,30 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     }
     group_release(g);
     free(msg);
+}
+
+/* worker_accepts (leastconn, roundrobin): the owner listens, and its acceptor (the first
+ * member) accepts on a duplicate of the descriptor and hands each connection to the member
+ * the policy picks, keeping those picked for itself: no thread is woken for a connection
+ * but the one that serves it and, when that is another, the acceptor. Returns 0, or -1
+ * when the duplicate cannot be made or sent (the owner accepts instead). */
+static int share_listener(nd_server_t *s)
+{
+    nd__group_t *g = s->group;
+    group_msg_t *msg = calloc(1, sizeof(*msg));
+    int fd = msg ? fcntl(s->fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (fd < 0) {
+        free(msg);
+        return -1;
+    }
+    g->rp_waiting = 1;
+    g->rp_err = 0;
+    msg->index = 0;
+    msg->gen = g->listen_gen;
+    msg->fd = fd;
+    msg->owns_fd = true;
+    group_post(g, g->m[0].loop, member_listen_msg, msg);
+    return 0;
 }
 
 static void member_unlisten_msg(nd_loop_t *loop, void *arg)

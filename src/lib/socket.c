@@ -994,6 +994,7 @@ static void splice_out(nd_socket_t *s)
         if (w > 0) {
             s->sp_len -= (uint32_t)w;
             ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
+            ND__STAT_ADD(s->h.loop->stats.bytes_spliced, (uint64_t)w);
             touch(s);
             continue;
         }

@@ -244,6 +244,9 @@ typedef struct nd_server_options {
     int ipv6_only;       /* listening on "::" (or another IPv6 address) accepts IPv6 clients
                             only; by default "::" is dual-stack, as in libuv and Node, and IPv4
                             clients appear as ::ffff:a.b.c.d (modern Node's ipv6Only) */
+    int worker_accepts;  /* groups (leastconn, roundrobin): the group's first worker accepts
+                            for all of them instead of the owner's loop (see
+                            nd_server_new_group); ignored by other servers */
 } nd_server_options_t;
 
 /*
@@ -647,6 +650,8 @@ typedef struct nd_loop_stats {
     uint64_t moved_in;      /* live sockets moved to this loop */
     uint64_t bytes_read;
     uint64_t bytes_written; /* bytes handed to the kernel */
+    uint64_t bytes_spliced; /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),
+                               never copied through user memory */
 } nd_loop_stats_t;
 
 /* Any thread. */
@@ -707,7 +712,16 @@ typedef void (*nd_worker_init_fn)(nd_server_t *worker_server, int index, void *a
  * owner or any worker-side server) gives that exact count; maxConnections holds over the
  * whole group (extra connections are closed at once, no 'connection'); 'close' on the owner
  * comes once the 'close' of every connection of the group has run, on whichever worker. `connections` on the owner reads -1 once a socket
- * was handed to a worker (Node's null). A handoff that fails (the worker cannot take it)
+ * was handed to a worker (Node's null).
+ * Who accepts: by default the owner's loop accepts and posts each wake's connections to
+ * the workers (one message per worker). With opts->worker_accepts (leastconn, roundrobin)
+ * the first worker accepts on a duplicate of the owner's descriptor instead, serves those
+ * the policy gives it and posts the others: the owner's loop is not woken per connection
+ * (a thread woken per connection less: the cost of a handoff falls to about reuseport's).
+ * Everything above holds either way, 'listening' comes as soon as the owner listens, and
+ * close() serves the connections whose handshake completed before it; but a worker's
+ * 'connection' is no longer ordered after what the owner's loop does meanwhile (a client
+ * on the owner's loop may see its server's 'connection' before its own 'connect'). A handoff that fails (the worker cannot take it)
  * closes the descriptor and is counted in nd_server_stats().handoff_failed.
  * Returns NULL with errno set (EINVAL for no workers, ENOMEM).
  */
