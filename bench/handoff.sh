@@ -51,7 +51,7 @@ field() { sed -nE "s/.* $1=([0-9.]+).*/\1/p"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 : >"$work/lc" && : >"$work/rp" && : >"$work/lc.cpu" && : >"$work/rp.cpu"
-for r in $(seq "$ROUNDS"); do
+for _ in $(seq "$ROUNDS"); do
     for which in lc rp; do
         port=$P_LC
         [ "$which" = rp ] && port=$P_RP
