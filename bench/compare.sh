@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # netd against Node's net module and against the limits, under the same load, one after the
 # other.
 #

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * echod: the raw epoll echo, the limit netd's echo rows are measured against and the plain
  * upstream behind both proxies. Level-triggered epoll, one 64 KiB buffer per thread;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * evecho: an echo on bare libevent bufferevents (one per connection, what a libevent
  * program would write without libnetd), the peer of netd's idle-memory row: what the

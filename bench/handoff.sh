@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The cost of handing connections between threads: one netd serves the same echo twice,
 # once through a leastconn group (netd's default: the first worker accepts and hands each
 # connection the policy gives another worker through that worker's mailbox) and once with

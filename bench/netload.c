@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netload: a closed-loop load generator for echo-style servers, over TCP or a unix socket.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The Node baseline for netd's echo handler: what a user would write with the net module.
 // Usage: node node-echo.js PORT|PATH [HOST]   (HOST default 127.0.0.1; a PATH contains '/')
 'use strict';

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The Node baseline for netd's proxy handler: each client is piped to a new upstream
 // connection and back. Usage: node node-proxy.js PORT UPSTREAM_PORT [HOST [UPSTREAM_HOST]]
 'use strict';

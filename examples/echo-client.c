@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The reference's echo client: connects, says "world!\r\n", prints what comes back and
  * ends. Usage: echo-client [PORT | PATH]   (default port 8124 on localhost)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The reference's echo server: greets each client with "hello\r\n", then echoes back
  * whatever it sends. Usage: echo-server [PORT | PATH]   (default port 8124)

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The developer's entry point: `run` builds and starts the echo example, `test` runs every
-# suite in a plain and an ASan+UBSan build (what CI runs), `lint` runs the static checkers.
+# suite in a plain and an ASan+UBSan build, the thread and daemon suites under TSan, and
+# the chaos runs under both sanitizers (what CI runs); `lint` runs the static checkers.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind)
+# tmux and prometheus (promtool too) are for tests only: netctl top in a real terminal,
+# and a real Prometheus scraping netd.
+PACKAGES=(autoconf automake libtool pkg-config libevent-dev libjansson-dev check make gcc valgrind
+    bash-completion zsh systemd util-linux python3 tmux prometheus)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {
     cat >&2 <<'EOF'
 usage: scripts/dev.sh COMMAND
   run    build, then start netd with conf/netd.json (echo on 127.0.0.1:8124)
-  test   build and run every test suite: plain, ASan+UBSan, and the thread suites under TSan
+  test   build and run every test suite: plain, ASan+UBSan, the thread and daemon suites
+         under TSan, and the chaos runs (CHAOS_SECONDS, default 20; CHAOS_SEED to replay)
+         under ASan+UBSan and TSan
   lint   run cppcheck and clang-tidy (make lint)
 EOF
     exit 2
@@ -109,6 +116,27 @@ check_in() {
     return "$rc"
 }
 
+# chaos_in DIR [VAR=VALUE...]: the seeded chaos runs of tests/chaos in that build, each
+# for CHAOS_SECONDS (default 20) with a fresh seed (printed; CHAOS_SEED replays one):
+# `make chaos` against a real netd, `make chaos-lib` on the library alone.
+chaos_in() {
+    local dir=$1 target rc=0 out
+    shift
+    for target in chaos chaos-lib; do
+        out=$dir/$target.out
+        if env "$@" make -C "$dir" -j"$JOBS" "$target" SECONDS="${CHAOS_SECONDS:-20}" \
+            SEED="${CHAOS_SEED:-}" 2>&1 | tee "$out"; then
+            echo "PASS: $dir $target"
+            passed=$((passed + 1))
+        else
+            echo "FAIL: $dir $target (the seed and a replay command are above; log: $out)"
+            failed=$((failed + 1))
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
 cmd_test() {
     local status=0
 
@@ -120,12 +148,19 @@ cmd_test() {
     configure_in build-asan --enable-asan --enable-werror
     check_in build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 || status=1
+    chaos_in build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 || status=1
 
-    # The threads suites again under ThreadSanitizer: the data races they could hide.
+    # The threads suites and the daemon's again under ThreadSanitizer: the data races they
+    # could hide (netd's own worker threads included), then the chaos runs.
     configure_in build-tsan --enable-tsan --enable-werror
-    make_args=(TESTS="tests/lib/test_loop tests/lib/test_threads tests/lib/test_regress")
+    local tsan_tests="tests/lib/test_loop tests/lib/test_threads tests/lib/test_regress"
+    tsan_tests+=" tests/lib/test_moves tests/daemon/test_config tests/daemon/test_handlers"
+    tsan_tests+=" tests/daemon/test_daemon tests/daemon/test_races"
+    make_args=(TESTS="$tsan_tests")
     check_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
     make_args=()
+    chaos_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
 
     echo "Check test cases: $checks run, $check_failures failed (all builds)"
     echo "$passed passed, $failed failed"

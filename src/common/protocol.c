@@ -1,5 +1,7 @@
+/* SPDX-License-Identifier: MIT */
 /*
- * The command table of the control protocol, shared by netd and netctl.
+ * The command table of the control protocol, shared by netd and netctl, and the small
+ * parsers both sides need (durations, the default control socket path).
  */
 #include "config.h"
 
@@ -7,6 +9,8 @@
 
 #include <jansson.h>
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,15 +24,17 @@ static const netd_arg_t args_listen[] = {
     A("id", ANY, false),          A("port", INT, false),           A("host", STRING, false),
     A("path", STRING, false),     A("fd", INT_OR_STRING, false),   A("backlog", INT, false),
     A("name", STRING, false),     A("handler", OBJECT, false),     A("allowHalfOpen", BOOL, false),
-    A("maxConnections", INT_OR_NULL, false), A("timeout", INT, false), A("noDelay", BOOL, false),
-    A("keepAlive", INT_OR_FALSE, false),     A("balance", STRING, false), END};
+    A("maxConnections", INT_OR_NULL, false), A("timeout", DURATION, false),
+    A("noDelay", BOOL, false),    A("keepAlive", DURATION_OR_FALSE, false),
+    A("balance", STRING, false),  A("mode", STRING, false),        A("user", STRING, false),
+    A("group", STRING, false),    A("accessLog", BOOL, false),     END};
 static const netd_arg_t args_close[] = {A("id", ANY, false), A("server", SERVER, true),
                                         A("destroy", BOOL, false), A("wait", BOOL, false), END};
 static const netd_arg_t args_server[] = {A("id", ANY, false), A("server", SERVER, true), END};
 static const netd_arg_t args_sockets[] = {
     A("id", ANY, false),          A("server", SERVER, false),      A("limit", INT, false),
     A("olderThanMs", INT, false), A("idleMoreThanMs", INT, false), A("role", STRING, false),
-    END};
+    A("peer", STRING, false),     A("sort", STRING, false),        END};
 static const netd_arg_t args_destroy[] = {A("id", ANY, false), A("socket", INT, true), END};
 static const netd_arg_t args_move[] = {A("id", ANY, false), A("socket", INT, true),
                                        A("thread", INT, true), END};
@@ -41,40 +47,15 @@ static const netd_arg_t args_watch[] = {A("id", ANY, false), A("events", STRING_
                                         END};
 static const netd_arg_t args_shutdown[] = {A("id", ANY, false), A("timeoutMs", INT, false),
                                            END};
+static const netd_arg_t args_upgrade[] = {A("id", ANY, false), A("exec", STRING, false),
+                                          A("timeoutMs", INT, false), END};
 
 const netd_command_t netd_commands[] = {
-    {"ping", "{\"cmd\":\"ping\"}", "liveness: version, pid, uptimeMs", args_none},
-    {"listen",
-     "{\"cmd\":\"listen\", \"port\":N [, \"host\":H] | \"path\":P | \"fd\":N|NAME"
-     " [, \"backlog\":N, \"name\":S, \"handler\":{...}, \"allowHalfOpen\":B,"
-     " \"maxConnections\":N, \"timeout\":MS, \"noDelay\":B, \"keepAlive\":MS|false,"
-     " \"balance\":\"leastconn\"|\"roundrobin\"|\"reuseport\"]}",
-     "open a server; replied once it listens", args_listen},
-    {"close", "{\"cmd\":\"close\", \"server\":ID|NAME [, \"destroy\":B, \"wait\":B]}",
-     "stop a server accepting; with wait, reply after its 'close'", args_close},
-    {"servers", "{\"cmd\":\"servers\"}", "list every server", args_none},
-    {"server", "{\"cmd\":\"server\", \"server\":ID|NAME}", "one server", args_server},
-    {"getConnections", "{\"cmd\":\"getConnections\", \"server\":ID|NAME}",
-     "live connections of a server, exact across threads", args_server},
-    {"sockets",
-     "{\"cmd\":\"sockets\" [, \"server\":ID|NAME, \"limit\":N, \"olderThanMs\":MS,"
-     " \"idleMoreThanMs\":MS, \"role\":\"client\"|\"upstream\"|\"all\"]}",
-     "list live connections", args_sockets},
-    {"destroy", "{\"cmd\":\"destroy\", \"socket\":ID}", "destroy one connection", args_destroy},
-    {"move", "{\"cmd\":\"move\", \"socket\":ID, \"thread\":N}",
-     "move a live connection to another thread", args_move},
-    {"rebalance", "{\"cmd\":\"rebalance\" [, \"server\":ID|NAME]}",
-     "move connections so no thread holds more than one above the mean", args_rebalance},
-    {"set", "{\"cmd\":\"set\", \"server\":ID|NAME [, \"maxConnections\":N|null, \"timeout\":MS]}",
-     "change a server's limits", args_set},
-    {"stats", "{\"cmd\":\"stats\"}", "daemon-wide and per-thread counters", args_none},
-    {"metrics", "{\"cmd\":\"metrics\"}", "the counters in Prometheus text format", args_none},
-    {"watch", "{\"cmd\":\"watch\" [, \"events\":[\"listening\",\"connection\",\"close\",\"error\"]]}",
-     "stream events, one line each, until the client disconnects", args_watch},
-    {"shutdown", "{\"cmd\":\"shutdown\" [, \"timeoutMs\":MS]}",
-     "drain: stop accepting, wait for connections, exit", args_shutdown},
-    {"help", "{\"cmd\":\"help\"}", "this list", args_none},
-    {NULL, NULL, NULL, NULL},
+#define NETD_CMD_ROW(name, ident, args, usage, summary)                                      \
+    {name, usage, summary, args, NETD_CMD_##ident},
+    NETD_COMMANDS(NETD_CMD_ROW)
+#undef NETD_CMD_ROW
+    {NULL, NULL, NULL, NULL, -1},
 };
 
 const char *netd_version(void)
@@ -121,6 +102,10 @@ const char *netd_argtype_name(netd_argtype_t t)
         return "an integer or a name";
     case NETD_ARG_INT_OR_FALSE:
         return "an integer or false";
+    case NETD_ARG_DURATION:
+        return "a duration (ms, or a string such as \"30s\")";
+    case NETD_ARG_DURATION_OR_FALSE:
+        return "a duration (ms, or a string such as \"30s\") or false";
     case NETD_ARG_ANY:
         return "any value";
     }
@@ -153,10 +138,38 @@ bool netd_arg_accepts(netd_argtype_t t, const json_t *v)
         return json_is_integer(v) || json_is_null(v);
     case NETD_ARG_INT_OR_FALSE:
         return json_is_integer(v) || json_is_false(v);
+    case NETD_ARG_DURATION:
+        return json_is_integer(v) || json_is_string(v);
+    case NETD_ARG_DURATION_OR_FALSE:
+        return json_is_integer(v) || json_is_string(v) || json_is_false(v);
     case NETD_ARG_ANY:
         return true;
     }
     return false;
+}
+
+int netd_duration_parse(const char *text, unsigned *ms)
+{
+    static const struct {
+        const char *unit;
+        unsigned long long scale;
+    } units[] = {{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    if (!text || *text < '0' || *text > '9')
+        return -1; /* no sign, no space, no empty string */
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno == ERANGE)
+        return -1;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) != 0)
+            continue;
+        if (n > NETD_MAX_DURATION_MS / units[i].scale)
+            return -1;
+        *ms = (unsigned)(n * units[i].scale);
+        return 0;
+    }
+    return -1;
 }
 
 const char *netd_default_socket_path(char *buf, size_t len)

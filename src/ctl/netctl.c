@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl: the command-line client of netd's control socket (CONTROL.md). Each subcommand
  * builds one request, checked against the shared command table (protocol.c), sends it as
@@ -7,6 +8,7 @@
 
 #include "output.h"
 #include "protocol.h"
+#include "top.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,7 +34,8 @@ enum {
     EXIT_OK = 0,
     EXIT_DAEMON_ERROR = 1, /* the daemon answered ok:false */
     EXIT_USAGE = 2,        /* caught before anything was sent */
-    EXIT_UNREACHABLE = 3   /* no connection, no reply in time, or no sense in the reply */
+    EXIT_UNREACHABLE = 3,  /* no connection, or no sense in the reply */
+    EXIT_TIMEOUT = 4       /* sent, but no reply within --timeout: it may still go on */
 };
 
 #define DEFAULT_TIMEOUT_MS 10000
@@ -109,6 +113,22 @@ static long long number(const char *what, const char *s, long long min, long lon
 static json_t *integer(const char *what, const char *s, long long min, long long max)
 {
     return json_integer(number(what, s, min, max));
+}
+
+/* "500ms", "30s", "5m", "2h", or a bare number of ms (CONTROL.md "Durations"). */
+static long long duration_ms(const char *what, const char *s)
+{
+    unsigned ms;
+    if (netd_duration_parse(s, &ms) != 0)
+        usage_error("%s: '%s' is not a duration (ms, or a number with ms, s, m or h: 500ms, "
+                    "30s, 5m)",
+                    what, s);
+    return ms;
+}
+
+static json_t *duration(const char *what, const char *s)
+{
+    return json_integer(duration_ms(what, s));
 }
 
 /* JSON strings must be UTF-8; jansson refuses anything else. */
@@ -244,8 +264,6 @@ static json_t *proxy_handler(const char *target)
 
 static json_t *handler_arg(const char *spec)
 {
-    if (strcmp(spec, "echo") == 0 || strcmp(spec, "discard") == 0)
-        return json_pack("{s:s}", "type", spec);
     if (strncmp(spec, "banner:", 7) == 0) {
         json_t *h = json_pack("{s:s}", "type", "banner");
         json_object_set_new(h, "text", text_arg("--handler banner:TEXT", spec + 7));
@@ -256,9 +274,13 @@ static json_t *handler_arg(const char *spec)
     if (strcmp(spec, "banner") == 0 || strcmp(spec, "proxy") == 0)
         usage_error("--handler: %s needs a %s after a colon", spec,
                     spec[0] == 'b' ? "TEXT" : "[HOST:]PORT or PATH");
-    usage_error("--handler: unknown handler '%s' (echo, discard, banner:TEXT, "
-                "proxy:[HOST:]PORT, proxy:PATH)",
-                spec);
+    /* Any other name is sent as it is: netd knows its handlers (netctl speaks only the
+     * protocol), and its EARG names the ones it has. */
+    if (!*spec || strspn(spec, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(spec))
+        usage_error("--handler: '%s' is not a handler (echo, discard, banner:TEXT, "
+                    "proxy:[HOST:]PORT, proxy:PATH, or another handler's name)",
+                    spec);
+    return json_pack("{s:s}", "type", spec);
 }
 
 /* ------------------------------------------------- requests checked by the table */
@@ -380,11 +402,12 @@ static int next_opt(parser_t *p, const struct option *opts)
     }
 }
 
+static const struct option plain_opts[] = {COMMON_OPTIONS};
+
 /* For subcommands whose only options are the common ones. */
 static void no_options(parser_t *p)
 {
-    static const struct option opts[] = {COMMON_OPTIONS};
-    while (next_opt(p, opts) != -1)
+    while (next_opt(p, plain_opts) != -1)
         ;
 }
 
@@ -448,47 +471,71 @@ static json_t *with_greeting(json_t *handler, const char *greeting)
     return handler;
 }
 
+enum { L_HOST = 256, L_NAME, L_BACKLOG, L_HANDLER, L_GREETING, L_MAXCONN, L_HALFOPEN,
+       L_TIMEOUT, L_BALANCE, L_NODELAY, L_NAGLE, L_KEEPALIVE, L_FD, L_MODE, L_USER, L_GROUP,
+       L_ACCESSLOG };
+static const struct option listen_opts[] = {
+    {"host", required_argument, NULL, L_HOST},
+    {"name", required_argument, NULL, L_NAME},
+    {"backlog", required_argument, NULL, L_BACKLOG},
+    {"handler", required_argument, NULL, L_HANDLER},
+    {"greeting", required_argument, NULL, L_GREETING},
+    {"max-connections", required_argument, NULL, L_MAXCONN},
+    {"allow-half-open", no_argument, NULL, L_HALFOPEN},
+    {"timeout", required_argument, NULL, L_TIMEOUT},
+    {"balance", required_argument, NULL, L_BALANCE},
+    {"no-delay", no_argument, NULL, L_NODELAY},
+    {"nagle", no_argument, NULL, L_NAGLE},
+    {"keep-alive", required_argument, NULL, L_KEEPALIVE},
+    {"fd", required_argument, NULL, L_FD},
+    {"mode", required_argument, NULL, L_MODE},
+    {"user", required_argument, NULL, L_USER},
+    {"group", required_argument, NULL, L_GROUP},
+    {"access-log", no_argument, NULL, L_ACCESSLOG},
+    COMMON_OPTIONS};
+
+static const char *const balances[] = {"leastconn", "roundrobin", "reuseport", NULL};
+
 static void build_listen(request_t *r, parser_t *p)
 {
-    enum { HOST = 256, NAME, BACKLOG, HANDLER, GREETING, MAXCONN, HALFOPEN, TIMEOUT,
-           BALANCE, NODELAY, NAGLE, KEEPALIVE, FD };
-    static const struct option opts[] = {
-        {"host", required_argument, NULL, HOST},
-        {"name", required_argument, NULL, NAME},
-        {"backlog", required_argument, NULL, BACKLOG},
-        {"handler", required_argument, NULL, HANDLER},
-        {"greeting", required_argument, NULL, GREETING},
-        {"max-connections", required_argument, NULL, MAXCONN},
-        {"allow-half-open", no_argument, NULL, HALFOPEN},
-        {"timeout", required_argument, NULL, TIMEOUT},
-        {"balance", required_argument, NULL, BALANCE},
-        {"no-delay", no_argument, NULL, NODELAY},
-        {"nagle", no_argument, NULL, NAGLE},
-        {"keep-alive", required_argument, NULL, KEEPALIVE},
-        {"fd", required_argument, NULL, FD},
-        COMMON_OPTIONS};
-    static const char *const balances[] = {"leastconn", "roundrobin", "reuseport", NULL};
     const char *host = NULL, *fd = NULL, *greeting = NULL;
+    const char *sockfile[3] = {NULL, NULL, NULL}; /* --mode, --user, --group */
     json_t *handler = NULL;
     int c;
-    while ((c = next_opt(p, opts)) != -1) {
+    while ((c = next_opt(p, listen_opts)) != -1) {
         switch (c) {
-        case HOST: host = optarg; break;
-        case NAME: put(r, "name", server_name(optarg)); break;
-        case BACKLOG: put(r, "backlog", integer("--backlog", optarg, 0, INT32_MAX)); break;
-        case HANDLER: json_decref(handler); handler = handler_arg(optarg); break;
-        case GREETING: greeting = optarg; break;
-        case MAXCONN: put(r, "maxConnections", max_connections(optarg)); break;
-        case HALFOPEN: put(r, "allowHalfOpen", json_true()); break;
-        case TIMEOUT: put(r, "timeout", integer("--timeout", optarg, 0, MAX_MS)); break;
-        case BALANCE: put(r, "balance", one_of("--balance", optarg, balances)); break;
-        case NODELAY: put(r, "noDelay", json_true()); break;
-        case NAGLE: put(r, "noDelay", json_false()); break;
-        case KEEPALIVE: put(r, "keepAlive", integer("--keep-alive", optarg, 0, MAX_MS)); break;
-        case FD: fd = optarg; break;
+        case L_HOST: host = optarg; break;
+        case L_NAME: put(r, "name", server_name(optarg)); break;
+        case L_BACKLOG: put(r, "backlog", integer("--backlog", optarg, 0, INT32_MAX)); break;
+        case L_HANDLER: json_decref(handler); handler = handler_arg(optarg); break;
+        case L_GREETING: greeting = optarg; break;
+        case L_MAXCONN: put(r, "maxConnections", max_connections(optarg)); break;
+        case L_HALFOPEN: put(r, "allowHalfOpen", json_true()); break;
+        case L_TIMEOUT: put(r, "timeout", duration("--timeout", optarg)); break;
+        case L_BALANCE: put(r, "balance", one_of("--balance", optarg, balances)); break;
+        case L_NODELAY: put(r, "noDelay", json_true()); break;
+        case L_NAGLE: put(r, "noDelay", json_false()); break;
+        case L_KEEPALIVE: put(r, "keepAlive", duration("--keep-alive", optarg)); break;
+        case L_FD: fd = optarg; break;
+        case L_MODE: sockfile[0] = optarg; break;
+        case L_USER: sockfile[1] = optarg; break;
+        case L_GROUP: sockfile[2] = optarg; break;
+        case L_ACCESSLOG: put(r, "accessLog", json_true()); break;
         }
     }
-    listen_target(r, take_optional(p), fd, host);
+    const char *target = take_optional(p);
+    listen_target(r, target, fd, host);
+    static const char *const names[] = {"mode", "user", "group"};
+    for (int i = 0; i < 3; i++) {
+        if (!sockfile[i])
+            continue;
+        if (!json_object_get(r->obj, "path"))
+            usage_error("--%s goes with a PATH only (it sets the socket file's %s)", names[i],
+                        names[i]);
+        if (i == 0 && (!*sockfile[0] || strspn(sockfile[0], "01234567") != strlen(sockfile[0])))
+            usage_error("--mode: '%s' is not an octal mode (0660)", sockfile[0]);
+        put(r, names[i], string(names[i], sockfile[i]));
+    }
     no_more(p);
     if (greeting)
         handler = with_greeting(handler, greeting);
@@ -496,15 +543,16 @@ static void build_listen(request_t *r, parser_t *p)
         put(r, "handler", handler);
 }
 
+enum { C_DESTROY = 256, C_NO_WAIT };
+static const struct option close_opts[] = {{"destroy", no_argument, NULL, C_DESTROY},
+                                           {"no-wait", no_argument, NULL, C_NO_WAIT},
+                                           COMMON_OPTIONS};
+
 static void build_close(request_t *r, parser_t *p)
 {
-    enum { DESTROY = 256, NO_WAIT };
-    static const struct option opts[] = {{"destroy", no_argument, NULL, DESTROY},
-                                         {"no-wait", no_argument, NULL, NO_WAIT},
-                                         COMMON_OPTIONS};
     int c;
-    while ((c = next_opt(p, opts)) != -1)
-        put(r, c == DESTROY ? "destroy" : "wait", c == DESTROY ? json_true() : json_false());
+    while ((c = next_opt(p, close_opts)) != -1)
+        put(r, c == C_DESTROY ? "destroy" : "wait", c == C_DESTROY ? json_true() : json_false());
     put(r, "server", server_ref(take(p, "SERVER")));
     no_more(p);
 }
@@ -517,22 +565,28 @@ static void build_server(request_t *r, parser_t *p)
     no_more(p);
 }
 
+enum { K_LIMIT = 256, K_OLDER, K_IDLE, K_ROLE, K_PEER, K_SORT };
+static const struct option sockets_opts[] = {{"limit", required_argument, NULL, K_LIMIT},
+                                             {"older-than", required_argument, NULL, K_OLDER},
+                                             {"idle-more-than", required_argument, NULL, K_IDLE},
+                                             {"role", required_argument, NULL, K_ROLE},
+                                             {"peer", required_argument, NULL, K_PEER},
+                                             {"sort", required_argument, NULL, K_SORT},
+                                             COMMON_OPTIONS};
+static const char *const roles[] = {"client", "upstream", "all", NULL};
+static const char *const sorts[] = {"bytes", "age", "idle", NULL};
+
 static void build_sockets(request_t *r, parser_t *p)
 {
-    enum { LIMIT = 256, OLDER, IDLE, ROLE };
-    static const struct option opts[] = {{"limit", required_argument, NULL, LIMIT},
-                                         {"older-than", required_argument, NULL, OLDER},
-                                         {"idle-more-than", required_argument, NULL, IDLE},
-                                         {"role", required_argument, NULL, ROLE},
-                                         COMMON_OPTIONS};
-    static const char *const roles[] = {"client", "upstream", "all", NULL};
     int c;
-    while ((c = next_opt(p, opts)) != -1) {
+    while ((c = next_opt(p, sockets_opts)) != -1) {
         switch (c) {
-        case LIMIT: put(r, "limit", integer("--limit", optarg, 0, INT32_MAX)); break;
-        case OLDER: put(r, "olderThanMs", integer("--older-than", optarg, 0, MAX_MS)); break;
-        case IDLE: put(r, "idleMoreThanMs", integer("--idle-more-than", optarg, 0, MAX_MS)); break;
-        case ROLE: put(r, "role", one_of("--role", optarg, roles)); break;
+        case K_LIMIT: put(r, "limit", integer("--limit", optarg, 0, INT32_MAX)); break;
+        case K_OLDER: put(r, "olderThanMs", duration("--older-than", optarg)); break;
+        case K_IDLE: put(r, "idleMoreThanMs", duration("--idle-more-than", optarg)); break;
+        case K_ROLE: put(r, "role", one_of("--role", optarg, roles)); break;
+        case K_PEER: put(r, "peer", string("--peer", optarg)); break;
+        case K_SORT: put(r, "sort", one_of("--sort", optarg, sorts)); break;
         }
     }
     const char *server = take_optional(p);
@@ -565,19 +619,20 @@ static void build_rebalance(request_t *r, parser_t *p)
     no_more(p);
 }
 
+enum { S_MAXCONN = 256, S_TIMEOUT };
+static const struct option set_opts[] = {{"max-connections", required_argument, NULL, S_MAXCONN},
+                                         {"timeout", required_argument, NULL, S_TIMEOUT},
+                                         COMMON_OPTIONS};
+
 static void build_set(request_t *r, parser_t *p)
 {
-    enum { MAXCONN = 256, TIMEOUT };
-    static const struct option opts[] = {{"max-connections", required_argument, NULL, MAXCONN},
-                                         {"timeout", required_argument, NULL, TIMEOUT},
-                                         COMMON_OPTIONS};
     bool changed = false;
     int c;
-    while ((c = next_opt(p, opts)) != -1) {
-        if (c == MAXCONN)
+    while ((c = next_opt(p, set_opts)) != -1) {
+        if (c == S_MAXCONN)
             put(r, "maxConnections", max_connections(optarg));
         else
-            put(r, "timeout", integer("--timeout", optarg, 0, MAX_MS));
+            put(r, "timeout", duration("--timeout", optarg));
         changed = true;
     }
     put(r, "server", server_ref(take(p, "SERVER")));
@@ -586,25 +641,85 @@ static void build_set(request_t *r, parser_t *p)
         usage_error("nothing to change: give --max-connections or --timeout");
 }
 
+static const char *const event_names[] = {"listening", "connection", "close", "error", NULL};
+
 static void build_watch(request_t *r, parser_t *p)
 {
-    static const char *const events[] = {"listening", "connection", "close", "error", NULL};
     no_options(p);
     if (p->npos == 0)
         return; /* every event */
     json_t *list = json_array();
     for (const char *e; (e = take_optional(p));)
-        json_array_append_new(list, one_of("EVENT", e, events));
+        json_array_append_new(list, one_of("EVENT", e, event_names));
     put(r, "events", list);
 }
 
+static const struct option shutdown_opts[] = {{"timeout", required_argument, NULL, 256},
+                                              COMMON_OPTIONS};
+
 static void build_shutdown(request_t *r, parser_t *p)
 {
-    static const struct option opts[] = {{"timeout", required_argument, NULL, 256},
-                                         COMMON_OPTIONS};
-    while (next_opt(p, opts) != -1)
-        put(r, "timeoutMs", integer("--timeout", optarg, 0, MAX_MS));
+    while (next_opt(p, shutdown_opts) != -1)
+        put(r, "timeoutMs", duration("--timeout", optarg));
     no_more(p);
+}
+
+/* top runs its own requests (top.c); here only its options are read. */
+static netctl_top_opts_t top_settings = {.interval_ms = 1000, .sort = "bytes"};
+enum { T_INTERVAL = 256, T_COUNT, T_SORT };
+static const struct option top_options[] = {{"interval", required_argument, NULL, T_INTERVAL},
+                                            {"count", required_argument, NULL, T_COUNT},
+                                            {"sort", required_argument, NULL, T_SORT},
+                                            COMMON_OPTIONS};
+
+static void build_top(request_t *r, parser_t *p)
+{
+    int c;
+    while ((c = next_opt(p, top_options)) != -1) {
+        switch (c) {
+        case T_INTERVAL:
+            top_settings.interval_ms = number("--interval", optarg, 100, MAX_MS);
+            break;
+        case T_COUNT: top_settings.count = number("--count", optarg, 1, INT32_MAX); break;
+        case T_SORT:
+            json_decref(one_of("--sort", optarg, sorts));
+            top_settings.sort = optarg;
+            break;
+        }
+    }
+    no_more(p);
+}
+
+static int run_top(const char *path)
+{
+    top_settings.timeout_ms = g.timeout_ms;
+    return netctl_top(path, &top_settings);
+}
+
+static const struct option upgrade_opts[] = {{"exec", required_argument, NULL, 256},
+                                             {"timeout", required_argument, NULL, 257},
+                                             COMMON_OPTIONS};
+
+/* The reply comes from the new process once it holds everything, or an EUPGRADE: wait
+ * for it past the upgrade's own deadline (30 s unless --timeout). */
+static void build_upgrade(request_t *r, parser_t *p)
+{
+    long long deadline = 30000;
+    int o;
+    while ((o = next_opt(p, upgrade_opts)) != -1) {
+        if (o == 256) {
+            if (!*optarg)
+                usage_error("--exec: the path of the new netd binary");
+            put(r, "exec", string("--exec", optarg));
+        } else {
+            json_t *ms = duration("--timeout", optarg);
+            deadline = (long long)json_integer_value(ms);
+            put(r, "timeoutMs", ms);
+        }
+    }
+    no_more(p);
+    if (g.timeout_ms > 0 && g.timeout_ms < deadline + 5000)
+        g.timeout_ms = deadline + 5000;
 }
 
 /* The line goes out as given, unchecked: `call` is how one tests the daemon's own
@@ -621,6 +736,9 @@ static void build_call(request_t *r, parser_t *p)
 
 /* ------------------------------------------------------------------ subcommands */
 
+/* What a positional argument is, for the completion. */
+typedef enum { POS_NONE, POS_SERVER, POS_TARGET, POS_EVENTS } pos_kind_t;
+
 struct subcommand {
     const char *name, *alias;
     const char *cmd;     /* the protocol command sent; NULL: a raw line (call) */
@@ -628,57 +746,76 @@ struct subcommand {
     const char *summary; /* NULL: the command table's */
     void (*build)(request_t *r, parser_t *p);
     netctl_printer_t print; /* NULL: the reply line as received */
-    bool stream;            /* events follow the reply (watch) */
+    const struct option *opts; /* its options (the completion offers them) */
+    pos_kind_t pos;            /* its positional arguments, for the completion */
+    bool stream;               /* events follow the reply (watch) */
+    bool progress;             /* close: while waiting, count what is left */
+    bool failed_list;          /* reload: a non-empty "failed" makes the exit status 1 */
+    int (*run)(const char *socket_path); /* runs the whole exchange itself (top) */
 };
 
 static void print_help_reply(const json_t *reply);
 
 /* One row per subcommand, in CONTROL.md's order; --help, `netctl help` and the
- * completion follow it. */
+ * completion (bash and zsh, through `netctl __complete`) follow it. */
 static const subcommand_t subcommands[] = {
     {.name = "ping", .cmd = "ping", .usage = "", .build = build_plain,
-     .print = netctl_print_result},
+     .print = netctl_print_result, .opts = plain_opts},
     {.name = "listen", .cmd = "listen",
      .usage = "PORT|PATH|--fd N|NAME [--host H] [--name N] [--backlog N]"
               " [--handler echo|discard|banner:TEXT|proxy:[HOST:]PORT|proxy:PATH]"
               " [--greeting TEXT] [--max-connections N|none] [--allow-half-open]"
-              " [--timeout MS] [--balance leastconn|roundrobin|reuseport]"
-              " [--no-delay|--nagle] [--keep-alive MS]",
-     .build = build_listen, .print = netctl_print_server},
+              " [--timeout DURATION] [--balance leastconn|roundrobin|reuseport]"
+              " [--no-delay|--nagle] [--keep-alive DURATION]"
+              " [--mode 0660] [--user U] [--group G]",
+     .build = build_listen, .print = netctl_print_server, .opts = listen_opts,
+     .pos = POS_TARGET},
     {.name = "close", .cmd = "close", .usage = "SERVER [--destroy] [--no-wait]",
-     .build = build_close, .print = netctl_print_server},
+     .build = build_close, .print = netctl_print_server, .opts = close_opts,
+     .pos = POS_SERVER, .progress = true},
     {.name = "servers", .alias = "ls", .cmd = "servers", .usage = "", .build = build_plain,
-     .print = netctl_print_servers},
+     .print = netctl_print_servers, .opts = plain_opts},
     {.name = "server", .cmd = "server", .usage = "SERVER", .build = build_server,
-     .print = netctl_print_server},
+     .print = netctl_print_server, .opts = plain_opts, .pos = POS_SERVER},
     {.name = "connections", .cmd = "getConnections", .usage = "SERVER", .build = build_server,
-     .print = netctl_print_count},
+     .print = netctl_print_count, .opts = plain_opts, .pos = POS_SERVER},
     {.name = "sockets", .cmd = "sockets",
-     .usage = "[SERVER] [--limit N] [--older-than MS] [--idle-more-than MS]"
+     .usage = "[SERVER] [--limit N] [--older-than DURATION] [--idle-more-than DURATION]"
               " [--role client|upstream|all]",
-     .build = build_sockets, .print = netctl_print_sockets},
+     .build = build_sockets, .print = netctl_print_sockets, .opts = sockets_opts,
+     .pos = POS_SERVER},
     {.name = "destroy", .cmd = "destroy", .usage = "SOCKET", .build = build_destroy,
-     .print = netctl_print_result},
+     .print = netctl_print_result, .opts = plain_opts},
     {.name = "move", .cmd = "move", .usage = "SOCKET THREAD", .build = build_move,
-     .print = netctl_print_socket},
+     .print = netctl_print_socket, .opts = plain_opts},
     {.name = "rebalance", .cmd = "rebalance", .usage = "[SERVER]", .build = build_rebalance,
-     .print = netctl_print_result},
-    {.name = "set", .cmd = "set", .usage = "SERVER [--max-connections N|none] [--timeout MS]",
-     .build = build_set, .print = netctl_print_server},
+     .print = netctl_print_result, .opts = plain_opts, .pos = POS_SERVER},
+    {.name = "set", .cmd = "set",
+     .usage = "SERVER [--max-connections N|none] [--timeout DURATION]", .build = build_set,
+     .print = netctl_print_server, .opts = set_opts, .pos = POS_SERVER},
     {.name = "stats", .cmd = "stats", .usage = "", .build = build_plain,
-     .print = netctl_print_stats},
+     .print = netctl_print_stats, .opts = plain_opts},
     {.name = "metrics", .cmd = "metrics", .usage = "", .build = build_plain,
-     .print = netctl_print_metrics},
+     .print = netctl_print_metrics, .opts = plain_opts},
     {.name = "watch", .cmd = "watch", .usage = "[listening|connection|close|error ...]",
      .summary = "print events, one line each, until interrupted or netd closes",
-     .build = build_watch, .stream = true},
-    {.name = "shutdown", .cmd = "shutdown", .usage = "[--timeout MS]", .build = build_shutdown,
-     .print = netctl_print_result},
+     .build = build_watch, .stream = true, .opts = plain_opts, .pos = POS_EVENTS},
+    {.name = "top", .usage = "[--interval MS] [--count N] [--sort bytes|age|idle]",
+     .summary = "live view: servers, threads, busiest sockets (q quit, s sort, p pause);"
+                " one line per interval when not on a terminal",
+     .build = build_top, .run = run_top, .opts = top_options},
+    {.name = "shutdown", .cmd = "shutdown", .usage = "[--timeout DURATION]",
+     .build = build_shutdown, .print = netctl_print_result, .opts = shutdown_opts},
+    {.name = "reload", .cmd = "reload", .usage = "", .build = build_plain,
+     .print = netctl_print_reload, .opts = plain_opts, .failed_list = true},
+    {.name = "upgrade", .cmd = "upgrade", .usage = "[--exec PATH] [--timeout DURATION]",
+     .build = build_upgrade, .print = netctl_print_upgrade, .opts = upgrade_opts},
     {.name = "call", .usage = "JSON",
-     .summary = "send one raw request line; print the raw reply line", .build = build_call},
+     .summary = "send one raw request line; print the raw reply line", .build = build_call,
+     .opts = plain_opts},
     {.name = "help", .cmd = "help", .usage = "",
      .summary = "list the commands the daemon knows", .build = build_plain,
-     .print = print_help_reply},
+     .print = print_help_reply, .opts = plain_opts},
     {.name = NULL},
 };
 
@@ -688,6 +825,55 @@ static const subcommand_t *find_sub(const char *name)
         if (strcmp(s->name, name) == 0 || (s->alias && strcmp(s->alias, name) == 0))
             return s;
     return NULL;
+}
+
+/* Optimal string alignment distance: typos, missing or extra letters, swapped pairs. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 32 || m > 32)
+        return SIZE_MAX;
+    size_t d[33][33];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= n; i++) {
+        for (size_t j = 1; j <= m; j++) {
+            size_t cost = a[i - 1] != b[j - 1];
+            size_t best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < best)
+                best = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[n][m];
+}
+
+/* The subcommand an unknown word was most likely meant to be, or NULL. */
+static const char *nearest_sub(const char *word)
+{
+    const char *best = NULL;
+    size_t best_d = SIZE_MAX, limit = strlen(word) <= 4 ? 1 : 2;
+    for (const subcommand_t *s = subcommands; s->name; s++) {
+        const char *names[2] = {s->name, s->alias};
+        for (int k = 0; k < 2 && names[k]; k++) {
+            size_t dist = edit_distance(word, names[k]);
+            /* A prefix is a likely abbreviation too ("conn" for connections). */
+            if (strlen(word) >= 3 && strncmp(names[k], word, strlen(word)) == 0)
+                dist = 1;
+            if (dist < best_d) {
+                best_d = dist;
+                best = s->name;
+            }
+        }
+    }
+    return best_d <= limit ? best : NULL;
 }
 
 static const subcommand_t *sub_for_cmd(const char *cmd)
@@ -772,31 +958,198 @@ static _Noreturn void print_sub_usage(const subcommand_t *s)
     finish(EXIT_OK);
 }
 
+/* -s, else $NETD_SOCKET, else the daemon's own default (CONTROL.md "Transport"), and
+ * where it came from, so --help and error messages can say why this path. */
+static const char *socket_path_from(char *buf, size_t len, const char **from)
+{
+    const char *env = getenv("NETD_SOCKET");
+    if (g.socket) {
+        *from = "-s";
+        return g.socket;
+    }
+    if (env && *env) {
+        *from = "$NETD_SOCKET";
+        return env;
+    }
+    const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+    *from = rd && *rd ? "$RUNTIME_DIRECTORY"
+            : geteuid() == 0 ? "the default for root"
+            : xdg && *xdg    ? "$XDG_RUNTIME_DIR"
+                             : "the default for your uid";
+    return netd_default_socket_path(buf, len);
+}
+
+static const char *socket_path(char *buf, size_t len)
+{
+    const char *from;
+    return socket_path_from(buf, len, &from);
+}
+
 static void print_usage(FILE *out)
 {
     char def[PATH_MAX];
+    const char *from;
+    const char *path = socket_path_from(def, sizeof(def), &from);
     fprintf(out,
-            "Usage: netctl [-s SOCKET] [--json] [-q] [--timeout MS] COMMAND [ARGS]\n"
+            "Usage: netctl [-s SOCKET] [--json] [-q] [--timeout DURATION] COMMAND [ARGS]\n"
             "       netctl COMMAND --help | --help | --version\n"
             "\n"
             "Options:\n"
-            "  -s, --socket PATH  the control socket; default $NETD_SOCKET,\n"
-            "                     else %s\n"
+            "  -s, --socket PATH  the control socket; for you now:\n"
+            "                     %s (%s)\n"
+            "                     (looked for in this order: -s, $NETD_SOCKET,\n"
+            "                     $RUNTIME_DIRECTORY, /run/netd for root, $XDG_RUNTIME_DIR,\n"
+            "                     /tmp/netd-UID)\n"
             "  -j, --json         print the daemon's reply line unchanged\n"
             "  -q, --quiet        print nothing; only the exit status tells\n"
-            "      --timeout MS   give up after MS ms (default %d; 0 waits forever)\n"
+            "      --timeout DURATION  give up waiting after it: 500ms, 30s, 5m, or ms\n"
+            "                     (default %ds; 0 waits forever)\n"
             "  -h, --help         this text, without contacting the daemon\n"
             "  -V, --version      netctl's version\n"
             "\n"
             "Commands:\n",
-            netd_default_socket_path(def, sizeof(def)), DEFAULT_TIMEOUT_MS);
+            path, from, DEFAULT_TIMEOUT_MS / 1000);
     for (const subcommand_t *s = subcommands; s->name; s++)
         print_sub_line(out, s);
     fputs("\nSERVER is an id when all digits, else a name. --json and -q may also follow\n"
-          "the command.\n"
-          "Exit status: 0 ok; 1 the daemon answered an error; 2 usage error;\n"
-          "3 cannot reach the daemon (or no reply within --timeout).\n",
+          "the command. DURATION: 500ms, 30s, 5m, 2h, or a number of ms.\n"
+          "Exit status: 0 ok; 1 the daemon answered an error (or reload: a server failed);\n"
+          "2 usage error; 3 cannot reach the daemon; 4 no reply within --timeout (the\n"
+          "request was sent: the daemon may still carry it out, e.g. a close still waits).\n",
           out);
+}
+
+/* ------------------------------------------------------------------ completion */
+
+static json_t *quick_call(const char *path, json_t *req, int timeout_ms);
+
+static const struct option global_opts[] = {
+    {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'j'},
+    {"quiet", no_argument, NULL, 'q'},        {"timeout", required_argument, NULL, 256},
+    {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0}};
+
+/* The option a word names ("--balance", "--balance=x", "-j"), or NULL. */
+static const struct option *find_opt(const struct option *opts, const char *word)
+{
+    for (const struct option *o = opts; o->name; o++) {
+        if (word[0] == '-' && word[1] && !word[2] && o->val == word[1])
+            return o;
+        size_t n = strcspn(word + 2, "=");
+        if (!strncmp(word, "--", 2) && strlen(o->name) == n && !strncmp(o->name, word + 2, n))
+            return o;
+    }
+    return NULL;
+}
+
+static void complete_list(const char *const *words)
+{
+    for (; *words; words++)
+        puts(*words);
+}
+
+static void complete_values(const char *opt)
+{
+    static const char *const handlers[] = {"echo", "discard", "banner:", "proxy:", NULL};
+    if (!strcmp(opt, "balance"))
+        complete_list(balances);
+    else if (!strcmp(opt, "role"))
+        complete_list(roles);
+    else if (!strcmp(opt, "sort"))
+        complete_list(sorts);
+    else if (!strcmp(opt, "handler"))
+        complete_list(handlers);
+    else if (!strcmp(opt, "user"))
+        puts("::users");
+    else if (!strcmp(opt, "group"))
+        puts("::groups");
+    else if (!strcmp(opt, "socket"))
+        puts("::files");
+}
+
+/* Ids and names of the running servers, when netd answers within 300 ms. */
+static void complete_servers(void)
+{
+    char def[PATH_MAX];
+    json_t *reply = quick_call(socket_path(def, sizeof(def)),
+                               json_pack("{s:i, s:s}", "id", 1, "cmd", "servers"), 300);
+    size_t i;
+    json_t *srv;
+    json_array_foreach (json_object_get(reply, "servers"), i, srv) {
+        printf("%lld\n", (long long)json_integer_value(json_object_get(srv, "id")));
+        const char *name = json_string_value(json_object_get(srv, "name"));
+        if (name && !strpbrk(name, "\n\r"))
+            puts(name);
+    }
+    json_decref(reply);
+}
+
+/*
+ * `netctl __complete N WORD...`: the candidates for the N-th word (from 1) after
+ * "netctl", one per line, from the subcommand table; "::files", "::users" or "::groups"
+ * ask the shell for its own. The bash and zsh completions are thin wrappers around it.
+ */
+static int complete(int argc, char **argv)
+{
+    long idx = argc > 0 ? strtol(argv[0], NULL, 10) : 0;
+    char **w = argv + 1;
+    int nw = argc - 1;
+    if (idx < 1 || nw < 0)
+        return EXIT_OK;
+    const char *cur = idx <= nw ? w[idx - 1] : "";
+    const char *prev = idx >= 2 && idx - 2 < nw ? w[idx - 2] : "";
+    const subcommand_t *sub = NULL;
+    int i, subpos = -1;
+    for (i = 0; i < idx - 1 && i < nw && !sub; i++) {
+        const struct option *o = w[i][0] == '-' ? find_opt(global_opts, w[i]) : NULL;
+        if (o && o->has_arg == required_argument && !strchr(w[i], '=')) {
+            if (o->val == 's' && i + 1 < idx - 1 && i + 1 < nw)
+                g.socket = w[i + 1];
+            i++;
+        } else if (o && o->val == 's') {
+            g.socket = strchr(w[i], '=') + 1;
+        } else if (w[i][0] != '-') {
+            sub = find_sub(w[i]);
+            subpos = i;
+            if (!sub)
+                return EXIT_OK;
+        }
+    }
+    if (!sub) {
+        const struct option *o = prev[0] == '-' ? find_opt(global_opts, prev) : NULL;
+        if (o && o->has_arg == required_argument) {
+            complete_values(o->name);
+        } else if (cur[0] == '-') {
+            for (o = global_opts; o->name; o++)
+                printf("--%s\n", o->name);
+        } else {
+            for (const subcommand_t *s = subcommands; s->name; s++)
+                puts(s->name);
+        }
+        return EXIT_OK;
+    }
+    int npos = 0;
+    for (i = subpos + 1; i < idx - 1 && i < nw; i++) {
+        const struct option *o = w[i][0] == '-' && w[i][1] ? find_opt(sub->opts, w[i]) : NULL;
+        if (o && o->has_arg == required_argument && !strchr(w[i], '='))
+            i++;
+        else if (w[i][0] != '-')
+            npos++;
+    }
+    const struct option *o = prev[0] == '-' && idx - 2 > subpos ? find_opt(sub->opts, prev) : NULL;
+    if (o && o->has_arg == required_argument) {
+        complete_values(o->name);
+    } else if (cur[0] == '-') {
+        for (o = sub->opts; o->name; o++)
+            printf("--%s\n", o->name);
+    } else if (sub->pos == POS_SERVER && npos == 0) {
+        complete_servers();
+    } else if (sub->pos == POS_TARGET && npos == 0) {
+        puts("::files");
+    } else if (sub->pos == POS_EVENTS) {
+        complete_list(event_names);
+    }
+    return EXIT_OK;
 }
 
 /* -------------------------------------------------------------- global options */
@@ -804,11 +1157,7 @@ static void print_usage(FILE *out)
 static int parse_global(int argc, char **argv)
 {
     enum { TIMEOUT = 256 };
-    static const struct option opts[] = {
-        {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'j'},
-        {"quiet", no_argument, NULL, 'q'},        {"timeout", required_argument, NULL, TIMEOUT},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
+    const struct option *opts = global_opts;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:s:jqhV", opts, NULL)) != -1) {
@@ -820,7 +1169,7 @@ static int parse_global(int argc, char **argv)
             break;
         case 'j': g.json = true; break;
         case 'q': g.quiet = true; break;
-        case TIMEOUT: g.timeout_ms = number("--timeout", optarg, 0, MAX_MS); break;
+        case TIMEOUT: g.timeout_ms = duration_ms("--timeout", optarg); break;
         case 'h':
             print_usage(stdout);
             finish(EXIT_OK);
@@ -834,17 +1183,6 @@ static int parse_global(int argc, char **argv)
     if (optind >= argc)
         usage_error("no command given");
     return optind;
-}
-
-/* -s, else $NETD_SOCKET, else the daemon's own default (CONTROL.md "Transport"). */
-static const char *socket_path(char *buf, size_t len)
-{
-    const char *env = getenv("NETD_SOCKET");
-    if (g.socket)
-        return g.socket;
-    if (env && *env)
-        return env;
-    return netd_default_socket_path(buf, len);
 }
 
 static void build_request(const subcommand_t *sub, int argc, char **argv, request_t *r)
@@ -884,7 +1222,7 @@ typedef struct conn {
     size_t cap;
 } conn_t;
 
-enum { READ_LINE, READ_EOF, READ_INTERRUPTED };
+enum { READ_LINE, READ_EOF, READ_INTERRUPTED, READ_TIMEOUT };
 
 static volatile sig_atomic_t interrupted;
 static sigset_t poll_mask; /* the mask while in ppoll: interrupts get through only there */
@@ -1003,8 +1341,8 @@ static void conn_grow(conn_t *c)
         abort();
 }
 
-/* The next line, without its '\n' (*line stays valid until the next call). Timeouts end
- * the run; only a watch passes no deadline. */
+/* The next line, without its '\n' (*line stays valid until the next call), or
+ * READ_TIMEOUT once the deadline passed (< 0: none, as for a watch). */
 static int conn_read_line(conn_t *c, long long deadline, char **line, size_t *len)
 {
     if (c->used) {
@@ -1032,7 +1370,7 @@ static int conn_read_line(conn_t *c, long long deadline, char **line, size_t *le
         } else if (errno == EAGAIN) {
             int w = wait_for(c, POLLIN, deadline);
             if (w == 0)
-                timed_out(c, "no reply");
+                return READ_TIMEOUT;
             if (w < 0)
                 return READ_INTERRUPTED;
         } else if (errno != EINTR) {
@@ -1087,6 +1425,19 @@ static int handle_reply(const subcommand_t *sub, const request_t *r, const conn_
         else
             sub->print(reply);
     }
+    /* reload: applied, but servers that could not listen make it a failure (the running
+     * ones stay), so `systemctl reload` says so. */
+    const json_t *failed = sub->failed_list ? json_object_get(reply, "failed") : NULL;
+    size_t i;
+    const json_t *f;
+    json_array_foreach (failed, i, f) {
+        status = EXIT_DAEMON_ERROR;
+        if (!g.quiet)
+            fprintf(stderr, "netctl: reload: server %s: %s: %s\n",
+                    json_string_value(json_object_get(f, "name")),
+                    json_string_value(json_object_get(f, "code")),
+                    json_string_value(json_object_get(f, "message")));
+    }
     json_decref(reply);
     return status;
 }
@@ -1123,6 +1474,112 @@ static int stream_events(conn_t *c)
     }
 }
 
+/* ------------------------------------------------------------------ close progress */
+
+#define PROGRESS_MS 250
+
+/* One request on a connection of its own, bounded by timeout_ms; the reply, or NULL. For
+ * side questions (what a close still waits for, server names to complete) that must never
+ * hold up or end the run. */
+static json_t *quick_call(const char *path, json_t *req, int timeout_ms)
+{
+    char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    json_t *reply = NULL;
+    char *line = NULL;
+    size_t cap = 1 << 20, got = 0;
+    if (!text || fd < 0 || strlen(path) >= sizeof(sa.sun_path) || !(line = malloc(cap)))
+        goto out;
+    memcpy(sa.sun_path, path, strlen(path));
+    struct timeval tv = {timeout_ms / 1000, (suseconds_t)(timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    size_t n = strlen(text);
+    text[n] = '\n'; /* json_dumps' NUL becomes the line's end */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        send(fd, text, n + 1, MSG_NOSIGNAL) != (ssize_t)(n + 1))
+        goto out;
+    while (got < cap && !memchr(line, '\n', got)) {
+        ssize_t k = recv(fd, line + got, cap - got, 0);
+        if (k <= 0)
+            goto out;
+        got += (size_t)k;
+    }
+    char *nl = memchr(line, '\n', got);
+    if (nl)
+        reply = json_loadb(line, (size_t)(nl - line), 0, NULL);
+    if (reply && !json_is_true(json_object_get(reply, "ok"))) {
+        json_decref(reply);
+        reply = NULL;
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    free(text);
+    free(line);
+    return reply;
+}
+
+/* Live connections of the server a close waits for, or -1 when that cannot be told. */
+static long long count_left(const char *path, const request_t *r)
+{
+    json_t *req = json_pack("{s:i, s:s, s:O}", "id", 1, "cmd", "getConnections", "server",
+                            json_object_get(r->obj, "server"));
+    json_t *reply = quick_call(path, req, 1000);
+    json_t *c = json_object_get(reply, "count");
+    long long count = json_is_integer(c) ? json_integer_value(c) : -1;
+    json_decref(reply);
+    return count;
+}
+
+static const char *server_ref_text(const request_t *r, char *buf, size_t len)
+{
+    json_t *ref = json_object_get(r->obj, "server");
+    if (json_is_integer(ref))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(ref));
+    else
+        snprintf(buf, len, "%s", json_is_string(ref) ? json_string_value(ref) : "?");
+    return buf;
+}
+
+/* On a terminal, one line updated in place while a close waits. */
+static bool show_progress(const request_t *r, long long left)
+{
+    if (g.quiet || left < 0 || !isatty(STDERR_FILENO))
+        return false;
+    char name[256];
+    fprintf(stderr, "\rnetctl: closing %s: %lld connection%s left\033[K",
+            server_ref_text(r, name, sizeof(name)), left, left == 1 ? "" : "s");
+    fflush(stderr);
+    return true;
+}
+
+/* The daemon has the request; only our patience ran out. */
+static _Noreturn void reply_timed_out(const conn_t *c, const subcommand_t *sub,
+                                      const request_t *r, long long left)
+{
+    char name[256];
+    if (sub->progress && left >= 0)
+        fprintf(stderr,
+                "netctl: close %s: still closing after %lld ms, %lld connection%s left; it "
+                "accepts no new ones and closes once they end (netctl server %s)\n",
+                server_ref_text(r, name, sizeof(name)), g.timeout_ms, left, left == 1 ? "" : "s",
+                name);
+    else if (sub->progress)
+        fprintf(stderr,
+                "netctl: close %s: still closing after %lld ms; it accepts no new connections "
+                "and closes once the open ones end\n",
+                server_ref_text(r, name, sizeof(name)), g.timeout_ms);
+    else
+        fprintf(stderr,
+                "netctl: %s: no reply within %lld ms (see --timeout); the daemon may still "
+                "carry out the request\n",
+                c->path, g.timeout_ms);
+    exit(EXIT_TIMEOUT);
+}
+
 static int run(const subcommand_t *sub, const request_t *r, const char *path)
 {
     conn_t c = {.fd = -1, .path = path};
@@ -1138,7 +1595,28 @@ static int run(const subcommand_t *sub, const request_t *r, const char *path)
         abort();
     conn_send(&c, wire, strlen(wire), deadline);
     free(wire);
-    int got = conn_read_line(&c, deadline, &line, &len);
+    /* A close that waits for its server's 'close' may take long: count what is left. */
+    bool progress = sub->progress && r->obj && !json_is_false(json_object_get(r->obj, "wait"));
+    bool shown = false;
+    long long left = -1;
+    int got;
+    for (;;) {
+        long long until = deadline;
+        if (progress) {
+            long long tick = now_ms() + PROGRESS_MS;
+            if (until < 0 || tick < until)
+                until = tick;
+        }
+        got = conn_read_line(&c, until, &line, &len);
+        if (got != READ_TIMEOUT || (deadline >= 0 && now_ms() >= deadline))
+            break;
+        left = count_left(path, r);
+        shown = show_progress(r, left) || shown;
+    }
+    if (shown)
+        fputs("\r\033[K", stderr);
+    if (got == READ_TIMEOUT)
+        reply_timed_out(&c, sub, r, progress ? count_left(path, r) : -1);
     if (got == READ_INTERRUPTED)
         return EXIT_OK;
     if (got == READ_EOF)
@@ -1158,10 +1636,18 @@ int main(int argc, char **argv)
     /* Writes to a closed socket or pipe must come back as EPIPE, not kill us. */
     signal(SIGPIPE, SIG_IGN);
     int first = parse_global(argc, argv);
+    if (strcmp(argv[first], "__complete") == 0)
+        return complete(argc - first - 1, argv + first + 1);
     const subcommand_t *sub = find_sub(argv[first]);
-    if (!sub)
+    if (!sub) {
+        const char *near = nearest_sub(argv[first]);
+        if (near)
+            usage_error("unknown command '%s' (did you mean %s?)", argv[first], near);
         usage_error("unknown command '%s'", argv[first]);
+    }
     build_request(sub, argc - first, argv + first, &req);
+    if (sub->run)
+        finish(sub->run(socket_path(def, sizeof(def))));
     int status = run(sub, &req, socket_path(def, sizeof(def)));
     json_decref(req.obj);
     free(req.line);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl's output for people: the table printer (widths from the data, numbers
  * right-aligned) and one printer per kind of reply. --json never comes through here.
@@ -306,6 +307,41 @@ void netctl_print_result(const json_t *reply)
     print_fields(reply, true);
 }
 
+/* One line per list: "changed:  b, web" ("-" when empty); failures with their code. */
+void netctl_print_reload(const json_t *reply)
+{
+    static const char *const lists[] = {"added", "removed", "changed", "kept", NULL};
+    for (int k = 0; lists[k]; k++) {
+        printf("%-9s", lists[k]);
+        const json_t *arr = json_object_get(reply, lists[k]);
+        size_t i;
+        const json_t *name;
+        if (json_array_size(arr) == 0)
+            printf(" -");
+        json_array_foreach (arr, i, name) {
+            printf("%s%s", i ? ", " : " ", json_is_string(name) ? json_string_value(name) : "?");
+        }
+        putchar('\n');
+    }
+    const json_t *failed = json_object_get(reply, "failed");
+    size_t i;
+    const json_t *f;
+    json_array_foreach (failed, i, f) {
+        printf("failed:   %s (%s)\n", json_string_value(json_object_get(f, "name")),
+               json_string_value(json_object_get(f, "code")));
+    }
+}
+
+void netctl_print_upgrade(const json_t *reply)
+{
+    printf("upgraded: pid %lld took over from pid %lld: %lld server(s), %lld socket(s) in %lld ms\n",
+           (long long)json_integer_value(json_object_get(reply, "pid")),
+           (long long)json_integer_value(json_object_get(reply, "previousPid")),
+           (long long)json_integer_value(json_object_get(reply, "servers")),
+           (long long)json_integer_value(json_object_get(reply, "sockets")),
+           (long long)json_integer_value(json_object_get(reply, "ms")));
+}
+
 void netctl_print_server(const json_t *reply)
 {
     print_fields(json_object_get(reply, "server"), false);
@@ -339,12 +375,13 @@ void netctl_print_servers(const json_t *reply)
     netctl_table_free(t);
 }
 
+/* SEND-Q is the output queued in netd (bufferSize), as ss shows the kernel's. */
 static void print_socket_table(const json_t *sockets)
 {
     static const netctl_column_t cols[] = {
-        {"ID", true},     {"SERVER", true}, {"THREAD", true},  {"REMOTE", false},
-        {"LOCAL", false}, {"STATE", false}, {"ROLE", false},   {"READ", true},
-        {"WRITTEN", true}, {"AGE", true},   {"IDLE", true},
+        {"ID", true},     {"SERVER", false}, {"THREAD", true}, {"REMOTE", false},
+        {"LOCAL", false}, {"STATE", false},  {"ROLE", false},  {"READ", true},
+        {"WRITTEN", true}, {"SEND-Q", true}, {"AGE", true},    {"IDLE", true},
     };
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
@@ -352,7 +389,9 @@ static void print_socket_table(const json_t *sockets)
     json_array_foreach (sockets, i, s) {
         char buf[512];
         cell_field(t, s, "id");
-        cell_field(t, s, "server");
+        /* The name; a daemon from before serverName gives the id. */
+        cell_field(t, s, json_is_string(json_object_get(s, "serverName")) ? "serverName"
+                                                                            : "server");
         cell_field(t, s, "thread");
         fmt_endpoint(buf, sizeof(buf), s, "remote");
         netctl_table_cell(t, "%s", buf);
@@ -362,6 +401,7 @@ static void print_socket_table(const json_t *sockets)
         cell_field(t, s, "role");
         cell_field(t, s, "bytesRead");
         cell_field(t, s, "bytesWritten");
+        cell_field(t, s, "bufferSize");
         cell_duration(t, s, "ageMs");
         cell_duration(t, s, "idleMs");
     }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netctl's rendering of replies for people: aligned tables, key/value lines, and the short
  * forms of addresses, handlers and durations. Knows the reply objects, never the socket.
@@ -43,6 +44,8 @@ void netctl_print_sockets(const json_t *reply); /* reply.sockets as a table */
 void netctl_print_count(const json_t *reply);   /* reply.count alone */
 void netctl_print_stats(const json_t *reply);   /* figures, then the per-thread table */
 void netctl_print_metrics(const json_t *reply); /* reply.text raw */
+void netctl_print_upgrade(const json_t *reply); /* who serves now, what it took over */
+void netctl_print_reload(const json_t *reply);  /* added/removed/changed/kept/failed lines */
 
 /* One `watch` event as a line: local time, event name, then key=value pairs. */
 void netctl_print_event(const json_t *event);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The commands on live sockets: `sockets`, `destroy`, `move` and `rebalance`. Workers
  * answer with typed slots (copies of their records); the main loop merges them with the
@@ -55,6 +56,8 @@ typedef struct sockets_q {
     uint64_t server_id; /* 0: all */
     int role;           /* -1: all */
     long long limit, older, idle;
+    netd_peer_filter_t peer;
+    enum netd_sock_sort sort;
     uint64_t begin; /* moves retired after this are still listed */
     info_vec_t *slots;
     info_vec_t all; /* main loop: the merge */
@@ -70,7 +73,7 @@ static bool matches(const sockets_q_t *q, const netd_sockinfo_t *i)
         return false;
     if (q->idle && i->idle_ms <= (uint64_t)q->idle)
         return false;
-    return true;
+    return netd_peer_filter_match(&q->peer, i);
 }
 
 static void collect_sockets(netd_worker_t *w, void *arg)
@@ -125,15 +128,14 @@ static void sockets_done(netd_t *d, void *arg)
     netd_moves_query_end(d, q->begin);
     if (q->all.n)
         qsort(q->all.v, q->all.n, sizeof(*q->all.v), by_id);
-    json_t *arr = json_array();
     size_t total = 0;
-    for (size_t i = 0; i < q->all.n; i++) {
-        if (i > 0 && q->all.v[i].id == q->all.v[i - 1].id)
-            continue; /* seen by its source or target and by the registry */
-        if ((long long)total < q->limit)
-            json_array_append_new(arr, netd_sockinfo_json(&q->all.v[i]));
-        total++;
-    }
+    for (size_t i = 0; i < q->all.n; i++)
+        if (i == 0 || q->all.v[i].id != q->all.v[i - 1].id) /* seen by its source or target */
+            q->all.v[total++] = q->all.v[i];                 /* and by the registry: once */
+    netd_sockinfo_sort(q->all.v, total, q->sort);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < total && (long long)i < q->limit; i++)
+        json_array_append_new(arr, netd_sockinfo_json(&q->all.v[i]));
     netd_pending_ok(q->p, json_pack("{s:o, s:I}", "sockets", arr, "total", (json_int_t)total));
     info_vecs_free(q->slots, d->nworkers);
     free(q->all.v);
@@ -165,16 +167,23 @@ void netd_cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
             return;
         }
     }
-    sockets_q_t *q = calloc(1, sizeof(*q));
-    info_vec_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!q || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(q);
-        free(slots);
+    netd_peer_filter_t peer = {0};
+    json_t *pv = json_object_get(req, "peer");
+    if (pv && netd_peer_filter_parse(json_string_value(pv), &peer) != 0) {
+        netd_reply_error(c, id, NETD_EARG, "peer: must be ADDRESS, IPV4:PORT or [IPV6]:PORT");
         return;
     }
+    json_t *sv = json_object_get(req, "sort");
+    int sort = sv ? netd_sock_sort_parse(json_string_value(sv)) : NETD_SORT_ID;
+    if (sort < 0) {
+        netd_reply_error(c, id, NETD_EARG, "sort: must be \"bytes\", \"age\" or \"idle\"");
+        return;
+    }
+    sockets_q_t *q = calloc(1, sizeof(*q));
+    info_vec_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
+    netd_pending_t *p = netd_cmd_pending(c, id, q, slots);
+    if (!p)
+        return;
     q->p = p;
     q->slots = slots;
     q->server_id = sid;
@@ -182,6 +191,8 @@ void netd_cmd_sockets(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     q->older = older;
     q->idle = idle;
     q->role = role;
+    q->peer = peer;
+    q->sort = (enum netd_sock_sort)sort;
     q->begin = netd_moves_query_begin(d);
     if (netd_fanout(d, collect_sockets, sockets_done, q) != 0) {
         netd_moves_query_end(d, q->begin);
@@ -204,6 +215,7 @@ static void destroy_one(netd_worker_t *w, void *arg)
     destroy_q_t *q = arg;
     netd_conn_t *c = netd_worker_find(w, q->socket_id);
     if (c) {
+        netd_obs_end(c, NETD_END_DESTROY);
         nd_socket_destroy(c->sock);
         q->found[w->index] = true;
     }
@@ -366,14 +378,9 @@ void netd_cmd_move(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     }
     move_q_t *q = calloc(1, sizeof(*q));
     struct located *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = q && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!q || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(q);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, q, slots);
+    if (!p)
         return;
-    }
     q->p = p;
     q->socket_id = sid;
     q->thread = (int)t;
@@ -478,14 +485,9 @@ void netd_cmd_rebalance(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
         return;
     rebalance_t *rb = calloc(1, sizeof(*rb));
     info_vec_t *slots = calloc((size_t)d->nworkers, sizeof(*slots));
-    netd_pending_t *p = rb && slots ? netd_pending_new(c, id) : NULL;
-    if (!p) {
-        if (!rb || !slots) /* else netd_pending_new has replied */
-            netd_reply_error(c, id, "ENOMEM", "out of memory");
-        free(rb);
-        free(slots);
+    netd_pending_t *p = netd_cmd_pending(c, id, rb, slots);
+    if (!p)
         return;
-    }
     rb->p = p;
     rb->server_id = sid;
     rb->slots = slots;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The control socket (CONTROL.md): a libnetd server on a unix path, line framing, peer
  * credentials and limits, request parsing against the command table, replies, watchers.
@@ -6,6 +7,7 @@
 
 #include "daemon.h"
 #include "request.h"
+#include "unixpath.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,6 +50,27 @@ struct netd_client {
     struct event *kill_ev; /* a closing client is destroyed when it fires */
     TAILQ_ENTRY(netd_client) link;
 };
+
+/* The control socket's clients: this module's alone (netd_t holds the pointer). */
+struct netd_clients {
+    int n; /* counted against control.maxClients */
+    TAILQ_HEAD(, netd_client) list;
+};
+
+int netd_control_init(netd_t *d)
+{
+    d->clients = calloc(1, sizeof(*d->clients));
+    if (!d->clients)
+        return -ENOMEM;
+    TAILQ_INIT(&d->clients->list);
+    return 0;
+}
+
+void netd_control_free(netd_t *d)
+{
+    free(d->clients);
+    d->clients = NULL;
+}
 
 /* Unread requests, or unread replies, past which a client is not read from. */
 #define NETD_CLIENT_MAX_QUEUED ((size_t)1024 * 1024)
@@ -112,6 +135,11 @@ static void pending_free(netd_pending_t *p)
     client_release(c);
 }
 
+void netd_pending_drop(netd_pending_t *p)
+{
+    pending_free(p);
+}
+
 void netd_pending_ok(netd_pending_t *p, json_t *fields)
 {
     netd_reply_ok(p->client, p->id, fields);
@@ -152,7 +180,7 @@ static void client_finish(netd_client_t *c, bool kill)
         return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
-    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (NETD_CLIENT_KILL_MS % 1000) * 1000};
+    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (suseconds_t)(NETD_CLIENT_KILL_MS % 1000) * 1000};
     if (!c->kill_ev || evtimer_add(c->kill_ev, &tv) != 0)
         nd_socket_destroy(c->sock);
 }
@@ -264,7 +292,7 @@ static char *next_line(netd_client_t *c, size_t *n)
 static void process_lines(netd_client_t *c)
 {
     c->refs++;
-    while (c->sock && c->pending == 0 && !c->closing && !c->watching &&
+    while (c->sock && c->pending == 0 && !c->closing && !c->watching && !c->d->upgrading &&
            nd_socket_buffer_size(c->sock) <= NETD_CLIENT_MAX_QUEUED) {
         size_t n;
         char *line = next_line(c, &n);
@@ -290,7 +318,7 @@ static void process_lines(netd_client_t *c)
     }
     /* Everything the peer sent before its FIN is answered: our side ends too. */
     if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 &&
-        c->start == c->len)
+        c->start == c->len && !c->d->upgrading)
         client_finish(c, false);
     update_reading(c);
     client_release(c);
@@ -357,18 +385,25 @@ static void on_drain(void *sock, const nd_event_t *ev, void *arg)
     schedule_processing(c);
 }
 
-static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
+/* The client's socket is gone (its 'close', or it left with an upgrade): out of the
+ * books; the record itself lives while replies still hold it. */
+static void client_gone(netd_client_t *c)
 {
-    netd_client_t *c = arg;
     netd_t *d = c->d;
     if (c->counted)
-        d->nclients--;
+        d->clients->n--;
     if (c->watching)
         atomic_fetch_sub(&d->watchers, 1);
     if (c->kill_ev)
         evtimer_del(c->kill_ev);
-    TAILQ_REMOVE(&d->clients, c, link);
+    TAILQ_REMOVE(&d->clients->list, c, link);
     c->sock = NULL;
+}
+
+static void on_client_close(void *sock, const nd_event_t *ev, void *arg)
+{
+    netd_client_t *c = arg;
+    client_gone(c);
     client_release(c);
 }
 
@@ -404,7 +439,7 @@ static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
     c->d = d;
     c->sock = sock;
     c->refs = 1;
-    TAILQ_INSERT_TAIL(&d->clients, c, link);
+    TAILQ_INSERT_TAIL(&d->clients->list, c, link);
     nd_socket_on(sock, ND_EV_DATA, on_data, c);
     nd_socket_on(sock, ND_EV_END, on_end, c);
     nd_socket_on(sock, ND_EV_DRAIN, on_drain, c);
@@ -414,13 +449,13 @@ static void on_control_connection(void *server, const nd_event_t *ev, void *arg)
         refuse(c, NETD_EPERM, "not allowed: connect as root, the daemon's user or its group");
         return;
     }
-    if (d->nclients >= d->cfg.control_max_clients) {
-        netd_log(NETD_LOG_WARN, "control: %d clients already, refused one more", d->nclients);
+    if (d->clients->n >= d->cfg.control_max_clients) {
+        netd_log(NETD_LOG_WARN, "control: %d clients already, refused one more", d->clients->n);
         refuse(c, NETD_EBUSY, "too many control clients");
         return;
     }
     c->counted = true;
-    d->nclients++;
+    d->clients->n++;
     if (d->cfg.control_idle_timeout_ms)
         nd_socket_set_timeout(sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
 }
@@ -457,7 +492,7 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
 {
     int bit = (int)kind; /* watch_events follows enum netd_event_kind */
     netd_client_t *c, *next;
-    for (c = TAILQ_FIRST(&d->clients); c; c = next) {
+    for (c = TAILQ_FIRST(&d->clients->list); c; c = next) {
         next = TAILQ_NEXT(c, link);
         if (!c->watching || !c->sock || c->closing)
             continue;
@@ -478,58 +513,47 @@ void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line)
 
 /* ------------------------------------------------------------------ the socket */
 
-/* Is a netd answering on this path? A stale file refuses the connect. */
-static bool someone_answers(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    bool yes = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return yes;
-}
-
 int netd_control_start(netd_t *d)
 {
     const char *path = d->control_path;
-    if (strlen(path) + 24 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+    char why[512];
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         netd_log(NETD_LOG_ERROR, "control socket path too long: %s", path);
         return -ENAMETOOLONG;
     }
-    if (someone_answers(path)) {
+    int rc = d->control_default ? netd_unix_default_dir(path, why, sizeof(why)) : 0;
+    if (rc) {
+        netd_log(NETD_LOG_ERROR, "control socket %s: %s", path, why);
+        return rc;
+    }
+    /* Never blocks: a listener with a full backlog is "busy", and not replaced either. */
+    switch (netd_unix_probe(path)) {
+    case NETD_PEER_ANSWERS:
         netd_log(NETD_LOG_ERROR, "another netd answers on %s: refusing to start", path);
         return -EADDRINUSE;
+    case NETD_PEER_BUSY:
+        netd_log(NETD_LOG_ERROR,
+                 "a process listens on %s but does not answer at once: refusing to start", path);
+        return -EADDRINUSE;
+    default:
+        break;
     }
-    /* Created under a temporary name, chmod'ed, then renamed: the path never exists with
-     * the wrong mode. */
-    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
-    unlink(tmp);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", tmp);
-    int rc = 0;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        chmod(tmp, d->cfg.control_mode) != 0 ||
-        (d->cfg.has_control_gid && chown(tmp, (uid_t)-1, d->cfg.control_gid) != 0) ||
-        rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc) {
-        netd_log(NETD_LOG_ERROR, "control socket %s: %s", path, strerror(-rc));
-        unlink(tmp);
-        close(fd);
-        return rc;
+    netd_unix_opts_t o = {.mode = (int)d->cfg.control_mode,
+                          .uid = (uid_t)-1,
+                          .gid = d->cfg.has_control_gid ? (gid_t)d->cfg.control_gid : (gid_t)-1,
+                          .via_rename = true};
+    int fd = netd_unix_bind(path, &o, &d->control_file, why, sizeof(why));
+    if (fd < 0) {
+        netd_log(NETD_LOG_ERROR, "control socket: %s", why);
+        return fd;
     }
     /* Half-open: a client's FIN does not end our side before its last line is answered. */
     nd_server_options_t opts = {.allow_half_open = 1};
     d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
     if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
         close(fd);
-        unlink(path);
+        netd_unix_file_remove(d->control_file);
+        d->control_file = NULL;
         return -ENOMEM;
     }
     /* Control clients never hold the daemon up: the drain waits for data only. */
@@ -542,10 +566,161 @@ void netd_control_stop(netd_t *d)
     if (d->control) {
         nd_server_close(d->control, NULL, NULL);
         d->control = NULL;
-        unlink(d->control_path);
+        /* Only if the path still is the socket this netd made (CONTROL.md Transport);
+         * after an upgrade it is the new netd's, the same inode: left alone. */
+        if (d->handed_over)
+            netd_unix_file_forget(d->control_file);
+        else
+            netd_unix_file_remove(d->control_file);
+        d->control_file = NULL;
     }
+    if (!d->clients)
+        return; /* netd stopped before netd_control_init */
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients, link)
+    TAILQ_FOREACH(c, &d->clients->list, link)
         if (c->sock)
             nd_socket_destroy(c->sock);
+}
+
+/* ------------------------------------------------------------------ handing over (upgrade.c) */
+
+/* Nothing a client asked is still being worked on, but the upgrade itself. */
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients->list, link)
+        if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
+            return false;
+    return true;
+}
+
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t cap = 0;
+    netd_client_t *c, *next;
+    for (c = TAILQ_FIRST(&d->clients->list); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (!c->sock)
+            continue;
+        if (c->closing) {
+            nd_socket_destroy(c->sock); /* refused or ending anyway: it does not travel */
+            continue;
+        }
+        netd_client_export_t item = {.c = c};
+        if (nd_socket_export(c->sock, &item.ex) != 0) {
+            netd_log(NETD_LOG_WARN, "upgrade: a control client is busy; it is closed");
+            nd_socket_destroy(c->sock);
+            continue;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 8;
+            netd_client_export_t *v = realloc(*out, cap * sizeof(**out));
+            if (!v) {
+                nd_socket_export_abort(&item.ex);
+                return -ENOMEM;
+            }
+            *out = v;
+        }
+        item.watching = c->watching;
+        item.events = c->events;
+        item.eof = c->eof;
+        item.unread = c->buf + c->start;
+        item.nunread = c->len - c->start;
+        item.requester = upgrade && upgrade->client == c;
+        item.reply_id = item.requester ? upgrade->id : NULL;
+        (*out)[(*n)++] = item;
+    }
+    return 0;
+}
+
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        nd_socket_export_abort(&items[i].ex);
+    free(items);
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients->list, link)
+        schedule_processing(c); /* requests held back during the attempt run now */
+}
+
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        netd_client_t *c = items[i].c;
+        client_gone(c); /* it leaves without 'close' */
+        nd_socket_export_commit(&items[i].ex);
+        client_release(c);
+    }
+    free(items);
+}
+
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state)
+{
+    netd_client_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    nd_socket_t *socks[2];
+    if ((state->nunread && !reserve(c, state->nunread)) ||
+        nd_socket_import(d->loop, rec, len, &fd, 1, NULL, socks) != 0) {
+        free(c->buf);
+        free(c);
+        return NULL;
+    }
+    c->d = d;
+    c->sock = socks[0];
+    c->refs = 1;
+    if (state->nunread)
+        memcpy(c->buf, state->unread, state->nunread);
+    c->len = state->nunread;
+    c->eof = state->eof;
+    c->counted = true;
+    d->clients->n++;
+    if (state->watching) {
+        c->watching = true;
+        c->events = state->events;
+        atomic_fetch_add(&d->watchers, 1);
+    }
+    TAILQ_INSERT_TAIL(&d->clients->list, c, link);
+    nd_socket_on(c->sock, ND_EV_DATA, on_data, c);
+    nd_socket_on(c->sock, ND_EV_END, on_end, c);
+    nd_socket_on(c->sock, ND_EV_DRAIN, on_drain, c);
+    nd_socket_on(c->sock, ND_EV_CLOSE, on_client_close, c);
+    if (d->cfg.control_idle_timeout_ms)
+        nd_socket_set_timeout(c->sock, d->cfg.control_idle_timeout_ms, on_client_idle, c);
+    return c;
+}
+
+void netd_control_start_clients(netd_t *d)
+{
+    netd_client_t *c;
+    TAILQ_FOREACH(c, &d->clients->list, link) {
+        if (c->sock) {
+            nd_socket_import_start(c->sock);
+            schedule_processing(c); /* lines that came with it, or a last one before EOF */
+        }
+    }
+}
+
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields)
+{
+    netd_reply_ok(c, id, fields);
+}
+
+int netd_control_adopt_listener(netd_t *d, int fd)
+{
+    /* Taken over from the previous netd: the file at the path now is this one's to
+     * remove at exit (while it still is that file). */
+    d->control_file = netd_unix_file_adopt(d->control_path);
+    nd_server_options_t opts = {.allow_half_open = 1};
+    d->control = nd_server_new(d->loop, &opts, on_control_connection, d);
+    if (!d->control || nd_server_listen_fd(d->control, fd, 64) != 0) {
+        close(fd);
+        return -ENOMEM;
+    }
+    nd_server_unref(d->control);
+    return 0;
 }

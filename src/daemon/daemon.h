@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd's shared state: the daemon (main thread), its servers, its worker threads and
  * their connection registries, and the few counters that cross threads (atomics).
@@ -13,12 +14,11 @@
 #include <netd/net.h>
 
 #include "conf.h"
+#include "observe.h"
 #include "protocol.h"
 
 /* Descriptors kept for operators and proxy upstreams (CONTROL.md Transport). */
 #define NETD_FD_RESERVE 64
-/* Closed servers remembered by id and name, so that closing one again says ENOTRUNNING. */
-#define NETD_CLOSED_REMEMBERED 256
 
 typedef struct netd netd_t;
 typedef struct netd_worker netd_worker_t;
@@ -48,9 +48,25 @@ typedef struct netd_move netd_move_t;
 
 /* ----------------------------------------------------------------------- logging */
 
-enum { NETD_LOG_ERROR = 0, NETD_LOG_WARN = 1, NETD_LOG_INFO = 2, NETD_LOG_DEBUG = 3 };
+/* log.c. Any thread. -v adds DEBUG (reload diffs, moves), -vv TRACE (every connection). */
+enum {
+    NETD_LOG_ERROR = 0,
+    NETD_LOG_WARN = 1,
+    NETD_LOG_INFO = 2,
+    NETD_LOG_DEBUG = 3,
+    NETD_LOG_TRACE = 4
+};
 extern int netd_log_level;
+/* Journald (JOURNAL_STREAM names stderr): "<N>" priority prefixes; else timestamps. */
+void netd_log_init(void);
 void netd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For lines that can repeat fast (one per failed connection): at most a few per second
+ * per key (a string literal naming the kind); the rest are counted, and the count is
+ * logged once the second is over (netd_log_flush, or the next line of that kind). */
+void netd_log_limited(int level, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Main loop, once a second: logs the counts of suppressed lines. */
+void netd_log_flush(void);
 
 /* --------------------------------------------------------------- deferred replies */
 
@@ -73,6 +89,8 @@ enum { NETD_WAIT_NONE, NETD_WAIT_LISTEN, NETD_WAIT_CLOSE };
 /* NULL when out of memory: then the ENOMEM reply has been sent already. */
 netd_pending_t *netd_pending_new(netd_client_t *c, json_t *id);
 void netd_pending_ok(netd_pending_t *p, json_t *fields /* stolen, may be NULL */);
+/* Frees p without a reply: its client went to another process with the request. */
+void netd_pending_drop(netd_pending_t *p);
 void netd_pending_error(netd_pending_t *p, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -91,7 +109,11 @@ enum netd_server_state { NETD_SRV_STARTING, NETD_SRV_LISTENING, NETD_SRV_CLOSING
 struct netd_server {
     uint64_t id;
     netd_t *d;
+    /* spec.name alone may change after open (a retired server becomes "NAME#ID"), and
+     * only the main loop reads it; workers read `label`, the name at open. */
     netd_listen_spec_t spec;
+    char *label;
+    struct netd_unix_file *unix_file; /* the socket file netd made for a path server */
     _Atomic unsigned timeout_ms;
     _Atomic bool destroying; /* `close {"destroy":true}`: sockets that arrive are destroyed */
     enum netd_server_state state; /* main loop */
@@ -102,7 +124,17 @@ struct netd_server {
     nd_server_stats_t final;      /* the group's counters when it closed */
     _Atomic uint64_t bytes_read_closed, bytes_written_closed; /* of ended connections */
     _Atomic int refs; /* main's + one per live connection record */
+    netd_server_obs_t obs; /* per-server metrics: atomics the workers add to */
     struct netd_pending_list waiters; /* `listen` and `close` answered at an event */
+    /* The worker-side server of each worker (slot i written once, by worker i, and read
+     * only by it): where a socket handed over by an upgrade is counted. */
+    nd_server_t **members;
+    /* Counters carried over from the process this one took over from (upgrade). */
+    nd_server_stats_t carried;
+    /* Called once, when the server listened (code NULL) or failed to (startup and reload
+     * batches, lifecycle.c). Main loop. */
+    void (*settled)(netd_server_t *s, const char *code, const char *message, void *arg);
+    void *settled_arg;
     TAILQ_ENTRY(netd_server) link;
 };
 
@@ -129,6 +161,8 @@ struct netd_conn {
     enum netd_role role;
     uint64_t created_ms; /* monotonic, for ageMs and a 'close' event's durationMs */
     netd_conn_t *pair; /* client <-> upstream of a proxy */
+    bool parked;       /* exported or imported by an upgrade, not yet settled */
+    netd_conn_obs_t obs; /* how it ended, moves, bytes settled (observe.h) */
     TAILQ_ENTRY(netd_conn) link;
 };
 
@@ -143,6 +177,7 @@ typedef struct netd_sockinfo {
     int remote_port, local_port;
     int remote_family; /* 4, 6, or 0 (unix) */
     uint64_t bytes_read, bytes_written, buffer_size, age_ms, idle_ms;
+    char server_name[128]; /* "serverName" (truncated past 127 bytes) */
 } netd_sockinfo_t;
 
 void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out);
@@ -165,6 +200,7 @@ struct netd_worker {
     bool cut;                      /* worker thread only: the exit cut ran; arrivals die */
     struct event *sweep_ev;        /* limits: stalled slow readers */
     _Atomic uint64_t idle_timeouts, slow_destroyed, upstream_failed;
+    netd_worker_obs_t obs; /* moves and access-log counters (observe.h) */
 };
 
 /* ----------------------------------------------------------------------- moves */
@@ -270,9 +306,16 @@ struct netd {
     netd_config_t cfg;
     char *config_file; /* NULL: built-in default */
     char control_path[108];
+    bool control_default;                /* no -s, no control.path: the default path */
+    struct netd_unix_file *control_file; /* removed at exit if it still is ours */
     nd_server_t *control;
-    int nclients;
-    TAILQ_HEAD(, netd_client) clients;
+    /* The servers of the config file as last loaded (what reload compares with, so a
+     * `set` never makes a server look changed). Main thread. */
+    netd_listen_spec_t *loaded;
+    size_t nloaded;
+    struct netd_reload *reload; /* the reload in progress, or NULL */
+    bool started;               /* every configured server listened: READY=1 was sent */
+    struct netd_clients *clients; /* control.c's */
     TAILQ_HEAD(netd_server_list, netd_server) servers;
     netd_worker_t *workers;
     int nworkers;
@@ -284,6 +327,15 @@ struct netd {
     int exit_code;
     struct event *drain_timer;
     bool finish_expired; /* the exit's bound on waiting passed */
+    /* live upgrade (upgrade.c) */
+    bool upgrading;      /* control requests wait: an upgrade is handing everything over */
+    bool handed_over;    /* everything went to the new process: leave its files alone */
+    struct upgrade *upgrade;
+    bool drain_after_upgrade; /* a SIGTERM came during an upgrade: drain once it is undone */
+    char **argv;         /* as started, to start the new binary the same way */
+    char *exe;           /* the binary we run (its real path at start) */
+    netd_client_t *upgrade_requester; /* new side: the client whose `upgrade` we answer */
+    json_t *upgrade_reply_id;
     /* moves in flight and recently retired (main loop) */
     struct netd_move_list moves, moves_retired;
     uint64_t move_seq;
@@ -292,23 +344,17 @@ struct netd {
         uint64_t *begin;
         size_t n, cap;
     } move_queries; /* `sockets` queries still waiting: their begin marks */
-    /* socket activation */
-    int listen_fds_start, listen_fds_count;
-    char **listen_fd_names;
+    struct netd_activation *activation; /* systemd.c's: inherited listening descriptors */
     int fd_limit;
     uint64_t paused_seen; /* acceptPausedTotal at the last overload check */
     /* limits read by workers; the reload may change them */
     _Atomic size_t max_buffered_bytes;
     _Atomic size_t high_water_mark;
     _Atomic unsigned stall_ms;
-    struct {
-        uint64_t accepted, rejected, accept_paused, handoff_failed;
-    } closed; /* totals of servers that are gone */
-    struct {
-        uint64_t id;
-        char name[128];
-    } closed_ids[NETD_CLOSED_REMEMBERED]; /* the latest closed servers, for ENOTRUNNING */
-    size_t nclosed;                       /* ever closed; the ring holds the latest */
+    struct netd_closed_totals *closed; /* stats.c's: what servers that are gone counted */
+    struct netd_closed_names *closed_names; /* servers.c's */
+    netd_observe_t *obs;      /* metrics, the HTTP endpoint, the access log (observe.c) */
+    const char *metrics_flag; /* --metrics: wins over the config's, on reload too */
 };
 
 uint64_t netd_now_ms(void);
@@ -329,6 +375,12 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id);
 /* Worker thread: a record arrives (a move) or leaves. */
 void netd_worker_insert(netd_worker_t *w, netd_conn_t *c);
 void netd_worker_remove(netd_conn_t *c);
+/* Worker thread: the record of a socket handed over by an upgrade (parked: started
+ * later), with the id and age it had in the old process. */
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms);
+/* Worker thread: drops a record whose socket went to another process (no 'close'). */
+void netd_conn_forget(netd_conn_t *c);
 /* Worker thread: re-attaches the daemon's listeners and the handler after a move. */
 void netd_worker_adopted(netd_worker_t *w, netd_conn_t *client_or_lone);
 /* Applies the server's current idle timeout to a live connection (worker thread). */
@@ -336,6 +388,8 @@ void netd_conn_apply_timeout(netd_conn_t *c);
 
 /* servers.c: the server record's lifecycle. */
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref);
+/* The open server with that id (not one that closed), or NULL. */
+netd_server_t *netd_server_by_id(netd_t *d, uint64_t id);
 /* The Server object; live_* add the bytes of connections still open. */
 json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t live_bytes_written);
 /* Opens a server from a spec (stolen on success). `p` (may be NULL) is answered once it
@@ -343,10 +397,18 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_bytes_read, uint64_t li
 int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, const char **code,
                      char *msg, size_t msglen);
 void netd_server_close(netd_server_t *s, bool destroy_conns);
+/* Main thread: gives a server another name (a retired one becomes "NAME#ID"). */
+int netd_server_rename(netd_server_t *s, const char *name);
 /* Servers that closed: a second close says ENOTRUNNING rather than "no such server". */
 bool netd_server_closed_before(netd_t *d, const json_t *ref);
+/* Upgrade, new side: a server record as the old process sent it (not listening yet), and
+ * its listening on the descriptors that came with it (taken on success). */
+netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_t errlen);
+int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *path);
 
-/* control.c */
+/* control.c: the control socket and its clients. */
+int netd_control_init(netd_t *d);
+void netd_control_free(netd_t *d);
 int netd_control_start(netd_t *d);
 void netd_control_stop(netd_t *d);
 /* Sends one reply line to a client: {"id":id,"ok":true, ...fields} (fields stolen). */
@@ -358,6 +420,43 @@ int netd_watch_event_known(const char *name);
 /* Main loop: one event line to every watcher that asked for it. */
 void netd_control_broadcast(netd_t *d, enum netd_event_kind kind, json_t *line);
 
+/* control.c: the control socket and its clients in a live upgrade. A client's whole
+ * state: its socket's export, and what the daemon holds for it. */
+typedef struct netd_client_export {
+    netd_client_t *c; /* the old process's */
+    nd_export_t ex;
+    bool watching, eof;
+    unsigned events;
+    const char *unread; /* requests not yet run */
+    size_t nunread;
+    bool requester;   /* it waits for the `upgrade` reply */
+    json_t *reply_id; /* that request's id (NULL: it had none) */
+} netd_client_export_t;
+bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade);
+int netd_control_export(netd_t *d, const netd_pending_t *upgrade, netd_client_export_t **out,
+                        size_t *n);
+void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n);
+void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n);
+netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int fd,
+                                   const netd_client_export_t *state);
+void netd_control_start_clients(netd_t *d);
+int netd_control_adopt_listener(netd_t *d, int fd);
+void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields);
+
+/* upgrade.c: the live upgrade (DESIGN.md 2b). */
+/* Remembers how this process was started, so the new binary starts the same way. */
+void netd_upgrade_init(netd_t *d, int argc, char **argv);
+/* Old side: starts an upgrade to `exec` (NULL: the binary we run); p (may be NULL: a
+ * SIGUSR2) is answered by the new process, or with EUPGRADE here on failure. */
+void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned timeout_ms);
+/* Old side: stops an upgrade in progress (everything goes back): a SIGTERM wins. */
+void netd_upgrade_cancel(netd_t *d, const char *why);
+/* New side: the channel descriptor from the old process, or -1 for a normal start. */
+int netd_takeover_fd(void);
+/* New side: takes everything over. 0 once this process serves it all; -1 (the old one
+ * keeps serving) otherwise. */
+int netd_takeover(netd_t *d, int ch);
+
 /* cmd_sockets.c: destroys a socket wherever it is (in transit: once it lands), then
  * answers p. */
 void netd_destroy_socket(netd_t *d, netd_pending_t *p, uint64_t socket_id);
@@ -365,31 +464,59 @@ void netd_destroy_socket(netd_t *d, netd_pending_t *p, uint64_t socket_id);
 /* commands.c: dispatch of one parsed request. */
 void netd_command_run(netd_t *d, netd_client_t *c, const netd_command_t *cmd, json_t *req,
                       json_t *id);
-int netd_commands_check(void);
 
-/* lifecycle.c: drain and reload. */
+/* lifecycle.c: startup, drain and reload. */
+/* Opens every server of d->cfg; once all listened, READY=1. If one fails, netd exits 1
+ * naming it, without READY (CONTROL.md Config file). */
+void netd_start_servers(netd_t *d);
+/* After an upgrade's takeover: the servers came with it; the file as loaded now is what a
+ * reload compares with, and reloads may run. */
+void netd_servers_taken_over(netd_t *d);
 /* Starts the drain (SIGTERM or `shutdown`). */
 void netd_drain(netd_t *d, unsigned timeout_ms);
 /* Ends the main loop once a drain has seen every server close. */
 void netd_maybe_drained(netd_t *d);
-int netd_reload(netd_t *d);
-/* Opens the config's servers (specs are taken); only_missing skips names already open.
- * Returns how many failed. */
-int netd_open_config_servers(netd_t *d, netd_config_t *cfg, bool only_missing);
+/* SIGHUP or `reload`: validates the file, applies the difference with the file as last
+ * loaded, and (for `reload`) replies with added/removed/changed/kept/failed once
+ * every new server listened or failed. Refused while draining (ESHUTDOWN) or while
+ * another reload runs (EBUSY). */
+void netd_reload(netd_t *d, netd_pending_t *reply /* NULL for SIGHUP */);
+/* Frees the file as last loaded (at exit). */
+void netd_loaded_free(netd_t *d);
 
-/* stats.c */
+/* stats.c: the daemon's totals. */
+int netd_stats_init(netd_t *d);
+void netd_stats_free(netd_t *d);
 json_t *netd_stats_json(netd_t *d);
-char *netd_metrics_text(netd_t *d);
+/* Appends the daemon-wide figures of `stats` to the metrics text (one list drives both). */
+void netd_stats_metrics(netd_t *d, netd_text_t *t);
 /* acceptPausedTotal alone (the once-a-second overload log line). */
 uint64_t netd_stats_accept_paused(netd_t *d);
 /* Keeps a closing server's totals in the daemon's (inside its 'close'). */
-void netd_stats_closed_server(netd_t *d, nd_server_t *group);
+void netd_stats_closed_server(netd_t *d, netd_server_t *s);
+/* Upgrade: the closed servers' totals travel to the new process. */
+json_t *netd_stats_closed_json(netd_t *d);
+void netd_stats_closed_load(netd_t *d, const json_t *closed);
 
-/* systemd.c */
+/* systemd.c: sd_notify, socket activation, the descriptor store. */
 void netd_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Reads LISTEN_FDS/LISTEN_FDNAMES (checked against LISTEN_PID), makes the fds
- * non-blocking; clears the variables. */
-void netd_listen_fds_init(netd_t *d);
+/* Socket activation: takes LISTEN_FDS and LISTEN_FDNAMES when LISTEN_PID is ours (the
+ * descriptors made non-blocking), and clears the variables. */
+void netd_activation_init(netd_t *d);
+/* The inherited descriptors (at most max) and their names (NULL: unnamed): how many. */
+int netd_activation_list(netd_t *d, int *fds, const char **names, int max);
+/* An upgrade's: n descriptors become the inherited set, numbered 3.. for the config and
+ * `listen` wherever they are (fds[i] become -1). 0, or -1 with err (they stay the
+ * caller's). */
+int netd_activation_adopt(netd_t *d, int *fds, const char *const *names, int n, char *err,
+                          size_t errlen);
+void netd_activation_free(netd_t *d);
+/* At the drain: every TCP listener (not reuseport) goes into systemd's descriptor store
+ * under its server's name (FDSTORE=1), so a restart takes it back with the connections
+ * that queued meanwhile. Stops accepting on them. */
+void netd_fdstore_listeners(netd_t *d);
+/* After startup: stored descriptors no server took are removed from the store. */
+void netd_fdstore_forget_unused(netd_t *d);
 /* The inherited fd for a spec's fd/fd_name: >= 0, or -1 (EBADF). */
 int netd_listen_fd_lookup(netd_t *d, const netd_listen_spec_t *spec);
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * `watch` events: filled as typed records on the thread where they happen (a worker for
  * connections, the main loop for servers), handed to the main loop through its mailbox,
@@ -30,7 +31,9 @@ netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_se
 {
     if (atomic_load_explicit(&d->watchers, memory_order_relaxed) == 0)
         return NULL; /* nobody listens: no allocation, no message */
-    size_t name_len = strlen(s->spec.name);
+    /* The label, not spec.name: workers call this, and a retired server's name changes
+     * on the main loop ("NAME#ID"). */
+    size_t name_len = strlen(s->label);
     netd_event_t *e = calloc(1, sizeof(*e) + name_len + 1);
     if (!e)
         return NULL;
@@ -39,7 +42,7 @@ netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_se
     e->server = s->id;
     e->thread = -1;
     e->time_ms = netd_wall_ms();
-    memcpy(e->server_name, s->spec.name, name_len + 1);
+    memcpy(e->server_name, s->label, name_len + 1);
     return e;
 }
 

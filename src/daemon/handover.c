@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The handover channel between a running netd and the binary that takes over from it
  * (DESIGN.md 2b): one SOCK_SEQPACKET socketpair. A message is one packet: a 4-byte
@@ -20,7 +21,7 @@ int netd_ho_pair(int fds[2])
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0)
         return -errno;
     /* A packet is at most one batch: make room for the largest one up front. */
-    int size = NETD_HO_MAX_PACKET + 4096;
+    int size = (int)NETD_HO_MAX_PACKET + 4096;
     for (int i = 0; i < 2; i++) {
         setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
         setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The handover channel of a live upgrade (handover.c): framed packets with descriptors
  * on a SOCK_SEQPACKET socketpair. Blocking with a deadline: both processes are paused at
@@ -10,10 +11,14 @@
 #include <stdint.h>
 #include <jansson.h>
 
+/* The upgrade protocol both sides speak ("ready" says it; another one is refused). */
+#define NETD_UPGRADE_PROTO 1
+/* Records' bytes per packet (with the JSON header well under NETD_HO_MAX_PACKET). */
+#define NETD_HO_PAYLOAD_MAX ((size_t)96 * 1024)
 /* At most this many descriptors in one packet (the kernel's SCM_MAX_FD is 253). */
 #define NETD_HO_MAX_FDS 253
 /* At most this many bytes in one packet (header, JSON and payload). */
-#define NETD_HO_MAX_PACKET (1024 * 1024)
+#define NETD_HO_MAX_PACKET ((size_t)1024 * 1024)
 
 /* One received packet. Descriptors not taken (set to -1 by the taker) are closed by
  * netd_ho_msg_free. */

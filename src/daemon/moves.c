@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Moving live sockets between workers (`move`, `rebalance`): the main loop's registry of
  * moves in flight, and the worker side that hands a socket's records to the library's
@@ -178,10 +179,11 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
         }
         m->conns[0] = c;
         m->conns[1] = pair;
+        netd_obs_move_out(from, c);
+        netd_obs_move_out(from, pair);
         for (int i = 0; i < 2; i++)
             if (m->conns[i])
                 netd_worker_remove(m->conns[i]);
-        (void)from;
         return;
     }
     if (phase == ND_MOVE_ADOPTED) {
@@ -191,9 +193,13 @@ static void on_move(nd_socket_t *sock, nd_move_phase_t phase, int err, void *arg
         netd_worker_insert(to, c);
         if (pair)
             netd_worker_insert(to, pair);
+        netd_obs_move_in(to, c);
+        netd_obs_move_in(to, pair);
         /* The reply describes the socket that was asked for, either half of a pair. */
         netd_sockinfo_of(pair && pair->id == m->socket_id ? pair : c, &m->arrived);
         m->rc = 0;
+        netd_log(NETD_LOG_DEBUG, "socket %llu moved from thread %d to thread %d",
+                 (unsigned long long)c->id, m->from, to->index);
         netd_worker_adopted(to, c);
         complete(m);
         return;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Parsing one control request line (CONTROL.md "Envelope"): JSON with duplicate keys
  * refused, the envelope, and every argument checked against the command table. No I/O,

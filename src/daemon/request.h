@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * One control request, parsed and checked against the command table (request.c).
  */

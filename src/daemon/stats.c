@@ -1,7 +1,8 @@
+/* SPDX-License-Identifier: MIT */
 /*
- * The daemon's counters: one X-macro list drives the `stats` reply and the Prometheus
- * `metrics` text, so the two never disagree. Figures are summed on demand from the
- * per-thread and per-server atomics.
+ * The daemon's counters: one X-macro list drives the `stats` reply and the daemon-wide part
+ * of the Prometheus text (metrics.c builds the rest), so the two never disagree. Figures
+ * are summed on demand from the per-thread and per-server atomics.
  */
 #include "config.h"
 
@@ -40,17 +41,39 @@ typedef struct totals {
       "Proxy upstream connects that failed.", upstream_failed)                              \
     X("servers", "netd_servers", "gauge", "Servers open.", servers)
 
+/* What the servers that are gone counted: the daemon's totals never go down. */
+struct netd_closed_totals {
+    uint64_t accepted, rejected, accept_paused, handoff_failed;
+};
+
+int netd_stats_init(netd_t *d)
+{
+    d->closed = calloc(1, sizeof(*d->closed));
+    return d->closed ? 0 : -1;
+}
+
+void netd_stats_free(netd_t *d)
+{
+    free(d->closed);
+    d->closed = NULL;
+}
+
 static void sum(netd_t *d, totals_t *t)
 {
     memset(t, 0, sizeof(*t));
-    t->accepted = d->closed.accepted;
-    t->rejected = d->closed.rejected;
-    t->accept_paused = d->closed.accept_paused;
-    t->handoff_failed = d->closed.handoff_failed;
+    t->accepted = d->closed->accepted;
+    t->rejected = d->closed->rejected;
+    t->accept_paused = d->closed->accept_paused;
+    t->handoff_failed = d->closed->handoff_failed;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
     {
         t->servers++;
+        /* Counted by the process this one took over from (upgrade). */
+        t->accepted += s->carried.accepted;
+        t->rejected += s->carried.rejected;
+        t->accept_paused += s->carried.accept_paused;
+        t->handoff_failed += s->carried.handoff_failed;
         if (!s->group)
             continue;
         nd_server_stats_t st;
@@ -80,14 +103,38 @@ uint64_t netd_stats_accept_paused(netd_t *d)
     return t.accept_paused;
 }
 
-void netd_stats_closed_server(netd_t *d, nd_server_t *group)
+void netd_stats_closed_server(netd_t *d, netd_server_t *s)
 {
     nd_server_stats_t st;
-    nd_server_stats(group, &st);
-    d->closed.accepted += st.accepted;
-    d->closed.rejected += st.rejected;
-    d->closed.accept_paused += st.accept_paused;
-    d->closed.handoff_failed += st.handoff_failed;
+    nd_server_stats(s->group, &st);
+    struct netd_closed_totals *c = d->closed;
+    c->accepted += st.accepted + s->carried.accepted;
+    c->rejected += st.rejected + s->carried.rejected;
+    c->accept_paused += st.accept_paused + s->carried.accept_paused;
+    c->handoff_failed += st.handoff_failed + s->carried.handoff_failed;
+}
+
+json_t *netd_stats_closed_json(netd_t *d)
+{
+    const struct netd_closed_totals *c = d->closed;
+    return json_pack("{s:I, s:I, s:I, s:I}", "accepted", (json_int_t)c->accepted, "rejected",
+                     (json_int_t)c->rejected, "acceptPaused", (json_int_t)c->accept_paused,
+                     "handoffFailed", (json_int_t)c->handoff_failed);
+}
+
+static uint64_t uget(const json_t *o, const char *key)
+{
+    json_int_t v = json_integer_value(json_object_get(o, key));
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+void netd_stats_closed_load(netd_t *d, const json_t *closed)
+{
+    struct netd_closed_totals *c = d->closed;
+    c->accepted = uget(closed, "accepted");
+    c->rejected = uget(closed, "rejected");
+    c->accept_paused = uget(closed, "acceptPaused");
+    c->handoff_failed = uget(closed, "handoffFailed");
 }
 
 static json_t *threads_json(netd_t *d)
@@ -121,82 +168,19 @@ json_t *netd_stats_json(netd_t *d)
     return o;
 }
 
-static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+void netd_stats_metrics(netd_t *d, netd_text_t *t)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (*buf && *len + (size_t)n < *cap) {
-            *len += (size_t)n;
-            return;
-        }
-        size_t ncap = *cap ? *cap * 2 : 4096;
-        while (ncap < *len + (size_t)n + 1)
-            ncap *= 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return;
-        *buf = nb;
-        *cap = ncap;
-    }
-}
-
-char *netd_metrics_text(netd_t *d)
-{
-    totals_t t;
-    sum(d, &t);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
+    totals_t tot;
+    sum(d, &tot);
 #define NETD_STAT_METRIC(field, metric, type, help, member)                                  \
-    append(&buf, &len, &cap, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", metric, help, metric,     \
-           type, metric, (unsigned long long)t.member);
+    netd_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", metric, help, metric, type,   \
+                     metric, (unsigned long long)tot.member);
     NETD_STATS(NETD_STAT_METRIC)
 #undef NETD_STAT_METRIC
-    append(&buf, &len, &cap, "# HELP netd_uptime_seconds Seconds since netd started.\n"
-                             "# TYPE netd_uptime_seconds gauge\nnetd_uptime_seconds %.3f\n",
-           (double)(netd_now_ms() - d->started_ms) / 1000.0);
-    append(&buf, &len, &cap, "# HELP netd_fd_limit Open-file limit.\n# TYPE netd_fd_limit gauge\n"
-                             "netd_fd_limit %d\n",
-           d->fd_limit);
-    append(&buf, &len, &cap,
-           "# HELP netd_thread_connections Live connections per worker thread.\n"
-           "# TYPE netd_thread_connections gauge\n");
-    for (int i = 0; i < d->nworkers; i++) {
-        nd_loop_stats_t ls;
-        nd_loop_stats(d->workers[i].loop, &ls);
-        append(&buf, &len, &cap, "netd_thread_connections{thread=\"%d\"} %llu\n", i,
-               (unsigned long long)ls.connections);
-    }
-    append(&buf, &len, &cap,
-           "# HELP netd_server_connections Live connections per server.\n"
-           "# TYPE netd_server_connections gauge\n");
-    netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
-        nd_server_stats_t st = {0};
-        if (s->group)
-            nd_server_stats(s->group, &st);
-        /* Label values escape backslash, quote and newline (the exposition format). */
-        char name[256];
-        size_t k = 0;
-        for (const char *p = s->spec.name; *p && k + 2 < sizeof(name); p++) {
-            if (*p == '\\' || *p == '"' || *p == '\n') {
-                name[k++] = '\\';
-                name[k++] = *p == '\n' ? 'n' : *p;
-            } else {
-                name[k++] = *p;
-            }
-        }
-        name[k] = '\0';
-        append(&buf, &len, &cap, "netd_server_connections{server=\"%s\",id=\"%llu\"} %llu\n",
-               name, (unsigned long long)s->id, (unsigned long long)st.connections);
-    }
-    return buf;
+    netd_text_printf(t, "# HELP netd_uptime_seconds Seconds since netd started.\n"
+                        "# TYPE netd_uptime_seconds gauge\nnetd_uptime_seconds %.3f\n",
+                     (double)(netd_now_ms() - d->started_ms) / 1000.0);
+    netd_text_printf(t, "# HELP netd_fd_limit Open-file limit.\n# TYPE netd_fd_limit gauge\n"
+                        "netd_fd_limit %d\n",
+                     d->fd_limit);
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Worker threads: each owns a loop and the registry of the connections it serves, runs
  * the handlers, enforces per-connection limits, and answers fan-out queries with typed
@@ -19,21 +20,45 @@
 static void on_conn_close(void *sock, const nd_event_t *ev, void *arg);
 static void on_idle(void *sock, const nd_event_t *ev, void *arg);
 
-static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
-                             enum netd_role role)
+static netd_conn_t *conn_make(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                              enum netd_role role, uint64_t id, uint64_t age_ms)
 {
     netd_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->id = netd_next_id(w->d);
+    c->id = id;
     c->sock = sock;
     c->server = srv;
     c->role = role;
-    c->created_ms = netd_now_ms();
+    c->created_ms = netd_now_ms() - age_ms;
     netd_server_retain(srv);
     netd_worker_insert(w, c);
     nd_socket_set_data(sock, c); /* the daemon's slot: handlers leave it alone */
     return c;
+}
+
+static netd_conn_t *conn_new(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                             enum netd_role role)
+{
+    return conn_make(w, sock, srv, role, netd_next_id(w->d), 0);
+}
+
+netd_conn_t *netd_worker_import_conn(netd_worker_t *w, nd_socket_t *sock, netd_server_t *srv,
+                                     enum netd_role role, uint64_t id, uint64_t age_ms)
+{
+    netd_conn_t *c = conn_make(w, sock, srv, role, id, age_ms);
+    if (c)
+        c->parked = true;
+    return c;
+}
+
+void netd_conn_forget(netd_conn_t *c)
+{
+    if (c->pair)
+        c->pair->pair = NULL;
+    netd_worker_remove(c);
+    netd_server_release(c->server);
+    free(c);
 }
 
 void netd_worker_insert(netd_worker_t *w, netd_conn_t *c)
@@ -51,6 +76,7 @@ void netd_worker_remove(netd_conn_t *c)
 static void attach(netd_conn_t *c)
 {
     nd_socket_on(c->sock, ND_EV_CLOSE, on_conn_close, c);
+    netd_obs_attach(c);
     nd_socket_set_high_water_mark(c->sock, atomic_load(&c->worker->d->high_water_mark));
     if (c->role == NETD_ROLE_CLIENT) {
         unsigned t = atomic_load(&c->server->timeout_ms);
@@ -59,11 +85,12 @@ static void attach(netd_conn_t *c)
     }
 }
 
-static void watch_close(netd_conn_t *c, const nd_event_t *ev)
+/* A watch event about a connection, with what every such event carries. */
+static netd_event_t *conn_event(netd_conn_t *c, enum netd_event_kind kind)
 {
-    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CLOSE, c->server);
+    netd_event_t *e = netd_event_new(c->worker->d, kind, c->server);
     if (!e)
-        return;
+        return NULL;
     e->socket = c->id;
     e->thread = c->worker->index;
     const char *ra = nd_socket_remote_address(c->sock);
@@ -71,6 +98,14 @@ static void watch_close(netd_conn_t *c, const nd_event_t *ev)
         snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
         e->remote_port = nd_socket_remote_port(c->sock);
     }
+    return e;
+}
+
+static void watch_close(netd_conn_t *c, const nd_event_t *ev)
+{
+    netd_event_t *e = conn_event(c, NETD_EV_CLOSE);
+    if (!e)
+        return;
     e->duration_ms = netd_now_ms() - c->created_ms;
     e->bytes_read = nd_socket_bytes_read(c->sock);
     e->bytes_written = nd_socket_bytes_written(c->sock);
@@ -85,6 +120,7 @@ static void on_conn_close(void *sock, const nd_event_t *ev, void *arg)
     if (c->role == NETD_ROLE_CLIENT) {
         atomic_fetch_add(&srv->bytes_read_closed, nd_socket_bytes_read(sock));
         atomic_fetch_add(&srv->bytes_written_closed, nd_socket_bytes_written(sock));
+        netd_obs_closed(c, ev);
         watch_close(c, ev);
     }
     /* Paired records are always on the same worker (moves.c keeps it so). */
@@ -100,6 +136,7 @@ static void on_idle(void *sock, const nd_event_t *ev, void *arg)
 {
     netd_conn_t *c = arg;
     atomic_fetch_add(&c->worker->idle_timeouts, 1);
+    netd_obs_end(c, NETD_END_TIMEOUT);
     netd_log(NETD_LOG_DEBUG, "socket %llu idle for %u ms: destroyed",
              (unsigned long long)c->id, atomic_load(&c->server->timeout_ms));
     nd_socket_destroy(sock);
@@ -123,7 +160,11 @@ static void upstream_failed(void *ctx, nd_socket_t *client, const nd_error_t *er
 {
     netd_worker_t *w = ctx;
     atomic_fetch_add(&w->upstream_failed, 1);
-    netd_log(NETD_LOG_WARN, "proxy upstream: %s", err ? err->message : "failed");
+    netd_conn_t *cc = nd_socket_data(client);
+    if (cc)
+        netd_obs_end(cc, NETD_END_UPSTREAM);
+    netd_log_limited(NETD_LOG_WARN, "upstream", "server %s: proxy upstream: %s",
+                     cc ? cc->server->label : "?", err ? err->message : "failed");
 }
 
 static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstream)
@@ -158,17 +199,9 @@ static netd_handler_env_t env_of(netd_worker_t *w)
 
 static void watch_connection(netd_conn_t *c)
 {
-    netd_event_t *e = netd_event_new(c->worker->d, NETD_EV_CONNECTION, c->server);
-    if (!e)
-        return;
-    e->socket = c->id;
-    e->thread = c->worker->index;
-    const char *ra = nd_socket_remote_address(c->sock);
-    if (ra) {
-        snprintf(e->remote_address, sizeof(e->remote_address), "%s", ra);
-        e->remote_port = nd_socket_remote_port(c->sock);
-    }
-    netd_event_post(e);
+    netd_event_t *e = conn_event(c, NETD_EV_CONNECTION);
+    if (e)
+        netd_event_post(e);
 }
 
 static void on_connection(void *ws, const nd_event_t *ev, void *arg)
@@ -191,6 +224,12 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
     if (sp->keep_alive_ms >= 0)
         nd_socket_set_keep_alive(sock, 1, (unsigned)sp->keep_alive_ms);
     attach(c);
+    if (netd_log_level >= NETD_LOG_TRACE) {
+        const char *peer = nd_socket_remote_address(sock);
+        netd_log(NETD_LOG_TRACE, "server %s: connection %llu from %s:%d handed to thread %d",
+                 srv->label, (unsigned long long)c->id, peer ? peer : "(unix)",
+                 nd_socket_remote_port(sock), w->index);
+    }
     watch_connection(c);
     netd_handler_env_t env = env_of(w);
     netd_handler_connection(&sp->handler, sock, &env);
@@ -198,7 +237,10 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
 
 void netd_worker_server_init(nd_server_t *ws, int index, void *arg)
 {
+    netd_server_t *srv = arg;
+    srv->members[index] = ws; /* this worker's slot, read only on this worker */
     nd_server_on(ws, ND_EV_CONNECTION, on_connection, arg);
+    netd_server_release(srv); /* the reference netd_server_open took for this init */
 }
 
 void netd_worker_adopted(netd_worker_t *w, netd_conn_t *c)
@@ -254,6 +296,7 @@ static void sweep(evutil_socket_t fd, short what, void *arg)
         /* A reader that takes nothing while its queue is at the limit. */
         if (queued > 0 && queued >= limit && nd_socket_idle_ms(c->sock) >= stall_ms) {
             atomic_fetch_add(&w->slow_destroyed, 1);
+            netd_obs_end(c, NETD_END_SLOW);
             netd_log(NETD_LOG_WARN, "socket %llu: %zu bytes queued, no progress for %u ms: destroyed",
                      (unsigned long long)c->id, queued, stall_ms);
             nd_socket_destroy(c->sock);
@@ -310,6 +353,7 @@ static void worker_teardown(nd_loop_t *loop, void *arg)
     netd_conn_t *c, *next;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
+        netd_obs_end(c, NETD_END_DESTROY);
         nd_socket_destroy(c->sock);
     }
 }
@@ -407,7 +451,7 @@ int netd_fanout(netd_t *d, netd_fanout_fn fn, netd_fanout_done done, void *ctx)
         nd_loop_post_msg(d->workers[i].loop, &f->parts[i].msg, fanout_run, &f->parts[i],
                          fanout_dropped);
     }
-    return 0;
+    return 0; // NOLINT(clang-analyzer-unix.Malloc): the posted parts own f now
 }
 
 /* ------------------------------------------------------------------ describing */
@@ -432,6 +476,7 @@ void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out)
     memset(out, 0, sizeof(*out));
     out->id = c->id;
     out->server = c->server->id;
+    snprintf(out->server_name, sizeof(out->server_name), "%s", c->server->label);
     out->thread = c->worker->index;
     out->role = c->role;
     out->state = state_of(s);
@@ -459,8 +504,9 @@ json_t *netd_sockinfo_json(const netd_sockinfo_t *i)
 {
     bool ip = i->remote_address[0] != '\0';
     bool lip = i->local_address[0] != '\0';
-    return json_pack("{s:I, s:I, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
-                     "id", (json_int_t)i->id, "server", (json_int_t)i->server, "thread",
+    return json_pack("{s:I, s:I, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
+                     "id", (json_int_t)i->id, "server", (json_int_t)i->server, "serverName",
+                     i->server_name, "thread",
                      i->thread, "remoteAddress",
                      ip ? json_string(i->remote_address) : json_null(), "remotePort",
                      ip ? json_integer(i->remote_port) : json_null(), "remoteFamily",

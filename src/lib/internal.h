@@ -38,6 +38,9 @@
  * a pair         (piped both ways) moves together; while one half is torn down and its
  *                'close' has not run, the other cannot move: the application's listeners
  *                on the closing half may still point at it (nd_socket_t.pair).
+ *                One move at a time: from nd_socket_move until the adopt, a second move
+ *                of either half, or an export, is refused (EBUSY); two departures would
+ *                detach the pair twice from the loop it already left.
  */
 
 #include "config.h"
@@ -298,6 +301,8 @@ void nd__server_connection_destroyed(nd_server_t *s);
 /* ... and its 'close' has run: a closing server's own 'close' may come now, so it stays the
  * last event of the server. Called once per connection, after the above. */
 void nd__server_connection_closed(nd_server_t *s);
+/* A socket imported from another process joins s's count (not its accepted total). */
+void nd__server_connection_imported(nd_server_t *s);
 
 
 /* Server groups (server.c): moving a socket between members of its group. */

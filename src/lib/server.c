@@ -64,6 +64,7 @@ struct nd_server {
     uint64_t accepted_total, rejected_total, accept_paused_total;
     int fd_ceiling;     /* accept pauses for descriptors >= this (0: none) */
     nd__group_t *group; /* NULL for a plain server */
+    unsigned accept_gen; /* a worker_accepts acceptor: the listen its descriptor is from */
     int index;          /* worker-side server: its member index; -1 otherwise */
 };
 
@@ -89,6 +90,12 @@ struct nd__group {
     _Atomic unsigned rr_next; /* the acceptor's, and the owner's when it closes */
     int rp_waiting, rp_err; /* members' listen replies still due, first failure */
     bool shared;        /* worker_accepts: the first member accepts for the group */
+    /* worker_accepts: the listen generation the acceptor may accept for, 0 for none (closed,
+     * or exported by nd_server_export). The acceptor holds accept_lock around a wake's
+     * accepts and posts, so the owner, once it set this under the lock, knows that every
+     * connection accepted before is posted, and that no more will be. */
+    pthread_mutex_t accept_lock;
+    _Atomic unsigned accept_gen;
     bool owner_accepts; /* owner thread: the owner's loop accepts (the default, or the
                            acceptor could not take the listener) */
     unsigned listen_gen;    /* replies of an older listen attempt are ignored */
@@ -125,6 +132,7 @@ static bool group_is_owner(const nd_server_t *s)
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
 static void accept_some(nd_server_t *s);
+static void stop_acceptor(nd__group_t *g);
 static void on_backoff(evutil_socket_t fd, short what, void *arg);
 static void unlink_own_file(nd_server_t *s);
 
@@ -514,6 +522,25 @@ static int listen_on_fd(nd_server_t *s, int fd, int backlog)
     return 0;
 }
 
+ND_EXPORT int nd_server_listen_fd_path(nd_server_t *s, int fd, const char *path, int backlog)
+{
+    if (!s || fd < 0 || !path || !*path || strlen(path) >= sizeof(s->path))
+        return -EINVAL;
+    int rc = check_can_listen(s);
+    if (rc)
+        return rc;
+    rc = listen_on_fd(s, fd, backlog);
+    if (rc || s->state != SRV_LISTENING)
+        return rc;
+    /* The file is this server's from now on, as if it had bound it: removed at close if
+     * that directory entry still is this file. */
+    snprintf(s->path, sizeof(s->path), "%s", path);
+    size_t base;
+    int dirfd = open_parent(path, &base);
+    remember_file(s, dirfd, base);
+    return 0;
+}
+
 ND_EXPORT int nd_server_listen_fd(nd_server_t *s, int fd, int backlog)
 {
     if (!s || fd < 0)
@@ -586,19 +613,14 @@ ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg
     if (s->state == SRV_IDLE || s->state == SRV_CLOSING)
         return ND_ENOTRUNNING;
     if (s->group) {
-        /* Connections that completed their handshake before close() are served, as when
-         * the owner accepted them itself: the acceptor may not have reached them yet. The
-         * owner takes what is queued now and hands it off. */
         bool shared = s->group->shared && !s->group->owner_accepts;
-        if (shared && s->state == SRV_LISTENING && s->fd >= 0)
-            accept_some(s);
+        /* The acceptor stops at once, as the owner's own accepting would: what is queued
+         * stays for whoever else holds the socket, or goes with its last descriptor. */
+        if (shared)
+            stop_acceptor(s->group);
         /* Set before live is read (seq_cst): a worker dropping to zero either sees it and
          * tells us, or we see zero here. */
         atomic_store_explicit(&s->group->closing, true, memory_order_seq_cst);
-        /* The acceptor's duplicate of a shared listener would keep it open until the
-         * member hears of the close: shutting it down refuses new connections at once. */
-        if (shared && s->fd >= 0)
-            shutdown(s->fd, SHUT_RD);
         if (shared || s->group->balance == ND_BALANCE_REUSEPORT)
             group_unlisten_members(s->group);
     }
@@ -895,8 +917,22 @@ static void accept_some(nd_server_t *s)
     int member[ND__ACCEPTS_PER_WAKE];
     int nbatch = 0;
     nd__loop_awake(s->h.loop);
+    /* worker_accepts: the acceptor's wake is one unit against an export (see held). */
+    pthread_mutex_t *lock = s->group && s->group->shared && s->index >= 0
+                                ? &s->group->accept_lock
+                                : NULL;
+    if (lock) {
+        pthread_mutex_lock(lock);
+        if (atomic_load(&s->group->accept_gen) != s->accept_gen) {
+            stop_accepting(s); /* closed or exported: not ours to accept from any more */
+            pthread_mutex_unlock(lock);
+            return;
+        }
+    }
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__ACCEPTS_PER_WAKE && s->state == SRV_LISTENING; i++) {
+        if (lock && atomic_load(&s->group->accept_gen) != s->accept_gen)
+            break; /* closed or exported by a listener of this wake's own 'connection' */
         nd__sockaddr_t peer;
         socklen_t plen = sizeof(peer);
         int fd = accept4(s->fd, &peer.sa, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -937,6 +973,8 @@ static void accept_some(nd_server_t *s)
             int m = pick_member(s->group);
             atomic_fetch_add(&s->group->m[m].live, 1);
             if (m == s->index) {
+                /* As if handed over by the group's listener, which it is. */
+                ND__STAT_ADD(s->h.loop->stats.handed_off, 1);
                 deliver(s, fd, &peer.sa, plen);
                 continue;
             }
@@ -951,6 +989,8 @@ static void accept_some(nd_server_t *s)
     }
     if (nbatch > 0)
         hand_off(s, batch, member, nbatch);
+    if (lock)
+        pthread_mutex_unlock(lock);
     nd__handle_release(&s->h);
 }
 
@@ -1151,6 +1191,7 @@ static void group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, vo
 static void group_release(nd__group_t *g)
 {
     if (atomic_fetch_sub(&g->refs, 1) == 1) {
+        pthread_mutex_destroy(&g->accept_lock);
         free(g->m);
         free(g);
     }
@@ -1276,6 +1317,13 @@ ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_opt
     g->allow_half_open = opts && opts->allow_half_open;
     g->ipv6_only = opts && opts->ipv6_only;
     g->shared = opts && opts->worker_accepts && balance != ND_BALANCE_REUSEPORT;
+    /* Recursive: a 'connection' listener on the acceptor's loop may export the listener
+     * (a group whose owner is its first worker) while the acceptor holds it. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g->accept_lock, &ma);
+    pthread_mutexattr_destroy(&ma);
     atomic_init(&g->refs, 1); /* the owner's */
     s->group = g;
     for (int i = 0; i < nworkers; i++) {
@@ -1406,19 +1454,21 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     nd__group_t *g = msg->g;
     nd_server_t *ws = g->m[msg->index].server;
     int err = ws ? 0 : -ENOMEM;
-    if (ws && msg->owns_fd) {
+    if (ws && msg->owns_fd && g->balance != ND_BALANCE_REUSEPORT) {
         /* The group's one listener: this member accepts for all of them. */
         if (ws->fd >= 0) {
             stop_accepting(ws);
             close(ws->fd);
         }
         ws->fd = msg->fd;
-        msg->owns_fd = false;
+        msg->fd = -1;
+        ws->accept_gen = msg->gen;
         ws->state = SRV_LISTENING;
         start_accepting(ws);
     } else if (ws && ws->fd < 0) {
-        int fd = -1;
-        err = reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
+        int fd = msg->fd; /* handed over by another process (nd_server_listen_reuseport_fds) */
+        msg->fd = -1;
+        err = fd >= 0 ? 0 : reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
         if (!err && listen(fd, msg->backlog) != 0) {
             err = -errno;
             close(fd);
@@ -1429,8 +1479,10 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
             start_accepting(ws);
         }
     }
-    if (msg->owns_fd)
-        close(msg->fd); /* no worker-side server to take it */
+    if (msg->fd >= 0) { /* not taken: no worker-side server to take it */
+        close(msg->fd);
+        msg->fd = -1;
+    }
     group_msg_t *reply = calloc(1, sizeof(*reply));
     if (reply) {
         reply->err = err;
@@ -1457,6 +1509,8 @@ static int share_listener(nd_server_t *s)
     }
     g->rp_waiting = 1;
     g->rp_err = 0;
+    /* listen_gen counts listens from 1: never 0, which means "none". */
+    atomic_store(&g->accept_gen, g->listen_gen);
     msg->index = 0;
     msg->gen = g->listen_gen;
     msg->fd = fd;
@@ -1491,16 +1545,11 @@ static void group_unlisten_members(nd__group_t *g)
 }
 
 /* The owner holds the port with a bound, never-listening socket (so port 0 resolves to one
- * port for everyone); the members listen on it and accept by themselves. */
-static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+ * port for everyone); the members listen on it and accept by themselves. member_fds: the
+ * members' listening descriptors handed over by another process, or NULL. */
+static void start_reuseport(nd_server_t *s, int fd, const char *ip, const int *member_fds)
 {
     nd__group_t *g = s->group;
-    int fd = -1;
-    int err = reuseport_socket(ip, port, g->ipv6_only, &fd);
-    if (err) {
-        fail_listen(s, err, "listen", ip, port);
-        return;
-    }
     s->fd = fd;
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
@@ -1522,10 +1571,48 @@ static void listen_reuseport(nd_server_t *s, const char *ip, int port)
         msg->gen = g->listen_gen;
         msg->port = a.port;
         msg->backlog = s->backlog;
+        msg->fd = member_fds ? member_fds[i] : -1;
+        msg->owns_fd = msg->fd >= 0;
         memcpy(msg->ip, a.address, sizeof(msg->ip) - 1); /* an IP literal fits */
         group_post(g, g->m[i].loop, member_listen_msg, msg);
     }
     update_active(s);
+}
+
+static void listen_reuseport(nd_server_t *s, const char *ip, int port)
+{
+    nd__group_t *g = s->group;
+    int fd = -1;
+    int err = reuseport_socket(ip, port, g->ipv6_only, &fd);
+    if (err) {
+        fail_listen(s, err, "listen", ip, port);
+        return;
+    }
+    start_reuseport(s, fd, ip, NULL);
+}
+
+ND_EXPORT int nd_server_listen_reuseport_fds(nd_server_t *s, int owner_fd, const int *member_fds,
+                                             int n, int backlog)
+{
+    if (!s || owner_fd < 0 || !member_fds || !group_is_owner(s) ||
+        s->group->balance != ND_BALANCE_REUSEPORT || n != s->group->n)
+        return -EINVAL;
+    int rc = check_can_listen(s);
+    if (rc)
+        return rc;
+    restart(s, backlog);
+    nd__set_nonblock_cloexec(owner_fd);
+    for (int i = 0; i < n; i++)
+        nd__set_nonblock_cloexec(member_fds[i]);
+    nd__sockaddr_t sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(owner_fd, &sa.sa, &len) != 0)
+        return -errno;
+    nd_address_t a;
+    nd__address_from(&a, &sa.sa, len);
+    s->port = a.port;
+    start_reuseport(s, owner_fd, a.address, member_fds);
+    return 0;
 }
 
 /* --- moves between members --- */
@@ -1564,4 +1651,82 @@ void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock)
     nd__handle_retain(&ws->h);
     nd__emit(&ws->h.em, ws, &ev);
     nd__handle_release(&ws->h);
+}
+
+/* ------------------------------------------------------------------ handing over */
+
+void nd__server_connection_imported(nd_server_t *s)
+{
+    s->nconn++;
+    s->nopen++;
+    ND__STAT_ADD(s->h.loop->stats.connections, 1);
+    nd__group_t *g = s->group;
+    if (g) {
+        atomic_fetch_add(&g->live, 1);
+        atomic_fetch_add(&g->unclosed, 1);
+        if (s->index >= 0)
+            atomic_fetch_add(&g->m[s->index].live, 1);
+    }
+}
+
+/* Once the lock is ours the acceptor has posted all it took and takes no more: whatever
+ * this thread posts to a worker from now on arrives after those connections. */
+static void stop_acceptor(nd__group_t *g)
+{
+    pthread_mutex_lock(&g->accept_lock);
+    atomic_store(&g->accept_gen, 0);
+    pthread_mutex_unlock(&g->accept_lock);
+}
+
+/* The owner of a worker_accepts group whose first worker accepts (no fallback). */
+static bool acceptor_is_member(const nd_server_t *s)
+{
+    return group_is_owner(s) && s->group->shared && !s->group->owner_accepts;
+}
+
+ND_EXPORT int nd_server_export(nd_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->fd < 0 || (s->state != SRV_LISTENING))
+        return ND_ENOTRUNNING;
+    if (acceptor_is_member(s))
+        stop_acceptor(s->group);
+    stop_accepting(s);
+    return s->fd;
+}
+
+ND_EXPORT void nd_server_export_abort(nd_server_t *s)
+{
+    if (!s || s->state != SRV_LISTENING || s->fd < 0)
+        return;
+    if (acceptor_is_member(s)) {
+        atomic_store(&s->group->accept_gen, s->group->listen_gen);
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (msg) /* the acceptor watches its listener again */
+            group_post(s->group, s->group->m[0].loop, member_resume_msg, msg);
+        return;
+    }
+    /* A reuseport owner never accepts; any other owner does when its loop is the acceptor. */
+    if (!group_is_owner(s) ||
+        (s->group->balance != ND_BALANCE_REUSEPORT && s->group->owner_accepts))
+        start_accepting(s);
+}
+
+ND_EXPORT void nd_server_export_commit(nd_server_t *s)
+{
+    if (!s)
+        return;
+    /* The socket file (if any) is the other process's now: never removed from here. */
+    s->unlink_on_close = false;
+    if (s->group && !group_is_owner(s)) {
+        /* A reuseport member: its listener goes; the group closes through its owner. */
+        stop_accepting(s);
+        if (s->fd >= 0)
+            close(s->fd);
+        s->fd = -1;
+        s->state = SRV_IDLE;
+        return;
+    }
+    nd_server_close(s, NULL, NULL);
 }

@@ -123,6 +123,8 @@ struct nd_socket {
     bool pipe_end : 1, pipe_paused : 1;
     bool bulk : 1;    /* the last read filled a chunk: a pipe from here splices */
     bool spliced : 1; /* counted in the loop's splicers (it took a pipe once) */
+    bool parked : 1;  /* exported to another process, or imported and not started: no I/O */
+    uint8_t owed;     /* while parked: deferred work (PK_*) to pend again when it starts */
     uint16_t keep_alive_delay_s; /* more than TCP_KEEPIDLE takes anyway */
     unsigned timeout_ms;
     uint32_t sp_len; /* bytes waiting in the splice pipe */
@@ -215,7 +217,7 @@ static uint64_t now_us(nd_loop_t *loop)
 static void touch(nd_socket_t *s)
 {
     s->last_active_us = now_us(s->h.loop);
-    if (s->timeout_ms && !s->timer_armed && s->timer_ev) {
+    if (s->timeout_ms && !s->timer_armed && s->timer_ev && !s->parked) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
         evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
@@ -239,7 +241,7 @@ static bool flowing_now(const nd_socket_t *s)
 static bool want_reading(const nd_socket_t *s)
 {
     if (s->state != SK_OPEN || !s->read_started || s->fin_rcvd || !s->opt_readable ||
-        s->moving)
+        s->moving || s->parked)
         return false;
     return flowing_now(s) || buffered(s) < ND__READ_HWM;
 }
@@ -287,7 +289,7 @@ static bool have_wev(nd_socket_t *s)
 
 static void start_writing(nd_socket_t *s)
 {
-    if (s->writing || s->fd < 0)
+    if (s->writing || s->fd < 0 || s->parked)
         return;
     if (!have_wev(s)) {
         destroy_with(s, -ENOMEM, "write", NULL, -1, NULL);
@@ -940,7 +942,7 @@ static void maybe_end(nd_socket_t *s)
  * 'end'. A listener may pause, move or destroy the socket at any chunk. */
 static void deliver(nd_socket_t *s)
 {
-    while (flowing_now(s) && !s->moving && !is_destroyed(s) && buffered(s) > 0) {
+    while (flowing_now(s) && !s->moving && !s->parked && !is_destroyed(s) && buffered(s) > 0) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(s->in, -1, NULL, &v, 1) < 1)
             break;
@@ -1245,6 +1247,8 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
 {
     if (!s || (!data && len))
         return -EINVAL;
+    if (s->parked)
+        return -EBUSY; /* its state is on its way to another process: nothing may change */
     if (is_destroyed(s)) /* v0.10: "This socket is closed", once per connection */
         return fail_write(s, ND_ECLOSED, cb, arg, WF_CLOSED);
     if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
@@ -1432,7 +1436,8 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
  * does on the next tick. */
 static void schedule_flow(nd_socket_t *s)
 {
-    if (flowing_now(s) && !is_destroyed(s) && (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
+    if (flowing_now(s) && !is_destroyed(s) && !s->parked &&
+        (buffered(s) > 0 || (s->fin_rcvd && !s->eof)))
         nd__handle_pend(&s->h, PK_FLOW);
 }
 
@@ -2003,6 +2008,10 @@ static int start_move(nd_socket_t *s, nd_loop_t *target, nd_adopt_fn on_adopt, n
     int rc = move_check(s, target, &peer, to);
     if (rc)
         return rc;
+    /* One move at a time, for either half of a pair: a second departure would detach the
+     * sockets from a loop they already left. A parked socket belongs to an export. */
+    if (s->moving || s->parked || (peer && (peer->moving || peer->parked)))
+        return -EBUSY;
     move_msg_t *m = calloc(1, sizeof(*m));
     if (!m)
         return -ENOMEM;
@@ -2043,4 +2052,595 @@ ND_EXPORT int nd_socket_move_notify(nd_socket_t *s, nd_loop_t *target, nd_move_f
     if (s && target == s->h.loop)
         return -EALREADY; /* no phase would ever be reported */
     return start_move(s, target, NULL, fn, arg);
+}
+
+/* ------------------------------------------------------------------ exporting to another process */
+
+/*
+ * The record: "NDSK", a version byte, the number of sockets (1, or 2 for a pair), then
+ * per socket a fixed list of fields (below), each integer little-endian. A version this
+ * code does not know is refused whole: fields are never guessed.
+ */
+#define EXPORT_MAGIC "NDSK"
+#define EXPORT_VERSION 1
+
+enum export_flag {
+    XF_HALF_OPEN = 1u << 0,
+    XF_READABLE = 1u << 1,
+    XF_WRITABLE = 1u << 2,
+    XF_PAUSED = 1u << 3,
+    XF_FLOWING = 1u << 4,
+    XF_READ_STARTED = 1u << 5,
+    XF_FIN_RCVD = 1u << 6,
+    XF_EOF = 1u << 7,
+    XF_PEER_ENDED = 1u << 8,
+    XF_ENDING = 1u << 9,
+    XF_FIN_SENT = 1u << 10,
+    XF_NEED_DRAIN = 1u << 11,
+    XF_NO_DELAY = 1u << 12,
+    XF_KEEP_ALIVE = 1u << 13,
+    XF_OPTS_SET = 1u << 14,
+    XF_UNIX = 1u << 15,
+    XF_HAVE_LOCAL = 1u << 16,
+    XF_HAVE_REMOTE = 1u << 17,
+    XF_PIPE_END = 1u << 18,
+    XF_PIPE_PAUSED = 1u << 19,
+    XF_PIPE_SELF = 1u << 20, /* pipe(s, s): an echo */
+    XF_PIPE_PEER = 1u << 21, /* piped to the other socket of the record */
+    XF_USER_REF = 1u << 22,
+    /* Events owed when it was exported: owed on the other side (a listener there gets them). */
+    XF_OWE_FLOW = 1u << 23,
+    XF_OWE_DRAIN = 1u << 24,
+    XF_OWE_FINISH = 1u << 25,
+    XF_OWE_AUTOCLOSE = 1u << 26,
+    XF_IN_SERVER = 1u << 27, /* counted in its server's connections: the importer's joins */
+};
+
+/* Deferred work that may travel: the rest (a connect, errors, write callbacks, 'close')
+ * means the socket is not quiet. */
+#define PK_TRAVELS (PK_FLOW | PK_DRAIN | PK_FINISH | PK_AUTOCLOSE)
+
+typedef struct wbuf {
+    unsigned char *p;
+    size_t len, cap;
+    bool failed;
+} wbuf_t;
+
+static void put(wbuf_t *w, const void *data, size_t n)
+{
+    if (w->failed)
+        return;
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 512;
+        while (cap < w->len + n)
+            cap *= 2;
+        unsigned char *p = realloc(w->p, cap);
+        if (!p) {
+            w->failed = true;
+            return;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    memcpy(w->p + w->len, data, n);
+    w->len += n;
+}
+
+static void put_u64(wbuf_t *w, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    put(w, b, 8);
+}
+
+static void put_str(wbuf_t *w, const char *str)
+{
+    size_t n = strlen(str);
+    put_u64(w, n);
+    put(w, str, n);
+}
+
+static void put_evbuffer(wbuf_t *w, struct evbuffer *b)
+{
+    size_t n = b ? evbuffer_get_length(b) : 0;
+    put_u64(w, n);
+    if (n == 0 || w->failed)
+        return;
+    /* Copied out, not drained: an abort leaves the socket exactly as it was. */
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 512;
+        while (cap < w->len + n)
+            cap *= 2;
+        unsigned char *p = realloc(w->p, cap);
+        if (!p) {
+            w->failed = true;
+            return;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    evbuffer_copyout(b, w->p + w->len, n);
+    w->len += n;
+}
+
+static void put_address(wbuf_t *w, const nd_address_t *a)
+{
+    put_u64(w, (uint64_t)a->family);
+    put_u64(w, (uint64_t)a->port);
+    put_str(w, a->address);
+}
+
+typedef struct rbuf {
+    const unsigned char *p;
+    size_t len, at;
+    bool bad;
+} rbuf_t;
+
+static uint64_t get_u64(rbuf_t *r)
+{
+    if (r->bad || r->len - r->at < 8) {
+        r->bad = true;
+        return 0;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)r->p[r->at + (size_t)i] << (8 * i);
+    r->at += 8;
+    return v;
+}
+
+/* The next n bytes, or NULL (malformed). */
+static const unsigned char *get_bytes(rbuf_t *r, uint64_t n)
+{
+    if (r->bad || n > r->len - r->at) {
+        r->bad = true;
+        return NULL;
+    }
+    const unsigned char *p = r->p + r->at;
+    r->at += (size_t)n;
+    return p;
+}
+
+static void get_str(rbuf_t *r, char *out, size_t cap)
+{
+    uint64_t n = get_u64(r);
+    const unsigned char *p = get_bytes(r, n);
+    if (!p || n >= cap) {
+        r->bad = true;
+        out[0] = '\0';
+        return;
+    }
+    memcpy(out, p, (size_t)n);
+    out[n] = '\0';
+}
+
+static void get_address(rbuf_t *r, nd_address_t *a)
+{
+    a->family = (int)get_u64(r);
+    a->port = (int)get_u64(r);
+    get_str(r, a->address, sizeof(a->address));
+}
+
+static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
+{
+    uint32_t f = 0;
+#define XF_SET(cond, bit)                                                                    \
+    if (cond)                                                                                \
+    f |= (bit)
+    XF_SET(s->allow_half_open, XF_HALF_OPEN);
+    XF_SET(s->opt_readable, XF_READABLE);
+    XF_SET(s->opt_writable, XF_WRITABLE);
+    XF_SET(s->paused, XF_PAUSED);
+    XF_SET(s->flowing, XF_FLOWING);
+    XF_SET(s->read_started, XF_READ_STARTED);
+    XF_SET(s->fin_rcvd, XF_FIN_RCVD);
+    XF_SET(s->eof, XF_EOF);
+    XF_SET(s->peer_ended, XF_PEER_ENDED);
+    XF_SET(s->ending, XF_ENDING);
+    XF_SET(s->fin_sent, XF_FIN_SENT);
+    XF_SET(s->need_drain, XF_NEED_DRAIN);
+    XF_SET(s->no_delay, XF_NO_DELAY);
+    XF_SET(s->keep_alive, XF_KEEP_ALIVE);
+    XF_SET(s->opts_set, XF_OPTS_SET);
+    XF_SET(s->is_unix, XF_UNIX);
+    XF_SET(s->have_local, XF_HAVE_LOCAL);
+    XF_SET(s->have_remote, XF_HAVE_REMOTE);
+    XF_SET(s->pipe_end, XF_PIPE_END);
+    XF_SET(s->pipe_paused, XF_PIPE_PAUSED);
+    XF_SET(s->pipe_dst == s, XF_PIPE_SELF);
+    XF_SET(peer && s->pipe_dst == peer, XF_PIPE_PEER);
+    XF_SET(s->h.user_ref, XF_USER_REF);
+    XF_SET((s->h.pending | s->owed) & PK_FLOW, XF_OWE_FLOW);
+    XF_SET((s->h.pending | s->owed) & PK_DRAIN, XF_OWE_DRAIN);
+    XF_SET((s->h.pending | s->owed) & PK_FINISH, XF_OWE_FINISH);
+    XF_SET((s->h.pending | s->owed) & PK_AUTOCLOSE, XF_OWE_AUTOCLOSE);
+    XF_SET(s->server && s->in_count, XF_IN_SERVER);
+#undef XF_SET
+    return f;
+}
+
+/* An endpoint as the record carries it (the text form nd_socket_address gives). */
+static void put_endpoint(wbuf_t *w, nd_socket_t *s, bool remote)
+{
+    nd_address_t a;
+    memset(&a, 0, sizeof(a));
+    const endpoint_t *ep = remote ? &s->remote : &s->local;
+    if (!remote && s->is_unix && s->text)
+        memcpy(a.address, s->text->local, sizeof(s->text->local));
+    else
+        endpoint_format(ep, a.address, sizeof(a.address));
+    a.family = ep->family;
+    a.port = ep->port;
+    put_address(w, &a);
+}
+
+static void export_one(wbuf_t *w, nd_socket_t *s, const nd_socket_t *peer)
+{
+    cache_local(s);
+    cache_remote(s);
+    put_u64(w, export_flags(s, peer));
+    put_u64(w, s->keep_alive_delay_s);
+    put_u64(w, s->timeout_ms);
+    put_u64(w, s->high_water_mark);
+    /* The record's queued and flushed totals: every write's mark is bytes_written here, and
+     * what was flushed is what no longer waits in the queue. */
+    put_u64(w, s->bytes_written);
+    put_u64(w, flushed(s));
+    put_u64(w, s->bytes_read);
+    put_u64(w, s->bytes_written);
+    put_u64(w, nd_socket_idle_ms(s));
+    nd__decoder_t none = {.enc = ND_ENC_NONE};
+    const nd__decoder_t *dec = s->decoding ? &s->decoding->dec : &none;
+    put_u64(w, (uint64_t)dec->enc);
+    put_u64(w, dec->npartial);
+    put(w, dec->partial, sizeof(dec->partial));
+    put_endpoint(w, s, false);
+    put_endpoint(w, s, true);
+    put_str(w, s->is_unix && s->dial ? s->dial->name : "");
+    put_evbuffer(w, s->in);
+    put_evbuffer(w, s->out); /* the splice pipe's bytes were moved in front (unsplice) */
+}
+
+/* Output waiting in the splice pipe goes in front of the output buffer, where it was in the
+ * queue's order: a record carries bytes, not a kernel pipe. All the memory is taken before
+ * the pipe is read, so this either moves every byte or changes nothing. Returns 0 or
+ * -ENOMEM. */
+static int unsplice(nd_socket_t *s)
+{
+    if (s->sp_len == 0)
+        return 0;
+    size_t n = s->sp_len;
+    char *tmp = malloc(n);
+    struct evbuffer *b = tmp ? evbuffer_new() : NULL;
+    if (!b || evbuffer_expand(b, n) != 0 || (!s->out && !(s->out = evbuffer_new()))) {
+        if (b)
+            evbuffer_free(b);
+        free(tmp);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(s->sp_r, tmp + got, n - got); /* the bytes are there: no EAGAIN */
+        if (r > 0)
+            got += (size_t)r;
+        else if (r < 0 && errno == EINTR)
+            continue;
+        else
+            break; /* cannot happen on our own pipe */
+    }
+    evbuffer_add(b, tmp, got); /* into the space reserved above */
+    evbuffer_prepend_buffer(s->out, b);
+    evbuffer_free(b);
+    free(tmp);
+    nd__loop_pipe_put(s->h.loop, s->sp_r, s->sp_w);
+    s->sp_r = s->sp_w = -1;
+    s->sp_len = 0;
+    return 0;
+}
+
+/* Why s cannot be exported now, or 0: open and quiet (nothing pending to emit, no write
+ * callback owed, no error queued), and piped only to itself or to its pair. */
+static int export_blocker(const nd_socket_t *s, const nd_socket_t *peer)
+{
+    if (is_destroyed(s))
+        return ND_ECLOSED;
+    if (s->state != SK_OPEN || s->moving || s->parked || (s->h.pending & ~PK_TRAVELS) ||
+        s->errq || s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
+        return -EBUSY;
+    if (s->pair && s->pair != peer)
+        return -EBUSY;
+    if (s->pipe_dst && s->pipe_dst != s && s->pipe_dst != peer)
+        return -EBUSY;
+    if (s->pipe_src && s->pipe_src != s && s->pipe_src != peer)
+        return -EBUSY;
+    return 0;
+}
+
+static void park(nd_socket_t *s)
+{
+    s->parked = true;
+    /* What was owed waits with it: emitted here again after an abort, there after an
+     * import. */
+    s->owed = s->h.pending & PK_TRAVELS;
+    nd__handle_unpend(&s->h, s->owed);
+    stop_reading(s);
+    stop_writing(s);
+    disarm_timer(s);
+    update_active(s);
+}
+
+static void unpark(nd_socket_t *s)
+{
+    s->parked = false;
+    if (is_destroyed(s))
+        return;
+    if (s->timeout_ms && (s->timer_ev || (s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))) {
+        struct timeval tv = nd__ms_tv(s->timeout_ms);
+        evtimer_add(s->timer_ev, &tv);
+        s->timer_armed = true;
+    }
+    start_reading(s);
+    if (queued(s) > 0 || (s->ending && !s->fin_sent))
+        flush(s);
+    nd__handle_pend(&s->h, s->owed);
+    s->owed = 0;
+    schedule_flow(s);
+    update_active(s);
+}
+
+ND_EXPORT int nd_socket_export(nd_socket_t *s, nd_export_t *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    memset(out, 0, sizeof(*out));
+    nd_socket_t *peer = nd_socket_pipe_peer(s);
+    int rc = export_blocker(s, peer);
+    if (!rc && peer)
+        rc = export_blocker(peer, s);
+    if (!rc)
+        rc = unsplice(s);
+    if (!rc && peer)
+        rc = unsplice(peer);
+    if (rc)
+        return rc;
+    wbuf_t w = {0};
+    put(&w, EXPORT_MAGIC, 4);
+    unsigned char hdr[2] = {EXPORT_VERSION, peer ? 2 : 1};
+    put(&w, hdr, 2);
+    export_one(&w, s, peer);
+    if (peer)
+        export_one(&w, peer, s);
+    if (w.failed) {
+        free(w.p);
+        return -ENOMEM;
+    }
+    out->data = w.p;
+    out->len = w.len;
+    out->socks[0] = s;
+    out->socks[1] = peer;
+    out->fds[0] = s->fd;
+    out->nfds = 1;
+    if (peer)
+        out->fds[out->nfds++] = peer->fd;
+    park(s);
+    if (peer)
+        park(peer);
+    return 0;
+}
+
+ND_EXPORT void nd_socket_export_abort(nd_export_t *ex)
+{
+    for (int i = 0; ex && i < 2; i++)
+        if (ex->socks[i])
+            unpark(ex->socks[i]);
+    nd_export_free(ex);
+}
+
+/* The socket now lives in another process: it leaves this one without an event. */
+static void let_go(nd_socket_t *s)
+{
+    if (s->in_count) {
+        s->in_count = false;
+        nd__server_connection_destroyed(s->server);
+    }
+    if (s->server) {
+        nd__server_connection_closed(s->server);
+        s->server = NULL;
+    }
+    unpair(s);
+    nd__handle_unpend(&s->h, s->h.pending);
+    nd__handle_set_active(&s->h, false);
+    nd__socket_free(s); /* closes our copy of the descriptor; theirs carries on */
+}
+
+ND_EXPORT void nd_socket_export_commit(nd_export_t *ex)
+{
+    if (!ex)
+        return;
+    nd_socket_t *a = ex->socks[0], *b = ex->socks[1];
+    if (a)
+        unpipe_both(a);
+    if (b)
+        unpipe_both(b);
+    if (a)
+        let_go(a);
+    if (b)
+        let_go(b);
+    nd_export_free(ex);
+}
+
+ND_EXPORT void nd_export_free(nd_export_t *ex)
+{
+    if (!ex)
+        return;
+    free(ex->data);
+    ex->data = NULL;
+    ex->len = 0;
+    ex->socks[0] = ex->socks[1] = NULL;
+}
+
+static int import_one(rbuf_t *r, nd_socket_t *s, uint32_t *flags)
+{
+    uint32_t f = (uint32_t)get_u64(r);
+    *flags = f;
+    s->allow_half_open = f & XF_HALF_OPEN;
+    s->opt_readable = f & XF_READABLE;
+    s->opt_writable = f & XF_WRITABLE;
+    s->paused = f & XF_PAUSED;
+    s->flowing = f & XF_FLOWING;
+    s->read_started = f & XF_READ_STARTED;
+    s->fin_rcvd = f & XF_FIN_RCVD;
+    s->eof = f & XF_EOF;
+    s->peer_ended = f & XF_PEER_ENDED;
+    s->ending = f & XF_ENDING;
+    s->fin_sent = f & XF_FIN_SENT;
+    s->need_drain = f & XF_NEED_DRAIN;
+    s->no_delay = f & XF_NO_DELAY;
+    s->keep_alive = f & XF_KEEP_ALIVE;
+    s->opts_set = f & XF_OPTS_SET;
+    s->is_unix = f & XF_UNIX;
+    s->have_local = f & XF_HAVE_LOCAL;
+    s->have_remote = f & XF_HAVE_REMOTE;
+    s->pipe_end = f & XF_PIPE_END;
+    s->pipe_paused = f & XF_PIPE_PAUSED;
+    s->h.user_ref = f & XF_USER_REF;
+    s->owed = (f & XF_OWE_FLOW ? PK_FLOW : 0) | (f & XF_OWE_DRAIN ? PK_DRAIN : 0) |
+              (f & XF_OWE_FINISH ? PK_FINISH : 0) | (f & XF_OWE_AUTOCLOSE ? PK_AUTOCLOSE : 0);
+    uint64_t kad = get_u64(r);
+    s->keep_alive_delay_s = kad > UINT16_MAX ? UINT16_MAX : (uint16_t)kad;
+    s->timeout_ms = (unsigned)get_u64(r);
+    uint64_t hwm = get_u64(r);
+    s->high_water_mark = hwm > UINT32_MAX ? UINT32_MAX : (uint32_t)hwm;
+    (void)get_u64(r); /* queued and flushed totals: here they follow from bytes_written and */
+    (void)get_u64(r); /* the output queue carried below */
+    s->bytes_read = get_u64(r);
+    s->bytes_written = get_u64(r);
+    uint64_t idle = get_u64(r);
+    uint64_t enc = get_u64(r), npartial = get_u64(r);
+    const unsigned char *partial = get_bytes(r, sizeof(((nd__decoder_t *)0)->partial));
+    if (r->bad || enc > ND_ENC_LATIN1 || npartial > sizeof(((nd__decoder_t *)0)->partial))
+        return -1;
+    if (enc != ND_ENC_NONE || npartial) {
+        if (!(s->decoding = calloc(1, sizeof(*s->decoding))))
+            return -1;
+        nd__decoder_init(&s->decoding->dec, (nd__encoding_t)enc);
+        memcpy(s->decoding->dec.partial, partial, sizeof(s->decoding->dec.partial));
+        s->decoding->dec.npartial = (unsigned)npartial;
+    }
+    nd_address_t a;
+    for (int i = 0; i < 2; i++) {
+        get_address(r, &a);
+        endpoint_t *ep = i == 0 ? &s->local : &s->remote;
+        memset(ep, 0, sizeof(*ep));
+        ep->port = (uint16_t)a.port;
+        if ((a.family == 4 && inet_pton(AF_INET, a.address, ep->addr) == 1) ||
+            (a.family == 6 && inet_pton(AF_INET6, a.address, ep->addr) == 1)) {
+            ep->family = (uint8_t)a.family;
+        } else if (i == 0 && a.address[0]) {
+            if (!text_of(s)) /* a unix socket's local path */
+                return -1;
+            snprintf(s->text->local, sizeof(s->text->local), "%s", a.address);
+        }
+    }
+    char path[sizeof(((addr_text_t *)0)->local)];
+    get_str(r, path, sizeof(path));
+    if (path[0]) {
+        /* A unix client's path, as connect() keeps it. */
+        if (!(s->dial = calloc(1, sizeof(*s->dial) + strlen(path) + 1)))
+            return -1;
+        memcpy(s->dial->name, path, strlen(path) + 1);
+    }
+    for (int i = 0; i < 2 && !r->bad; i++) {
+        uint64_t n = get_u64(r);
+        const unsigned char *p = get_bytes(r, n);
+        if (!p || n == 0)
+            continue;
+        struct evbuffer **b = i == 0 ? &s->in : &s->out;
+        if ((!*b && !(*b = evbuffer_new())) || evbuffer_add(*b, p, (size_t)n) != 0)
+            return -1;
+    }
+    if (r->bad)
+        return -1;
+    /* The idle timer goes on from where it was. */
+    uint64_t now = now_us(s->h.loop), ago = (idle > 0x7fffffff ? 0x7fffffff : idle) * 1000u;
+    s->last_active_us = now > ago ? now - ago : 1;
+    return 0;
+}
+
+ND_EXPORT int nd_socket_import(nd_loop_t *loop, const void *data, size_t len, const int *fds,
+                               int nfds, nd_server_t *server, nd_socket_t *out[2])
+{
+    if (!loop || !data || !fds || !out || nfds < 1 || nfds > 2)
+        return -EINVAL;
+    out[0] = out[1] = NULL;
+    rbuf_t r = {data, len, 0, false};
+    const unsigned char *magic = get_bytes(&r, 4);
+    const unsigned char *hdr = get_bytes(&r, 2);
+    if (!magic || memcmp(magic, EXPORT_MAGIC, 4) != 0 || !hdr)
+        return ND_EFORMAT;
+    if (hdr[0] != EXPORT_VERSION || hdr[1] != nfds)
+        return ND_EFORMAT;
+    nd_socket_t *socks[2] = {NULL, NULL};
+    uint32_t flags[2] = {0, 0};
+    int rc = 0;
+    for (int i = 0; i < nfds && !rc; i++) {
+        nd_socket_t *s = calloc(1, sizeof(*s));
+        if (!s) {
+            rc = -ENOMEM;
+            break;
+        }
+        init_socket(s, loop);
+        socks[i] = s;
+        if (import_one(&r, s, &flags[i]) != 0)
+            rc = r.bad ? ND_EFORMAT : -ENOMEM;
+    }
+    if (!rc && r.at != r.len)
+        rc = ND_EFORMAT; /* trailing bytes: not a record of this version */
+    for (int i = 0; !rc && i < nfds; i++)
+        if ((flags[i] & XF_PIPE_PEER) && nfds != 2)
+            rc = ND_EFORMAT; /* piped to a pair that is not in the record */
+    if (rc) {
+        for (int i = 0; i < 2; i++)
+            if (socks[i])
+                nd__socket_free(socks[i]); /* fd still -1: the caller keeps its descriptors */
+        return rc;
+    }
+    for (int i = 0; i < nfds; i++) {
+        nd_socket_t *s = socks[i];
+        bind_fd(s, fds[i]);
+        s->state = SK_OPEN;
+        s->parked = true;
+        if (flags[i] & XF_PIPE_SELF) {
+            s->pipe_dst = s->pipe_src = s;
+        } else if (flags[i] & XF_PIPE_PEER) {
+            s->pipe_dst = socks[1 - i];
+            socks[1 - i]->pipe_src = s;
+        }
+        if (server && (flags[i] & XF_IN_SERVER)) {
+            s->server = server;
+            s->in_count = true;
+            nd__server_connection_imported(server);
+        }
+    }
+    if (nfds == 2 && socks[0]->pipe_dst == socks[1] && socks[1]->pipe_dst == socks[0]) {
+        socks[0]->pair = socks[1];
+        socks[1]->pair = socks[0];
+    }
+    out[0] = socks[0];
+    out[1] = socks[1];
+    return 0;
+}
+
+ND_EXPORT void nd_socket_import_start(nd_socket_t *s)
+{
+    if (!s || !s->parked)
+        return;
+    nd_socket_t *peer = s->pair;
+    apply_options(s);
+    unpark(s);
+    if (peer && peer->parked) {
+        apply_options(peer);
+        unpark(peer);
+    }
 }

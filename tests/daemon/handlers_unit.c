@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The built-in handlers, driven directly: a libnetd server on the test's loop hands each
  * connection to netd_handler_connection(), and real client sockets talk to it. No daemon:
@@ -192,11 +193,11 @@ static void on_handler_connection(void *self, const nd_event_t *ev, void *arg)
     nd_socket_on(ev->socket, ND_EV_CLOSE, on_served_close, f);
 }
 
-static void start_handler(fx_t *f, netd_handler_type_t type, nd_listener_fn on_listening)
+static void start_handler(fx_t *f, const netd_handler_ops_t *type, nd_listener_fn on_listening)
 {
     nd_server_options_t o = {.allow_half_open = f->half_open};
 
-    f->cfg.type = type;
+    f->cfg.ops = type;
     f->env.upstream_opened = on_upstream_opened;
     f->env.upstream_failed = on_upstream_failed;
     f->env.ctx = f;
@@ -348,7 +349,7 @@ START_TEST(test_echo_greeting_then_1mib)
     f->total = MIB;
     f->tx = make_data(f->total, 1);
     f->end_after_send = 1;
-    start_handler(f, NETD_HANDLER_ECHO, on_handler_listening);
+    start_handler(f, &netd_handler_echo, on_handler_listening);
     th_run(f->loop, 10000);
 
     uint64_t want = fnv(fnv(FNV0, greeting, 7), f->tx, f->total);
@@ -375,7 +376,7 @@ START_TEST(test_discard_10mib)
     f->total = 10 * MIB;
     f->tx = make_data(f->total, 2);
     f->end_after_send = 1;
-    start_handler(f, NETD_HANDLER_DISCARD, on_handler_listening);
+    start_handler(f, &netd_handler_discard, on_handler_listening);
     th_run(f->loop, 10000);
 
     ck_assert_uint_eq(f->served_bytes_read, 10 * MIB);
@@ -398,7 +399,7 @@ START_TEST(test_banner_text_then_eof)
 
     f->cfg.text = text;
     f->half_open = _i;
-    start_handler(f, NETD_HANDLER_BANNER, on_handler_listening);
+    start_handler(f, &netd_handler_banner, on_handler_listening);
     th_run(f->loop, 5000);
 
     ck_assert_uint_eq(f->rx_bytes, strlen(text));
@@ -424,7 +425,7 @@ START_TEST(test_banner_drops_client_data)
     f->total = 200000;
     f->tx = make_data(f->total, 7);
     f->end_after_send = 1;
-    start_handler(f, NETD_HANDLER_BANNER, on_handler_listening);
+    start_handler(f, &netd_handler_banner, on_handler_listening);
     th_run(f->loop, 5000);
 
     ck_assert_str_eq(f->rx, text);
@@ -569,7 +570,7 @@ static void on_up_listening(void *self, const nd_event_t *ev, void *arg)
     if (f->on_up_ready)
         f->on_up_ready(f);
     else
-        start_handler(f, NETD_HANDLER_PROXY, on_handler_listening);
+        start_handler(f, &netd_handler_proxy, on_handler_listening);
 }
 
 /* Upstream server first (its address goes into the proxy's cfg), then the proxy, then the
@@ -715,7 +716,7 @@ START_TEST(test_proxy_upstream_refused)
     f->half_open = 1;
     f->tx = make_data(16, 5);
     f->total = 16; /* sent while the upstream is failing: must not matter */
-    start_handler(f, NETD_HANDLER_PROXY, on_handler_listening);
+    start_handler(f, &netd_handler_proxy, on_handler_listening);
     th_run(f->loop, 5000);
 
     ck_assert_int_eq(f->opened, 1);
@@ -923,7 +924,7 @@ static void mv_start_group(fx_t *f)
 {
     nd_server_options_t o = {.allow_half_open = 1};
 
-    f->cfg.type = NETD_HANDLER_PROXY;
+    f->cfg.ops = &netd_handler_proxy;
     f->srv = nd_server_new_group(f->loop, &o, MV.wl, 2, ND_BALANCE_ROUNDROBIN, mv_init, NULL);
     ck_assert_ptr_nonnull(f->srv);
     ck_assert_int_eq(nd_server_once(f->srv, ND_EV_LISTENING, on_handler_listening, f), 0);

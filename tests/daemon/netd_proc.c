@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd_proc: start a real netd for a test, talk to its control socket, signal it, wait
  * for it, clean up (see netd_proc.h).
@@ -472,6 +473,21 @@ netd_proc_t *np_start_ex(const np_opts_t *o)
         free(owned[i]);
     if (!o->no_wait)
         wait_ready(np);
+    return np;
+}
+
+netd_proc_t *np_adopt(netd_proc_t *old, pid_t pid)
+{
+    netd_proc_t *np = calloc(1, sizeof(*np));
+    ck_assert_msg(np != NULL, "out of memory");
+    memcpy(np->dir, old->dir, sizeof(np->dir));
+    memcpy(np->sock, old->sock, sizeof(np->sock));
+    memcpy(np->config, old->config, sizeof(np->config));
+    memcpy(np->errlog, old->errlog, sizeof(np->errlog));
+    np->pid = pid;
+    np->owns_dir = old->owns_dir;
+    old->owns_dir = false;
+    register_proc(np);
     return np;
 }
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd_proc: drive a real netd from a Check test. Starts netd as a child process with a
  * config in a fresh temporary directory and a control socket there, talks to it over the
@@ -95,6 +96,11 @@ void np_mkdtemp(char *out);
 netd_proc_t *np_start_ex(const np_opts_t *o);
 /* np_start_ex with a config text and a thread count. */
 netd_proc_t *np_start(const char *config, int threads);
+/* A netd that another one started (a live upgrade's new process): the test process
+ * must be a child subreaper (prctl PR_SET_CHILD_SUBREAPER) so the orphan is its child.
+ * It shares old's directory, control socket and stderr file, and takes over the
+ * directory's cleanup; it is stopped and checked like any other. */
+netd_proc_t *np_adopt(netd_proc_t *old, pid_t pid);
 /* Writes a new config file (atomically: written aside, renamed into place). */
 void np_write_config(netd_proc_t *np, const char *config);
 /* A request on np->ctl: json_pack(fmt, ...) sent, the reply returned (asserted). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Config file and `listen` argument parsing (config.c): valid files, defaults, and every
  * kind of invalid input refused with a message that names the file and the field.
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "protocol.h"
 
 #define N_ELEMS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 #define ERRLEN 1024
@@ -181,7 +183,7 @@ START_TEST(full_file_every_key)
     ck_assert_ptr_null(s->path);
     ck_assert_int_eq(s->fd, -1);
     ck_assert_int_eq(s->backlog, 128);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_ECHO);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_echo);
     ck_assert_str_eq(s->handler.greeting, "hi\r\n");
     ck_assert(s->allow_half_open);
     ck_assert_int_eq(s->max_connections, 100);
@@ -196,21 +198,21 @@ START_TEST(full_file_every_key)
     ck_assert_str_eq(s->name, "/tmp/netd-abs.sock");
     ck_assert_str_eq(s->path, "/tmp/netd-abs.sock");
     ck_assert_int_eq(s->port, -1);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_DISCARD);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_discard);
     ck_assert_int_eq(s->balance, ND_BALANCE_ROUNDROBIN);
 
     s = &cfg.servers[2];
     ck_assert_str_eq(s->name, "fd:3");
     ck_assert_int_eq(s->fd, 3);
     ck_assert_ptr_null(s->fd_name);
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_BANNER);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_banner);
     ck_assert_str_eq(s->handler.text, "bye\n");
 
     s = &cfg.servers[3];
     ck_assert_str_eq(s->name, "api");
     ck_assert_int_eq(s->fd, -1);
     ck_assert_str_eq(s->fd_name, "api");
-    ck_assert_int_eq(s->handler.type, NETD_HANDLER_PROXY);
+    ck_assert_ptr_eq(s->handler.ops, &netd_handler_proxy);
     ck_assert_int_eq(s->handler.port, 9000);
     ck_assert_str_eq(s->handler.host, "::1");
     ck_assert_ptr_null(s->handler.path);
@@ -286,7 +288,7 @@ START_TEST(server_defaults)
     ck_assert_int_eq(s.fd, -1);
     ck_assert_ptr_null(s.fd_name);
     ck_assert_int_eq(s.backlog, 511);
-    ck_assert_int_eq(s.handler.type, NETD_HANDLER_ECHO);
+    ck_assert_ptr_eq(s.handler.ops, &netd_handler_echo);
     ck_assert_ptr_null(s.handler.greeting);
     ck_assert(!s.allow_half_open);
     ck_assert_int_eq(s.max_connections, 0);
@@ -327,14 +329,14 @@ START_TEST(default_names_in_file)
 {
     netd_config_t cfg;
     char err[ERRLEN] = "";
-    int rc = load_text("{\"servers\": [{\"port\": 8124}, {\"port\": 8124, \"host\": \"127.0.0.1\"},"
+    int rc = load_text("{\"servers\": [{\"port\": 8124}, {\"port\": 8125, \"host\": \"127.0.0.1\"},"
                        " {\"path\": \"a.sock\"}]}",
                        &cfg, err, NULL);
     ck_assert_msg(rc == 0, "%s", err);
     char want[PATH_MAX + 16];
     snprintf(want, sizeof(want), "%s/a.sock", tmpdir);
     ck_assert_str_eq(cfg.servers[0].name, "0.0.0.0:8124");
-    ck_assert_str_eq(cfg.servers[1].name, "127.0.0.1:8124");
+    ck_assert_str_eq(cfg.servers[1].name, "127.0.0.1:8125");
     ck_assert_str_eq(cfg.servers[2].name, want);
     ck_assert_str_eq(cfg.servers[2].path, want);
     netd_config_free(&cfg);
@@ -538,9 +540,13 @@ static const struct bad_row {
     {"{\"threads\": \"4\"}", "threads: must be an integer 0-1024"},
     {"{\"threads\": 4.0}", "threads: must be an integer 0-1024"},
     {"{\"threads\": true}", "threads: must be an integer 0-1024"},
-    {"{\"shutdownTimeoutMs\": -1}", "shutdownTimeoutMs: must be an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"30s\"}", "shutdownTimeoutMs: must be an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": 3000000000}", "shutdownTimeoutMs: must be an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": -1}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30 s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30sec\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"-5s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"600h\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": 3000000000}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
     {"{\"control\": \"x\"}", "control: must be an object"},
     {"{\"limits\": []}", "limits: must be an object"},
     {"{\"servers\": {}}", "servers: must be an array"},
@@ -557,16 +563,16 @@ static const struct bad_row {
     {"{\"control\": {\"group\": 0}}", "control.group: must be a non-empty string"},
     {"{\"control\": {\"maxClients\": 0}}", "control.maxClients: must be an integer >= 1"},
     {"{\"control\": {\"maxClients\": \"64\"}}", "control.maxClients: must be an integer >= 1"},
-    {"{\"control\": {\"idleTimeout\": -1}}", "control.idleTimeout: must be an integer >= 0"},
-    {"{\"control\": {\"idleTimeout\": null}}", "control.idleTimeout: must be an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": -1}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": null}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
     /* limits */
     {"{\"limits\": {\"hwm\": 1}}", "limits.hwm: unknown key"},
     {"{\"limits\": {\"highWaterMark\": 0}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"highWaterMark\": \"1M\"}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"maxBufferedBytes\": 1.5}}",
      "limits.maxBufferedBytes: must be an integer >= 1"},
-    {"{\"limits\": {\"stallMs\": -1}}", "limits.stallMs: must be an integer >= 0"},
-    {"{\"limits\": {\"stallMs\": false}}", "limits.stallMs: must be an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": -1}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": false}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
     /* server: address */
     {"{\"servers\": [{\"prot\": 1}]}", "servers[0].prot: unknown key"},
     {"{\"servers\": [{\"port\": 70000}]}", "servers[0].port: must be an integer 0-65535"},
@@ -609,18 +615,20 @@ static const struct bad_row {
     {"{\"servers\": [{\"port\": 1, \"maxConnections\": 2147483648}]}",
      "servers[0].maxConnections: must be null or an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"timeout\": -1}]}",
-     "servers[0].timeout: must be an integer >= 0"},
-    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1s\"}]}",
-     "servers[0].timeout: must be an integer >= 0"},
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
+    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1 s\"}]}",
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
+    {"{\"servers\": [{\"port\": 1, \"timeout\": \"1.5s\"}]}",
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"timeout\": 2147483648}]}",
-     "servers[0].timeout: must be an integer >= 0"},
+     "servers[0].timeout: must be a duration: ms as an integer >= 0"},
     {"{\"servers\": [{\"port\": 1, \"noDelay\": 1}]}", "servers[0].noDelay: must be true or false"},
     {"{\"servers\": [{\"port\": 1, \"keepAlive\": true}]}",
      "servers[0].keepAlive: true is not accepted"},
     {"{\"servers\": [{\"port\": 1, \"keepAlive\": -1}]}",
-     "servers[0].keepAlive: must be an integer >= 0 (ms) or false"},
-    {"{\"servers\": [{\"port\": 1, \"keepAlive\": \"60s\"}]}",
-     "servers[0].keepAlive: must be an integer >= 0 (ms) or false"},
+     "servers[0].keepAlive: must be a duration (ms, or a string such as \"30s\") or false"},
+    {"{\"servers\": [{\"port\": 1, \"keepAlive\": \"60 seconds\"}]}",
+     "servers[0].keepAlive: must be a duration (ms, or a string such as \"30s\") or false"},
     {"{\"servers\": [{\"port\": 1, \"balance\": \"fastest\"}]}",
      "servers[0].balance: must be \"leastconn\", \"roundrobin\" or \"reuseport\""},
     {"{\"servers\": [{\"port\": 1, \"balance\": 1}]}", "servers[0].balance: must be"},
@@ -668,7 +676,7 @@ static const struct bad_row {
      "servers[0].handler.timeout: unknown key"},
     /* the index names the entry that is wrong, not the first */
     {"{\"servers\": [{\"port\": 1}, {\"port\": 2}, {\"port\": 3, \"timeout\": -5}]}",
-     "servers[2].timeout: must be an integer >= 0"},
+     "servers[2].timeout: must be a duration: ms as an integer >= 0"},
 };
 
 START_TEST(bad_file)
@@ -790,7 +798,7 @@ START_TEST(proxy_default_host)
 {
     netd_listen_spec_t s;
     parse_ok("{\"port\": 1, \"handler\": {\"type\": \"proxy\", \"port\": 9000}}", &s);
-    ck_assert_int_eq(s.handler.type, NETD_HANDLER_PROXY);
+    ck_assert_ptr_eq(s.handler.ops, &netd_handler_proxy);
     ck_assert_int_eq(s.handler.port, 9000);
     ck_assert_str_eq(s.handler.host, "127.0.0.1");
     ck_assert_ptr_null(s.handler.path);
@@ -921,6 +929,201 @@ START_TEST(equal_differences)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ issue 13 */
+
+/* Durations: ms as a number, or a string with a unit (CONTROL.md "Durations"). */
+START_TEST(duration_units)
+{
+    static const struct {
+        const char *text;
+        unsigned ms;
+    } rows[] = {{"0", 0},          {"250", 250},          {"500ms", 500},
+                {"30s", 30000},    {"5m", 300000},        {"2h", 7200000},
+                {"0s", 0},         {"2147483647", 2147483647u}};
+    for (int i = 0; i < N_ELEMS(rows); i++) {
+        unsigned ms = 1;
+        ck_assert_msg(netd_duration_parse(rows[i].text, &ms) == 0, "%s refused", rows[i].text);
+        ck_assert_uint_eq(ms, rows[i].ms);
+    }
+    static const char *const bad[] = {"", "s", "-1", "+5s", " 5s", "5 s", "5sec", "1.5s",
+                                      "5S", "597h", "99999999999999999999", "3d", NULL};
+    for (int i = 0; bad[i]; i++) {
+        unsigned ms = 7;
+        ck_assert_msg(netd_duration_parse(bad[i], &ms) == -1, "\"%s\" accepted", bad[i]);
+        ck_assert_uint_eq(ms, 7);
+    }
+}
+END_TEST
+
+START_TEST(durations_in_file)
+{
+    netd_config_t cfg;
+    char err[ERRLEN] = "";
+    int rc = load_text("{\"shutdownTimeoutMs\": \"45s\", \"control\": {\"idleTimeout\": \"5m\"},"
+                       " \"limits\": {\"stallMs\": \"1500ms\"},"
+                       " \"servers\": [{\"port\": 1, \"timeout\": \"2m\", \"keepAlive\": \"10s\"}]}",
+                       &cfg, err, NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_uint_eq(cfg.shutdown_timeout_ms, 45000);
+    ck_assert_uint_eq(cfg.control_idle_timeout_ms, 300000);
+    ck_assert_uint_eq(cfg.stall_ms, 1500);
+    ck_assert_uint_eq(cfg.servers[0].timeout_ms, 120000);
+    ck_assert_int_eq(cfg.servers[0].keep_alive_ms, 10000);
+    netd_config_free(&cfg);
+}
+END_TEST
+
+/* 999.1.1.1 is a mistyped address, not a host name to look up. */
+START_TEST(hosts_refused)
+{
+    static const char *const hosts[] = {"999.1.1.1", "1.2.3.4.5", "256.0.0.1", "10.0.0",
+                                        "-a.example.com", "a-.example.com", "a..b", ".a",
+                                        "exa mple.com", "1.2.3.999."};
+    for (int i = 0; i < N_ELEMS(hosts); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "{\"port\": 1, \"host\": \"%s\"}", hosts[i]);
+        char want[160];
+        snprintf(want, sizeof(want), "host: \"%s\" is not an IP address or a host name",
+                 hosts[i]);
+        expect_spec_error(text, "", want);
+    }
+}
+END_TEST
+
+/* Two servers on one address (or one inherited descriptor) cannot both start. */
+START_TEST(duplicate_addresses)
+{
+    static const struct {
+        const char *servers;
+        const char *want;
+    } rows[] = {
+        {"{\"port\": 80, \"name\": \"a\"}, {\"port\": 80, \"name\": \"b\"}",
+         "servers[1].port: the same address as servers[0] (\"a\")"},
+        {"{\"port\": 80, \"host\": \"127.0.0.1\"}, {\"port\": 80, \"host\": \"0.0.0.0\"}",
+         "servers[1].port: the same address as servers[0]"},
+        {"{\"port\": 80}, {\"port\": 80, \"host\": \"127.0.0.1\", \"balance\": \"reuseport\"}",
+         "servers[1].port: the same address as servers[0]"},
+        {"{\"port\": 80, \"host\": \"::\"}, {\"port\": 80, \"host\": \"127.0.0.1\"}",
+         "servers[1].port: the same address"},
+        {"{\"path\": \"/x.sock\", \"name\": \"a\"}, {\"path\": \"/x.sock\", \"name\": \"b\"}",
+         "servers[1].path: the same address as servers[0] (\"a\")"},
+        {"{\"fd\": \"web\", \"name\": \"a\"}, {\"fd\": \"web\", \"name\": \"b\"}",
+         "servers[1].fd: the same address"},
+    };
+    for (int i = 0; i < N_ELEMS(rows); i++) {
+        char text[512];
+        snprintf(text, sizeof(text), "{\"servers\": [%s]}", rows[i].servers);
+        expect_file_error(text, rows[i].want);
+    }
+    /* Distinct addresses of one port pass: two specific hosts, or v4 and v6. */
+    netd_config_t cfg;
+    char err[ERRLEN] = "";
+    int rc = load_text("{\"servers\": [{\"port\": 80, \"host\": \"127.0.0.1\"},"
+                       " {\"port\": 80, \"host\": \"127.0.0.2\"},"
+                       " {\"port\": 80, \"host\": \"::1\"}, {\"port\": 0}, {\"port\": 0, \"name\": \"z\"}]}",
+                       &cfg, err, NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    netd_config_free(&cfg);
+}
+END_TEST
+
+START_TEST(socket_dirs)
+{
+    netd_config_t cfg;
+    char err[ERRLEN] = "";
+    int rc = load_text("{\"control\": {\"socketDirs\": [\"run\", \"/srv/sockets\", \"a/../b\"]}}",
+                       &cfg, err, NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_uint_eq(cfg.nsocket_dirs, 3);
+    char want[PATH_MAX + 16];
+    snprintf(want, sizeof(want), "%s/run", tmpdir);
+    ck_assert_str_eq(cfg.socket_dirs[0], want);
+    ck_assert_str_eq(cfg.socket_dirs[1], "/srv/sockets");
+    snprintf(want, sizeof(want), "%s/b", tmpdir);
+    ck_assert_str_eq(cfg.socket_dirs[2], want);
+    netd_config_free(&cfg);
+    expect_file_error("{\"control\": {\"socketDirs\": \"/run\"}}",
+                      "control.socketDirs: must be an array of directories");
+    expect_file_error("{\"control\": {\"socketDirs\": [\"/run\", \"\"]}}",
+                      "control.socketDirs[1]: must be a non-empty string");
+    expect_file_error("{\"control\": {\"socketDirs\": [1]}}",
+                      "control.socketDirs[0]: must be a non-empty string");
+}
+END_TEST
+
+START_TEST(socket_file_options)
+{
+    netd_listen_spec_t s;
+    parse_ok("{\"path\": \"/x.sock\", \"mode\": \"0660\", \"user\": \"0\", \"group\": \"root\"}", &s);
+    ck_assert_int_eq(s.sock_mode, 0660);
+    ck_assert_int_eq((int)s.sock_uid, 0);
+    ck_assert_int_eq((int)s.sock_gid, 0);
+    ck_assert_str_eq(s.sock_user, "0");
+    netd_listen_spec_t copy;
+    ck_assert_int_eq(netd_listen_spec_dup(&s, &copy), 0);
+    ck_assert(netd_listen_spec_equal(&s, &copy));
+    ck_assert_ptr_ne(copy.sock_group, s.sock_group);
+    copy.sock_mode = 0600;
+    ck_assert(!netd_listen_spec_equal(&s, &copy));
+    json_t *j = netd_listen_spec_json(&s);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "mode")), "0660");
+    json_decref(j);
+    netd_listen_spec_free(&copy);
+    netd_listen_spec_free(&s);
+    parse_ok("{\"path\": \"/y.sock\"}", &s);
+    ck_assert_int_eq(s.sock_mode, -1);
+    ck_assert_int_eq((int)s.sock_uid, -1);
+    netd_listen_spec_free(&s);
+    expect_spec_error("{\"port\": 1, \"mode\": \"0600\"}", "", "mode: only with path");
+    expect_spec_error("{\"fd\": 3, \"group\": \"root\"}", "", "group: only with path");
+    expect_spec_error("{\"path\": \"/x\", \"mode\": \"0800\"}", "", "mode: must be a string of octal");
+    expect_spec_error("{\"path\": \"/x\", \"mode\": 432}", "", "mode: must be a string of octal");
+    expect_spec_error("{\"path\": \"/x\", \"user\": \"no-such-user-netd\"}", "",
+                      "user: no such user \"no-such-user-netd\"");
+    expect_spec_error("{\"path\": \"/x\", \"group\": \"no-such-group-netd\"}", "",
+                      "group: no such group");
+}
+END_TEST
+
+/* A listen without a name is named after the address; name_given says which. */
+START_TEST(name_given_flag)
+{
+    netd_listen_spec_t s;
+    parse_ok("{\"port\": 0}", &s);
+    ck_assert(!s.name_given);
+    ck_assert_str_eq(s.name, "0.0.0.0:0");
+    netd_listen_spec_free(&s);
+    parse_ok("{\"port\": 0, \"name\": \"x\"}", &s);
+    ck_assert(s.name_given);
+    netd_listen_spec_free(&s);
+}
+END_TEST
+
+/* --check -v: the effective config, every default spelled out. */
+START_TEST(effective_config_json)
+{
+    netd_config_t cfg;
+    char err[ERRLEN] = "";
+    int rc = load_text("{\"servers\": [{\"name\": \"e\", \"port\": 8124}]}", &cfg, err, NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    json_t *j = netd_config_json(&cfg, "/run/netd/netd.sock");
+    char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(text,
+                     "{\"accessLog\":null,"
+                     "\"control\":{\"group\":null,\"idleTimeout\":300000,\"maxClients\":64,\"mode\":\"0600\","
+                     "\"path\":\"/run/netd/netd.sock\",\"socketDirs\":[\"/run/netd\"]},"
+                     "\"limits\":{\"highWaterMark\":1048576,\"maxBufferedBytes\":16777216,"
+                     "\"stallMs\":30000},\"metrics\":null,"
+                     "\"servers\":[{\"accessLog\":false,\"allowHalfOpen\":false,\"backlog\":511,"
+                     "\"balance\":\"leastconn\",\"handler\":{\"type\":\"echo\"},\"host\":\"0.0.0.0\","
+                     "\"keepAlive\":false,\"maxConnections\":null,\"name\":\"e\",\"noDelay\":true,"
+                     "\"port\":8124,\"timeout\":0}],\"shutdownTimeoutMs\":30000,\"threads\":0}");
+    free(text);
+    json_decref(j);
+    netd_config_free(&cfg);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ suite */
 
 static TCase *new_tcase(Suite *s, const char *name)
@@ -980,6 +1183,16 @@ static Suite *config_suite(void)
     tc = new_tcase(s, "equal");
     tcase_add_test(tc, equal_same_values);
     tcase_add_test(tc, equal_differences);
+
+    tc = new_tcase(s, "service");
+    tcase_add_test(tc, duration_units);
+    tcase_add_test(tc, durations_in_file);
+    tcase_add_test(tc, hosts_refused);
+    tcase_add_test(tc, duplicate_addresses);
+    tcase_add_test(tc, socket_dirs);
+    tcase_add_test(tc, socket_file_options);
+    tcase_add_test(tc, name_given_flag);
+    tcase_add_test(tc, effective_config_json);
     return s;
 }
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # netctl against a real netd, the way an operator scripts it: every subcommand's table and
 # --json output, exit codes 0/1/2/3, and the issue's script (listen, count, close, count).
 set -u
@@ -131,8 +132,12 @@ ctl listen 70000 2>/dev/null
 check "port 70000 is a usage error" 2 $?
 ctl destroy abc 2>/dev/null
 check "non-numeric socket id is a usage error" 2 $?
-ctl listen 0 --handler nosuch 2>/dev/null
-check "unknown handler is a usage error" 2 $?
+ctl listen 0 --handler nosuch 2>"$dir/err"
+check "unknown handler: netd's error" 1 $?
+grep -q '^netctl: EARG: .*unknown handler "nosuch" (echo, discard, banner, proxy)' "$dir/err" && ok ||
+    fail "unknown handler names the ones netd has: $(cat "$dir/err")"
+ctl listen 0 --handler 'no such' 2>/dev/null
+check "a handler name with a space is a usage error" 2 $?
 "$NETCTL" -s "$dir/none.sock" ping 2>"$dir/err"
 check "unreachable daemon" 3 $?
 grep -q "$dir/none.sock" "$dir/err" && ok || fail "unreachable names the path: $(cat "$dir/err")"
@@ -142,6 +147,51 @@ check "-q prints nothing" "" "$(ctl -q ping)"
 out=$(ctl call '{"cmd":"nosuch"}')
 check "call with an unknown command" 1 $?
 grep -q '"ECOMMAND"' <<<"$out" && ok || fail "call prints the raw reply: $out"
+
+# ---- issue 13: durations, did-you-mean, this user's path, exit 4, reload
+ctl listen 0 --host 127.0.0.1 --name dur --timeout 5m --keep-alive 30s >/dev/null
+check "listen --timeout 5m" 300000 "$(ctl --json server dur | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["timeout"])')"
+ctl set dur --timeout 1500ms >/dev/null
+check "set --timeout 1500ms" 1500 "$(ctl --json server dur | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["timeout"])')"
+"$NETCTL" -s "$sock" --timeout 2s ping >/dev/null
+check "--timeout 2s" 0 $?
+ctl set dur --timeout 5x 2>"$dir/err"
+check "a bad duration is a usage error" 2 $?
+grep -q "'5x' is not a duration" "$dir/err" && ok || fail "bad duration message: $(cat "$dir/err")"
+ctl srvers 2>"$dir/err"
+check "unknown command exit" 2 $?
+grep -q "unknown command 'srvers' (did you mean servers?)" "$dir/err" && ok || fail "no suggestion: $(cat "$dir/err")"
+ctl xyzzy 2>"$dir/err"
+grep -q "did you mean" "$dir/err" && fail "a suggestion for nonsense: $(cat "$dir/err")" || ok
+NETD_SOCKET=/some/where.sock "$NETCTL" --help | grep -q '/some/where.sock (\$NETD_SOCKET)' && ok ||
+    fail "--help does not show the path this user would use"
+if ((EUID == 0)) && id nobody >/dev/null 2>&1; then
+    out=$(runuser -u nobody -- env -u XDG_RUNTIME_DIR -u NETD_SOCKET -u RUNTIME_DIRECTORY "$NETCTL" --help)
+    grep -q "/tmp/netd-$(id -u nobody)/netd.sock (the default for your uid)" <<<"$out" && ok ||
+        fail "--help as nobody: $(grep -A1 socket <<<"$out")"
+fi
+# close waits for its connections; --timeout ends the wait with exit 4, the close goes on.
+lport=$(ctl --json server dur | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["address"]["port"])')
+coproc HOLD { python3 -c '
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+c.sendall(b"x"); assert c.recv(1) == b"x"
+print("held", flush=True)
+sys.stdin.read()' "$lport"; }
+hold_pid=$HOLD_PID
+read -r -t 5 held <&"${HOLD[0]}"
+check "a client held on dur" held "$held"
+ctl --timeout 600ms close dur 2>"$dir/err"
+check "close timed out: its own exit status" 4 $?
+grep -q 'close dur: still closing after 600 ms, 1 connection left' "$dir/err" && ok || fail "close timeout message: $(cat "$dir/err")"
+check "dur is closing, not gone" closing "$(ctl --json server dur | python3 -c 'import json,sys; print(json.load(sys.stdin)["server"]["state"])')"
+eval "exec ${HOLD[1]}>&-"
+wait "$hold_pid"
+wait_for bash -c "! '$NETCTL' -s '$sock' server dur"
+# reload: this netd runs without a config file: nothing to reload, and it says so.
+out=$(ctl reload)
+check "reload exit without a config file" 0 $?
+grep -qE '^kept +-$' <<<"$out" && ok || fail "reload output: $out"
 
 # ---- close, then the server is gone
 ctl close web >/dev/null

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Races between threads, moves and clients (the concurrency issue), against a real netd
  * with 4 worker threads: the other side disappears at each step of a move, replies

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * netd under overload, faults and hostile input (issue 7): a real daemon per test, driven
  * over loopback and unix sockets only, every wait bounded.
@@ -1127,6 +1128,8 @@ static const char *const *wrong_values(netd_argtype_t t)
     static const char *const v_int_null[] = {"\"1\"", "true", "2.5", NULL};
     static const char *const v_int_str[] = {"true", "null", "3.5", NULL};
     static const char *const v_int_false[] = {"true", "\"1000\"", "null", NULL};
+    static const char *const v_duration[] = {"true", "null", "1.5", "[1]", NULL};
+    static const char *const v_duration_false[] = {"true", "null", "2.5", "{}", NULL};
     static const char *const none[] = {NULL};
     switch (t) {
     case NETD_ARG_INT:
@@ -1147,6 +1150,10 @@ static const char *const *wrong_values(netd_argtype_t t)
         return v_int_str;
     case NETD_ARG_INT_OR_FALSE:
         return v_int_false;
+    case NETD_ARG_DURATION:
+        return v_duration;
+    case NETD_ARG_DURATION_OR_FALSE:
+        return v_duration_false;
     case NETD_ARG_ANY:
         return none;
     }

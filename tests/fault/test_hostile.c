@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Hostile and careless control clients, and the edges of the data plane they reach (the
  * control-socket issue): every client is bounded and every refused peer is closed; one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: one control request line, exactly as the control socket hands it to
  * netd_request_parse (CONTROL.md "Envelope"), then what the daemon does with the outcome

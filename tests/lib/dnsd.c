@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The test DNS responder (tests/lib/dnsd.h): one UDP socket on 127.0.0.1 read by a raw
  * libevent event on the test's loop, a name table, and the optionally delayed replies.

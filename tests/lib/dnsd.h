@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * A tiny DNS responder for tests: answers A and AAAA queries from a fixed table on a
  * UDP socket on 127.0.0.1, inside the test's own event loop, so resolver tests never

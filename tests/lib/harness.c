@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The shared test harness (tests/lib/harness.h): loop watchdog, event log, loop-keeping
  * timers, and raw-socket helpers. Failures abort the current Check test, never return.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Test harness shared by the Check suites: loops with a watchdog, an event log for
  * asserting order, timers that keep the loop alive, and helpers for raw peer sockets.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Name resolution in connect and listen: the 'lookup' event, ENOTFOUND, destroy during a
  * lookup, and IP literals, all against the test's own DNS responder (tests/lib/dnsd.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Encodings: the streaming decoder behind setEncoding() (utf8, utf16le, base64, hex, ascii,
  * latin1), the encoders behind write(string, encoding), names, and the string buffer.

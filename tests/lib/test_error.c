@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The error table: names and messages of errno values and of libnetd's own codes, and the
  * shape of asynchronous error objects.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Runs the built examples (examples/echo-server, examples/echo-client) as real processes,
  * over TCP and over a unix socket, and checks exactly what each one prints.

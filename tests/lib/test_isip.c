@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * isIP / isIPv4 / isIPv6: every row of the reference tables (Node v0.10's test-net-isip.js
  * and modern Node's test-net-isip{,v4,v6}.js), one Check test per row.

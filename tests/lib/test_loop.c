@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The loop: Node's exit rule (only active, ref'd handles keep it running), deferred
  * callbacks, application refs, stop, and the mailbox seen from one other thread.

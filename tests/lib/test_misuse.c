@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Misuse of the public API: NULL and empty arguments, calls in the wrong state, and
  * destroying or closing objects from inside their own callbacks. No crash, no leak, a
@@ -326,7 +327,7 @@ static void srv_listen_then_close(srv_t *v)
 
 START_TEST(err_name_and_strerror_of_unknown_codes)
 {
-    static const int unknown[] = {-99999, ND__ERRNO_MIN, -10010, -20000, INT_MIN, INT_MAX, 99999};
+    static const int unknown[] = {-99999, ND__ERRNO_MIN, -10011, -20000, INT_MIN, INT_MAX, 99999};
     nd_loop_t *loop = th_loop_new();
 
     for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Moving live sockets between loops when the other side disappears at each step: the
  * pair torn down before the call, between the call and the departure, after it. Each
@@ -163,6 +164,28 @@ START_TEST(pair_moves_together)
 }
 END_TEST
 
+/* A move asked while one is on its way, for the socket or for its pair (a `move` of a
+ * proxy's upstream while the client side is moving): refused, and the first goes on
+ * alone. The second used to be accepted and detached the pair a second time from the
+ * loop it had already left (heap corruption, found by the chaos run). */
+START_TEST(second_move_of_a_moving_pair_is_refused)
+{
+    pairt_t t;
+    pair_setup(&t);
+    nd_loop_t *c = th_loop_new();
+    nd_thread_t *th = nd_thread_start(t.b);
+    nd_thread_t *thc = nd_thread_start(c);
+    ck_assert_int_eq(nd_socket_move_notify(t.y, t.b, on_move, &t), 0);
+    ck_assert_int_eq(nd_socket_move_notify(t.y, c, on_move, &t), -EBUSY);
+    ck_assert_int_eq(nd_socket_move_notify(t.x, c, on_move, &t), -EBUSY);
+    ck_assert_int_eq(nd_socket_move(t.x, t.b, NULL, NULL), -EBUSY);
+    th_run(t.a, 5000);
+    ck_assert_int_eq(nd_thread_join(thc), 0);
+    finish_pair(&t, th);
+    ck_assert_str_eq(th_log_str(&t.log), "detached,adopted@b,y-close@b");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("moves");
@@ -172,6 +195,7 @@ int main(void)
     tcase_add_test(tc, pair_half_closing_after_the_call_fails_the_move);
     tcase_add_test(tc, pair_half_closed_lets_the_other_move_alone);
     tcase_add_test(tc, pair_moves_together);
+    tcase_add_test(tc, second_move_of_a_moving_pair_is_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Regression tests for library bugs found while building on the library: each failed
  * before its fix.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The Server: listen forms, address(), close and relisten, ref/unref, connection accounting
  * (maxConnections, connections, getConnections), and unix paths, fds and handles.

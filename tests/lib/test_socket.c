@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Client sockets: connect and reconnect, 'end'/'close' ordering and half-open rules,
  * addresses, byte counters, socket options, ref/unref, unix paths and sockets from fds.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Sockets as streams over real loopback connections: write() return values, 'drain',
  * end(), string encodings, pause/resume, idle timeouts and pipe(), after Node v0.10.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Threads: mailboxes (nd_loop_post, stop_post), loops in threads, server groups (balancing,
  * exact group-wide accounting, maxConnections, close, EMFILE) and live sockets moved between loops.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * banner: the reference's address() example, socket.end("goodbye\n"). Say the text and
  * hang up.
@@ -8,7 +9,7 @@
 
 #include <string.h>
 
-void netd_banner_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void banner_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                             const netd_handler_env_t *env)
 {
     const char *text = cfg->text != NULL ? cfg->text : "";
@@ -21,8 +22,30 @@ void netd_banner_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
     nd_socket_end(sock, text, strlen(text));
 }
 
-void netd_banner_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void banner_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                        const netd_handler_env_t *env)
 {
     /* Nothing to re-attach: the queued text and the pending FIN move with the socket. */
 }
+
+static int banner_parse(const netd_handler_reader_t *r, netd_handler_cfg_t *cfg)
+{
+    return netd_hr_string(r, "text", true, &cfg->text);
+}
+
+static void banner_describe(const netd_handler_cfg_t *cfg, json_t *out)
+{
+    json_object_set_new(out, "text", json_string(cfg->text ? cfg->text : ""));
+}
+
+static const char *const banner_keys[] = {"text", NULL};
+
+const netd_handler_ops_t netd_handler_banner = {
+    .name = "banner",
+    .keys = banner_keys,
+    .descriptors = 1,
+    .parse = banner_parse,
+    .describe = banner_describe,
+    .connection = banner_connection,
+    .adopt = banner_adopt,
+};

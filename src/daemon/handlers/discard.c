@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * discard (RFC 863 in spirit): read everything, keep nothing, answer nothing.
  */
@@ -25,15 +26,36 @@ static void attach(nd_socket_t *sock)
     nd_socket_on(sock, ND_EV_END, on_end, NULL);
 }
 
-void netd_discard_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void discard_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                              const netd_handler_env_t *env)
 {
     attach(sock);
 }
 
-void netd_discard_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void discard_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                         const netd_handler_env_t *env)
 {
     /* A move drops every listener; put ours back. */
     attach(sock);
 }
+
+static int discard_parse(const netd_handler_reader_t *r, netd_handler_cfg_t *cfg)
+{
+    return 0;
+}
+
+static void discard_describe(const netd_handler_cfg_t *cfg, json_t *out)
+{
+}
+
+static const char *const discard_keys[] = {NULL};
+
+const netd_handler_ops_t netd_handler_discard = {
+    .name = "discard",
+    .keys = discard_keys,
+    .descriptors = 1,
+    .parse = discard_parse,
+    .describe = discard_describe,
+    .connection = discard_connection,
+    .adopt = discard_adopt,
+};

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * echo: the reference's first example. An optional greeting, then every byte the client
  * sends comes straight back.
@@ -21,7 +22,7 @@ static void on_end(void *self, const nd_event_t *ev, void *arg)
     nd_socket_end(self, NULL, 0);
 }
 
-void netd_echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                           const netd_handler_env_t *env)
 {
     /* Written before the pipe exists, so the greeting always precedes the first echo. */
@@ -35,10 +36,33 @@ void netd_echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
     nd_socket_on(sock, ND_EV_END, on_end, NULL);
 }
 
-void netd_echo_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void echo_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                      const netd_handler_env_t *env)
 {
     /* The pipe is socket state and survives the move (a self-pipe does not block it);
      * only our 'end' listener was dropped. */
     nd_socket_on(sock, ND_EV_END, on_end, NULL);
 }
+
+static int echo_parse(const netd_handler_reader_t *r, netd_handler_cfg_t *cfg)
+{
+    return netd_hr_string(r, "greeting", false, &cfg->greeting);
+}
+
+static void echo_describe(const netd_handler_cfg_t *cfg, json_t *out)
+{
+    if (cfg->greeting)
+        json_object_set_new(out, "greeting", json_string(cfg->greeting));
+}
+
+static const char *const echo_keys[] = {"greeting", NULL};
+
+const netd_handler_ops_t netd_handler_echo = {
+    .name = "echo",
+    .keys = echo_keys,
+    .descriptors = 1,
+    .parse = echo_parse,
+    .describe = echo_describe,
+    .connection = echo_connection,
+    .adopt = echo_adopt,
+};

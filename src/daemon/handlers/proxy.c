@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * proxy: each client gets its own connection to the upstream (cfg->path, or cfg->host and
  * cfg->port), and the two are piped to each other both ways.
@@ -24,6 +25,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define DEFAULT_HOST "127.0.0.1"
 
 /* ---- the pair: either side closing or failing takes the other one with it ---- */
 
@@ -105,10 +108,10 @@ static void on_dial(void *self, const nd_event_t *ev, void *arg)
     dial_end(self, d);
 }
 
-void netd_proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
+static void proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
                            const netd_handler_env_t *env)
 {
-    const char *host = cfg->host != NULL ? cfg->host : "127.0.0.1";
+    const char *host = cfg->host != NULL ? cfg->host : DEFAULT_HOST;
     nd_connect_options_t opts = {
         .port = cfg->port,
         .host = host,
@@ -157,7 +160,7 @@ void netd_proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
     nd_socket_pipe(upstream, client, 1);
 }
 
-void netd_proxy_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
+static void proxy_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
                       const netd_handler_env_t *env)
 {
     /* The pair moved together and lost its listeners; the pipes survived and lead us to
@@ -171,3 +174,48 @@ void netd_proxy_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
     }
     link_pair(sock, peer);
 }
+
+/* The upstream: like a server address, exactly one of port (with a host) or path. */
+static int proxy_parse(const netd_handler_reader_t *r, netd_handler_cfg_t *cfg)
+{
+    bool port = netd_hr_has(r, "port"), host = netd_hr_has(r, "host");
+    if (port && netd_hr_has(r, "path"))
+        return netd_hr_fail(r, "path", "not allowed with handler.port (give one of them)");
+    if (netd_hr_has(r, "path")) {
+        if (host)
+            return netd_hr_fail(r, "host", "not allowed with handler.path");
+        return netd_hr_unix_path(r, "path", &cfg->path);
+    }
+    if (!port)
+        return host ? netd_hr_fail(r, "host", "needs handler.port")
+                    : netd_hr_fail(r, "port", "required for proxy (or handler.path)");
+    if (netd_hr_port(r, "port", &cfg->port) < 0)
+        return -1;
+    if (host)
+        return netd_hr_host(r, "host", &cfg->host);
+    cfg->host = strdup(DEFAULT_HOST);
+    return cfg->host ? 0 : netd_hr_fail(r, "host", "out of memory");
+}
+
+static void proxy_describe(const netd_handler_cfg_t *cfg, json_t *out)
+{
+    if (cfg->path) {
+        json_object_set_new(out, "path", json_string(cfg->path));
+    } else {
+        json_object_set_new(out, "port", json_integer(cfg->port));
+        json_object_set_new(out, "host", json_string(cfg->host ? cfg->host : DEFAULT_HOST));
+    }
+}
+
+static const char *const proxy_keys[] = {"port", "host", "path", NULL};
+
+const netd_handler_ops_t netd_handler_proxy = {
+    .name = "proxy",
+    .keys = proxy_keys,
+    .half_open = true,
+    .descriptors = 2,
+    .parse = proxy_parse,
+    .describe = proxy_describe,
+    .connection = proxy_connection,
+    .adopt = proxy_adopt,
+};

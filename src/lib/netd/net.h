@@ -73,7 +73,8 @@ struct event_base;
     X(EENCODING, -10006, "Unknown encoding")                                                  \
     X(ECONNECTING, -10007, "Socket is already connecting or connected")                       \
     X(EDNS, -10008, "DNS resolution failed")                                                  \
-    X(ENOTCONNECTED, -10009, "Socket is not connected")
+    X(ENOTCONNECTED, -10009, "Socket is not connected")                                      \
+    X(EFORMAT, -10010, "Not an export record this version can read")
 
 enum {
 #define ND__ERRNO_ENUM(name, value, msg) ND_##name = (value),
@@ -646,7 +647,8 @@ int nd_loop_stop_post(nd_loop_t *loop);
 typedef struct nd_loop_stats {
     uint64_t connections;   /* live sockets owned by this loop that belong to a server */
     uint64_t accepted;      /* connections accepted by listeners on this loop */
-    uint64_t handed_off;    /* connections this loop adopted from another loop's accept */
+    uint64_t handed_off;    /* connections this loop got from its group's acceptor: another
+                               loop's accept, or its own as a worker_accepts group's acceptor */
     uint64_t moved_in;      /* live sockets moved to this loop */
     uint64_t bytes_read;
     uint64_t bytes_written; /* bytes handed to the kernel */
@@ -712,17 +714,19 @@ typedef void (*nd_worker_init_fn)(nd_server_t *worker_server, int index, void *a
  * owner or any worker-side server) gives that exact count; maxConnections holds over the
  * whole group (extra connections are closed at once, no 'connection'); 'close' on the owner
  * comes once the 'close' of every connection of the group has run, on whichever worker. `connections` on the owner reads -1 once a socket
- * was handed to a worker (Node's null).
+ * was handed to a worker (Node's null). A handoff that fails (the worker cannot take it)
+ * closes the descriptor and is counted in nd_server_stats().handoff_failed.
+ *
  * Who accepts: by default the owner's loop accepts and posts each wake's connections to
  * the workers (one message per worker). With opts->worker_accepts (leastconn, roundrobin)
  * the first worker accepts on a duplicate of the owner's descriptor instead, serves those
  * the policy gives it and posts the others: the owner's loop is not woken per connection
  * (a thread woken per connection less: the cost of a handoff falls to about reuseport's).
- * Everything above holds either way, 'listening' comes as soon as the owner listens, and
- * close() serves the connections whose handshake completed before it; but a worker's
+ * Everything above holds either way and 'listening' comes as soon as the owner listens;
+ * close() (and nd_server_export) stops the acceptor at once, as it stops the owner: what
+ * is still queued stays on the socket for whoever else holds it. But a worker's
  * 'connection' is no longer ordered after what the owner's loop does meanwhile (a client
- * on the owner's loop may see its server's 'connection' before its own 'connect'). A handoff that fails (the worker cannot take it)
- * closes the descriptor and is counted in nd_server_stats().handoff_failed.
+ * on the owner's loop may see its server's 'connection' before its own 'connect').
  * Returns NULL with errno set (EINVAL for no workers, ENOMEM).
  */
 nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
@@ -761,8 +765,9 @@ void nd_server_stats(const nd_server_t *server, nd_server_stats_t *out);
  * one half is destroyed but its 'close' has not run, the other cannot move (-EBUSY, also
  * reported as ND_MOVE_FAILED when it happens between the call and the departure), since
  * the application's listeners on the closing half may still point at it.
- * Returns 0; -EBUSY while connecting or resolving, or when piped to a socket that is not
- * its pair; ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
+ * Returns 0; -EBUSY while connecting or resolving, when piped to a socket that is not
+ * its pair, while a move of it or of its pair is already on its way, or while it is
+ * exported (nd_socket_export); ND_ECLOSED when destroyed; -EXDEV when it belongs to a server that is not a
  * group or target is not a loop of its group; -EINVAL for NULL; 0 and nothing happens
  * when target is its own loop.
  */
@@ -787,6 +792,94 @@ int nd_socket_move_notify(nd_socket_t *sock, nd_loop_t *target, nd_move_fn fn, v
 
 /* The socket whose pipe pairs with this one both ways, or NULL. */
 nd_socket_t *nd_socket_pipe_peer(const nd_socket_t *sock);
+
+/* ------------------------------------------------------------------------------------ */
+/* Handing sockets to another process                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * A socket's whole state as a record another process can import: Node's
+ * child.send(socket) across a process boundary (the daemon's live upgrade). The record is
+ * a versioned byte string; the descriptors travel beside it (SCM_RIGHTS). It carries
+ * unread input already in user space, queued output, end and half-close state, paused
+ * and flowing, encoding and the decoder's held-back bytes, the idle timeout and how long
+ * the socket has been idle, noDelay, keepAlive, the high-water mark, counters, addresses,
+ * and the pipes of an echo (pipe(s, s)) or a pair (piped both ways: one record, two
+ * descriptors). Listeners and write callbacks do not travel: the importer attaches its
+ * own, as after a move.
+ */
+typedef struct nd_export {
+    unsigned char *data; /* the record */
+    size_t len;
+    int fds[2]; /* the descriptors, in the record's order; still this process's */
+    int nfds;
+    nd_socket_t *socks[2]; /* private */
+} nd_export_t;
+
+/*
+ * Exports sock (with its pair, if piped both ways). Only a quiet socket exports: open,
+ * not moving, no event pending, no write callback owed, no error queued; otherwise -EBUSY
+ * (try again on a later turn) or ND_ECLOSED (destroyed). Never call it from inside one of
+ * the socket's own listeners.
+ * On success the socket(s) are parked: no event, no I/O, the idle timer stopped; writes
+ * return -EBUSY. Then exactly one of:
+ *   nd_socket_export_commit(): the other process holds it now: the socket(s) are freed
+ *     here without any event (counted out of their server), our descriptors closed; the
+ *     connection itself goes on in the other process. Drop every pointer to them first.
+ *   nd_socket_export_abort(): it stays: the socket(s) carry on as if nothing happened.
+ * Both free the record.
+ */
+int nd_socket_export(nd_socket_t *sock, nd_export_t *out);
+void nd_socket_export_commit(nd_export_t *ex);
+void nd_socket_export_abort(nd_export_t *ex);
+/* Frees the record only (both calls above do it). */
+void nd_export_free(nd_export_t *ex);
+
+/*
+ * Imports a record on `loop`, taking fds (as many as the record has sockets: 1, or 2 for
+ * a pair; on success they belong to the sockets). The sockets are parked until
+ * nd_socket_import_start(): nothing is read or written, so the process handing them over
+ * can still take them back if this one fails before starting them. `server` (or NULL) is
+ * the server they count in from now on, for each socket that counted in one where it
+ * came from (a pair's outgoing half did not): a worker-side server of a group counts them
+ * in the group, as a move in does (not as accepted). out[0] is the record's first socket,
+ * out[1] its pair or NULL. Returns 0, ND_EFORMAT (another version, or malformed: nothing
+ * is taken), -EINVAL, -ENOMEM.
+ */
+int nd_socket_import(nd_loop_t *loop, const void *data, size_t len, const int *fds, int nfds,
+                     nd_server_t *server, nd_socket_t *out[2]);
+/* Starts an imported socket (and its pair): reading, writing what is queued, the idle
+ * timer, and buffered input or a held-back 'end' on a later turn. */
+void nd_socket_import_start(nd_socket_t *sock);
+
+/*
+ * A server's listening descriptor, for another process: accepting stops at once (the
+ * kernel keeps queueing connections on the descriptor). Returns the descriptor (still
+ * this process's), -ENOTSOCK... ND_ENOTRUNNING when it does not listen itself (a group's
+ * worker-side server without a listener of its own, a closed server). Then one of:
+ *   nd_server_export_commit(): the other process listens on it now: the server closes
+ *     here without touching the socket file of a unix path (it belongs to the other
+ *     process), and emits 'close' as usual once its connections are gone.
+ *   nd_server_export_abort(): accepting resumes.
+ * For a group's owner, the group's worker-side servers stop too when they listen (reuseport):
+ * export those on their own loops. A worker_accepts group's acceptor stops with its owner:
+ * this may wait for the acceptor's current wake to finish posting what it accepted, so
+ * everything the caller posts to a worker afterwards arrives behind those connections.
+ */
+int nd_server_export(nd_server_t *server);
+/* The importing side of a server on a unix path: as nd_server_listen_fd, and the socket
+ * file at path (which the other process created) is this server's: removed when it
+ * closes, if that directory entry is still that file. */
+int nd_server_listen_fd_path(nd_server_t *server, int fd, const char *path, int backlog);
+/* The importing side of a reuseport group: the owner's bound descriptor and one
+ * listening descriptor per worker (n must be the group's number of workers), all taken.
+ * 'listening' follows as for nd_server_listen. Returns 0, -EINVAL (not a reuseport
+ * group's owner, or n differs), or as nd_server_listen. Other servers import with
+ * nd_server_listen_fd. */
+int nd_server_listen_reuseport_fds(nd_server_t *server, int owner_fd, const int *member_fds,
+                                   int n, int backlog);
+void nd_server_export_commit(nd_server_t *server);
+void nd_server_export_abort(nd_server_t *server);
 
 #ifdef __cplusplus
 }
