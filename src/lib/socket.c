@@ -36,11 +36,28 @@ enum socket_pending {
 };
 
 /* An 'error' waiting for its turn. Several may wait: a refused write after end() or the
- * peer's FIN, then a failure of the connection itself. */
+ * peer's FIN, then a failure of the connection itself. Kept as what makes it, its strings
+ * copied behind it (a few dozen bytes: thousands of peers resetting at once queue as many),
+ * and made into an nd_error_t only when it is emitted. */
 typedef struct err_node {
     struct err_node *next;
-    nd__error_store_t st;
+    int code, port;
+    const char *syscall; /* a string literal, or NULL */
+    const char *address, *hostname, *message; /* into text, or NULL */
+    char text[];
 } err_node_t;
+
+/* Copies str behind a node; returns where it went, or NULL for NULL. */
+static const char *err_text(char **at, const char *str)
+{
+    if (!str)
+        return NULL;
+    size_t n = strlen(str) + 1;
+    memcpy(*at, str, n);
+    const char *p = *at;
+    *at += n;
+    return p;
+}
 
 typedef struct wreq {
     uint64_t mark; /* done once flushed(s) reaches it */
@@ -505,14 +522,19 @@ static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscal
             return;
         s->error_gate = true;
     }
-    err_node_t *e = malloc(sizeof(*e));
+    size_t text = (address ? strlen(address) + 1 : 0) + (hostname ? strlen(hostname) + 1 : 0) +
+                  (message ? strlen(message) + 1 : 0);
+    err_node_t *e = malloc(sizeof(*e) + text);
     if (!e) {
         s->error_nomem = true;
     } else {
-        nd__error_store_t *st = &e->st;
-        nd__error_set(&st, code, syscall, address, port, hostname); /* no allocation */
-        if (message)
-            nd__error_set_message(st, message);
+        char *at = e->text;
+        e->code = code;
+        e->port = port;
+        e->syscall = syscall;
+        e->address = err_text(&at, address);
+        e->hostname = err_text(&at, hostname);
+        e->message = err_text(&at, message);
         e->next = NULL;
         err_node_t **tail = &s->errq;
         while (*tail)
@@ -1373,9 +1395,14 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         while (list) {
             err_node_t *e = list;
             list = e->next;
-            nd_event_t ev = {.type = ND_EV_ERROR, .error = &e->st.err};
-            if (!s->closed_done)
+            if (!s->closed_done) {
+                nd__error_store_t store, *st = &store;
+                nd__error_set(&st, e->code, e->syscall, e->address, e->port, e->hostname);
+                if (e->message)
+                    nd__error_set_message(st, e->message);
+                nd_event_t ev = {.type = ND_EV_ERROR, .error = &st->err};
                 nd__emit(&s->h.em, s, &ev);
+            }
             free(e);
         }
         if (nomem && !s->closed_done) {
