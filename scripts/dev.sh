@@ -155,7 +155,8 @@ cmd_test() {
     # could hide (netd's own worker threads included), then the chaos runs.
     configure_in build-tsan --enable-tsan --enable-werror
     local tsan_tests="tests/lib/test_loop tests/lib/test_threads tests/lib/test_regress"
-    tsan_tests+=" tests/lib/test_moves tests/daemon/test_config tests/daemon/test_handlers"
+    tsan_tests+=" tests/lib/test_moves tests/lib/test_fastpath tests/daemon/test_config"
+    tsan_tests+=" tests/daemon/test_handlers"
     tsan_tests+=" tests/daemon/test_daemon tests/daemon/test_races"
     make_args=(TESTS="$tsan_tests")
     check_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
