@@ -236,6 +236,8 @@ struct nd_loop {
     struct evdns_base *dns;
     char nameserver[64];
     unsigned char *scratch; /* ND__READ_CHUNK bytes for reads: no allocation per read */
+    uint64_t io_now_us;     /* the cached clock of the socket I/O callback running, or 0:
+                               taken once per callback, not once per read and per write */
     int pipes[ND__PIPE_POOL][2]; /* empty splice pipes (read end, write end) */
     int npipes;
     int splicers; /* live sockets that have spliced: the pool keeps no more pipes than that,

@@ -233,7 +233,8 @@ static uint64_t now_us(nd_loop_t *loop)
 
 static void touch(nd_socket_t *s)
 {
-    s->last_active_us = now_us(s->h.loop);
+    nd_loop_t *loop = s->h.loop;
+    s->last_active_us = loop->io_now_us ? loop->io_now_us : now_us(loop);
     if (s->timeout_ms && !s->timer_armed && s->timer_ev && !s->parked) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
         evtimer_add(s->timer_ev, &tv);
@@ -1095,8 +1096,12 @@ static enum splice_result splice_step(nd_socket_t *s, nd_socket_t *dst)
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
-    char *buf = (char *)s->h.loop->scratch;
-    nd__loop_awake(s->h.loop);
+    nd_loop_t *loop = s->h.loop;
+    char *buf = (char *)loop->scratch;
+    nd__loop_awake(loop);
+    /* libevent's cached clock is the same for every callback of this wake: read it once
+     * here for every read and write (an echo's too) this callback touches. */
+    loop->io_now_us = now_us(loop);
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
         if (s->bulk && flowing_now(s) && can_splice(s, s->pipe_dst)) {
@@ -1143,7 +1148,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
             break;
         }
     }
-    nd__handle_release(&s->h);
+    nd__handle_release(&s->h); /* may free s, never the loop */
+    loop->io_now_us = 0;
 }
 
 /* ------------------------------------------------------------------ writing */
