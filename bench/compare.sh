@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# netd against Node's net module, under the same load, one after the other.
+# netd against Node's net module and against the limits, under the same load, one after the
+# other.
 #
 #   bench/compare.sh BUILDDIR        (or `make bench` from the build directory)
 #
-# Starts netd (an echo server, and a proxy in front of a plain upstream echo) and the same
-# servers written with Node (bench/node-echo.js, bench/node-proxy.js), runs bench/netload
-# against each for every scenario, several rounds, and prints the medians as one table:
-# scenario | netd | node | ratio (netd/node) | target.
+# Starts netd (echo, proxy, and the same echo behind a leastconn and a reuseport group),
+# the same servers written with Node (bench/node-echo.js, bench/node-proxy.js), the raw
+# epoll echo (bench/echod: the limit of every echo row), a libevent bufferevent echo
+# (bench/evecho: the peer of the memory row) and HAProxy (the peer of the proxy rows), runs
+# bench/netload against each for every scenario, several rounds, and prints the medians:
+# one table netd/node (first round's targets), one netd against the limits (second
+# round's), and p50/p99/max latency, rate, CPU and errors of every server in every scenario.
 #
 # Environment: DURATION (s per run, 5), ROUNDS (3), WARMUP (s, 1), NETD_THREADS (2),
 # NETLOAD_THREADS (1), CONNECT_CONNS (32), IDLE_CONNS (9000), IDLE_HOLD (s, 2),
-# UPSTREAM (plain | node | netd: who serves the proxies' upstream echo, plain = bench/echod), KEEP (1: keep the
-# work directory with every raw result and log), NODE (node binary).
+# UPSTREAM (plain | node | netd: who serves the proxies' upstream echo, plain = bench/echod),
+# HAPROXY (haproxy binary, "" skips it), HAPROXY_THREADS (2), HAPROXY_OPTIONS (extra
+# `defaults` lines, e.g. "option splice-auto"), KEEP (1: keep the work directory with every
+# raw result and log), NODE (node binary).
 set -u
 
 DURATION=${DURATION:-5}
@@ -24,6 +30,9 @@ CONNECT_CONNS=${CONNECT_CONNS:-32}
 IDLE_CONNS=${IDLE_CONNS:-9000}
 IDLE_HOLD=${IDLE_HOLD:-2}
 UPSTREAM=${UPSTREAM:-plain}
+HAPROXY=${HAPROXY-haproxy}
+HAPROXY_THREADS=${HAPROXY_THREADS:-2}
+HAPROXY_OPTIONS=${HAPROXY_OPTIONS:-}
 NODE=${NODE:-node}
 KEEP=${KEEP:-0}
 
@@ -34,15 +43,24 @@ note() { echo "compare.sh: $*" >&2; }
 BUILDDIR=$(cd "$1" && pwd) || die "no build directory $1"
 BENCHDIR=$(cd "$(dirname "$0")" && pwd)
 NETLOAD=$BUILDDIR/bench/netload
+ECHOD=$BUILDDIR/bench/echod
+EVECHO=$BUILDDIR/bench/evecho
 NETD=$BUILDDIR/src/daemon/netd
 CLK_TCK=$(getconf CLK_TCK)
 
-if [ ! -x "$NETLOAD" ]; then
-    make -C "$BUILDDIR" bench/netload >&2 || die "cannot build $NETLOAD"
-fi
+for prog in netload echod evecho; do
+    if [ ! -x "$BUILDDIR/bench/$prog" ]; then
+        make -C "$BUILDDIR" "bench/$prog" >&2 || die "cannot build bench/$prog"
+    fi
+done
 command -v "$NODE" >/dev/null || die "node not found (set NODE=)"
 HAVE_NETD=1
 [ -x "$NETD" ] || { note "$NETD not built: netd columns will read n/a"; HAVE_NETD=0; }
+HAVE_HAPROXY=1
+if [ -z "$HAPROXY" ] || ! command -v "$HAPROXY" >/dev/null; then
+    note "haproxy not found (apt-get install haproxy, or set HAPROXY=): its rows read n/a"
+    HAVE_HAPROXY=0
+fi
 
 # 9000 idle connections are 9000 descriptors in the client and as many in the server;
 # children inherit this limit. Only ever raised: a higher limit is left as it is.
@@ -114,11 +132,13 @@ start_or_die() {
     wait_port "$port" "$STARTED_PID" || { cat "$WORK/$name.log" >&2; die "$name did not start"; }
 }
 
+# Every server of the run: its pid and port per scenario family, by name.
+declare -A PID PORT
+
 free_port P_UP
-free_port P_NODE_ECHO
-free_port P_NODE_PROXY
-free_port P_NETD_ECHO
-free_port P_NETD_PROXY
+for k in NODE_ECHO NODE_PROXY NETD_ECHO NETD_PROXY NETD_LC NETD_RP ECHOD ECHOD_N HAP; do
+    free_port "P_$k"
+done
 
 start_netd() {
     local name=$1 config=$2 port=$3
@@ -142,17 +162,20 @@ netd_config() {
     } >"$dir/netd.json"
 }
 
+# echo_entry PORT [NAME [BALANCE]]
 echo_entry() {
-    echo "{\"name\":\"echo\",\"port\":$1,\"host\":\"127.0.0.1\",\"handler\":{\"type\":\"echo\"}}"
+    local balance=""
+    [ -n "${3:-}" ] && balance=",\"balance\":\"$3\""
+    echo "{\"name\":\"${2:-echo}\",\"port\":$1,\"host\":\"127.0.0.1\"$balance,\"handler\":{\"type\":\"echo\"}}"
 }
 
 proxy_entry() {
     echo "{\"name\":\"proxy\",\"port\":$1,\"host\":\"127.0.0.1\",\"handler\":{\"type\":\"proxy\",\"port\":$2,\"host\":\"127.0.0.1\"}}"
 }
 
-if [ "$UPSTREAM" = plain ] && [ -x "$BUILDDIR/bench/echod" ]; then
-    # The issue's "plain upstream echo": a bare epoll echo, the same for both proxies.
-    start_or_die echod-upstream "$P_UP" "$BUILDDIR/bench/echod" "$P_UP"
+if [ "$UPSTREAM" = plain ]; then
+    # The issue's "plain upstream echo": a bare epoll echo, the same for every proxy.
+    start_or_die echod-upstream "$P_UP" "$ECHOD" "$P_UP"
 elif [ "$UPSTREAM" = netd ] && [ "$HAVE_NETD" = 1 ]; then
     netd_config "$WORK/up" "$(echo_entry "$P_UP")"
     start_netd netd-upstream "$WORK/up/netd.json" "$P_UP" || die "upstream netd did not start"
@@ -161,20 +184,58 @@ else
     UPSTREAM=node
     start_or_die node-upstream "$P_UP" "$NODE" "$BENCHDIR/node-echo.js" "$P_UP"
 fi
-UP_PID=$STARTED_PID
 
 start_or_die node-echo "$P_NODE_ECHO" "$NODE" "$BENCHDIR/node-echo.js" "$P_NODE_ECHO"
-NODE_ECHO_PID=$STARTED_PID
+PID[echo.node]=$STARTED_PID PORT[echo.node]=$P_NODE_ECHO
 start_or_die node-proxy "$P_NODE_PROXY" "$NODE" "$BENCHDIR/node-proxy.js" "$P_NODE_PROXY" "$P_UP"
-NODE_PROXY_PID=$STARTED_PID
+PID[proxy.node]=$STARTED_PID PORT[proxy.node]=$P_NODE_PROXY
+# The raw epoll echo: one thread (the limit), and as many threads as netd has workers, to
+# show what the second thread costs any server on these cores.
+start_or_die echod "$P_ECHOD" "$ECHOD" "$P_ECHOD"
+PID[echo.echod]=$STARTED_PID PORT[echo.echod]=$P_ECHOD
+start_or_die echod-n "$P_ECHOD_N" "$ECHOD" "$P_ECHOD_N" "$NETD_THREADS"
+PID[echo.echodN]=$STARTED_PID PORT[echo.echodN]=$P_ECHOD_N
 
-NETD_PID=
+if [ "$HAVE_HAPROXY" = 1 ]; then
+    # HAProxy's plain TCP forwarding with its defaults (no splicing unless HAPROXY_OPTIONS
+    # asks), nbthread like netd's workers; maxconn within the descriptor limit.
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread $HAPROXY_THREADS
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  $HAPROXY_OPTIONS
+frontend bench
+  bind 127.0.0.1:$P_HAP
+  default_backend upstream
+backend upstream
+  server echo 127.0.0.1:$P_UP
+EOF
+    start haproxy "$HAPROXY" -db -f "$WORK/haproxy.cfg"
+    if wait_port "$P_HAP" "$STARTED_PID"; then
+        PID[proxy.haproxy]=$STARTED_PID PORT[proxy.haproxy]=$P_HAP
+    else
+        note "haproxy did not start; its log:"
+        tail -n 5 "$WORK/haproxy.log" >&2
+        HAVE_HAPROXY=0
+    fi
+fi
+
 if [ "$HAVE_NETD" = 1 ]; then
     netd_config "$WORK/netd" "$(echo_entry "$P_NETD_ECHO")" \
-        "$(proxy_entry "$P_NETD_PROXY" "$P_UP")"
+        "$(proxy_entry "$P_NETD_PROXY" "$P_UP")" \
+        "$(echo_entry "$P_NETD_LC" leastconn leastconn)" \
+        "$(echo_entry "$P_NETD_RP" reuseport reuseport)"
     if start_netd netd "$WORK/netd/netd.json" "$P_NETD_ECHO" &&
-        wait_port "$P_NETD_PROXY" "$STARTED_PID"; then
-        NETD_PID=$STARTED_PID
+        wait_port "$P_NETD_PROXY" "$STARTED_PID" && wait_port "$P_NETD_LC" "$STARTED_PID" &&
+        wait_port "$P_NETD_RP" "$STARTED_PID"; then
+        for sc in echo proxy lc rp; do PID[$sc.netd]=$STARTED_PID; done
+        PORT[echo.netd]=$P_NETD_ECHO PORT[proxy.netd]=$P_NETD_PROXY
+        PORT[lc.netd]=$P_NETD_LC PORT[rp.netd]=$P_NETD_RP
     else
         HAVE_NETD=0
     fi
@@ -210,37 +271,40 @@ record() {
     echo "$4" >>"$WORK/r.$1.$2.$3"
 }
 
-# run_pingpong SCENARIO SERVER PID PORT CONNS SIZE: one closed-loop run, with the server's
-# CPU time over the whole run (warm-up included, and so are its requests in total_reqs).
-run_pingpong() {
-    local sc=$1 srv=$2 pid=$3 port=$4 conns=$5 size=$6 c0 c1 line
+# per OP_US COUNT: CPU microseconds per operation, or n/a.
+per() {
+    if [ "$2" != n/a ] && [ "$2" -gt 0 ]; then
+        awk -v c="$1" -v n="$2" 'BEGIN { printf "%.2f", c / n }'
+    else
+        echo n/a
+    fi
+}
+
+# run_load SCENARIO SERVER KEY MODE [NETLOAD OPTIONS...]: one closed-loop run against the
+# port of KEY (family.server, as in PID and PORT), recorded under SERVER, with the server's
+# CPU time over the whole run (warm-up included, and so are its operations in the totals).
+# Servers that did not start are skipped.
+run_load() {
+    local sc=$1 srv=$2 key=$3 mode=$4 pid port c0 c1 line total
+    shift 4
+    pid=${PID[$key]:-} port=${PORT[$key]:-}
+    [ -n "$pid" ] || return 0
     c0=$(cpu_us "$pid")
-    line=$("$NETLOAD" pingpong "127.0.0.1:$port" -c "$conns" -s "$size" -t "$NETLOAD_THREADS" \
+    line=$("$NETLOAD" "$mode" "127.0.0.1:$port" "$@" -t "$NETLOAD_THREADS" \
         -d "$DURATION" -w "$WARMUP" | tail -n 1)
     c1=$(cpu_us "$pid")
     echo "$sc $srv $line" >>"$WORK/raw.txt"
-    record "$sc" "$srv" rps "$(field reqs_per_s "$line")"
-    record "$sc" "$srv" mbs "$(field mb_per_s "$line")"
-    record "$sc" "$srv" p50 "$(field p50_us "$line")"
-    record "$sc" "$srv" p99 "$(field p99_us "$line")"
-    record "$sc" "$srv" err "$(field errors "$line")"
-    local total
+    local m
+    for m in reqs_per_s:rps mb_per_s:mbs conns_per_s:cps p50_us:p50 p99_us:p99 max_us:max \
+        errors:err; do
+        record "$sc" "$srv" "${m#*:}" "$(field "${m%%:*}" "$line")"
+    done
     total=$(field total_reqs "$line")
-    if [ "$total" != n/a ] && [ "$total" -gt 0 ]; then
-        record "$sc" "$srv" cpu "$(awk -v c=$((c1 - c0)) -v n="$total" 'BEGIN { printf "%.2f", c / n }')"
-    fi
-    note "  $sc $srv: $(field reqs_per_s "$line") req/s $(field mb_per_s "$line") MB/s" \
-        "p99 $(field p99_us "$line") us, errors $(field errors "$line")"
-}
-
-run_connect() {
-    local srv=$1 pid=$2 port=$3 line
-    line=$("$NETLOAD" connect "127.0.0.1:$port" -c "$CONNECT_CONNS" -t "$NETLOAD_THREADS" \
-        -d "$DURATION" -w "$WARMUP" | tail -n 1)
-    echo "connect $srv $line" >>"$WORK/raw.txt"
-    record connect "$srv" cps "$(field conns_per_s "$line")"
-    record connect "$srv" err "$(field errors "$line")"
-    note "  connect $srv: $(field conns_per_s "$line") conn/s, errors $(field errors "$line")"
+    [ "$total" = n/a ] && total=$(field total_conns "$line")
+    record "$sc" "$srv" cpu "$(per $((c1 - c0)) "$total")"
+    note "  $sc $srv: $(field reqs_per_s "$line") req/s $(field conns_per_s "$line") conn/s" \
+        "$(field mb_per_s "$line") MB/s p99 $(field p99_us "$line") us," \
+        "errors $(field errors "$line")"
 }
 
 # The server's RSS before, then the highest RSS seen while the connections are held; the
@@ -266,6 +330,7 @@ run_idle() {
     ok=$(field ok "$line")
     if [ "$ok" != n/a ] && [ "$ok" -gt 0 ] && [ "$peak" -gt 0 ]; then
         record idle "$srv" kib "$(awk -v d=$((peak - rss0)) -v n="$ok" 'BEGIN { printf "%.2f", d / n }')"
+        record idle "$srv" bytes "$(awk -v d=$((peak - rss0)) -v n="$ok" 'BEGIN { printf "%.0f", d * 1024 / n }')"
     fi
     record idle "$srv" err "$(field errors "$line")"
     note "  idle $srv: $ok/$IDLE_CONNS held, RSS $rss0 -> $peak KiB, errors $(field errors "$line")"
@@ -276,52 +341,55 @@ run_idle() {
 idle_fresh() {
     local srv=$1 port pid
     free_port port
-    if [ "$srv" = netd ]; then
+    case $srv in
+    netd)
         netd_config "$WORK/idle-$round" "$(echo_entry "$port")"
         start_netd "netd-idle-$round" "$WORK/idle-$round/netd.json" "$port" || return
-    else
-        start node-idle-$round "$NODE" "$BENCHDIR/node-echo.js" "$port"
-        wait_port "$port" "$STARTED_PID" || { note "node echo (idle) did not start"; return; }
-    fi
+        ;;
+    node) start "node-idle-$round" "$NODE" "$BENCHDIR/node-echo.js" "$port" ;;
+    echod) start "echod-idle-$round" "$ECHOD" "$port" ;;
+    evecho) start "evecho-idle-$round" "$EVECHO" "$port" ;;
+    esac
+    wait_port "$port" "$STARTED_PID" || { note "$srv (idle) did not start"; return; }
     pid=$STARTED_PID
     run_idle "$srv" "$pid" "$port"
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
 }
 
-# echo_both / proxy_both FUNCTION ARGS...: the same run against netd (when there is one), then node.
-echo_both() {
-    [ "$HAVE_NETD" = 1 ] && "$@" netd "$NETD_PID" "$P_NETD_ECHO"
-    "$@" node "$NODE_ECHO_PID" "$P_NODE_ECHO"
-}
-
-proxy_both() {
-    [ "$HAVE_NETD" = 1 ] && "$@" netd "$NETD_PID" "$P_NETD_PROXY"
-    "$@" node "$NODE_PROXY_PID" "$P_NODE_PROXY"
-}
-
-# Adapters so each scenario reads as "run it on both".
-pp() {
-    local sc=$1 conns=$2 size=$3 srv=$4 pid=$5 port=$6
-    run_pingpong "$sc" "$srv" "$pid" "$port" "$conns" "$size"
-}
-
-note "netd ${NETD_PID:-n/a} (threads $NETD_THREADS), node echo $NODE_ECHO_PID," \
-    "node proxy $NODE_PROXY_PID, upstream $UPSTREAM $UP_PID; ${ROUNDS} rounds of ${DURATION} s"
+note "netd ${PID[echo.netd]:-n/a} (threads $NETD_THREADS), node echo ${PID[echo.node]}," \
+    "node proxy ${PID[proxy.node]}, haproxy ${PID[proxy.haproxy]:-n/a}, upstream $UPSTREAM;" \
+    "${ROUNDS} rounds of ${DURATION} s"
 for ((round = 1; round <= ROUNDS; round++)); do
     note "round $round/$ROUNDS"
     if [ "$IDLE_CONNS" -gt 0 ]; then
-        [ "$HAVE_NETD" = 1 ] && idle_fresh netd
-        idle_fresh node
+        for srv in netd echod evecho node; do
+            [ "$srv" = netd ] && [ "$HAVE_NETD" = 0 ] && continue
+            idle_fresh "$srv"
+        done
     fi
-    echo_both pp echo_small 100 64
-    echo_both pp echo_large 10 65536
-    echo_both run_connect
-    proxy_both pp proxy_small 100 64
-    proxy_both pp proxy_large 10 65536
+    for srv in netd echod echodN node; do
+        run_load echo_small "$srv" "echo.$srv" pingpong -c 100 -s 64
+    done
+    for srv in netd echod node; do
+        run_load echo_large "$srv" "echo.$srv" pingpong -c 10 -s 65536
+    done
+    for srv in netd echod node; do
+        run_load connect "$srv" "echo.$srv" connect -c "$CONNECT_CONNS"
+    done
+    # The cost of the handoff: the same echo through a leastconn group (the acceptor hands
+    # each connection to a worker) and a reuseport one (each worker accepts its own).
+    run_load handoff leastconn lc.netd connect -c "$CONNECT_CONNS"
+    run_load handoff reuseport rp.netd connect -c "$CONNECT_CONNS"
+    for srv in netd node haproxy; do
+        run_load proxy_small "$srv" "proxy.$srv" pingpong -c 100 -s 64
+    done
+    for srv in netd node haproxy; do
+        run_load proxy_large "$srv" "proxy.$srv" pingpong -c 10 -s 65536
+    done
 done
 
-# ------------------------------------------------------------------------------ table
+# ------------------------------------------------------------------------------ tables
 
 median() {
     local f=$WORK/r.$1.$2.$3
@@ -337,59 +405,125 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'
 }
 
+# met VALUE TARGET: "yes" or "no" for a target like ">= 1.3" or "<= 768", n/a without a value.
+met() {
+    case "$1" in n/a) echo n/a; return ;; esac
+    awk -v v="$1" -v op="${2%% *}" -v t="${2#* }" 'BEGIN {
+        ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "yes" : "NO" }'
+}
+
+line() {
+    printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" \
+        "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..11})" \
+        "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..8})" \
+        "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..5})"
+}
+
+# row LABEL SC_A SRV_A SC_B SRV_B METRIC TARGET: the medians of A and B and their ratio A/B.
 row() {
-    local label=$1 sc=$2 metric=$3 target=$4 a b
-    a=$(median "$sc" netd "$metric")
-    b=$(median "$sc" node "$metric")
-    printf '| %-32s | %10s | %10s | %6s | %-7s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "$target"
+    local label=$1 a b r
+    a=$(median "$2" "$3" "$6")
+    b=$(median "$4" "$5" "$6")
+    r=$(ratio "$a" "$b")
+    printf '| %-40s | %9s | %9s | %-8s | %6s | %-7s | %-3s |\n' "$label" "$a" "$b" "$5" "$r" \
+        "$7" "$(met "$r" "$7")"
+}
+
+# row_abs LABEL SC SRV METRIC PEER_SC PEER_SRV TARGET: an absolute target on A, B shown beside.
+row_abs() {
+    local label=$1 a b
+    a=$(median "$2" "$3" "$4")
+    b=$(median "$5" "$6" "$4")
+    printf '| %-40s | %9s | %9s | %-8s | %6s | %-7s | %-3s |\n' "$label" "$a" "$b" "$6" \
+        "$(ratio "$a" "$b")" "$7" "$(met "$a" "$7")"
+}
+
+header() {
+    printf '| %-40s | %9s | %9s | %-8s | %6s | %-7s | %-3s |\n' scenario netd peer "peer" \
+        ratio target met
+    line
 }
 
 echo
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-echo "netd vs node: medians of $ROUNDS rounds, $DURATION s each; netd -t $NETD_THREADS," \
-    "node $("$NODE" --version), netload -t $NETLOAD_THREADS"
+haproxy_version=n/a
+[ "$HAVE_HAPROXY" = 1 ] && haproxy_version=$("$HAPROXY" -v 2>/dev/null | awk 'NR == 1 { print $3 }')
+echo "medians of $ROUNDS rounds, $DURATION s each; netd -t $NETD_THREADS, node $("$NODE" --version)," \
+    "haproxy $haproxy_version (nbthread $HAPROXY_THREADS), netload -t $NETLOAD_THREADS"
 echo "machine: $(nproc) x ${cpu_model:-unknown CPU}, Linux $(uname -r)"
-printf '| %-32s | %10s | %10s | %6s | %-7s |\n' scenario netd node ratio target
-printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..34})" "$(printf -- '-%.0s' {1..12})" \
-    "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..8})" "$(printf -- '-%.0s' {1..9})"
-row "echo 100x64B req/s" echo_small rps ">= 1.3"
-row "echo 100x64B CPU us per request" echo_small cpu "<= 0.75"
-row "echo 10x64KiB MB/s" echo_large mbs ">= 1.2"
-row "connect rate conn/s" connect cps ">= 1.4"
-row "idle $IDLE_CONNS conns KiB per conn" idle kib "<= 0.25"
-row "proxy 100x64B req/s" proxy_small rps ">= 2.0"
-row "proxy 10x64KiB MB/s" proxy_large mbs ">= 1.5"
+echo
+echo "netd against Node (first round; ratio = netd / node):"
+header
+row "echo 100x64B req/s" echo_small netd echo_small node rps ">= 1.3"
+row "echo 100x64B CPU us per request" echo_small netd echo_small node cpu "<= 0.75"
+row "echo 10x64KiB MB/s" echo_large netd echo_large node mbs ">= 1.2"
+row "connect rate conn/s" connect netd connect node cps ">= 1.4"
+row "idle $IDLE_CONNS conns KiB per conn" idle netd idle node kib "<= 0.25"
+row "proxy 100x64B req/s" proxy_small netd proxy_small node rps ">= 2.0"
+row "proxy 10x64KiB MB/s" proxy_large netd proxy_large node mbs ">= 1.5"
+echo
+echo "netd against the limits (second round; ratio = netd / peer; echod = raw epoll, 1 thread):"
+header
+row "echo 100x64B p99 us vs raw epoll" echo_small netd echo_small echod p99 "<= 1.3"
+row "echo 100x64B CPU us/req vs raw epoll" echo_small netd echo_small echod cpu "<= 1.05"
+row "echo 100x64B p99 us vs raw epoll x$NETD_THREADS" echo_small netd echo_small echodN p99 "<= 1.3"
+row "echo 100x64B CPU us/req vs raw epoll x$NETD_THREADS" echo_small netd echo_small echodN cpu "<= 1.05"
+row_abs "idle $IDLE_CONNS conns bytes per conn" idle netd bytes idle evecho "<= 768"
+row "leastconn conn/s vs reuseport" handoff leastconn handoff reuseport cps ">= 0.95"
+row "leastconn CPU us/conn vs reuseport" handoff leastconn handoff reuseport cpu "<= 1.2"
+row "proxy 10x64KiB MB/s vs haproxy" proxy_large netd proxy_large haproxy mbs ">= 1.5"
+echo "  (raw epoll xN: bench/echod with as many threads as netd has workers; evecho: libevent"
+echo "   bufferevents; the idle target is on netd's bytes, the peer is shown for scale)"
 
 echo
-echo "details (medians): latency p50 / p99 in us, server CPU us per request, errors per run"
-for sc in echo_small echo_large proxy_small proxy_large; do
-    for srv in netd node; do
+echo "details (medians): rate, latency p50 / p99 / max in us, server CPU us per request or"
+echo "connection, errors per run"
+printf '  %-12s %-9s %10s %9s %9s %9s %9s %8s %6s\n' scenario server rate MB/s p50 p99 max cpu errors
+for sc in echo_small echo_large connect handoff proxy_small proxy_large; do
+    for srv in netd leastconn reuseport echod echodN node haproxy; do
         [ -s "$WORK/r.$sc.$srv.p50" ] || continue
-        printf '  %-12s %-5s p50 %8s  p99 %8s  cpu/req %7s  errors %s\n' "$sc" "$srv" \
-            "$(median $sc $srv p50)" "$(median $sc $srv p99)" "$(median $sc $srv cpu)" \
-            "$(median $sc $srv err)"
+        rate=$(median "$sc" "$srv" rps)
+        [ "$rate" = n/a ] && rate=$(median "$sc" "$srv" cps)
+        printf '  %-12s %-9s %10s %9s %9s %9s %9s %8s %6s\n' "$sc" "$srv" "$rate" \
+            "$(median "$sc" "$srv" mbs)" "$(median "$sc" "$srv" p50)" "$(median "$sc" "$srv" p99)" \
+            "$(median "$sc" "$srv" max)" "$(median "$sc" "$srv" cpu)" "$(median "$sc" "$srv" err)"
     done
 done
-for srv in netd node; do
-    [ -s "$WORK/r.connect.$srv.err" ] && printf '  %-12s %-5s errors %s\n' connect "$srv" \
-        "$(median connect $srv err)"
-    [ -s "$WORK/r.idle.$srv.err" ] && printf '  %-12s %-5s errors %s\n' idle "$srv" \
-        "$(median idle $srv err)"
+for srv in netd echod evecho node; do
+    [ -s "$WORK/r.idle.$srv.err" ] && printf '  %-12s %-9s %s bytes per connection, errors %s\n' \
+        idle "$srv" "$(median idle "$srv" bytes)" "$(median idle "$srv" err)"
 done
 echo "  proxies' upstream: $UPSTREAM echo"
 
 # The spread of the ratio from round to round shows how far to trust the median.
 round_ratios() {
-    local a=$WORK/r.$1.netd.$2 b=$WORK/r.$1.node.$2
+    local a=$WORK/r.$1.$2.$4 b=$WORK/r.$1.$3.$4
     if [ ! -s "$a" ] || [ ! -s "$b" ]; then echo n/a; return; fi
     paste -d ' ' "$a" "$b" | awk '{ if ($1 == "n/a" || $2 == "n/a" || $2 == 0) printf "n/a ";
                                     else printf "%.2f ", $1 / $2 } END { print "" }'
 }
 echo
-echo "ratio in each round (netd/node):"
-for pair in "echo_small rps" "echo_small cpu" "echo_large mbs" "connect cps" "idle kib" \
-    "proxy_small rps" "proxy_small cpu" "proxy_large mbs" "proxy_large cpu"; do
-    # shellcheck disable=SC2086 # two arguments on purpose
-    printf '  %-16s %s\n' "${pair/ /.}" "$(round_ratios $pair)"
-done
+echo "ratio in each round:"
+while read -r label sc a b metric; do
+    # shellcheck disable=SC2086 # arguments on purpose
+    printf '  %-34s %s\n' "$label" "$(round_ratios "$sc" "$a" "$b" "$metric")"
+done <<EOF
+echo_small.rps(netd/node) echo_small netd node rps
+echo_small.cpu(netd/node) echo_small netd node cpu
+echo_large.mbs(netd/node) echo_large netd node mbs
+connect.cps(netd/node) connect netd node cps
+idle.kib(netd/node) idle netd node kib
+proxy_small.rps(netd/node) proxy_small netd node rps
+proxy_small.cpu(netd/node) proxy_small netd node cpu
+proxy_large.mbs(netd/node) proxy_large netd node mbs
+proxy_large.cpu(netd/node) proxy_large netd node cpu
+echo_small.p99(netd/echod) echo_small netd echod p99
+echo_small.cpu(netd/echod) echo_small netd echod cpu
+echo_small.p99(netd/echodN) echo_small netd echodN p99
+echo_small.cpu(netd/echodN) echo_small netd echodN cpu
+handoff.cps(leastconn/reuseport) handoff leastconn reuseport cps
+handoff.cpu(leastconn/reuseport) handoff leastconn reuseport cpu
+proxy_large.mbs(netd/haproxy) proxy_large netd haproxy mbs
+proxy_large.cpu(netd/haproxy) proxy_large netd haproxy cpu
+EOF
 exit 0

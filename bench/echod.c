@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * echod: the plain upstream echo behind both proxies in the benchmark. One thread,
- * level-triggered epoll, one 64 KiB buffer; nothing of libnetd or Node, so it costs both
- * proxies the same and as little as possible. Usage: echod PORT (on 127.0.0.1).
+ * echod: the raw epoll echo, the limit netd's echo rows are measured against and the plain
+ * upstream behind both proxies. Level-triggered epoll, one 64 KiB buffer per thread;
+ * nothing of libnetd or Node, so it costs as little as an echo can.
+ * Usage: echod PORT [THREADS] (on 127.0.0.1). THREADS > 1 gives each thread its own
+ * SO_REUSEPORT listener, to see what a second thread costs a raw server on the same cores.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,14 +19,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static char buf[65536];
+static int port;
+static int reuseport;
 
 /* Echoes what is readable now; a blocking write keeps the code small and the order right
  * (the proxies read their upstream promptly, so it never blocks long). */
-static void echo(int epfd, int fd)
+static void echo(int epfd, int fd, char *buf, size_t size)
 {
     for (;;) {
-        ssize_t n = read(fd, buf, sizeof(buf));
+        ssize_t n = read(fd, buf, size);
         if (n > 0) {
             for (ssize_t off = 0; off < n;) {
                 ssize_t w = send(fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
@@ -38,7 +42,7 @@ static void echo(int epfd, int fd)
                     goto gone;
                 off += w;
             }
-            if ((size_t)n < sizeof(buf))
+            if ((size_t)n < size)
                 return;
             continue;
         }
@@ -51,22 +55,27 @@ static void echo(int epfd, int fd)
     }
 }
 
-int main(int argc, char **argv)
+static int listen_on(void)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: echod PORT\n");
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1])),
+    if (reuseport)
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 511) != 0) {
         perror("echod: listen");
-        return 1;
+        exit(1);
     }
+    return lfd;
+}
+
+static void *serve(void *arg)
+{
+    int lfd = (int)(intptr_t)arg;
+    static __thread char buf[65536];
+    int one = 1;
     int epfd = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
     epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
@@ -76,7 +85,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd != lfd) {
-                echo(epfd, fd);
+                echo(epfd, fd, buf, sizeof(buf));
                 continue;
             }
             int c;
@@ -87,4 +96,32 @@ int main(int argc, char **argv)
             }
         }
     }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: echod PORT [THREADS]\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    port = atoi(argv[1]);
+    int threads = argc == 3 ? atoi(argv[2]) : 1;
+    if (threads < 1)
+        threads = 1;
+    reuseport = threads > 1;
+    /* Every listener exists before any thread runs, so a client never finds the port with
+     * only some of them bound. */
+    int lfds[64];
+    if (threads > 64)
+        threads = 64;
+    for (int i = 0; i < threads; i++)
+        lfds[i] = listen_on();
+    for (int i = 1; i < threads; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, serve, (void *)(intptr_t)lfds[i]);
+    }
+    serve((void *)(intptr_t)lfds[0]);
+    return 0;
 }

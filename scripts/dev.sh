@@ -170,6 +170,7 @@ cmd_test() {
     configure_in build-tsan --enable-tsan --enable-werror
     local tsan_tests="tests/lib/test_loop tests/lib/test_mailbox tests/lib/test_group"
     tsan_tests+=" tests/lib/test_thread_stress tests/lib/test_regress tests/lib/test_moves"
+    tsan_tests+=" tests/lib/test_fastpath"
     tsan_tests+=" tests/daemon/test_config tests/daemon/test_handlers"
     tsan_tests+=" tests/daemon/test_commands tests/daemon/test_errors tests/daemon/test_conffile"
     tsan_tests+=" tests/daemon/test_serving tests/daemon/test_systemd tests/daemon/test_process"

@@ -159,10 +159,9 @@ struct netd_conn {
     netd_server_t *server; /* a counted reference */
     netd_worker_t *worker;
     enum netd_role role;
-    uint64_t created_ms;      /* monotonic, for ageMs */
-    uint64_t created_wall_ms; /* ms since the epoch, for watch events */
-    netd_conn_t *pair; /* client <-> upstream of a proxy */
     bool parked;       /* exported or imported by an upgrade, not yet settled */
+    uint64_t created_ms; /* monotonic, for ageMs and a 'close' event's durationMs */
+    netd_conn_t *pair; /* client <-> upstream of a proxy */
     netd_conn_obs_t obs; /* how it ended, moves, bytes settled (observe.h) */
     TAILQ_ENTRY(netd_conn) link;
 };

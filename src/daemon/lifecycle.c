@@ -40,13 +40,14 @@ void netd_drain(netd_t *d, unsigned timeout_ms)
         return;
     d->draining = true;
     netd_fdstore_listeners(d);
-    netd_notify("STOPPING=1\nSTATUS=draining");
-    netd_log(NETD_LOG_INFO, "draining: no new connections; waiting up to %u ms", timeout_ms);
     netd_server_t *s, *next;
     for (s = TAILQ_FIRST(&d->servers); s; s = next) {
         next = TAILQ_NEXT(s, link);
         netd_server_close(s, false);
     }
+    /* Told once the listeners are closed: from STOPPING on, a connect is refused. */
+    netd_notify("STOPPING=1\nSTATUS=draining");
+    netd_log(NETD_LOG_INFO, "draining: no new connections; waiting up to %u ms", timeout_ms);
     d->drain_timer = evtimer_new(nd_loop_base(d->loop), drain_deadline, d);
     struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
     if (d->drain_timer)

@@ -508,7 +508,10 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     atomic_init(&s->refs, 1 + d->nworkers);
     s->inherited_fd = fd >= 0 && !file;
     TAILQ_INIT(&s->waiters);
-    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
+    /* The first worker accepts (leastconn, roundrobin): the main loop, which also serves
+     * the control socket, is not woken for every connection. */
+    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open,
+                                .worker_accepts = 1};
     s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
                                    s->spec.balance, netd_worker_server_init, s);
     int rc = s->group ? 0 : -ENOMEM;

@@ -31,7 +31,6 @@ static netd_conn_t *conn_make(netd_worker_t *w, nd_socket_t *sock, netd_server_t
     c->server = srv;
     c->role = role;
     c->created_ms = netd_now_ms() - age_ms;
-    c->created_wall_ms = netd_wall_ms() - age_ms;
     netd_server_retain(srv);
     netd_worker_insert(w, c);
     nd_socket_set_data(sock, c); /* the daemon's slot: handlers leave it alone */

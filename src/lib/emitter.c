@@ -30,7 +30,9 @@ int nd__emitter_on(nd__emitter_t *em, nd_event_type_t type, nd_listener_fn fn, v
     if (!fn || (unsigned)type >= ND_EV__COUNT)
         return -EINVAL;
     if (em->n == em->cap) {
-        unsigned cap = em->cap ? em->cap * 2 : 4;
+        /* A connection usually has two to four listeners for its whole life: grown one at
+         * a time up to four, so an idle socket carries no empty slots; doubling after. */
+        unsigned cap = em->cap == 0 ? 2 : em->cap < 4 ? em->cap + 1 : em->cap * 2;
         nd__listener_t *v = realloc(em->v, cap * sizeof(*v));
         if (!v)
             return -ENOMEM;

@@ -27,8 +27,9 @@
  *                members exist or by the owner only. Each group_msg_t carries a counted
  *                reference (refs), dropped when it has run or been dropped; the group is
  *                freed at refs 0, after the owner and every member are gone.
- * accepted fds   in a handoff message: owned by the message until the worker's server
- *                takes them (deliver) or the message is dropped (closed, uncounted).
+ * accepted fds   in a handoff message (all a wake of the acceptor gave one worker): owned by
+ *                the message until the worker's server takes each (deliver) or the message
+ *                is dropped (closed, uncounted).
  * a moving socket from the DETACHED phase until the adopt runs it is on no loop's handle
  *                list: move_msg_t owns it (and its pair), with every event stopped; the
  *                source touches nothing of it after posting; the target re-assigns its
@@ -62,7 +63,12 @@
 #define ND_EXPORT __attribute__((visibility("default")))
 
 #define ND__DEFAULT_BACKLOG 511
+#define ND__HOST_MAX 256         /* a host name given to connect or listen, with its NUL */
 #define ND__READ_CHUNK 65536     /* one read; Node's slab size */
+/* A piped socket whose reads bring at least this many bytes splices its next ones, until a
+ * read brings less than a quarter of it (small messages are cheaper copied). */
+#define ND__SPLICE_MIN 16384
+#define ND__PIPE_POOL 8          /* empty splice pipes a loop keeps for reuse */
 #define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
 #define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
 /* Node's default highWaterMark of a net.Socket, both ways: input read while nobody consumes
@@ -189,7 +195,8 @@ struct nd__msg {
 
 /* Per-thread counters: written only by the loop's thread, read by any (relaxed). */
 typedef struct nd__loop_stats {
-    _Atomic uint64_t connections, accepted, handed_off, moved_in, bytes_read, bytes_written;
+    _Atomic uint64_t connections, accepted, handed_off, moved_in, bytes_read, bytes_written,
+        bytes_spliced;
 } nd__loop_stats_t;
 
 /* Single-writer counter update: no locked instruction on the hot path. */
@@ -202,8 +209,14 @@ struct nd_loop {
     struct event_base *base;
     /* mailbox: the only door between threads */
     pthread_mutex_t mb_lock;
-    STAILQ_HEAD(, nd__msg) mb_queue;
+    STAILQ_HEAD(nd__msg_list, nd__msg) mb_queue;
     bool mb_signalled; /* under mb_lock: an eventfd write is outstanding */
+    /* The loop's thread is busy with a wake and will look at the mailbox before it waits
+     * again (run_pending runs last, see nd__loop_awake): posts need not write the eventfd.
+     * Written by the loop's thread, read by posters under mb_lock. */
+    _Atomic bool mb_awake;
+    bool awake;           /* loop thread: mb_awake as last set */
+    unsigned mb_credit;   /* loop thread: wakes left that use mb_awake since the last message */
     int mb_fd;         /* eventfd */
     struct event mb_ev;
     _Atomic int remote_refs;
@@ -223,15 +236,45 @@ struct nd_loop {
     struct evdns_base *dns;
     char nameserver[64];
     unsigned char *scratch; /* ND__READ_CHUNK bytes for reads: no allocation per read */
+    uint64_t io_now_us;     /* the cached clock of the socket I/O callback running, or 0:
+                               taken once per callback, not once per read and per write */
+    int pipes[ND__PIPE_POOL][2]; /* empty splice pipes (read end, write end) */
+    int npipes;
+    int splicers; /* live sockets that have spliced: the pool keeps no more pipes than that,
+                     so descriptors come back when they close */
 };
 
 void nd__loop_arm_pending(nd_loop_t *loop);
+
+/* Wakes that follow a message and still tell posters "no eventfd needed": a loop that
+ * gets messages often (a worker fed connections) saves a syscall on both sides for each
+ * one that arrives while it is busy; one that does not pays nothing. */
+#define ND__MB_CREDIT 64
+
+/* Called at the start of the loop's I/O callbacks: while the loop is busy, posts to it need
+ * not wake it, as long as it looks at the mailbox before it waits (run_pending, armed here,
+ * runs after every callback of this wake). */
+static inline void nd__loop_awake(nd_loop_t *loop)
+{
+    if (loop->mb_credit && !loop->awake) {
+        loop->awake = true;
+        atomic_store_explicit(&loop->mb_awake, true, memory_order_relaxed);
+        nd__loop_arm_pending(loop);
+    }
+}
 /* Defers with a node the caller embedded in its own struct: cannot fail. */
 void nd__loop_defer_node(nd_loop_t *loop, nd__defer_t *node, void (*fn)(void *arg), void *arg,
                          void (*drop)(void *arg));
 /* Posts with a node the caller embedded in its own message: cannot fail. */
 void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *, void *),
                         void *arg, void (*drop)(void *arg));
+/* An empty pipe for splicing, from the loop's pool or new (non-blocking, close-on-exec).
+ * Returns 0, or -errno (EMFILE: the caller copies instead). */
+int nd__loop_pipe_get(nd_loop_t *loop, int *r, int *w);
+/* Gives back a pipe that holds nothing; kept for reuse or closed. */
+void nd__loop_pipe_put(nd_loop_t *loop, int r, int w);
+/* A socket that spliced is gone from the loop: the pool shrinks to the splicers left. */
+void nd__loop_splicer_gone(nd_loop_t *loop);
 /* The loop's resolver, created on first use. NULL when out of memory. */
 struct evdns_base *nd__loop_dns(nd_loop_t *loop);
 

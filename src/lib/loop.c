@@ -18,6 +18,7 @@
 
 static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
+static void mailbox_settle(nd_loop_t *loop);
 
 ND_EXPORT nd_loop_t *nd_loop_new(void)
 {
@@ -104,6 +105,8 @@ static void run_pending(evutil_socket_t fd, short what, void *arg)
         if (owned)
             free(d);
     }
+    if (loop->awake)
+        mailbox_settle(loop);
     if (has_pending(loop))
         nd__loop_arm_pending(loop);
 }
@@ -187,8 +190,51 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
     pthread_mutex_destroy(&loop->mb_lock);
     event_del(&loop->pending_ev);
     event_base_free(loop->base);
+    while (loop->npipes > 0) {
+        loop->npipes--;
+        close(loop->pipes[loop->npipes][0]);
+        close(loop->pipes[loop->npipes][1]);
+    }
     free(loop->scratch);
     free(loop);
+}
+
+int nd__loop_pipe_get(nd_loop_t *loop, int *r, int *w)
+{
+    if (loop->npipes > 0) {
+        loop->npipes--;
+        *r = loop->pipes[loop->npipes][0];
+        *w = loop->pipes[loop->npipes][1];
+        return 0;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -errno;
+    *r = fds[0];
+    *w = fds[1];
+    return 0;
+}
+
+void nd__loop_pipe_put(nd_loop_t *loop, int r, int w)
+{
+    if (loop->npipes < ND__PIPE_POOL && loop->npipes < loop->splicers) {
+        loop->pipes[loop->npipes][0] = r;
+        loop->pipes[loop->npipes][1] = w;
+        loop->npipes++;
+        return;
+    }
+    close(r);
+    close(w);
+}
+
+void nd__loop_splicer_gone(nd_loop_t *loop)
+{
+    loop->splicers--;
+    while (loop->npipes > loop->splicers && loop->npipes > 0) {
+        loop->npipes--;
+        close(loop->pipes[loop->npipes][0]);
+        close(loop->pipes[loop->npipes][1]);
+    }
 }
 
 ND_EXPORT struct event_base *nd_loop_base(nd_loop_t *loop)
@@ -580,9 +626,12 @@ static void post_node(nd_loop_t *loop, nd__msg_t *m)
 {
     pthread_mutex_lock(&loop->mb_lock);
     STAILQ_INSERT_TAIL(&loop->mb_queue, m, link);
-    /* One wake per batch: the loop drains everything queued when it wakes. */
-    bool wake = !loop->mb_signalled;
-    loop->mb_signalled = true;
+    /* One wake per batch: the loop drains everything queued when it wakes. None while it
+     * is busy: it looks at the queue before it waits again. */
+    bool wake = !loop->mb_signalled &&
+                !atomic_load_explicit(&loop->mb_awake, memory_order_relaxed);
+    if (wake)
+        loop->mb_signalled = true;
     pthread_mutex_unlock(&loop->mb_lock);
     if (wake) {
         uint64_t one = 1;
@@ -591,20 +640,52 @@ static void post_node(nd_loop_t *loop, nd__msg_t *m)
     }
 }
 
+static void run_messages(nd_loop_t *loop, struct nd__msg_list *batch);
+
 static void on_mailbox(evutil_socket_t fd, short what, void *arg)
 {
     nd_loop_t *loop = arg;
+    loop->mb_credit = ND__MB_CREDIT;
+    nd__loop_awake(loop);
     uint64_t v;
     ssize_t n = read(loop->mb_fd, &v, sizeof(v));
     (void)n;
-    STAILQ_HEAD(, nd__msg) batch = STAILQ_HEAD_INITIALIZER(batch);
+    struct nd__msg_list batch = STAILQ_HEAD_INITIALIZER(batch);
     pthread_mutex_lock(&loop->mb_lock);
     STAILQ_CONCAT(&batch, &loop->mb_queue);
     loop->mb_signalled = false;
     pthread_mutex_unlock(&loop->mb_lock);
+    run_messages(loop, &batch);
+}
+
+/* The end of a busy wake (run_pending): messages posted meanwhile without a wakeup run
+ * now; with none left, posters write the eventfd again before the loop waits. */
+static void mailbox_settle(nd_loop_t *loop)
+{
+    struct nd__msg_list batch = STAILQ_HEAD_INITIALIZER(batch);
+    pthread_mutex_lock(&loop->mb_lock);
+    if (STAILQ_EMPTY(&loop->mb_queue)) {
+        atomic_store_explicit(&loop->mb_awake, false, memory_order_relaxed);
+        loop->awake = false;
+        if (loop->mb_credit)
+            loop->mb_credit--;
+    } else {
+        STAILQ_CONCAT(&batch, &loop->mb_queue);
+        loop->mb_credit = ND__MB_CREDIT;
+    }
+    pthread_mutex_unlock(&loop->mb_lock);
+    if (!STAILQ_EMPTY(&batch)) {
+        /* Still awake: look again once these have run. */
+        nd__loop_arm_pending(loop);
+        run_messages(loop, &batch);
+    }
+}
+
+static void run_messages(nd_loop_t *loop, struct nd__msg_list *batch)
+{
     nd__msg_t *m;
-    while ((m = STAILQ_FIRST(&batch)) != NULL) {
-        STAILQ_REMOVE_HEAD(&batch, link);
+    while ((m = STAILQ_FIRST(batch)) != NULL) {
+        STAILQ_REMOVE_HEAD(batch, link);
         bool owned = m->owned; /* a caller's node may be freed by its own fn */
         m->fn(loop, m->arg);
         if (owned)
@@ -655,4 +736,5 @@ ND_EXPORT void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out)
     out->moved_in = atomic_load_explicit(&st->moved_in, memory_order_relaxed);
     out->bytes_read = atomic_load_explicit(&st->bytes_read, memory_order_relaxed);
     out->bytes_written = atomic_load_explicit(&st->bytes_written, memory_order_relaxed);
+    out->bytes_spliced = atomic_load_explicit(&st->bytes_spliced, memory_order_relaxed);
 }

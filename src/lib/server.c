@@ -42,7 +42,6 @@ struct nd_server {
     bool allow_half_open;
     bool accepting;       /* accept_ev is added */
     bool unlink_on_close; /* we created the unix socket file: dirfd, base, dev, ino name it */
-    bool handed_off;      /* sockets went to other loops: `connections` reads -1 */
     bool ipv6_only;       /* "::" accepts IPv6 clients only */
     bool close_owed;      /* SP_CLOSE is pending: 'close' is emitted even if listen() came since */
     int max_connections;
@@ -65,6 +64,7 @@ struct nd_server {
     uint64_t accepted_total, rejected_total, accept_paused_total;
     int fd_ceiling;     /* accept pauses for descriptors >= this (0: none) */
     nd__group_t *group; /* NULL for a plain server */
+    unsigned accept_gen; /* a worker_accepts acceptor: the listen its descriptor is from */
     int index;          /* worker-side server: its member index; -1 otherwise */
 };
 
@@ -87,8 +87,17 @@ struct nd__group {
     void *init_arg;
     bool allow_half_open;
     bool ipv6_only;
-    unsigned rr_next;
-    int rp_waiting, rp_err; /* reuseport listen: replies still due, first failure */
+    _Atomic unsigned rr_next; /* the acceptor's, and the owner's when it closes */
+    int rp_waiting, rp_err; /* members' listen replies still due, first failure */
+    bool shared;        /* worker_accepts: the first member accepts for the group */
+    /* worker_accepts: the listen generation the acceptor may accept for, 0 for none (closed,
+     * or exported by nd_server_export). The acceptor holds accept_lock around a wake's
+     * accepts and posts, so the owner, once it set this under the lock, knows that every
+     * connection accepted before is posted, and that no more will be. */
+    pthread_mutex_t accept_lock;
+    _Atomic unsigned accept_gen;
+    bool owner_accepts; /* owner thread: the owner's loop accepts (the default, or the
+                           acceptor could not take the listener) */
     unsigned listen_gen;    /* replies of an older listen attempt are ignored */
     _Atomic int64_t live;   /* every live connection of the group, wherever it is */
     _Atomic int64_t unclosed; /* connections whose 'close' has not run: a closing owner waits */
@@ -104,12 +113,10 @@ typedef struct group_msg {
     nd__msg_t node; /* embedded: posting cannot fail */
     nd__group_t *g;
     int index;
-    int fd;
-    bool owns_fd; /* a handoff: fd is an accepted connection */
     int err;
     unsigned gen;
-    socklen_t plen;
-    nd__sockaddr_t peer;
+    int fd;       /* a shared listener for the acceptor, when owns_fd */
+    bool owns_fd; /* closed if the message is dropped */
     char ip[64];
     int port, backlog;
 } group_msg_t;
@@ -124,6 +131,8 @@ static bool group_is_owner(const nd_server_t *s)
 }
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
+static void accept_some(nd_server_t *s);
+static void stop_acceptor(nd__group_t *g);
 static void on_backoff(evutil_socket_t fd, short what, void *arg);
 static void unlink_own_file(nd_server_t *s);
 
@@ -231,7 +240,11 @@ static void stop_accepting(nd_server_t *s)
     event_del(&s->backoff_ev);
 }
 
-/* The descriptor is bound (or adopted): listen and schedule 'listening'. */
+static int share_listener(nd_server_t *s);
+
+/* The descriptor is bound (or adopted): listen and schedule 'listening'. A group whose
+ * first worker accepts (worker_accepts) gets a duplicate of the descriptor there; if that
+ * cannot be sent, or the worker cannot take it, the owner accepts as without the option. */
 static void finish_listen(nd_server_t *s, const char *address, int port)
 {
     if (listen(s->fd, s->backlog) != 0) {
@@ -239,7 +252,10 @@ static void finish_listen(nd_server_t *s, const char *address, int port)
         return;
     }
     s->state = SRV_LISTENING;
-    start_accepting(s);
+    if (s->group)
+        s->group->owner_accepts = !(s->group->shared && share_listener(s) == 0);
+    if (!s->group || s->group->owner_accepts)
+        start_accepting(s);
     nd__handle_pend(&s->h, SP_LISTENING);
     update_active(s);
 }
@@ -597,10 +613,15 @@ ND_EXPORT int nd_server_close(nd_server_t *s, nd_listener_fn on_close, void *arg
     if (s->state == SRV_IDLE || s->state == SRV_CLOSING)
         return ND_ENOTRUNNING;
     if (s->group) {
+        bool shared = s->group->shared && !s->group->owner_accepts;
+        /* The acceptor stops at once, as the owner's own accepting would: what is queued
+         * stays for whoever else holds the socket, or goes with its last descriptor. */
+        if (shared)
+            stop_acceptor(s->group);
         /* Set before live is read (seq_cst): a worker dropping to zero either sees it and
          * tells us, or we see zero here. */
         atomic_store_explicit(&s->group->closing, true, memory_order_seq_cst);
-        if (s->group->balance == ND_BALANCE_REUSEPORT)
+        if (shared || s->group->balance == ND_BALANCE_REUSEPORT)
             group_unlisten_members(s->group);
     }
     if (on_close)
@@ -747,8 +768,8 @@ static bool admit(nd_server_t *s)
     } while (!atomic_compare_exchange_weak(&g->live, &cur, cur + 1));
     atomic_fetch_add(&g->unclosed, 1);
     atomic_fetch_add(&g->accepted, 1);
-    if (s->index >= 0)
-        atomic_fetch_add(&g->m[s->index].live, 1);
+    if (g->balance == ND_BALANCE_REUSEPORT)
+        atomic_fetch_add(&g->m[s->index].live, 1); /* its own; the acceptor picks first */
     return true;
 }
 
@@ -785,25 +806,65 @@ static void deliver(nd_server_t *s, int fd, const struct sockaddr *peer, socklen
     nd__socket_start(sock);
 }
 
+/* One accepted connection on its way to a worker. A unix peer keeps only its family,
+ * which is all a socket reads of it. */
+typedef struct handoff_conn {
+    int fd;
+    socklen_t plen;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
+} handoff_conn_t;
+
+/* The connections one wake of the acceptor gives one worker: one message and at most one
+ * wakeup for all of them. The descriptors are the message's until the worker's server
+ * takes them (deliver), or it is dropped (closed). */
+typedef struct handoff_msg {
+    nd__msg_t node; /* embedded: posting cannot fail */
+    nd__group_t *g;
+    int index, n;
+    handoff_conn_t c[];
+} handoff_msg_t;
+
 static void handoff_msg(nd_loop_t *loop, void *arg)
 {
-    group_msg_t *msg = arg;
+    handoff_msg_t *msg = arg;
     nd__group_t *g = msg->g;
-    nd_server_t *ws = g->m[msg->index].server;
-    if (ws) {
-        ND__STAT_ADD(loop->stats.handed_off, 1);
-        deliver(ws, msg->fd, &msg->peer.sa, msg->plen);
-    } else {
-        handoff_lost(g, msg->index, msg->fd);
+    for (int k = 0; k < msg->n; k++) {
+        /* Looked up for each: a 'connection' listener cannot free the worker-side server
+         * (only its group can), but reading it again costs nothing. */
+        nd_server_t *ws = g->m[msg->index].server;
+        handoff_conn_t *c = &msg->c[k];
+        socklen_t plen = c->plen < sizeof(c->peer) ? c->plen : (socklen_t)sizeof(c->peer);
+        if (ws) {
+            ND__STAT_ADD(loop->stats.handed_off, 1);
+            deliver(ws, c->fd, &c->peer.sa, plen);
+        } else {
+            handoff_lost(g, msg->index, c->fd);
+        }
     }
     group_release(g);
+    free(msg);
+}
+
+/* The worker's loop was freed before the message ran (the process exits): the
+ * descriptors are closed with it. */
+static void handoff_drop(void *arg)
+{
+    handoff_msg_t *msg = arg;
+    for (int k = 0; k < msg->n; k++)
+        close(msg->c[k].fd);
+    group_release(msg->g);
     free(msg);
 }
 
 static int pick_member(nd__group_t *g)
 {
     if (g->balance == ND_BALANCE_ROUNDROBIN)
-        return (int)(g->rr_next++ % (unsigned)g->n);
+        return (int)(atomic_fetch_add_explicit(&g->rr_next, 1, memory_order_relaxed) %
+                     (unsigned)g->n);
     int best = 0;
     int64_t least = atomic_load_explicit(&g->m[0].live, memory_order_relaxed);
     for (int i = 1; i < g->n; i++) {
@@ -816,31 +877,62 @@ static int pick_member(nd__group_t *g)
     return best;
 }
 
-/* The owner passes an accepted descriptor through a worker's mailbox; it counts all along. */
-static void hand_off(nd_server_t *s, int fd, const nd__sockaddr_t *peer, socklen_t plen)
+/* The owner passes what one wake accepted through the workers' mailboxes, one message per
+ * worker that gets any (member[k] says which); every connection counts all along. */
+static void hand_off(nd_server_t *s, const handoff_conn_t *conns, const int *member, int n)
 {
     nd__group_t *g = s->group;
-    int i = pick_member(g);
-    atomic_fetch_add(&g->m[i].live, 1);
-    s->handed_off = true;
-    group_msg_t *msg = malloc(sizeof(*msg));
-    if (!msg) {
-        handoff_lost(g, i, fd);
-        return;
+    for (int i = 0; i < g->n; i++) {
+        int count = 0;
+        for (int k = 0; k < n; k++)
+            count += member[k] == i;
+        if (count == 0)
+            continue;
+        handoff_msg_t *msg = malloc(sizeof(*msg) + (size_t)count * sizeof(msg->c[0]));
+        if (msg) {
+            msg->index = i;
+            msg->n = 0;
+        }
+        for (int k = 0; k < n; k++) {
+            if (member[k] != i)
+                continue;
+            if (msg)
+                msg->c[msg->n++] = conns[k];
+            else
+                handoff_lost(g, i, conns[k].fd);
+        }
+        if (msg) {
+            msg->g = g;
+            atomic_fetch_add(&g->refs, 1);
+            nd__loop_post_node(g->m[i].loop, &msg->node, handoff_msg, msg, handoff_drop);
+        }
     }
-    msg->index = i;
-    msg->fd = fd;
-    msg->owns_fd = true;
-    msg->peer = *peer;
-    msg->plen = plen;
-    group_post(g, g->m[i].loop, handoff_msg, msg);
 }
 
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
+/* Accepts what is queued (up to a wake's cap) and serves or hands it off. */
+static void accept_some(nd_server_t *s)
 {
-    nd_server_t *s = arg;
+    /* Connections for other members are collected, then posted together. */
+    handoff_conn_t batch[ND__ACCEPTS_PER_WAKE];
+    int member[ND__ACCEPTS_PER_WAKE];
+    int nbatch = 0;
+    nd__loop_awake(s->h.loop);
+    /* worker_accepts: the acceptor's wake is one unit against an export (see held). */
+    pthread_mutex_t *lock = s->group && s->group->shared && s->index >= 0
+                                ? &s->group->accept_lock
+                                : NULL;
+    if (lock) {
+        pthread_mutex_lock(lock);
+        if (atomic_load(&s->group->accept_gen) != s->accept_gen) {
+            stop_accepting(s); /* closed or exported: not ours to accept from any more */
+            pthread_mutex_unlock(lock);
+            return;
+        }
+    }
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__ACCEPTS_PER_WAKE && s->state == SRV_LISTENING; i++) {
+        if (lock && atomic_load(&s->group->accept_gen) != s->accept_gen)
+            break; /* closed or exported by a listener of this wake's own 'connection' */
         nd__sockaddr_t peer;
         socklen_t plen = sizeof(peer);
         int fd = accept4(s->fd, &peer.sa, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -852,6 +944,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             }
             if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
                 continue;
+            if (errno == EINVAL) {
+                /* Not listening any more: a shared listener its owner shut down (the close
+                 * reaches this member next). Readable for good: stop watching it. */
+                stop_accepting(s);
+            }
             break; /* EAGAIN, or an error accept never reports as 'error' */
         }
         int ceiling = s->group ? atomic_load_explicit(&s->group->fd_ceiling, memory_order_relaxed)
@@ -870,12 +967,36 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
-        if (group_is_owner(s))
-            hand_off(s, fd, &peer, plen);
-        else
+        if (s->group && s->group->balance != ND_BALANCE_REUSEPORT) {
+            /* The acceptor: picked now, counted now (the next pick of this wake sees it);
+             * its own are served at once, the others go in one message per member. */
+            int m = pick_member(s->group);
+            atomic_fetch_add(&s->group->m[m].live, 1);
+            if (m == s->index) {
+                /* As if handed over by the group's listener, which it is. */
+                ND__STAT_ADD(s->h.loop->stats.handed_off, 1);
+                deliver(s, fd, &peer.sa, plen);
+                continue;
+            }
+            handoff_conn_t *c = &batch[nbatch];
+            c->fd = fd;
+            c->plen = plen;
+            memcpy(&c->peer, &peer, plen < sizeof(c->peer) ? plen : sizeof(c->peer));
+            member[nbatch++] = m;
+        } else {
             deliver(s, fd, &peer.sa, plen);
+        }
     }
+    if (nbatch > 0)
+        hand_off(s, batch, member, nbatch);
+    if (lock)
+        pthread_mutex_unlock(lock);
     nd__handle_release(&s->h);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_some(arg);
 }
 
 ND_EXPORT int nd_server_address(const nd_server_t *s, nd_address_t *out)
@@ -946,7 +1067,12 @@ ND_EXPORT int nd_server_connections(const nd_server_t *s)
 {
     if (!s)
         return -EINVAL;
-    return s->handed_off ? -1 : s->nconn;
+    /* A group's owner hands every connection to a worker (its acceptor keeps some, but
+     * that is another loop too): -1 from the first on, as Node's null. */
+    if (group_is_owner(s) && s->group->balance != ND_BALANCE_REUSEPORT &&
+        atomic_load(&s->group->accepted) > 0)
+        return -1;
+    return s->nconn;
 }
 
 ND_EXPORT int nd_server_get_connections(nd_server_t *s, nd_count_fn cb, void *arg)
@@ -1065,6 +1191,7 @@ static void group_post(nd__group_t *g, nd_loop_t *to, void (*fn)(nd_loop_t *, vo
 static void group_release(nd__group_t *g)
 {
     if (atomic_fetch_sub(&g->refs, 1) == 1) {
+        pthread_mutex_destroy(&g->accept_lock);
         free(g->m);
         free(g);
     }
@@ -1078,7 +1205,7 @@ static void owner_check_msg(nd_loop_t *loop, void *arg)
         maybe_finish_close(owner);
         /* A slot came free: accept again if descriptors ran out. */
         if (owner->state == SRV_LISTENING && !owner->accepting && owner->fd >= 0 &&
-            msg->g->balance != ND_BALANCE_REUSEPORT) {
+            msg->g->owner_accepts) {
             event_del(&owner->backoff_ev);
             start_accepting(owner);
         }
@@ -1106,14 +1233,16 @@ static void group_uncount_live(nd__group_t *g, int index)
     if (index >= 0)
         atomic_fetch_sub(&g->m[index].live, 1);
     atomic_fetch_sub_explicit(&g->live, 1, memory_order_seq_cst);
-    bool paused = atomic_load(&g->accept_paused);
-    if (paused) {
-        group_msg_t *msg = calloc(1, sizeof(*msg));
-        if (msg)
-            group_post(g, g->owner_loop, owner_check_msg, msg);
-    }
-    if (paused && g->balance == ND_BALANCE_REUSEPORT) {
-        for (int i = 0; i < g->n; i++) {
+    if (atomic_load(&g->accept_paused)) {
+        /* Whoever accepts may again: the owner (it checks that it is the one), and every
+         * member with reuseport or the first with worker_accepts. */
+        if (g->balance != ND_BALANCE_REUSEPORT) {
+            group_msg_t *msg = calloc(1, sizeof(*msg));
+            if (msg)
+                group_post(g, g->owner_loop, owner_check_msg, msg);
+        }
+        int accepting = g->balance == ND_BALANCE_REUSEPORT ? g->n : g->shared ? 1 : 0;
+        for (int i = 0; i < accepting; i++) {
             group_msg_t *msg = calloc(1, sizeof(*msg));
             if (msg) {
                 msg->index = i;
@@ -1187,6 +1316,14 @@ ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_opt
     g->init_arg = arg;
     g->allow_half_open = opts && opts->allow_half_open;
     g->ipv6_only = opts && opts->ipv6_only;
+    g->shared = opts && opts->worker_accepts && balance != ND_BALANCE_REUSEPORT;
+    /* Recursive: a 'connection' listener on the acceptor's loop may export the listener
+     * (a group whose owner is its first worker) while the acceptor holds it. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g->accept_lock, &ma);
+    pthread_mutexattr_destroy(&ma);
     atomic_init(&g->refs, 1); /* the owner's */
     s->group = g;
     for (int i = 0; i < nworkers; i++) {
@@ -1260,7 +1397,17 @@ static void rp_reply_msg(nd_loop_t *loop, void *arg)
     group_msg_t *msg = arg;
     nd__group_t *g = msg->g;
     nd_server_t *s = g->owner;
-    if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING && g->rp_waiting > 0) {
+    if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING && g->rp_waiting > 0 &&
+        g->balance != ND_BALANCE_REUSEPORT) {
+        /* The acceptor's answer: 'listening' is out already; if it could not take the
+         * listener, the owner accepts. */
+        g->rp_waiting = 0;
+        if (msg->err) {
+            g->owner_accepts = true;
+            start_accepting(s);
+        }
+    } else if (s && msg->gen == g->listen_gen && s->state == SRV_LISTENING &&
+               g->rp_waiting > 0) {
         if (msg->err && !g->rp_err)
             g->rp_err = msg->err;
         if (--g->rp_waiting == 0) {
@@ -1307,7 +1454,18 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     nd__group_t *g = msg->g;
     nd_server_t *ws = g->m[msg->index].server;
     int err = ws ? 0 : -ENOMEM;
-    if (ws && ws->fd < 0) {
+    if (ws && msg->owns_fd && g->balance != ND_BALANCE_REUSEPORT) {
+        /* The group's one listener: this member accepts for all of them. */
+        if (ws->fd >= 0) {
+            stop_accepting(ws);
+            close(ws->fd);
+        }
+        ws->fd = msg->fd;
+        msg->fd = -1;
+        ws->accept_gen = msg->gen;
+        ws->state = SRV_LISTENING;
+        start_accepting(ws);
+    } else if (ws && ws->fd < 0) {
         int fd = msg->fd; /* handed over by another process (nd_server_listen_reuseport_fds) */
         msg->fd = -1;
         err = fd >= 0 ? 0 : reuseport_socket(msg->ip, msg->port, g->ipv6_only, &fd);
@@ -1333,6 +1491,32 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
     }
     group_release(g);
     free(msg);
+}
+
+/* worker_accepts (leastconn, roundrobin): the owner listens, and its acceptor (the first
+ * member) accepts on a duplicate of the descriptor and hands each connection to the member
+ * the policy picks, keeping those picked for itself: no thread is woken for a connection
+ * but the one that serves it and, when that is another, the acceptor. Returns 0, or -1
+ * when the duplicate cannot be made or sent (the owner accepts instead). */
+static int share_listener(nd_server_t *s)
+{
+    nd__group_t *g = s->group;
+    group_msg_t *msg = calloc(1, sizeof(*msg));
+    int fd = msg ? fcntl(s->fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (fd < 0) {
+        free(msg);
+        return -1;
+    }
+    g->rp_waiting = 1;
+    g->rp_err = 0;
+    /* listen_gen counts listens from 1: never 0, which means "none". */
+    atomic_store(&g->accept_gen, g->listen_gen);
+    msg->index = 0;
+    msg->gen = g->listen_gen;
+    msg->fd = fd;
+    msg->owns_fd = true;
+    group_post(g, g->m[0].loop, member_listen_msg, msg);
+    return 0;
 }
 
 static void member_unlisten_msg(nd_loop_t *loop, void *arg)
@@ -1485,20 +1669,47 @@ void nd__server_connection_imported(nd_server_t *s)
     }
 }
 
+/* Once the lock is ours the acceptor has posted all it took and takes no more: whatever
+ * this thread posts to a worker from now on arrives after those connections. */
+static void stop_acceptor(nd__group_t *g)
+{
+    pthread_mutex_lock(&g->accept_lock);
+    atomic_store(&g->accept_gen, 0);
+    pthread_mutex_unlock(&g->accept_lock);
+}
+
+/* The owner of a worker_accepts group whose first worker accepts (no fallback). */
+static bool acceptor_is_member(const nd_server_t *s)
+{
+    return group_is_owner(s) && s->group->shared && !s->group->owner_accepts;
+}
+
 ND_EXPORT int nd_server_export(nd_server_t *s)
 {
     if (!s)
         return -EINVAL;
     if (s->fd < 0 || (s->state != SRV_LISTENING))
         return ND_ENOTRUNNING;
+    if (acceptor_is_member(s))
+        stop_acceptor(s->group);
     stop_accepting(s);
     return s->fd;
 }
 
 ND_EXPORT void nd_server_export_abort(nd_server_t *s)
 {
-    if (s && s->state == SRV_LISTENING && s->fd >= 0 &&
-        !(s->group && s->group->balance == ND_BALANCE_REUSEPORT && group_is_owner(s)))
+    if (!s || s->state != SRV_LISTENING || s->fd < 0)
+        return;
+    if (acceptor_is_member(s)) {
+        atomic_store(&s->group->accept_gen, s->group->listen_gen);
+        group_msg_t *msg = calloc(1, sizeof(*msg));
+        if (msg) /* the acceptor watches its listener again */
+            group_post(s->group, s->group->m[0].loop, member_resume_msg, msg);
+        return;
+    }
+    /* A reuseport owner never accepts; any other owner does when its loop is the acceptor. */
+    if (!group_is_owner(s) ||
+        (s->group->balance != ND_BALANCE_REUSEPORT && s->group->owner_accepts))
         start_accepting(s);
 }
 

@@ -4,7 +4,9 @@
  */
 #include "internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -34,14 +36,31 @@ enum socket_pending {
 };
 
 /* An 'error' waiting for its turn. Several may wait: a refused write after end() or the
- * peer's FIN, then a failure of the connection itself. */
+ * peer's FIN, then a failure of the connection itself. Kept as what makes it, its strings
+ * copied behind it (a few dozen bytes: thousands of peers resetting at once queue as many),
+ * and made into an nd_error_t only when it is emitted. */
 typedef struct err_node {
     struct err_node *next;
-    nd__error_store_t st;
+    int code, port;
+    const char *syscall; /* a string literal, or NULL */
+    const char *address, *hostname, *message; /* into text, or NULL */
+    char text[];
 } err_node_t;
 
+/* Copies str behind a node; returns where it went, or NULL for NULL. */
+static const char *err_text(char **at, const char *str)
+{
+    if (!str)
+        return NULL;
+    size_t n = strlen(str) + 1;
+    memcpy(*at, str, n);
+    const char *p = *at;
+    *at += n;
+    return p;
+}
+
 typedef struct wreq {
-    uint64_t mark; /* done once flushed_total reaches it */
+    uint64_t mark; /* done once flushed(s) reaches it */
     nd_write_cb cb;
     void *arg;
     int err;
@@ -49,74 +68,116 @@ typedef struct wreq {
     TAILQ_ENTRY(wreq) link;
 } wreq_t;
 
+/* An endpoint in binary, as accept() and getsockname() give it: formatted only when asked,
+ * so a connection nobody asks about carries 20 bytes per end instead of a text address. */
+typedef struct endpoint {
+    uint8_t family; /* 0 (unknown), 4 or 6; unix sockets keep their path in addr_text */
+    uint16_t port;
+    unsigned char addr[16];
+} endpoint_t;
+
+/* The text forms the getters hand out (valid until the socket is freed), and a unix
+ * socket's local path: allocated when first needed. */
+typedef struct addr_text {
+    char remote[64];
+    char local[sizeof(((struct sockaddr_un *)0)->sun_path)];
+} addr_text_t;
+
+/* What connect() was given, kept for errors and reconnects: client sockets only. */
+typedef struct dial {
+    nd__resolve_t *resolve;
+    int port, family, local_port;
+    char local_address[64];
+    char target[64]; /* the IP dialled (a unix socket dials `name`) */
+    char name[];     /* the host name, or the unix path */
+} dial_t;
+
+/* setEncoding's decoder and the text it produces: only for sockets that decode. */
+typedef struct decoding {
+    nd__decoder_t dec;
+    nd__strbuf_t text;
+} decoding_t;
+
+/*
+ * The socket. What every connection needs stays inline; what only some use is allocated
+ * on first use and owned by the socket (freed with it, carried by a move): the write
+ * event (a write that had to wait, or a connect), the idle timer (setTimeout), connect
+ * parameters (clients), the decoder (setEncoding), text addresses (when asked), the
+ * buffers (in: input nobody consumes yet; out: output the kernel did not take) and the
+ * splice pipe (sp_r/sp_w: output spliced from a piped source, counted in queued()).
+ */
 struct nd_socket {
     nd__handle_t h;
-    enum socket_state state;
     int fd;
-    bool allow_half_open;
-    bool opt_readable;  /* reading allowed at all (false for fd sockets opened write-only) */
-    bool opt_writable;  /* writing allowed at all */
+    uint8_t state; /* enum socket_state */
+    bool allow_half_open : 1;
+    bool opt_readable : 1; /* reading allowed at all (false for fd sockets opened write-only) */
+    bool opt_writable : 1; /* writing allowed at all */
     /* Reading, as Node's streams do it: input is read from the kernel once reading has
      * started; it is emitted as 'data' while flowing and not paused, and otherwise kept in
      * `in` until ND__READ_HWM bytes wait there, when reading stops. */
-    bool paused;        /* pause() (or a pipe's backpressure) and no resume() since */
-    bool flowing;       /* a 'data' listener was added, pipe() or resume() was called */
-    bool read_started;  /* reading began: at accept or connect unless paused, or resume() */
-    bool reading;       /* read_ev added */
-    bool writing;       /* write_ev added */
-    bool fin_rcvd;      /* the peer's FIN was read; 'end' follows the buffered input */
-    bool eof;           /* 'end' was emitted */
-    bool peer_ended;    /* eof with allowHalfOpen false: writes now fail with EPIPE */
-    bool ending;        /* end() called: FIN once the queue is flushed */
-    bool fin_sent;
-    bool need_drain;    /* a write returned 0: emit 'drain' when the queue empties */
-    bool had_error;     /* a failure of the connection itself: 'close' has had_error 1 */
-    bool error_gate;    /* the one 'error' of a failed or closed connection was queued */
-    bool error_nomem;   /* an error could not be stored: a bare ENOMEM 'error' is due */
-    bool in_count;      /* counted in its server's connections until destroyed */
-    bool closed_done;   /* 'close' has run */
-    bool timer_armed;
-    bool moving; /* between nd_socket_move and the detach: reads wait for the target */
-    bool parked; /* exported to another process, or imported and not started: no I/O */
-    uint32_t owed; /* while parked: deferred work (PK_*) to pend again when it starts */
-    bool no_delay, keep_alive, opts_set;
-    unsigned keep_alive_delay_s;
+    bool paused : 1;       /* pause() (or a pipe's backpressure) and no resume() since */
+    bool flowing : 1;      /* a 'data' listener was added, pipe() or resume() was called */
+    bool read_started : 1; /* reading began: at accept or connect unless paused, or resume() */
+    bool reading : 1;      /* read_ev added */
+    bool writing : 1;      /* wev added */
+    bool fin_rcvd : 1;     /* the peer's FIN was read; 'end' follows the buffered input */
+    bool eof : 1;          /* 'end' was emitted */
+    bool peer_ended : 1;   /* eof with allowHalfOpen false: writes now fail with EPIPE */
+    bool ending : 1;       /* end() called: FIN once the queue is flushed */
+    bool fin_sent : 1;
+    bool need_drain : 1;   /* a write returned 0: emit 'drain' when the queue empties */
+    bool had_error : 1;    /* a failure of the connection itself: 'close' has had_error 1 */
+    bool error_gate : 1;   /* the one 'error' of a failed or closed connection was queued */
+    bool error_nomem : 1;  /* an error could not be stored: a bare ENOMEM 'error' is due */
+    bool in_count : 1;     /* counted in its server's connections until destroyed */
+    bool closed_done : 1;  /* 'close' has run */
+    bool timer_armed : 1;
+    bool moving : 1; /* between nd_socket_move and the detach: reads wait for the target */
+    bool no_delay : 1, keep_alive : 1, opts_set : 1;
+    bool is_unix : 1;
+    bool have_local : 1, have_remote : 1;
+    bool pipe_end : 1, pipe_paused : 1;
+    bool bulk : 1;    /* the last read filled a chunk: a pipe from here splices */
+    bool spliced : 1; /* counted in the loop's splicers (it took a pipe once) */
+    bool parked : 1;  /* exported to another process, or imported and not started: no I/O */
+    uint8_t owed;     /* while parked: deferred work (PK_*) to pend again when it starts */
+    uint16_t keep_alive_delay_s; /* more than TCP_KEEPIDLE takes anyway */
     unsigned timeout_ms;
-    size_t high_water_mark; /* pipe pauses its source once more than this is queued */
-    struct timeval last_active;
-    struct event read_ev, write_ev, timer_ev;
-    struct evbuffer *out;
-    struct evbuffer *in; /* input read but not yet emitted; created on first use */
+    uint32_t sp_len; /* bytes waiting in the splice pipe */
+    int sp_r, sp_w;  /* the splice pipe holding output of this socket, or -1 */
+    uint32_t high_water_mark; /* pipe pauses its source once more than this is queued */
+    uint64_t last_active_us; /* the loop's cached clock at the last read or write progress */
+    struct event read_ev;
+    struct event *wev;      /* write readiness (and connect completion); lazy */
+    struct event *timer_ev; /* the idle timer; lazy */
+    struct evbuffer *out;   /* output the kernel did not take yet; lazy */
+    struct evbuffer *in;    /* input read but not yet emitted; lazy */
     TAILQ_HEAD(, wreq) wreqs;
-    uint64_t queued_total, flushed_total;
-    uint64_t bytes_read, bytes_written;
+    /* bytes_written counts bytes accepted by write() (queued ones too): it is also the
+     * mark of the newest write; those handed to the kernel are flushed(s). */
+    uint64_t bytes_written;
+    uint64_t bytes_read;
     nd_server_t *server;
-    nd__resolve_t *resolve;
-    err_node_t *errq, **errq_tail; /* errors to emit, in order */
-    nd__decoder_t dec;
-    nd__strbuf_t text;
+    struct err_node *errq; /* errors to emit, in order */
+    dial_t *dial;
+    decoding_t *decoding;
+    addr_text_t *text;
     /* pipe: src->pipe_dst; dst->pipe_src points back so 'drain' can resume the source */
     nd_socket_t *pipe_dst, *pipe_src;
     /* The other half of a pair piped both ways. Unlike the pipes, the link outlives a
      * teardown until either 'close' has run: the application's listeners may still point
      * across it, so neither half may leave the loop alone before then (moves). */
     nd_socket_t *pair;
-    bool pipe_end, pipe_paused;
-    /* connect parameters, kept for errors and reconnects */
-    int port, family, local_port;
-    char host[256];
-    char local_address[64];
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    char target[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the IP or path dialled */
-    bool is_unix;
-    nd_address_t local, remote;
-    bool have_local, have_remote;
+    endpoint_t local, remote;
 };
 
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void flush(nd_socket_t *s);
+static void destroy_with(nd_socket_t *s, int code, const char *syscall, const char *address,
+                         int port, const char *hostname);
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -125,9 +186,17 @@ static bool is_destroyed(const nd_socket_t *s)
     return s->state == SK_CLOSED;
 }
 
+/* Output not yet handed to the kernel: the buffer, and bytes waiting in the splice pipe
+ * (which always go first: nothing is spliced while the buffer holds anything). */
 static size_t queued(const nd_socket_t *s)
 {
-    return s->out ? evbuffer_get_length(s->out) : 0;
+    return (s->out ? evbuffer_get_length(s->out) : 0) + s->sp_len;
+}
+
+/* Bytes handed to the kernel: everything write() accepted but what is still queued. */
+static uint64_t flushed(const nd_socket_t *s)
+{
+    return s->bytes_written - queued(s);
 }
 
 static size_t buffered(const nd_socket_t *s)
@@ -154,14 +223,30 @@ static void update_active(nd_socket_t *s)
     nd__handle_set_active_pinned(&s->h, active, s->state == SK_OPEN && queued(s) > 0);
 }
 
-static void touch(nd_socket_t *s)
+static uint64_t now_us(nd_loop_t *loop)
 {
     /* The loop's cached time: no syscall per read or write. */
-    event_base_gettimeofday_cached(s->h.loop->base, &s->last_active);
-    if (s->timeout_ms && !s->timer_armed && !s->parked) {
+    struct timeval tv;
+    event_base_gettimeofday_cached(loop->base, &tv);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+static void touch(nd_socket_t *s)
+{
+    nd_loop_t *loop = s->h.loop;
+    s->last_active_us = loop->io_now_us ? loop->io_now_us : now_us(loop);
+    if (s->timeout_ms && !s->timer_armed && s->timer_ev && !s->parked) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
-        evtimer_add(&s->timer_ev, &tv);
+        evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
+    }
+}
+
+static void disarm_timer(nd_socket_t *s)
+{
+    if (s->timer_armed) {
+        evtimer_del(s->timer_ev);
+        s->timer_armed = false;
     }
 }
 
@@ -211,22 +296,66 @@ static void begin_reading(nd_socket_t *s)
     start_reading(s);
 }
 
+/* The write event exists once a socket has had to wait for the kernel (or connects);
+ * most connections of a server never do. Returns false when out of memory. */
+static bool have_wev(nd_socket_t *s)
+{
+    if (!s->wev)
+        s->wev = event_new(s->h.loop->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    return s->wev != NULL;
+}
+
 static void start_writing(nd_socket_t *s)
 {
-    if (!s->writing && s->fd >= 0 && !s->parked) {
-        event_add(&s->write_ev, NULL);
-        s->writing = true;
-        update_active(s);
+    if (s->writing || s->fd < 0 || s->parked)
+        return;
+    if (!have_wev(s)) {
+        destroy_with(s, -ENOMEM, "write", NULL, -1, NULL);
+        return;
     }
+    event_add(s->wev, NULL);
+    s->writing = true;
+    update_active(s);
 }
 
 static void stop_writing(nd_socket_t *s)
 {
     if (s->writing) {
-        event_del(&s->write_ev);
+        event_del(s->wev);
         s->writing = false;
         update_active(s);
     }
+}
+
+static void endpoint_set(endpoint_t *ep, const struct sockaddr *sa)
+{
+    memset(ep, 0, sizeof(*ep));
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        ep->family = 4;
+        ep->port = ntohs(in->sin_port);
+        memcpy(ep->addr, &in->sin_addr, sizeof(in->sin_addr));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        ep->family = 6;
+        ep->port = ntohs(in6->sin6_port);
+        memcpy(ep->addr, &in6->sin6_addr, sizeof(in6->sin6_addr));
+    }
+}
+
+/* As nd__address_from would have made it from the sockaddr. */
+static void endpoint_format(const endpoint_t *ep, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (ep->family)
+        inet_ntop(ep->family == 6 ? AF_INET6 : AF_INET, ep->addr, buf, (socklen_t)size);
+}
+
+static addr_text_t *text_of(nd_socket_t *s)
+{
+    if (!s->text)
+        s->text = calloc(1, sizeof(*s->text));
+    return s->text;
 }
 
 static void cache_local(nd_socket_t *s)
@@ -235,10 +364,20 @@ static void cache_local(nd_socket_t *s)
         return;
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
-    if (getsockname(s->fd, &sa.sa, &len) == 0) {
-        nd__address_from(&s->local, &sa.sa, len);
-        s->have_local = true;
+    if (getsockname(s->fd, &sa.sa, &len) != 0)
+        return;
+    if (sa.sa.sa_family == AF_UNIX) {
+        /* A unix path has no binary form: kept as text (rare enough to allocate). */
+        nd_address_t a;
+        nd__address_from(&a, &sa.sa, len);
+        if (!text_of(s))
+            return;
+        memcpy(s->text->local, a.address, sizeof(s->text->local));
+        memset(&s->local, 0, sizeof(s->local));
+    } else {
+        endpoint_set(&s->local, &sa.sa);
     }
+    s->have_local = true;
 }
 
 static void cache_remote(nd_socket_t *s)
@@ -248,7 +387,7 @@ static void cache_remote(nd_socket_t *s)
     nd__sockaddr_t sa;
     socklen_t len = sizeof(sa);
     if (getpeername(s->fd, &sa.sa, &len) == 0) {
-        nd__address_from(&s->remote, &sa.sa, len);
+        endpoint_set(&s->remote, &sa.sa);
         s->have_remote = true;
     }
 }
@@ -273,17 +412,17 @@ static void init_socket(nd_socket_t *s, nd_loop_t *loop)
 {
     nd__handle_init(&s->h, loop, ND__SOCKET);
     s->fd = -1;
+    s->sp_r = s->sp_w = -1;
     s->opt_readable = s->opt_writable = true;
     TAILQ_INIT(&s->wreqs);
-    s->errq_tail = &s->errq;
-    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
 }
 
 static void bind_fd(nd_socket_t *s, int fd)
 {
     s->fd = fd;
     event_assign(&s->read_ev, s->h.loop->base, fd, EV_READ | EV_PERSIST, on_readable, s);
-    event_assign(&s->write_ev, s->h.loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    if (s->wev)
+        event_assign(s->wev, s->h.loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
 }
 
 static void complete_wreqs(nd_socket_t *s, int err)
@@ -291,7 +430,7 @@ static void complete_wreqs(nd_socket_t *s, int err)
     wreq_t *w;
     bool any = false;
     TAILQ_FOREACH(w, &s->wreqs, link) {
-        if (!w->done && (err || s->flushed_total >= w->mark)) {
+        if (!w->done && (err || flushed(s) >= w->mark)) {
             w->done = true;
             w->err = err;
             any = true;
@@ -317,21 +456,34 @@ static void unpipe_both(nd_socket_t *s)
     }
 }
 
+/* Output waiting in the splice pipe is dropped with the pipe (as destroy drops `out`);
+ * the socket stops counting as one the loop keeps pipes for. */
+static void drop_splice_pipe(nd_socket_t *s)
+{
+    if (s->sp_r >= 0) {
+        close(s->sp_r);
+        close(s->sp_w);
+        s->sp_r = s->sp_w = -1;
+    }
+    s->sp_len = 0;
+    if (s->spliced) {
+        s->spliced = false;
+        nd__loop_splicer_gone(s->h.loop);
+    }
+}
+
 /* Stops all I/O and releases the descriptor; 'close' follows on a later turn. */
 static void teardown(nd_socket_t *s)
 {
     if (is_destroyed(s))
         return;
-    if (s->resolve) {
-        nd__resolve_cancel(s->resolve);
-        s->resolve = NULL;
+    if (s->dial && s->dial->resolve) {
+        nd__resolve_cancel(s->dial->resolve);
+        s->dial->resolve = NULL;
     }
     stop_reading(s);
     stop_writing(s);
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     if (s->fd >= 0) {
         cache_local(s);
         cache_remote(s);
@@ -340,6 +492,7 @@ static void teardown(nd_socket_t *s)
     }
     if (s->out)
         evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    drop_splice_pipe(s);
     /* Unread input stays until 'close': a 'data' listener still running may be reading it. */
     complete_wreqs(s, ND_ECLOSED);
     unpipe_both(s);
@@ -370,17 +523,24 @@ static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscal
             return;
         s->error_gate = true;
     }
-    err_node_t *e = malloc(sizeof(*e));
+    size_t text = (address ? strlen(address) + 1 : 0) + (hostname ? strlen(hostname) + 1 : 0) +
+                  (message ? strlen(message) + 1 : 0);
+    err_node_t *e = malloc(sizeof(*e) + text);
     if (!e) {
         s->error_nomem = true;
     } else {
-        nd__error_store_t *st = &e->st;
-        nd__error_set(&st, code, syscall, address, port, hostname); /* no allocation */
-        if (message)
-            nd__error_set_message(st, message);
+        char *at = e->text;
+        e->code = code;
+        e->port = port;
+        e->syscall = syscall;
+        e->address = err_text(&at, address);
+        e->hostname = err_text(&at, hostname);
+        e->message = err_text(&at, message);
         e->next = NULL;
-        *s->errq_tail = e;
-        s->errq_tail = &e->next;
+        err_node_t **tail = &s->errq;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = e;
     }
     nd__handle_pend(&s->h, PK_ERROR);
 }
@@ -410,7 +570,6 @@ static void free_errors(nd_socket_t *s)
         s->errq = e->next;
         free(e);
     }
-    s->errq_tail = &s->errq;
     s->error_nomem = false;
 }
 
@@ -426,15 +585,18 @@ static void unpair(nd_socket_t *s)
 void nd__socket_free(nd_socket_t *s)
 {
     unpair(s);
-    if (s->resolve)
-        nd__resolve_cancel(s->resolve);
+    if (s->dial && s->dial->resolve)
+        nd__resolve_cancel(s->dial->resolve);
+    free(s->dial);
     if (s->reading)
         event_del(&s->read_ev);
-    if (s->writing)
-        event_del(&s->write_ev);
-    event_del(&s->timer_ev);
+    if (s->wev)
+        event_free(s->wev); /* deletes it first if pending */
+    if (s->timer_ev)
+        event_free(s->timer_ev);
     if (s->fd >= 0)
         close(s->fd);
+    drop_splice_pipe(s);
     if (s->out)
         evbuffer_free(s->out);
     if (s->in)
@@ -445,7 +607,11 @@ void nd__socket_free(nd_socket_t *s)
         free(w);
     }
     unpipe_both(s);
-    nd__strbuf_free(&s->text);
+    if (s->decoding) {
+        nd__strbuf_free(&s->decoding->text);
+        free(s->decoding);
+    }
+    free(s->text);
     free_errors(s);
     nd__handle_fini(&s->h);
     free(s);
@@ -505,7 +671,7 @@ nd_socket_t *nd__socket_accepted(nd_server_t *srv, int fd, bool allow_half_open,
     bind_fd(s, fd);
     s->is_unix = peer->sa_family == AF_UNIX;
     if (!s->is_unix) {
-        nd__address_from(&s->remote, peer, peerlen);
+        endpoint_set(&s->remote, peer);
         s->have_remote = true;
     }
     return s;
@@ -549,22 +715,24 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
     }
     bind_fd(s, fd);
     s->state = SK_CONNECTING;
-    snprintf(s->target, sizeof(s->target), "%s", address);
-    if (s->local_address[0] || s->local_port) {
+    dial_t *dl = s->dial;
+    if (!s->is_unix)
+        snprintf(dl->target, sizeof(dl->target), "%s", address);
+    if (dl->local_address[0] || dl->local_port) {
         nd__sockaddr_t la;
-        const char *lip = s->local_address[0] ? s->local_address
+        const char *lip = dl->local_address[0] ? dl->local_address
                           : sa->sa.sa_family == AF_INET6 ? "::"
                                                           : "0.0.0.0";
-        socklen_t llen = nd__sockaddr_ip(&la, lip, s->local_port,
+        socklen_t llen = nd__sockaddr_ip(&la, lip, dl->local_port,
                                          sa->sa.sa_family == AF_INET6 ? 6 : 4);
         if (!llen) {
-            destroy_with(s, -EINVAL, "bind", lip, s->local_port, NULL);
+            destroy_with(s, -EINVAL, "bind", lip, dl->local_port, NULL);
             return;
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (bind(fd, &la.sa, llen) != 0) {
-            destroy_with(s, -errno, "bind", lip, s->local_port, NULL);
+            destroy_with(s, -errno, "bind", lip, dl->local_port, NULL);
             return;
         }
     }
@@ -584,14 +752,15 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
 static void on_resolved(void *arg, int err, const char *ip, int family)
 {
     nd_socket_t *s = arg;
-    s->resolve = NULL;
+    dial_t *dl = s->dial;
+    dl->resolve = NULL;
     nd__handle_retain(&s->h);
     /* Node looks up names only: an IP literal connects without a 'lookup' event. A failed
      * lookup names the host and leaves the port unset, as Node does. */
-    if (!nd_is_ip(s->host)) {
+    if (!nd_is_ip(dl->name)) {
         nd__error_store_t *lerr = NULL;
         nd_error_t bare = {.code = err, .name = nd_err_name(err), .port = -1};
-        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, s->host) != 0)
+        if (err && nd__error_set(&lerr, err, "getaddrinfo", NULL, -1, dl->name) != 0)
             bare.message = bare.name;
         nd_event_t ev = {.type = ND_EV_LOOKUP,
                          .error = err ? (lerr ? &lerr->err : &bare) : NULL,
@@ -602,14 +771,14 @@ static void on_resolved(void *arg, int err, const char *ip, int family)
     }
     if (s->state == SK_RESOLVING) {
         if (err) {
-            destroy_with(s, err, "getaddrinfo", NULL, -1, s->host);
+            destroy_with(s, err, "getaddrinfo", NULL, -1, dl->name);
         } else {
             nd__sockaddr_t sa;
-            socklen_t len = nd__sockaddr_ip(&sa, ip, s->port, family);
+            socklen_t len = nd__sockaddr_ip(&sa, ip, dl->port, family);
             if (len)
-                connect_addr(s, &sa, len, ip, s->port);
+                connect_addr(s, &sa, len, ip, dl->port);
             else
-                destroy_with(s, -EINVAL, "connect", ip, s->port, NULL);
+                destroy_with(s, -EINVAL, "connect", ip, dl->port, NULL);
         }
     }
     nd__handle_release(&s->h);
@@ -623,7 +792,6 @@ static void reset_connection(nd_socket_t *s)
         nd__handle_retain(&s->h);
     }
     s->bytes_read = s->bytes_written = 0;
-    s->queued_total = s->flushed_total = 0;
     s->fin_rcvd = s->eof = s->peer_ended = s->ending = s->fin_sent = false;
     s->need_drain = s->had_error = s->error_gate = s->closed_done = false;
     s->read_started = s->in_count = false;
@@ -635,8 +803,8 @@ static void reset_connection(nd_socket_t *s)
     s->server = NULL;
     memset(&s->local, 0, sizeof(s->local));
     memset(&s->remote, 0, sizeof(s->remote));
-    if (s->dec.enc != ND_ENC_NONE)
-        nd__decoder_init(&s->dec, s->dec.enc);
+    if (s->decoding)
+        nd__decoder_init(&s->decoding->dec, s->decoding->dec.enc);
 }
 
 ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
@@ -645,7 +813,7 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
         return -EINVAL;
     if (!o->path && (o->port < 0 || o->port > 65535))
         return -EINVAL;
-    if (o->path && (!*o->path || strlen(o->path) >= sizeof(s->path)))
+    if (o->path && (!*o->path || strlen(o->path) >= sizeof(((addr_text_t *)0)->local)))
         return o->path && *o->path ? -ENAMETOOLONG : -EINVAL;
     if (!o->path && o->local_address && *o->local_address && !nd_is_ip(o->local_address))
         return -EINVAL; /* v0.10: "localAddress should be a valid IP" */
@@ -653,33 +821,38 @@ ND_EXPORT int nd_socket_connect(nd_socket_t *s, const nd_connect_options_t *o)
         return -EINVAL;
     if (o->family != 0 && o->family != 4 && o->family != 6)
         return -EINVAL;
-    if (o->host && strlen(o->host) >= sizeof(s->host))
+    if (o->host && strlen(o->host) >= ND__HOST_MAX)
         return -EINVAL;
     if (s->state == SK_CLOSED && !s->closed_done)
         return ND_ECLOSED;
     if (s->state != SK_NEW && s->state != SK_CLOSED)
         return ND_ECONNECTING;
+    const char *name = o->path ? o->path : o->host && *o->host ? o->host : "localhost";
+    dial_t *dl = calloc(1, sizeof(*dl) + strlen(name) + 1);
+    if (!dl)
+        return -ENOMEM;
     reset_connection(s);
+    free(s->dial);
+    s->dial = dl;
     s->allow_half_open = s->allow_half_open || o->allow_half_open;
-    s->port = o->port;
-    s->family = o->family; /* 0: any family, as v0.10's dns.lookup */
-    s->local_port = o->local_port;
-    snprintf(s->local_address, sizeof(s->local_address), "%s",
+    dl->port = o->port;
+    dl->family = o->family; /* 0: any family, as v0.10's dns.lookup */
+    dl->local_port = o->local_port;
+    snprintf(dl->local_address, sizeof(dl->local_address), "%s",
              o->local_address ? o->local_address : "");
+    memcpy(dl->name, name, strlen(name) + 1);
     if (o->path) {
         s->is_unix = true;
-        snprintf(s->path, sizeof(s->path), "%s", o->path);
         nd__sockaddr_t sa;
-        int len = nd__sockaddr_unix(&sa, s->path);
+        int len = nd__sockaddr_unix(&sa, dl->name);
         s->state = SK_CONNECTING;
-        connect_addr(s, &sa, (socklen_t)len, s->path, -1);
+        connect_addr(s, &sa, (socklen_t)len, dl->name, -1);
         return 0;
     }
     s->is_unix = false;
-    snprintf(s->host, sizeof(s->host), "%s", o->host && *o->host ? o->host : "localhost");
     s->state = SK_RESOLVING;
-    s->resolve = nd__resolve_start(s->h.loop, s->host, s->family, on_resolved, s);
-    if (!s->resolve) {
+    dl->resolve = nd__resolve_start(s->h.loop, dl->name, dl->family, on_resolved, s);
+    if (!dl->resolve) {
         s->state = SK_NEW;
         return -ENOMEM;
     }
@@ -706,18 +879,24 @@ ND_EXPORT nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *o
 
 /* ------------------------------------------------------------------ reading */
 
+static bool decodes(const nd_socket_t *s)
+{
+    return s->decoding && s->decoding->dec.enc != ND_ENC_NONE;
+}
+
 static void emit_data(nd_socket_t *s, const char *data, size_t len)
 {
-    if (s->dec.enc != ND_ENC_NONE) {
-        s->text.len = 0;
-        if (nd__decoder_write(&s->dec, (const unsigned char *)data, len, &s->text) != 0) {
+    if (decodes(s)) {
+        nd__strbuf_t *text = &s->decoding->text;
+        text->len = 0;
+        if (nd__decoder_write(&s->decoding->dec, (const unsigned char *)data, len, text) != 0) {
             destroy_with(s, -ENOMEM, "read", NULL, -1, NULL);
             return;
         }
-        if (s->text.len == 0)
+        if (text->len == 0)
             return;
-        data = s->text.ptr;
-        len = s->text.len;
+        data = text->ptr;
+        len = text->len;
     }
     nd_event_t ev = {.type = ND_EV_DATA, .data = data, .len = len};
     nd__emit(&s->h.em, s, &ev);
@@ -750,10 +929,11 @@ static void emit_end(nd_socket_t *s)
     s->eof = true;
     if (!s->allow_half_open)
         s->peer_ended = true;
-    if (s->dec.enc != ND_ENC_NONE && s->dec.npartial) {
-        s->text.len = 0;
-        if (nd__decoder_end(&s->dec, &s->text) == 0 && s->text.len) {
-            nd_event_t dev = {.type = ND_EV_DATA, .data = s->text.ptr, .len = s->text.len};
+    if (decodes(s) && s->decoding->dec.npartial) {
+        nd__strbuf_t *text = &s->decoding->text;
+        text->len = 0;
+        if (nd__decoder_end(&s->decoding->dec, text) == 0 && text->len) {
+            nd_event_t dev = {.type = ND_EV_DATA, .data = text->ptr, .len = text->len};
             nd__emit(&s->h.em, s, &dev);
             if (is_destroyed(s))
                 return;
@@ -808,12 +988,129 @@ static int buffer_input(nd_socket_t *s, const char *data, size_t len)
     return 0;
 }
 
+/* ------------------------------------------------------------------ splice */
+
+/*
+ * The bulk path of a pipe: bytes go from the source's descriptor into a kernel pipe and from
+ * there into the destination's descriptor (splice(2)), never through user memory. It is
+ * taken only where nothing in user space needs to see the bytes: the source has no 'data'
+ * listener and decodes nothing, no input waits in its buffer, and the destination is open
+ * with nothing in its own output buffer (so the bytes keep their order). The pipe belongs
+ * to the destination while it holds bytes: they are its queued output (bufferSize,
+ * backpressure against its high-water mark, 'drain', the FIN after them) exactly as if
+ * write() had queued them, and they go with it when it moves or are dropped when it is
+ * destroyed. Anything else falls back to reading into the loop's buffer.
+ */
+static bool can_splice(const nd_socket_t *s, const nd_socket_t *dst)
+{
+    return dst && s->bulk && !decodes(s) && !nd__emitter_has(&s->h.em, ND_EV_DATA) &&
+           buffered(s) == 0 && dst->state == SK_OPEN && dst->fd >= 0 && !dst->ending &&
+           !dst->peer_ended && dst->opt_writable && !dst->moving &&
+           (!dst->out || evbuffer_get_length(dst->out) == 0);
+}
+
+/* Moves what the pipe holds into the descriptor, as far as the kernel takes it; an emptied
+ * pipe goes back to the loop's pool. The caller completes the flush (flush()). */
+static void splice_out(nd_socket_t *s)
+{
+    while (s->sp_len > 0) {
+        ssize_t w = splice(s->sp_r, NULL, s->fd, NULL, s->sp_len,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (w > 0) {
+            s->sp_len -= (uint32_t)w;
+            ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
+            ND__STAT_ADD(s->h.loop->stats.bytes_spliced, (uint64_t)w);
+            touch(s);
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            destroy_with(s, -errno, "write", NULL, -1, NULL);
+            return;
+        }
+        break;
+    }
+    if (s->sp_len == 0 && s->sp_r >= 0) {
+        nd__loop_pipe_put(s->h.loop, s->sp_r, s->sp_w);
+        s->sp_r = s->sp_w = -1;
+    }
+}
+
+enum splice_result { SP_AGAIN, SP_DONE, SP_RECV };
+
+/* One read of src spliced into dst. SP_AGAIN: read again; SP_DONE: stop for now;
+ * SP_RECV: read this one with recv() instead (EOF, a full pipe, no pipe to be had, a
+ * descriptor that cannot splice). */
+static enum splice_result splice_step(nd_socket_t *s, nd_socket_t *dst)
+{
+    if (dst->sp_r < 0 && nd__loop_pipe_get(s->h.loop, &dst->sp_r, &dst->sp_w) != 0) {
+        s->bulk = false; /* no descriptors for a pipe: the buffered path still works */
+        return SP_RECV;
+    }
+    if (!dst->spliced) {
+        dst->spliced = true;
+        s->h.loop->splicers++;
+    }
+    /* One read's worth, as recv() would take: past the high-water mark the destination
+     * queues at most one read more before the source pauses. */
+    ssize_t n = splice(s->fd, NULL, dst->sp_w, NULL, ND__READ_CHUNK,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n <= 0) {
+        int e = n < 0 ? errno : 0;
+        if (dst->sp_len == 0) {
+            nd__loop_pipe_put(s->h.loop, dst->sp_r, dst->sp_w);
+            dst->sp_r = dst->sp_w = -1;
+        }
+        if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK) && dst->sp_len == 0)
+            return SP_DONE; /* nothing to read */
+        if (n < 0 && e == EINTR)
+            return SP_AGAIN;
+        if (n < 0 && e != EAGAIN && e != EWOULDBLOCK)
+            s->bulk = false; /* e.g. EINVAL: this descriptor does not splice */
+        return SP_RECV;       /* EOF, an error, or the pipe is full: recv tells which */
+    }
+    s->bytes_read += (uint64_t)n;
+    ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
+    touch(s);
+    dst->bytes_written += (uint64_t)n;
+    dst->sp_len += (uint32_t)n;
+    if (n < ND__SPLICE_MIN / 4)
+        s->bulk = false; /* small reads again: copying is cheaper */
+    flush(dst);
+    if (is_destroyed(s))
+        return SP_DONE;
+    if (!is_destroyed(dst) && queued(dst) > 0) {
+        /* As a write() that returned 0: 'drain' comes when the queue empties, and the
+         * source waits past the destination's high-water mark. */
+        dst->need_drain = true;
+        if (queued(dst) > dst->high_water_mark) {
+            nd_socket_pause(s);
+            s->pipe_paused = true;
+            return SP_DONE;
+        }
+    }
+    return (size_t)n < ND__READ_CHUNK ? SP_DONE : SP_AGAIN;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
-    char *buf = (char *)s->h.loop->scratch;
+    nd_loop_t *loop = s->h.loop;
+    char *buf = (char *)loop->scratch;
+    nd__loop_awake(loop);
+    /* libevent's cached clock is the same for every callback of this wake: read it once
+     * here for every read and write (an echo's too) this callback touches. */
+    loop->io_now_us = now_us(loop);
     nd__handle_retain(&s->h);
     for (int i = 0; i < ND__READS_PER_WAKE && s->reading; i++) {
+        if (s->bulk && flowing_now(s) && can_splice(s, s->pipe_dst)) {
+            enum splice_result r = splice_step(s, s->pipe_dst);
+            if (r == SP_AGAIN)
+                continue;
+            if (r == SP_DONE)
+                break;
+        }
         /* The common case emits straight from the loop's read buffer: no copy. Otherwise the
          * bytes queue behind what waits already, and a socket that does not flow reads no
          * more than ND__READ_HWM ahead. */
@@ -831,6 +1128,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
             s->bytes_read += (uint64_t)n;
             ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
             touch(s);
+            /* A large read: if this socket is piped, the next ones may splice. */
+            s->bulk = (size_t)n >= ND__SPLICE_MIN;
             if (direct)
                 emit_data(s, buf, (size_t)n);
             else if (buffer_input(s, buf, (size_t)n) == 0)
@@ -849,7 +1148,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
             break;
         }
     }
-    nd__handle_release(&s->h);
+    nd__handle_release(&s->h); /* may free s, never the loop */
+    loop->io_now_us = 0;
 }
 
 /* ------------------------------------------------------------------ writing */
@@ -863,10 +1163,16 @@ static void send_fin(nd_socket_t *s)
     nd__handle_pend(&s->h, PK_FINISH);
 }
 
-/* Writes as much of the queue as the kernel takes, with one sendmsg of many chains. */
+/* Writes as much of the queue as the kernel takes: the splice pipe first, then the buffer
+ * with one sendmsg of many chains. */
 static void flush(nd_socket_t *s)
 {
-    while (queued(s) > 0) {
+    if (s->sp_len > 0) {
+        splice_out(s);
+        if (is_destroyed(s))
+            return;
+    }
+    while (s->sp_len == 0 && queued(s) > 0) {
         struct evbuffer_iovec v[64];
         struct iovec iov[64];
         int n = evbuffer_peek(s->out, -1, NULL, v, 64);
@@ -885,7 +1191,6 @@ static void flush(nd_socket_t *s)
             return;
         }
         evbuffer_drain(s->out, (size_t)w);
-        s->flushed_total += (uint64_t)w;
         ND__STAT_ADD(s->h.loop->stats.bytes_written, (uint64_t)w);
         touch(s);
         if (n < 64 && queued(s) > 0)
@@ -908,6 +1213,7 @@ static void flush(nd_socket_t *s)
 static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     nd_socket_t *s = arg;
+    nd__loop_awake(s->h.loop);
     nd__handle_retain(&s->h);
     if (s->state == SK_CONNECTING) {
         int err = 0;
@@ -920,7 +1226,9 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         }
         stop_writing(s);
         if (err) {
-            destroy_with(s, -err, "connect", s->target, s->is_unix ? -1 : s->port, NULL);
+            dial_t *dl = s->dial;
+            destroy_with(s, -err, "connect", s->is_unix ? dl->name : dl->target,
+                         s->is_unix ? -1 : dl->port, NULL);
         } else {
             on_connected(s);
         }
@@ -979,20 +1287,17 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
         return fail_write(s, -EPIPE, cb, arg, WF_REFUSED);
 
     s->bytes_written += len;
-    s->queued_total += len;
     size_t done = 0;
     if (s->state == SK_OPEN && queued(s) == 0 && len > 0) {
         ssize_t n = send(s->fd, data, len, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 int e = -errno;
-                s->flushed_total = s->queued_total; /* nothing more will be sent */
                 return fail_write(s, e, cb, arg, WF_FATAL); /* e.g. ECONNRESET after a RST */
             }
             n = 0;
         }
         done = (size_t)n;
-        s->flushed_total += done;
         ND__STAT_ADD(s->h.loop->stats.bytes_written, done);
         if (done)
             touch(s);
@@ -1008,7 +1313,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
             return fail_write(s, -ENOMEM, NULL, NULL, WF_FATAL);
         w->cb = cb;
         w->arg = arg;
-        w->mark = s->queued_total;
+        w->mark = s->bytes_written;
         TAILQ_INSERT_TAIL(&s->wreqs, w, link);
         if (s->state == SK_OPEN && queued(s) == 0)
             complete_wreqs(s, 0);
@@ -1092,14 +1397,18 @@ void nd__socket_process(nd_socket_t *s, uint32_t bits)
         err_node_t *list = s->errq;
         bool nomem = s->error_nomem;
         s->errq = NULL;
-        s->errq_tail = &s->errq;
         s->error_nomem = false;
         while (list) {
             err_node_t *e = list;
             list = e->next;
-            nd_event_t ev = {.type = ND_EV_ERROR, .error = &e->st.err};
-            if (!s->closed_done)
+            if (!s->closed_done) {
+                nd__error_store_t store, *st = &store;
+                nd__error_set(&st, e->code, e->syscall, e->address, e->port, e->hostname);
+                if (e->message)
+                    nd__error_set_message(st, e->message);
+                nd_event_t ev = {.type = ND_EV_ERROR, .error = &st->err};
                 nd__emit(&s->h.em, s, &ev);
+            }
             free(e);
         }
         if (nomem && !s->closed_done) {
@@ -1203,13 +1512,16 @@ ND_EXPORT int nd_socket_set_encoding(nd_socket_t *s, const char *encoding)
     if (!s)
         return -EINVAL;
     if (!encoding) {
-        nd__decoder_init(&s->dec, ND_ENC_NONE);
+        if (s->decoding)
+            nd__decoder_init(&s->decoding->dec, ND_ENC_NONE);
         return 0;
     }
     int enc = nd__encoding_parse(encoding);
     if (enc < 0)
         return enc;
-    nd__decoder_init(&s->dec, (nd__encoding_t)enc);
+    if (!s->decoding && !(s->decoding = calloc(1, sizeof(*s->decoding))))
+        return -ENOMEM;
+    nd__decoder_init(&s->decoding->dec, (nd__encoding_t)enc);
     return 0;
 }
 
@@ -1219,15 +1531,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     s->timer_armed = false;
     if (!s->timeout_ms || is_destroyed(s))
         return;
-    struct timeval now, idle;
-    event_base_gettimeofday_cached(s->h.loop->base, &now);
-    evutil_timersub(&now, &s->last_active, &idle);
-    uint64_t idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+    uint64_t now = now_us(s->h.loop);
+    uint64_t idle_ms = now > s->last_active_us ? (now - s->last_active_us) / 1000 : 0;
     if (idle_ms < s->timeout_ms) {
         /* Activity since the timer was armed: wait for the rest of the idle period. */
         uint64_t rest = s->timeout_ms - idle_ms;
         struct timeval tv = {(time_t)(rest / 1000), (suseconds_t)((rest % 1000) * 1000)};
-        evtimer_add(&s->timer_ev, &tv);
+        evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
         return;
     }
@@ -1242,21 +1552,18 @@ ND_EXPORT void nd_socket_set_timeout(nd_socket_t *s, unsigned ms, nd_listener_fn
         return;
     if (ms == 0) {
         s->timeout_ms = 0;
-        if (s->timer_armed) {
-            evtimer_del(&s->timer_ev);
-            s->timer_armed = false;
-        }
+        disarm_timer(s);
         if (cb)
             nd_socket_off(s, ND_EV_TIMEOUT, cb, arg);
         return;
     }
+    /* The timer exists once a timeout is asked for: most connections never have one. */
+    if (!s->timer_ev && !(s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))
+        return; /* out of memory: no 'timeout' will come */
     if (cb)
         nd_socket_once(s, ND_EV_TIMEOUT, cb, arg);
     s->timeout_ms = ms;
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     touch(s);
 }
 
@@ -1278,7 +1585,9 @@ ND_EXPORT void nd_socket_set_keep_alive(nd_socket_t *s, int enable, unsigned ini
         return;
     s->keep_alive = enable != 0;
     if (initial_delay_ms / 1000 > 0)
-        s->keep_alive_delay_s = initial_delay_ms / 1000;
+        s->keep_alive_delay_s = initial_delay_ms / 1000 > UINT16_MAX
+                                    ? UINT16_MAX
+                                    : (uint16_t)(initial_delay_ms / 1000);
     s->opts_set = true;
     if (s->state == SK_OPEN && s->fd >= 0 && !s->is_unix) {
         int v = s->keep_alive;
@@ -1296,7 +1605,7 @@ ND_EXPORT int nd_socket_set_high_water_mark(nd_socket_t *s, size_t bytes)
 {
     if (!s)
         return -EINVAL;
-    s->high_water_mark = bytes;
+    s->high_water_mark = bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
     return 0;
 }
 
@@ -1349,10 +1658,29 @@ ND_EXPORT int nd_socket_address(const nd_socket_t *cs, nd_address_t *out)
     cache_local(s);
     if (!s->have_local)
         return ND_ENOTCONNECTED;
-    *out = s->local;
-    if (s->is_unix && !out->address[0] && s->path[0])
-        snprintf(out->address, sizeof(out->address), "%s", s->path);
+    memset(out, 0, sizeof(*out));
+    if (s->is_unix) {
+        if (s->text)
+            memcpy(out->address, s->text->local, sizeof(s->text->local));
+        if (!out->address[0] && s->dial)
+            snprintf(out->address, sizeof(out->address), "%s", s->dial->name);
+        return 0;
+    }
+    endpoint_format(&s->local, out->address, sizeof(out->address));
+    out->family = s->local.family;
+    out->port = s->local.port;
     return 0;
+}
+
+/* The endpoint's text, in storage that lives as long as the socket; NULL when out of
+ * memory. */
+static const char *endpoint_text(nd_socket_t *s, bool remote)
+{
+    if (!text_of(s))
+        return NULL;
+    char *buf = remote ? s->text->remote : s->text->local;
+    endpoint_format(remote ? &s->remote : &s->local, buf, sizeof(s->text->remote));
+    return buf;
 }
 
 ND_EXPORT const char *nd_socket_remote_address(const nd_socket_t *cs)
@@ -1362,7 +1690,7 @@ ND_EXPORT const char *nd_socket_remote_address(const nd_socket_t *cs)
         return NULL;
     if (s->state == SK_OPEN)
         cache_remote(s);
-    return s->have_remote ? s->remote.address : NULL;
+    return s->have_remote ? endpoint_text(s, true) : NULL;
 }
 
 ND_EXPORT int nd_socket_remote_port(const nd_socket_t *s)
@@ -1382,7 +1710,7 @@ ND_EXPORT const char *nd_socket_local_address(const nd_socket_t *cs)
         return NULL;
     if (s->state == SK_OPEN || s->state == SK_CONNECTING)
         cache_local(s);
-    return s->have_local ? s->local.address : NULL;
+    return s->have_local ? endpoint_text(s, false) : NULL;
 }
 
 ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
@@ -1392,14 +1720,10 @@ ND_EXPORT int nd_socket_local_port(const nd_socket_t *s)
 
 ND_EXPORT uint64_t nd_socket_idle_ms(const nd_socket_t *s)
 {
-    if (!s || (!s->last_active.tv_sec && !s->last_active.tv_usec))
+    if (!s || !s->last_active_us)
         return 0;
-    struct timeval now, idle;
-    event_base_gettimeofday_cached(s->h.loop->base, &now);
-    evutil_timersub(&now, &s->last_active, &idle);
-    if (idle.tv_sec < 0)
-        return 0;
-    return (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+    uint64_t now = now_us(s->h.loop);
+    return now > s->last_active_us ? (now - s->last_active_us) / 1000 : 0;
 }
 
 ND_EXPORT uint64_t nd_socket_bytes_read(const nd_socket_t *s)
@@ -1587,15 +1911,14 @@ static void detach(nd_socket_t *s, int to, bool *writing, uint32_t *pending)
     *writing = s->writing;
     stop_reading(s);
     stop_writing(s);
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     *pending = s->h.pending;
     nd__handle_unpend(&s->h, s->h.pending);
     nd__handle_set_active(&s->h, false);
     if (s->server && to >= 0)
         nd__server_move_out(s->server, to);
+    if (s->spliced)
+        nd__loop_splicer_gone(s->h.loop); /* its pipe, if any, goes with it */
     /* Listeners belong to the code that ran on this loop; the adopter attaches its own. */
     s->h.em.n = 0;
     s->h.em.has = 0;
@@ -1608,9 +1931,11 @@ static void adopt(nd_socket_t *s, nd_loop_t *loop, int to, bool writing, uint32_
     s->h.loop = loop;
     TAILQ_INSERT_TAIL(&loop->handles, &s->h, link);
     loop->nhandles++;
-    event_assign(&s->read_ev, loop->base, s->fd, EV_READ | EV_PERSIST, on_readable, s);
-    event_assign(&s->write_ev, loop->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
-    event_assign(&s->timer_ev, loop->base, -1, 0, on_timer, s);
+    if (s->spliced)
+        loop->splicers++;
+    bind_fd(s, s->fd);
+    if (s->timer_ev)
+        event_assign(s->timer_ev, loop->base, -1, 0, on_timer, s);
     if (s->server && to >= 0)
         s->server = nd__server_move_in(s->server, to);
     ND__STAT_ADD(loop->stats.moved_in, 1);
@@ -1659,6 +1984,8 @@ static void adopt_dropped(void *arg)
         both[i]->h.loop = m->target;
         TAILQ_INSERT_TAIL(&m->target->handles, &both[i]->h, link);
         m->target->nhandles++;
+        if (both[i]->spliced)
+            m->target->splicers++;
         nd__socket_free(both[i]);
     }
     free(m);
@@ -1966,6 +2293,21 @@ static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
     return f;
 }
 
+/* An endpoint as the record carries it (the text form nd_socket_address gives). */
+static void put_endpoint(wbuf_t *w, nd_socket_t *s, bool remote)
+{
+    nd_address_t a;
+    memset(&a, 0, sizeof(a));
+    const endpoint_t *ep = remote ? &s->remote : &s->local;
+    if (!remote && s->is_unix && s->text)
+        memcpy(a.address, s->text->local, sizeof(s->text->local));
+    else
+        endpoint_format(ep, a.address, sizeof(a.address));
+    a.family = ep->family;
+    a.port = ep->port;
+    put_address(w, &a);
+}
+
 static void export_one(wbuf_t *w, nd_socket_t *s, const nd_socket_t *peer)
 {
     cache_local(s);
@@ -1974,19 +2316,60 @@ static void export_one(wbuf_t *w, nd_socket_t *s, const nd_socket_t *peer)
     put_u64(w, s->keep_alive_delay_s);
     put_u64(w, s->timeout_ms);
     put_u64(w, s->high_water_mark);
-    put_u64(w, s->queued_total);
-    put_u64(w, s->flushed_total);
+    /* The record's queued and flushed totals: every write's mark is bytes_written here, and
+     * what was flushed is what no longer waits in the queue. */
+    put_u64(w, s->bytes_written);
+    put_u64(w, flushed(s));
     put_u64(w, s->bytes_read);
     put_u64(w, s->bytes_written);
     put_u64(w, nd_socket_idle_ms(s));
-    put_u64(w, (uint64_t)s->dec.enc);
-    put_u64(w, s->dec.npartial);
-    put(w, s->dec.partial, sizeof(s->dec.partial));
-    put_address(w, &s->local);
-    put_address(w, &s->remote);
-    put_str(w, s->path);
+    nd__decoder_t none = {.enc = ND_ENC_NONE};
+    const nd__decoder_t *dec = s->decoding ? &s->decoding->dec : &none;
+    put_u64(w, (uint64_t)dec->enc);
+    put_u64(w, dec->npartial);
+    put(w, dec->partial, sizeof(dec->partial));
+    put_endpoint(w, s, false);
+    put_endpoint(w, s, true);
+    put_str(w, s->is_unix && s->dial ? s->dial->name : "");
     put_evbuffer(w, s->in);
-    put_evbuffer(w, s->out);
+    put_evbuffer(w, s->out); /* the splice pipe's bytes were moved in front (unsplice) */
+}
+
+/* Output waiting in the splice pipe goes in front of the output buffer, where it was in the
+ * queue's order: a record carries bytes, not a kernel pipe. All the memory is taken before
+ * the pipe is read, so this either moves every byte or changes nothing. Returns 0 or
+ * -ENOMEM. */
+static int unsplice(nd_socket_t *s)
+{
+    if (s->sp_len == 0)
+        return 0;
+    size_t n = s->sp_len;
+    char *tmp = malloc(n);
+    struct evbuffer *b = tmp ? evbuffer_new() : NULL;
+    if (!b || evbuffer_expand(b, n) != 0 || (!s->out && !(s->out = evbuffer_new()))) {
+        if (b)
+            evbuffer_free(b);
+        free(tmp);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(s->sp_r, tmp + got, n - got); /* the bytes are there: no EAGAIN */
+        if (r > 0)
+            got += (size_t)r;
+        else if (r < 0 && errno == EINTR)
+            continue;
+        else
+            break; /* cannot happen on our own pipe */
+    }
+    evbuffer_add(b, tmp, got); /* into the space reserved above */
+    evbuffer_prepend_buffer(s->out, b);
+    evbuffer_free(b);
+    free(tmp);
+    nd__loop_pipe_put(s->h.loop, s->sp_r, s->sp_w);
+    s->sp_r = s->sp_w = -1;
+    s->sp_len = 0;
+    return 0;
 }
 
 /* Why s cannot be exported now, or 0: open and quiet (nothing pending to emit, no write
@@ -2016,10 +2399,7 @@ static void park(nd_socket_t *s)
     nd__handle_unpend(&s->h, s->owed);
     stop_reading(s);
     stop_writing(s);
-    if (s->timer_armed) {
-        evtimer_del(&s->timer_ev);
-        s->timer_armed = false;
-    }
+    disarm_timer(s);
     update_active(s);
 }
 
@@ -2028,9 +2408,9 @@ static void unpark(nd_socket_t *s)
     s->parked = false;
     if (is_destroyed(s))
         return;
-    if (s->timeout_ms) {
+    if (s->timeout_ms && (s->timer_ev || (s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
-        evtimer_add(&s->timer_ev, &tv);
+        evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;
     }
     start_reading(s);
@@ -2051,6 +2431,10 @@ ND_EXPORT int nd_socket_export(nd_socket_t *s, nd_export_t *out)
     int rc = export_blocker(s, peer);
     if (!rc && peer)
         rc = export_blocker(peer, s);
+    if (!rc)
+        rc = unsplice(s);
+    if (!rc && peer)
+        rc = unsplice(peer);
     if (rc)
         return rc;
     wbuf_t w = {0};
@@ -2156,24 +2540,50 @@ static int import_one(rbuf_t *r, nd_socket_t *s, uint32_t *flags)
     s->h.user_ref = f & XF_USER_REF;
     s->owed = (f & XF_OWE_FLOW ? PK_FLOW : 0) | (f & XF_OWE_DRAIN ? PK_DRAIN : 0) |
               (f & XF_OWE_FINISH ? PK_FINISH : 0) | (f & XF_OWE_AUTOCLOSE ? PK_AUTOCLOSE : 0);
-    s->keep_alive_delay_s = (unsigned)get_u64(r);
+    uint64_t kad = get_u64(r);
+    s->keep_alive_delay_s = kad > UINT16_MAX ? UINT16_MAX : (uint16_t)kad;
     s->timeout_ms = (unsigned)get_u64(r);
-    s->high_water_mark = (size_t)get_u64(r);
-    s->queued_total = get_u64(r);
-    s->flushed_total = get_u64(r);
+    uint64_t hwm = get_u64(r);
+    s->high_water_mark = hwm > UINT32_MAX ? UINT32_MAX : (uint32_t)hwm;
+    (void)get_u64(r); /* queued and flushed totals: here they follow from bytes_written and */
+    (void)get_u64(r); /* the output queue carried below */
     s->bytes_read = get_u64(r);
     s->bytes_written = get_u64(r);
     uint64_t idle = get_u64(r);
     uint64_t enc = get_u64(r), npartial = get_u64(r);
-    const unsigned char *partial = get_bytes(r, sizeof(s->dec.partial));
-    if (r->bad || enc > ND_ENC_LATIN1 || npartial > sizeof(s->dec.partial))
+    const unsigned char *partial = get_bytes(r, sizeof(((nd__decoder_t *)0)->partial));
+    if (r->bad || enc > ND_ENC_LATIN1 || npartial > sizeof(((nd__decoder_t *)0)->partial))
         return -1;
-    nd__decoder_init(&s->dec, (nd__encoding_t)enc);
-    memcpy(s->dec.partial, partial, sizeof(s->dec.partial));
-    s->dec.npartial = (unsigned)npartial;
-    get_address(r, &s->local);
-    get_address(r, &s->remote);
-    get_str(r, s->path, sizeof(s->path));
+    if (enc != ND_ENC_NONE || npartial) {
+        if (!(s->decoding = calloc(1, sizeof(*s->decoding))))
+            return -1;
+        nd__decoder_init(&s->decoding->dec, (nd__encoding_t)enc);
+        memcpy(s->decoding->dec.partial, partial, sizeof(s->decoding->dec.partial));
+        s->decoding->dec.npartial = (unsigned)npartial;
+    }
+    nd_address_t a;
+    for (int i = 0; i < 2; i++) {
+        get_address(r, &a);
+        endpoint_t *ep = i == 0 ? &s->local : &s->remote;
+        memset(ep, 0, sizeof(*ep));
+        ep->port = (uint16_t)a.port;
+        if ((a.family == 4 && inet_pton(AF_INET, a.address, ep->addr) == 1) ||
+            (a.family == 6 && inet_pton(AF_INET6, a.address, ep->addr) == 1)) {
+            ep->family = (uint8_t)a.family;
+        } else if (i == 0 && a.address[0]) {
+            if (!text_of(s)) /* a unix socket's local path */
+                return -1;
+            snprintf(s->text->local, sizeof(s->text->local), "%s", a.address);
+        }
+    }
+    char path[sizeof(((addr_text_t *)0)->local)];
+    get_str(r, path, sizeof(path));
+    if (path[0]) {
+        /* A unix client's path, as connect() keeps it. */
+        if (!(s->dial = calloc(1, sizeof(*s->dial) + strlen(path) + 1)))
+            return -1;
+        memcpy(s->dial->name, path, strlen(path) + 1);
+    }
     for (int i = 0; i < 2 && !r->bad; i++) {
         uint64_t n = get_u64(r);
         const unsigned char *p = get_bytes(r, n);
@@ -2186,9 +2596,8 @@ static int import_one(rbuf_t *r, nd_socket_t *s, uint32_t *flags)
     if (r->bad)
         return -1;
     /* The idle timer goes on from where it was. */
-    struct timeval now, ago = nd__ms_tv((unsigned)(idle > 0x7fffffff ? 0x7fffffff : idle));
-    event_base_gettimeofday_cached(s->h.loop->base, &now);
-    evutil_timersub(&now, &ago, &s->last_active);
+    uint64_t now = now_us(s->h.loop), ago = (idle > 0x7fffffff ? 0x7fffffff : idle) * 1000u;
+    s->last_active_us = now > ago ? now - ago : 1;
     return 0;
 }
 

@@ -245,6 +245,9 @@ typedef struct nd_server_options {
     int ipv6_only;       /* listening on "::" (or another IPv6 address) accepts IPv6 clients
                             only; by default "::" is dual-stack, as in libuv and Node, and IPv4
                             clients appear as ::ffff:a.b.c.d (modern Node's ipv6Only) */
+    int worker_accepts;  /* groups (leastconn, roundrobin): the group's first worker accepts
+                            for all of them instead of the owner's loop (see
+                            nd_server_new_group); ignored by other servers */
 } nd_server_options_t;
 
 /*
@@ -644,10 +647,13 @@ int nd_loop_stop_post(nd_loop_t *loop);
 typedef struct nd_loop_stats {
     uint64_t connections;   /* live sockets owned by this loop that belong to a server */
     uint64_t accepted;      /* connections accepted by listeners on this loop */
-    uint64_t handed_off;    /* connections this loop adopted from another loop's accept */
+    uint64_t handed_off;    /* connections this loop got from its group's acceptor: another
+                               loop's accept, or its own as a worker_accepts group's acceptor */
     uint64_t moved_in;      /* live sockets moved to this loop */
     uint64_t bytes_read;
     uint64_t bytes_written; /* bytes handed to the kernel */
+    uint64_t bytes_spliced; /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),
+                               never copied through user memory */
 } nd_loop_stats_t;
 
 /* Any thread. */
@@ -710,6 +716,17 @@ typedef void (*nd_worker_init_fn)(nd_server_t *worker_server, int index, void *a
  * comes once the 'close' of every connection of the group has run, on whichever worker. `connections` on the owner reads -1 once a socket
  * was handed to a worker (Node's null). A handoff that fails (the worker cannot take it)
  * closes the descriptor and is counted in nd_server_stats().handoff_failed.
+ *
+ * Who accepts: by default the owner's loop accepts and posts each wake's connections to
+ * the workers (one message per worker). With opts->worker_accepts (leastconn, roundrobin)
+ * the first worker accepts on a duplicate of the owner's descriptor instead, serves those
+ * the policy gives it and posts the others: the owner's loop is not woken per connection
+ * (a thread woken per connection less: the cost of a handoff falls to about reuseport's).
+ * Everything above holds either way and 'listening' comes as soon as the owner listens;
+ * close() (and nd_server_export) stops the acceptor at once, as it stops the owner: what
+ * is still queued stays on the socket for whoever else holds it. But a worker's
+ * 'connection' is no longer ordered after what the owner's loop does meanwhile (a client
+ * on the owner's loop may see its server's 'connection' before its own 'connect').
  * Returns NULL with errno set (EINVAL for no workers, ENOMEM).
  */
 nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
@@ -845,7 +862,9 @@ void nd_socket_import_start(nd_socket_t *sock);
  *     process), and emits 'close' as usual once its connections are gone.
  *   nd_server_export_abort(): accepting resumes.
  * For a group's owner, the group's worker-side servers stop too when they listen (reuseport):
- * export those on their own loops.
+ * export those on their own loops. A worker_accepts group's acceptor stops with its owner:
+ * this may wait for the acceptor's current wake to finish posting what it accepted, so
+ * everything the caller posts to a worker afterwards arrives behind those connections.
  */
 int nd_server_export(nd_server_t *server);
 /* The importing side of a server on a unix path: as nd_server_listen_fd, and the socket
