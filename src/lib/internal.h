@@ -195,8 +195,9 @@ struct nd__msg {
 
 /* Per-thread counters: written only by the loop's thread, read by any (relaxed). */
 typedef struct nd__loop_stats {
-    _Atomic uint64_t connections, accepted, handed_off, moved_in, bytes_read, bytes_written,
-        bytes_spliced;
+#define ND__LOOP_STAT_ATOMIC(name) _Atomic uint64_t name;
+    ND_LOOP_STATS(ND__LOOP_STAT_ATOMIC)
+#undef ND__LOOP_STAT_ATOMIC
 } nd__loop_stats_t;
 
 /* Single-writer counter update: no locked instruction on the hot path. */

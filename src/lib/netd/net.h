@@ -643,17 +643,23 @@ void nd_loop_unref_mp(nd_loop_t *loop);
 int nd_loop_stop_post(nd_loop_t *loop);
 
 /* Per-thread counters, written by the loop's own thread and readable from any thread
- * (relaxed atomics): a snapshot, summed on request. */
+ * (relaxed atomics): a snapshot, summed on request. The list is written once, here: the
+ * struct, the library's counters and their copy come from it. */
+#define ND_LOOP_STATS(X)                                                                     \
+    X(connections)   /* live sockets owned by this loop that belong to a server */          \
+    X(accepted)      /* connections accepted by listeners on this loop */                   \
+    X(handed_off)    /* connections this loop got from its group's acceptor: another        \
+                        loop's accept, or its own as a worker_accepts group's acceptor */   \
+    X(moved_in)      /* live sockets moved to this loop */                                  \
+    X(bytes_read)                                                                            \
+    X(bytes_written) /* bytes handed to the kernel */                                       \
+    X(bytes_spliced) /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),     \
+                        never copied through user memory */
+
 typedef struct nd_loop_stats {
-    uint64_t connections;   /* live sockets owned by this loop that belong to a server */
-    uint64_t accepted;      /* connections accepted by listeners on this loop */
-    uint64_t handed_off;    /* connections this loop got from its group's acceptor: another
-                               loop's accept, or its own as a worker_accepts group's acceptor */
-    uint64_t moved_in;      /* live sockets moved to this loop */
-    uint64_t bytes_read;
-    uint64_t bytes_written; /* bytes handed to the kernel */
-    uint64_t bytes_spliced; /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),
-                               never copied through user memory */
+#define ND__LOOP_STAT_FIELD(name) uint64_t name;
+    ND_LOOP_STATS(ND__LOOP_STAT_FIELD)
+#undef ND__LOOP_STAT_FIELD
 } nd_loop_stats_t;
 
 /* Any thread. */
