@@ -22,7 +22,7 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
 {
     nd_loop_t *loop = calloc(1, sizeof(*loop));
     if (!loop)
-        return NULL;
+        return NULL; /* errno: ENOMEM */
     /* One base per thread and never touched by another: no libevent locking at all. */
     struct event_config *cfg = event_config_new();
     if (cfg) {
@@ -36,6 +36,7 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
             event_base_free(loop->base);
         free(loop->scratch);
         free(loop);
+        errno = ENOMEM; /* libevent's base fails only without memory (poll needs no fd) */
         return NULL;
     }
     TAILQ_INIT(&loop->handles);
@@ -44,12 +45,14 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
     STAILQ_INIT(&loop->mb_queue);
     event_assign(&loop->pending_ev, loop->base, -1, 0, run_pending, loop);
     loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (loop->mb_fd < 0 || pthread_mutex_init(&loop->mb_lock, NULL) != 0) {
+    int err = loop->mb_fd < 0 ? errno : pthread_mutex_init(&loop->mb_lock, NULL);
+    if (err) {
         if (loop->mb_fd >= 0)
             close(loop->mb_fd);
         event_base_free(loop->base);
         free(loop->scratch);
         free(loop);
+        errno = err; /* EMFILE or ENFILE for the eventfd */
         return NULL;
     }
     /* The mailbox is a plain libevent event: it never counts in loop->alive. */

@@ -153,7 +153,7 @@ ND_EXPORT nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t 
     }
     nd_server_t *s = calloc(1, sizeof(*s));
     if (!s)
-        return NULL;
+        return NULL; /* errno: ENOMEM */
     nd__handle_init(&s->h, loop, ND__SERVER);
     s->fd = -1;
     s->dirfd = -1;
@@ -162,8 +162,10 @@ ND_EXPORT nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t 
     s->ipv6_only = opts && opts->ipv6_only;
     STAILQ_INIT(&s->counts);
     event_assign(&s->backoff_ev, loop->base, -1, 0, on_backoff, s);
-    if (on_connection && nd_server_on(s, ND_EV_CONNECTION, on_connection, arg) != 0) {
+    int rc = on_connection ? nd_server_on(s, ND_EV_CONNECTION, on_connection, arg) : 0;
+    if (rc != 0) {
         nd__handle_release(&s->h);
+        errno = -rc; /* ENOMEM */
         return NULL;
     }
     return s;
