@@ -24,9 +24,10 @@
  * nd__group_t    shared by the owner-side server (owner loop) and one worker-side server
  *                per member loop. Only the atomics (live counts, unclosed, max, fd_ceiling,
  *                closing, counters, refs) are shared; every other field is written before the
- *                members exist or by the owner only. Each group_msg_t carries a counted
- *                reference (refs), dropped when it has run or been dropped; the group is
- *                freed at refs 0, after the owner and every member are gone.
+ *                members exist or by the owner only. Each message (group.c: member_req_t,
+ *                listen_req_t, owner_check_t, handoff_msg_t) carries a counted reference
+ *                (refs), dropped when it has run or been dropped; the group is freed at
+ *                refs 0, after the owner and every member are gone.
  * accepted fds   in a handoff message (all a wake of the acceptor gave one worker): owned by
  *                the message until the worker's server takes each (deliver) or the message
  *                is dropped (closed, uncounted).
@@ -195,8 +196,9 @@ struct nd__msg {
 
 /* Per-thread counters: written only by the loop's thread, read by any (relaxed). */
 typedef struct nd__loop_stats {
-    _Atomic uint64_t connections, accepted, handed_off, moved_in, bytes_read, bytes_written,
-        bytes_spliced;
+#define ND__LOOP_STAT_ATOMIC(name) _Atomic uint64_t name;
+    ND_LOOP_STATS(ND__LOOP_STAT_ATOMIC)
+#undef ND__LOOP_STAT_ATOMIC
 } nd__loop_stats_t;
 
 /* Single-writer counter update: no locked instruction on the hot path. */
@@ -307,7 +309,7 @@ void nd__server_connection_closed(nd_server_t *s);
 void nd__server_connection_imported(nd_server_t *s);
 
 
-/* Server groups (server.c): moving a socket between members of its group. */
+/* Server groups (group.c): moving a socket between members of its group. */
 typedef struct nd__group nd__group_t;
 /* The member index of `target` in ws's group, or -EXDEV. */
 int nd__server_member_of(const nd_server_t *ws, const nd_loop_t *target);

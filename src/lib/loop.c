@@ -1,10 +1,10 @@
 /*
- * The loop: one event_base, the pending queue that makes every event asynchronous, the
- * ref accounting behind Node's exit rule, and the per-loop resolver and read buffer.
+ * The loop: one event_base, the pending queue that makes every event asynchronous, the ref
+ * accounting behind Node's exit rule, the mailbox between threads, and the per-loop read
+ * buffer and splice pipes. Handles are in handle.c, the resolver in resolve.c.
  */
 #include "internal.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -14,8 +14,6 @@
 #include <unistd.h>
 #include <event2/dns.h>
 
-#define ND__HOSTS_FILE "/etc/hosts"
-
 static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 static void mailbox_settle(nd_loop_t *loop);
@@ -24,7 +22,7 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
 {
     nd_loop_t *loop = calloc(1, sizeof(*loop));
     if (!loop)
-        return NULL;
+        return NULL; /* errno: ENOMEM */
     /* One base per thread and never touched by another: no libevent locking at all. */
     struct event_config *cfg = event_config_new();
     if (cfg) {
@@ -38,6 +36,7 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
             event_base_free(loop->base);
         free(loop->scratch);
         free(loop);
+        errno = ENOMEM; /* libevent's base fails only without memory (poll needs no fd) */
         return NULL;
     }
     TAILQ_INIT(&loop->handles);
@@ -46,12 +45,14 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
     STAILQ_INIT(&loop->mb_queue);
     event_assign(&loop->pending_ev, loop->base, -1, 0, run_pending, loop);
     loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (loop->mb_fd < 0 || pthread_mutex_init(&loop->mb_lock, NULL) != 0) {
+    int err = loop->mb_fd < 0 ? errno : pthread_mutex_init(&loop->mb_lock, NULL);
+    if (err) {
         if (loop->mb_fd >= 0)
             close(loop->mb_fd);
         event_base_free(loop->base);
         free(loop->scratch);
         free(loop);
+        errno = err; /* EMFILE or ENFILE for the eventfd */
         return NULL;
     }
     /* The mailbox is a plain libevent event: it never counts in loop->alive. */
@@ -296,293 +297,6 @@ void nd__loop_defer_node(nd_loop_t *loop, nd__defer_t *node, void (*fn)(void *ar
     nd__loop_arm_pending(loop);
 }
 
-ND_EXPORT int nd_loop_set_nameserver(nd_loop_t *loop, const char *addr_port)
-{
-    if (!loop || !addr_port || strlen(addr_port) >= sizeof(loop->nameserver))
-        return -EINVAL;
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    if (evutil_parse_sockaddr_port(addr_port, (struct sockaddr *)&ss, &len) != 0)
-        return -EINVAL;
-    snprintf(loop->nameserver, sizeof(loop->nameserver), "%s", addr_port);
-    if (loop->dns) {
-        evdns_base_free(loop->dns, 1);
-        loop->dns = NULL;
-    }
-    return 0;
-}
-
-struct evdns_base *nd__loop_dns(nd_loop_t *loop)
-{
-    if (loop->dns)
-        return loop->dns;
-    if (loop->nameserver[0]) {
-        loop->dns = evdns_base_new(loop->base, 0);
-        if (!loop->dns)
-            return NULL;
-        if (evdns_base_nameserver_ip_add(loop->dns, loop->nameserver) != 0) {
-            evdns_base_free(loop->dns, 0);
-            loop->dns = NULL;
-            return NULL;
-        }
-        /* Named explicitly: given NULL, libevent knows only "localhost", not the file. */
-        evdns_base_load_hosts(loop->dns, ND__HOSTS_FILE);
-        /* Tests answer quickly or not at all: no long retries against a dead responder. */
-        evdns_base_set_option(loop->dns, "timeout:", "2");
-        evdns_base_set_option(loop->dns, "attempts:", "2");
-    } else {
-        loop->dns = evdns_base_new(loop->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                                   EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (!loop->dns)
-            return NULL;
-    }
-    return loop->dns;
-}
-
-/* ------------------------------------------------------------------ handle base */
-
-void nd__handle_init(nd__handle_t *h, nd_loop_t *loop, uint8_t kind)
-{
-    h->loop = loop;
-    h->kind = kind;
-    h->user_ref = true;
-    h->owned = true;
-    h->refcnt = 1;
-    TAILQ_INSERT_TAIL(&loop->handles, h, link);
-    loop->nhandles++;
-}
-
-void nd__handle_fini(nd__handle_t *h)
-{
-    TAILQ_REMOVE(&h->loop->handles, h, link);
-    h->loop->nhandles--;
-    nd__emitter_free(&h->em);
-}
-
-void nd__handle_pend(nd__handle_t *h, uint32_t bits)
-{
-    if (!bits)
-        return;
-    if (!h->pending) {
-        TAILQ_INSERT_TAIL(&h->loop->pending, h, pending_link);
-        h->loop->npending++;
-    }
-    h->pending |= bits;
-    nd__loop_arm_pending(h->loop);
-}
-
-void nd__handle_unpend(nd__handle_t *h, uint32_t bits)
-{
-    if (!h->pending)
-        return;
-    h->pending &= ~bits;
-    if (!h->pending) {
-        TAILQ_REMOVE(&h->loop->pending, h, pending_link);
-        h->loop->npending--;
-    }
-}
-
-void nd__handle_set_active(nd__handle_t *h, bool active)
-{
-    nd__handle_set_active_pinned(h, active, false);
-}
-
-void nd__handle_set_active_pinned(nd__handle_t *h, bool active, bool pinned)
-{
-    bool want = (active && h->user_ref) || pinned;
-    if (want != h->counted) {
-        h->counted = want;
-        h->loop->alive += want ? 1 : -1;
-    }
-}
-
-void nd__handle_retain(nd__handle_t *h)
-{
-    h->refcnt++;
-}
-
-void nd__handle_release(nd__handle_t *h)
-{
-    if (--h->refcnt > 0)
-        return;
-    nd__handle_unpend(h, h->pending);
-    nd__handle_set_active(h, false);
-    if (h->kind == ND__SERVER)
-        nd__server_free((nd_server_t *)h);
-    else
-        nd__socket_free((nd_socket_t *)h);
-}
-
-/* ------------------------------------------------------------------ addresses */
-
-void nd__address_from(nd_address_t *out, const struct sockaddr *sa, socklen_t len)
-{
-    memset(out, 0, sizeof(*out));
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, out->address, sizeof(out->address));
-        out->family = 4;
-        out->port = ntohs(in->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, out->address, sizeof(out->address));
-        out->family = 6;
-        out->port = ntohs(in6->sin6_port);
-    } else if (sa->sa_family == AF_UNIX) {
-        const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
-        size_t n = len > offsetof(struct sockaddr_un, sun_path)
-                       ? len - offsetof(struct sockaddr_un, sun_path)
-                       : 0;
-        if (n > sizeof(out->address) - 1)
-            n = sizeof(out->address) - 1;
-        memcpy(out->address, un->sun_path, n);
-        out->address[n] = '\0';
-    }
-}
-
-socklen_t nd__sockaddr_ip(nd__sockaddr_t *out, const char *ip, int port, int family)
-{
-    memset(out, 0, sizeof(*out));
-    int kind = nd_is_ip(ip);
-    if (kind == 4 && (family == 0 || family == 4)) {
-        out->in4.sin_family = AF_INET;
-        out->in4.sin_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET, ip, &out->in4.sin_addr) == 1)
-            return sizeof(out->in4);
-    } else if (kind == 6 && (family == 0 || family == 6)) {
-        char buf[64];
-        const char *pct = strchr(ip, '%');
-        size_t n = pct ? (size_t)(pct - ip) : strlen(ip);
-        if (n >= sizeof(buf))
-            return 0;
-        memcpy(buf, ip, n);
-        buf[n] = '\0';
-        out->in6.sin6_family = AF_INET6;
-        out->in6.sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, buf, &out->in6.sin6_addr) == 1)
-            return sizeof(out->in6);
-    }
-    return 0;
-}
-
-int nd__sockaddr_unix(nd__sockaddr_t *out, const char *path)
-{
-    memset(out, 0, sizeof(*out));
-    size_t n = strlen(path);
-    if (n >= sizeof(out->un.sun_path))
-        return -ENAMETOOLONG;
-    out->un.sun_family = AF_UNIX;
-    memcpy(out->un.sun_path, path, n + 1);
-    return (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-}
-
-int nd__set_nonblock_cloexec(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return -errno;
-    int fdfl = fcntl(fd, F_GETFD);
-    if (fdfl < 0 || fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0)
-        return -errno;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ resolver */
-
-struct nd__resolve {
-    nd__defer_t node; /* embedded: completing never needs memory, so never fails */
-    nd_loop_t *loop;
-    nd__resolve_cb cb;
-    void *arg;
-    bool cancelled;
-    struct evdns_getaddrinfo_request *req; /* while evdns owes us a callback */
-    int err;
-    int family;
-    char ip[64];
-};
-
-static void resolve_complete(void *arg)
-{
-    nd__resolve_t *r = arg;
-    if (!r->cancelled)
-        r->cb(r->arg, r->err, r->err ? NULL : r->ip, r->family);
-    free(r);
-}
-
-static void resolve_got(int result, struct evutil_addrinfo *res, void *arg)
-{
-    nd__resolve_t *r = arg;
-    r->req = NULL;
-    if (result == 0 && res) {
-        nd_address_t a;
-        nd__address_from(&a, res->ai_addr, (socklen_t)res->ai_addrlen);
-        memcpy(r->ip, a.address, sizeof(r->ip) - 1); /* an IP literal fits in 64 */
-        r->ip[sizeof(r->ip) - 1] = '\0';
-        r->family = a.family;
-        r->err = 0;
-    } else {
-        r->err = (result == EVUTIL_EAI_NONAME || result == EVUTIL_EAI_NODATA ||
-                  result == EVUTIL_EAI_FAIL || result == 0)
-                     ? ND_ENOTFOUND
-                     : ND_EDNS;
-    }
-    if (res)
-        evutil_freeaddrinfo(res);
-    if (result == EVUTIL_EAI_CANCEL || r->cancelled || r->loop->freeing) {
-        free(r);
-        return;
-    }
-    /* evdns may answer from inside evdns_getaddrinfo(): always hop to a later turn. */
-    nd__loop_defer_node(r->loop, &r->node, resolve_complete, r, free);
-}
-
-nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
-                                 nd__resolve_cb cb, void *arg)
-{
-    nd__resolve_t *r = calloc(1, sizeof(*r));
-    if (!r)
-        return NULL;
-    r->loop = loop;
-    r->cb = cb;
-    r->arg = arg;
-    int kind = nd_is_ip(host);
-    if (kind) {
-        /* As dns.lookup does: a literal is its own answer, whatever family was asked. */
-        snprintf(r->ip, sizeof(r->ip), "%s", host);
-        r->family = kind;
-    } else if (strcasecmp(host, "localhost") == 0) {
-        snprintf(r->ip, sizeof(r->ip), "%s", family == 6 ? "::1" : "127.0.0.1");
-        r->family = family == 6 ? 6 : 4;
-    } else {
-        struct evdns_base *dns = nd__loop_dns(loop);
-        if (!dns) {
-            free(r);
-            return NULL;
-        }
-        struct evutil_addrinfo hints;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = family == 6 ? AF_INET6 : family == 4 ? AF_INET : AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_protocol = IPPROTO_TCP;
-        /* evdns may have answered (and deferred) before this returns: r->req is then NULL. */
-        struct evdns_getaddrinfo_request *req =
-            evdns_getaddrinfo(dns, host, NULL, &hints, resolve_got, r);
-        if (req)
-            r->req = req;
-        return r;
-    }
-    nd__loop_defer_node(loop, &r->node, resolve_complete, r, free);
-    return r;
-}
-
-void nd__resolve_cancel(nd__resolve_t *r)
-{
-    /* Whichever callback is still due (evdns's or the deferred one) frees r. */
-    r->cancelled = true;
-    if (r->req)
-        evdns_getaddrinfo_cancel(r->req);
-}
-
 /* ------------------------------------------------------------------ mailbox */
 
 static void post_node(nd_loop_t *loop, nd__msg_t *m);
@@ -730,11 +444,7 @@ ND_EXPORT void nd_loop_stats(const nd_loop_t *loop, nd_loop_stats_t *out)
     if (!loop || !out)
         return;
     const nd__loop_stats_t *st = &loop->stats;
-    out->connections = atomic_load_explicit(&st->connections, memory_order_relaxed);
-    out->accepted = atomic_load_explicit(&st->accepted, memory_order_relaxed);
-    out->handed_off = atomic_load_explicit(&st->handed_off, memory_order_relaxed);
-    out->moved_in = atomic_load_explicit(&st->moved_in, memory_order_relaxed);
-    out->bytes_read = atomic_load_explicit(&st->bytes_read, memory_order_relaxed);
-    out->bytes_written = atomic_load_explicit(&st->bytes_written, memory_order_relaxed);
-    out->bytes_spliced = atomic_load_explicit(&st->bytes_spliced, memory_order_relaxed);
+#define COPY_STAT(name) out->name = atomic_load_explicit(&st->name, memory_order_relaxed);
+    ND_LOOP_STATS(COPY_STAT)
+#undef COPY_STAT
 }

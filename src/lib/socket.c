@@ -640,7 +640,7 @@ ND_EXPORT nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t 
         return NULL; /* errno: ENOTSOCK or EBADF */
     nd_socket_t *s = calloc(1, sizeof(*s));
     if (!s)
-        return NULL;
+        return NULL; /* errno: ENOMEM */
     init_socket(s, loop);
     s->allow_half_open = opts && opts->allow_half_open;
     if (fd >= 0) {
@@ -865,7 +865,7 @@ ND_EXPORT nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *o
 {
     nd_socket_t *s = nd_socket_new(loop, NULL);
     if (!s)
-        return NULL;
+        return NULL; /* errno: EINVAL or ENOMEM */
     int rc = on_connect ? nd_socket_once(s, ND_EV_CONNECT, on_connect, arg) : 0;
     if (rc == 0)
         rc = nd_socket_connect(s, opts);

@@ -29,7 +29,7 @@ ND_EXPORT nd_thread_t *nd_thread_start(nd_loop_t *loop)
     }
     nd_thread_t *t = calloc(1, sizeof(*t));
     if (!t)
-        return NULL;
+        return NULL; /* errno: ENOMEM */
     t->loop = loop;
     /* Held until nd_thread_stop: a worker waits for work instead of exiting when idle. */
     nd_loop_ref_mp(loop);

@@ -921,15 +921,18 @@ static void em_conn(world_t *w, int widx, nd_socket_t *sock)
 }
 
 /* Out of descriptors, the acceptor pauses (counted), does not spin while paused, and
- * accepts again once connections close: every client is served in the end. */
-START_TEST(test_group_emfile_pauses_accept)
+ * accepts again once connections close: every client is served in the end. Whoever
+ * accepts: the owner (resumed by the owner's check), the first worker (worker_accepts) or
+ * every worker (reuseport), both resumed by the member's resume request. */
+static void em_run(nd_balance_t balance, int worker_accepts)
 {
     world_t *w = world_new(2);
 
     sem_init(&EM.go, 0, 0);
     w->h.conn = em_conn;
     w->h.sclosed = em_sclosed;
-    group_start(w, ND_BALANCE_LEASTCONN, em_listening);
+    w->opts.worker_accepts = worker_accepts;
+    group_start(w, balance, em_listening);
     th_run(w->owner, 30000);
     if (EM.lowered)
         ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &EM.saved), 0);
@@ -950,6 +953,23 @@ START_TEST(test_group_emfile_pauses_accept)
     ck_assert_int_eq(EM.gclosed, 1);
     world_end(w);
     sem_destroy(&EM.go);
+}
+
+START_TEST(test_group_emfile_pauses_accept)
+{
+    em_run(ND_BALANCE_LEASTCONN, 0);
+}
+END_TEST
+
+START_TEST(test_group_emfile_pauses_accept_worker_accepts)
+{
+    em_run(ND_BALANCE_ROUNDROBIN, 1);
+}
+END_TEST
+
+START_TEST(test_group_emfile_pauses_accept_reuseport)
+{
+    em_run(ND_BALANCE_REUSEPORT, 0);
 }
 END_TEST
 
@@ -1069,6 +1089,8 @@ int main(void)
     tcase_add_test(tc, test_group_max_connections);
     tcase_add_test(tc, test_group_connections_property);
     tcase_add_test(tc, test_group_emfile_pauses_accept);
+    tcase_add_test(tc, test_group_emfile_pauses_accept_worker_accepts);
+    tcase_add_test(tc, test_group_emfile_pauses_accept_reuseport);
     tcase_add_test(tc, test_group_destroy_uncounts_at_once);
     return th_run_suite(s);
 }

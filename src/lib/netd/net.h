@@ -14,6 +14,13 @@
  *           codes below for conditions that are not errnos. nd_err_name() gives the
  *           name ("ECONNREFUSED", "ENOTFOUND"), nd_strerror() the message. Failures of
  *           asynchronous work arrive later as an 'error' event carrying an nd_error_t.
+ *           Constructors are the one exception: a call that creates an object and returns
+ *           it (nd_loop_new, nd_server_new, nd_server_new_group, nd_socket_new,
+ *           nd_connect, nd_thread_start) returns NULL on failure with errno set, EINVAL for
+ *           bad arguments (a NULL loop included), ENOMEM when out of memory, or the
+ *           system's errno (EMFILE, EBADF, ENOTSOCK, EAGAIN...), and leaves nothing
+ *           behind. Getters that return a pointer (nd_server_loop, nd_socket_data...)
+ *           return NULL for "none" and leave errno alone.
  * Events.   Objects are emitters: nd_*_on() adds a listener, nd_*_once() a one-shot
  *           listener, nd_*_off() removes one. Several listeners per event run in the order
  *           they were added. Events are never emitted from inside the call that caused
@@ -109,8 +116,9 @@ typedef struct nd_error {
 
 typedef struct nd_loop nd_loop_t;
 
-/* Creates a loop with its own event_base. Returns NULL when out of memory or when
- * libevent cannot create a base. The loop belongs to the thread that runs it. */
+/* Creates a loop with its own event_base. Returns NULL with errno set: ENOMEM (libevent
+ * cannot create a base only without memory), EMFILE or ENFILE (no descriptor for the
+ * mailbox's eventfd). The loop belongs to the thread that runs it. */
 nd_loop_t *nd_loop_new(void);
 
 /*
@@ -252,9 +260,9 @@ typedef struct nd_server_options {
 
 /*
  * createServer. opts may be NULL (defaults). If on_connection is not NULL it is added as a
- * 'connection' listener with arg. Returns NULL only when out of memory. It keeps nothing
- * alive until it listens. Freed after its 'close', or by nd_server_free() while it does not
- * listen (see Lifetime).
+ * 'connection' listener with arg. Returns NULL with errno EINVAL (NULL loop) or ENOMEM.
+ * It keeps nothing alive until it listens. Freed after its 'close', or by nd_server_free()
+ * while it does not listen (see Lifetime).
  */
 nd_server_t *nd_server_new(nd_loop_t *loop, const nd_server_options_t *opts,
                            nd_listener_fn on_connection, void *arg);
@@ -416,7 +424,8 @@ void nd_socket_options_init(nd_socket_options_t *opts);
 /*
  * new net.Socket([options]). opts may be NULL. With an fd the socket is open at once
  * (no 'connect' event) and takes ownership of the descriptor, which is made non-blocking.
- * Returns NULL when out of memory or for an fd that is not a socket (errno set).
+ * Returns NULL with errno set: EINVAL (NULL loop), ENOMEM, or for an fd that is not a
+ * socket ENOTSOCK (EBADF if it is not open); the descriptor then stays the caller's.
  */
 nd_socket_t *nd_socket_new(nd_loop_t *loop, const nd_socket_options_t *opts);
 
@@ -446,7 +455,8 @@ typedef struct nd_connect_options {
 int nd_socket_connect(nd_socket_t *sock, const nd_connect_options_t *opts);
 
 /* net.connect / createConnection: nd_socket_new + optional one-shot 'connect' listener
- * + nd_socket_connect. Returns NULL with errno set on a synchronous failure. */
+ * + nd_socket_connect. Returns NULL with errno set on a synchronous failure: the -errno
+ * nd_socket_connect returned (EINVAL...), EINVAL for NULL loop, ENOMEM. */
 nd_socket_t *nd_connect(nd_loop_t *loop, const nd_connect_options_t *opts,
                         nd_listener_fn on_connect, void *arg);
 
@@ -643,17 +653,23 @@ void nd_loop_unref_mp(nd_loop_t *loop);
 int nd_loop_stop_post(nd_loop_t *loop);
 
 /* Per-thread counters, written by the loop's own thread and readable from any thread
- * (relaxed atomics): a snapshot, summed on request. */
+ * (relaxed atomics): a snapshot, summed on request. The list is written once, here: the
+ * struct, the library's counters and their copy come from it. */
+#define ND_LOOP_STATS(X)                                                                     \
+    X(connections)   /* live sockets owned by this loop that belong to a server */          \
+    X(accepted)      /* connections accepted by listeners on this loop */                   \
+    X(handed_off)    /* connections this loop got from its group's acceptor: another        \
+                        loop's accept, or its own as a worker_accepts group's acceptor */   \
+    X(moved_in)      /* live sockets moved to this loop */                                  \
+    X(bytes_read)                                                                            \
+    X(bytes_written) /* bytes handed to the kernel */                                       \
+    X(bytes_spliced) /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),     \
+                        never copied through user memory */
+
 typedef struct nd_loop_stats {
-    uint64_t connections;   /* live sockets owned by this loop that belong to a server */
-    uint64_t accepted;      /* connections accepted by listeners on this loop */
-    uint64_t handed_off;    /* connections this loop got from its group's acceptor: another
-                               loop's accept, or its own as a worker_accepts group's acceptor */
-    uint64_t moved_in;      /* live sockets moved to this loop */
-    uint64_t bytes_read;
-    uint64_t bytes_written; /* bytes handed to the kernel */
-    uint64_t bytes_spliced; /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),
-                               never copied through user memory */
+#define ND__LOOP_STAT_FIELD(name) uint64_t name;
+    ND_LOOP_STATS(ND__LOOP_STAT_FIELD)
+#undef ND__LOOP_STAT_FIELD
 } nd_loop_stats_t;
 
 /* Any thread. */
@@ -665,7 +681,8 @@ typedef struct nd_thread nd_thread_t;
  * Starts a thread that runs nd_loop_run(loop) with every signal blocked (signals are
  * handled by the main loop only). From now on the loop belongs to that thread. The thread
  * holds a ref on the loop (nd_loop_ref_mp) until nd_thread_stop, so a worker waits for
- * work. Returns NULL with errno set on failure.
+ * work. Returns NULL with errno set: EINVAL (NULL loop), ENOMEM, or pthread_create's
+ * code (EAGAIN).
  */
 nd_thread_t *nd_thread_start(nd_loop_t *loop);
 
@@ -727,7 +744,8 @@ typedef void (*nd_worker_init_fn)(nd_server_t *worker_server, int index, void *a
  * is still queued stays on the socket for whoever else holds it. But a worker's
  * 'connection' is no longer ordered after what the owner's loop does meanwhile (a client
  * on the owner's loop may see its server's 'connection' before its own 'connect').
- * Returns NULL with errno set (EINVAL for no workers, ENOMEM).
+ * Returns NULL with errno set (EINVAL for a NULL owner, no workers, a NULL worker or an
+ * unknown balance; ENOMEM).
  */
 nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
                                  nd_loop_t *const *workers, int nworkers, nd_balance_t balance,
