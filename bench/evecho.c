@@ -28,8 +28,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_free(bev);
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int len, void *arg)
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
 {
     struct event_base *base = arg;
     int one = 1;
@@ -56,9 +56,9 @@ int main(int argc, char **argv)
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)atoi(argv[1]));
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct evconnlistener *l = evconnlistener_new_bind(
-        base, on_accept, base, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 511,
-        (struct sockaddr *)&sa, sizeof(sa));
+    struct evconnlistener *l = evconnlistener_new_bind(base, on_accept, base,
+                                                       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                                       511, (struct sockaddr *)&sa, sizeof(sa));
     if (!base || !l) {
         perror("evecho: listen");
         return 1;

@@ -96,7 +96,8 @@ struct histo {
 
 static unsigned hist_index(uint64_t v)
 {
-    if (v < HIST_EXACT) return (unsigned)v;
+    if (v < HIST_EXACT)
+        return (unsigned)v;
     unsigned msb = 63u - (unsigned)__builtin_clzll(v);
     unsigned shift = msb - HIST_SUB_BITS;
     return (shift + 1) * HIST_SUB + (unsigned)(v >> shift) - HIST_SUB;
@@ -105,7 +106,8 @@ static unsigned hist_index(uint64_t v)
 /* The middle of a bucket's range: the best single guess for any value recorded in it. */
 static uint64_t hist_value(unsigned idx)
 {
-    if (idx < HIST_EXACT) return idx;
+    if (idx < HIST_EXACT)
+        return idx;
     unsigned shift = idx / HIST_SUB - 1;
     uint64_t low = (uint64_t)(idx - (shift + 1) * HIST_SUB + HIST_SUB) << shift;
     return low + ((1ull << shift) >> 1);
@@ -115,7 +117,8 @@ static void hist_record(struct histo *h, uint64_t v)
 {
     h->count[hist_index(v)]++;
     h->n++;
-    if (v > h->max) h->max = v;
+    if (v > h->max)
+        h->max = v;
 }
 
 static void hist_merge(struct histo *into, const struct histo *from)
@@ -123,15 +126,18 @@ static void hist_merge(struct histo *into, const struct histo *from)
     for (unsigned i = 0; i < HIST_BUCKETS; i++)
         into->count[i] += from->count[i];
     into->n += from->n;
-    if (from->max > into->max) into->max = from->max;
+    if (from->max > into->max)
+        into->max = from->max;
 }
 
 /* Value at quantile q (0..1); never above the exact maximum. */
 static uint64_t hist_quantile(const struct histo *h, double q)
 {
-    if (h->n == 0) return 0;
+    if (h->n == 0)
+        return 0;
     uint64_t rank = (uint64_t)(q * (double)h->n);
-    if (rank >= h->n) rank = h->n - 1;
+    if (rank >= h->n)
+        rank = h->n - 1;
     uint64_t seen = 0;
     for (unsigned i = 0; i < HIST_BUCKETS; i++) {
         seen += h->count[i];
@@ -214,7 +220,8 @@ static void epoll_set(struct worker *w, struct slot *s, bool add, bool want_out)
  * (RST) so a high connection rate does not fill the port range with TIME_WAIT. */
 static void tune_socket(int fd)
 {
-    if (target_addr.ss_family == AF_UNIX) return;
+    if (target_addr.ss_family == AF_UNIX)
+        return;
     int one = 1;
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -223,7 +230,8 @@ static void tune_socket(int fd)
 
 static void slot_close(struct slot *s)
 {
-    if (s->fd >= 0) close(s->fd);
+    if (s->fd >= 0)
+        close(s->fd);
     s->fd = -1;
 }
 
@@ -260,7 +268,8 @@ static void slot_fail(struct worker *w, struct slot *s)
     w->errors++;
     slot_close(s);
     if (opt.mode == MODE_IDLE) {
-        if (s->state != ST_HELD) w->inflight--;
+        if (s->state != ST_HELD)
+            w->inflight--;
         s->state = ST_DEAD;
         return;
     }
@@ -281,14 +290,17 @@ static bool slot_write(struct worker *w, struct slot *s)
             s->sent += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!s->want_out) epoll_set(w, s, false, true);
+            if (!s->want_out)
+                epoll_set(w, s, false, true);
             return true;
         }
         return false;
     }
-    if (s->want_out) epoll_set(w, s, false, false);
+    if (s->want_out)
+        epoll_set(w, s, false, false);
     return true;
 }
 
@@ -307,10 +319,12 @@ static void slot_ready(struct worker *w, struct slot *s)
 {
     if (s->greet_left > 0) {
         s->state = ST_GREETING;
-        if (s->want_out) epoll_set(w, s, false, false);
+        if (s->want_out)
+            epoll_set(w, s, false, false);
         return;
     }
-    if (!request_start(w, s, now_ns())) slot_fail(w, s);
+    if (!request_start(w, s, now_ns()))
+        slot_fail(w, s);
 }
 
 static bool in_window(uint64_t t)
@@ -329,7 +343,8 @@ static bool request_done(struct worker *w, struct slot *s)
     }
     switch (opt.mode) {
     case MODE_PINGPONG:
-        if (!request_start(w, s, now)) slot_fail(w, s);
+        if (!request_start(w, s, now))
+            slot_fail(w, s);
         return false; /* level-triggered epoll reports the next reply when it comes */
     case MODE_CONNECT:
         slot_close(s);
@@ -352,11 +367,14 @@ static bool consume(struct worker *w, struct slot *s, size_t n, bool *complete)
         size_t g = n < s->greet_left ? n : s->greet_left;
         s->greet_left -= g;
         n -= g;
-        if (s->greet_left > 0) return true;
-        if (!request_start(w, s, now_ns())) return false;
+        if (s->greet_left > 0)
+            return true;
+        if (!request_start(w, s, now_ns()))
+            return false;
     }
     s->recvd += n;
-    if (s->recvd > s->sent) return false;
+    if (s->recvd > s->sent)
+        return false;
     *complete = s->recvd == s->req_size;
     return true;
 }
@@ -366,11 +384,13 @@ static void slot_readable(struct worker *w, struct slot *s)
     for (;;) {
         /* While discarding a greeting, read no further than its end, so the first echo
          * bytes are never mistaken for greeting. */
-        size_t want =
-            s->state == ST_GREETING && s->greet_left < w->recvcap ? s->greet_left : w->recvcap;
+        size_t want = s->state == ST_GREETING && s->greet_left < w->recvcap ? s->greet_left
+                                                                            : w->recvcap;
         ssize_t n = recv(s->fd, w->recvbuf, want, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
         if (n <= 0) { /* EOF or reset: the server gave up on us */
             slot_fail(w, s);
             return;
@@ -380,10 +400,12 @@ static void slot_readable(struct worker *w, struct slot *s)
             slot_fail(w, s);
             return;
         }
-        if (complete && !request_done(w, s)) return;
+        if (complete && !request_done(w, s))
+            return;
         /* A short read means the socket is most likely drained: skip the recv that would
          * only say EAGAIN, level-triggered epoll tells us if more is there. */
-        if ((size_t)n < want) return;
+        if ((size_t)n < want)
+            return;
     }
 }
 
@@ -402,7 +424,8 @@ static void slot_event(struct worker *w, struct slot *s, uint32_t events)
 {
     switch (s->state) {
     case ST_CONNECTING:
-        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) slot_connected(w, s);
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+            slot_connected(w, s);
         return;
     case ST_HELD:
         /* A held connection has nothing to say: any event means the server dropped it. */
@@ -417,7 +440,8 @@ static void slot_event(struct worker *w, struct slot *s, uint32_t events)
             slot_fail(w, s);
             return;
         }
-        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) slot_readable(w, s);
+        if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+            slot_readable(w, s);
         return;
     case ST_BACKOFF:
     case ST_DEAD:
@@ -443,7 +467,8 @@ static bool poll_once(struct worker *w, uint64_t until)
 {
     struct epoll_event evs[256];
     uint64_t now = now_ns();
-    if (now >= until) return false;
+    if (now >= until)
+        return false;
     uint64_t left_ms = (until - now) / 1000000u + 1;
     int timeout = w->backoff > 0 ? 1 : (int)(left_ms > 100 ? 100 : left_ms);
     int n = epoll_wait(w->epfd, evs, 256, timeout);
@@ -453,7 +478,8 @@ static bool poll_once(struct worker *w, uint64_t until)
     }
     for (int i = 0; i < n; i++)
         slot_event(w, evs[i].data.ptr, evs[i].events);
-    if (w->backoff > 0) reopen_due(w, now_ns());
+    if (w->backoff > 0)
+        reopen_due(w, now_ns());
     return true;
 }
 
@@ -473,8 +499,10 @@ static void run_idle_setup(struct worker *w, int max_inflight)
             w->inflight++;
             slot_open(w, &w->slots[w->next_open++]);
         }
-        if (w->inflight == 0 && w->next_open == w->nslots) return;
-        if (!poll_once(w, t_setup_deadline)) break;
+        if (w->inflight == 0 && w->next_open == w->nslots)
+            return;
+        if (!poll_once(w, t_setup_deadline))
+            break;
     }
     /* Deadline passed: whatever is still connecting counts as failed. */
     for (int i = 0; i < w->nslots; i++) {
@@ -536,7 +564,8 @@ static double parse_seconds(const char *s, const char *what)
 
 static void parse_args(int argc, char **argv)
 {
-    if (argc < 3) usage();
+    if (argc < 3)
+        usage();
     opt.mode_name = argv[1];
     if (strcmp(argv[1], "pingpong") == 0)
         opt.mode = MODE_PINGPONG;
@@ -549,7 +578,8 @@ static void parse_args(int argc, char **argv)
     opt.target = argv[2];
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i];
-        if (i + 1 >= argc) usage();
+        if (i + 1 >= argc)
+            usage();
         const char *v = argv[++i];
         if (strcmp(a, "-c") == 0)
             opt.conns = (int)parse_long(v, 1, 1000000, "connection count");
@@ -566,7 +596,8 @@ static void parse_args(int argc, char **argv)
         else
             usage();
     }
-    if (opt.threads > opt.conns) opt.threads = opt.conns;
+    if (opt.threads > opt.conns)
+        opt.threads = opt.conns;
 }
 
 static void resolve_target(void)
@@ -612,7 +643,8 @@ static void resolve_target(void)
 static void check_fd_limit(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
@@ -746,7 +778,8 @@ int main(int argc, char **argv)
     t_measure_from = t0 + (uint64_t)(opt.warmup_s * 1e9);
     t_measure_to = t_measure_from + (uint64_t)(opt.duration_s * 1e9);
     t_setup_deadline = t0 + 60ull * 1000000000u;
-    if (opt.mode == MODE_IDLE) pthread_barrier_init(&idle_barrier, NULL, (unsigned)opt.threads + 1);
+    if (opt.mode == MODE_IDLE)
+        pthread_barrier_init(&idle_barrier, NULL, (unsigned)opt.threads + 1);
 
     for (int i = 0; i < opt.threads; i++)
         if (pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]) != 0) {

@@ -148,12 +148,24 @@ int main(int argc, char **argv)
     nconns = 1000;
     while ((opt = getopt(argc, argv, "p:s:n:e:w:a:")) != -1) {
         switch (opt) {
-        case 'p': port = atoi(optarg); break;
-        case 's': ctl = optarg; break;
-        case 'n': nconns = atoi(optarg); break;
-        case 'e': exe = optarg; break;
-        case 'w': before = (unsigned)atoi(optarg); break;
-        case 'a': after = (unsigned)atoi(optarg); break;
+        case 'p':
+            port = atoi(optarg);
+            break;
+        case 's':
+            ctl = optarg;
+            break;
+        case 'n':
+            nconns = atoi(optarg);
+            break;
+        case 'e':
+            exe = optarg;
+            break;
+        case 'w':
+            before = (unsigned)atoi(optarg);
+            break;
+        case 'a':
+            after = (unsigned)atoi(optarg);
+            break;
         default:
             fprintf(stderr, "usage: upgload -p PORT -s CONTROL -n N [-e EXEC] [-w MS] [-a MS]\n");
             return 2;
@@ -199,7 +211,8 @@ int main(int argc, char **argv)
     usleep(before * 1000);
     char req[4200], reply[4096];
     if (exe)
-        snprintf(req, sizeof(req), "{\"cmd\":\"upgrade\",\"exec\":\"%s\",\"timeoutMs\":60000}\n", exe);
+        snprintf(req, sizeof(req), "{\"cmd\":\"upgrade\",\"exec\":\"%s\",\"timeoutMs\":60000}\n",
+                 exe);
     else
         snprintf(req, sizeof(req), "{\"cmd\":\"upgrade\",\"timeoutMs\":60000}\n");
     uint64_t t0 = now_us();
@@ -212,9 +225,9 @@ int main(int argc, char **argv)
     const char *ok = strstr(reply, "\"ok\":true");
     printf("connections=%d upgrade_ok=%d netd_ms=%ld request_ms=%llu max_stall_ms=%.1f "
            "rounds=%llu errors=%llu ended=%llu\n",
-           nconns, ok != NULL, ms ? strtol(ms + 5, NULL, 10) : -1L,
-           (unsigned long long)rtt_ms, (double)max_wait_us / 1000.0,
-           (unsigned long long)rounds, (unsigned long long)errors, (unsigned long long)ended);
+           nconns, ok != NULL, ms ? strtol(ms + 5, NULL, 10) : -1L, (unsigned long long)rtt_ms,
+           (double)max_wait_us / 1000.0, (unsigned long long)rounds, (unsigned long long)errors,
+           (unsigned long long)ended);
     if (!ok)
         fprintf(stderr, "upgload: %s", reply);
     return ok && errors == 0 && ended == 0 ? 0 : 1;

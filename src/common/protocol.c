@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The argument tables read as tables: clang-format would put one row per line. */
+/* clang-format off */
 #define A(n, t, r) {n, NETD_ARG_##t, r}
 #define END {NULL, 0, false}
 
@@ -57,6 +59,7 @@ const netd_command_t netd_commands[] = {
 #undef NETD_CMD_ROW
     {NULL, NULL, NULL, NULL, -1},
 };
+/* clang-format on */
 
 const char *netd_version(void)
 {

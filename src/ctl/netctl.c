@@ -44,9 +44,9 @@ enum {
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)NULL)->sun_path)
 
 static struct {
-    const char *socket; /* -s */
-    bool json;          /* --json: the reply line unchanged */
-    bool quiet;         /* -q: only the exit status */
+    const char *socket;   /* -s */
+    bool json;            /* --json: the reply line unchanged */
+    bool quiet;           /* -q: only the exit status */
     long long timeout_ms; /* whole exchange; 0 waits forever */
 } g = {NULL, false, false, DEFAULT_TIMEOUT_MS};
 
@@ -147,8 +147,8 @@ static json_t *one_of(const char *what, const char *s, const char *const *choice
             return json_string(s);
     char list[256] = "";
     for (const char *const *c = choices; *c; c++)
-        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
-                 c == choices ? "" : ", ", *c);
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", c == choices ? "" : ", ",
+                 *c);
     usage_error("%s: '%s' is not one of %s", what, s, list);
 }
 
@@ -199,8 +199,8 @@ static json_t *socket_path_arg(const char *what, const char *path)
     if (!full)
         abort();
     if (strlen(full) >= SUN_PATH_MAX)
-        usage_error("%s: '%s' is longer than a unix socket path can be (%zu bytes)", what,
-                    full, SUN_PATH_MAX - 1);
+        usage_error("%s: '%s' is longer than a unix socket path can be (%zu bytes)", what, full,
+                    SUN_PATH_MAX - 1);
     json_t *v = string(what, full);
     free(full);
     return v;
@@ -211,11 +211,16 @@ static json_t *socket_path_arg(const char *what, const char *path)
 static char unescape(char c)
 {
     switch (c) {
-    case 'n': return '\n';
-    case 'r': return '\r';
-    case 't': return '\t';
-    case '\\': return '\\';
-    default: return 0;
+    case 'n':
+        return '\n';
+    case 'r':
+        return '\r';
+    case 't':
+        return '\t';
+    case '\\':
+        return '\\';
+    default:
+        return 0;
     }
 }
 
@@ -301,8 +306,8 @@ static void put(request_t *r, const char *name, json_t *value)
     if (!spec)
         usage_error("the command table has no argument '%s' for '%s'", name, r->cmd->name);
     if (!netd_arg_accepts(spec->type, value))
-        usage_error("argument '%s' of '%s' does not have the type the command table gives",
-                    name, r->cmd->name);
+        usage_error("argument '%s' of '%s' does not have the type the command table gives", name,
+                    r->cmd->name);
     json_object_set_new(r->obj, name, value);
 }
 
@@ -326,9 +331,11 @@ typedef struct parser {
 } parser_t;
 
 /* Accepted after any subcommand too, since `netctl servers --json` is what people type. */
-#define COMMON_OPTIONS                                                                         \
-    {"json", no_argument, NULL, 'j'}, {"quiet", no_argument, NULL, 'q'},                       \
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}
+/* clang-format off */
+#define COMMON_OPTIONS \
+    {"json", no_argument, NULL, 'j'}, {"quiet", no_argument, NULL, 'q'}, \
+    {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}
+/* clang-format on */
 
 static _Noreturn void print_sub_usage(const subcommand_t *sub);
 
@@ -455,8 +462,8 @@ static void listen_target(request_t *r, const char *target, const char *fd, cons
     } else if (strchr(target, '/')) {
         put(r, "path", socket_path_arg("PATH", target));
     } else {
-        usage_error("'%s' is neither a PORT (0-65535) nor a PATH (a path has a '/': ./%s)",
-                    target, target);
+        usage_error("'%s' is neither a PORT (0-65535) nor a PATH (a path has a '/': ./%s)", target,
+                    target);
     }
 }
 
@@ -471,28 +478,43 @@ static json_t *with_greeting(json_t *handler, const char *greeting)
     return handler;
 }
 
-enum { L_HOST = 256, L_NAME, L_BACKLOG, L_HANDLER, L_GREETING, L_MAXCONN, L_HALFOPEN,
-       L_TIMEOUT, L_BALANCE, L_NODELAY, L_NAGLE, L_KEEPALIVE, L_FD, L_MODE, L_USER, L_GROUP,
-       L_ACCESSLOG };
-static const struct option listen_opts[] = {
-    {"host", required_argument, NULL, L_HOST},
-    {"name", required_argument, NULL, L_NAME},
-    {"backlog", required_argument, NULL, L_BACKLOG},
-    {"handler", required_argument, NULL, L_HANDLER},
-    {"greeting", required_argument, NULL, L_GREETING},
-    {"max-connections", required_argument, NULL, L_MAXCONN},
-    {"allow-half-open", no_argument, NULL, L_HALFOPEN},
-    {"timeout", required_argument, NULL, L_TIMEOUT},
-    {"balance", required_argument, NULL, L_BALANCE},
-    {"no-delay", no_argument, NULL, L_NODELAY},
-    {"nagle", no_argument, NULL, L_NAGLE},
-    {"keep-alive", required_argument, NULL, L_KEEPALIVE},
-    {"fd", required_argument, NULL, L_FD},
-    {"mode", required_argument, NULL, L_MODE},
-    {"user", required_argument, NULL, L_USER},
-    {"group", required_argument, NULL, L_GROUP},
-    {"access-log", no_argument, NULL, L_ACCESSLOG},
-    COMMON_OPTIONS};
+enum {
+    L_HOST = 256,
+    L_NAME,
+    L_BACKLOG,
+    L_HANDLER,
+    L_GREETING,
+    L_MAXCONN,
+    L_HALFOPEN,
+    L_TIMEOUT,
+    L_BALANCE,
+    L_NODELAY,
+    L_NAGLE,
+    L_KEEPALIVE,
+    L_FD,
+    L_MODE,
+    L_USER,
+    L_GROUP,
+    L_ACCESSLOG
+};
+static const struct option listen_opts[] = {{"host", required_argument, NULL, L_HOST},
+                                            {"name", required_argument, NULL, L_NAME},
+                                            {"backlog", required_argument, NULL, L_BACKLOG},
+                                            {"handler", required_argument, NULL, L_HANDLER},
+                                            {"greeting", required_argument, NULL, L_GREETING},
+                                            {"max-connections", required_argument, NULL, L_MAXCONN},
+                                            {"allow-half-open", no_argument, NULL, L_HALFOPEN},
+                                            {"timeout", required_argument, NULL, L_TIMEOUT},
+                                            {"balance", required_argument, NULL, L_BALANCE},
+                                            {"no-delay", no_argument, NULL, L_NODELAY},
+                                            {"nagle", no_argument, NULL, L_NAGLE},
+                                            {"keep-alive", required_argument, NULL, L_KEEPALIVE},
+                                            {"fd", required_argument, NULL, L_FD},
+                                            {"mode", required_argument, NULL, L_MODE},
+                                            {"user", required_argument, NULL, L_USER},
+                                            {"group", required_argument, NULL, L_GROUP},
+                                            {"access-log", no_argument, NULL, L_ACCESSLOG},
+                                            COMMON_OPTIONS};
 
 static const char *const balances[] = {"leastconn", "roundrobin", "reuseport", NULL};
 
@@ -504,23 +526,58 @@ static void build_listen(request_t *r, parser_t *p)
     int c;
     while ((c = next_opt(p, listen_opts)) != -1) {
         switch (c) {
-        case L_HOST: host = optarg; break;
-        case L_NAME: put(r, "name", server_name(optarg)); break;
-        case L_BACKLOG: put(r, "backlog", integer("--backlog", optarg, 0, INT32_MAX)); break;
-        case L_HANDLER: json_decref(handler); handler = handler_arg(optarg); break;
-        case L_GREETING: greeting = optarg; break;
-        case L_MAXCONN: put(r, "maxConnections", max_connections(optarg)); break;
-        case L_HALFOPEN: put(r, "allowHalfOpen", json_true()); break;
-        case L_TIMEOUT: put(r, "timeout", duration("--timeout", optarg)); break;
-        case L_BALANCE: put(r, "balance", one_of("--balance", optarg, balances)); break;
-        case L_NODELAY: put(r, "noDelay", json_true()); break;
-        case L_NAGLE: put(r, "noDelay", json_false()); break;
-        case L_KEEPALIVE: put(r, "keepAlive", duration("--keep-alive", optarg)); break;
-        case L_FD: fd = optarg; break;
-        case L_MODE: sockfile[0] = optarg; break;
-        case L_USER: sockfile[1] = optarg; break;
-        case L_GROUP: sockfile[2] = optarg; break;
-        case L_ACCESSLOG: put(r, "accessLog", json_true()); break;
+        case L_HOST:
+            host = optarg;
+            break;
+        case L_NAME:
+            put(r, "name", server_name(optarg));
+            break;
+        case L_BACKLOG:
+            put(r, "backlog", integer("--backlog", optarg, 0, INT32_MAX));
+            break;
+        case L_HANDLER:
+            json_decref(handler);
+            handler = handler_arg(optarg);
+            break;
+        case L_GREETING:
+            greeting = optarg;
+            break;
+        case L_MAXCONN:
+            put(r, "maxConnections", max_connections(optarg));
+            break;
+        case L_HALFOPEN:
+            put(r, "allowHalfOpen", json_true());
+            break;
+        case L_TIMEOUT:
+            put(r, "timeout", duration("--timeout", optarg));
+            break;
+        case L_BALANCE:
+            put(r, "balance", one_of("--balance", optarg, balances));
+            break;
+        case L_NODELAY:
+            put(r, "noDelay", json_true());
+            break;
+        case L_NAGLE:
+            put(r, "noDelay", json_false());
+            break;
+        case L_KEEPALIVE:
+            put(r, "keepAlive", duration("--keep-alive", optarg));
+            break;
+        case L_FD:
+            fd = optarg;
+            break;
+        case L_MODE:
+            sockfile[0] = optarg;
+            break;
+        case L_USER:
+            sockfile[1] = optarg;
+            break;
+        case L_GROUP:
+            sockfile[2] = optarg;
+            break;
+        case L_ACCESSLOG:
+            put(r, "accessLog", json_true());
+            break;
         }
     }
     const char *target = take_optional(p);
@@ -581,12 +638,24 @@ static void build_sockets(request_t *r, parser_t *p)
     int c;
     while ((c = next_opt(p, sockets_opts)) != -1) {
         switch (c) {
-        case K_LIMIT: put(r, "limit", integer("--limit", optarg, 0, INT32_MAX)); break;
-        case K_OLDER: put(r, "olderThanMs", duration("--older-than", optarg)); break;
-        case K_IDLE: put(r, "idleMoreThanMs", duration("--idle-more-than", optarg)); break;
-        case K_ROLE: put(r, "role", one_of("--role", optarg, roles)); break;
-        case K_PEER: put(r, "peer", string("--peer", optarg)); break;
-        case K_SORT: put(r, "sort", one_of("--sort", optarg, sorts)); break;
+        case K_LIMIT:
+            put(r, "limit", integer("--limit", optarg, 0, INT32_MAX));
+            break;
+        case K_OLDER:
+            put(r, "olderThanMs", duration("--older-than", optarg));
+            break;
+        case K_IDLE:
+            put(r, "idleMoreThanMs", duration("--idle-more-than", optarg));
+            break;
+        case K_ROLE:
+            put(r, "role", one_of("--role", optarg, roles));
+            break;
+        case K_PEER:
+            put(r, "peer", string("--peer", optarg));
+            break;
+        case K_SORT:
+            put(r, "sort", one_of("--sort", optarg, sorts));
+            break;
         }
     }
     const char *server = take_optional(p);
@@ -680,7 +749,9 @@ static void build_top(request_t *r, parser_t *p)
         case T_INTERVAL:
             top_settings.interval_ms = number("--interval", optarg, 100, MAX_MS);
             break;
-        case T_COUNT: top_settings.count = number("--count", optarg, 1, INT32_MAX); break;
+        case T_COUNT:
+            top_settings.count = number("--count", optarg, 1, INT32_MAX);
+            break;
         case T_SORT:
             json_decref(one_of("--sort", optarg, sorts));
             top_settings.sort = optarg;
@@ -745,12 +816,12 @@ struct subcommand {
     const char *usage;   /* the arguments, for --help */
     const char *summary; /* NULL: the command table's */
     void (*build)(request_t *r, parser_t *p);
-    netctl_printer_t print; /* NULL: the reply line as received */
-    const struct option *opts; /* its options (the completion offers them) */
-    pos_kind_t pos;            /* its positional arguments, for the completion */
-    bool stream;               /* events follow the reply (watch) */
-    bool progress;             /* close: while waiting, count what is left */
-    bool failed_list;          /* reload: a non-empty "failed" makes the exit status 1 */
+    netctl_printer_t print;              /* NULL: the reply line as received */
+    const struct option *opts;           /* its options (the completion offers them) */
+    pos_kind_t pos;                      /* its positional arguments, for the completion */
+    bool stream;                         /* events follow the reply (watch) */
+    bool progress;                       /* close: while waiting, count what is left */
+    bool failed_list;                    /* reload: a non-empty "failed" makes the exit status 1 */
     int (*run)(const char *socket_path); /* runs the whole exchange itself (top) */
 };
 
@@ -759,63 +830,145 @@ static void print_help_reply(const json_t *reply);
 /* One row per subcommand, in CONTROL.md's order; --help, `netctl help` and the
  * completion (bash and zsh, through `netctl __complete`) follow it. */
 static const subcommand_t subcommands[] = {
-    {.name = "ping", .cmd = "ping", .usage = "", .build = build_plain,
-     .print = netctl_print_result, .opts = plain_opts},
-    {.name = "listen", .cmd = "listen",
+    {.name = "ping",
+     .cmd = "ping",
+     .usage = "",
+     .build = build_plain,
+     .print = netctl_print_result,
+     .opts = plain_opts},
+    {.name = "listen",
+     .cmd = "listen",
      .usage = "PORT|PATH|--fd N|NAME [--host H] [--name N] [--backlog N]"
               " [--handler echo|discard|banner:TEXT|proxy:[HOST:]PORT|proxy:PATH]"
               " [--greeting TEXT] [--max-connections N|none] [--allow-half-open]"
               " [--timeout DURATION] [--balance leastconn|roundrobin|reuseport]"
               " [--no-delay|--nagle] [--keep-alive DURATION]"
               " [--mode 0660] [--user U] [--group G]",
-     .build = build_listen, .print = netctl_print_server, .opts = listen_opts,
+     .build = build_listen,
+     .print = netctl_print_server,
+     .opts = listen_opts,
      .pos = POS_TARGET},
-    {.name = "close", .cmd = "close", .usage = "SERVER [--destroy] [--no-wait]",
-     .build = build_close, .print = netctl_print_server, .opts = close_opts,
-     .pos = POS_SERVER, .progress = true},
-    {.name = "servers", .alias = "ls", .cmd = "servers", .usage = "", .build = build_plain,
-     .print = netctl_print_servers, .opts = plain_opts},
-    {.name = "server", .cmd = "server", .usage = "SERVER", .build = build_server,
-     .print = netctl_print_server, .opts = plain_opts, .pos = POS_SERVER},
-    {.name = "connections", .cmd = "getConnections", .usage = "SERVER", .build = build_server,
-     .print = netctl_print_count, .opts = plain_opts, .pos = POS_SERVER},
-    {.name = "sockets", .cmd = "sockets",
+    {.name = "close",
+     .cmd = "close",
+     .usage = "SERVER [--destroy] [--no-wait]",
+     .build = build_close,
+     .print = netctl_print_server,
+     .opts = close_opts,
+     .pos = POS_SERVER,
+     .progress = true},
+    {.name = "servers",
+     .alias = "ls",
+     .cmd = "servers",
+     .usage = "",
+     .build = build_plain,
+     .print = netctl_print_servers,
+     .opts = plain_opts},
+    {.name = "server",
+     .cmd = "server",
+     .usage = "SERVER",
+     .build = build_server,
+     .print = netctl_print_server,
+     .opts = plain_opts,
+     .pos = POS_SERVER},
+    {.name = "connections",
+     .cmd = "getConnections",
+     .usage = "SERVER",
+     .build = build_server,
+     .print = netctl_print_count,
+     .opts = plain_opts,
+     .pos = POS_SERVER},
+    {.name = "sockets",
+     .cmd = "sockets",
      .usage = "[SERVER] [--limit N] [--older-than DURATION] [--idle-more-than DURATION]"
               " [--role client|upstream|all]",
-     .build = build_sockets, .print = netctl_print_sockets, .opts = sockets_opts,
+     .build = build_sockets,
+     .print = netctl_print_sockets,
+     .opts = sockets_opts,
      .pos = POS_SERVER},
-    {.name = "destroy", .cmd = "destroy", .usage = "SOCKET", .build = build_destroy,
-     .print = netctl_print_result, .opts = plain_opts},
-    {.name = "move", .cmd = "move", .usage = "SOCKET THREAD", .build = build_move,
-     .print = netctl_print_socket, .opts = plain_opts},
-    {.name = "rebalance", .cmd = "rebalance", .usage = "[SERVER]", .build = build_rebalance,
-     .print = netctl_print_result, .opts = plain_opts, .pos = POS_SERVER},
-    {.name = "set", .cmd = "set",
-     .usage = "SERVER [--max-connections N|none] [--timeout DURATION]", .build = build_set,
-     .print = netctl_print_server, .opts = set_opts, .pos = POS_SERVER},
-    {.name = "stats", .cmd = "stats", .usage = "", .build = build_plain,
-     .print = netctl_print_stats, .opts = plain_opts},
-    {.name = "metrics", .cmd = "metrics", .usage = "", .build = build_plain,
-     .print = netctl_print_metrics, .opts = plain_opts},
-    {.name = "watch", .cmd = "watch", .usage = "[listening|connection|close|error ...]",
+    {.name = "destroy",
+     .cmd = "destroy",
+     .usage = "SOCKET",
+     .build = build_destroy,
+     .print = netctl_print_result,
+     .opts = plain_opts},
+    {.name = "move",
+     .cmd = "move",
+     .usage = "SOCKET THREAD",
+     .build = build_move,
+     .print = netctl_print_socket,
+     .opts = plain_opts},
+    {.name = "rebalance",
+     .cmd = "rebalance",
+     .usage = "[SERVER]",
+     .build = build_rebalance,
+     .print = netctl_print_result,
+     .opts = plain_opts,
+     .pos = POS_SERVER},
+    {.name = "set",
+     .cmd = "set",
+     .usage = "SERVER [--max-connections N|none] [--timeout DURATION]",
+     .build = build_set,
+     .print = netctl_print_server,
+     .opts = set_opts,
+     .pos = POS_SERVER},
+    {.name = "stats",
+     .cmd = "stats",
+     .usage = "",
+     .build = build_plain,
+     .print = netctl_print_stats,
+     .opts = plain_opts},
+    {.name = "metrics",
+     .cmd = "metrics",
+     .usage = "",
+     .build = build_plain,
+     .print = netctl_print_metrics,
+     .opts = plain_opts},
+    {.name = "watch",
+     .cmd = "watch",
+     .usage = "[listening|connection|close|error ...]",
      .summary = "print events, one line each, until interrupted or netd closes",
-     .build = build_watch, .stream = true, .opts = plain_opts, .pos = POS_EVENTS},
-    {.name = "top", .usage = "[--interval MS] [--count N] [--sort bytes|age|idle]",
+     .build = build_watch,
+     .stream = true,
+     .opts = plain_opts,
+     .pos = POS_EVENTS},
+    {.name = "top",
+     .usage = "[--interval MS] [--count N] [--sort bytes|age|idle]",
      .summary = "live view: servers, threads, busiest sockets (q quit, s sort, p pause);"
                 " one line per interval when not on a terminal",
-     .build = build_top, .run = run_top, .opts = top_options},
-    {.name = "shutdown", .cmd = "shutdown", .usage = "[--timeout DURATION]",
-     .build = build_shutdown, .print = netctl_print_result, .opts = shutdown_opts},
-    {.name = "reload", .cmd = "reload", .usage = "", .build = build_plain,
-     .print = netctl_print_reload, .opts = plain_opts, .failed_list = true},
-    {.name = "upgrade", .cmd = "upgrade", .usage = "[--exec PATH] [--timeout DURATION]",
-     .build = build_upgrade, .print = netctl_print_upgrade, .opts = upgrade_opts},
-    {.name = "call", .usage = "JSON",
-     .summary = "send one raw request line; print the raw reply line", .build = build_call,
+     .build = build_top,
+     .run = run_top,
+     .opts = top_options},
+    {.name = "shutdown",
+     .cmd = "shutdown",
+     .usage = "[--timeout DURATION]",
+     .build = build_shutdown,
+     .print = netctl_print_result,
+     .opts = shutdown_opts},
+    {.name = "reload",
+     .cmd = "reload",
+     .usage = "",
+     .build = build_plain,
+     .print = netctl_print_reload,
+     .opts = plain_opts,
+     .failed_list = true},
+    {.name = "upgrade",
+     .cmd = "upgrade",
+     .usage = "[--exec PATH] [--timeout DURATION]",
+     .build = build_upgrade,
+     .print = netctl_print_upgrade,
+     .opts = upgrade_opts},
+    {.name = "call",
+     .usage = "JSON",
+     .summary = "send one raw request line; print the raw reply line",
+     .build = build_call,
      .opts = plain_opts},
-    {.name = "help", .cmd = "help", .usage = "",
-     .summary = "list the commands the daemon knows", .build = build_plain,
-     .print = print_help_reply, .opts = plain_opts},
+    {.name = "help",
+     .cmd = "help",
+     .usage = "",
+     .summary = "list the commands the daemon knows",
+     .build = build_plain,
+     .print = print_help_reply,
+     .opts = plain_opts},
     {.name = NULL},
 };
 
@@ -894,12 +1047,12 @@ static const char *summary_of(const subcommand_t *s)
  * for one this netctl does not know, as from a newer daemon). */
 static void print_help_reply(const json_t *reply)
 {
-    static const netctl_column_t cols[] = {{"COMMAND", false}, {"NETCTL", false},
-                                           {"USAGE", false}};
+    static const netctl_column_t cols[] = {{"COMMAND", false}, {"NETCTL", false}, {"USAGE", false}};
     netctl_table_t *t = netctl_table_new(cols, 3);
     size_t i;
     json_t *c;
-    json_array_foreach (json_object_get(reply, "commands"), i, c) {
+    json_array_foreach(json_object_get(reply, "commands"), i, c)
+    {
         const char *name = json_string_value(json_object_get(c, "cmd"));
         const subcommand_t *sub = name ? sub_for_cmd(name) : NULL;
         netctl_table_cell(t, "%s", name ? name : "?");
@@ -972,7 +1125,7 @@ static const char *socket_path_from(char *buf, size_t len, const char **from)
         return env;
     }
     const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
-    *from = rd && *rd ? "$RUNTIME_DIRECTORY"
+    *from = rd && *rd        ? "$RUNTIME_DIRECTORY"
             : geteuid() == 0 ? "the default for root"
             : xdg && *xdg    ? "$XDG_RUNTIME_DIR"
                              : "the default for your uid";
@@ -1023,11 +1176,13 @@ static void print_usage(FILE *out)
 
 static json_t *quick_call(const char *path, json_t *req, int timeout_ms);
 
-static const struct option global_opts[] = {
-    {"socket", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'j'},
-    {"quiet", no_argument, NULL, 'q'},        {"timeout", required_argument, NULL, 256},
-    {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-    {NULL, 0, NULL, 0}};
+static const struct option global_opts[] = {{"socket", required_argument, NULL, 's'},
+                                            {"json", no_argument, NULL, 'j'},
+                                            {"quiet", no_argument, NULL, 'q'},
+                                            {"timeout", required_argument, NULL, 256},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {"version", no_argument, NULL, 'V'},
+                                            {NULL, 0, NULL, 0}};
 
 /* The option a word names ("--balance", "--balance=x", "-j"), or NULL. */
 static const struct option *find_opt(const struct option *opts, const char *word)
@@ -1075,7 +1230,8 @@ static void complete_servers(void)
                                json_pack("{s:i, s:s}", "id", 1, "cmd", "servers"), 300);
     size_t i;
     json_t *srv;
-    json_array_foreach (json_object_get(reply, "servers"), i, srv) {
+    json_array_foreach(json_object_get(reply, "servers"), i, srv)
+    {
         printf("%lld\n", (long long)json_integer_value(json_object_get(srv, "id")));
         const char *name = json_string_value(json_object_get(srv, "name"));
         if (name && !strpbrk(name, "\n\r"))
@@ -1167,9 +1323,15 @@ static int parse_global(int argc, char **argv)
                 usage_error("-s: empty socket path");
             g.socket = optarg;
             break;
-        case 'j': g.json = true; break;
-        case 'q': g.quiet = true; break;
-        case TIMEOUT: g.timeout_ms = duration_ms("--timeout", optarg); break;
+        case 'j':
+            g.json = true;
+            break;
+        case 'q':
+            g.quiet = true;
+            break;
+        case TIMEOUT:
+            g.timeout_ms = duration_ms("--timeout", optarg);
+            break;
         case 'h':
             print_usage(stdout);
             finish(EXIT_OK);
@@ -1430,7 +1592,8 @@ static int handle_reply(const subcommand_t *sub, const request_t *r, const conn_
     const json_t *failed = sub->failed_list ? json_object_get(reply, "failed") : NULL;
     size_t i;
     const json_t *f;
-    json_array_foreach (failed, i, f) {
+    json_array_foreach(failed, i, f)
+    {
         status = EXIT_DAEMON_ERROR;
         if (!g.quiet)
             fprintf(stderr, "netctl: reload: server %s: %s: %s\n",
@@ -1557,8 +1720,8 @@ static bool show_progress(const request_t *r, long long left)
 }
 
 /* The daemon has the request; only our patience ran out. */
-static _Noreturn void reply_timed_out(const conn_t *c, const subcommand_t *sub,
-                                      const request_t *r, long long left)
+static _Noreturn void reply_timed_out(const conn_t *c, const subcommand_t *sub, const request_t *r,
+                                      long long left)
 {
     char name[256];
     if (sub->progress && left >= 0)

@@ -152,11 +152,9 @@ static void fmt_duration(char *buf, size_t len, json_int_t ms)
     else if (ms < 3600000)
         snprintf(buf, len, "%lldm%02llds", (long long)ms / 60000, (long long)ms / 1000 % 60);
     else if (ms < 86400000)
-        snprintf(buf, len, "%lldh%02lldm", (long long)ms / 3600000,
-                 (long long)ms / 60000 % 60);
+        snprintf(buf, len, "%lldh%02lldm", (long long)ms / 3600000, (long long)ms / 60000 % 60);
     else
-        snprintf(buf, len, "%lldd%02lldh", (long long)ms / 86400000,
-                 (long long)ms / 3600000 % 24);
+        snprintf(buf, len, "%lldd%02lldh", (long long)ms / 86400000, (long long)ms / 3600000 % 24);
 }
 
 /* host:port with an IPv6 host in brackets, as ss and URLs write it. */
@@ -256,8 +254,8 @@ static void fmt_value(char *buf, size_t len, const char *key, const json_t *v)
 {
     if (strcmp(key, "address") == 0 && json_is_object(v)) {
         fmt_address(buf, len, v);
-    } else if (json_is_integer(v) && strlen(key) > 2 &&
-               strcmp(key + strlen(key) - 2, "Ms") == 0 && json_integer_value(v) >= 1000) {
+    } else if (json_is_integer(v) && strlen(key) > 2 && strcmp(key + strlen(key) - 2, "Ms") == 0 &&
+               json_integer_value(v) >= 1000) {
         char human[32];
         fmt_duration(human, sizeof(human), json_integer_value(v));
         snprintf(buf, len, "%lld (%s)", (long long)json_integer_value(v), human);
@@ -286,7 +284,8 @@ static void print_fields(const json_t *obj, bool skip_envelope)
     netctl_table_t *t = netctl_table_new(cols, 2);
     const char *key;
     json_t *v;
-    json_object_foreach ((json_t *)obj, key, v) {
+    json_object_foreach((json_t *)obj, key, v)
+    {
         if (json_is_array(v))
             continue;
         if (skip_envelope && (strcmp(key, "id") == 0 || strcmp(key, "ok") == 0))
@@ -318,7 +317,8 @@ void netctl_print_reload(const json_t *reply)
         const json_t *name;
         if (json_array_size(arr) == 0)
             printf(" -");
-        json_array_foreach (arr, i, name) {
+        json_array_foreach(arr, i, name)
+        {
             printf("%s%s", i ? ", " : " ", json_is_string(name) ? json_string_value(name) : "?");
         }
         putchar('\n');
@@ -326,7 +326,8 @@ void netctl_print_reload(const json_t *reply)
     const json_t *failed = json_object_get(reply, "failed");
     size_t i;
     const json_t *f;
-    json_array_foreach (failed, i, f) {
+    json_array_foreach(failed, i, f)
+    {
         printf("failed:   %s (%s)\n", json_string_value(json_object_get(f, "name")),
                json_string_value(json_object_get(f, "code")));
     }
@@ -334,12 +335,13 @@ void netctl_print_reload(const json_t *reply)
 
 void netctl_print_upgrade(const json_t *reply)
 {
-    printf("upgraded: pid %lld took over from pid %lld: %lld server(s), %lld socket(s) in %lld ms\n",
-           (long long)json_integer_value(json_object_get(reply, "pid")),
-           (long long)json_integer_value(json_object_get(reply, "previousPid")),
-           (long long)json_integer_value(json_object_get(reply, "servers")),
-           (long long)json_integer_value(json_object_get(reply, "sockets")),
-           (long long)json_integer_value(json_object_get(reply, "ms")));
+    printf(
+        "upgraded: pid %lld took over from pid %lld: %lld server(s), %lld socket(s) in %lld ms\n",
+        (long long)json_integer_value(json_object_get(reply, "pid")),
+        (long long)json_integer_value(json_object_get(reply, "previousPid")),
+        (long long)json_integer_value(json_object_get(reply, "servers")),
+        (long long)json_integer_value(json_object_get(reply, "sockets")),
+        (long long)json_integer_value(json_object_get(reply, "ms")));
 }
 
 void netctl_print_server(const json_t *reply)
@@ -350,14 +352,15 @@ void netctl_print_server(const json_t *reply)
 void netctl_print_servers(const json_t *reply)
 {
     static const netctl_column_t cols[] = {
-        {"ID", true},       {"NAME", false},     {"STATE", false},
-        {"ADDRESS", false}, {"HANDLER", false},  {"BALANCE", false},
-        {"CONNS", true},    {"ACCEPTED", true},  {"REJECTED", true},
+        {"ID", true},       {"NAME", false},    {"STATE", false},
+        {"ADDRESS", false}, {"HANDLER", false}, {"BALANCE", false},
+        {"CONNS", true},    {"ACCEPTED", true}, {"REJECTED", true},
     };
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *s;
-    json_array_foreach (json_object_get(reply, "servers"), i, s) {
+    json_array_foreach(json_object_get(reply, "servers"), i, s)
+    {
         char buf[512];
         cell_field(t, s, "id");
         cell_field(t, s, "name");
@@ -379,19 +382,20 @@ void netctl_print_servers(const json_t *reply)
 static void print_socket_table(const json_t *sockets)
 {
     static const netctl_column_t cols[] = {
-        {"ID", true},     {"SERVER", false}, {"THREAD", true}, {"REMOTE", false},
-        {"LOCAL", false}, {"STATE", false},  {"ROLE", false},  {"READ", true},
-        {"WRITTEN", true}, {"SEND-Q", true}, {"AGE", true},    {"IDLE", true},
+        {"ID", true},      {"SERVER", false}, {"THREAD", true}, {"REMOTE", false},
+        {"LOCAL", false},  {"STATE", false},  {"ROLE", false},  {"READ", true},
+        {"WRITTEN", true}, {"SEND-Q", true},  {"AGE", true},    {"IDLE", true},
     };
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *s;
-    json_array_foreach (sockets, i, s) {
+    json_array_foreach(sockets, i, s)
+    {
         char buf[512];
         cell_field(t, s, "id");
         /* The name; a daemon from before serverName gives the id. */
-        cell_field(t, s, json_is_string(json_object_get(s, "serverName")) ? "serverName"
-                                                                            : "server");
+        cell_field(t, s,
+                   json_is_string(json_object_get(s, "serverName")) ? "serverName" : "server");
         cell_field(t, s, "thread");
         fmt_endpoint(buf, sizeof(buf), s, "remote");
         netctl_table_cell(t, "%s", buf);
@@ -448,7 +452,8 @@ void netctl_print_stats(const json_t *reply)
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *th;
-    json_array_foreach (threads, i, th) {
+    json_array_foreach(threads, i, th)
+    {
         cell_field(t, th, "id");
         cell_field(t, th, "connections");
         cell_field(t, th, "acceptedTotal");
@@ -518,7 +523,8 @@ void netctl_print_event(const json_t *event)
     printf(" %s", name ? name : "?");
     const char *key;
     json_t *v;
-    json_object_foreach ((json_t *)event, key, v) {
+    json_object_foreach((json_t *)event, key, v)
+    {
         if (strcmp(key, "event") == 0)
             continue;
         printf(" %s=", key);

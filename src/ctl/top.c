@@ -217,8 +217,9 @@ static json_t *rpc(link_t *l, const char *cmd, json_t *extra, int *status)
         }
         int ready = wait_fd(l->fd, POLLIN, deadline);
         if (ready <= 0) {
-            snprintf(l->err, sizeof(l->err), ready < 0 ? "interrupted" : "%s: no reply within %lld ms",
-                     l->path, l->timeout_ms);
+            snprintf(l->err, sizeof(l->err),
+                     ready < 0 ? "interrupted" : "%s: no reply within %lld ms", l->path,
+                     l->timeout_ms);
             return NULL;
         }
         ssize_t r = recv(l->fd, l->buf + l->len, l->cap - l->len, 0);
@@ -272,9 +273,7 @@ static const json_t *find_prev(const json_t *arr, const char *key, const json_t 
     const json_t *want = json_object_get(like, key);
     size_t i;
     json_t *o;
-    json_array_foreach (arr, i, o)
-        if (json_equal(json_object_get(o, key), (json_t *)want))
-            return o;
+    json_array_foreach(arr, i, o) if (json_equal(json_object_get(o, key), (json_t *)want)) return o;
     return NULL;
 }
 
@@ -389,14 +388,15 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     line(&s, "sort: %-5s  q quit  s sort  p pause%s", sort, paused ? "   [PAUSED]" : "");
     line(&s, "%s", "");
 
-    line(&s, "%-20s %7s %10s %10s %10s %10s %9s", "SERVER", "CONNS", "ACCEPTS/S", "IN/S",
-         "OUT/S", "ACCEPTED", "REJECTED");
+    line(&s, "%-20s %7s %10s %10s %10s %10s %9s", "SERVER", "CONNS", "ACCEPTS/S", "IN/S", "OUT/S",
+         "ACCEPTED", "REJECTED");
     /* The order of `servers`: the order they were opened. */
     const json_t *servers = json_object_get(cur->servers, "servers");
     const json_t *pservers = prev ? json_object_get(prev->servers, "servers") : NULL;
     size_t i;
     json_t *o;
-    json_array_foreach (servers, i, o) {
+    json_array_foreach(servers, i, o)
+    {
         const json_t *p = pservers ? find_prev(pservers, "name", o) : NULL;
         char name[64];
         clean(name, sizeof(name), json_string_value(json_object_get(o, "name")));
@@ -409,12 +409,12 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     line(&s, "%s", "");
 
     long long most = 1;
-    json_array_foreach (threads, i, o)
-        if (jint(o, "connections") > most)
-            most = jint(o, "connections");
+    json_array_foreach(threads, i, o) if (jint(o, "connections") > most)
+        most = jint(o, "connections");
     int barw = s.cols - 16 > 60 ? 60 : s.cols - 16;
     line(&s, "%-6s %7s", "THREAD", "CONNS");
-    json_array_foreach (threads, i, o) {
+    json_array_foreach(threads, i, o)
+    {
         char bar[128];
         long long c = jint(o, "connections");
         int n = barw > 0 ? (int)(c * barw / most) : 0;
@@ -429,7 +429,8 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     /* BYTES is in + out, what the bytes order sorts on. */
     line(&s, "%-7s %-12s %3s %-21s %9s %9s %8s %7s %7s %7s", "SOCKET", "SERVER", "THR", "REMOTE",
          "IN/S", "OUT/S", "BYTES", "SEND-Q", "AGE", "IDLE");
-    json_array_foreach (socks, i, o) {
+    json_array_foreach(socks, i, o)
+    {
         const json_t *p = psocks ? find_prev(psocks, "id", o) : NULL;
         char name[64], remote[64], bytes[16], age[16], idle[16];
         clean(name, sizeof(name), json_string_value(json_object_get(o, "serverName")));

@@ -55,9 +55,9 @@ typedef struct chunk {
 
 /* One worker's side. Owned by: that worker's thread; the main loop frees it at stop. */
 typedef struct alog_worker {
-    chunk_t *cur;   /* being filled */
-    chunk_t *free;  /* back from the writer */
-    int allocated;  /* chunks this worker owns, wherever they are */
+    chunk_t *cur;  /* being filled */
+    chunk_t *free; /* back from the writer */
+    int allocated; /* chunks this worker owns, wherever they are */
     struct event *flush_ev;
 } alog_worker_t;
 
@@ -79,10 +79,10 @@ struct netd_alog {
     nd_thread_t *thread;
     int fd;
     bool to_stderr;
-    _Atomic bool stopping;            /* set by the main loop */
-    int stop_fd;                      /* an eventfd: wakes a writer waiting on the log */
-    bool stuck;                       /* writer: the log took nothing while stopping */
-    _Atomic uint64_t dropped;         /* written by the writer only: lines it gave up */
+    _Atomic bool stopping;    /* set by the main loop */
+    int stop_fd;              /* an eventfd: wakes a writer waiting on the log */
+    bool stuck;               /* writer: the log took nothing while stopping */
+    _Atomic uint64_t dropped; /* written by the writer only: lines it gave up */
     alog_worker_t *workers;
     int nworkers;
 };
@@ -104,8 +104,8 @@ static int write_all(netd_alog_t *a, const struct iovec *iov, int n)
         struct pollfd pfd[2] = {{a->fd, POLLOUT, 0}, {a->stop_fd, POLLIN, 0}};
         int ready = poll(pfd, stopping ? 1 : 2,
                          stopping ? ALOG_PATIENCE_STOPPING_MS : ALOG_PATIENCE_MS);
-        if ((ready < 0 && errno == EINTR) || (ready > 0 && !(pfd[0].revents & ~POLLNVAL) &&
-                                              pfd[1].revents))
+        if ((ready < 0 && errno == EINTR) ||
+            (ready > 0 && !(pfd[0].revents & ~POLLNVAL) && pfd[1].revents))
             continue; /* stopping now: wait again, briefly */
         if (ready == 0) {
             a->stuck = stopping;
@@ -188,8 +188,10 @@ static void do_reopen(nd_loop_t *loop, void *arg)
         /* O_NONBLOCK only for the open: a FIFO without a reader must not hang us. */
         int fd = open(r->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0640);
         if (fd < 0) {
-            netd_log(NETD_LOG_ERROR, "access log: cannot open %s (%s); still writing to the "
-                                     "previous one", r->path, strerror(errno));
+            netd_log(NETD_LOG_ERROR,
+                     "access log: cannot open %s (%s); still writing to the "
+                     "previous one",
+                     r->path, strerror(errno));
             free(r);
             return;
         }

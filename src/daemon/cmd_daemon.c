@@ -15,17 +15,17 @@
 
 void netd_cmd_ping(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
-    netd_reply_ok(c, id, json_pack("{s:s, s:i, s:I}", "version", NETD_VERSION_STRING, "pid",
-                                   (int)getpid(), "uptimeMs",
-                                   (json_int_t)(netd_now_ms() - d->started_ms)));
+    netd_reply_ok(c, id,
+                  json_pack("{s:s, s:i, s:I}", "version", NETD_VERSION_STRING, "pid", (int)getpid(),
+                            "uptimeMs", (json_int_t)(netd_now_ms() - d->started_ms)));
 }
 
 void netd_cmd_help(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
 {
     json_t *arr = json_array();
     for (const netd_command_t *k = netd_commands; k->name; k++)
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "cmd", k->name, "usage",
-                                             k->usage, "summary", k->summary));
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s}", "cmd", k->name, "usage", k->usage,
+                                             "summary", k->summary));
     netd_reply_ok(c, id, json_pack("{s:o}", "commands", arr));
 }
 

@@ -131,7 +131,7 @@ static void sockets_done(netd_t *d, void *arg)
     size_t total = 0;
     for (size_t i = 0; i < q->all.n; i++)
         if (i == 0 || q->all.v[i].id != q->all.v[i - 1].id) /* seen by its source or target */
-            q->all.v[total++] = q->all.v[i];                 /* and by the registry: once */
+            q->all.v[total++] = q->all.v[i];                /* and by the registry: once */
     netd_sockinfo_sort(q->all.v, total, q->sort);
     json_t *arr = json_array();
     for (size_t i = 0; i < total && (long long)i < q->limit; i++)
@@ -282,7 +282,7 @@ typedef struct move_q {
     struct located {
         bool found;
         netd_sockinfo_t info;
-    } *slots;
+    } * slots;
 } move_q_t;
 
 static void move_q_free(move_q_t *q)
@@ -319,9 +319,10 @@ static void move_arrived(netd_t *d, netd_move_t *m, void *arg)
         netd_pending_error(q->p, NETD_ENOSOCKET, "socket %llu closed before it moved",
                            (unsigned long long)q->socket_id);
     else if (m->rc == -EBUSY)
-        netd_pending_error(q->p, NETD_EBUSY,
-                           "socket %llu cannot move now (connecting, or piped to a socket that is not its pair)",
-                           (unsigned long long)q->socket_id);
+        netd_pending_error(
+            q->p, NETD_EBUSY,
+            "socket %llu cannot move now (connecting, or piped to a socket that is not its pair)",
+            (unsigned long long)q->socket_id);
     else
         netd_pending_error(q->p, nd_err_name(m->rc), "%s", nd_strerror(m->rc));
     move_q_free(q);

@@ -38,8 +38,7 @@ netd_server_t *netd_cmd_server_arg(netd_t *d, netd_client_t *c, json_t *req, jso
     return s;
 }
 
-bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id,
-                              uint64_t *sid)
+bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id, uint64_t *sid)
 {
     *sid = 0;
     if (!json_object_get(req, "server"))

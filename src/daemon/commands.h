@@ -16,8 +16,7 @@ void netd_cmd_reply_no_server(netd_client_t *c, json_t *id, const json_t *ref);
 netd_server_t *netd_cmd_server_arg(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
 /* An optional "server" argument: *sid 0 when absent (all servers); false when it names
  * none (the error reply is sent). */
-bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id,
-                              uint64_t *sid);
+bool netd_cmd_optional_server(netd_t *d, netd_client_t *c, json_t *req, json_t *id, uint64_t *sid);
 /* An optional integer argument that must be 0 or more; false after the EARG reply. */
 bool netd_cmd_nonneg_arg(netd_client_t *c, json_t *req, json_t *id, const char *name,
                          long long *out, long long dflt);
@@ -32,7 +31,7 @@ typedef struct netd_bytes_slot {
     size_t n;
     struct netd_server_bytes {
         uint64_t server, read, written;
-    } *v;
+    } * v;
 } netd_bytes_slot_t;
 
 /* Worker thread: fills slot with the bytes of w's live client connections. */
@@ -43,7 +42,7 @@ void netd_bytes_slots_free(netd_bytes_slot_t *slots, int n);
 
 /* One function per row of NETD_COMMANDS (cmd_daemon.c, cmd_servers.c, cmd_sockets.c):
  * netd_cmd_ping, netd_cmd_listen, ... Each replies, now or later, exactly once. */
-#define NETD_CMD_DECL(name, ident, args, usage, summary)                                     \
+#define NETD_CMD_DECL(name, ident, args, usage, summary)                                           \
     void netd_cmd_##ident(netd_t *d, netd_client_t *c, json_t *req, json_t *id);
 NETD_COMMANDS(NETD_CMD_DECL)
 #undef NETD_CMD_DECL

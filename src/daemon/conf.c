@@ -97,8 +97,7 @@ static int int_in_range(const json_t *v, json_int_t min, json_int_t max, json_in
 }
 
 /* An int field; the message states the range so it also tells the expected type. */
-static int read_int(const perr_t *e, const char *field, const json_t *v, int min, int max,
-                    int *out)
+static int read_int(const perr_t *e, const char *field, const json_t *v, int min, int max, int *out)
 {
     json_int_t n;
 
@@ -304,8 +303,7 @@ static bool is_host_name(const char *s)
             continue;
         }
         bool digit = c >= '0' && c <= '9';
-        bool ok = digit || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
-                  c == '_';
+        bool ok = digit || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
         if (!ok || ++label > 63 || (c == '-' && label == 1))
             return false;
         digits_only = digits_only && digit;
@@ -374,8 +372,8 @@ static char *resolve_path(const char *base_dir, const char *path)
 }
 
 /* A unix socket path: non-empty, resolved, and short enough for sun_path once resolved. */
-static int read_unix_path(const perr_t *e, const char *field, const json_t *v,
-                          const char *base_dir, char **out)
+static int read_unix_path(const perr_t *e, const char *field, const json_t *v, const char *base_dir,
+                          char **out)
 {
     if (!json_is_string(v) || json_string_length(v) == 0)
         return fail(e, field, "must be a non-empty string");
@@ -657,7 +655,8 @@ static int read_keep_alive(const perr_t *e, const json_t *v, netd_listen_spec_t 
         return fail(e, "keepAlive", "true is not accepted: give the initial delay in ms, or false");
     unsigned ms = 0;
     if (read_duration(e, "keepAlive", v, &ms) < 0)
-        return fail(e, "keepAlive", "must be a duration (ms, or a string such as \"30s\") or false");
+        return fail(e, "keepAlive",
+                    "must be a duration (ms, or a string such as \"30s\") or false");
     s->keep_alive_ms = (int)ms;
     return 0;
 }
@@ -774,8 +773,8 @@ static int keep_source(const perr_t *e, const json_t *obj, netd_listen_spec_t *s
     return 0;
 }
 
-static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir,
-                      bool skip_envelope, netd_listen_spec_t *s)
+static int parse_spec(const perr_t *e, const json_t *obj, const char *base_dir, bool skip_envelope,
+                      netd_listen_spec_t *s)
 {
     const json_t *handler;
 
@@ -830,12 +829,11 @@ int netd_listen_spec_equal(const netd_listen_spec_t *a, const netd_listen_spec_t
     return str_eq(a->name, b->name) && a->port == b->port && str_eq(a->host, b->host) &&
            str_eq(a->path, b->path) && a->fd == b->fd && str_eq(a->fd_name, b->fd_name) &&
            a->backlog == b->backlog && handler_equal(&a->handler, &b->handler) &&
-           a->allow_half_open == b->allow_half_open &&
-           a->max_connections == b->max_connections && a->timeout_ms == b->timeout_ms &&
-           a->no_delay == b->no_delay && a->keep_alive_ms == b->keep_alive_ms &&
-           a->balance == b->balance && a->sock_mode == b->sock_mode &&
-           a->sock_uid == b->sock_uid && a->sock_gid == b->sock_gid &&
-           a->access_log == b->access_log;
+           a->allow_half_open == b->allow_half_open && a->max_connections == b->max_connections &&
+           a->timeout_ms == b->timeout_ms && a->no_delay == b->no_delay &&
+           a->keep_alive_ms == b->keep_alive_ms && a->balance == b->balance &&
+           a->sock_mode == b->sock_mode && a->sock_uid == b->sock_uid &&
+           a->sock_gid == b->sock_gid && a->access_log == b->access_log;
 }
 
 static int dup_str(char **out, const char *in)
@@ -908,8 +906,8 @@ json_t *netd_listen_spec_json(const netd_listen_spec_t *s)
 
 /* ------------------------------------------------------------------------ the config file */
 
-static const char *const top_keys[] = {"threads", "shutdownTimeoutMs", "control", "limits",
-                                       "servers", "metrics", "accessLog", NULL};
+static const char *const top_keys[] = {"threads", "shutdownTimeoutMs", "control",   "limits",
+                                       "servers", "metrics",           "accessLog", NULL};
 static const char *const control_keys[] = {"path",        "mode",       "group", "maxClients",
                                            "idleTimeout", "socketDirs", NULL};
 static const char *const limits_keys[] = {"highWaterMark", "maxBufferedBytes", "stallMs", NULL};
@@ -984,7 +982,8 @@ static int parse_control(const perr_t *e, const json_t *obj, const char *base_di
     if ((v = json_object_get(obj, "path")) &&
         read_unix_path(e, "control.path", v, base_dir, &cfg->control_path) < 0)
         return -1;
-    if ((v = json_object_get(obj, "mode")) && read_mode(e, "control.mode", v, &cfg->control_mode) < 0)
+    if ((v = json_object_get(obj, "mode")) &&
+        read_mode(e, "control.mode", v, &cfg->control_mode) < 0)
         return -1;
     if ((v = json_object_get(obj, "group")) && read_group(e, v, cfg) < 0)
         return -1;
@@ -1062,8 +1061,8 @@ static int check_unique_name(const perr_t *e, const netd_config_t *cfg, size_t i
         if (!strcmp(cfg->servers[j].name, cfg->servers[i].name)) {
             char field[64];
             snprintf(field, sizeof(field), "servers[%zu].name", i);
-            return fail(e, field, "duplicate name \"%s\" (also servers[%zu])",
-                        cfg->servers[i].name, j);
+            return fail(e, field, "duplicate name \"%s\" (also servers[%zu])", cfg->servers[i].name,
+                        j);
         }
     }
     return 0;
@@ -1177,16 +1176,15 @@ json_t *netd_config_json(const netd_config_t *cfg, const char *control_path)
                                 mode_json(cfg->control_mode), "group", cfg->control_group,
                                 "maxClients", cfg->control_max_clients, "idleTimeout",
                                 (json_int_t)cfg->control_idle_timeout_ms, "socketDirs", dirs);
-    json_t *metrics = cfg->metrics_port >= 0
-                          ? json_pack("{s:s?, s:i}", "host", cfg->metrics_host, "port",
-                                      cfg->metrics_port)
-                          : json_null();
-    return json_pack("{s:i, s:I, s:o, s:{s:I, s:I, s:I}, s:o, s:o, s:s?}", "threads",
-                     cfg->threads, "shutdownTimeoutMs", (json_int_t)cfg->shutdown_timeout_ms,
-                     "control", control, "limits", "highWaterMark",
-                     (json_int_t)cfg->high_water_mark, "maxBufferedBytes",
-                     (json_int_t)cfg->max_buffered_bytes, "stallMs", (json_int_t)cfg->stall_ms,
-                     "servers", servers, "metrics", metrics, "accessLog", cfg->access_log);
+    json_t *metrics = cfg->metrics_port >= 0 ? json_pack("{s:s?, s:i}", "host", cfg->metrics_host,
+                                                         "port", cfg->metrics_port)
+                                             : json_null();
+    return json_pack("{s:i, s:I, s:o, s:{s:I, s:I, s:I}, s:o, s:o, s:s?}", "threads", cfg->threads,
+                     "shutdownTimeoutMs", (json_int_t)cfg->shutdown_timeout_ms, "control", control,
+                     "limits", "highWaterMark", (json_int_t)cfg->high_water_mark,
+                     "maxBufferedBytes", (json_int_t)cfg->max_buffered_bytes, "stallMs",
+                     (json_int_t)cfg->stall_ms, "servers", servers, "metrics", metrics, "accessLog",
+                     cfg->access_log);
 }
 
 /* The absolute directory of the file: what its relative paths mean, whatever the cwd. */

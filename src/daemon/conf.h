@@ -17,15 +17,15 @@
 
 /* One server: exactly the arguments of `listen`. */
 typedef struct netd_listen_spec {
-    char *name;           /* never NULL after parsing: defaults to "host:port" or the path */
-    bool name_given;      /* false: named after the address (a `listen` on port 0 is
+    char *name;                 /* never NULL after parsing: defaults to "host:port" or the path */
+    bool name_given;            /* false: named after the address (a `listen` on port 0 is
                              renamed after the port it bound) */
-    int port;             /* -1 when path or fd is used */
-    char *host;           /* NULL: all interfaces (0.0.0.0) */
-    char *path;           /* unix socket path (absolute after resolving), or NULL */
-    int fd;               /* -1, or an inherited descriptor number */
-    char *fd_name;        /* fd given by LISTEN_FDNAMES name, or NULL */
-    int backlog;          /* 511 default */
+    int port;                   /* -1 when path or fd is used */
+    char *host;                 /* NULL: all interfaces (0.0.0.0) */
+    char *path;                 /* unix socket path (absolute after resolving), or NULL */
+    int fd;                     /* -1, or an inherited descriptor number */
+    char *fd_name;              /* fd given by LISTEN_FDNAMES name, or NULL */
+    int backlog;                /* 511 default */
     netd_handler_cfg_t handler; /* default echo */
     bool allow_half_open;
     int max_connections;  /* 0 = none (null) */
@@ -39,28 +39,28 @@ typedef struct netd_listen_spec {
     char *sock_user, *sock_group; /* as given (names or numbers), or NULL */
     uid_t sock_uid;               /* (uid_t)-1: unchanged */
     gid_t sock_gid;               /* (gid_t)-1: unchanged */
-    json_t *source;       /* the object as given (for reload comparison); owned */
+    json_t *source;               /* the object as given (for reload comparison); owned */
 } netd_listen_spec_t;
 
 typedef struct netd_config {
-    int threads;                /* 0 = one per CPU */
+    int threads;                  /* 0 = one per CPU */
     unsigned shutdown_timeout_ms; /* 30000 */
-    char *control_path;         /* NULL: default path (or -s) */
-    unsigned control_mode;      /* 0600 */
-    char *control_group;        /* NULL */
+    char *control_path;           /* NULL: default path (or -s) */
+    unsigned control_mode;        /* 0600 */
+    char *control_group;          /* NULL */
     bool has_control_gid;
     unsigned control_gid;
-    int control_max_clients;    /* 64 */
+    int control_max_clients;          /* 64 */
     unsigned control_idle_timeout_ms; /* 300000 */
-    char **socket_dirs;         /* control.socketDirs, resolved; NULL: the control
+    char **socket_dirs;               /* control.socketDirs, resolved; NULL: the control
                                    socket's own directory */
     size_t nsocket_dirs;
-    size_t high_water_mark;     /* 1 MiB */
-    size_t max_buffered_bytes;  /* 16 MiB */
-    unsigned stall_ms;          /* 30000 */
-    char *metrics_host;         /* the HTTP /metrics endpoint: NULL when off */
-    int metrics_port;           /* -1 when off; 0 picks a free port */
-    char *access_log;           /* NULL: stderr (journald) */
+    size_t high_water_mark;    /* 1 MiB */
+    size_t max_buffered_bytes; /* 16 MiB */
+    unsigned stall_ms;         /* 30000 */
+    char *metrics_host;        /* the HTTP /metrics endpoint: NULL when off */
+    int metrics_port;          /* -1 when off; 0 picks a free port */
+    char *access_log;          /* NULL: stderr (journald) */
     netd_listen_spec_t *servers;
     size_t nservers;
 } netd_config_t;
@@ -74,8 +74,7 @@ typedef struct netd_config {
  * Unknown keys are refused. Returns 0 on success.
  */
 int netd_listen_spec_parse(const json_t *obj, const char *base_dir, const char *field_prefix,
-                           bool skip_envelope, netd_listen_spec_t *out, char *err,
-                           size_t errlen);
+                           bool skip_envelope, netd_listen_spec_t *out, char *err, size_t errlen);
 void netd_listen_spec_free(netd_listen_spec_t *spec);
 /* A deep copy (what reload keeps of the file as last loaded). Returns 0 or -ENOMEM. */
 int netd_listen_spec_dup(const netd_listen_spec_t *src, netd_listen_spec_t *out);

@@ -35,11 +35,11 @@ struct netd_client {
     nd_socket_t *sock; /* NULL once closed */
     char *buf;         /* unread input: buf[start, len) */
     size_t start, len, cap;
-    size_t scanned;  /* bytes from start known to hold no newline */
-    size_t partial;  /* bytes of the unfinished last line */
-    int refs;        /* the socket's, plus one per request still to answer */
-    int pending;     /* requests still to answer: later lines wait for them */
-    bool closing;    /* ETOOBIG/EPERM/EBUSY/overflow: nothing more is run */
+    size_t scanned; /* bytes from start known to hold no newline */
+    size_t partial; /* bytes of the unfinished last line */
+    int refs;       /* the socket's, plus one per request still to answer */
+    int pending;    /* requests still to answer: later lines wait for them */
+    bool closing;   /* ETOOBIG/EPERM/EBUSY/overflow: nothing more is run */
     bool watching;
     bool counted;    /* counts against maxClients */
     bool eof;        /* the peer sent FIN: answer what is there, then end */
@@ -180,7 +180,8 @@ static void client_finish(netd_client_t *c, bool kill)
         return;
     if (!c->kill_ev)
         c->kill_ev = evtimer_new(nd_loop_base(c->d->loop), on_kill, c);
-    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000, (suseconds_t)(NETD_CLIENT_KILL_MS % 1000) * 1000};
+    struct timeval tv = {NETD_CLIENT_KILL_MS / 1000,
+                         (suseconds_t)(NETD_CLIENT_KILL_MS % 1000) * 1000};
     if (!c->kill_ev || evtimer_add(c->kill_ev, &tv) != 0)
         nd_socket_destroy(c->sock);
 }
@@ -218,12 +219,12 @@ void netd_reply_error(netd_client_t *c, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    json_t *r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
-                          "error", "code", code, "message", msg);
+    json_t *r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0, "error",
+                          "code", code, "message", msg);
     /* Every request gets its reply, even when the message cannot be sent as it is. */
     if (!r)
-        r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0,
-                      "error", "code", code, "message", "(message not valid UTF-8)");
+        r = json_pack("{s:O, s:b, s:{s:s, s:s}}", "id", id ? id : json_null(), "ok", 0, "error",
+                      "code", code, "message", "(message not valid UTF-8)");
     send_line(c, r);
 }
 
@@ -317,8 +318,8 @@ static void process_lines(netd_client_t *c)
         free(copy);
     }
     /* Everything the peer sent before its FIN is answered: our side ends too. */
-    if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 &&
-        c->start == c->len && !c->d->upgrading)
+    if (c->sock && c->eof && !c->watching && !c->closing && c->pending == 0 && c->start == c->len &&
+        !c->d->upgrading)
         client_finish(c, false);
     update_reading(c);
     client_release(c);
@@ -578,8 +579,8 @@ void netd_control_stop(netd_t *d)
         return; /* netd stopped before netd_control_init */
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-        if (c->sock)
-            nd_socket_destroy(c->sock);
+    if (c->sock)
+        nd_socket_destroy(c->sock);
 }
 
 /* ------------------------------------------------------------------ handing over (upgrade.c) */
@@ -589,8 +590,8 @@ bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
 {
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-        if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
-            return false;
+    if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
+        return false;
     return true;
 }
 
@@ -643,7 +644,7 @@ void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
     free(items);
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-        schedule_processing(c); /* requests held back during the attempt run now */
+    schedule_processing(c); /* requests held back during the attempt run now */
 }
 
 void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n)
@@ -697,7 +698,8 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
 void netd_control_start_clients(netd_t *d)
 {
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients->list, link) {
+    TAILQ_FOREACH(c, &d->clients->list, link)
+    {
         if (c->sock) {
             nd_socket_import_start(c->sock);
             schedule_processing(c); /* lines that came with it, or a last one before EOF */

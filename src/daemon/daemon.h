@@ -115,7 +115,7 @@ struct netd_server {
     char *label;
     struct netd_unix_file *unix_file; /* the socket file netd made for a path server */
     _Atomic unsigned timeout_ms;
-    _Atomic bool destroying; /* `close {"destroy":true}`: sockets that arrive are destroyed */
+    _Atomic bool destroying;      /* `close {"destroy":true}`: sockets that arrive are destroyed */
     enum netd_server_state state; /* main loop */
     bool inherited_fd;            /* socket activation: never closed on reload */
     bool from_config;             /* opened from the config file: reload manages it */
@@ -123,8 +123,8 @@ struct netd_server {
     nd_address_t address;         /* as bound */
     nd_server_stats_t final;      /* the group's counters when it closed */
     _Atomic uint64_t bytes_read_closed, bytes_written_closed; /* of ended connections */
-    _Atomic int refs; /* main's + one per live connection record */
-    netd_server_obs_t obs; /* per-server metrics: atomics the workers add to */
+    _Atomic int refs;                 /* main's + one per live connection record */
+    netd_server_obs_t obs;            /* per-server metrics: atomics the workers add to */
     struct netd_pending_list waiters; /* `listen` and `close` answered at an event */
     /* The worker-side server of each worker (slot i written once, by worker i, and read
      * only by it): where a socket handed over by an upgrade is counted. */
@@ -159,9 +159,9 @@ struct netd_conn {
     netd_server_t *server; /* a counted reference */
     netd_worker_t *worker;
     enum netd_role role;
-    bool parked;       /* exported or imported by an upgrade, not yet settled */
+    bool parked;         /* exported or imported by an upgrade, not yet settled */
     uint64_t created_ms; /* monotonic, for ageMs and a 'close' event's durationMs */
-    netd_conn_t *pair; /* client <-> upstream of a proxy */
+    netd_conn_t *pair;   /* client <-> upstream of a proxy */
     netd_conn_obs_t obs; /* how it ended, moves, bytes settled (observe.h) */
     TAILQ_ENTRY(netd_conn) link;
 };
@@ -177,7 +177,7 @@ typedef struct netd_sockinfo {
     int remote_port, local_port;
     int remote_family; /* 4, 6, or 0 (unix) */
     uint64_t bytes_read, bytes_written, buffer_size, age_ms, idle_ms;
-    uint64_t created_ms; /* netd_now_ms() at its start: the age order, whichever worker
+    uint64_t created_ms;   /* netd_now_ms() at its start: the age order, whichever worker
                             measured age_ms when */
     char server_name[128]; /* "serverName" (truncated past 127 bytes) */
 } netd_sockinfo_t;
@@ -224,16 +224,16 @@ struct netd_move {
     uint64_t socket_id;
     int from, to;
     /* written by the workers that hold it */
-    int rc;                 /* 0 when it arrived; -ESRCH not on the source (any more),
+    int rc;                  /* 0 when it arrived; -ESRCH not on the source (any more),
                                ND_ECLOSED, -EBUSY, ... */
-    netd_conn_t *conns[2];  /* the records in transit */
+    netd_conn_t *conns[2];   /* the records in transit */
     netd_sockinfo_t arrived; /* as the target sees it on arrival */
     /* main */
     netd_sockinfo_t listed; /* what `sockets` shows while it moves */
     void (*done)(netd_t *d, netd_move_t *m, void *arg);
     void *arg;
     struct netd_pending_list destroys; /* `destroy` requests that arrived meanwhile */
-    uint64_t retired_seq; /* 0 while in flight */
+    uint64_t retired_seq;              /* 0 while in flight */
     TAILQ_ENTRY(netd_move) link;
 };
 TAILQ_HEAD(netd_move_list, netd_move);
@@ -315,8 +315,8 @@ struct netd {
      * `set` never makes a server look changed). Main thread. */
     netd_listen_spec_t *loaded;
     size_t nloaded;
-    struct netd_reload *reload; /* the reload in progress, or NULL */
-    bool started;               /* every configured server listened: READY=1 was sent */
+    struct netd_reload *reload;   /* the reload in progress, or NULL */
+    bool started;                 /* every configured server listened: READY=1 was sent */
     struct netd_clients *clients; /* control.c's */
     TAILQ_HEAD(netd_server_list, netd_server) servers;
     netd_worker_t *workers;
@@ -330,12 +330,12 @@ struct netd {
     struct event *drain_timer;
     bool finish_expired; /* the exit's bound on waiting passed */
     /* live upgrade (upgrade.c) */
-    bool upgrading;      /* control requests wait: an upgrade is handing everything over */
-    bool handed_over;    /* everything went to the new process: leave its files alone */
+    bool upgrading;   /* control requests wait: an upgrade is handing everything over */
+    bool handed_over; /* everything went to the new process: leave its files alone */
     struct upgrade *upgrade;
     bool drain_after_upgrade; /* a SIGTERM came during an upgrade: drain once it is undone */
-    char **argv;         /* as started, to start the new binary the same way */
-    char *exe;           /* the binary we run (its real path at start) */
+    char **argv;              /* as started, to start the new binary the same way */
+    char *exe;                /* the binary we run (its real path at start) */
     netd_client_t *upgrade_requester; /* new side: the client whose `upgrade` we answer */
     json_t *upgrade_reply_id;
     /* moves in flight and recently retired (main loop) */
@@ -345,7 +345,7 @@ struct netd {
     struct queries {
         uint64_t *begin;
         size_t n, cap;
-    } move_queries; /* `sockets` queries still waiting: their begin marks */
+    } move_queries;                     /* `sockets` queries still waiting: their begin marks */
     struct netd_activation *activation; /* systemd.c's: inherited listening descriptors */
     int fd_limit;
     uint64_t paused_seen; /* acceptPausedTotal at the last overload check */
@@ -353,7 +353,7 @@ struct netd {
     _Atomic size_t max_buffered_bytes;
     _Atomic size_t high_water_mark;
     _Atomic unsigned stall_ms;
-    struct netd_closed_totals *closed; /* stats.c's: what servers that are gone counted */
+    struct netd_closed_totals *closed;      /* stats.c's: what servers that are gone counted */
     struct netd_closed_names *closed_names; /* servers.c's */
     netd_observe_t *obs;      /* metrics, the HTTP endpoint, the access log (observe.c) */
     const char *metrics_flag; /* --metrics: wins over the config's, on reload too */

@@ -111,7 +111,9 @@ int netd_ho_recv(int fd, netd_ho_msg_t *out, uint64_t deadline_ms)
         struct cmsghdr align;
     } ctl;
     struct iovec iov = {out->buf, NETD_HO_MAX_PACKET};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = ctl.buf,
                         .msg_controllen = sizeof(ctl.buf)};
     ssize_t n;
     for (;;) {

@@ -23,8 +23,8 @@
 /* One received packet. Descriptors not taken (set to -1 by the taker) are closed by
  * netd_ho_msg_free. */
 typedef struct netd_ho_msg {
-    json_t *msg;       /* the JSON header: an object with a string "t" */
-    const char *type;  /* msg.t */
+    json_t *msg;         /* the JSON header: an object with a string "t" */
+    const char *type;    /* msg.t */
     const char *payload; /* raw bytes after the JSON */
     size_t plen;
     int fds[NETD_HO_MAX_FDS];

@@ -54,8 +54,7 @@ struct netd_http {
 static netd_http_t *current;
 
 /* A short plain-text answer. (evhttp_send_error would drop our headers, Allow included.) */
-static void reply_plain(struct evhttp_request *req, int code, const char *reason,
-                        const char *text)
+static void reply_plain(struct evhttp_request *req, int code, const char *reason, const char *text)
 {
     struct evbuffer *body = evbuffer_new();
     if (!body) {
@@ -174,7 +173,8 @@ netd_http_t *netd_http_start(netd_t *d, const char *host, int port, bool quiet_b
     evhttp_set_max_headers_size(h->http, 16384);
     evhttp_set_max_body_size(h->http, 4096);
     evhttp_set_gencb(h->http, on_request, h);
-    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(h->http, host,
+                                                                       (ev_uint16_t)port);
     if (!bound) {
         int err = errno ? errno : EADDRNOTAVAIL;
         if (!(quiet_busy && err == EADDRINUSE))

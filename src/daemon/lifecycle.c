@@ -162,8 +162,8 @@ static void item_settled(netd_server_t *s, const char *code, const char *message
     netd_t *d = b->d;
     if (!code) {
         if (it->old && it->old->state != NETD_SRV_CLOSED) {
-            netd_log(NETD_LOG_INFO, "reload: %s replaced (the old server closes as %s)",
-                     it->name, it->old->spec.name);
+            netd_log(NETD_LOG_INFO, "reload: %s replaced (the old server closes as %s)", it->name,
+                     it->old->spec.name);
             netd_server_close(it->old, false);
         }
         if (it->kind != ITEM_ROLLBACK)
@@ -175,11 +175,12 @@ static void item_settled(netd_server_t *s, const char *code, const char *message
         if (!s) /* an asynchronous failure was logged with the server's 'error' */
             netd_log(NETD_LOG_ERROR, "server %s: %s: %s", it->name, code, message);
         if (it->kind != ITEM_ROLLBACK)
-            json_array_append_new(b->failed, json_pack("{s:s, s:s, s:s}", "name", it->name,
-                                                       "code", code, "message", message));
+            json_array_append_new(b->failed, json_pack("{s:s, s:s, s:s}", "name", it->name, "code",
+                                                       code, "message", message));
         if (it->has_rollback)
             loaded_restore(d, it->name, &it->rollback);
-        if (it->old && (it->old->state == NETD_SRV_LISTENING || it->old->state == NETD_SRV_STARTING)) {
+        if (it->old &&
+            (it->old->state == NETD_SRV_LISTENING || it->old->state == NETD_SRV_STARTING)) {
             /* The running server never stopped: it keeps its name and its settings. */
             netd_server_rename(it->old, it->name);
             netd_log(NETD_LOG_WARN, "reload: keeping the running %s", it->name);
@@ -242,7 +243,7 @@ static void names_of(const json_t *arr, char *out, size_t len)
     json_array_foreach(arr, i, e)
     {
         const char *name = json_is_string(e) ? json_string_value(e)
-                                              : json_string_value(json_object_get(e, "name"));
+                                             : json_string_value(json_object_get(e, "name"));
         const char *code = json_string_value(json_object_get(e, "code"));
         int n = snprintf(out + o, len - o, "%s%s%s%s%s", i ? ", " : "", name ? name : "?",
                          code ? " (" : "", code ? code : "", code ? ")" : "");
@@ -346,9 +347,9 @@ static netd_server_t *config_server(netd_t *d, const char *name)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        if (s->from_config && (s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_STARTING) &&
-            strcmp(s->spec.name, name) == 0)
-            return s;
+    if (s->from_config && (s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_STARTING) &&
+        strcmp(s->spec.name, name) == 0)
+        return s;
     return NULL;
 }
 
@@ -379,7 +380,8 @@ static bool same_address(const netd_server_t *s, const netd_listen_spec_t *n)
         return true;
     if (n->path && o->path && !strcmp(n->path, o->path))
         return true;
-    if ((n->fd_name && o->fd_name && !strcmp(n->fd_name, o->fd_name)) || (n->fd >= 0 && n->fd == o->fd))
+    if ((n->fd_name && o->fd_name && !strcmp(n->fd_name, o->fd_name)) ||
+        (n->fd >= 0 && n->fd == o->fd))
         return true;
     return false;
 }
@@ -434,8 +436,8 @@ static void reload_done(batch_t *b)
         netd_notify("READY=1\nSTATUS=serving; control socket %s", d->control_path);
     if (b->reply)
         netd_pending_ok(b->reply, json_pack("{s:O, s:O, s:O, s:O, s:O}", "added", b->added,
-                                            "removed", b->removed, "changed", b->changed,
-                                            "kept", b->kept, "failed", b->failed));
+                                            "removed", b->removed, "changed", b->changed, "kept",
+                                            b->kept, "failed", b->failed));
     d->reload = NULL;
     batch_free(b);
 }
@@ -447,8 +449,8 @@ static void apply_settings(netd_t *d, const netd_config_t *cfg)
         netd_log(NETD_LOG_WARN, "reload: threads changed: takes effect at the next start");
     if ((cfg->control_path &&
          (!d->cfg.control_path || strcmp(cfg->control_path, d->cfg.control_path) != 0)) ||
-        cfg->control_mode != d->cfg.control_mode || cfg->has_control_gid != d->cfg.has_control_gid ||
-        cfg->control_gid != d->cfg.control_gid)
+        cfg->control_mode != d->cfg.control_mode ||
+        cfg->has_control_gid != d->cfg.has_control_gid || cfg->control_gid != d->cfg.control_gid)
         netd_log(NETD_LOG_WARN,
                  "reload: control.path, control.mode or control.group changed: they take "
                  "effect at the next start");
@@ -487,20 +489,22 @@ void netd_reload(netd_t *d, netd_pending_t *reply)
         netd_log(NETD_LOG_WARN, "%s refused: %s", who,
                  d->reload ? "a reload is still opening servers" : "netd is still starting");
         reload_reply_error(reply, NETD_EBUSY,
-                           d->reload ? "a reload is still opening servers" : "netd is still starting");
+                           d->reload ? "a reload is still opening servers"
+                                     : "netd is still starting");
         return;
     }
     if (!d->config_file) {
         netd_log(NETD_LOG_INFO, "%s: netd runs without a config file: nothing to reload", who);
         if (reply)
-            netd_pending_ok(reply, json_pack("{s:[], s:[], s:[], s:[], s:[]}", "added",
-                                             "removed", "changed", "kept", "failed"));
+            netd_pending_ok(reply, json_pack("{s:[], s:[], s:[], s:[], s:[]}", "added", "removed",
+                                             "changed", "kept", "failed"));
         return;
     }
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     netd_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
-                (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000,
+                (unsigned long long)now.tv_sec * 1000000ull +
+                    (unsigned long long)now.tv_nsec / 1000,
                 d->config_file);
     netd_log(NETD_LOG_INFO, "%s: reloading %s", who, d->config_file);
     netd_config_t cfg;
@@ -555,9 +559,8 @@ void netd_reload(netd_t *d, netd_pending_t *reply)
         }
         item_t *it = item_new(o ? ITEM_CHANGE : ITEM_ADD, n->name);
         if (!it) {
-            json_array_append_new(b->failed, json_pack("{s:s, s:s, s:s}", "name", n->name,
-                                                       "code", "ENOMEM", "message",
-                                                       "out of memory"));
+            json_array_append_new(b->failed, json_pack("{s:s, s:s, s:s}", "name", n->name, "code",
+                                                       "ENOMEM", "message", "out of memory"));
             continue;
         }
         if (o && !s) {

@@ -32,7 +32,7 @@ typedef struct log_kind {
     unsigned printed;    /* in this window */
     unsigned suppressed; /* in this window, not printed */
     int level;
-    char last[256];      /* the last suppressed line, for the summary */
+    char last[256]; /* the last suppressed line, for the summary */
 } log_kind_t;
 
 static pthread_mutex_t kinds_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -62,10 +62,18 @@ static void escape(char *dst, size_t cap, const char *src)
         }
         dst[o++] = '\\';
         switch (ch) {
-        case '\n': dst[o++] = 'n'; break;
-        case '\t': dst[o++] = 't'; break;
-        case '\r': dst[o++] = 'r'; break;
-        default: o += (size_t)snprintf(dst + o, cap - o, "x%02x", ch); break;
+        case '\n':
+            dst[o++] = 'n';
+            break;
+        case '\t':
+            dst[o++] = 't';
+            break;
+        case '\r':
+            dst[o++] = 'r';
+            break;
+        default:
+            o += (size_t)snprintf(dst + o, cap - o, "x%02x", ch);
+            break;
         }
     }
     dst[o] = '\0';
@@ -91,8 +99,8 @@ static void emit(int level, const char *msg)
     char when[40], zone[8];
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
     strftime(zone, sizeof(zone), "%z", &tm);
-    fprintf(stderr, "%s.%03ld%s netd: %s: %s\n", when, ts.tv_nsec / 1000000L, zone,
-            names[level], clean);
+    fprintf(stderr, "%s.%03ld%s netd: %s: %s\n", when, ts.tv_nsec / 1000000L, zone, names[level],
+            clean);
 }
 
 void netd_log(int level, const char *fmt, ...)

@@ -42,7 +42,8 @@ uint64_t netd_next_id(netd_t *d)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--metrics HOST:PORT] [--check]\n"
+            "usage: netd [-c FILE] [-f] [-t THREADS] [-s CONTROL_PATH] [--metrics HOST:PORT] "
+            "[--check]\n"
             "            [-v] [--version] [--help]\n"
             "  -c, --config FILE    JSON config (default: " DEFAULT_CONFIG " if it exists,\n"
             "                       else the built-in one: no servers)\n"
@@ -83,7 +84,8 @@ static void warn_capacity(netd_t *d)
     }
     if (need > d->fd_limit)
         netd_log(NETD_LOG_WARN,
-                 "open-file limit %d cannot hold the configured maxConnections (%lld descriptors needed)",
+                 "open-file limit %d cannot hold the configured maxConnections (%lld descriptors "
+                 "needed)",
                  d->fd_limit, need);
 }
 
@@ -92,7 +94,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     netd_t *d = arg;
     if (sig == SIGUSR2) {
         netd_log(NETD_LOG_INFO, "SIGUSR2: upgrading to %s", d->exe ? d->exe : "?");
-        netd_upgrade_start(d, NULL, NULL, d->cfg.shutdown_timeout_ms ? d->cfg.shutdown_timeout_ms : 30000);
+        netd_upgrade_start(d, NULL, NULL,
+                           d->cfg.shutdown_timeout_ms ? d->cfg.shutdown_timeout_ms : 30000);
         return;
     }
     if (sig == SIGHUP) {
@@ -192,10 +195,10 @@ typedef struct options {
 static int parse_options(int argc, char **argv, options_t *o)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+        {"config", required_argument, NULL, 'c'},  {"foreground", no_argument, NULL, 'f'},
         {"threads", required_argument, NULL, 't'}, {"socket", required_argument, NULL, 's'},
-        {"check", no_argument, NULL, 'C'},       {"verbose", no_argument, NULL, 'v'},
-        {"version", no_argument, NULL, 'V'},     {"help", no_argument, NULL, 'h'},
+        {"check", no_argument, NULL, 'C'},         {"verbose", no_argument, NULL, 'v'},
+        {"version", no_argument, NULL, 'V'},       {"help", no_argument, NULL, 'h'},
         {"metrics", required_argument, NULL, 'M'}, {NULL, 0, NULL, 0}};
     *o = (options_t){.threads = -1};
     int opt;
@@ -210,7 +213,8 @@ static int parse_options(int argc, char **argv, options_t *o)
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 0 || v > 1024) {
-                fprintf(stderr, "netd: -t: must be a number of threads 0-1024, not \"%s\"\n", optarg);
+                fprintf(stderr, "netd: -t: must be a number of threads 0-1024, not \"%s\"\n",
+                        optarg);
                 return 2;
             }
             o->threads = (int)v;
@@ -289,10 +293,10 @@ static const char *choose_control_path(netd_t *d, const options_t *o)
     netd_default_socket_path(d->control_path, sizeof(d->control_path));
     d->control_default = true;
     const char *rd = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
-    return rd && *rd         ? "$RUNTIME_DIRECTORY"
-           : geteuid() == 0  ? "the default for root"
-           : xdg && *xdg     ? "$XDG_RUNTIME_DIR"
-                             : "the default for this user";
+    return rd && *rd        ? "$RUNTIME_DIRECTORY"
+           : geteuid() == 0 ? "the default for root"
+           : xdg && *xdg    ? "$XDG_RUNTIME_DIR"
+                            : "the default for this user";
 }
 
 /* --check: the config was valid (load_config said so); with -v, print it like nginx -T,
@@ -462,8 +466,8 @@ int main(int argc, char **argv)
     main_events_t ev;
     watch_events(d, &ev);
     if (takeover < 0) {
-        netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)",
-                 nthreads, d->cfg.nservers);
+        netd_log(NETD_LOG_INFO, "%d worker thread(s); opening %zu configured server(s)", nthreads,
+                 d->cfg.nservers);
         /* READY=1 once every one listens; if one cannot, netd exits 1 naming it. */
         netd_start_servers(d);
     } else {

@@ -83,22 +83,20 @@ typedef struct srow {
 } srow_t;
 
 /* X(metric, type, help, srow field): one row per name in each family. */
-#define NETD_SERVER_FAMILIES(X)                                                              \
-    X("netd_server_connections", "gauge", "Live client connections of the server.",         \
-      connections)                                                                           \
-    X("netd_server_accepted_total", "counter", "Connections the server accepted.", accepted) \
-    X("netd_server_rejected_total", "counter",                                             \
-      "Connections the server closed at once because of maxConnections.", rejected)        \
-    X("netd_server_bytes_read_total", "counter",                                           \
-      "Bytes read from the server's client connections.", bytes_read)                       \
-    X("netd_server_bytes_written_total", "counter",                                        \
-      "Bytes written to the server's client connections.", bytes_written)                   \
-    X("netd_server_idle_timeout_total", "counter",                                         \
-      "Connections of the server destroyed for idleness.", idle_timeouts)                   \
-    X("netd_server_slow_destroyed_total", "counter",                                       \
-      "Connections of the server destroyed for a stalled, oversized write queue.",          \
-      slow_destroyed)                                                                        \
-    X("netd_server_upstream_failed_total", "counter",                                      \
+#define NETD_SERVER_FAMILIES(X)                                                                    \
+    X("netd_server_connections", "gauge", "Live client connections of the server.", connections)   \
+    X("netd_server_accepted_total", "counter", "Connections the server accepted.", accepted)       \
+    X("netd_server_rejected_total", "counter",                                                     \
+      "Connections the server closed at once because of maxConnections.", rejected)                \
+    X("netd_server_bytes_read_total", "counter",                                                   \
+      "Bytes read from the server's client connections.", bytes_read)                              \
+    X("netd_server_bytes_written_total", "counter",                                                \
+      "Bytes written to the server's client connections.", bytes_written)                          \
+    X("netd_server_idle_timeout_total", "counter",                                                 \
+      "Connections of the server destroyed for idleness.", idle_timeouts)                          \
+    X("netd_server_slow_destroyed_total", "counter",                                               \
+      "Connections of the server destroyed for a stalled, oversized write queue.", slow_destroyed) \
+    X("netd_server_upstream_failed_total", "counter",                                              \
       "Proxy upstream connects of the server that failed.", upstream_failed)
 
 typedef struct retired {
@@ -137,8 +135,8 @@ struct netd_metrics {
     uint64_t seq;
     waiter_t *waiters; /* answered by the collection in flight */
     bool collecting;
-    int parts_due;      /* the workers' fan-out and the process query */
-    double start_time;  /* process_start_time_seconds */
+    int parts_due;     /* the workers' fan-out and the process query */
+    double start_time; /* process_start_time_seconds */
     nd_loop_t *proc_loop;
     nd_thread_t *proc_thread;
     proc_figures_t proc; /* from the latest process query */
@@ -157,8 +155,9 @@ static double process_start_time(void)
         buf[n] = '\0';
         const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
         unsigned long long ticks = 0;
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
-                               "%*d %*d %*d %*d %llu",
+        if (p && sscanf(p + 2,
+                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+                        "%*d %*d %*d %*d %llu",
                         &ticks) == 1)
             start = (double)ticks / (double)sysconf(_SC_CLK_TCK);
     }
@@ -295,7 +294,7 @@ static srow_t *server_rows(netd_t *d, size_t *n)
     size_t cap = 0;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        cap++;
+    cap++;
     srow_t *rows = calloc(cap ? cap : 1, sizeof(*rows));
     if (!rows)
         return NULL;
@@ -332,12 +331,12 @@ static void server_metrics(netd_t *d, netd_text_t *t)
         t->oom = true;
         return;
     }
-#define NETD_SERVER_FAMILY(metric, type, help, field)                                        \
-    family(t, metric, type, help);                                                           \
-    for (size_t i = 0; i < n; i++) {                                                         \
-        netd_text_printf(t, metric "{server=\"");                                            \
-        netd_text_label(t, rows[i].name);                                                    \
-        netd_text_printf(t, "\"} %llu\n", (unsigned long long)rows[i].field);               \
+#define NETD_SERVER_FAMILY(metric, type, help, field)                                              \
+    family(t, metric, type, help);                                                                 \
+    for (size_t i = 0; i < n; i++) {                                                               \
+        netd_text_printf(t, metric "{server=\"");                                                  \
+        netd_text_label(t, rows[i].name);                                                          \
+        netd_text_printf(t, "\"} %llu\n", (unsigned long long)rows[i].field);                      \
     }
     NETD_SERVER_FAMILIES(NETD_SERVER_FAMILY)
 #undef NETD_SERVER_FAMILY
@@ -359,8 +358,8 @@ static void server_metrics(netd_t *d, netd_text_t *t)
         }
         netd_text_printf(t, "%s_sum{server=\"", h);
         netd_text_label(t, rows[i].name);
-        netd_text_printf(t, "\"} %.3f\n%s_count{server=\"", (double)rows[i].duration_ms_sum / 1000.0,
-                         h);
+        netd_text_printf(t, "\"} %.3f\n%s_count{server=\"",
+                         (double)rows[i].duration_ms_sum / 1000.0, h);
         netd_text_label(t, rows[i].name);
         netd_text_printf(t, "\"} %llu\n", (unsigned long long)cumulative);
     }
@@ -373,21 +372,20 @@ typedef struct trow {
     uint64_t connections, accepted, handoffs, moves_in, moves_out, bytes_read, bytes_written;
 } trow_t;
 
-#define NETD_THREAD_FAMILIES(X)                                                              \
-    X("netd_thread_connections", "gauge", "Live connections the worker thread serves.",     \
-      connections)                                                                           \
-    X("netd_thread_accepted_total", "counter",                                             \
-      "Connections the worker thread began to serve (handed to it or, reuseport, its own).", \
-      accepted)                                                                             \
-    X("netd_thread_handoffs_total", "counter",                                             \
-      "Accepted connections handed to the worker thread.", handoffs)                        \
-    X("netd_thread_moves_in_total", "counter",                                             \
-      "Live client connections moved to the worker thread.", moves_in)                      \
-    X("netd_thread_moves_out_total", "counter",                                            \
-      "Live client connections moved away from the worker thread.", moves_out)              \
-    X("netd_thread_bytes_read_total", "counter", "Bytes the worker thread read.",           \
-      bytes_read)                                                                            \
-    X("netd_thread_bytes_written_total", "counter",                                        \
+#define NETD_THREAD_FAMILIES(X)                                                                    \
+    X("netd_thread_connections", "gauge", "Live connections the worker thread serves.",            \
+      connections)                                                                                 \
+    X("netd_thread_accepted_total", "counter",                                                     \
+      "Connections the worker thread began to serve (handed to it or, reuseport, its own).",       \
+      accepted)                                                                                    \
+    X("netd_thread_handoffs_total", "counter",                                                     \
+      "Accepted connections handed to the worker thread.", handoffs)                               \
+    X("netd_thread_moves_in_total", "counter",                                                     \
+      "Live client connections moved to the worker thread.", moves_in)                             \
+    X("netd_thread_moves_out_total", "counter",                                                    \
+      "Live client connections moved away from the worker thread.", moves_out)                     \
+    X("netd_thread_bytes_read_total", "counter", "Bytes the worker thread read.", bytes_read)      \
+    X("netd_thread_bytes_written_total", "counter",                                                \
       "Bytes the worker thread handed to the kernel.", bytes_written)
 
 static void thread_metrics(netd_t *d, netd_text_t *t)
@@ -401,19 +399,19 @@ static void thread_metrics(netd_t *d, netd_text_t *t)
         netd_worker_t *w = &d->workers[i];
         nd_loop_stats_t ls;
         nd_loop_stats(w->loop, &ls);
-        rows[i] = (trow_t){.connections = ls.connections,
-                           .accepted = ls.accepted,
-                           .handoffs = ls.handed_off,
-                           .moves_in = atomic_load_explicit(&w->obs.moves_in, memory_order_relaxed),
-                           .moves_out = atomic_load_explicit(&w->obs.moves_out, memory_order_relaxed),
-                           .bytes_read = ls.bytes_read,
-                           .bytes_written = ls.bytes_written};
+        rows[i] = (trow_t){
+            .connections = ls.connections,
+            .accepted = ls.accepted,
+            .handoffs = ls.handed_off,
+            .moves_in = atomic_load_explicit(&w->obs.moves_in, memory_order_relaxed),
+            .moves_out = atomic_load_explicit(&w->obs.moves_out, memory_order_relaxed),
+            .bytes_read = ls.bytes_read,
+            .bytes_written = ls.bytes_written};
     }
-#define NETD_THREAD_FAMILY(metric, type, help, field)                                        \
-    family(t, metric, type, help);                                                           \
-    for (int i = 0; i < d->nworkers; i++)                                                    \
-        netd_text_printf(t, metric "{thread=\"%d\"} %llu\n", i,                              \
-                         (unsigned long long)rows[i].field);
+#define NETD_THREAD_FAMILY(metric, type, help, field)                                              \
+    family(t, metric, type, help);                                                                 \
+    for (int i = 0; i < d->nworkers; i++)                                                          \
+        netd_text_printf(t, metric "{thread=\"%d\"} %llu\n", i, (unsigned long long)rows[i].field);
     NETD_THREAD_FAMILIES(NETD_THREAD_FAMILY)
 #undef NETD_THREAD_FAMILY
     free(rows);
@@ -551,8 +549,8 @@ static void settle_worker(netd_worker_t *w, void *ctx)
     (void)ctx;
     netd_conn_t *c;
     TAILQ_FOREACH(c, &w->conns, link)
-        if (c->role == NETD_ROLE_CLIENT)
-            netd_obs_settle(c);
+    if (c->role == NETD_ROLE_CLIENT)
+        netd_obs_settle(c);
 }
 
 static void part_done(netd_t *d, struct netd_metrics *m)

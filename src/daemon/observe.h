@@ -40,8 +40,13 @@ typedef struct netd_server_obs {
 } netd_server_obs_t;
 
 /* Why netd itself ended a connection (absent: the peer or an error ended it). */
-enum netd_end { NETD_END_NONE = 0, NETD_END_TIMEOUT, NETD_END_SLOW, NETD_END_DESTROY,
-                NETD_END_UPSTREAM };
+enum netd_end {
+    NETD_END_NONE = 0,
+    NETD_END_TIMEOUT,
+    NETD_END_SLOW,
+    NETD_END_DESTROY,
+    NETD_END_UPSTREAM
+};
 
 /* Per connection, in its record: touched only by the worker that holds the record, so it
  * travels with the record when the socket moves. */
@@ -56,7 +61,7 @@ typedef struct netd_conn_obs {
 /* Per worker, in netd_worker_t: each written by its own worker only (single-writer
  * relaxed atomics), summed by the main loop on demand. */
 typedef struct netd_worker_obs {
-    _Atomic uint64_t moves_in, moves_out; /* client connections */
+    _Atomic uint64_t moves_in, moves_out;    /* client connections */
     _Atomic uint64_t log_lines, log_dropped; /* access-log lines queued / dropped when full */
 } netd_worker_obs_t;
 
@@ -149,9 +154,9 @@ typedef struct netd_observe {
     struct netd_metrics *metrics;
     netd_alog_t *alog;
     netd_http_t *http;
-    char *http_host; /* what the endpoint serves now (NULL: off) */
-    int http_port;   /* as configured (0: any free port) */
-    char *log_path;  /* the access log's file; NULL: stderr */
+    char *http_host;          /* what the endpoint serves now (NULL: off) */
+    int http_port;            /* as configured (0: any free port) */
+    char *log_path;           /* the access log's file; NULL: stderr */
     struct event *http_retry; /* taking over: the port is not free yet */
     int http_tries;
 } netd_observe_t;

@@ -17,8 +17,11 @@ static void utf8_sanitize(char *s)
 {
     unsigned char *p = (unsigned char *)s;
     while (*p) {
-        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
-                              : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        int n = *p < 0x80             ? 1
+                : (*p & 0xe0) == 0xc0 ? 2
+                : (*p & 0xf0) == 0xe0 ? 3
+                : (*p & 0xf8) == 0xf0 ? 4
+                                      : 0;
         int ok = n > 0 && !(n == 2 && *p < 0xc2);
         for (int i = 1; ok && i < n; i++)
             ok = (p[i] & 0xc0) == 0x80;
@@ -34,8 +37,7 @@ static void utf8_sanitize(char *s)
     }
 }
 
-static int fail(netd_request_t *r, const char *code, const char *fmt, const char *a,
-                const char *b)
+static int fail(netd_request_t *r, const char *code, const char *fmt, const char *a, const char *b)
 {
     r->code = code;
     snprintf(r->message, sizeof(r->message), fmt, a, b);
@@ -51,8 +53,8 @@ int netd_request_parse(const char *line, size_t len, netd_request_t *r)
     r->req = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!r->req) {
         r->code = NETD_EPARSE;
-        snprintf(r->message, sizeof(r->message), "line %d, column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
+        snprintf(r->message, sizeof(r->message), "line %d, column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
         utf8_sanitize(r->message);
         return -1;
     }

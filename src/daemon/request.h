@@ -10,10 +10,10 @@
 #include "protocol.h"
 
 typedef struct netd_request {
-    json_t *req;                /* the object (owned), or NULL if the line was not JSON */
-    json_t *id;                 /* borrowed from req: echoed back; NULL when unparsed */
-    const netd_command_t *cmd;  /* the table row */
-    const char *code;           /* on failure: EPARSE, EREQUEST, ECOMMAND, EARG */
+    json_t *req;               /* the object (owned), or NULL if the line was not JSON */
+    json_t *id;                /* borrowed from req: echoed back; NULL when unparsed */
+    const netd_command_t *cmd; /* the table row */
+    const char *code;          /* on failure: EPARSE, EREQUEST, ECOMMAND, EARG */
     char message[512];
 } netd_request_t;
 

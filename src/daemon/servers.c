@@ -60,8 +60,8 @@ static json_t *address_json(const netd_server_t *s)
         return json_pack("{s:s}", "path", a->address);
     if (a->family == 0)
         return s->spec.path ? json_pack("{s:s}", "path", s->spec.path) : json_null();
-    return json_pack("{s:s, s:s, s:i}", "address", a->address, "family",
-                     nd_family_name(a->family), "port", a->port);
+    return json_pack("{s:s, s:s, s:i}", "address", a->address, "family", nd_family_name(a->family),
+                     "port", a->port);
 }
 
 json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_written)
@@ -82,9 +82,8 @@ json_t *netd_server_json(netd_server_t *s, uint64_t live_read, uint64_t live_wri
         nd_balance_name(s->spec.balance), "allowHalfOpen", s->spec.allow_half_open,
         "maxConnections", max > 0 ? json_integer(max) : json_null(), "timeout",
         (json_int_t)atomic_load(&s->timeout_ms), "backlog", s->spec.backlog, "accessLog",
-        s->spec.access_log, "connections",
-        (json_int_t)st.connections, "acceptedTotal", (json_int_t)st.accepted, "rejectedTotal",
-        (json_int_t)st.rejected, "bytesReadTotal",
+        s->spec.access_log, "connections", (json_int_t)st.connections, "acceptedTotal",
+        (json_int_t)st.accepted, "rejectedTotal", (json_int_t)st.rejected, "bytesReadTotal",
         (json_int_t)(atomic_load(&s->bytes_read_closed) + live_read), "bytesWrittenTotal",
         (json_int_t)(atomic_load(&s->bytes_written_closed) + live_written));
 }
@@ -94,8 +93,8 @@ netd_server_t *netd_server_by_id(netd_t *d, uint64_t id)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        if (s->id == id)
-            return s;
+    if (s->id == id)
+        return s;
     return NULL;
 }
 
@@ -145,9 +144,9 @@ static netd_server_t *find_live_by_name(netd_t *d, const char *name)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
-            strcmp(s->spec.name, name) == 0)
-            return s;
+    if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
+        strcmp(s->spec.name, name) == 0)
+        return s;
     return NULL;
 }
 
@@ -196,8 +195,8 @@ static netd_server_t *clashing_server(netd_t *d, const netd_server_t *s)
 {
     netd_server_t *o;
     TAILQ_FOREACH(o, &d->servers, link)
-        if (o != s && o->state == NETD_SRV_LISTENING && addresses_clash(&o->address, &s->address))
-            return o;
+    if (o != s && o->state == NETD_SRV_LISTENING && addresses_clash(&o->address, &s->address))
+        return o;
     return NULL;
 }
 
@@ -330,8 +329,8 @@ static bool address_taken(netd_t *d, const netd_listen_spec_t *spec)
         int port = s->address.port ? s->address.port : s->spec.port;
         const char *h1 = spec->host ? spec->host : "0.0.0.0";
         const char *h2 = s->spec.host ? s->spec.host : "0.0.0.0";
-        if (port == spec->port && (strcmp(h1, h2) == 0 || strcmp(h1, "0.0.0.0") == 0 ||
-                                   strcmp(h2, "0.0.0.0") == 0))
+        if (port == spec->port &&
+            (strcmp(h1, h2) == 0 || strcmp(h1, "0.0.0.0") == 0 || strcmp(h2, "0.0.0.0") == 0))
             return true;
     }
     return false;
@@ -482,7 +481,8 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     netd_server_t *s = calloc(1, sizeof(*s));
     char *label = strdup(spec->name);
     if (s)
-        s->members = calloc((size_t)d->nworkers, sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
+        s->members = calloc((size_t)d->nworkers,
+                            sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     if (!s || !s->members || !label) {
         if (fd >= 0)
             close(fd);
@@ -510,10 +510,9 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     TAILQ_INIT(&s->waiters);
     /* The first worker accepts (leastconn, roundrobin): the main loop, which also serves
      * the control socket, is not woken for every connection. */
-    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open,
-                                .worker_accepts = 1};
-    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
-                                   s->spec.balance, netd_worker_server_init, s);
+    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open, .worker_accepts = 1};
+    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers, s->spec.balance,
+                                   netd_worker_server_init, s);
     int rc = s->group ? 0 : -ENOMEM;
     if (!rc) {
         nd_server_set_max_connections(s->group, s->spec.max_connections);
@@ -633,7 +632,8 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
     netd_server_t *s = calloc(1, sizeof(*s));
     char *label = strdup(spec.name);
     if (s)
-        s->members = calloc((size_t)d->nworkers, sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
+        s->members = calloc((size_t)d->nworkers,
+                            sizeof(nd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     if (!s || !s->members || !label) {
         if (s)
             free(s->members);
@@ -665,8 +665,8 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
                 (uint64_t)json_integer_value(json_object_get(rec, "bytesWrittenClosed")));
     TAILQ_INIT(&s->waiters);
     nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
-    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
-                                   s->spec.balance, netd_worker_server_init, s);
+    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers, s->spec.balance,
+                                   netd_worker_server_init, s);
     if (!s->group) {
         atomic_store(&s->refs, 1);
         netd_server_release(s);
@@ -689,8 +689,7 @@ int netd_server_import_listen(netd_server_t *s, int *fds, int nfds, const char *
     if (nfds < 1)
         return -EBADF;
     if (s->spec.balance == ND_BALANCE_REUSEPORT)
-        rc = nd_server_listen_reuseport_fds(s->group, fds[0], fds + 1, nfds - 1,
-                                            s->spec.backlog);
+        rc = nd_server_listen_reuseport_fds(s->group, fds[0], fds + 1, nfds - 1, s->spec.backlog);
     else if (path)
         rc = nd_server_listen_fd_path(s->group, fds[0], path, s->spec.backlog);
     else

@@ -107,8 +107,8 @@ static int by_idle(const void *a, const void *b)
 
 void netd_sockinfo_sort(netd_sockinfo_t *v, size_t n, enum netd_sock_sort by)
 {
-    int (*cmp)(const void *, const void *) = by == NETD_SORT_BYTES ? by_bytes
-                                             : by == NETD_SORT_AGE ? by_age
+    int (*cmp)(const void *, const void *) = by == NETD_SORT_BYTES  ? by_bytes
+                                             : by == NETD_SORT_AGE  ? by_age
                                              : by == NETD_SORT_IDLE ? by_idle
                                                                     : NULL;
     if (cmp && n > 1)

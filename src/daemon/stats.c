@@ -20,25 +20,25 @@ typedef struct totals {
 } totals_t;
 
 /* X(json field, metric name, type, help, totals field) */
-#define NETD_STATS(X)                                                                        \
-    X("connections", "netd_connections", "gauge", "Live client connections.", connections)  \
-    X("acceptedTotal", "netd_accepted_total", "counter", "Connections accepted.", accepted)  \
-    X("rejectedTotal", "netd_rejected_total", "counter",                                   \
-      "Connections closed at once because of maxConnections.", rejected)                   \
-    X("bytesReadTotal", "netd_bytes_read_total", "counter", "Bytes read from sockets.",     \
-      bytes_read)                                                                            \
-    X("bytesWrittenTotal", "netd_bytes_written_total", "counter",                          \
-      "Bytes written to sockets.", bytes_written)                                           \
-    X("acceptPausedTotal", "netd_accept_paused_total", "counter",                          \
-      "Times accepting paused for lack of descriptors.", accept_paused)                     \
-    X("handoffFailedTotal", "netd_handoff_failed_total", "counter",                        \
-      "Accepted connections a worker could not take.", handoff_failed)                      \
-    X("idleTimeoutTotal", "netd_idle_timeout_total", "counter",                            \
-      "Connections destroyed for idleness.", idle_timeouts)                                 \
-    X("slowDestroyedTotal", "netd_slow_destroyed_total", "counter",                        \
-      "Connections destroyed for a stalled, oversized write queue.", slow_destroyed)        \
-    X("upstreamFailedTotal", "netd_upstream_failed_total", "counter",                      \
-      "Proxy upstream connects that failed.", upstream_failed)                              \
+#define NETD_STATS(X)                                                                              \
+    X("connections", "netd_connections", "gauge", "Live client connections.", connections)         \
+    X("acceptedTotal", "netd_accepted_total", "counter", "Connections accepted.", accepted)        \
+    X("rejectedTotal", "netd_rejected_total", "counter",                                           \
+      "Connections closed at once because of maxConnections.", rejected)                           \
+    X("bytesReadTotal", "netd_bytes_read_total", "counter", "Bytes read from sockets.",            \
+      bytes_read)                                                                                  \
+    X("bytesWrittenTotal", "netd_bytes_written_total", "counter", "Bytes written to sockets.",     \
+      bytes_written)                                                                               \
+    X("acceptPausedTotal", "netd_accept_paused_total", "counter",                                  \
+      "Times accepting paused for lack of descriptors.", accept_paused)                            \
+    X("handoffFailedTotal", "netd_handoff_failed_total", "counter",                                \
+      "Accepted connections a worker could not take.", handoff_failed)                             \
+    X("idleTimeoutTotal", "netd_idle_timeout_total", "counter",                                    \
+      "Connections destroyed for idleness.", idle_timeouts)                                        \
+    X("slowDestroyedTotal", "netd_slow_destroyed_total", "counter",                                \
+      "Connections destroyed for a stalled, oversized write queue.", slow_destroyed)               \
+    X("upstreamFailedTotal", "netd_upstream_failed_total", "counter",                              \
+      "Proxy upstream connects that failed.", upstream_failed)                                     \
     X("servers", "netd_servers", "gauge", "Servers open.", servers)
 
 /* What the servers that are gone counted: the daemon's totals never go down. */
@@ -143,12 +143,12 @@ static json_t *threads_json(netd_t *d)
     for (int i = 0; i < d->nworkers; i++) {
         nd_loop_stats_t ls;
         nd_loop_stats(d->workers[i].loop, &ls);
-        json_array_append_new(
-            arr, json_pack("{s:i, s:I, s:I, s:I, s:I, s:I}", "id", i, "connections",
-                           (json_int_t)ls.connections, "acceptedTotal", (json_int_t)ls.accepted,
-                           "handoffsTotal", (json_int_t)ls.handed_off, "bytesReadTotal",
-                           (json_int_t)ls.bytes_read, "bytesWrittenTotal",
-                           (json_int_t)ls.bytes_written));
+        json_array_append_new(arr, json_pack("{s:i, s:I, s:I, s:I, s:I, s:I}", "id", i,
+                                             "connections", (json_int_t)ls.connections,
+                                             "acceptedTotal", (json_int_t)ls.accepted,
+                                             "handoffsTotal", (json_int_t)ls.handed_off,
+                                             "bytesReadTotal", (json_int_t)ls.bytes_read,
+                                             "bytesWrittenTotal", (json_int_t)ls.bytes_written));
     }
     return arr;
 }
@@ -159,7 +159,7 @@ json_t *netd_stats_json(netd_t *d)
     sum(d, &t);
     json_t *o = json_pack("{s:i, s:s, s:I}", "pid", (int)getpid(), "version", NETD_VERSION_STRING,
                           "uptimeMs", (json_int_t)(netd_now_ms() - d->started_ms));
-#define NETD_STAT_JSON(field, metric, type, help, member)                                    \
+#define NETD_STAT_JSON(field, metric, type, help, member)                                          \
     json_object_set_new(o, field, json_integer((json_int_t)t.member));
     NETD_STATS(NETD_STAT_JSON)
 #undef NETD_STAT_JSON
@@ -172,15 +172,17 @@ void netd_stats_metrics(netd_t *d, netd_text_t *t)
 {
     totals_t tot;
     sum(d, &tot);
-#define NETD_STAT_METRIC(field, metric, type, help, member)                                  \
-    netd_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", metric, help, metric, type,   \
+#define NETD_STAT_METRIC(field, metric, type, help, member)                                        \
+    netd_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", metric, help, metric, type,       \
                      metric, (unsigned long long)tot.member);
     NETD_STATS(NETD_STAT_METRIC)
 #undef NETD_STAT_METRIC
-    netd_text_printf(t, "# HELP netd_uptime_seconds Seconds since netd started.\n"
-                        "# TYPE netd_uptime_seconds gauge\nnetd_uptime_seconds %.3f\n",
+    netd_text_printf(t,
+                     "# HELP netd_uptime_seconds Seconds since netd started.\n"
+                     "# TYPE netd_uptime_seconds gauge\nnetd_uptime_seconds %.3f\n",
                      (double)(netd_now_ms() - d->started_ms) / 1000.0);
-    netd_text_printf(t, "# HELP netd_fd_limit Open-file limit.\n# TYPE netd_fd_limit gauge\n"
-                        "netd_fd_limit %d\n",
+    netd_text_printf(t,
+                     "# HELP netd_fd_limit Open-file limit.\n# TYPE netd_fd_limit gauge\n"
+                     "netd_fd_limit %d\n",
                      d->fd_limit);
 }

@@ -56,7 +56,7 @@ void netd_notify(const char *fmt, ...)
  * process's own descriptors (its event loops took the low numbers first). */
 struct netd_activation {
     int count;
-    int *fds;    /* fds[i] is what config's "fd": 3 + i means */
+    int *fds; /* fds[i] is what config's "fd": 3 + i means */
     char **names;
 };
 

@@ -88,9 +88,9 @@ static void worker_import(nd_loop_t *loop, void *arg)
         netd_conn_t *c[2] = {NULL, NULL};
         for (int k = 0; k < it->n; k++) {
             /* Each record holds its counted reference on the server (conn_make). */
-            c[k] = netd_worker_import_conn(w, socks[k], it->srv,
-                                           it->roles[k] == 0 ? NETD_ROLE_CLIENT : NETD_ROLE_UPSTREAM,
-                                           it->ids[k], it->age[k]);
+            c[k] = netd_worker_import_conn(
+                w, socks[k], it->srv, it->roles[k] == 0 ? NETD_ROLE_CLIENT : NETD_ROLE_UPSTREAM,
+                it->ids[k], it->age[k]);
             if (!c[k]) {
                 nd_socket_destroy(socks[k]);
                 p->failed = -ENOMEM;
@@ -155,7 +155,7 @@ typedef struct takeover {
         int fds[NETD_HO_MAX_FDS];
         int nfds;
         char *path;
-    } *servers;
+    } * servers;
     size_t cap;
     char why[512];
 } takeover_t;
@@ -260,7 +260,8 @@ static int take_sockets(takeover_t *t, netd_ho_msg_t *head)
         in_part_t *p = &b->parts[w];
         if (p->n == p->cap) {
             size_t cap = p->cap ? p->cap * 2 : 64;
-            in_item_t **v = realloc(p->items, cap * sizeof(in_item_t *)); // NOLINT(bugprone-sizeof-expression)
+            in_item_t **v = realloc(
+                p->items, cap * sizeof(in_item_t *)); // NOLINT(bugprone-sizeof-expression)
             if (!v)
                 return tk_fail(t, "out of memory");
             p->items = v;
@@ -458,8 +459,9 @@ int netd_takeover(netd_t *d, int ch)
     if (rc == 0 && t.test && strcmp(t.test, "no-ready") == 0)
         pause(); /* the tests' binary that never gets ready: the old one times out */
     int proto = t.test && strcmp(t.test, "proto") == 0 ? 999 : NETD_UPGRADE_PROTO;
-    if (rc == 0 && netd_ho_send(ch, json_pack("{s:s, s:i, s:s, s:i}", "t", "ready", "proto", proto,
-                                              "version", NETD_VERSION_STRING, "pid", (int)getpid()),
+    if (rc == 0 && netd_ho_send(ch,
+                                json_pack("{s:s, s:i, s:s, s:i}", "t", "ready", "proto", proto,
+                                          "version", NETD_VERSION_STRING, "pid", (int)getpid()),
                                 NULL, 0, NULL, 0, t.deadline) != 0)
         rc = tk_fail(&t, "the old netd went away before ready");
     bool committed = false;
@@ -471,7 +473,8 @@ int netd_takeover(netd_t *d, int ch)
             break;
         }
         if (strcmp(m.type, "begin") == 0) {
-            atomic_store(&d->next_id, (uint64_t)json_integer_value(json_object_get(m.msg, "nextId")));
+            atomic_store(&d->next_id,
+                         (uint64_t)json_integer_value(json_object_get(m.msg, "nextId")));
             t.prev_pid = (int)json_integer_value(json_object_get(m.msg, "pid"));
             t.t0 = (uint64_t)json_integer_value(json_object_get(m.msg, "t0"));
             netd_stats_closed_load(d, json_object_get(m.msg, "closed"));
@@ -509,14 +512,15 @@ int netd_takeover(netd_t *d, int ch)
     uint64_t ms = netd_wall_ms() - t.t0;
     if (d->upgrade_requester) {
         netd_client_reply(d->upgrade_requester, d->upgrade_reply_id,
-                          json_pack("{s:i, s:i, s:I, s:I, s:I}", "pid", (int)getpid(), "previousPid",
-                                    t.prev_pid, "servers", (json_int_t)t.nservers, "sockets",
-                                    (json_int_t)t.nsockets, "ms", (json_int_t)ms));
+                          json_pack("{s:i, s:i, s:I, s:I, s:I}", "pid", (int)getpid(),
+                                    "previousPid", t.prev_pid, "servers", (json_int_t)t.nservers,
+                                    "sockets", (json_int_t)t.nsockets, "ms", (json_int_t)ms));
     }
     json_decref(d->upgrade_reply_id);
     d->upgrade_reply_id = NULL;
     d->upgrade_requester = NULL;
-    netd_log(NETD_LOG_INFO, "upgrade: took over from pid %d: %zu server(s), %zu socket record(s) in %llu ms",
+    netd_log(NETD_LOG_INFO,
+             "upgrade: took over from pid %d: %zu server(s), %zu socket record(s) in %llu ms",
              t.prev_pid, t.nservers, t.nsockets, (unsigned long long)ms);
     netd_notify("MAINPID=%d\nREADY=1\nSTATUS=serving (took over from pid %d)", (int)getpid(),
                 t.prev_pid);

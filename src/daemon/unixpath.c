@@ -25,8 +25,8 @@
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path))
 
 struct netd_unix_file {
-    int dirfd;     /* the directory the file was made in (O_PATH), whatever its name now */
-    dev_t dev;     /* the socket file netd made */
+    int dirfd; /* the directory the file was made in (O_PATH), whatever its name now */
+    dev_t dev; /* the socket file netd made */
     ino_t ino;
     char name[NAME_MAX + 1];
 };
@@ -57,8 +57,7 @@ static int split(const char *path, char *dir, size_t dirlen, char *base, size_t 
  * through the directory netd opened and checked, so a symlink swapped in afterwards cannot
  * send the socket elsewhere. Without /proc, the plain path (documented).
  */
-static socklen_t sun_in_dir(struct sockaddr_un *sa, int dirfd, const char *name,
-                            const char *path)
+static socklen_t sun_in_dir(struct sockaddr_un *sa, int dirfd, const char *name, const char *path)
 {
     memset(sa, 0, sizeof(*sa));
     sa->sun_family = AF_UNIX;
@@ -240,8 +239,8 @@ static int rename_noreplace(int dirfd, const char *from, const char *to)
     return 0;
 }
 
-int netd_unix_bind(const char *path, const netd_unix_opts_t *o, netd_unix_file_t **file,
-                   char *why, size_t whylen)
+int netd_unix_bind(const char *path, const netd_unix_opts_t *o, netd_unix_file_t **file, char *why,
+                   size_t whylen)
 {
     char dir[PATH_MAX], name[NAME_MAX + 1], tmp[NAME_MAX + 1];
     *file = NULL;

@@ -13,10 +13,10 @@
 
 /* What a non-blocking connect to a path finds (it never waits). */
 enum netd_unix_peer {
-    NETD_PEER_NONE,     /* no socket there (or not one we can reach) */
-    NETD_PEER_REFUSED,  /* a socket file nobody listens on: a leftover, perhaps */
-    NETD_PEER_ANSWERS,  /* a listener accepted at once */
-    NETD_PEER_BUSY      /* a listener whose backlog is full: it does not answer at once */
+    NETD_PEER_NONE,    /* no socket there (or not one we can reach) */
+    NETD_PEER_REFUSED, /* a socket file nobody listens on: a leftover, perhaps */
+    NETD_PEER_ANSWERS, /* a listener accepted at once */
+    NETD_PEER_BUSY     /* a listener whose backlog is full: it does not answer at once */
 };
 enum netd_unix_peer netd_unix_probe(const char *path);
 
@@ -27,7 +27,7 @@ typedef struct netd_unix_opts {
     const char *const *allowed; /* NULL: a trusted path (the config file); else the file's
                                    directory must be one of these or below one */
     size_t nallowed;
-    bool via_rename;            /* bind under a temporary name, then rename into place */
+    bool via_rename; /* bind under a temporary name, then rename into place */
 } netd_unix_opts_t;
 
 /* A socket file netd made: removed by netd_unix_file_remove while it still is that file. */
@@ -39,8 +39,8 @@ typedef struct netd_unix_file netd_unix_file_t;
  * leftover (a socket of our euid that refuses connections, in a directory only its owner
  * may write; such a leftover is removed), EACCES outside the allowed directories.
  */
-int netd_unix_bind(const char *path, const netd_unix_opts_t *o, netd_unix_file_t **file,
-                   char *why, size_t whylen);
+int netd_unix_bind(const char *path, const netd_unix_opts_t *o, netd_unix_file_t **file, char *why,
+                   size_t whylen);
 /* Removes the file if its directory entry still is the one netd made, and frees f. */
 void netd_unix_file_remove(netd_unix_file_t *f);
 /* Frees f and leaves the file alone (it went to another process with an upgrade). */

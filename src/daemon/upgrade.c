@@ -312,7 +312,8 @@ static void back_to_main(nd_loop_t *loop, void *arg)
         if (err)
             fail(u, "a worker could not export its connections: %s", nd_strerror(err));
         else if (busy)
-            fail(u, "%d connection(s) stayed busy (connecting, or an event owed) until the deadline",
+            fail(u,
+                 "%d connection(s) stayed busy (connecting, or an event owed) until the deadline",
                  busy);
         else
             send_all(u);
@@ -454,8 +455,8 @@ static int expect(upgrade_t *u, const char *type, netd_ho_msg_t *m)
     return 0;
 }
 
-static int send_or_fail(upgrade_t *u, json_t *msg, const void *payload, size_t plen,
-                        const int *fds, int nfds)
+static int send_or_fail(upgrade_t *u, json_t *msg, const void *payload, size_t plen, const int *fds,
+                        int nfds)
 {
     const char *t = json_string_value(json_object_get(msg, "t"));
     char type[32];
@@ -559,8 +560,9 @@ static json_t *server_record(upgrade_t *u, const netd_server_t *s)
         "baseDir", dir ? json_string(dir) : json_null(), "fromConfig", s->from_config,
         "inheritedFd", s->inherited_fd, "maxConnections", s->spec.max_connections, "timeout",
         (json_int_t)atomic_load(&s->timeout_ms), "balance", nd_balance_name(s->spec.balance),
-        "path", s->address.family == 0 && s->address.address[0] ? json_string(s->address.address)
-                                                                 : json_null(),
+        "path",
+        s->address.family == 0 && s->address.address[0] ? json_string(s->address.address)
+                                                        : json_null(),
         "counters", "accepted", (json_int_t)st.accepted, "rejected", (json_int_t)st.rejected,
         "handoffFailed", (json_int_t)st.handoff_failed, "acceptPaused",
         (json_int_t)st.accept_paused, "bytesReadClosed",
@@ -613,11 +615,10 @@ static int send_sockets(upgrade_t *u)
             }
             json_t *socks = json_array();
             for (int i = 0; i < it->n; i++)
-                json_array_append_new(socks, json_pack("{s:I, s:s, s:I}", "id",
-                                                       (json_int_t)it->ids[i], "role",
-                                                       it->roles[i] == NETD_ROLE_CLIENT ? "client"
-                                                                                        : "upstream",
-                                                       "ageMs", (json_int_t)it->age_ms[i]));
+                json_array_append_new(
+                    socks, json_pack("{s:I, s:s, s:I}", "id", (json_int_t)it->ids[i], "role",
+                                     it->roles[i] == NETD_ROLE_CLIENT ? "client" : "upstream",
+                                     "ageMs", (json_int_t)it->age_ms[i]));
             json_array_append_new(items, json_pack("{s:i, s:I, s:I, s:o}", "thread", w, "server",
                                                    (json_int_t)it->server, "len",
                                                    (json_int_t)it->ex.len, "socks", socks));
@@ -631,8 +632,8 @@ static int send_sockets(upgrade_t *u)
         }
     }
     if (rc == 0 && nfds > 0)
-        rc = send_batch(u, json_pack("{s:s, s:O}", "t", "sockets", "items", items), b.p, b.len,
-                        fds, nfds);
+        rc = send_batch(u, json_pack("{s:s, s:O}", "t", "sockets", "items", items), b.p, b.len, fds,
+                        nfds);
     json_decref(items);
     free(b.p);
     return rc;
@@ -656,12 +657,11 @@ static int send_clients(upgrade_t *u)
                 break;
         }
         netd_client_export_t *c = &u->clients[i];
-        json_array_append_new(items, json_pack("{s:I, s:I, s:b, s:b, s:i, s:b, s:O}", "len",
-                                               (json_int_t)c->ex.len, "unread",
-                                               (json_int_t)c->nunread, "watching", c->watching,
-                                               "eof", c->eof, "events", (int)c->events,
-                                               "requester", c->requester, "replyId",
-                                               c->reply_id ? c->reply_id : json_null()));
+        json_array_append_new(
+            items, json_pack("{s:I, s:I, s:b, s:b, s:i, s:b, s:O}", "len", (json_int_t)c->ex.len,
+                             "unread", (json_int_t)c->nunread, "watching", c->watching, "eof",
+                             c->eof, "events", (int)c->events, "requester", c->requester, "replyId",
+                             c->reply_id ? c->reply_id : json_null()));
         if (bytes_add(&b, c->ex.data, c->ex.len) != 0 ||
             (c->nunread && bytes_add(&b, c->unread, c->nunread) != 0)) {
             fail(u, "out of memory");
@@ -680,9 +680,9 @@ static void send_all(upgrade_t *u)
     netd_t *d = u->d;
     step(u, "exported");
     u->stage = U_SENDING;
-    json_t *begin = json_pack("{s:s, s:i, s:I, s:I, s:i, s:o}", "t", "begin", "pid",
-                              (int)getpid(), "nextId", (json_int_t)atomic_load(&d->next_id),
-                              "t0", (json_int_t)u->t0_wall, "threads", d->nworkers, "closed",
+    json_t *begin = json_pack("{s:s, s:i, s:I, s:I, s:i, s:o}", "t", "begin", "pid", (int)getpid(),
+                              "nextId", (json_int_t)atomic_load(&d->next_id), "t0",
+                              (json_int_t)u->t0_wall, "threads", d->nworkers, "closed",
                               netd_stats_closed_json(d));
     if (send_or_fail(u, begin, NULL, 0, NULL, 0) != 0)
         return;
@@ -725,7 +725,7 @@ static void export_all(upgrade_t *u)
     size_t n = 0;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        n++;
+    n++;
     u->srv = calloc(n ? n : 1, sizeof(*u->srv));
     u->rp = calloc(n ? n : 1, sizeof(netd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     u->slots = calloc((size_t)d->nworkers, sizeof(*u->slots));
@@ -764,8 +764,8 @@ static bool settled(upgrade_t *u)
         return false;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        if (s->state != NETD_SRV_LISTENING)
-            return false;
+    if (s->state != NETD_SRV_LISTENING)
+        return false;
     return true;
 }
 
@@ -874,11 +874,11 @@ void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned
     char msg[512];
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-        if (s->state == NETD_SRV_CLOSING && !why) {
-            snprintf(msg, sizeof(msg), "server %s is closing: upgrade once it has closed",
-                     s->spec.name);
-            why = msg;
-        }
+    if (s->state == NETD_SRV_CLOSING && !why) {
+        snprintf(msg, sizeof(msg), "server %s is closing: upgrade once it has closed",
+                 s->spec.name);
+        why = msg;
+    }
     const char *exe = exec ? exec : d->exe;
     if (d->upgrade) {
         why = "an upgrade is already in progress";
@@ -945,7 +945,8 @@ void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned
     u->ch_ev = event_new(nd_loop_base(d->loop), u->ch, EV_READ | EV_PERSIST, on_channel, u);
     u->timer = evtimer_new(nd_loop_base(d->loop), on_timer, u);
     struct timeval tv = {timeout_ms / 1000, (suseconds_t)(timeout_ms % 1000) * 1000};
-    if (!u->ch_ev || !u->timer || event_add(u->ch_ev, NULL) != 0 || evtimer_add(u->timer, &tv) != 0) {
+    if (!u->ch_ev || !u->timer || event_add(u->ch_ev, NULL) != 0 ||
+        evtimer_add(u->timer, &tv) != 0) {
         fail(u, "out of memory");
         return;
     }

@@ -137,8 +137,8 @@ static void on_idle(void *sock, const nd_event_t *ev, void *arg)
     netd_conn_t *c = arg;
     atomic_fetch_add(&c->worker->idle_timeouts, 1);
     netd_obs_end(c, NETD_END_TIMEOUT);
-    netd_log(NETD_LOG_DEBUG, "socket %llu idle for %u ms: destroyed",
-             (unsigned long long)c->id, atomic_load(&c->server->timeout_ms));
+    netd_log(NETD_LOG_DEBUG, "socket %llu idle for %u ms: destroyed", (unsigned long long)c->id,
+             atomic_load(&c->server->timeout_ms));
     nd_socket_destroy(sock);
 }
 
@@ -272,8 +272,8 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id)
 {
     netd_conn_t *c;
     TAILQ_FOREACH(c, &w->conns, link)
-        if (c->id == id)
-            return c;
+    if (c->id == id)
+        return c;
     return NULL;
 }
 
@@ -297,7 +297,8 @@ static void sweep(evutil_socket_t fd, short what, void *arg)
         if (queued > 0 && queued >= limit && nd_socket_idle_ms(c->sock) >= stall_ms) {
             atomic_fetch_add(&w->slow_destroyed, 1);
             netd_obs_end(c, NETD_END_SLOW);
-            netd_log(NETD_LOG_WARN, "socket %llu: %zu bytes queued, no progress for %u ms: destroyed",
+            netd_log(NETD_LOG_WARN,
+                     "socket %llu: %zu bytes queued, no progress for %u ms: destroyed",
                      (unsigned long long)c->id, queued, stall_ms);
             nd_socket_destroy(c->sock);
         }
@@ -505,18 +506,16 @@ json_t *netd_sockinfo_json(const netd_sockinfo_t *i)
 {
     bool ip = i->remote_address[0] != '\0';
     bool lip = i->local_address[0] != '\0';
-    return json_pack("{s:I, s:I, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
-                     "id", (json_int_t)i->id, "server", (json_int_t)i->server, "serverName",
-                     i->server_name, "thread",
-                     i->thread, "remoteAddress",
-                     ip ? json_string(i->remote_address) : json_null(), "remotePort",
-                     ip ? json_integer(i->remote_port) : json_null(), "remoteFamily",
-                     ip ? json_string(nd_family_name(i->remote_family)) : json_null(),
-                     "localAddress", lip ? json_string(i->local_address) : json_null(),
-                     "localPort", lip ? json_integer(i->local_port) : json_null(), "bytesRead",
-                     (json_int_t)i->bytes_read, "bytesWritten", (json_int_t)i->bytes_written,
-                     "bufferSize", (json_int_t)i->buffer_size, "ageMs", (json_int_t)i->age_ms,
-                     "idleMs", (json_int_t)i->idle_ms, "state",
-                     i->moving ? "moving" : i->state, "role",
-                     i->role == NETD_ROLE_CLIENT ? "client" : "upstream");
+    return json_pack(
+        "{s:I, s:I, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:s, s:s}", "id",
+        (json_int_t)i->id, "server", (json_int_t)i->server, "serverName", i->server_name, "thread",
+        i->thread, "remoteAddress", ip ? json_string(i->remote_address) : json_null(), "remotePort",
+        ip ? json_integer(i->remote_port) : json_null(), "remoteFamily",
+        ip ? json_string(nd_family_name(i->remote_family)) : json_null(), "localAddress",
+        lip ? json_string(i->local_address) : json_null(), "localPort",
+        lip ? json_integer(i->local_port) : json_null(), "bytesRead", (json_int_t)i->bytes_read,
+        "bytesWritten", (json_int_t)i->bytes_written, "bufferSize", (json_int_t)i->buffer_size,
+        "ageMs", (json_int_t)i->age_ms, "idleMs", (json_int_t)i->idle_ms, "state",
+        i->moving ? "moving" : i->state, "role",
+        i->role == NETD_ROLE_CLIENT ? "client" : "upstream");
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Socket addresses: nd_address_t from a sockaddr, sockaddrs from IP literals and unix
  * paths, and the descriptor flags every socket of the library gets.

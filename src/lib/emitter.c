@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Event listeners of servers and sockets: several per event, called in the order they
  * were added, one-shot listeners, and removal that is safe from inside an emit.
@@ -24,8 +25,7 @@ static void compact(nd__emitter_t *em)
     em->n = j;
 }
 
-int nd__emitter_on(nd__emitter_t *em, nd_event_type_t type, nd_listener_fn fn, void *arg,
-                   bool once)
+int nd__emitter_on(nd__emitter_t *em, nd_event_type_t type, nd_listener_fn fn, void *arg, bool once)
 {
     if (!fn || (unsigned)type >= ND_EV__COUNT)
         return -EINVAL;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Buffer encodings: the growable string buffer, encoding names, the streaming decoder
  * behind setEncoding() and the encoders behind write(string, encoding).
@@ -15,9 +16,11 @@
 
 int nd__strbuf_reserve(nd__strbuf_t *b, size_t extra)
 {
-    if (extra > SIZE_MAX - 1 - b->len) return -ENOMEM;
+    if (extra > SIZE_MAX - 1 - b->len)
+        return -ENOMEM;
     size_t need = b->len + extra + 1;
-    if (need <= b->cap) return 0;
+    if (need <= b->cap)
+        return 0;
     /* Doubling keeps a stream of appends amortised O(1) and, once the buffer has seen
      * the largest chunk, steady state never reallocates. */
     size_t cap = b->cap ? b->cap : 64;
@@ -29,8 +32,10 @@ int nd__strbuf_reserve(nd__strbuf_t *b, size_t extra)
         cap *= 2;
     }
     char *p = realloc(b->ptr, cap);
-    if (p == NULL) return -ENOMEM;
-    if (b->ptr == NULL) p[0] = '\0'; /* a fresh buffer must already read as "" */
+    if (p == NULL)
+        return -ENOMEM;
+    if (b->ptr == NULL)
+        p[0] = '\0'; /* a fresh buffer must already read as "" */
     b->ptr = p;
     b->cap = cap;
     return 0;
@@ -49,7 +54,8 @@ static inline int sb_put(nd__strbuf_t *b, const void *p, size_t n)
 {
     if (n > b->cap - b->len - 1) {
         int rc = nd__strbuf_reserve(b, n);
-        if (rc < 0) return rc;
+        if (rc < 0)
+            return rc;
     }
     memcpy(b->ptr + b->len, p, n);
     b->len += n;
@@ -61,7 +67,8 @@ static const char replacement[3] = {'\xEF', '\xBF', '\xBD'}; /* U+FFFD */
 /* Worst-case output sizes are products of the input length; refuse rather than wrap. */
 static int mul_ok(size_t a, size_t b, size_t *out)
 {
-    if (b != 0 && a > SIZE_MAX / b) return 0;
+    if (b != 0 && a > SIZE_MAX / b)
+        return 0;
     *out = a * b;
     return 1;
 }
@@ -73,9 +80,12 @@ static int name_eq(const char *a, const char *b)
 {
     for (;; a++, b++) {
         char c = *a;
-        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
-        if (c != *b) return 0;
-        if (c == '\0') return 1;
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != *b)
+            return 0;
+        if (c == '\0')
+            return 1;
     }
 }
 
@@ -91,9 +101,11 @@ int nd__encoding_parse(const char *name)
         {"latin1", ND_ENC_LATIN1},    {"binary", ND_ENC_LATIN1},
     };
     /* Node treats an empty encoding like a missing one (v0.10's `encoding || 'utf8'`). */
-    if (name == NULL || name[0] == '\0') return ND_ENC_UTF8;
+    if (name == NULL || name[0] == '\0')
+        return ND_ENC_UTF8;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (name_eq(name, names[i].name)) return names[i].enc;
+        if (name_eq(name, names[i].name))
+            return names[i].enc;
     return ND_EENCODING;
 }
 
@@ -113,7 +125,8 @@ static inline int utf8_seq(const unsigned char *s, size_t n)
     unsigned char lo = 0x80, hi = 0xBF;
     size_t need;
 
-    if (b < 0x80) return 1;
+    if (b < 0x80)
+        return 1;
     if (b >= 0xC2 && b <= 0xDF) {
         need = 2;
     } else if (b >= 0xE0 && b <= 0xEF) {
@@ -132,8 +145,10 @@ static inline int utf8_seq(const unsigned char *s, size_t n)
         return -1;
     }
     for (size_t i = 1; i < need; i++) {
-        if (i >= n) return 0;
-        if (s[i] < lo || s[i] > hi) return -(int)i;
+        if (i >= n)
+            return 0;
+        if (s[i] < lo || s[i] > hi)
+            return -(int)i;
         lo = 0x80;
         hi = 0xBF;
     }
@@ -188,7 +203,8 @@ static inline size_t ascii_run(const unsigned char *s, size_t n)
     while (n - i >= 8) {
         uint64_t w;
         memcpy(&w, s + i, sizeof(w));
-        if (w & UINT64_C(0x8080808080808080)) break;
+        if (w & UINT64_C(0x8080808080808080))
+            break;
         i += 8;
     }
     while (i < n && s[i] < 0x80)
@@ -204,7 +220,8 @@ static int dec_utf8(nd__decoder_t *d, const unsigned char *in, size_t len, nd__s
     int rc;
 
     /* Well-formed input never grows; only replacements can, and sb_put covers those. */
-    if ((rc = nd__strbuf_reserve(out, len + d->npartial)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, len + d->npartial)) < 0)
+        return rc;
 
     if (d->npartial) {
         /* Finish the held-back character from the front of this chunk. */
@@ -222,10 +239,12 @@ static int dec_utf8(nd__decoder_t *d, const unsigned char *in, size_t len, nd__s
         }
         d->npartial = 0;
         if (r > 0) {
-            if ((rc = sb_put(out, tmp, (size_t)r)) < 0) return rc;
+            if ((rc = sb_put(out, tmp, (size_t)r)) < 0)
+                return rc;
             i = (size_t)r - np;
         } else {
-            if ((rc = sb_put(out, replacement, 3)) < 0) return rc;
+            if ((rc = sb_put(out, replacement, 3)) < 0)
+                return rc;
             /* The held bytes were a valid prefix, so the bad byte lies in this chunk at
              * or after its start; it gets re-examined as a fresh lead. */
             i = (size_t)(-r) - np;
@@ -235,19 +254,22 @@ static int dec_utf8(nd__decoder_t *d, const unsigned char *in, size_t len, nd__s
     size_t span = i; /* start of the well-formed run not yet copied */
     while (i < len) {
         i += ascii_run(in + i, len - i);
-        if (i == len) break;
+        if (i == len)
+            break;
         int r = utf8_seq(in + i, len - i);
         if (r > 0) {
             i += (size_t)r;
             continue;
         }
-        if ((rc = sb_put(out, in + span, i - span)) < 0) return rc;
+        if ((rc = sb_put(out, in + span, i - span)) < 0)
+            return rc;
         if (r == 0) {
             memcpy(d->partial, in + i, len - i);
             d->npartial = (unsigned)(len - i);
             return 0;
         }
-        if ((rc = sb_put(out, replacement, 3)) < 0) return rc;
+        if ((rc = sb_put(out, replacement, 3)) < 0)
+            return rc;
         i += (size_t)(-r);
         span = i;
     }
@@ -260,15 +282,18 @@ static int dec_utf16le(nd__decoder_t *d, const unsigned char *in, size_t len, nd
      * surrogate, or half of a pair's 4. */
     size_t bound;
     int rc;
-    if (!mul_ok((d->npartial + len) / 2, 3, &bound)) return -ENOMEM;
-    if ((rc = nd__strbuf_reserve(out, bound)) < 0) return rc;
+    if (!mul_ok((d->npartial + len) / 2, 3, &bound))
+        return -ENOMEM;
+    if ((rc = nd__strbuf_reserve(out, bound)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
 
     /* Held state is [high surrogate, 2 bytes][odd byte]; either part may be absent. */
     unsigned high = 0; /* never a valid surrogate value, so 0 means none */
     int have_odd = 0;
     unsigned char odd = 0;
-    if (d->npartial >= 2) high = d->partial[0] | ((unsigned)d->partial[1] << 8);
+    if (d->npartial >= 2)
+        high = d->partial[0] | ((unsigned)d->partial[1] << 8);
     if (d->npartial & 1) {
         have_odd = 1;
         odd = d->partial[d->npartial - 1];
@@ -278,12 +303,14 @@ static int dec_utf16le(nd__decoder_t *d, const unsigned char *in, size_t len, nd
     for (;;) {
         unsigned u;
         if (have_odd) {
-            if (i >= len) break;
+            if (i >= len)
+                break;
             u = odd | ((unsigned)in[i] << 8);
             i++;
             have_odd = 0;
         } else {
-            if (len - i < 2) break;
+            if (len - i < 2)
+                break;
             u = in[i] | ((unsigned)in[i + 1] << 8);
             i += 2;
         }
@@ -335,15 +362,18 @@ static int dec_base64(nd__decoder_t *d, const unsigned char *in, size_t len, nd_
 {
     size_t bound;
     int rc;
-    if (!mul_ok((d->npartial + len) / 3, 4, &bound)) return -ENOMEM;
-    if ((rc = nd__strbuf_reserve(out, bound)) < 0) return rc;
+    if (!mul_ok((d->npartial + len) / 3, 4, &bound))
+        return -ENOMEM;
+    if ((rc = nd__strbuf_reserve(out, bound)) < 0)
+        return rc;
     char *o = out->ptr + out->len;
     size_t i = 0;
 
     if (d->npartial) {
         while (d->npartial < 3 && i < len)
             d->partial[d->npartial++] = in[i++];
-        if (d->npartial < 3) return 0;
+        if (d->npartial < 3)
+            return 0;
         b64_group(o, d->partial);
         o += 4;
         d->npartial = 0;
@@ -361,8 +391,10 @@ static int dec_hex(const unsigned char *in, size_t len, nd__strbuf_t *out)
     static const char digits[] = "0123456789abcdef";
     size_t bound;
     int rc;
-    if (!mul_ok(len, 2, &bound)) return -ENOMEM;
-    if ((rc = nd__strbuf_reserve(out, bound)) < 0) return rc;
+    if (!mul_ok(len, 2, &bound))
+        return -ENOMEM;
+    if ((rc = nd__strbuf_reserve(out, bound)) < 0)
+        return rc;
     char *o = out->ptr + out->len;
     for (size_t i = 0; i < len; i++) {
         *o++ = digits[in[i] >> 4];
@@ -375,7 +407,8 @@ static int dec_hex(const unsigned char *in, size_t len, nd__strbuf_t *out)
 static int dec_ascii(const unsigned char *in, size_t len, nd__strbuf_t *out)
 {
     int rc;
-    if ((rc = nd__strbuf_reserve(out, len)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, len)) < 0)
+        return rc;
     char *o = out->ptr + out->len;
     for (size_t i = 0; i < len; i++)
         o[i] = (char)(in[i] & 0x7F);
@@ -387,8 +420,10 @@ static int dec_latin1(const unsigned char *in, size_t len, nd__strbuf_t *out)
 {
     size_t bound;
     int rc;
-    if (!mul_ok(len, 2, &bound)) return -ENOMEM;
-    if ((rc = nd__strbuf_reserve(out, bound)) < 0) return rc;
+    if (!mul_ok(len, 2, &bound))
+        return -ENOMEM;
+    if ((rc = nd__strbuf_reserve(out, bound)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = in[i];
@@ -416,7 +451,8 @@ int nd__decoder_write(nd__decoder_t *d, const unsigned char *in, size_t len, nd_
     nd__decoder_t saved = *d;
     size_t start = out->len;
     int rc = nd__strbuf_reserve(out, 0);
-    if (rc < 0) return rc;
+    if (rc < 0)
+        return rc;
 
     if (len > 0) {
         switch (d->enc) {
@@ -480,7 +516,8 @@ int nd__decoder_end(nd__decoder_t *d, nd__strbuf_t *out)
             memcpy(g, d->partial, d->npartial);
             b64_group(tail, g);
             tail[3] = '=';
-            if (d->npartial == 1) tail[2] = '=';
+            if (d->npartial == 1)
+                tail[2] = '=';
             n = 4;
         }
         break;
@@ -488,7 +525,8 @@ int nd__decoder_end(nd__decoder_t *d, nd__strbuf_t *out)
         break;
     }
 
-    if ((rc = nd__strbuf_reserve(out, n)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, n)) < 0)
+        return rc;
     memcpy(out->ptr + out->len, tail, n);
     out->len += n;
     out->ptr[out->len] = '\0';
@@ -504,8 +542,10 @@ static int enc_utf16le(const unsigned char *s, size_t len, nd__strbuf_t *out)
      * worst; a 4-byte sequence becomes a 4-byte pair). */
     size_t bound;
     int rc;
-    if (!mul_ok(len, 2, &bound)) return -ENOMEM;
-    if ((rc = nd__strbuf_reserve(out, bound)) < 0) return rc;
+    if (!mul_ok(len, 2, &bound))
+        return -ENOMEM;
+    if ((rc = nd__strbuf_reserve(out, bound)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
     size_t i = 0;
     while (i < len) {
@@ -539,7 +579,8 @@ static int enc_utf16le(const unsigned char *s, size_t len, nd__strbuf_t *out)
 static int enc_latin1(const unsigned char *s, size_t len, nd__strbuf_t *out)
 {
     int rc;
-    if ((rc = nd__strbuf_reserve(out, len)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, len)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
     size_t i = 0;
     while (i < len) {
@@ -547,7 +588,8 @@ static int enc_latin1(const unsigned char *s, size_t len, nd__strbuf_t *out)
         memcpy(o, s + i, run);
         o += run;
         i += run;
-        if (i == len) break;
+        if (i == len)
+            break;
         uint32_t cp;
         int r = utf8_seq(s + i, len - i);
         if (r > 0) {
@@ -571,22 +613,27 @@ static int enc_latin1(const unsigned char *s, size_t len, nd__strbuf_t *out)
 
 static int hex_val(unsigned char c)
 {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
     return -1;
 }
 
 static int enc_hex(const unsigned char *s, size_t len, nd__strbuf_t *out)
 {
     int rc;
-    if ((rc = nd__strbuf_reserve(out, len / 2)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, len / 2)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
     /* Node keeps the bytes decoded before the first bad pair and drops an odd last
      * digit rather than failing the whole write. */
     for (size_t i = 0; i + 1 < len; i += 2) {
         int hi = hex_val(s[i]), lo = hex_val(s[i + 1]);
-        if (hi < 0 || lo < 0) break;
+        if (hi < 0 || lo < 0)
+            break;
         *o++ = (unsigned char)((hi << 4) | lo);
     }
     out->len = (size_t)((char *)o - out->ptr);
@@ -595,27 +642,35 @@ static int enc_hex(const unsigned char *s, size_t len, nd__strbuf_t *out)
 
 static int b64_val(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+' || c == '-')
+        return 62;
+    if (c == '/' || c == '_')
+        return 63;
     return -1;
 }
 
 static int enc_base64(const unsigned char *s, size_t len, nd__strbuf_t *out)
 {
     int rc;
-    if ((rc = nd__strbuf_reserve(out, len / 4 * 3 + 2)) < 0) return rc;
+    if ((rc = nd__strbuf_reserve(out, len / 4 * 3 + 2)) < 0)
+        return rc;
     unsigned char *o = (unsigned char *)out->ptr + out->len;
     uint32_t acc = 0;
     unsigned nbits = 0;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '=') break;
+        if (s[i] == '=')
+            break;
         int v = b64_val(s[i]);
         /* Node's decoder skips every character outside both alphabets, not only
          * whitespace, so we do too. */
-        if (v < 0) continue;
+        if (v < 0)
+            continue;
         acc = (acc << 6) | (uint32_t)v;
         nbits += 6;
         if (nbits >= 8) {
@@ -633,7 +688,8 @@ int nd__encode(nd__encoding_t enc, const char *str, size_t len, nd__strbuf_t *ou
 {
     const unsigned char *s = (const unsigned char *)str;
     int rc = nd__strbuf_reserve(out, 0);
-    if (rc < 0) return rc;
+    if (rc < 0)
+        return rc;
 
     /* Each encoder reserves its worst case up front, so a failure leaves out as it was. */
     if (len > 0) {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * String encodings of the library (Node's Buffer encodings) and the streaming decoder
  * behind setEncoding(). Strings on the C side are UTF-8; bytes are bytes.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The one table of error names and messages: errno values by their symbolic name, and
  * libnetd's own ND_E* codes for conditions that are not errnos.
@@ -10,6 +11,7 @@
 #include <string.h>
 
 /* Every errno a socket library can meet; the name is what Node puts in err.code. */
+/* clang-format off */
 #define ND__SYS_ERRNO_MAP(X)                                                                 \
     X(EPERM) X(ENOENT) X(ESRCH) X(EINTR) X(EIO) X(ENXIO) X(E2BIG) X(ENOEXEC) X(EBADF)        \
     X(ECHILD) X(EAGAIN) X(ENOMEM) X(EACCES) X(EFAULT) X(EBUSY) X(EEXIST) X(EXDEV) X(ENODEV)  \
@@ -23,19 +25,20 @@
     X(ECONNRESET) X(ENOBUFS) X(EISCONN) X(ENOTCONN) X(ESHUTDOWN) X(ETOOMANYREFS)             \
     X(ETIMEDOUT) X(ECONNREFUSED) X(EHOSTDOWN) X(EHOSTUNREACH) X(EALREADY) X(EINPROGRESS)     \
     X(ESTALE) X(EDQUOT) X(ECANCELED) X(EOWNERDEAD) X(ENOTRECOVERABLE)
+/* clang-format on */
 
 ND_EXPORT const char *nd_err_name(int code)
 {
     if (code > 0)
         code = -code;
     switch (code) {
-#define ND__SYS_CASE(e)                                                                      \
-    case -(e):                                                                               \
+#define ND__SYS_CASE(e)                                                                            \
+    case -(e):                                                                                     \
         return #e;
         ND__SYS_ERRNO_MAP(ND__SYS_CASE)
 #undef ND__SYS_CASE
-#define ND__OWN_CASE(name, value, msg)                                                       \
-    case (value):                                                                            \
+#define ND__OWN_CASE(name, value, msg)                                                             \
+    case (value):                                                                                  \
         return #name;
         ND_ERRNO_MAP(ND__OWN_CASE)
 #undef ND__OWN_CASE
@@ -49,8 +52,8 @@ ND_EXPORT const char *nd_strerror(int code)
     if (code > 0)
         code = -code;
     switch (code) {
-#define ND__OWN_CASE(name, value, msg)                                                       \
-    case (value):                                                                            \
+#define ND__OWN_CASE(name, value, msg)                                                             \
+    case (value):                                                                                  \
         return msg;
         ND_ERRNO_MAP(ND__OWN_CASE)
 #undef ND__OWN_CASE

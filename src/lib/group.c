@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Server groups: one owner-side server and a worker-side server per member loop, the
  * messages between their threads (create, free, listen and its reply, stop listening,
@@ -54,8 +55,7 @@ static void member_req_init(member_req_t *r, nd__group_t *g, int index)
     r->index = index;
 }
 
-static void member_req_post(member_req_t *r, void (*fn)(nd_loop_t *, void *),
-                            void (*drop)(void *))
+static void member_req_post(member_req_t *r, void (*fn)(nd_loop_t *, void *), void (*drop)(void *))
 {
     hold(r->g);
     nd__loop_post_node(r->g->m[r->index].loop, &r->node, fn, r, drop);
@@ -287,8 +287,7 @@ void nd__group_handoff_lost(nd__group_t *g, int index, int fd)
 
 ND_EXPORT nd_server_t *nd_server_new_group(nd_loop_t *owner, const nd_server_options_t *opts,
                                            nd_loop_t *const *workers, int nworkers,
-                                           nd_balance_t balance, nd_worker_init_fn init,
-                                           void *arg)
+                                           nd_balance_t balance, nd_worker_init_fn init, void *arg)
 {
     if (!owner || !workers || nworkers <= 0 || (unsigned)balance > ND_BALANCE_REUSEPORT) {
         errno = EINVAL;
@@ -478,7 +477,7 @@ typedef struct listen_req {
                      closed if the message is dropped */
     char ip[64];  /* reuseport without fd: the address to bind */
     int port, backlog;
-    int err;      /* the answer: 0 or -errno */
+    int err; /* the answer: 0 or -errno */
 } listen_req_t;
 
 static void listen_req_drop(void *arg)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The handle base (nd__handle_*) that servers and sockets embed: membership in the loop's
  * handle list, deferred work bits, the loop's alive count, and the reference count.

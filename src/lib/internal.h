@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Internal tier of libnetd (nd__ prefix): the handle base shared by servers and sockets,
  * the emitter, the loop's pending queue and ref accounting, and the struct layouts.
@@ -64,14 +65,14 @@
 #define ND_EXPORT __attribute__((visibility("default")))
 
 #define ND__DEFAULT_BACKLOG 511
-#define ND__HOST_MAX 256         /* a host name given to connect or listen, with its NUL */
-#define ND__READ_CHUNK 65536     /* one read; Node's slab size */
+#define ND__HOST_MAX 256     /* a host name given to connect or listen, with its NUL */
+#define ND__READ_CHUNK 65536 /* one read; Node's slab size */
 /* A piped socket whose reads bring at least this many bytes splices its next ones, until a
  * read brings less than a quarter of it (small messages are cheaper copied). */
 #define ND__SPLICE_MIN 16384
-#define ND__PIPE_POOL 8          /* empty splice pipes a loop keeps for reuse */
-#define ND__READS_PER_WAKE 8     /* fairness cap for reads per readiness callback */
-#define ND__ACCEPTS_PER_WAKE 64  /* fairness cap for accepts per readiness callback */
+#define ND__PIPE_POOL 8         /* empty splice pipes a loop keeps for reuse */
+#define ND__READS_PER_WAKE 8    /* fairness cap for reads per readiness callback */
+#define ND__ACCEPTS_PER_WAKE 64 /* fairness cap for accepts per readiness callback */
 /* Node's default highWaterMark of a net.Socket, both ways: input read while nobody consumes
  * it stops at this many bytes; a write while connecting returns true below it. */
 #define ND__READ_HWM 16384
@@ -140,10 +141,10 @@ typedef struct nd__handle nd__handle_t;
 struct nd__handle {
     nd_loop_t *loop;
     uint8_t kind;
-    bool user_ref;   /* ref()/unref() */
-    bool counted;    /* currently counted in loop->alive */
-    bool owned;      /* the library's reference: dropped after 'close' has run */
-    unsigned refcnt; /* owned + holds + dispatch guards; freed at 0 */
+    bool user_ref;    /* ref()/unref() */
+    bool counted;     /* currently counted in loop->alive */
+    bool owned;       /* the library's reference: dropped after 'close' has run */
+    unsigned refcnt;  /* owned + holds + dispatch guards; freed at 0 */
     uint32_t pending; /* kind-specific bits of deferred work */
     nd__emitter_t em;
     void *data;
@@ -189,7 +190,7 @@ typedef struct nd__msg nd__msg_t;
 struct nd__msg {
     void (*fn)(nd_loop_t *loop, void *arg);
     void *arg;
-    bool owned;             /* allocated by nd_loop_post, freed after fn */
+    bool owned;              /* allocated by nd_loop_post, freed after fn */
     void (*drop)(void *arg); /* if the loop is freed before fn ran; may be NULL */
     STAILQ_ENTRY(nd__msg) link;
 };
@@ -202,9 +203,8 @@ typedef struct nd__loop_stats {
 } nd__loop_stats_t;
 
 /* Single-writer counter update: no locked instruction on the hot path. */
-#define ND__STAT_ADD(field, n)                                                               \
-    atomic_store_explicit(&(field),                                                          \
-                          atomic_load_explicit(&(field), memory_order_relaxed) + (n),        \
+#define ND__STAT_ADD(field, n)                                                                     \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),    \
                           memory_order_relaxed)
 
 struct nd_loop {
@@ -217,9 +217,9 @@ struct nd_loop {
      * again (run_pending runs last, see nd__loop_awake): posts need not write the eventfd.
      * Written by the loop's thread, read by posters under mb_lock. */
     _Atomic bool mb_awake;
-    bool awake;           /* loop thread: mb_awake as last set */
-    unsigned mb_credit;   /* loop thread: wakes left that use mb_awake since the last message */
-    int mb_fd;         /* eventfd */
+    bool awake;         /* loop thread: mb_awake as last set */
+    unsigned mb_credit; /* loop thread: wakes left that use mb_awake since the last message */
+    int mb_fd;          /* eventfd */
     struct event mb_ev;
     _Atomic int remote_refs;
     nd__loop_stats_t stats;
@@ -229,7 +229,7 @@ struct nd_loop {
     bool running;
     bool freeing;
     bool stop_when_drained; /* nd_thread_stop: finish what is pending, then return */
-    int alive;     /* active ref'd handles + application refs */
+    int alive;              /* active ref'd handles + application refs */
     int nhandles;
     struct nd__handle_list handles;
     struct nd__handle_list pending;
@@ -237,8 +237,8 @@ struct nd_loop {
     STAILQ_HEAD(, nd__defer) defers;
     struct evdns_base *dns;
     char nameserver[64];
-    unsigned char *scratch; /* ND__READ_CHUNK bytes for reads: no allocation per read */
-    uint64_t io_now_us;     /* the cached clock of the socket I/O callback running, or 0:
+    unsigned char *scratch;      /* ND__READ_CHUNK bytes for reads: no allocation per read */
+    uint64_t io_now_us;          /* the cached clock of the socket I/O callback running, or 0:
                                taken once per callback, not once per read and per write */
     int pipes[ND__PIPE_POOL][2]; /* empty splice pipes (read end, write end) */
     int npipes;
@@ -308,7 +308,6 @@ void nd__server_connection_closed(nd_server_t *s);
 /* A socket imported from another process joins s's count (not its accepted total). */
 void nd__server_connection_imported(nd_server_t *s);
 
-
 /* Server groups (group.c): moving a socket between members of its group. */
 typedef struct nd__group nd__group_t;
 /* The member index of `target` in ws's group, or -EXDEV. */
@@ -328,8 +327,8 @@ void nd__server_emit_adopt(nd_server_t *ws, nd_socket_t *sock);
  * ND_EDNS. IP literals and "localhost" are answered without a query. */
 typedef void (*nd__resolve_cb)(void *arg, int err, const char *ip, int family);
 typedef struct nd__resolve nd__resolve_t;
-nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
-                                 nd__resolve_cb cb, void *arg);
+nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family, nd__resolve_cb cb,
+                                 void *arg);
 /* The callback will not run. Safe until the callback has run. */
 void nd__resolve_cancel(nd__resolve_t *r);
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The loop: one event_base, the pending queue that makes every event asynchronous, the ref
  * accounting behind Node's exit rule, the mailbox between threads, and the per-loop read
@@ -329,9 +330,8 @@ void nd__loop_post_node(nd_loop_t *loop, nd__msg_t *node, void (*fn)(nd_loop_t *
 _Static_assert(sizeof(nd__msg_t) <= sizeof(nd_msg_t), "nd_msg_t must hold a mailbox node");
 _Static_assert(_Alignof(nd__msg_t) <= _Alignof(nd_msg_t), "nd_msg_t must align a mailbox node");
 
-ND_EXPORT void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg,
-                                void (*fn)(nd_loop_t *, void *), void *arg,
-                                void (*drop)(void *arg))
+ND_EXPORT void nd_loop_post_msg(nd_loop_t *loop, nd_msg_t *msg, void (*fn)(nd_loop_t *, void *),
+                                void *arg, void (*drop)(void *arg))
 {
     nd__loop_post_node(loop, (nd__msg_t *)(void *)msg, fn, arg, drop);
 }
@@ -342,8 +342,7 @@ static void post_node(nd_loop_t *loop, nd__msg_t *m)
     STAILQ_INSERT_TAIL(&loop->mb_queue, m, link);
     /* One wake per batch: the loop drains everything queued when it wakes. None while it
      * is busy: it looks at the queue before it waits again. */
-    bool wake = !loop->mb_signalled &&
-                !atomic_load_explicit(&loop->mb_awake, memory_order_relaxed);
+    bool wake = !loop->mb_signalled && !atomic_load_explicit(&loop->mb_awake, memory_order_relaxed);
     if (wake)
         loop->mb_signalled = true;
     pthread_mutex_unlock(&loop->mb_lock);
@@ -407,9 +406,7 @@ static void run_messages(nd_loop_t *loop, struct nd__msg_list *batch)
     }
 }
 
-static void nop_msg(nd_loop_t *loop, void *arg)
-{
-}
+static void nop_msg(nd_loop_t *loop, void *arg) {}
 
 ND_EXPORT void nd_loop_ref_mp(nd_loop_t *loop)
 {

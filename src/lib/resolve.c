@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The loop's resolver: its evdns base (created on first use, or for the nameserver a test
  * names) and nd__resolve, which answers a host name with one IP literal on a later turn.
@@ -103,8 +104,8 @@ static void resolve_got(int result, struct evutil_addrinfo *res, void *arg)
     nd__loop_defer_node(r->loop, &r->node, resolve_complete, r, free);
 }
 
-nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
-                                 nd__resolve_cb cb, void *arg)
+nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family, nd__resolve_cb cb,
+                                 void *arg)
 {
     nd__resolve_t *r = calloc(1, sizeof(*r));
     if (!r)
@@ -132,8 +133,8 @@ nd__resolve_t *nd__resolve_start(nd_loop_t *loop, const char *host, int family,
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_protocol = IPPROTO_TCP;
         /* evdns may have answered (and deferred) before this returns: r->req is then NULL. */
-        struct evdns_getaddrinfo_request *req =
-            evdns_getaddrinfo(dns, host, NULL, &hints, resolve_got, r);
+        struct evdns_getaddrinfo_request *req = evdns_getaddrinfo(dns, host, NULL, &hints,
+                                                                  resolve_got, r);
         if (req)
             r->req = req;
         return r;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nd_server_t: net.Server. Owns the listening descriptor, accepts connections, counts
  * them, and emits listening / connection / error / close on later loop turns: the life of
@@ -444,8 +445,7 @@ ND_EXPORT int nd_server_listen_handle(nd_server_t *s, const nd_server_t *other, 
     return listen_dup(s, other->fd, backlog);
 }
 
-ND_EXPORT int nd_server_listen_socket_handle(nd_server_t *s, const nd_socket_t *sock,
-                                             int backlog)
+ND_EXPORT int nd_server_listen_socket_handle(nd_server_t *s, const nd_socket_t *sock, int backlog)
 {
     if (!s || !sock)
         return -EINVAL;
@@ -657,9 +657,8 @@ static void accept_some(nd_server_t *s)
     int nbatch = 0;
     nd__loop_awake(s->h.loop);
     /* worker_accepts: the acceptor's wake is one unit against an export (see held). */
-    pthread_mutex_t *lock = s->group && s->group->shared && s->index >= 0
-                                ? &s->group->accept_lock
-                                : NULL;
+    pthread_mutex_t *lock = s->group && s->group->shared && s->index >= 0 ? &s->group->accept_lock
+                                                                          : NULL;
     if (lock) {
         pthread_mutex_lock(lock);
         if (atomic_load(&s->group->accept_gen) != s->accept_gen) {

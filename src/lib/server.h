@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * What server.c and group.c share and nothing else sees: the server's layout and states,
  * the group's, and the calls each makes into the other.
@@ -38,12 +39,12 @@ struct nd_server {
     bool ipv6_only;       /* "::" accepts IPv6 clients only */
     bool close_owed;      /* SP_CLOSE is pending: 'close' is emitted even if listen() came since */
     int max_connections;
-    int nconn; /* live connections: lowered when one is destroyed */
-    int nopen; /* connections whose 'close' has not run yet: a closing server waits for 0 */
-    int dirfd;        /* the directory our unix socket file was created in, or -1 */
-    dev_t file_dev;   /* ... and that file, so close removes it and nothing else */
+    int nconn;      /* live connections: lowered when one is destroyed */
+    int nopen;      /* connections whose 'close' has not run yet: a closing server waits for 0 */
+    int dirfd;      /* the directory our unix socket file was created in, or -1 */
+    dev_t file_dev; /* ... and that file, so close removes it and nothing else */
     ino_t file_ino;
-    size_t base;      /* offset of the file's name in path */
+    size_t base; /* offset of the file's name in path */
     int backlog;
     int port; /* requested, for errors */
     char host[256];
@@ -55,10 +56,10 @@ struct nd_server {
     nd__error_store_t *err; /* allocated on the first listen failure */
     STAILQ_HEAD(, count_req) counts;
     uint64_t accepted_total, rejected_total, accept_paused_total;
-    int fd_ceiling;     /* accept pauses for descriptors >= this (0: none) */
-    nd__group_t *group; /* NULL for a plain server */
+    int fd_ceiling;      /* accept pauses for descriptors >= this (0: none) */
+    nd__group_t *group;  /* NULL for a plain server */
     unsigned accept_gen; /* a worker_accepts acceptor: the listen its descriptor is from */
-    int index;          /* worker-side server: its member index; -1 otherwise */
+    int index;           /* worker-side server: its member index; -1 otherwise */
 };
 
 typedef struct group_member group_member_t;
@@ -105,21 +106,21 @@ struct nd__group {
     bool allow_half_open;
     bool ipv6_only;
     _Atomic unsigned rr_next; /* the acceptor's, and the owner's when it closes */
-    int rp_waiting, rp_err; /* members' listen replies still due, first failure */
-    bool shared;        /* worker_accepts: the first member accepts for the group */
+    int rp_waiting, rp_err;   /* members' listen replies still due, first failure */
+    bool shared;              /* worker_accepts: the first member accepts for the group */
     /* worker_accepts: the listen generation the acceptor may accept for, 0 for none (closed,
      * or exported by nd_server_export). The acceptor holds accept_lock around a wake's
      * accepts and posts, so the owner, once it set this under the lock, knows that every
      * connection accepted before is posted, and that no more will be. */
     pthread_mutex_t accept_lock;
     _Atomic unsigned accept_gen;
-    bool owner_accepts; /* owner thread: the owner's loop accepts (the default, or the
+    bool owner_accepts;       /* owner thread: the owner's loop accepts (the default, or the
                            acceptor could not take the listener) */
-    unsigned listen_gen;    /* replies of an older listen attempt are ignored */
-    _Atomic int64_t live;   /* every live connection of the group, wherever it is */
+    unsigned listen_gen;      /* replies of an older listen attempt are ignored */
+    _Atomic int64_t live;     /* every live connection of the group, wherever it is */
     _Atomic int64_t unclosed; /* connections whose 'close' has not run: a closing owner waits */
-    _Atomic int max;        /* maxConnections, read by reuseport workers */
-    _Atomic int fd_ceiling; /* descriptor reserve, read by reuseport workers */
+    _Atomic int max;          /* maxConnections, read by reuseport workers */
+    _Atomic int fd_ceiling;   /* descriptor reserve, read by reuseport workers */
     _Atomic bool closing;
     _Atomic bool accept_paused;
     _Atomic uint64_t accepted, rejected, handoff_failed, paused_total;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nd_socket_t: net.Socket. Owns one connection's descriptor, its write queue and idle
  * timer; reads into the loop's shared buffer, so an idle socket holds no read memory.
@@ -42,7 +43,7 @@ enum socket_pending {
 typedef struct err_node {
     struct err_node *next;
     int code, port;
-    const char *syscall; /* a string literal, or NULL */
+    const char *syscall;                      /* a string literal, or NULL */
     const char *address, *hostname, *message; /* into text, or NULL */
     char text[];
 } err_node_t;
@@ -126,12 +127,12 @@ struct nd_socket {
     bool peer_ended : 1;   /* eof with allowHalfOpen false: writes now fail with EPIPE */
     bool ending : 1;       /* end() called: FIN once the queue is flushed */
     bool fin_sent : 1;
-    bool need_drain : 1;   /* a write returned 0: emit 'drain' when the queue empties */
-    bool had_error : 1;    /* a failure of the connection itself: 'close' has had_error 1 */
-    bool error_gate : 1;   /* the one 'error' of a failed or closed connection was queued */
-    bool error_nomem : 1;  /* an error could not be stored: a bare ENOMEM 'error' is due */
-    bool in_count : 1;     /* counted in its server's connections until destroyed */
-    bool closed_done : 1;  /* 'close' has run */
+    bool need_drain : 1;  /* a write returned 0: emit 'drain' when the queue empties */
+    bool had_error : 1;   /* a failure of the connection itself: 'close' has had_error 1 */
+    bool error_gate : 1;  /* the one 'error' of a failed or closed connection was queued */
+    bool error_nomem : 1; /* an error could not be stored: a bare ENOMEM 'error' is due */
+    bool in_count : 1;    /* counted in its server's connections until destroyed */
+    bool closed_done : 1; /* 'close' has run */
     bool timer_armed : 1;
     bool moving : 1; /* between nd_socket_move and the detach: reads wait for the target */
     bool no_delay : 1, keep_alive : 1, opts_set : 1;
@@ -144,10 +145,10 @@ struct nd_socket {
     uint8_t owed;     /* while parked: deferred work (PK_*) to pend again when it starts */
     uint16_t keep_alive_delay_s; /* more than TCP_KEEPIDLE takes anyway */
     unsigned timeout_ms;
-    uint32_t sp_len; /* bytes waiting in the splice pipe */
-    int sp_r, sp_w;  /* the splice pipe holding output of this socket, or -1 */
+    uint32_t sp_len;          /* bytes waiting in the splice pipe */
+    int sp_r, sp_w;           /* the splice pipe holding output of this socket, or -1 */
     uint32_t high_water_mark; /* pipe pauses its source once more than this is queued */
-    uint64_t last_active_us; /* the loop's cached clock at the last read or write progress */
+    uint64_t last_active_us;  /* the loop's cached clock at the last read or write progress */
     struct event read_ev;
     struct event *wev;      /* write readiness (and connect completion); lazy */
     struct event *timer_ev; /* the idle timer; lazy */
@@ -258,8 +259,8 @@ static bool flowing_now(const nd_socket_t *s)
 
 static bool want_reading(const nd_socket_t *s)
 {
-    if (s->state != SK_OPEN || !s->read_started || s->fin_rcvd || !s->opt_readable ||
-        s->moving || s->parked)
+    if (s->state != SK_OPEN || !s->read_started || s->fin_rcvd || !s->opt_readable || s->moving ||
+        s->parked)
         return false;
     return flowing_now(s) || buffered(s) < ND__READ_HWM;
 }
@@ -429,7 +430,8 @@ static void complete_wreqs(nd_socket_t *s, int err)
 {
     wreq_t *w;
     bool any = false;
-    TAILQ_FOREACH(w, &s->wreqs, link) {
+    TAILQ_FOREACH(w, &s->wreqs, link)
+    {
         if (!w->done && (err || flushed(s) >= w->mark)) {
             w->done = true;
             w->err = err;
@@ -545,8 +547,8 @@ static void queue_error(nd_socket_t *s, bool gated, int code, const char *syscal
     nd__handle_pend(&s->h, PK_ERROR);
 }
 
-static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address,
-                      int port, const char *hostname)
+static void set_error(nd_socket_t *s, int code, const char *syscall, const char *address, int port,
+                      const char *hostname)
 {
     queue_error(s, true, code, syscall, address, port, hostname, NULL);
 }
@@ -720,9 +722,9 @@ static void connect_addr(nd_socket_t *s, const nd__sockaddr_t *sa, socklen_t len
         snprintf(dl->target, sizeof(dl->target), "%s", address);
     if (dl->local_address[0] || dl->local_port) {
         nd__sockaddr_t la;
-        const char *lip = dl->local_address[0] ? dl->local_address
+        const char *lip = dl->local_address[0]           ? dl->local_address
                           : sa->sa.sa_family == AF_INET6 ? "::"
-                                                          : "0.0.0.0";
+                                                         : "0.0.0.0";
         socklen_t llen = nd__sockaddr_ip(&la, lip, dl->local_port,
                                          sa->sa.sa_family == AF_INET6 ? 6 : 4);
         if (!llen) {
@@ -1068,7 +1070,7 @@ static enum splice_result splice_step(nd_socket_t *s, nd_socket_t *dst)
             return SP_AGAIN;
         if (n < 0 && e != EAGAIN && e != EWOULDBLOCK)
             s->bulk = false; /* e.g. EINVAL: this descriptor does not splice */
-        return SP_RECV;       /* EOF, an error, or the pipe is full: recv tells which */
+        return SP_RECV;      /* EOF, an error, or the pipe is full: recv tells which */
     }
     s->bytes_read += (uint64_t)n;
     ND__STAT_ADD(s->h.loop->stats.bytes_read, (uint64_t)n);
@@ -1244,8 +1246,7 @@ enum write_failure {
     WF_REFUSED, /* after end() or the peer's FIN: reported every time, the socket goes on */
 };
 
-static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg,
-                      enum write_failure how)
+static int fail_write(nd_socket_t *s, int code, nd_write_cb cb, void *arg, enum write_failure how)
 {
     if (cb) {
         wreq_t *w = calloc(1, sizeof(*w));
@@ -1276,7 +1277,7 @@ ND_EXPORT int nd_socket_write(nd_socket_t *s, const void *data, size_t len, nd_w
     if (!s || (!data && len))
         return -EINVAL;
     if (s->parked)
-        return -EBUSY; /* its state is on its way to another process: nothing may change */
+        return -EBUSY;   /* its state is on its way to another process: nothing may change */
     if (is_destroyed(s)) /* v0.10: "This socket is closed", once per connection */
         return fail_write(s, ND_ECLOSED, cb, arg, WF_CLOSED);
     if (!s->opt_writable || s->state == SK_NEW) /* v0.10: "This socket is closed" */
@@ -1783,8 +1784,7 @@ ND_EXPORT void nd_socket_unref(nd_socket_t *s)
     update_active(s);
 }
 
-static int add_listener(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg,
-                        bool once)
+static int add_listener(nd_socket_t *s, nd_event_type_t ev, nd_listener_fn fn, void *arg, bool once)
 {
     if (!s)
         return -EINVAL;
@@ -1846,7 +1846,7 @@ ND_EXPORT void *nd_socket_data(const nd_socket_t *s)
 
 typedef struct move_msg {
     nd__msg_t node;
-    nd_socket_t *sock, *peer; /* peer: the other half of a proxy pair, or NULL */
+    nd_socket_t *sock, *peer;  /* peer: the other half of a proxy pair, or NULL */
     nd_socket_t *peer_at_call; /* the pair when nd_socket_move was called (held) */
     bool writing[2];
     uint32_t pending[2];
@@ -2258,8 +2258,8 @@ static void get_address(rbuf_t *r, nd_address_t *a)
 static uint32_t export_flags(const nd_socket_t *s, const nd_socket_t *peer)
 {
     uint32_t f = 0;
-#define XF_SET(cond, bit)                                                                    \
-    if (cond)                                                                                \
+#define XF_SET(cond, bit)                                                                          \
+    if (cond)                                                                                      \
     f |= (bit)
     XF_SET(s->allow_half_open, XF_HALF_OPEN);
     XF_SET(s->opt_readable, XF_READABLE);
@@ -2378,8 +2378,8 @@ static int export_blocker(const nd_socket_t *s, const nd_socket_t *peer)
 {
     if (is_destroyed(s))
         return ND_ECLOSED;
-    if (s->state != SK_OPEN || s->moving || s->parked || (s->h.pending & ~PK_TRAVELS) ||
-        s->errq || s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
+    if (s->state != SK_OPEN || s->moving || s->parked || (s->h.pending & ~PK_TRAVELS) || s->errq ||
+        s->error_nomem || !TAILQ_EMPTY(&s->wreqs))
         return -EBUSY;
     if (s->pair && s->pair != peer)
         return -EBUSY;
@@ -2408,7 +2408,8 @@ static void unpark(nd_socket_t *s)
     s->parked = false;
     if (is_destroyed(s))
         return;
-    if (s->timeout_ms && (s->timer_ev || (s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))) {
+    if (s->timeout_ms &&
+        (s->timer_ev || (s->timer_ev = evtimer_new(s->h.loop->base, on_timer, s)))) {
         struct timeval tv = nd__ms_tv(s->timeout_ms);
         evtimer_add(s->timer_ev, &tv);
         s->timer_armed = true;

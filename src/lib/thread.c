@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nd_thread_t: a loop running in a thread of its own, with every signal blocked there so
  * that signals reach the main loop only.

@@ -53,9 +53,9 @@
 #define MAX_HOSTILE (SLOW == 1 ? 24 : 12)
 #define TICK_MS (SLOW == 1 ? 4 : SLOW == 2 ? 6 : 12)
 #define NREGULAR 4
-#define MAX_PENDING 32    /* requests in flight on one regular control client */
-#define MAX_CTL_EXTRAS 6  /* servers opened by `listen` at once */
-#define NCFG_EXTRAS 3     /* servers the SIGHUP rewrites add, change and remove */
+#define MAX_PENDING 32   /* requests in flight on one regular control client */
+#define MAX_CTL_EXTRAS 6 /* servers opened by `listen` at once */
+#define NCFG_EXTRAS 3    /* servers the SIGHUP rewrites add, change and remove */
 #define REPLY_TIMEOUT_MS (15000 * SLOW)
 #define STALL_MS (15000 * SLOW)
 #define SETTLE_MS (10000 * SLOW) /* the final checks wait this long for a condition */
@@ -200,7 +200,7 @@ typedef struct netd {
     char config[PATH_MAX];
     char errlog[PATH_MAX];
     int up_port;
-    const char *path; /* the netd binary (absolute: netd runs in dir, for its core) */
+    const char *path;   /* the netd binary (absolute: netd runs in dir, for its core) */
     char exe[PATH_MAX]; /* what runs after the libtool wrapper, for gdb on a core */
     /* The control connection of the setup and the final checks (blocking, with deadlines). */
     int ctl;
@@ -262,10 +262,14 @@ static char *read_text(const char *path)
 }
 
 /* The headers ASan, LSan, UBSan and TSan start their reports with. */
-static const char *const sanitizer_marks[] = {
-    "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
-    "ERROR: ThreadSanitizer",  "runtime error:",        "AddressSanitizer:DEADLYSIGNAL",
-    "ThreadSanitizer:DEADLYSIGNAL", NULL};
+static const char *const sanitizer_marks[] = {"ERROR: AddressSanitizer",
+                                              "ERROR: LeakSanitizer",
+                                              "WARNING: ThreadSanitizer",
+                                              "ERROR: ThreadSanitizer",
+                                              "runtime error:",
+                                              "AddressSanitizer:DEADLYSIGNAL",
+                                              "ThreadSanitizer:DEADLYSIGNAL",
+                                              NULL};
 
 /* Reports the first sanitizer report in netd's stderr (its first lines: the kind and the
  * top frames); returns how many report headers there are. */
@@ -641,19 +645,19 @@ static int free_tcp_port(void)
 typedef struct srv {
     uint64_t id; /* 0 until netd has said */
     char name[48];
-    int port;         /* TCP port; 0 for a unix path */
-    bool proxy;       /* handler proxy: a pair per connection */
-    bool half_open;   /* allowHalfOpen */
-    bool upstream;    /* a proxy's upstream ("up", "upunix"): its sockets are not ours */
-    bool core;        /* in every config: never closed during the run */
-    bool ctl_extra;   /* opened by `listen` */
-    bool cfg_extra;   /* opened by a reload */
-    bool listening;   /* believed to accept: a stream target */
-    uint64_t closed_ms;  /* a close (or a reload closing it) was sent; 0: never */
-    uint64_t destroy_ms; /* a close with destroy was sent */
+    int port;              /* TCP port; 0 for a unix path */
+    bool proxy;            /* handler proxy: a pair per connection */
+    bool half_open;        /* allowHalfOpen */
+    bool upstream;         /* a proxy's upstream ("up", "upunix"): its sockets are not ours */
+    bool core;             /* in every config: never closed during the run */
+    bool ctl_extra;        /* opened by `listen` */
+    bool cfg_extra;        /* opened by a reload */
+    bool listening;        /* believed to accept: a stream target */
+    uint64_t closed_ms;    /* a close (or a reload closing it) was sent; 0: never */
+    uint64_t destroy_ms;   /* a close with destroy was sent */
     uint64_t destroyed_ms; /* ... and answered: its connections must be gone soon after */
-    uint64_t limited_ms; /* a maxConnections was set */
-    uint64_t timeout_ms; /* an idle timeout was set */
+    uint64_t limited_ms;   /* a maxConnections was set */
+    uint64_t timeout_ms;   /* an idle timeout was set */
 } srv_t;
 
 static srv_t *srvs;
@@ -806,11 +810,11 @@ static const char *const end_names[] = {"close", "halfclose", "rst", "abandon"};
 
 enum outcome {
     OUT_LIVE,
-    OUT_COMPLETE, /* every byte came back (and EOF where expected) */
-    OUT_KILLED,   /* the test ended it on purpose (RST, abandon) */
-    OUT_ABRUPT,   /* netd ended it early: judged at the end (legitimate or not) */
-    OUT_CORRUPT,  /* a wrong byte: always a failure */
-    OUT_STALLED,  /* no progress for STALL_MS: always a failure */
+    OUT_COMPLETE,   /* every byte came back (and EOF where expected) */
+    OUT_KILLED,     /* the test ended it on purpose (RST, abandon) */
+    OUT_ABRUPT,     /* netd ended it early: judged at the end (legitimate or not) */
+    OUT_CORRUPT,    /* a wrong byte: always a failure */
+    OUT_STALLED,    /* no progress for STALL_MS: always a failure */
     OUT_UNFINISHED, /* still running when the wind-down deadline passed: a failure */
     OUT_SURVIVED    /* alive well after `close {"destroy": true}` of its server: a failure */
 };
@@ -838,12 +842,12 @@ typedef struct stream {
     enum outcome outcome;
     int err; /* errno of an abrupt end; 0 for EOF */
     uint64_t start_ms, end_ms, progress_ms;
-    int destroys; /* `destroy` of its socket that netd confirmed */
+    int destroys;      /* `destroy` of its socket that netd confirmed */
     int destroy_tries; /* `destroy` of its socket sent (whatever the answer) */
-    int moves;    /* `move` of its socket that netd confirmed */
-    uint64_t netd_id; /* its socket's id in the last listing that showed it */
+    int moves;         /* `move` of its socket that netd confirmed */
+    uint64_t netd_id;  /* its socket's id in the last listing that showed it */
     int netd_thread;
-    struct stream *next;             /* every stream, for the final judgement */
+    struct stream *next; /* every stream, for the final judgement */
     struct stream *live_next, *live_prev;
 } stream_t;
 
@@ -1150,7 +1154,8 @@ static void stream_start(int idx, uint64_t seed)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)v->port),
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)v->port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int rc = connect(fd, (struct sockaddr *)&sin, sizeof(sin));
     if (rc != 0 && errno != EINPROGRESS) {
@@ -1173,37 +1178,37 @@ static void stream_start(int idx, uint64_t seed)
 /* ------------------------------------------------------------------ control clients */
 
 enum ctl_kind {
-    CTL_REGULAR,          /* well-behaved: every reply read and checked, in order */
-    CTL_ONESHOT,          /* one request (close with wait), checked, then hung up */
-    CTL_LISTER,           /* `sockets` every 100 ms, so moves and destroys find live ids */
+    CTL_REGULAR,           /* well-behaved: every reply read and checked, in order */
+    CTL_ONESHOT,           /* one request (close with wait), checked, then hung up */
+    CTL_LISTER,            /* `sockets` every 100 ms, so moves and destroys find live ids */
     H_HANGUP_BEFORE_REPLY, /* requests, then hangs up before any reply */
-    H_MIDLINE,            /* hangs up in the middle of a line */
-    H_AFTER_MOVE,         /* a move, then hangs up at once */
-    H_MOVE_REPLY_HANGUP,  /* a move, hangs up as soon as its reply arrives (netctl) */
-    H_PIPELINE_NOREAD,    /* many requests, reads nothing */
-    H_WATCH_NOREAD,       /* watch, reads nothing */
-    H_GARBAGE,            /* garbage lines, replies read and dropped */
+    H_MIDLINE,             /* hangs up in the middle of a line */
+    H_AFTER_MOVE,          /* a move, then hangs up at once */
+    H_MOVE_REPLY_HANGUP,   /* a move, hangs up as soon as its reply arrives (netctl) */
+    H_PIPELINE_NOREAD,     /* many requests, reads nothing */
+    H_WATCH_NOREAD,        /* watch, reads nothing */
+    H_GARBAGE,             /* garbage lines, replies read and dropped */
     CTL__N
 };
-static const char *const ctl_names[] = {"regular",      "oneshot",  "lister", "hangup-before-reply",
-                                        "midline",      "hangup-after-move", "move-reply-hangup",
-                                        "pipeline-noread", "watch-noread",   "garbage"};
+static const char *const ctl_names[] = {
+    "regular",           "oneshot",           "lister",          "hangup-before-reply", "midline",
+    "hangup-after-move", "move-reply-hangup", "pipeline-noread", "watch-noread",        "garbage"};
 
-#define OPS(X)                                                                                \
-    X(PING, "ping")                                                                           \
-    X(SOCKETS, "sockets")                                                                     \
-    X(MOVE, "move")                                                                           \
-    X(REBALANCE, "rebalance")                                                                 \
-    X(DESTROY, "destroy")                                                                     \
-    X(LISTEN, "listen")                                                                       \
-    X(SET, "set")                                                                             \
-    X(CLOSE, "close")                                                                         \
-    X(GETCONN, "getConnections")                                                              \
-    X(SERVERS, "servers")                                                                     \
-    X(SERVER, "server")                                                                       \
-    X(STATS, "stats")                                                                         \
-    X(METRICS, "metrics")                                                                     \
-    X(HELP, "help")                                                                           \
+#define OPS(X)                                                                                     \
+    X(PING, "ping")                                                                                \
+    X(SOCKETS, "sockets")                                                                          \
+    X(MOVE, "move")                                                                                \
+    X(REBALANCE, "rebalance")                                                                      \
+    X(DESTROY, "destroy")                                                                          \
+    X(LISTEN, "listen")                                                                            \
+    X(SET, "set")                                                                                  \
+    X(CLOSE, "close")                                                                              \
+    X(GETCONN, "getConnections")                                                                   \
+    X(SERVERS, "servers")                                                                          \
+    X(SERVER, "server")                                                                            \
+    X(STATS, "stats")                                                                              \
+    X(METRICS, "metrics")                                                                          \
+    X(HELP, "help")                                                                                \
     X(WATCH, "watch")
 
 enum op {
@@ -1265,8 +1270,8 @@ typedef struct ctl {
     struct ctl *next;
 } ctl_t;
 
-static ctl_t *ctls;         /* every open client */
-static ctl_t *ctl_grave;    /* closed, freed after the current batch of events */
+static ctl_t *ctls;      /* every open client */
+static ctl_t *ctl_grave; /* closed, freed after the current batch of events */
 static ctl_t *regular[NREGULAR];
 static ctl_t *lister;
 static uint64_t lister_last_ms;
@@ -1459,8 +1464,8 @@ static void learn_sockets(json_t *arr)
         k->upstream_role = role && strcmp(role, "upstream") == 0;
         /* CONTROL.md's Socket object: a socket in transit is "moving", with its target. */
         const char *st = json_string_value(json_object_get(e, "state"));
-        static const char *const states[] = {"open", "readOnly", "writeOnly", "closing", "moving",
-                                             NULL};
+        static const char *const states[] = {"open",    "readOnly", "writeOnly",
+                                             "closing", "moving",   NULL};
         bool known_state = false;
         for (int j = 0; st && states[j]; j++)
             known_state = known_state || strcmp(st, states[j]) == 0;
@@ -1505,8 +1510,8 @@ static void learn_servers(json_t *arr)
 static void reply_checked(ctl_t *c, json_t *r, pending_t *p)
 {
     bool ok = json_is_true(json_object_get(r, "ok"));
-    const char *code =
-        ok ? NULL : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+    const char *code = ok ? NULL
+                          : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
     countf("reply.%s.%s", op_names[p->op], ok ? "ok" : code ? code : "?");
     if (!ok) {
         if (!code || !code_allowed(p->op, code)) {
@@ -1780,8 +1785,9 @@ static void op_listen(ctl_t *c, rng_t *r, uint64_t pick)
     json_object_set_new(req, "allowHalfOpen", json_boolean(v->half_open));
     if (v->proxy) {
         if (rng_pct(r, 50))
-            json_object_set_new(req, "handler", json_pack("{s:s, s:i, s:s}", "type", "proxy",
-                                                          "port", N.up_port, "host", "127.0.0.1"));
+            json_object_set_new(req, "handler",
+                                json_pack("{s:s, s:i, s:s}", "type", "proxy", "port", N.up_port,
+                                          "host", "127.0.0.1"));
         else
             json_object_set_new(req, "handler",
                                 json_pack("{s:s, s:s}", "type", "proxy", "path", N.upsock));
@@ -1815,8 +1821,8 @@ static void op_close(ctl_t *unused, rng_t *r, uint64_t pick)
     v->listening = false;
     if (destroy)
         v->destroy_ms = now;
-    json_t *req =
-        json_pack("{s:o, s:b}", "server", server_ref(idx, rng_next(r)), "destroy", destroy);
+    json_t *req = json_pack("{s:o, s:b}", "server", server_ref(idx, rng_next(r)), "destroy",
+                            destroy);
     if (rng_pct(r, 30))
         json_object_set_new(req, "wait", json_false());
     pending_t *p = ctl_request(c, OP_CLOSE, req);
@@ -1834,8 +1840,8 @@ static void op_set(ctl_t *c, rng_t *r, uint64_t pick)
         idx = pick_any_server(pick);
         if (idx < 0 || !srvs[idx].core)
             return;
-        req = json_pack("{s:o, s:n, s:i}", "server", server_ref(idx, rng_next(r)),
-                        "maxConnections", "timeout", 0);
+        req = json_pack("{s:o, s:n, s:i}", "server", server_ref(idx, rng_next(r)), "maxConnections",
+                        "timeout", 0);
     } else {
         srv_t *v = &srvs[idx];
         req = json_pack("{s:o}", "server", server_ref(idx, rng_next(r)));
@@ -1879,8 +1885,8 @@ static known_t *pick_known(rng_t *r, uint64_t pick)
 
 static void move_one(ctl_t *c, known_t *k, int thread)
 {
-    pending_t *p = ctl_request(c, OP_MOVE, json_pack("{s:I, s:i}", "socket", (json_int_t)k->id,
-                                                     "thread", thread));
+    pending_t *p = ctl_request(
+        c, OP_MOVE, json_pack("{s:I, s:i}", "socket", (json_int_t)k->id, "thread", thread));
     if (p) {
         p->thread = thread;
         p->stream = k->stream;
@@ -2008,11 +2014,13 @@ static const struct {
     const char *name; /* for --without */
     void (*fn)(ctl_t *c, rng_t *r, uint64_t pick);
 } control_mix[] = {
-    {12, "sockets", op_sockets}, {30, "move", op_move},       {6, "rebalance", op_rebalance},
-    {10, "destroy", op_destroy}, {5, "listen", op_listen},    {4, "set", op_set},
-    {4, "close", op_close},      {6, "getConnections", op_getconn},
-    {6, "servers", op_servers},  {2, "server", op_server},    {5, "stats", op_stats},
-    {3, "metrics", op_metrics},  {5, "ping", op_ping},        {2, "help", op_help},
+    {12, "sockets", op_sockets},    {30, "move", op_move},
+    {6, "rebalance", op_rebalance}, {10, "destroy", op_destroy},
+    {5, "listen", op_listen},       {4, "set", op_set},
+    {4, "close", op_close},         {6, "getConnections", op_getconn},
+    {6, "servers", op_servers},     {2, "server", op_server},
+    {5, "stats", op_stats},         {3, "metrics", op_metrics},
+    {5, "ping", op_ping},           {2, "help", op_help},
 };
 
 static void op_control(uint64_t a, uint64_t b, uint64_t pick)
@@ -2105,7 +2113,8 @@ static void write_garbage(ctl_t *c, rng_t *r)
         memset(buf, rng_pct(r, 50) ? '[' : '{', n);
         break;
     case 2: {
-        static const char *const v[] = {"[1,2,3]", "\"str\"", "42", "null", "true", "{}",
+        static const char *const v[] = {"[1,2,3]",    "\"str\"",     "42",
+                                        "null",       "true",        "{}",
                                         "{\"id\":1}", "{\"cmd\":7}", "{\"cmd\":null}"};
         n = (size_t)snprintf(buf, sizeof(buf), "%s", v[rng_below(r, 9)]);
         break;
@@ -2115,21 +2124,20 @@ static void write_garbage(ctl_t *c, rng_t *r)
                              (unsigned)rng_below(r, 100));
         break;
     case 4: {
-        static const char *const v[] = {
-            "{\"cmd\":\"move\",\"socket\":\"abc\",\"thread\":-1}",
-            "{\"cmd\":\"move\",\"socket\":1,\"thread\":99}",
-            "{\"cmd\":\"sockets\",\"limit\":-5}",
-            "{\"cmd\":\"sockets\",\"role\":\"nobody\"}",
-            "{\"cmd\":\"destroy\",\"socket\":0}",
-            "{\"cmd\":\"getConnections\",\"server\":[1]}",
-            "{\"cmd\":\"listen\",\"port\":70000}",
-            "{\"cmd\":\"listen\",\"port\":0,\"balance\":\"random\"}",
-            "{\"cmd\":\"set\",\"server\":\"nope\",\"timeout\":-1}",
-            "{\"cmd\":\"close\",\"server\":\"no-such-server\"}",
-            "{\"cmd\":\"ping\",\"extra\":1}",
-            "{\"cmd\":\"watch\",\"events\":[\"bogus\"]}",
-            "{\"cmd\":\"rebalance\",\"server\":18446744073709551615}",
-            "{\"cmd\":\"shutdown\",\"timeoutMs\":\"soon\"}"};
+        static const char *const v[] = {"{\"cmd\":\"move\",\"socket\":\"abc\",\"thread\":-1}",
+                                        "{\"cmd\":\"move\",\"socket\":1,\"thread\":99}",
+                                        "{\"cmd\":\"sockets\",\"limit\":-5}",
+                                        "{\"cmd\":\"sockets\",\"role\":\"nobody\"}",
+                                        "{\"cmd\":\"destroy\",\"socket\":0}",
+                                        "{\"cmd\":\"getConnections\",\"server\":[1]}",
+                                        "{\"cmd\":\"listen\",\"port\":70000}",
+                                        "{\"cmd\":\"listen\",\"port\":0,\"balance\":\"random\"}",
+                                        "{\"cmd\":\"set\",\"server\":\"nope\",\"timeout\":-1}",
+                                        "{\"cmd\":\"close\",\"server\":\"no-such-server\"}",
+                                        "{\"cmd\":\"ping\",\"extra\":1}",
+                                        "{\"cmd\":\"watch\",\"events\":[\"bogus\"]}",
+                                        "{\"cmd\":\"rebalance\",\"server\":18446744073709551615}",
+                                        "{\"cmd\":\"shutdown\",\"timeoutMs\":\"soon\"}"};
         n = (size_t)snprintf(buf, sizeof(buf), "%s", v[rng_below(r, sizeof(v) / sizeof(v[0]))]);
         break;
     }
@@ -2163,8 +2171,8 @@ static void op_hostile(uint64_t a, uint64_t b)
         count("hostile.skipped-max");
         return;
     }
-    enum ctl_kind kind =
-        (enum ctl_kind)(H_HANGUP_BEFORE_REPLY + (a >> 32) % (CTL__N - H_HANGUP_BEFORE_REPLY));
+    enum ctl_kind kind = (enum ctl_kind)(H_HANGUP_BEFORE_REPLY +
+                                         (a >> 32) % (CTL__N - H_HANGUP_BEFORE_REPLY));
     if (!enabled(ctl_names[kind]) ||
         ((kind == H_AFTER_MOVE || kind == H_MOVE_REPLY_HANGUP) && !enabled("hostile-moves")))
         return;
@@ -2256,15 +2264,13 @@ static json_t *core_servers(void)
         " {s:s, s:s, s:b, s:{s:s}},"
         " {s:s, s:i, s:s, s:s, s:b, s:{s:s, s:i, s:s}},"
         " {s:s, s:i, s:s, s:s, s:b, s:{s:s, s:s}}]",
-        "name", "echo", "port", 0, "host", "127.0.0.1", "balance", "leastconn", "handler",
-        "type", "echo",
-        "name", "up", "port", N.up_port, "host", "127.0.0.1", "balance", "roundrobin",
-        "allowHalfOpen", 1, "handler", "type", "echo",
-        "name", "upunix", "path", N.upsock, "allowHalfOpen", 1, "handler", "type", "echo",
-        "name", "proxyH", "port", 0, "host", "127.0.0.1", "balance", "reuseport",
-        "allowHalfOpen", 1, "handler", "type", "proxy", "port", N.up_port, "host", "127.0.0.1",
-        "name", "proxyN", "port", 0, "host", "127.0.0.1", "balance", "leastconn",
-        "allowHalfOpen", 0, "handler", "type", "proxy", "path", N.upsock);
+        "name", "echo", "port", 0, "host", "127.0.0.1", "balance", "leastconn", "handler", "type",
+        "echo", "name", "up", "port", N.up_port, "host", "127.0.0.1", "balance", "roundrobin",
+        "allowHalfOpen", 1, "handler", "type", "echo", "name", "upunix", "path", N.upsock,
+        "allowHalfOpen", 1, "handler", "type", "echo", "name", "proxyH", "port", 0, "host",
+        "127.0.0.1", "balance", "reuseport", "allowHalfOpen", 1, "handler", "type", "proxy", "port",
+        N.up_port, "host", "127.0.0.1", "name", "proxyN", "port", 0, "host", "127.0.0.1", "balance",
+        "leastconn", "allowHalfOpen", 0, "handler", "type", "proxy", "path", N.upsock);
 }
 
 static void write_config(bool with_extras)
@@ -2276,8 +2282,8 @@ static void write_config(bool with_extras)
         int v = cfgx[i].variant;
         char name[16];
         snprintf(name, sizeof(name), "cfg%d", i + 1);
-        json_t *h = v % 2 ? json_pack("{s:s, s:i, s:s}", "type", "proxy", "port", N.up_port,
-                                      "host", "127.0.0.1")
+        json_t *h = v % 2 ? json_pack("{s:s, s:i, s:s}", "type", "proxy", "port", N.up_port, "host",
+                                      "127.0.0.1")
                           : json_pack("{s:s}", "type", "echo");
         json_array_append_new(servers,
                               json_pack("{s:s, s:i, s:s, s:s, s:b, s:o}", "name", name, "port", 0,
@@ -2389,9 +2395,9 @@ static void sweep(void)
                  " of %" PRIu64 ", %" PRIu64 " echoed, moved %d time(s), ending %s%s%s, local port "
                  "%u); %s",
                  s->serial, srv_desc(s->srv), (unsigned)STALL_MS,
-                 s->connecting ? "connecting" : "connected", s->sent, s->total, s->recvd,
-                 s->moves, end_names[s->mode], s->shut ? ", FIN sent" : "",
-                 s->pace_ms ? ", trickle" : "", s->lport, evidence);
+                 s->connecting ? "connecting" : "connected", s->sent, s->total, s->recvd, s->moves,
+                 end_names[s->mode], s->shut ? ", FIN sent" : "", s->pace_ms ? ", trickle" : "",
+                 s->lport, evidence);
             stream_end(s, OUT_STALLED, 0);
         }
     }
@@ -2608,8 +2614,7 @@ static void judge(bool netd_died)
             /* A destroy of the upstream server's side may also have hit one of our direct
              * streams to it, when the listing had not matched that socket to it yet. */
             if (!s || !(srvs[s->srv].proxy || srvs[s->srv].upstream) ||
-                s->start_ms > credits[k].to_ms ||
-                s->end_ms < credits[k].from_ms)
+                s->start_ms > credits[k].to_ms || s->end_ms < credits[k].from_ms)
                 continue;
             if (!best || s->end_ms < best->end_ms) {
                 best = s;
@@ -2749,9 +2754,9 @@ static bool no_connections(void)
     for (int i = 0; i < nsrvs; i++) {
         if (!srvs[i].core)
             continue;
-        json_t *r = sync_call(json_pack("{s:s, s:I}", "cmd", "getConnections", "server",
-                                        (json_int_t)srvs[i].id),
-                              REPLY_TIMEOUT_MS, NULL);
+        json_t *r = sync_call(
+            json_pack("{s:s, s:I}", "cmd", "getConnections", "server", (json_int_t)srvs[i].id),
+            REPLY_TIMEOUT_MS, NULL);
         json_int_t n = r ? json_integer_value(json_object_get(r, "count")) : -1;
         json_decref(r);
         size_t l = strlen(last_state);
@@ -2801,9 +2806,9 @@ static void explain_close(const srv_t *v)
     N.ctl = unix_connect(N.sock, false);
     if (N.ctl < 0)
         return;
-    json_t *r = sync_call(json_pack("{s:s, s:I, s:s}", "cmd", "sockets", "server",
-                                    (json_int_t)v->id, "role", "all"),
-                          REPLY_TIMEOUT_MS, NULL);
+    json_t *r = sync_call(
+        json_pack("{s:s, s:I, s:s}", "cmd", "sockets", "server", (json_int_t)v->id, "role", "all"),
+        REPLY_TIMEOUT_MS, NULL);
     char *t = r ? json_dumps(r, JSON_COMPACT) : NULL;
     printf("chaos: %s still holds: %s\n", v->name, t ? t : "(no reply)");
     fflush(stdout);

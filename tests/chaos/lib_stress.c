@@ -64,29 +64,29 @@ static void fail(const char *fmt, ...)
     va_end(ap);
 }
 
-#define COUNTERS(X)                                                                           \
-    X(streams)                                                                                \
-    X(streams_to_e1)                                                                          \
-    X(streams_to_e2)                                                                          \
-    X(streams_to_proxy)                                                                       \
-    X(stream_complete)                                                                        \
-    X(stream_killed)                                                                          \
-    X(stream_abrupt_explained)                                                                \
-    X(bytes_verified)                                                                         \
-    X(accepted)                                                                               \
-    X(move_calls)                                                                             \
-    X(move_notify_calls)                                                                      \
-    X(move_refused)                                                                           \
-    X(move_adopted)                                                                           \
-    X(move_failed)                                                                            \
-    X(pairs_moved)                                                                            \
-    X(destroy)                                                                                \
-    X(end)                                                                                    \
-    X(pause)                                                                                  \
-    X(resume)                                                                                 \
-    X(proxy_pairs)                                                                            \
-    X(group_close)                                                                            \
-    X(group_relisten)                                                                         \
+#define COUNTERS(X)                                                                                \
+    X(streams)                                                                                     \
+    X(streams_to_e1)                                                                               \
+    X(streams_to_e2)                                                                               \
+    X(streams_to_proxy)                                                                            \
+    X(stream_complete)                                                                             \
+    X(stream_killed)                                                                               \
+    X(stream_abrupt_explained)                                                                     \
+    X(bytes_verified)                                                                              \
+    X(accepted)                                                                                    \
+    X(move_calls)                                                                                  \
+    X(move_notify_calls)                                                                           \
+    X(move_refused)                                                                                \
+    X(move_adopted)                                                                                \
+    X(move_failed)                                                                                 \
+    X(pairs_moved)                                                                                 \
+    X(destroy)                                                                                     \
+    X(end)                                                                                         \
+    X(pause)                                                                                       \
+    X(resume)                                                                                      \
+    X(proxy_pairs)                                                                                 \
+    X(group_close)                                                                                 \
+    X(group_relisten)                                                                              \
     X(get_connections)
 
 enum {
@@ -118,9 +118,9 @@ static nd_thread_t *wt[NW];
 static nd_loop_t *cl; /* the clients' loop */
 static nd_thread_t *ct;
 static nd_server_t *groups[G__N];
-static _Atomic int ports[G__N];      /* 0 while not listening */
-static _Atomic unsigned e2_epoch;    /* bumped when E2 starts closing and when it listens */
-static _Atomic int g_stop;           /* the chaos is over: workers stop their operations */
+static _Atomic int ports[G__N];   /* 0 while not listening */
+static _Atomic unsigned e2_epoch; /* bumped when E2 starts closing and when it listens */
+static _Atomic int g_stop;        /* the chaos is over: workers stop their operations */
 static _Atomic int clients_done;
 
 /* Per client port: the server side ended this connection on purpose (a legitimate early
@@ -145,9 +145,9 @@ typedef struct rec {
                           the pair check below is no race of ours when the library splits */
     bool in_list;
     bool closed;
-    bool busy; /* a move of it (or of its pair) is under way: not picked again */
-    struct rec *peer; /* a proxy pair's other half */
-    uint64_t resume_at; /* explicitly paused until then (0: not paused by us) */
+    bool busy;             /* a move of it (or of its pair) is under way: not picked again */
+    struct rec *peer;      /* a proxy pair's other half */
+    uint64_t resume_at;    /* explicitly paused until then (0: not paused by us) */
     struct move_ctx *move; /* a notify move in flight */
     TAILQ_ENTRY(rec) link;
 } rec_t;
@@ -332,8 +332,10 @@ static void on_proxy_connection(void *ws, const nd_event_t *ev, void *arg)
     nd_socket_t *c = ev->socket;
     rec_t *cr = rec_new(c, R_PCLIENT);
     nd_socket_pause(c);
-    nd_connect_options_t o = {.port = atomic_load(&ports[G_E1]), .host = "127.0.0.1",
-                              .family = 4, .allow_half_open = 1};
+    nd_connect_options_t o = {.port = atomic_load(&ports[G_E1]),
+                              .host = "127.0.0.1",
+                              .family = 4,
+                              .allow_half_open = 1};
     nd_socket_t *u = nd_connect(wl[tl_widx], &o, NULL, NULL);
     if (!u) {
         nd_socket_destroy(c);
@@ -407,8 +409,8 @@ static void worker_op(worker_t *w)
         } else {
             /* A plain move: the records leave now, since nothing reports the detach. */
             nd_socket_t *p = nd_socket_pipe_peer(r->sock);
-            int rc =
-                nd_socket_move(r->sock, wl[to], rng_pct(&w->rng, 50) ? on_adopt_cb : NULL, NULL);
+            int rc = nd_socket_move(r->sock, wl[to], rng_pct(&w->rng, 50) ? on_adopt_cb : NULL,
+                                    NULL);
             count(C_move_calls);
             if (rc == 0 && to != w->idx) {
                 list_del(r);
@@ -541,9 +543,8 @@ static void cs_verify(cstream_t *s, const char *data, size_t n)
             size_t i = 0;
             while ((uint8_t)data[off + i] == cmp[i])
                 i++;
-            fail("stream %" PRIu64 " to %s: byte %" PRIu64 " is 0x%02x, expected 0x%02x",
-                 s->serial, group_names[s->group], s->recvd + off + i, (uint8_t)data[off + i],
-                 cmp[i]);
+            fail("stream %" PRIu64 " to %s: byte %" PRIu64 " is 0x%02x, expected 0x%02x", s->serial,
+                 group_names[s->group], s->recvd + off + i, (uint8_t)data[off + i], cmp[i]);
             s->killed = true; /* reported; its ending is no longer judged */
             nd_socket_destroy(s->sock);
             return;
@@ -629,8 +630,8 @@ static void on_cs_close(void *sock, const nd_event_t *ev, void *arg)
         else
             fail("stream %" PRIu64 " to %s ended early without cause: %s after %" PRIu64
                  " of %" PRIu64 " bytes echoed (%" PRIu64 " sent, mode %d%s)",
-                 s->serial, group_names[s->group], s->err ? nd_err_name(s->err) : "end",
-                 s->recvd, s->total, s->sent, (int)s->mode, s->got_end ? ", FIN received" : "");
+                 s->serial, group_names[s->group], s->err ? nd_err_name(s->err) : "end", s->recvd,
+                 s->total, s->sent, (int)s->mode, s->got_end ? ", FIN received" : "");
     }
     LIST_REMOVE(s, link);
     ncstreams--;
@@ -737,8 +738,8 @@ static void client_tick(evutil_socket_t fd, short what, void *arg)
     for (s = LIST_FIRST(&cstreams); s; s = next) {
         next = LIST_NEXT(s, link);
         if (!s->killed && now > s->progress_ms && now - s->progress_ms > STALL_MS) {
-            fail("stream %" PRIu64 " to %s stalled: %s, sent %" PRIu64 " of %" PRIu64
-                 ", %" PRIu64 " echoed, mode %d",
+            fail("stream %" PRIu64 " to %s stalled: %s, sent %" PRIu64 " of %" PRIu64 ", %" PRIu64
+                 " echoed, mode %d",
                  s->serial, group_names[s->group], s->connected ? "connected" : "connecting",
                  s->sent, s->total, s->recvd, (int)s->mode);
             s->killed = true;
@@ -818,9 +819,9 @@ static void on_group_close(void *srv, const nd_event_t *ev, void *arg)
 static void group_start(int g)
 {
     nd_server_options_t opts = {.allow_half_open = g != G_E2};
-    nd_balance_t b = (nd_balance_t)(g == G_E1 ? ND_BALANCE_LEASTCONN
-                                              : g == G_E2 ? ND_BALANCE_ROUNDROBIN
-                                                          : ND_BALANCE_REUSEPORT);
+    nd_balance_t b = (nd_balance_t)(g == G_E1   ? ND_BALANCE_LEASTCONN
+                                    : g == G_E2 ? ND_BALANCE_ROUNDROBIN
+                                                : ND_BALANCE_REUSEPORT);
     nd_server_t *s = nd_server_new_group(owner, &opts, wl, NW, b, worker_init, (void *)(intptr_t)g);
     if (!s) {
         fail("nd_server_new_group: %s", strerror(errno));
@@ -1006,9 +1007,9 @@ static int stress(void)
     return atomic_load(&g_failures) ? 1 : 0;
 }
 
-static const char *const sanitizer_marks[] = {
-    "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
-    "ERROR: ThreadSanitizer",  "runtime error:",        NULL};
+static const char *const sanitizer_marks[] = {"ERROR: AddressSanitizer",  "ERROR: LeakSanitizer",
+                                              "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer",
+                                              "runtime error:",           NULL};
 
 /* The parent: runs stress() in a child, then reads the child's stderr for sanitizer
  * reports and prints the first one up to its SUMMARY. */

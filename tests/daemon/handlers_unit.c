@@ -66,18 +66,18 @@ static char *make_data(size_t n, uint32_t seed)
 
 /* What the upstream test server (behind a proxy) does with its connection. */
 enum up_mode {
-    UP_ECHO,        /* pipe(s, s) */
-    UP_REPLY_AT_END,/* counts bytes; on 'end' (allowHalfOpen) replies "got N" and ends */
-    UP_SLOW_SINK,   /* paused for a while, then reads and counts everything */
-    UP_SEND_END,    /* writes `total` bytes, then end() */
-    UP_SEND_DESTROY,/* writes `total` bytes, then destroy() once they are in the kernel */
-    UP_BYE_FIRST    /* end("bye\n") at once (allowHalfOpen), then reads on */
+    UP_ECHO,         /* pipe(s, s) */
+    UP_REPLY_AT_END, /* counts bytes; on 'end' (allowHalfOpen) replies "got N" and ends */
+    UP_SLOW_SINK,    /* paused for a while, then reads and counts everything */
+    UP_SEND_END,     /* writes `total` bytes, then end() */
+    UP_SEND_DESTROY, /* writes `total` bytes, then destroy() once they are in the kernel */
+    UP_BYE_FIRST     /* end("bye\n") at once (allowHalfOpen), then reads on */
 };
 
 typedef struct fx {
     nd_loop_t *loop;
-    th_log_t log;  /* everything, in order */
-    th_log_t clog; /* the client's own events: their order is the contract */
+    th_log_t log;            /* everything, in order */
+    th_log_t clog;           /* the client's own events: their order is the contract */
     char dir[64], path[128]; /* unix upstream */
     int unix_upstream;
 
@@ -114,7 +114,7 @@ typedef struct fx {
     unsigned pause_client_ms;
     int proxy_not_half_open; /* the proxy's server without allowHalfOpen */
 
-    void (*on_rx)(struct fx *f);      /* after each 'data' of the client, if set */
+    void (*on_rx)(struct fx *f);       /* after each 'data' of the client, if set */
     void (*on_up_ready)(struct fx *f); /* upstream listening; default: start the proxy */
 
     /* slow upstream */
@@ -784,7 +784,7 @@ START_TEST(test_proxy_upstream_closes_first)
 
     f->total = MIB;
     f->tx = make_data(f->total, 7);
-    f->sent = f->total;     /* the client itself sends nothing... */
+    f->sent = f->total;       /* the client itself sends nothing... */
     f->pause_client_ms = 200; /* ...and reads only once the upstream is long done */
     start_proxy(f, _i == 0 ? UP_SEND_END : UP_SEND_DESTROY, 0, 0);
     th_run(f->loop, 10000);
@@ -830,9 +830,9 @@ static struct mv {
     atomic_int adopted_on; /* worker that got 'adopt', -1 before */
     atomic_int move_rc;
     atomic_int early_move_rc; /* a move tried while the upstream is still connecting */
-    atomic_int peer_found; /* nd_socket_pipe_peer() != NULL at adopt */
+    atomic_int peer_found;    /* nd_socket_pipe_peer() != NULL at adopt */
     atomic_int served_closes;
-    atomic_int left[2];    /* worker handle counts at the end */
+    atomic_int left[2]; /* worker handle counts at the end */
     struct timespec probe_until;
     sem_t sem;
 } MV;
@@ -914,8 +914,8 @@ static void mv_on_rx(fx_t *f)
          * the pair link re-attached by adopt can close the upstream. */
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         th_log(&f->log, "reset");
-        ck_assert_int_eq(setsockopt(nd_socket_fd(f->cli), SOL_SOCKET, SO_LINGER, &lg,
-                                    sizeof(lg)), 0);
+        ck_assert_int_eq(setsockopt(nd_socket_fd(f->cli), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)),
+                         0);
         nd_socket_destroy(f->cli);
     }
 }
@@ -1001,8 +1001,8 @@ START_TEST(test_proxy_adopt_after_move)
     ck_assert_int_eq(atomic_load(&MV.served_closes), 1);
     ck_assert_msg(atomic_load(&MV.left[0]) == 0 && atomic_load(&MV.left[1]) == 0,
                   "handles left: worker 0 %d, worker 1 %d (served on %d, adopted on %d)",
-                  atomic_load(&MV.left[0]), atomic_load(&MV.left[1]),
-                  atomic_load(&MV.served_on), atomic_load(&MV.adopted_on));
+                  atomic_load(&MV.left[0]), atomic_load(&MV.left[1]), atomic_load(&MV.served_on),
+                  atomic_load(&MV.adopted_on));
     const char *log = th_log_str(&f->log);
     ck_assert_msg(strncmp(log, "cli:connect,move,adopted,reset,", 31) == 0, "%s", log);
     ck_assert_msg(strstr(log, "up:end(524288)") != NULL, "%s", log);

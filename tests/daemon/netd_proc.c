@@ -223,9 +223,9 @@ static char *read_file(const char *path)
 
 static bool env_filtered(const char *entry)
 {
-    static const char *const drop[] = {"NOTIFY_SOCKET=", "LISTEN_PID=", "LISTEN_FDS=",
-                                       "LISTEN_FDNAMES=", "RUNTIME_DIRECTORY=",
-                                       "NETD_SOCKET=", NULL};
+    static const char *const drop[] = {
+        "NOTIFY_SOCKET=",     "LISTEN_PID=",  "LISTEN_FDS=", "LISTEN_FDNAMES=",
+        "RUNTIME_DIRECTORY=", "NETD_SOCKET=", NULL};
     for (int i = 0; drop[i]; i++)
         if (strncmp(entry, drop[i], strlen(drop[i])) == 0)
             return true;
@@ -857,8 +857,8 @@ json_t *np_ok(json_t *reply)
 void np_expect_error(json_t *reply, const char *code, const char *in_message)
 {
     ck_assert_msg(reply != NULL, "no reply");
-    ck_assert_msg(json_is_false(json_object_get(reply, "ok")),
-                  "expected ok:false with %s, got %s", code, np_json_str(reply));
+    ck_assert_msg(json_is_false(json_object_get(reply, "ok")), "expected ok:false with %s, got %s",
+                  code, np_json_str(reply));
     json_t *err = json_object_get(reply, "error");
     ck_assert_msg(json_is_object(err), "error is not an object: %s", np_json_str(reply));
     const char *got = json_string_value(json_object_get(err, "code"));
@@ -924,8 +924,7 @@ int np_tcp_listen(int *port)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     struct sockaddr_in sin = {.sin_family = AF_INET};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s",
-                  strerror(errno));
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s", strerror(errno));
     ck_assert_msg(listen(fd, 128) == 0, "listen: %s", strerror(errno));
     *port = np_local_port(fd);
     return fd;
@@ -1010,8 +1009,8 @@ void np_echo_check(int fd, const char *data)
     np_send_all(fd, data, n);
     size_t got = np_recv_exact(fd, buf, n);
     buf[got] = '\0';
-    ck_assert_msg(got == n && memcmp(buf, data, n) == 0, "echo: sent \"%s\", got \"%s\" (%zu bytes)",
-                  data, buf, got);
+    ck_assert_msg(got == n && memcmp(buf, data, n) == 0,
+                  "echo: sent \"%s\", got \"%s\" (%zu bytes)", data, buf, got);
     free(buf);
 }
 
@@ -1059,8 +1058,7 @@ json_t *np_ccall(np_client_t *c, const char *fmt, ...)
     return np_client_rpc(c, req);
 }
 
-static json_t *member(const json_t *o, const char *key, int (*is)(const json_t *),
-                      const char *what)
+static json_t *member(const json_t *o, const char *key, int (*is)(const json_t *), const char *what)
 {
     json_t *v = json_object_get(o, key);
     ck_assert_msg(v && is(v), "\"%s\" should be %s in %s", key, what, np_json_str(o));
@@ -1124,8 +1122,8 @@ json_int_t np_get_connections(netd_proc_t *np, const char *name)
 json_int_t np_socket_id_of(netd_proc_t *np, const char *server, int fd)
 {
     int port = np_local_port(fd);
-    json_t *r = np_ok(np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server, "limit",
-                              100000));
+    json_t *r = np_ok(
+        np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server, "limit", 100000));
     size_t i;
     json_t *k;
     json_array_foreach(np_jarr(r, "sockets"), i, k)

@@ -65,22 +65,22 @@ int np_client_wait_closed(np_client_t *c, unsigned timeout_ms);
 /* ------------------------------------------------------------------ the daemon */
 
 typedef struct np_opts {
-    const char *config;      /* JSON text written to DIR/netd.json; NULL: "{}" */
-    int threads;             /* -t N; 0: 2; < 0: no -t */
-    const char *const *env;  /* extra "NAME=VALUE" entries, NULL-terminated, or NULL */
-    int pass_fd;             /* > 0: a descriptor the child gets as fd 3 (socket
+    const char *config;         /* JSON text written to DIR/netd.json; NULL: "{}" */
+    int threads;                /* -t N; 0: 2; < 0: no -t */
+    const char *const *env;     /* extra "NAME=VALUE" entries, NULL-terminated, or NULL */
+    int pass_fd;                /* > 0: a descriptor the child gets as fd 3 (socket
                                 activation); 0: none */
-    int listen_fds;          /* > 0: LISTEN_FDS=N and LISTEN_PID=<child pid> set in the
+    int listen_fds;             /* > 0: LISTEN_FDS=N and LISTEN_PID=<child pid> set in the
                                 child after fork (pass_fd is fd 3) */
     const char *listen_fdnames; /* LISTEN_FDNAMES, or NULL */
-    const char *listen_pid;  /* override LISTEN_PID (a wrong pid on purpose), or NULL */
-    const char *sock_path;   /* control socket path; NULL: DIR/netd.sock; relative:
+    const char *listen_pid;     /* override LISTEN_PID (a wrong pid on purpose), or NULL */
+    const char *sock_path;      /* control socket path; NULL: DIR/netd.sock; relative:
                                 under DIR */
-    bool no_sock_arg;        /* run without -s (sock_path says where netd will be) */
-    bool no_config;          /* run without -c */
-    bool no_wait;            /* do not wait for the ping (a start expected to fail) */
-    const char *const *args; /* more arguments, NULL-terminated, or NULL */
-    rlim_t nofile;           /* > 0: netd's RLIMIT_NOFILE, soft and hard (the test keeps
+    bool no_sock_arg;           /* run without -s (sock_path says where netd will be) */
+    bool no_config;             /* run without -c */
+    bool no_wait;               /* do not wait for the ping (a start expected to fail) */
+    const char *const *args;    /* more arguments, NULL-terminated, or NULL */
+    rlim_t nofile;              /* > 0: netd's RLIMIT_NOFILE, soft and hard (the test keeps
                                 its own, higher limit for its clients) */
 } np_opts_t;
 
@@ -91,8 +91,8 @@ typedef struct netd_proc {
     char config[PATH_MAX]; /* DIR/netd.json */
     char errlog[PATH_MAX]; /* DIR/stderr.txt: netd's stderr (and stdout) */
     bool exited;
-    int status;            /* the wait status, once exited */
-    np_client_t *ctl;      /* the control connection used by np_call (opened at start) */
+    int status;       /* the wait status, once exited */
+    np_client_t *ctl; /* the control connection used by np_call (opened at start) */
     bool owns_dir;
 } netd_proc_t;
 
@@ -179,7 +179,7 @@ void np_echo_check(int fd, const char *data);
 /* ------------------------------------------------------------------ shorthands */
 
 /* 1 in sanitizer builds (ASan, TSan): suites scale sizes and rates down. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(ND_ASAN) || \
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(ND_ASAN) ||           \
     defined(ND_TSAN)
 #define NP_SANITIZED 1
 #else

@@ -102,8 +102,8 @@ static void expect_file_error(const char *text, const char *want)
     ck_assert_msg(rc == -1, "%s accepted", text);
     char expect[ERRLEN + PATH_MAX];
     snprintf(expect, sizeof(expect), "%s: %s", file, want);
-    ck_assert_msg(strncmp(err, expect, strlen(expect)) == 0, "%s: got \"%s\", want \"%s...\"",
-                  text, err, expect);
+    ck_assert_msg(strncmp(err, expect, strlen(expect)) == 0, "%s: got \"%s\", want \"%s...\"", text,
+                  err, expect);
     /* A refused file leaves a config that owns nothing. */
     ck_assert_ptr_null(cfg.servers);
     ck_assert_uint_eq(cfg.nservers, 0);
@@ -378,8 +378,7 @@ START_TEST(error_names_relative_file)
     char sub[PATH_MAX + 8], err[ERRLEN] = "";
     snprintf(sub, sizeof(sub), "%s/conf", tmpdir);
     ck_assert_int_eq(mkdir(sub, 0700), 0);
-    const char *abs =
-        write_file_in(sub, "{\"servers\": [{\"port\": 1}, {\"port\": 70000}]}");
+    const char *abs = write_file_in(sub, "{\"servers\": [{\"port\": 1}, {\"port\": 70000}]}");
     char rel[PATH_MAX], want[PATH_MAX + 64];
     snprintf(rel, sizeof(rel), "conf/%s", strrchr(abs, '/') + 1);
     ck_assert_int_eq(chdir(tmpdir), 0);
@@ -542,12 +541,18 @@ static const struct bad_row {
     {"{\"threads\": 4.0}", "threads: must be an integer 0-1024"},
     {"{\"threads\": true}", "threads: must be an integer 0-1024"},
     {"{\"shutdownTimeoutMs\": -1}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"30 s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"30sec\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"-5s\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": \"600h\"}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
-    {"{\"shutdownTimeoutMs\": 3000000000}", "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30 s\"}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"30sec\"}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"-5s\"}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"\"}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": \"600h\"}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
+    {"{\"shutdownTimeoutMs\": 3000000000}",
+     "shutdownTimeoutMs: must be a duration: ms as an integer >= 0"},
     {"{\"control\": \"x\"}", "control: must be an object"},
     {"{\"limits\": []}", "limits: must be an object"},
     {"{\"servers\": {}}", "servers: must be an array"},
@@ -564,16 +569,20 @@ static const struct bad_row {
     {"{\"control\": {\"group\": 0}}", "control.group: must be a non-empty string"},
     {"{\"control\": {\"maxClients\": 0}}", "control.maxClients: must be an integer >= 1"},
     {"{\"control\": {\"maxClients\": \"64\"}}", "control.maxClients: must be an integer >= 1"},
-    {"{\"control\": {\"idleTimeout\": -1}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
-    {"{\"control\": {\"idleTimeout\": null}}", "control.idleTimeout: must be a duration: ms as an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": -1}}",
+     "control.idleTimeout: must be a duration: ms as an integer >= 0"},
+    {"{\"control\": {\"idleTimeout\": null}}",
+     "control.idleTimeout: must be a duration: ms as an integer >= 0"},
     /* limits */
     {"{\"limits\": {\"hwm\": 1}}", "limits.hwm: unknown key"},
     {"{\"limits\": {\"highWaterMark\": 0}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"highWaterMark\": \"1M\"}}", "limits.highWaterMark: must be an integer >= 1"},
     {"{\"limits\": {\"maxBufferedBytes\": 1.5}}",
      "limits.maxBufferedBytes: must be an integer >= 1"},
-    {"{\"limits\": {\"stallMs\": -1}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
-    {"{\"limits\": {\"stallMs\": false}}", "limits.stallMs: must be a duration: ms as an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": -1}}",
+     "limits.stallMs: must be a duration: ms as an integer >= 0"},
+    {"{\"limits\": {\"stallMs\": false}}",
+     "limits.stallMs: must be a duration: ms as an integer >= 0"},
     /* server: address */
     {"{\"servers\": [{\"prot\": 1}]}", "servers[0].prot: unknown key"},
     {"{\"servers\": [{\"port\": 70000}]}", "servers[0].port: must be an integer 0-65535"},
@@ -692,8 +701,8 @@ START_TEST(envelope_skipped)
 {
     netd_listen_spec_t s;
     char err[ERRLEN] = "";
-    int rc = parse_text("{\"id\": 7, \"cmd\": \"listen\", \"port\": 8124, \"name\": \"a\"}",
-                        NULL, "", true, &s, err);
+    int rc = parse_text("{\"id\": 7, \"cmd\": \"listen\", \"port\": 8124, \"name\": \"a\"}", NULL,
+                        "", true, &s, err);
     ck_assert_msg(rc == 0, "%s", err);
     ck_assert_int_eq(s.port, 8124);
     ck_assert_ptr_null(json_object_get(s.source, "id"));
@@ -782,8 +791,8 @@ END_TEST
 
 START_TEST(hosts_accepted)
 {
-    static const char *const hosts[] = {"127.0.0.1", "::", "::1", "fe80::1%lo", "localhost",
-                                        "a-b.example.com", "example.com."};
+    static const char *const hosts[] = {
+        "127.0.0.1", "::", "::1", "fe80::1%lo", "localhost", "a-b.example.com", "example.com."};
     for (int i = 0; i < N_ELEMS(hosts); i++) {
         char text[128];
         netd_listen_spec_t s;
@@ -938,16 +947,16 @@ START_TEST(duration_units)
     static const struct {
         const char *text;
         unsigned ms;
-    } rows[] = {{"0", 0},          {"250", 250},          {"500ms", 500},
-                {"30s", 30000},    {"5m", 300000},        {"2h", 7200000},
-                {"0s", 0},         {"2147483647", 2147483647u}};
+    } rows[] = {{"0", 0},       {"250", 250},    {"500ms", 500}, {"30s", 30000},
+                {"5m", 300000}, {"2h", 7200000}, {"0s", 0},      {"2147483647", 2147483647u}};
     for (int i = 0; i < N_ELEMS(rows); i++) {
         unsigned ms = 1;
         ck_assert_msg(netd_duration_parse(rows[i].text, &ms) == 0, "%s refused", rows[i].text);
         ck_assert_uint_eq(ms, rows[i].ms);
     }
-    static const char *const bad[] = {"", "s", "-1", "+5s", " 5s", "5 s", "5sec", "1.5s",
-                                      "5S", "597h", "99999999999999999999", "3d", NULL};
+    static const char *const bad[] = {
+        "",   "s", "-1", "+5s", " 5s", "5 s", "5sec", "1.5s", "5S", "597h", "99999999999999999999",
+        "3d", NULL};
     for (int i = 0; bad[i]; i++) {
         unsigned ms = 7;
         ck_assert_msg(netd_duration_parse(bad[i], &ms) == -1, "\"%s\" accepted", bad[i]);
@@ -960,10 +969,11 @@ START_TEST(durations_in_file)
 {
     netd_config_t cfg;
     char err[ERRLEN] = "";
-    int rc = load_text("{\"shutdownTimeoutMs\": \"45s\", \"control\": {\"idleTimeout\": \"5m\"},"
-                       " \"limits\": {\"stallMs\": \"1500ms\"},"
-                       " \"servers\": [{\"port\": 1, \"timeout\": \"2m\", \"keepAlive\": \"10s\"}]}",
-                       &cfg, err, NULL);
+    int rc = load_text(
+        "{\"shutdownTimeoutMs\": \"45s\", \"control\": {\"idleTimeout\": \"5m\"},"
+        " \"limits\": {\"stallMs\": \"1500ms\"},"
+        " \"servers\": [{\"port\": 1, \"timeout\": \"2m\", \"keepAlive\": \"10s\"}]}",
+        &cfg, err, NULL);
     ck_assert_msg(rc == 0, "%s", err);
     ck_assert_uint_eq(cfg.shutdown_timeout_ms, 45000);
     ck_assert_uint_eq(cfg.control_idle_timeout_ms, 300000);
@@ -977,15 +987,14 @@ END_TEST
 /* 999.1.1.1 is a mistyped address, not a host name to look up. */
 START_TEST(hosts_refused)
 {
-    static const char *const hosts[] = {"999.1.1.1", "1.2.3.4.5", "256.0.0.1", "10.0.0",
-                                        "-a.example.com", "a-.example.com", "a..b", ".a",
-                                        "exa mple.com", "1.2.3.999."};
+    static const char *const hosts[] = {"999.1.1.1",      "1.2.3.4.5",      "256.0.0.1", "10.0.0",
+                                        "-a.example.com", "a-.example.com", "a..b",      ".a",
+                                        "exa mple.com",   "1.2.3.999."};
     for (int i = 0; i < N_ELEMS(hosts); i++) {
         char text[128];
         snprintf(text, sizeof(text), "{\"port\": 1, \"host\": \"%s\"}", hosts[i]);
         char want[160];
-        snprintf(want, sizeof(want), "host: \"%s\" is not an IP address or a host name",
-                 hosts[i]);
+        snprintf(want, sizeof(want), "host: \"%s\" is not an IP address or a host name", hosts[i]);
         expect_spec_error(text, "", want);
     }
 }
@@ -1019,10 +1028,11 @@ START_TEST(duplicate_addresses)
     /* Distinct addresses of one port pass: two specific hosts, or v4 and v6. */
     netd_config_t cfg;
     char err[ERRLEN] = "";
-    int rc = load_text("{\"servers\": [{\"port\": 80, \"host\": \"127.0.0.1\"},"
-                       " {\"port\": 80, \"host\": \"127.0.0.2\"},"
-                       " {\"port\": 80, \"host\": \"::1\"}, {\"port\": 0}, {\"port\": 0, \"name\": \"z\"}]}",
-                       &cfg, err, NULL);
+    int rc = load_text(
+        "{\"servers\": [{\"port\": 80, \"host\": \"127.0.0.1\"},"
+        " {\"port\": 80, \"host\": \"127.0.0.2\"},"
+        " {\"port\": 80, \"host\": \"::1\"}, {\"port\": 0}, {\"port\": 0, \"name\": \"z\"}]}",
+        &cfg, err, NULL);
     ck_assert_msg(rc == 0, "%s", err);
     netd_config_free(&cfg);
 }
@@ -1055,7 +1065,8 @@ END_TEST
 START_TEST(socket_file_options)
 {
     netd_listen_spec_t s;
-    parse_ok("{\"path\": \"/x.sock\", \"mode\": \"0660\", \"user\": \"0\", \"group\": \"root\"}", &s);
+    parse_ok("{\"path\": \"/x.sock\", \"mode\": \"0660\", \"user\": \"0\", \"group\": \"root\"}",
+             &s);
     ck_assert_int_eq(s.sock_mode, 0660);
     ck_assert_int_eq((int)s.sock_uid, 0);
     ck_assert_int_eq((int)s.sock_gid, 0);
@@ -1077,7 +1088,8 @@ START_TEST(socket_file_options)
     netd_listen_spec_free(&s);
     expect_spec_error("{\"port\": 1, \"mode\": \"0600\"}", "", "mode: only with path");
     expect_spec_error("{\"fd\": 3, \"group\": \"root\"}", "", "group: only with path");
-    expect_spec_error("{\"path\": \"/x\", \"mode\": \"0800\"}", "", "mode: must be a string of octal");
+    expect_spec_error("{\"path\": \"/x\", \"mode\": \"0800\"}", "",
+                      "mode: must be a string of octal");
     expect_spec_error("{\"path\": \"/x\", \"mode\": 432}", "", "mode: must be a string of octal");
     expect_spec_error("{\"path\": \"/x\", \"user\": \"no-such-user-netd\"}", "",
                       "user: no such user \"no-such-user-netd\"");
@@ -1109,16 +1121,17 @@ START_TEST(effective_config_json)
     ck_assert_msg(rc == 0, "%s", err);
     json_t *j = netd_config_json(&cfg, "/run/netd/netd.sock");
     char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-    ck_assert_str_eq(text,
-                     "{\"accessLog\":null,"
-                     "\"control\":{\"group\":null,\"idleTimeout\":300000,\"maxClients\":64,\"mode\":\"0600\","
-                     "\"path\":\"/run/netd/netd.sock\",\"socketDirs\":[\"/run/netd\"]},"
-                     "\"limits\":{\"highWaterMark\":1048576,\"maxBufferedBytes\":16777216,"
-                     "\"stallMs\":30000},\"metrics\":null,"
-                     "\"servers\":[{\"accessLog\":false,\"allowHalfOpen\":false,\"backlog\":511,"
-                     "\"balance\":\"leastconn\",\"handler\":{\"type\":\"echo\"},\"host\":\"0.0.0.0\","
-                     "\"keepAlive\":false,\"maxConnections\":null,\"name\":\"e\",\"noDelay\":true,"
-                     "\"port\":8124,\"timeout\":0}],\"shutdownTimeoutMs\":30000,\"threads\":0}");
+    ck_assert_str_eq(
+        text,
+        "{\"accessLog\":null,"
+        "\"control\":{\"group\":null,\"idleTimeout\":300000,\"maxClients\":64,\"mode\":\"0600\","
+        "\"path\":\"/run/netd/netd.sock\",\"socketDirs\":[\"/run/netd\"]},"
+        "\"limits\":{\"highWaterMark\":1048576,\"maxBufferedBytes\":16777216,"
+        "\"stallMs\":30000},\"metrics\":null,"
+        "\"servers\":[{\"accessLog\":false,\"allowHalfOpen\":false,\"backlog\":511,"
+        "\"balance\":\"leastconn\",\"handler\":{\"type\":\"echo\"},\"host\":\"0.0.0.0\","
+        "\"keepAlive\":false,\"maxConnections\":null,\"name\":\"e\",\"noDelay\":true,"
+        "\"port\":8124,\"timeout\":0}],\"shutdownTimeoutMs\":30000,\"threads\":0}");
     free(text);
     json_decref(j);
     netd_config_free(&cfg);

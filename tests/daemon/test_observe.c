@@ -32,13 +32,13 @@
 
 /* Polls cond every 10 ms until it holds; fails with the message after the (scaled)
  * default deadline. */
-#define WAIT_UNTIL(cond, ...)                                                                \
-    do {                                                                                     \
-        uint64_t dl_ = np_now_ms() + th_scale(NP_TIMEOUT_MS);                                \
-        while (!(cond)) {                                                                    \
-            ck_assert_msg(np_now_ms() < dl_, __VA_ARGS__);                                   \
-            np_pause_ms(10);                                                                 \
-        }                                                                                    \
+#define WAIT_UNTIL(cond, ...)                                                                      \
+    do {                                                                                           \
+        uint64_t dl_ = np_now_ms() + th_scale(NP_TIMEOUT_MS);                                      \
+        while (!(cond)) {                                                                          \
+            ck_assert_msg(np_now_ms() < dl_, __VA_ARGS__);                                         \
+            np_pause_ms(10);                                                                       \
+        }                                                                                          \
     } while (0)
 
 /* ------------------------------------------------------------------ helpers */
@@ -53,7 +53,8 @@ static int metrics_port(netd_proc_t *np)
         const char *p = strstr(err, "metrics: serving http://127.0.0.1:");
         if (p)
             port = atoi(p + strlen("metrics: serving http://127.0.0.1:"));
-        ck_assert_msg(port > 0 || np_now_ms() < deadline, "no metrics line in netd's log:\n%s", err);
+        ck_assert_msg(port > 0 || np_now_ms() < deadline, "no metrics line in netd's log:\n%s",
+                      err);
         if (!port)
             np_pause_ms(10);
     }
@@ -72,7 +73,8 @@ static http_reply_t http(int port, const char *method, const char *path)
     int fd = np_tcp_connect(port);
     char req[512];
     int n = snprintf(req, sizeof(req),
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", method, path);
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", method,
+                     path);
     np_send_all(fd, req, (size_t)n);
     size_t cap = (size_t)4 << 20;
     http_reply_t r = {0};
@@ -231,8 +233,7 @@ static alog_t parse_alog(const char *line)
                    "moves=%d end=%31s",
                    a.time, a.server, a.peer, &a.socket, &a.thread, &a.duration, &a.in, &a.out,
                    &a.moves, a.end);
-    ck_assert_msg(n == 10, "access-log line not in the documented format (%d fields): %s", n,
-                  line);
+    ck_assert_msg(n == 10, "access-log line not in the documented format (%d fields): %s", n, line);
     return a;
 }
 
@@ -265,15 +266,15 @@ static json_int_t socket_thread(netd_proc_t *np, json_int_t id)
     json_t *r = np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "role", "all"));
     size_t i;
     json_t *s;
-    json_array_foreach(np_jarr(r, "sockets"), i, s) if (np_jint(s, "id") == id) return np_jint(s, "thread");
+    json_array_foreach(np_jarr(r, "sockets"), i,
+                       s) if (np_jint(s, "id") == id) return np_jint(s, "thread");
     ck_abort_msg("socket %lld not listed", (long long)id);
     return -1;
 }
 
 /* ================================================================== HTTP */
 
-#define CFG_METRICS                                                                          \
-    "{'metrics':{'port':0},'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"
+#define CFG_METRICS "{'metrics':{'port':0},'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"
 
 START_TEST(test_http_endpoint)
 {
@@ -390,8 +391,8 @@ static double cpu_seconds(pid_t pid)
     buf[n] = '\0';
     const char *p = strrchr(buf, ')');
     unsigned long long ut = 0, st = 0;
-    ck_assert(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-                          &st) == 2);
+    ck_assert(
+        p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2);
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -453,8 +454,8 @@ START_TEST(test_metrics_across_upgrade)
     double start_b = -1;
     /* (between the old netd's exit and the new one's next try, nobody answers) */
     WAIT_UNTIL((start_b = start_time_on(mport)) > start_a,
-               "port %d: no answer from the new netd (start %f, the old one's %f)", mport,
-               start_b, start_a);
+               "port %d: no answer from the new netd (start %f, the old one's %f)", mport, start_b,
+               start_a);
     r = http(mport, "GET", "/metrics");
     ck_assert_int_eq(mval(r.body, "netd_server_connections{server=\"echo\"}"), 1);
     ck_assert_int_eq(mval(r.body, "netd_server_accepted_total{server=\"echo\"}"), 1);
@@ -524,7 +525,8 @@ START_TEST(test_config_errors)
         {"{'metrics':9108}", "metrics: must be an object"},
         {"{'accessLog':5}", "accessLog: must be a file path"},
         {"{'accessLog':''}", "accessLog: must be a file path"},
-        {"{'servers':[{'port':0,'accessLog':'yes'}]}", "servers[0].accessLog: must be true or false"},
+        {"{'servers':[{'port':0,'accessLog':'yes'}]}",
+         "servers[0].accessLog: must be true or false"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *out = NULL;
@@ -585,7 +587,8 @@ START_TEST(test_server_metrics)
     WAIT_UNTIL(server_metric(np, "netd_server_rejected_total", "tiny") == 1, "rejected: %g",
                server_metric(np, "netd_server_rejected_total", "tiny"));
     WAIT_UNTIL(server_metric(np, "netd_server_idle_timeout_total", "tiny") == 1,
-               "idle timeouts of tiny: %g", server_metric(np, "netd_server_idle_timeout_total", "tiny"));
+               "idle timeouts of tiny: %g",
+               server_metric(np, "netd_server_idle_timeout_total", "tiny"));
     ck_assert_int_eq(server_metric(np, "netd_server_idle_timeout_total", "echo"), 0);
     close(t1);
     close(t2);
@@ -615,12 +618,13 @@ START_TEST(test_server_metrics)
     /* Each series once, cumulative buckets never decrease. */
     ck_assert_int_eq(mcount(t, "netd_server_connections{server=\"echo\"}"), 1);
     double prev = 0;
-    static const char *const les[] = {"0.005", "0.05", "0.5", "1", "5", "15", "60", "300",
-                                      "900", "3600", "14400", "86400", "+Inf"};
+    static const char *const les[] = {"0.005", "0.05", "0.5",  "1",     "5",     "15",  "60",
+                                      "300",   "900",  "3600", "14400", "86400", "+Inf"};
     for (size_t i = 0; i < sizeof(les) / sizeof(les[0]); i++) {
         char series[160];
         snprintf(series, sizeof(series),
-                 "netd_server_connection_duration_seconds_bucket{server=\"tiny\",le=\"%s\"}", les[i]);
+                 "netd_server_connection_duration_seconds_bucket{server=\"tiny\",le=\"%s\"}",
+                 les[i]);
         double v = mval(t, series);
         ck_assert_msg(v >= prev, "%s = %g after %g", series, v, prev);
         prev = v;
@@ -636,9 +640,11 @@ START_TEST(test_metrics_name_survives_reopen)
     netd_proc_t *np = np_start(Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"), 2);
     int old_port = np_server_port(np, "echo");
     int a = echo_client(old_port, "1234");
-    np_write_config(np, Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1','backlog':100}]}"));
+    np_write_config(np,
+                    Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1','backlog':100}]}"));
     np_signal(np, SIGHUP);
-    WAIT_UNTIL(json_array_size(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")) == 2,
+    WAIT_UNTIL(json_array_size(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")) ==
+                   2,
                "the reload did not reopen echo");
     /* By name, `server` finds the old one (closing): the new one's port is in the list. */
     int new_port = 0;
@@ -661,7 +667,8 @@ START_TEST(test_metrics_name_survives_reopen)
     ck_assert_int_eq(mval(t, "netd_server_bytes_read_total{server=\"echo\"}"), 6);
     /* The old one ends: what it counted stays in the name's series. */
     close(a);
-    WAIT_UNTIL(json_array_size(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")) == 1,
+    WAIT_UNTIL(json_array_size(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")) ==
+                   1,
                "the old echo did not close");
     t = metrics(np);
     ck_assert_int_eq(mcount(t, "netd_server_accepted_total{server=\"echo\"}"), 1);
@@ -736,13 +743,15 @@ START_TEST(test_watch_fields)
     np_client_t *w = np_connect(np);
     np_ok(np_ccall(w, "{'cmd':'watch'}"));
     uint64_t t0 = (uint64_t)time(NULL) * 1000 - 1000;
-    json_t *r = np_ok(np_ccall(np->ctl, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
+    json_t *r = np_ok(
+        np_ccall(np->ctl, "{'cmd':'listen','port':0,'host':'127.0.0.1','name':'web'}"));
     json_int_t sid = np_jint(np_jobj(r, "server"), "id");
     int port = (int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port");
     json_t *e = next_event(w, "listening");
     ck_assert_int_eq(np_jint(e, "server"), sid);
     ck_assert_str_eq(np_jstr(e, "serverName"), "web");
-    ck_assert_msg(np_jint(e, "timeMs") >= (json_int_t)t0, "timeMs %lld", (long long)np_jint(e, "timeMs"));
+    ck_assert_msg(np_jint(e, "timeMs") >= (json_int_t)t0, "timeMs %lld",
+                  (long long)np_jint(e, "timeMs"));
     ck_assert_msg(json_object_get(e, "socket") == NULL, "a server event names no socket: %s",
                   np_json_str(e));
 
@@ -837,8 +846,8 @@ START_TEST(test_sockets_peer_sort)
     ck_assert_int_eq(np_jint(r, "total"), 0);
     r = np_ok(np_ccall(np->ctl, "{'cmd':'sockets','peer':'127.0.0.2'}"));
     ck_assert_int_eq(np_jint(r, "total"), 0);
-    static const char *const bad_peers[] = {"bogus", "127.0.0.1:0", "127.0.0.1:x", "[::1",
-                                            "[::1]x", ""};
+    static const char *const bad_peers[] = {"bogus", "127.0.0.1:0", "127.0.0.1:x",
+                                            "[::1",  "[::1]x",      ""};
     for (size_t i = 0; i < sizeof(bad_peers) / sizeof(bad_peers[0]); i++)
         np_expect_error(np_ccall(np->ctl, "{'cmd':'sockets','peer':'%s'}", bad_peers[i]), "EARG",
                         "peer");
@@ -917,18 +926,19 @@ START_TEST(test_access_log_endings)
     memset(banner, 'b', text_len);
     banner[text_len] = '\0';
     char *cfg = NULL;
-    ck_assert(asprintf(&cfg,
-                       "{\"accessLog\": \"access.log\","
-                       " \"limits\": {\"maxBufferedBytes\": 65536, \"stallMs\": 300},"
-                       " \"servers\": ["
-                       "{\"name\": \"echo\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true},"
-                       "{\"name\": \"idle\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
-                       " \"timeout\": 150},"
-                       "{\"name\": \"proxy\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
-                       " \"handler\": {\"type\": \"proxy\", \"port\": %d}},"
-                       "{\"name\": \"banner\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
-                       " \"handler\": {\"type\": \"banner\", \"text\": \"%s\"}}]}",
-                       dead_port, banner) > 0);
+    ck_assert(
+        asprintf(&cfg,
+                 "{\"accessLog\": \"access.log\","
+                 " \"limits\": {\"maxBufferedBytes\": 65536, \"stallMs\": 300},"
+                 " \"servers\": ["
+                 "{\"name\": \"echo\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true},"
+                 "{\"name\": \"idle\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
+                 " \"timeout\": 150},"
+                 "{\"name\": \"proxy\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
+                 " \"handler\": {\"type\": \"proxy\", \"port\": %d}},"
+                 "{\"name\": \"banner\", \"port\": 0, \"host\": \"127.0.0.1\", \"accessLog\": true,"
+                 " \"handler\": {\"type\": \"banner\", \"text\": \"%s\"}}]}",
+                 dead_port, banner) > 0);
     free(banner);
     netd_proc_t *np = np_start(cfg, 2);
     free(cfg);
@@ -940,8 +950,8 @@ START_TEST(test_access_log_endings)
     int rst = echo_client(eport, "rst");
     int des = echo_client(eport, "destroy");
     int mov = echo_client(eport, "move");
-    int fin_port = np_local_port(fin), rst_port = np_local_port(rst),
-        des_port = np_local_port(des), mov_port = np_local_port(mov);
+    int fin_port = np_local_port(fin), rst_port = np_local_port(rst), des_port = np_local_port(des),
+        mov_port = np_local_port(mov);
     close(fin);
     np_rst_close(rst);
     np_ok(np_call(np, "{s:s, s:I}", "cmd", "destroy", "socket", np_socket_id_of(np, "echo", des)));
@@ -980,9 +990,9 @@ START_TEST(test_access_log_endings)
         const int *port;
         const char *server, *end;
         int moves;
-    } want[] = {{&fin_port, "echo", "FIN", 0},       {&rst_port, "echo", "RST", 0},
-                {&des_port, "echo", "destroy", 0},   {&mov_port, "echo", "FIN", 1},
-                {&idle_port, "idle", "timeout", 0},  {&up_port, "proxy", "upstream", 0},
+    } want[] = {{&fin_port, "echo", "FIN", 0},      {&rst_port, "echo", "RST", 0},
+                {&des_port, "echo", "destroy", 0},  {&mov_port, "echo", "FIN", 1},
+                {&idle_port, "idle", "timeout", 0}, {&up_port, "proxy", "upstream", 0},
                 {&slow_port, "banner", "slow", 0}};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         alog_t a = alog_for_port(text, *want[i].port);
@@ -1109,8 +1119,7 @@ START_TEST(test_access_log_drops_when_full)
         close(np_tcp_connect(port));
     double lines = 0, dropped = 0;
     WAIT_UNTIL((lines = mval(metrics(np), "netd_access_log_lines_total"),
-                dropped = mval(metrics(np), "netd_access_log_dropped_total"),
-                lines + dropped == n),
+                dropped = mval(metrics(np), "netd_access_log_dropped_total"), lines + dropped == n),
                "lines %g + dropped %g != %d connections", lines, dropped, n);
     ck_assert_msg(dropped > 0, "nothing dropped with the writer blocked (%g lines)", lines);
     ck_assert_msg(lines >= 100, "only %g lines kept: the bound is too tight", lines);

@@ -43,8 +43,8 @@ static size_t socket_ids(netd_proc_t *np, const char *server, json_int_t *ids, s
 {
     uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
     for (;;) {
-        json_t *r = np_ok(np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server,
-                                  "limit", 100000));
+        json_t *r = np_ok(
+            np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server, "limit", 100000));
         size_t i, n = 0;
         json_t *k;
         json_array_foreach(np_jarr(r, "sockets"), i, k) if (n < want) ids[n++] = np_jint(k, "id");
@@ -101,8 +101,8 @@ static int movers_finish(movers_t *mv)
                 continue;
             }
             const char *code = np_jstr(np_jobj(r, "error"), "code");
-            ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0,
-                          "move: %s", np_json_str(r));
+            ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0, "move: %s",
+                          np_json_str(r));
         }
     }
     return ok;
@@ -128,8 +128,9 @@ START_TEST(test_move_then_hang_up)
     json_int_t sid = np_socket_id_of(np, "echo", stream);
     for (int i = 0; i < 40; i++) {
         char req[128];
-        int len = snprintf(req, sizeof(req), "{\"id\":%d,\"cmd\":\"move\",\"socket\":%lld,\"thread\":%d}\n",
-                           i, (long long)sid, i % THREADS);
+        int len = snprintf(req, sizeof(req),
+                           "{\"id\":%d,\"cmd\":\"move\",\"socket\":%lld,\"thread\":%d}\n", i,
+                           (long long)sid, i % THREADS);
         for (int tries = 0;; tries++) {
             np_client_t *c = np_connect(np);
             ck_assert_int_eq(np_client_send_raw(c, req, (size_t)len), 0);
@@ -172,11 +173,12 @@ START_TEST(test_pipelined_replies_keep_their_order)
     json_int_t ia = np_socket_id_of(np, "echo", a), ib = np_socket_id_of(np, "echo", b);
     np_client_t *c = np_connect(np);
     for (int round = 0; round < 10; round++) {
-        char *text = np_q("{'id':1,'cmd':'move','socket':%lld,'thread':%d}\n{'id':2,'cmd':'ping'}\n"
-                          "{'id':3,'cmd':'move','socket':%lld,'thread':%d}\n"
-                          "{'id':4,'cmd':'getConnections','server':'echo'}\n"
-                          "{'id':5,'cmd':'sockets'}\n{'id':6,'cmd':'rebalance'}\n{'id':7,'cmd':'ping'}\n",
-                          (long long)ia, (round + 1) % THREADS, (long long)ib, (round + 2) % THREADS);
+        char *text = np_q(
+            "{'id':1,'cmd':'move','socket':%lld,'thread':%d}\n{'id':2,'cmd':'ping'}\n"
+            "{'id':3,'cmd':'move','socket':%lld,'thread':%d}\n"
+            "{'id':4,'cmd':'getConnections','server':'echo'}\n"
+            "{'id':5,'cmd':'sockets'}\n{'id':6,'cmd':'rebalance'}\n{'id':7,'cmd':'ping'}\n",
+            (long long)ia, (round + 1) % THREADS, (long long)ib, (round + 2) % THREADS);
         ck_assert_int_eq(np_client_send_raw(c, text, strlen(text)), 0);
         for (int id = 1; id <= 7; id++) {
             json_t *r = np_ok(np_client_recv(c, NP_TIMEOUT_MS));
@@ -200,11 +202,10 @@ END_TEST
  */
 START_TEST(test_proxy_pair_closing_while_moving)
 {
-    netd_proc_t *np = np_start(
-        np_q("{'servers':[{'name':'up','path':'up.sock'},"
-             "{'name':'px','port':0,'host':'127.0.0.1','allowHalfOpen':true,"
-             "'handler':{'type':'proxy','path':'up.sock'}}]}"),
-        THREADS);
+    netd_proc_t *np = np_start(np_q("{'servers':[{'name':'up','path':'up.sock'},"
+                                    "{'name':'px','port':0,'host':'127.0.0.1','allowHalfOpen':true,"
+                                    "'handler':{'type':'proxy','path':'up.sock'}}]}"),
+                               THREADS);
     int port = np_server_port(np, "px");
     np_client_t *ctl = np_connect(np);
     int attempts = NP_SANITIZED ? 40 : 100;
@@ -213,8 +214,9 @@ START_TEST(test_proxy_pair_closing_while_moving)
         np_echo_check(fd, "through the proxy");
         json_int_t sid = np_socket_id_of(np, "px", fd);
         char req[128];
-        int len = snprintf(req, sizeof(req), "{\"id\":%d,\"cmd\":\"move\",\"socket\":%lld,\"thread\":%d}\n",
-                           i, (long long)sid, i % THREADS);
+        int len = snprintf(req, sizeof(req),
+                           "{\"id\":%d,\"cmd\":\"move\",\"socket\":%lld,\"thread\":%d}\n", i,
+                           (long long)sid, i % THREADS);
         /* The FIN and the move leave together: they often reach the worker in one turn. */
         ck_assert_int_eq(np_client_send_raw(ctl, req, (size_t)len), 0);
         shutdown(fd, SHUT_WR);
@@ -222,8 +224,8 @@ START_TEST(test_proxy_pair_closing_while_moving)
         ck_assert_int_eq(np_jint(r, "id"), i);
         if (!json_is_true(json_object_get(r, "ok"))) {
             const char *code = np_jstr(np_jobj(r, "error"), "code");
-            ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0,
-                          "move: %s", np_json_str(r));
+            ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0, "move: %s",
+                          np_json_str(r));
         }
         ck_assert_int_eq(np_expect_eof(fd), 1);
         close(fd);
@@ -249,7 +251,10 @@ START_TEST(test_listen_refused_at_once_then_exit)
 {
     int lport;
     int lfd = np_tcp_listen(&lport);
-    np_opts_t o = {.config = "{}", .threads = THREADS, .pass_fd = lfd, .listen_fds = 1,
+    np_opts_t o = {.config = "{}",
+                   .threads = THREADS,
+                   .pass_fd = lfd,
+                   .listen_fds = 1,
                    .listen_fdnames = "web"};
     netd_proc_t *np = np_start_ex(&o);
     close(lfd);
@@ -294,8 +299,8 @@ START_TEST(test_sockets_lists_sockets_in_transit)
         json_array_foreach(arr, i, k)
         {
             json_int_t id = np_jint(k, "id");
-            ck_assert_msg(id > prev, "ids out of order or twice: %lld after %lld",
-                          (long long)id, (long long)prev);
+            ck_assert_msg(id > prev, "ids out of order or twice: %lld after %lld", (long long)id,
+                          (long long)prev);
             prev = id;
             if (strcmp(np_jstr(k, "state"), "moving") == 0)
                 moving_seen++;
@@ -328,9 +333,8 @@ START_TEST(test_close_destroy_reaches_sockets_in_transit)
     for (int i = 0; i < N; i++)
         ck_assert_msg(np_expect_eof(fds[i]) == 1, "connection %d was not ended", i);
     movers_finish(&mv);
-    ck_assert_int_eq(np_jint(np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "role", "all")),
-                             "total"),
-                     0);
+    ck_assert_int_eq(
+        np_jint(np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "role", "all")), "total"), 0);
     close_all(fds, N);
 }
 END_TEST

@@ -431,8 +431,7 @@ END_TEST
 START_TEST(test_close_through_swapped_symlink)
 {
     netd_proc_t *np = np_start("{}", 2);
-    const char *a = path_in(np->dir, "a"), *b = path_in(np->dir, "b"),
-               *l = path_in(np->dir, "l");
+    const char *a = path_in(np->dir, "a"), *b = path_in(np->dir, "b"), *l = path_in(np->dir, "l");
     ck_assert(mkdir(a, 0700) == 0 && mkdir(b, 0700) == 0 && symlink("a", l) == 0);
     const char *via = path_in(l, "x.sock");
     np_ok(listen_path(np, via));
@@ -440,7 +439,8 @@ START_TEST(test_close_through_swapped_symlink)
     write_text(victim, "root's file");
     ck_assert(unlink(l) == 0 && symlink("b", l) == 0);
     np_ok(np_call(np, "{s:s, s:s}", "cmd", "close", "server", via));
-    ck_assert_msg(is_file_with(victim, "root's file"), "netd unlinked a file through the swapped link");
+    ck_assert_msg(is_file_with(victim, "root's file"),
+                  "netd unlinked a file through the swapped link");
     struct stat st;
     ck_assert_msg(stat(path_in(a, "x.sock"), &st) != 0, "netd's own socket file stayed behind");
 }
@@ -514,14 +514,14 @@ START_TEST(test_unix_socket_mode_user_group)
     ck_assert_str_eq(np_jstr(np_jobj(np_jobj(r, "server"), "address"), "path"), path);
     ck_assert(stat(path, &st) == 0);
     ck_assert_msg((st.st_mode & 0777) == 0640, "mode %o, want 0640", st.st_mode & 0777);
-    ck_assert_msg(st.st_uid == uid && st.st_gid == gid, "owner %d:%d, want %u:%u",
-                  (int)st.st_uid, (int)st.st_gid, uid, gid);
+    ck_assert_msg(st.st_uid == uid && st.st_gid == gid, "owner %d:%d, want %u:%u", (int)st.st_uid,
+                  (int)st.st_gid, uid, gid);
     if (geteuid() != 0) {
         /* Not allowed to give it to root: refused, and no file is left behind. */
         const char *denied = path_in(np->dir, "d.sock");
-        np_expect_error(np_call(np, "{s:s, s:s, s:s}", "cmd", "listen", "path", denied, "user",
-                                "0"),
-                        "EPERM", "chown");
+        np_expect_error(
+            np_call(np, "{s:s, s:s, s:s}", "cmd", "listen", "path", denied, "user", "0"), "EPERM",
+            "chown");
         ck_assert(stat(denied, &st) != 0);
     }
     np_expect_error(np_qcall(np, "{'cmd':'listen','port':0,'mode':'0600'}"), "EARG",
@@ -537,8 +537,8 @@ END_TEST
 
 /* ================================================================== reload (13.4, 13.5) */
 
-#define CFG_AB                                                                                 \
-    "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'},"                                 \
+#define CFG_AB                                                                                     \
+    "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'},"                                     \
     "{'name':'b','port':0,'host':'127.0.0.1'}]}"
 
 /* `set` changes the running server, not the file: a reload leaves it alone. */

@@ -30,10 +30,10 @@
 #include "netd_proc.h"
 
 #define Q np_q
-#define CFG                                                                                  \
-    "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'},"                               \
-    "{'name':'echo2','port':0,'host':'127.0.0.1'},"                                          \
-    "{'name':'up','path':'up.sock'},"                                                        \
+#define CFG                                                                                        \
+    "{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'},"                                     \
+    "{'name':'echo2','port':0,'host':'127.0.0.1'},"                                                \
+    "{'name':'up','path':'up.sock'},"                                                              \
     "{'name':'px','port':0,'host':'127.0.0.1','handler':{'type':'proxy','path':'up.sock'}}]}"
 
 /* ------------------------------------------------------------------ the "new" binary */
@@ -120,7 +120,8 @@ static void *load_main(void *arg)
                     for (ssize_t j = 0; j < k; j++) {
                         if (buf[j] != pat(c->index, c->rcvd + (uint64_t)j)) {
                             atomic_fetch_add(&l->errors, 1);
-                            load_note(l, "conn %llu: byte %llu differs", (unsigned long long)c->index,
+                            load_note(l, "conn %llu: byte %llu differs",
+                                      (unsigned long long)c->index,
                                       (unsigned long long)(c->rcvd + (uint64_t)j));
                             break;
                         }
@@ -318,8 +319,8 @@ START_TEST(test_upgrade_under_load)
     json_int_t before_conns[2] = {np_get_connections(old, "echo"), np_get_connections(old, "px")};
     static json_int_t ids_before[4096], ids_after[4096];
     size_t nids = socket_ids(old, ids_before, 4096);
-    json_t *r = np_ok(np_call(old, "{s:s, s:s, s:i}", "cmd", "upgrade", "exec", bin, "timeoutMs",
-                              30000));
+    json_t *r = np_ok(
+        np_call(old, "{s:s, s:s, s:i}", "cmd", "upgrade", "exec", bin, "timeoutMs", 30000));
     pid_t newpid = (pid_t)np_jint(r, "pid");
     ck_assert_int_ne(newpid, old->pid);
     ck_assert_int_eq(np_jint(r, "previousPid"), old->pid);
@@ -356,9 +357,9 @@ START_TEST(test_upgrade_under_load)
     fprintf(stderr,
             "upgrade: %llu bytes checked, longest stall %llu ms, %d connects (%d failed), %d calls "
             "(%d failed)\n",
-            (unsigned long long)atomic_load(&l.bytes), (unsigned long long)atomic_load(&l.max_stall),
-            atomic_load(&p.ok), atomic_load(&p.failed), atomic_load(&p.calls),
-            atomic_load(&p.calls_failed));
+            (unsigned long long)atomic_load(&l.bytes),
+            (unsigned long long)atomic_load(&l.max_stall), atomic_load(&p.ok),
+            atomic_load(&p.failed), atomic_load(&p.calls), atomic_load(&p.calls_failed));
     ck_assert_msg(atomic_load(&l.errors) == 0, "wrong bytes: %s", l.first_error);
     ck_assert_msg(atomic_load(&l.ended) == 0, "connections ended: %s", l.first_error);
     ck_assert_msg(atomic_load(&p.failed) == 0, "connects failed: %s", p.why);
@@ -440,8 +441,7 @@ static void failed_upgrade(const char *test_env, const char *exec, unsigned time
     json_t *r = np_call(np, "{s:s, s:s, s:i}", "cmd", "upgrade", "exec", bin, "timeoutMs",
                         (int)timeout_ms);
     np_expect_error(r, "EUPGRADE", in_message);
-    fprintf(stderr, "upgrade refused as it should: %s\n",
-            np_jstr(np_jobj(r, "error"), "message"));
+    fprintf(stderr, "upgrade refused as it should: %s\n", np_jstr(np_jobj(r, "error"), "message"));
     check_still_serving(np, &l, &p);
     /* Nothing of the failed attempt is left: a good upgrade works afterwards. */
     if (!test_env) {
@@ -522,7 +522,8 @@ START_TEST(test_restart_keeps_queued_connections)
     snprintf(env, sizeof(env), "NOTIFY_SOCKET=%s", path);
     const char *envv[] = {env, NULL};
     np_opts_t o = {.config = Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
-                   .threads = 2, .env = envv};
+                   .threads = 2,
+                   .env = envv};
     netd_proc_t *a = np_start_ex(&o);
     int port = np_server_port(a, "echo");
     np_signal(a, SIGTERM);
@@ -536,7 +537,9 @@ START_TEST(test_restart_keeps_queued_connections)
             struct cmsghdr align;
         } ctl;
         struct iovec iov = {buf, sizeof(buf) - 1};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = ctl.b,
                             .msg_controllen = sizeof(ctl.b)};
         ssize_t n = recvmsg(ns, &mh, MSG_DONTWAIT);
         if (n <= 0)
@@ -552,7 +555,10 @@ START_TEST(test_restart_keeps_queued_connections)
     int fd = np_tcp_connect(port);
     np_send_all(fd, "queued", 6);
     np_opts_t o2 = {.config = Q("{'servers':[{'name':'echo','port':0,'host':'127.0.0.1'}]}"),
-                    .threads = 2, .pass_fd = stored, .listen_fds = 1, .listen_fdnames = "echo"};
+                    .threads = 2,
+                    .pass_fd = stored,
+                    .listen_fds = 1,
+                    .listen_fdnames = "echo"};
     netd_proc_t *b = np_start_ex(&o2);
     close(stored);
     char got[8];
@@ -575,7 +581,10 @@ START_TEST(test_upgrade_socket_activated)
     int port;
     int lfd = np_tcp_listen(&port);
     const char *cfg = Q("{'servers':[{'name':'web','fd':'web'}]}");
-    np_opts_t o = {.config = cfg, .threads = 2, .pass_fd = lfd, .listen_fds = 1,
+    np_opts_t o = {.config = cfg,
+                   .threads = 2,
+                   .pass_fd = lfd,
+                   .listen_fds = 1,
                    .listen_fdnames = "web"};
     netd_proc_t *a = np_start_ex(&o);
     close(lfd);

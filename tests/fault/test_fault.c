@@ -64,14 +64,14 @@ static void note(const char *fmt, ...)
 #define Q np_q
 
 /* Polls cond every 20 ms until it holds, or fails the test with the message. */
-#define WAIT_FOR(cond, ms, ...)                                                              \
-    do {                                                                                     \
-        uint64_t wait_deadline_ = np_now_ms() + th_scale(ms);                                \
-        while (!(cond)) {                                                                    \
-            if (np_now_ms() > wait_deadline_)                                                \
-                ck_abort_msg(__VA_ARGS__);                                                   \
-            np_pause_ms(20);                                                                 \
-        }                                                                                    \
+#define WAIT_FOR(cond, ms, ...)                                                                    \
+    do {                                                                                           \
+        uint64_t wait_deadline_ = np_now_ms() + th_scale(ms);                                      \
+        while (!(cond)) {                                                                          \
+            if (np_now_ms() > wait_deadline_)                                                      \
+                ck_abort_msg(__VA_ARGS__);                                                         \
+            np_pause_ms(20);                                                                       \
+        }                                                                                          \
     } while (0)
 
 static uint64_t rng_next(uint64_t *s)
@@ -827,15 +827,14 @@ START_TEST(test_drain)
     np_signal(np, SIGTERM);
     WAIT_FOR(strstr(np_stderr(np), "draining") != NULL, 5000, "netd did not start draining");
     /* Draining: no new connections... */
-    WAIT_FOR(refused(port), 5000,
-             "netd still accepts connections while draining");
+    WAIT_FOR(refused(port), 5000, "netd still accepts connections while draining");
     ck_assert_msg(np_wait_exit(np, 0) < 0, "netd exited with connections still open");
     /* ...but the open ones keep being served: the second half, then a half-close. */
     int eofs = 0;
     while (eofs < DRAIN_CLIENTS) {
         eofs = drain_round(c, DRAIN_CLIENTS, DRAIN_BYTES, true, p);
-        ck_assert_msg(np_now_ms() < deadline, "%d of %d clients were closed after their echo",
-                      eofs, DRAIN_CLIENTS);
+        ck_assert_msg(np_now_ms() < deadline, "%d of %d clients were closed after their echo", eofs,
+                      DRAIN_CLIENTS);
     }
     for (int i = 0; i < DRAIN_CLIENTS; i++)
         close(c[i].fd);
@@ -917,8 +916,7 @@ static void *streamer_main(void *arg)
         s->sum_recv = fnv(s->sum_recv, buf, got);
         if (got != n || memcmp(buf, src, n) != 0) {
             snprintf(s->error, sizeof(s->error), "echo at %llu: %zu of %zu bytes, %s",
-                     (unsigned long long)s->bytes, got, n,
-                     got == n ? "content differs" : "short");
+                     (unsigned long long)s->bytes, got, n, got == n ? "content differs" : "short");
             break;
         }
         s->bytes += n;
@@ -1098,11 +1096,12 @@ static void add_hostiles(hostiles_t *h, json_int_t *id)
     add_str(h, "   \t ", "EPARSE", 0, NULL);
     /* Invalid UTF-8. */
     add_str(h, "{\"cmd\":\"\xff\xfe\"}", "EPARSE", 0, NULL);
-    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xc0\xaf\"}", "EPARSE", 0, NULL);        /* overlong */
-    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xed\xa0\x80\"}", "EPARSE", 0, NULL);    /* surrogate */
-    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xe2\x82\"}", "EPARSE", 0, NULL);        /* truncated */
+    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xc0\xaf\"}", "EPARSE", 0, NULL);     /* overlong */
+    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xed\xa0\x80\"}", "EPARSE", 0, NULL); /* surrogate */
+    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xe2\x82\"}", "EPARSE", 0, NULL);     /* truncated */
     add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xf8\x88\x80\x80\x80\"}", "EPARSE", 0, NULL);
-    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xf4\x90\x80\x80\"}", "EPARSE", 0, NULL); /* > U+10FFFF */
+    add_str(h, "{\"cmd\":\"ping\",\"id\":\"\xf4\x90\x80\x80\"}", "EPARSE", 0,
+            NULL); /* > U+10FFFF */
     add_str(h, "{\"\x80\":1,\"cmd\":\"ping\"}", "EPARSE", 0, NULL);
     add_str(h, "{\"cmd\":\"ping\",\"id\":\"\\ud800\"}", "EPARSE", 0, NULL); /* lone surrogate */
     add_str(h, "{\"cmd\":\"ping\",\"id\":\"a\\u0000b\"}", "EPARSE", 0, NULL);
@@ -1175,7 +1174,8 @@ static void add_hostiles(hostiles_t *h, json_int_t *id)
     add_id(h, id, "EARG", "bogus", "'cmd':'ping','bogus':1}");
     add_id(h, id, "EARG", "verbose", "'cmd':'stats','verbose':true}");
     add_id(h, id, "EARG", "Port", "'cmd':'listen','Port':0}");
-    add_id(h, id, "EARG", "handler.bogus", "'cmd':'listen','port':0,'handler':{'type':'echo','bogus':1}}");
+    add_id(h, id, "EARG", "handler.bogus",
+           "'cmd':'listen','port':0,'handler':{'type':'echo','bogus':1}}");
     /* Missing or contradictory arguments, bad values. */
     add_id(h, id, "EARG", "server", "'cmd':'server'}");
     add_id(h, id, "EARG", "socket", "'cmd':'destroy'}");
@@ -1231,8 +1231,7 @@ static void add_hostiles(hostiles_t *h, json_int_t *id)
         {"'cmd':'shutdown','timeoutMs':-1", "EARG", "timeoutMs"},
         {"'cmd':'shutdown','timeoutMs':-9223372036854775808", "EARG", "timeoutMs"},
     };
-    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
-    {
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         char body[256];
         snprintf(body, sizeof(body), "%s}", nums[i].args);
         add_id(h, id, nums[i].code, nums[i].field, body);
@@ -1334,7 +1333,8 @@ static void check_too_many_clients(netd_proc_t *np, int *ok_out, int *busy_out)
         /* Exactly one reply, then EOF: the ping sent after the refusal is never answered. */
         const char *why = NULL;
         char *more = np_client_read_line(c[i], NP_TIMEOUT_MS, &why);
-        ck_assert_msg(more == NULL && (strcmp(why, "eof") == 0 || strcmp(why, strerror(ECONNRESET)) == 0),
+        ck_assert_msg(more == NULL &&
+                          (strcmp(why, "eof") == 0 || strcmp(why, strerror(ECONNRESET)) == 0),
                       "client %d: after EBUSY: %s (want EOF)", i, more ? more : why);
     }
     ck_assert_msg(ok == NETD_DEFAULT_MAX_CLIENTS - 1 && busy == CTL_CLIENTS - ok,
@@ -1405,8 +1405,8 @@ START_TEST(test_control_abuse)
         free(burst);
         for (size_t i = 0; i < h.n; i++) {
             json_t *r = np_client_recv(c, NP_TIMEOUT_MS);
-            const char *code =
-                json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+            const char *code = json_string_value(
+                json_object_get(json_object_get(r, "error"), "code"));
             ck_assert_msg(h.v[i].code ? code && strcmp(code, h.v[i].code) == 0 : code == NULL,
                           "burst #%zu (%.80s): want %s, got %s", i, h.v[i].what,
                           h.v[i].code ? h.v[i].code : "ok", np_json_str(r));
@@ -1421,9 +1421,9 @@ START_TEST(test_control_abuse)
     np_ok(np_call(np, "{s:s}", "cmd", "ping"));
     json_t *srv = np_server_obj(np, "echo");
     ck_assert_str_eq(json_string_value(json_object_get(srv, "state")), "listening");
-    ck_assert_int_eq(json_array_size(json_object_get(
-                         np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")),
-                     1);
+    ck_assert_int_eq(
+        json_array_size(json_object_get(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")),
+        1);
     np_pause_ms(200);
     atomic_store(&st.stop, true);
     pthread_join(st.th, NULL);
@@ -1437,9 +1437,9 @@ START_TEST(test_control_abuse)
          "and again as one burst; 200 extra clients: %d served, %d EBUSY+EOF; 2 MiB line: "
          "ETOOBIG+EOF; other uid: %s; data plane meanwhile: %llu bytes in %llu round trips, "
          "checksum %016llx both ways",
-         total, generated, parse_errors, ok, busy,
-         eperm ? "EPERM+EOF" : "not tried (not root)", (unsigned long long)st.bytes,
-         (unsigned long long)st.rounds, (unsigned long long)st.sum_sent);
+         total, generated, parse_errors, ok, busy, eperm ? "EPERM+EOF" : "not tried (not root)",
+         (unsigned long long)st.bytes, (unsigned long long)st.rounds,
+         (unsigned long long)st.sum_sent);
     for (size_t i = 0; i < h.n; i++)
         free(h.v[i].line);
     free(h.v);
@@ -1523,8 +1523,7 @@ static const bad_config_t bad_configs[] = {
     {"{'servers':[{'port':-1}]}", "servers[0].port"},
     {"{'servers':[{'port':0,'handler':{'type':'nope'}}]}", "servers[0].handler.type"},
     {"{'servers':[{'port':0,'handler':'echo'}]}", "servers[0].handler"},
-    {"{'servers':[{'port':0,'handler':{'type':'proxy','port':70000}}]}",
-     "servers[0].handler.port"},
+    {"{'servers':[{'port':0,'handler':{'type':'proxy','port':70000}}]}", "servers[0].handler.port"},
     {"{'servers':[{'port':0,'name':'a'},{'port':0,'name':'a'}]}", "servers[1].name"},
     {"{'servers':[{'port':0,'allowHalfOpen':'yes'}]}", "servers[0].allowHalfOpen"},
     {"{'servers':[{'port':0,'host':'bad host!'}]}", "servers[0].host"},
@@ -1599,10 +1598,10 @@ START_TEST(test_config_sighup)
         json_t *now = json_array_get(srvs, 0);
         ck_assert_int_eq(json_integer_value(json_object_get(now, "id")),
                          json_integer_value(json_object_get(before, "id")));
-        ck_assert_msg(json_equal(json_object_get(now, "address"), json_object_get(before, "address")) &&
-                          json_equal(json_object_get(now, "handler"),
-                                     json_object_get(before, "handler")),
-                      "the server changed: %s, was %s", np_json_str(now), np_json_str(before));
+        ck_assert_msg(
+            json_equal(json_object_get(now, "address"), json_object_get(before, "address")) &&
+                json_equal(json_object_get(now, "handler"), json_object_get(before, "handler")),
+            "the server changed: %s, was %s", np_json_str(now), np_json_str(before));
         ck_assert_str_eq(json_string_value(json_object_get(now, "state")), "listening");
         ck_assert_msg(echo_ok(fd, "kept"), "the connection broke on a refused reload");
     }
@@ -1615,8 +1614,8 @@ START_TEST(test_config_sighup)
     np_write_config(np, Q("{'servers':[{'name':'a','port':0,'host':'127.0.0.1'},"
                           "{'name':'b','port':0,'host':'127.0.0.1'}]}"));
     np_signal(np, SIGHUP);
-    WAIT_FOR(json_array_size(json_object_get(np_ok(np_call(np, "{s:s}", "cmd", "servers")),
-                                             "servers")) == 2,
+    WAIT_FOR(json_array_size(
+                 json_object_get(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers")) == 2,
              5000, "a valid reload was not applied");
     ck_assert_int_eq(server_int(np, "a", "id"), json_integer_value(json_object_get(before, "id")));
     ck_assert(echo_ok(fd, "after"));
@@ -1639,7 +1638,8 @@ typedef struct soak_worker {
     char error[256];
 } soak_worker_t;
 
-static void soak_error(soak_worker_t *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void soak_error(soak_worker_t *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void soak_error(soak_worker_t *w, const char *fmt, ...)
 {
     w->errors++;
@@ -1672,7 +1672,8 @@ static void *soak_main(void *arg)
         w->connects++;
         uint64_t r = rng_next(&seed);
         /* Mostly small messages, some up to 64 KiB. */
-        size_t size = r % 4 == 0 ? 1 + (size_t)((r >> 8) % PAT_SPAN) : 1 + (size_t)((r >> 8) % 2048);
+        size_t size = r % 4 == 0 ? 1 + (size_t)((r >> 8) % PAT_SPAN)
+                                 : 1 + (size_t)((r >> 8) % 2048);
         uint64_t off = rng_next(&seed);
         const uint8_t *src = pat_at(off);
         int action = (int)((r >> 32) % 10);
@@ -1784,8 +1785,8 @@ START_TEST(test_soak)
     long end_kb = np_rss_kb(np->pid);
     WAIT_FOR(stat_of(np, "connections") == 0, 10000, "connections stay at %lld after the soak",
              stat_of(np, "connections"));
-    WAIT_FOR(np_fd_count(np->pid) <= base_fds, 10000, "netd holds %d descriptors after the soak, %d before",
-             np_fd_count(np->pid), base_fds);
+    WAIT_FOR(np_fd_count(np->pid) <= base_fds, 10000,
+             "netd holds %d descriptors after the soak, %d before", np_fd_count(np->pid), base_fds);
     int end_fds = np_fd_count(np->pid);
     long long accepted = stat_of(np, "acceptedTotal");
     note("soak: %.1f s, %d threads (netd -t %d), %llu connects (%.0f/s): %llu round trips, %llu "

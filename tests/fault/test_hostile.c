@@ -216,7 +216,8 @@ START_TEST(test_overflowed_watcher_is_destroyed)
         struct pollfd q = {.fd = w, .events = 0};
         gone = poll(&q, 1, 0) > 0 && (q.revents & (POLLHUP | POLLERR));
     }
-    ck_assert_msg(gone || destroyed_within(w, 3000), "a watcher that never reads was not destroyed");
+    ck_assert_msg(gone || destroyed_within(w, 3000),
+                  "a watcher that never reads was not destroyed");
     note("watcher destroyed after %d connections", rounds);
     close(w);
     /* Its slot is free: two more clients fit next to `other` and np->ctl. */
@@ -395,11 +396,11 @@ END_TEST
 START_TEST(test_one_server_per_resolved_address)
 {
     netd_proc_t *np = np_start(Q("{}"), 2);
-    json_t *r = np_ok(np_call(np, "{s:s, s:i, s:s, s:s, s:s}", "cmd", "listen", "port", 0,
-                              "host", "127.0.0.1", "balance", "reuseport", "name", "a"));
+    json_t *r = np_ok(np_call(np, "{s:s, s:i, s:s, s:s, s:s}", "cmd", "listen", "port", 0, "host",
+                              "127.0.0.1", "balance", "reuseport", "name", "a"));
     int port = (int)np_jint(np_jobj(np_jobj(r, "server"), "address"), "port");
-    r = np_call(np, "{s:s, s:i, s:s, s:s, s:s}", "cmd", "listen", "port", port, "host",
-                "localhost", "balance", "reuseport", "name", "b");
+    r = np_call(np, "{s:s, s:i, s:s, s:s, s:s}", "cmd", "listen", "port", port, "host", "localhost",
+                "balance", "reuseport", "name", "b");
     np_expect_error(r, "EADDRINUSE", NULL);
     json_t *servers = np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers");
     ck_assert_int_eq(json_array_size(servers), 1);
@@ -415,8 +416,8 @@ START_TEST(test_closed_servers_remembered_bounded)
 {
     netd_proc_t *np = np_start(Q("{}"), 1);
     for (int i = 0; i < 300; i++) {
-        np_ok(np_call(np, "{s:s, s:i, s:s, s:s}", "cmd", "listen", "port", 0, "host",
-                      "127.0.0.1", "name", np_q("c%d", i)));
+        np_ok(np_call(np, "{s:s, s:i, s:s, s:s}", "cmd", "listen", "port", 0, "host", "127.0.0.1",
+                      "name", np_q("c%d", i)));
         np_ok(np_call(np, "{s:s, s:s}", "cmd", "close", "server", np_q("c%d", i)));
     }
     np_expect_error(np_call(np, "{s:s, s:s}", "cmd", "close", "server", "c299"), "ENOTRUNNING",
@@ -462,8 +463,8 @@ START_TEST(test_unix_upstream_backlog_full_is_a_failure)
     close(fd);
     uint64_t deadline = np_now_ms() + th_scale(3000);
     json_int_t failed = 0;
-    while ((failed = np_jint(np_ok(np_call(np, "{s:s}", "cmd", "stats")),
-                             "upstreamFailedTotal")) < 1 &&
+    while ((failed = np_jint(np_ok(np_call(np, "{s:s}", "cmd", "stats")), "upstreamFailedTotal")) <
+               1 &&
            np_now_ms() < deadline)
         np_pause_ms(20);
     ck_assert_int_eq(failed, 1);
@@ -481,7 +482,8 @@ START_TEST(test_proxy_default_passes_half_close)
 {
     netd_proc_t *np = np_start(
         Q("{'servers':[{'name':'up','path':'up.sock','handler':{'type':'echo'}},"
-          "{'name':'px','port':0,'host':'127.0.0.1','handler':{'type':'proxy','path':'up.sock'}}]}"),
+          "{'name':'px','port':0,'host':'127.0.0.1','handler':{'type':'proxy','path':'up.sock'}}]"
+          "}"),
         2);
     json_t *s = np_server_obj(np, "px");
     ck_assert(json_is_true(json_object_get(s, "allowHalfOpen")));

@@ -26,8 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int known_code(const char *code)
 {
-    static const char *const codes[] = {NETD_EPARSE, NETD_EREQUEST, NETD_ECOMMAND, NETD_EARG,
-                                        NULL};
+    static const char *const codes[] = {NETD_EPARSE, NETD_EREQUEST, NETD_ECOMMAND, NETD_EARG, NULL};
     for (int i = 0; codes[i]; i++)
         if (code && strcmp(code, codes[i]) == 0)
             return 1;

@@ -177,8 +177,8 @@ static void readable(evutil_socket_t fd, short what, void *arg)
         if (p == NULL)
             return;
         p->peer_len = sizeof(p->peer);
-        ssize_t got =
-            recvfrom(d->fd, buf, sizeof(buf), 0, (struct sockaddr *)&p->peer, &p->peer_len);
+        ssize_t got = recvfrom(d->fd, buf, sizeof(buf), 0, (struct sockaddr *)&p->peer,
+                               &p->peer_len);
         if (got < 0 || answer(d, buf, (size_t)got, p) < 0) {
             free(p);
             if (got < 0 && errno != EINTR)

@@ -457,8 +457,7 @@ int th_raw_listen(int *port)
     int fd = raw_socket();
     struct sockaddr_in sin = loopback(0);
 
-    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s",
-                  strerror(errno));
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s", strerror(errno));
     ck_assert_msg(listen(fd, 128) == 0, "listen: %s", strerror(errno));
     *port = bound_port(fd);
     return fd;
@@ -479,8 +478,7 @@ int th_free_port(void)
     int fd = raw_socket();
     struct sockaddr_in sin = loopback(0);
 
-    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s",
-                  strerror(errno));
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s", strerror(errno));
     int port = bound_port(fd);
     close(fd);
     return port;

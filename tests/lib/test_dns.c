@@ -48,8 +48,7 @@ static t_t *t_new(void)
     t->dnsd = th_dnsd_start(t->loop);
     th_dnsd_add(t->dnsd, "test.netd", "127.0.0.1");
     th_dnsd_add(t->dnsd, "six.netd", "::1");
-    t->mask = EVBIT(ND_EV_LOOKUP) | EVBIT(ND_EV_CONNECT) | EVBIT(ND_EV_ERROR) |
-              EVBIT(ND_EV_CLOSE);
+    t->mask = EVBIT(ND_EV_LOOKUP) | EVBIT(ND_EV_CONNECT) | EVBIT(ND_EV_ERROR) | EVBIT(ND_EV_CLOSE);
     return t;
 }
 
@@ -127,8 +126,7 @@ static void c_log(void *self, const nd_event_t *ev, void *arg)
 
 static nd_socket_t *new_client(t_t *t)
 {
-    static const nd_event_type_t evs[] = {ND_EV_LOOKUP, ND_EV_CONNECT, ND_EV_ERROR,
-                                          ND_EV_CLOSE};
+    static const nd_event_type_t evs[] = {ND_EV_LOOKUP, ND_EV_CONNECT, ND_EV_ERROR, ND_EV_CLOSE};
     nd_socket_t *s = nd_socket_new(t->loop, NULL);
 
     ck_assert_ptr_nonnull(s);
@@ -512,8 +510,7 @@ static void pair_closed(void *self, const nd_event_t *ev, void *arg)
 
 static nd_socket_t *pair_socket(t_t *t, pair_t *p, const char *host)
 {
-    static const nd_event_type_t evs[] = {ND_EV_LOOKUP, ND_EV_CONNECT, ND_EV_ERROR,
-                                          ND_EV_CLOSE};
+    static const nd_event_type_t evs[] = {ND_EV_LOOKUP, ND_EV_CONNECT, ND_EV_ERROR, ND_EV_CLOSE};
     nd_connect_options_t o;
     nd_socket_t *s = nd_socket_new(t->loop, NULL);
 

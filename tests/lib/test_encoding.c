@@ -23,7 +23,8 @@ static int realloc_fail; /* nonzero: the next reallocs fail */
 
 static void *test_realloc(void *p, size_t n)
 {
-    if (realloc_fail) return NULL;
+    if (realloc_fail)
+        return NULL;
     return realloc(p, n);
 }
 
@@ -42,8 +43,10 @@ static const char *hexs(const void *p, size_t n)
     const unsigned char *s = p;
     for (size_t i = 0; i < n && k + 4 < sizeof(bufs[0]); i++)
         k += (size_t)snprintf(b + k, sizeof(bufs[0]) - k, "%02x", s[i]);
-    if (n * 2 + 1 > sizeof(bufs[0])) snprintf(b + k, sizeof(bufs[0]) - k, "...");
-    if (n == 0) b[0] = '\0';
+    if (n * 2 + 1 > sizeof(bufs[0]))
+        snprintf(b + k, sizeof(bufs[0]) - k, "...");
+    if (n == 0)
+        b[0] = '\0';
     return b;
 }
 
@@ -228,7 +231,8 @@ START_TEST(test_utf8_big_random_chunks)
             n = 2 + (r >> 8) % 4;
         else
             n = 1 + (r >> 8) % 5000;
-        if (n > NBYTES - pos) n = NBYTES - pos;
+        if (n > NBYTES - pos)
+            n = NBYTES - pos;
         ck_assert_int_eq(nd__decoder_write(&d, text + pos, n, &out), 0);
         pos += n;
         nwrites++;
@@ -422,7 +426,8 @@ START_TEST(test_utf8_chunking_invariance)
         nd__decoder_init(&d, ND_ENC_UTF8);
         for (size_t pos = 0; pos < n;) {
             size_t k = 1 + rng_next(&s) % 6;
-            if (k > n - pos) k = n - pos;
+            if (k > n - pos)
+                k = n - pos;
             ck_assert_int_eq(nd__decoder_write(&d, in + pos, k, &chunked), 0);
             pos += k;
         }
@@ -552,7 +557,8 @@ static size_t ref_base64(const unsigned char *in, size_t n, char *out, int pad)
             out[k++] = a[(acc >> bits) & 63];
         }
     }
-    if (bits > 0) out[k++] = a[(acc << (6 - bits)) & 63];
+    if (bits > 0)
+        out[k++] = a[(acc << (6 - bits)) & 63];
     while (pad && k % 4)
         out[k++] = '=';
     out[k] = '\0';
@@ -623,7 +629,8 @@ START_TEST(test_base64_streaming)
         nd__decoder_init(&d, ND_ENC_BASE64);
         for (size_t pos = 0; pos < n;) {
             size_t k = 1 + rng_next(&s) % 8;
-            if (k > n - pos) k = n - pos;
+            if (k > n - pos)
+                k = n - pos;
             ck_assert_int_eq(nd__decoder_write(&d, in + pos, k, &out), 0);
             pos += k;
             size_t m = ref_base64(in, pos / 3 * 3, ref, 0);

@@ -115,8 +115,7 @@ static int reap(child_t *c)
 static void check_exit(int status, int code, const char *who, const char *output)
 {
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == code,
-                  "%s: expected exit %d, got status 0x%x; output:\n%s", who, code, status,
-                  output);
+                  "%s: expected exit %d, got status 0x%x; output:\n%s", who, code, status, output);
 }
 
 static void echo_round_trip(const char *where)
@@ -177,8 +176,8 @@ START_TEST(client_reports_refused_connection)
     ck_assert_msg(read_until(&client, NULL, 10000), "echo-client did not finish; printed:\n%s",
                   client.buf);
     check_exit(reap(&client), 1, "echo-client", client.buf);
-    ck_assert_msg(strstr(client.buf, "ECONNREFUSED") != NULL,
-                  "no ECONNREFUSED in the output:\n%s", client.buf);
+    ck_assert_msg(strstr(client.buf, "ECONNREFUSED") != NULL, "no ECONNREFUSED in the output:\n%s",
+                  client.buf);
     ck_assert_msg(strstr(client.buf, "client connected") == NULL, "connected anyway:\n%s",
                   client.buf);
 }

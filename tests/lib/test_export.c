@@ -66,7 +66,9 @@ static void send_record(int ch, const nd_export_t *ex)
         struct cmsghdr align;
     } ctl;
     memset(&ctl, 0, sizeof(ctl));
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = ctl.buf,
                         .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)ex->nfds)};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
@@ -86,7 +88,9 @@ static unsigned char *recv_record(int ch, size_t *len, int *fds, int *nfds)
         struct cmsghdr align;
     } ctl;
     struct iovec iov = {&l, sizeof(l)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = ctl.buf,
                         .msg_controllen = sizeof(ctl.buf)};
     if (recvmsg(ch, &mh, MSG_WAITALL) != (ssize_t)sizeof(l))
         return NULL;
@@ -237,7 +241,8 @@ static void read_exact(int fd, unsigned char *buf, size_t n)
     size_t got = 0;
     while (got < n) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        ck_assert_msg(poll(&p, 1, (int)th_scale(5000)) == 1, "read timed out at %zu of %zu", got, n);
+        ck_assert_msg(poll(&p, 1, (int)th_scale(5000)) == 1, "read timed out at %zu of %zu", got,
+                      n);
         ssize_t k = recv(fd, buf + got, n - got, 0);
         ck_assert_msg(k > 0, "connection ended at %zu of %zu", got, n);
         got += (size_t)k;

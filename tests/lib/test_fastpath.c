@@ -37,10 +37,10 @@ typedef struct bulk {
     nd_loop_t *loop;
     nd_server_t *front, *sink_srv;
     nd_socket_t *writer, *front_sock, *uplink, *sink;
-    uint64_t total;   /* bytes the writer sends */
-    uint64_t sent;    /* bytes written so far */
-    uint64_t got;     /* bytes the sink read */
-    uint64_t bad_at;  /* first offset whose byte was wrong, + 1 */
+    uint64_t total;  /* bytes the writer sends */
+    uint64_t sent;   /* bytes written so far */
+    uint64_t got;    /* bytes the sink read */
+    uint64_t bad_at; /* first offset whose byte was wrong, + 1 */
     int sink_ended;
     /* a 'data' listener added to the front socket once the sink has `listen_after` bytes */
     uint64_t listen_after;
@@ -213,7 +213,7 @@ static void mark_poll(void *arg)
 START_TEST(test_write_queues_behind_spliced_bytes)
 {
     bulk_t b = {0};
-    b.mark_at = UINT64_MAX; /* the sink starts paused */
+    b.mark_at = UINT64_MAX;    /* the sink starts paused */
     bulk_start(&b, 64u << 20); /* more than loopback buffers hold */
     th_timer(b.loop, 10, mark_poll, &b);
     th_run(b.loop, 30000);
@@ -242,9 +242,7 @@ static void idle_end(void *sock, const nd_event_t *ev, void *arg)
     nd_socket_end(sock, NULL, 0);
 }
 
-static void idle_close(void *sock, const nd_event_t *ev, void *arg)
-{
-}
+static void idle_close(void *sock, const nd_event_t *ev, void *arg) {}
 
 /* What an echo server attaches (netd's own echo: a pipe to itself, 'end' and 'close'). */
 static void idle_connection(void *server, const nd_event_t *ev, void *arg)

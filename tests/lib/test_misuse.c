@@ -72,14 +72,16 @@ static void log_wcb(nd_socket_t *s, int err, void *arg)
     ctx_t *c = arg;
     c->nwcb++;
     c->wcb_err = err;
-    if (c->in_call) c->sync_events++;
+    if (c->in_call)
+        c->sync_events++;
     th_log(&c->cs.log, "wcb:%s", err ? nd_err_name(err) : "0");
 }
 
 static void note_sync(void *self, const nd_event_t *ev, void *arg)
 {
     ctx_t *c = arg;
-    if (c->in_call) c->sync_events++;
+    if (c->in_call)
+        c->sync_events++;
 }
 
 /* Server side of the server tests: an event log and the count of each event. */
@@ -974,14 +976,16 @@ static void lone_wcb(nd_socket_t *s, int err, void *arg)
     lone_t *l = arg;
     l->nwcb++;
     l->wcb_err = err;
-    if (l->in_call) l->sync_events++;
+    if (l->in_call)
+        l->sync_events++;
     th_log(&l->k.log, "wcb:%s", err ? nd_err_name(err) : "0");
 }
 
 static void lone_sync(void *self, const nd_event_t *ev, void *arg)
 {
     lone_t *l = arg;
-    if (l->in_call) l->sync_events++;
+    if (l->in_call)
+        l->sync_events++;
 }
 
 static nd_socket_t *lone_new(lone_t *l, nd_loop_t *loop)
@@ -1408,7 +1412,8 @@ static void cnt_later(void *arg)
 static void cnt_conn_closed(void *self, const nd_event_t *ev, void *arg)
 {
     cnt_t *x = arg;
-    if (++x->nclosed == 1) x->t = th_timer(x->loop, 20, cnt_later, x);
+    if (++x->nclosed == 1)
+        x->t = th_timer(x->loop, 20, cnt_later, x);
 }
 
 static void cnt_connection(void *self, const nd_event_t *ev, void *arg)
@@ -1416,7 +1421,8 @@ static void cnt_connection(void *self, const nd_event_t *ev, void *arg)
     cnt_t *x = arg;
     x->conns[x->nconn++] = ev->socket;
     ck_assert_int_eq(nd_socket_on(ev->socket, ND_EV_CLOSE, cnt_conn_closed, x), 0);
-    if (x->nconn < 2) return;
+    if (x->nconn < 2)
+        return;
     ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
     nd_socket_destroy(x->conns[0]);
     nd_socket_destroy(x->conns[0]);
@@ -1509,7 +1515,8 @@ typedef struct dcb {
 static void dcb_destroy(void *self, const nd_event_t *ev, void *arg)
 {
     dcb_t *d = arg;
-    if (d->seen++) d->nafter++;
+    if (d->seen++)
+        d->nafter++;
     nd_socket_destroy(self);
     nd_socket_destroy(self);
 }
@@ -1526,7 +1533,8 @@ static void dcb_resume(void *arg)
 {
     dcb_t *d = arg;
     d->resume = NULL;
-    if (d->c.p.conn) nd_socket_resume(d->c.p.conn);
+    if (d->c.p.conn)
+        nd_socket_resume(d->c.p.conn);
 }
 
 static void dcb_conn_closed(void *self, const nd_event_t *ev, void *arg)
@@ -1543,7 +1551,8 @@ static void dcb_accepted(th_pair_t *p)
     dcb_t *d = p->arg;
     th_sink_attach(p->conn, &d->c.ss, TH_SINK_ALL);
     ck_assert_int_eq(nd_socket_on(p->conn, ND_EV_CLOSE, dcb_conn_closed, d), 0);
-    if (d->at == ND_EV_DRAIN) nd_socket_pause(p->conn);
+    if (d->at == ND_EV_DRAIN)
+        nd_socket_pause(p->conn);
 }
 
 static void dcb_ready(th_pair_t *p)

@@ -28,8 +28,8 @@
 
 #define EVBIT(e) (1u << (e))
 /* Events of the client that go into t->log unless a test narrows the set. */
-#define DEFAULT_MASK                                                                       \
-    (EVBIT(ND_EV_LOOKUP) | EVBIT(ND_EV_CONNECT) | EVBIT(ND_EV_DATA) | EVBIT(ND_EV_END) |    \
+#define DEFAULT_MASK                                                                               \
+    (EVBIT(ND_EV_LOOKUP) | EVBIT(ND_EV_CONNECT) | EVBIT(ND_EV_DATA) | EVBIT(ND_EV_END) |           \
      EVBIT(ND_EV_ERROR) | EVBIT(ND_EV_CLOSE))
 
 /* What the server does with each accepted socket. */
@@ -410,8 +410,7 @@ static int get_opt(nd_socket_t *s, int level, int name)
     int fd = nd_socket_fd(s);
 
     ck_assert_int_ge(fd, 0);
-    ck_assert_msg(getsockopt(fd, level, name, &v, &len) == 0, "getsockopt: %s",
-                  strerror(errno));
+    ck_assert_msg(getsockopt(fd, level, name, &v, &len) == 0, "getsockopt: %s", strerror(errno));
     return v;
 }
 
@@ -450,15 +449,15 @@ static void record_wcb(nd_socket_t *sock, int err, void *arg)
     t->wcb_err = err;
 }
 
-#define RX_IS(t, s)                                                                        \
-    do {                                                                                   \
-        ck_assert_uint_eq((t)->rxlen, strlen(s));                                          \
-        ck_assert(memcmp((t)->rx, (s), strlen(s)) == 0);                                   \
+#define RX_IS(t, s)                                                                                \
+    do {                                                                                           \
+        ck_assert_uint_eq((t)->rxlen, strlen(s));                                                  \
+        ck_assert(memcmp((t)->rx, (s), strlen(s)) == 0);                                           \
     } while (0)
-#define SRX_IS(t, s)                                                                       \
-    do {                                                                                   \
-        ck_assert_uint_eq((t)->srxlen, strlen(s));                                         \
-        ck_assert(memcmp((t)->srx, (s), strlen(s)) == 0);                                  \
+#define SRX_IS(t, s)                                                                               \
+    do {                                                                                           \
+        ck_assert_uint_eq((t)->srxlen, strlen(s));                                                 \
+        ck_assert(memcmp((t)->srx, (s), strlen(s)) == 0);                                          \
     } while (0)
 
 /* ------------------------------------------------------------------------------------ */
@@ -2327,8 +2326,7 @@ START_TEST(test_unix_connect_regular_file)
     th_run(t->loop, 5000);
 
     ck_assert_int_eq(t->errors, 1);
-    ck_assert_msg(strcmp(t->err.name, "ENOTSOCK") == 0 ||
-                      strcmp(t->err.name, "ECONNREFUSED") == 0,
+    ck_assert_msg(strcmp(t->err.name, "ENOTSOCK") == 0 || strcmp(t->err.name, "ECONNREFUSED") == 0,
                   "error %s", t->err.name);
     ck_assert_str_eq(th_log_str(&t->log), "close:1");
     t_done(t);

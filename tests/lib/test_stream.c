@@ -101,9 +101,11 @@ static int utf8_whole(const unsigned char *s, size_t n)
             k = 4;
         else
             return 0;
-        if (i + k > n) return 0;
+        if (i + k > n)
+            return 0;
         for (size_t j = 1; j < k; j++)
-            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
         i += k;
     }
     return 1;
@@ -111,11 +113,16 @@ static int utf8_whole(const unsigned char *s, size_t n)
 
 static int b64_value(int c)
 {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
     return -1;
 }
 
@@ -127,9 +134,11 @@ static size_t b64_decode(const unsigned char *s, size_t n, unsigned char *out)
     int bits = 0;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '=') break;
+        if (s[i] == '=')
+            break;
         int v = b64_value(s[i]);
-        if (v < 0) return (size_t)-1;
+        if (v < 0)
+            return (size_t)-1;
         acc = (acc << 6) | (uint32_t)v;
         bits += 6;
         if (bits >= 8) {
@@ -175,7 +184,8 @@ static void reader_resume(void *arg)
     reader_t *r = arg;
     r->pending = NULL;
     r->paused_by_us = 0;
-    if (r->sock) nd_socket_resume(r->sock);
+    if (r->sock)
+        nd_socket_resume(r->sock);
 }
 
 static void reader_pause_for(reader_t *r, unsigned ms)
@@ -192,7 +202,8 @@ static void reader_ev(void *self, const nd_event_t *ev, void *arg)
     switch (ev->type) {
     case ND_EV_DATA: {
         const unsigned char *d = (const unsigned char *)ev->data;
-        if (r->paused_by_us) r->data_while_paused++;
+        if (r->paused_by_us)
+            r->data_while_paused++;
         for (size_t i = 0; i < ev->len; i++) {
             if (d[i] != pat(r->got + i)) {
                 r->bad++;
@@ -202,7 +213,8 @@ static void reader_ev(void *self, const nd_event_t *ev, void *arg)
         r->hash = th_fnv1a(r->hash, d, ev->len);
         r->got += ev->len;
         r->ndata++;
-        if (r->pending) break;
+        if (r->pending)
+            break;
         if (r->pause_ms) {
             reader_pause_for(r, r->pause_ms);
         } else if (r->rate) {
@@ -289,14 +301,16 @@ static void log_wcb(nd_socket_t *s, int err, void *arg)
     ctx_t *c = arg;
     c->nwcb++;
     c->wcb_err = err;
-    if (c->in_call) c->sync_events++;
+    if (c->in_call)
+        c->sync_events++;
     th_log(&c->cs.log, "wcb:%s", err ? nd_err_name(err) : "0");
 }
 
 static void note_sync_error(void *self, const nd_event_t *ev, void *arg)
 {
     ctx_t *c = arg;
-    if (c->in_call) c->sync_events++;
+    if (c->in_call)
+        c->sync_events++;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -428,16 +442,19 @@ static void thr_resume(void *arg)
     thr_t *t = arg;
     t->resume = NULL;
     t->rd.paused_by_us = 0;
-    if (t->rd.sock) nd_socket_resume(t->rd.sock);
+    if (t->rd.sock)
+        nd_socket_resume(t->rd.sock);
 }
 
 static void thr_drain(void *self, const nd_event_t *ev, void *arg)
 {
     thr_t *t = arg;
     t->ndrain++;
-    if (!t->zero_seen) t->early_drain++;
+    if (!t->zero_seen)
+        t->early_drain++;
     t->bs_at_drain = nd_socket_buffer_size(self);
-    if (t->ndrain == 1) ck_assert_int_eq(nd_socket_end(self, NULL, 0), 0);
+    if (t->ndrain == 1)
+        ck_assert_int_eq(nd_socket_end(self, NULL, 0), 0);
 }
 
 static void thr_connecting(th_pair_t *p)
@@ -461,7 +478,8 @@ static void thr_write_one(thr_t *t, nd_socket_t *s, size_t chunk, int *r)
     ck_assert_int_ge(*r, 0);
     t->written += chunk;
     /* bufferSize counts bytes waiting in user memory: never more than was accepted. */
-    if (nd_socket_buffer_size(s) > t->written) t->bs_over++;
+    if (nd_socket_buffer_size(s) > t->written)
+        t->bs_over++;
 }
 
 static void thr_ready(th_pair_t *p)
@@ -480,7 +498,8 @@ static void thr_ready(th_pair_t *p)
     /* Writes after a 0 are still accepted; none may be lost. */
     for (int i = 0; i < 16; i++) {
         thr_write_one(t, p->conn, chunk, &r);
-        if (r != 0) t->nonzero_after_zero++;
+        if (r != 0)
+            t->nonzero_after_zero++;
     }
     t->resume = th_timer(p->loop, 100, thr_resume, t);
 }
@@ -525,7 +544,8 @@ typedef struct slow {
 static void slow_wcb(nd_socket_t *s, int err, void *arg)
 {
     slow_t *w = arg;
-    if (err) w->wcb_bad++;
+    if (err)
+        w->wcb_bad++;
     w->nwcb++;
 }
 
@@ -642,14 +662,16 @@ static void gone_wcb(nd_socket_t *s, int err, void *arg)
 {
     gone_t *g = arg;
     g->nwcb++;
-    if (err) g->nwcb_err++;
+    if (err)
+        g->nwcb_err++;
 }
 
 static void gone_tick(void *arg)
 {
     gone_t *g = arg;
     g->t = NULL;
-    if (!g->p.conn) return;
+    if (!g->p.conn)
+        return;
     if (g->nwrites == 200) {
         /* Never got an error: fail on the counts, but let the loop end. */
         nd_socket_destroy(g->p.conn);
@@ -961,14 +983,16 @@ typedef struct enc {
 
 static void enc_check_string(enc_t *e, const nd_event_t *ev)
 {
-    if (ev->data[ev->len] != '\0') e->not_terminated++;
+    if (ev->data[ev->len] != '\0')
+        e->not_terminated++;
 }
 
 static void u8_check(void *self, const nd_event_t *ev, void *arg)
 {
     enc_t *e = arg;
     enc_check_string(e, ev);
-    if (!utf8_whole((const unsigned char *)ev->data, ev->len)) e->bad_chunks++;
+    if (!utf8_whole((const unsigned char *)ev->data, ev->len))
+        e->bad_chunks++;
 }
 
 static void a_check(void *self, const nd_event_t *ev, void *arg)
@@ -1038,7 +1062,8 @@ static void drip_tick(void *arg)
 {
     enc_t *e = arg;
     e->t = NULL;
-    if (!e->c.p.conn) return;
+    if (!e->c.p.conn)
+        return;
     ck_assert_int_ge(nd_socket_write(e->c.p.conn, e->send + e->sent, 1, NULL, NULL), 0);
     if (++e->sent < e->nsend)
         e->t = th_timer(e->c.p.loop, 10, drip_tick, e);
@@ -1156,7 +1181,8 @@ START_TEST(latin1_round_trips_all_256_byte_values)
     for (unsigned i = 0; i < 256; i++) {
         raw[i] = (unsigned char)i;
         nwant += put_utf8(want + nwant, i);
-        if (i > 0) ntext += put_utf8((unsigned char *)e.c.text + ntext, i);
+        if (i > 0)
+            ntext += put_utf8((unsigned char *)e.c.text + ntext, i);
     }
     e.c.text[ntext] = '\0';
     e.c.p.connecting = latin1_connecting;
@@ -1293,7 +1319,8 @@ static void rstr_tick(void *arg)
     rstr_t *r = arg;
     enc_t *e = &r->e;
     e->t = NULL;
-    if (!e->c.p.conn) return;
+    if (!e->c.p.conn)
+        return;
     size_t upto = r->stages[r->at].upto;
     ck_assert_int_ge(nd_socket_write(e->c.p.conn, e->send + e->sent, upto - e->sent, NULL, NULL),
                      0);
@@ -1309,7 +1336,8 @@ static void rstr_connecting(th_pair_t *p)
     rstr_t *r = p->arg;
     ck_assert_int_eq(nd_socket_set_encoding(p->client, r->e.encoding), 0);
     sink_attach(p->client, &r->e.c.cs, 1);
-    if (r->check) ck_assert_int_eq(nd_socket_on(p->client, ND_EV_DATA, r->check, r), 0);
+    if (r->check)
+        ck_assert_int_eq(nd_socket_on(p->client, ND_EV_DATA, r->check, r), 0);
 }
 
 static void rstr_accepted(th_pair_t *p)
@@ -1343,7 +1371,8 @@ static void hex_check(void *self, const nd_event_t *ev, void *arg)
 {
     rstr_t *r = arg;
     enc_check_string(&r->e, ev);
-    if (ev->len % 2 != 0) r->e.bad_chunks++;
+    if (ev->len % 2 != 0)
+        r->e.bad_chunks++;
 }
 
 START_TEST(set_encoding_hex_gives_lowercase_pairs)
@@ -1376,10 +1405,13 @@ static void b64_check(void *self, const nd_event_t *ev, void *arg)
 {
     rstr_t *r = arg;
     enc_check_string(&r->e, ev);
-    if (ev->len == 0) return;
+    if (ev->len == 0)
+        return;
     /* Only the last string may be short or padded: one after it is a violation. */
-    if (r->e.pad_seen) r->e.bad_chunks++;
-    if (ev->len % 4 != 0 || memchr(ev->data, '=', ev->len) != NULL) r->e.pad_seen = 1;
+    if (r->e.pad_seen)
+        r->e.bad_chunks++;
+    if (ev->len % 4 != 0 || memchr(ev->data, '=', ev->len) != NULL)
+        r->e.pad_seen = 1;
 }
 
 START_TEST(set_encoding_base64_emits_whole_groups)
@@ -1521,7 +1553,8 @@ static void pr_conn(void *self, const nd_event_t *ev, void *arg)
 {
     pr_t *pr = arg;
     ck_assert_int_eq(nd_socket_end(ev->socket, PR_MSG, strlen(PR_MSG)), 0);
-    if (++pr->nconn == 5) ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
+    if (++pr->nconn == 5)
+        ck_assert_int_eq(nd_server_close(self, NULL, NULL), 0);
 }
 
 static void pr_teardown(void *arg)
@@ -1530,7 +1563,8 @@ static void pr_teardown(void *arg)
     c->t = NULL;
     c->torn = 1;
     c->ndata_at_teardown = c->ndata;
-    if (c->sock) nd_socket_resume(c->sock);
+    if (c->sock)
+        nd_socket_resume(c->sock);
 }
 
 static void pr_client_ev(void *self, const nd_event_t *ev, void *arg)
@@ -1641,16 +1675,19 @@ static void cyc_resume(void *arg)
 {
     cyc_t *y = arg;
     y->t = NULL;
-    if (y->rd.got != y->snapshot) y->violations++;
+    if (y->rd.got != y->snapshot)
+        y->violations++;
     y->cycles++;
     y->paused = 0;
-    if (y->rd.sock) nd_socket_resume(y->rd.sock);
+    if (y->rd.sock)
+        nd_socket_resume(y->rd.sock);
 }
 
 static void cyc_data(void *self, const nd_event_t *ev, void *arg)
 {
     cyc_t *y = arg;
-    if (y->paused) y->violations++;
+    if (y->paused)
+        y->violations++;
     /* reader_ev ran first, so rd.got already counts this chunk. */
     if (y->cycles < 3 && !y->t && y->rd.got >= (uint64_t)(y->cycles + 1) * MIB) {
         nd_socket_pause(self);
@@ -1852,7 +1889,8 @@ static void destroy_client_timer(void *arg)
 {
     ctx_t *c = arg;
     c->timer = NULL;
-    if (c->p.client) nd_socket_destroy(c->p.client);
+    if (c->p.client)
+        nd_socket_destroy(c->p.client);
 }
 
 static void t74_ready(th_pair_t *p)
@@ -1923,7 +1961,8 @@ static void t75_timeout(void *self, const nd_event_t *ev, void *arg)
 {
     ctx_t *c = arg;
     c->ntimeout++;
-    if (nd_socket_destroyed(self) || !nd_socket_writable(self)) c->flag++;
+    if (nd_socket_destroyed(self) || !nd_socket_writable(self))
+        c->flag++;
     if (c->ntimeout == 1) {
         /* Coarse clock: it never runs ahead of the loop's own notion of time. */
         c->t[0] = clock_ms(CLOCK_MONOTONIC_COARSE);
@@ -2151,7 +2190,8 @@ static void lone_timer(void *arg)
     lone_t *l = arg;
     l->t = NULL;
     th_log(&l->log, "timer");
-    if (l->sock) nd_socket_destroy(l->sock);
+    if (l->sock)
+        nd_socket_destroy(l->sock);
 }
 
 /* case 78: idle timers do not keep the loop alive, so a th_timer does until then. */
@@ -2264,7 +2304,8 @@ static void unr_conn(void *self, const nd_event_t *ev, void *arg)
 static void unr_connected(void *self, const nd_event_t *ev, void *arg)
 {
     unr_t *u = arg;
-    if (++u->connected < NUNREF) return;
+    if (++u->connected < NUNREF)
+        return;
     for (int i = 0; i < NUNREF; i++) {
         nd_socket_set_timeout(u->cli[i], unref_delays[i], NULL, NULL);
         nd_socket_unref(u->cli[i]);
@@ -2342,7 +2383,8 @@ static void echo_pump(echo_t *e)
         int r = nd_socket_write(s, e->chunk, n, NULL, NULL);
         ck_assert_int_ge(r, 0);
         e->sent += n;
-        if (r == 0) return; /* 'drain' calls again */
+        if (r == 0)
+            return; /* 'drain' calls again */
     }
     if (s && !e->ended) {
         e->ended = 1;
@@ -2442,7 +2484,8 @@ static void bp_check(bp_t *x)
     x->src_paused = x->a.conn ? nd_socket_is_paused(x->a.conn) : -1;
     x->dst_queue = x->b.conn ? nd_socket_buffer_size(x->b.conn) : 0;
     x->rd.paused_by_us = 0;
-    if (x->rd.sock) nd_socket_resume(x->rd.sock);
+    if (x->rd.sock)
+        nd_socket_resume(x->rd.sock);
 }
 
 static void bp_poll(void *arg)
@@ -2476,7 +2519,8 @@ static void bp_start(bp_t *x)
 static void bp_ready(th_pair_t *p)
 {
     bp_t *x = p->arg;
-    if (++x->nready == 2) bp_start(x);
+    if (++x->nready == 2)
+        bp_start(x);
 }
 
 static void bp_b_connecting(th_pair_t *p)
@@ -2542,13 +2586,15 @@ static void pe_timer(void *arg)
 static void pe_a_conn_closed(void *self, const nd_event_t *ev, void *arg)
 {
     pe_t *x = arg;
-    if (!x->end_dst || x->unpipe) x->t = th_timer(x->a.loop, 200, pe_timer, x);
+    if (!x->end_dst || x->unpipe)
+        x->t = th_timer(x->a.loop, 200, pe_timer, x);
 }
 
 static void pe_b_data(void *self, const nd_event_t *ev, void *arg)
 {
     pe_t *x = arg;
-    if (!x->unpipe || x->unpiped || x->b_client.data.len < 3) return;
+    if (!x->unpipe || x->unpiped || x->b_client.data.len < 3)
+        return;
     x->unpiped = 1;
     x->unpipe_r[0] = nd_socket_unpipe(x->a.conn);
     x->unpipe_r[1] = nd_socket_unpipe(x->a.conn);
@@ -2574,7 +2620,8 @@ static void pe_b_connecting(th_pair_t *p)
 static void pe_ready(th_pair_t *p)
 {
     pe_t *x = p->arg;
-    if (++x->nready < 2) return;
+    if (++x->nready < 2)
+        return;
     x->pipe_r = nd_socket_pipe(x->a.conn, x->b.conn, x->end_dst);
     if (x->unpipe) {
         ck_assert_int_ge(nd_socket_write(x->a.client, "one", 3, NULL, NULL), 0);
@@ -2875,9 +2922,7 @@ typedef struct nodrain {
     int zero_after;
 } nodrain_t;
 
-static void nodrain_sink(void *self, const nd_event_t *ev, void *arg)
-{
-}
+static void nodrain_sink(void *self, const nd_event_t *ev, void *arg) {}
 
 static void nodrain_resume(void *arg)
 {

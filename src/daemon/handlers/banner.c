@@ -10,7 +10,7 @@
 #include <string.h>
 
 static void banner_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                            const netd_handler_env_t *env)
+                              const netd_handler_env_t *env)
 {
     const char *text = cfg->text != NULL ? cfg->text : "";
 
@@ -23,7 +23,7 @@ static void banner_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
 }
 
 static void banner_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                       const netd_handler_env_t *env)
+                         const netd_handler_env_t *env)
 {
     /* Nothing to re-attach: the queued text and the pending FIN move with the socket. */
 }

@@ -27,13 +27,13 @@ static void attach(nd_socket_t *sock)
 }
 
 static void discard_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                             const netd_handler_env_t *env)
+                               const netd_handler_env_t *env)
 {
     attach(sock);
 }
 
 static void discard_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                        const netd_handler_env_t *env)
+                          const netd_handler_env_t *env)
 {
     /* A move drops every listener; put ours back. */
     attach(sock);
@@ -44,9 +44,7 @@ static int discard_parse(const netd_handler_reader_t *r, netd_handler_cfg_t *cfg
     return 0;
 }
 
-static void discard_describe(const netd_handler_cfg_t *cfg, json_t *out)
-{
-}
+static void discard_describe(const netd_handler_cfg_t *cfg, json_t *out) {}
 
 static const char *const discard_keys[] = {NULL};
 

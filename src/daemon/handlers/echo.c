@@ -23,7 +23,7 @@ static void on_end(void *self, const nd_event_t *ev, void *arg)
 }
 
 static void echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                          const netd_handler_env_t *env)
+                            const netd_handler_env_t *env)
 {
     /* Written before the pipe exists, so the greeting always precedes the first echo. */
     if (cfg->greeting != NULL)
@@ -37,7 +37,7 @@ static void echo_connection(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
 }
 
 static void echo_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                     const netd_handler_env_t *env)
+                       const netd_handler_env_t *env)
 {
     /* The pipe is socket state and survives the move (a self-pipe does not block it);
      * only our 'end' listener was dropped. */

@@ -13,7 +13,7 @@ const netd_handler_ops_t *const netd_handlers[] = {
 #define NETD_HANDLER_ROW(name) &netd_handler_##name,
     NETD_HANDLERS(NETD_HANDLER_ROW)
 #undef NETD_HANDLER_ROW
-    NULL,
+        NULL,
 };
 
 const netd_handler_ops_t *netd_handler_find(const char *name)

@@ -18,11 +18,11 @@ typedef struct netd_handler_ops netd_handler_ops_t;
 /* Immutable once parsed; shared read-only by every worker thread. */
 typedef struct netd_handler_cfg {
     const netd_handler_ops_t *ops; /* which handler: netd_handler_echo, ... */
-    char *greeting; /* echo: written first, or NULL */
-    char *text;     /* banner: written, then the socket is ended */
-    char *host;     /* proxy: upstream host (default "127.0.0.1") when path is NULL */
-    int port;       /* proxy: upstream port */
-    char *path;     /* proxy: upstream unix socket, or NULL */
+    char *greeting;                /* echo: written first, or NULL */
+    char *text;                    /* banner: written, then the socket is ended */
+    char *host; /* proxy: upstream host (default "127.0.0.1") when path is NULL */
+    int port;   /* proxy: upstream port */
+    char *path; /* proxy: upstream unix socket, or NULL */
 } netd_handler_cfg_t;
 
 /*
@@ -72,8 +72,7 @@ struct netd_handler_ops {
     /* A live connection (and, for a proxy, its upstream: nd_socket_pipe_peer) arrived on
      * this thread (a move, an upgrade): its listeners were dropped; attach them again.
      * Pipes travel with the sockets. */
-    void (*adopt)(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                  const netd_handler_env_t *env);
+    void (*adopt)(const netd_handler_cfg_t *cfg, nd_socket_t *sock, const netd_handler_env_t *env);
 };
 
 #define NETD_HANDLERS(X) X(echo) X(discard) X(banner) X(proxy)

@@ -109,7 +109,7 @@ static void on_dial(void *self, const nd_event_t *ev, void *arg)
 }
 
 static void proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
-                           const netd_handler_env_t *env)
+                             const netd_handler_env_t *env)
 {
     const char *host = cfg->host != NULL ? cfg->host : DEFAULT_HOST;
     nd_connect_options_t opts = {
@@ -129,7 +129,9 @@ static void proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
     if (upstream == NULL) {
         /* Only ENOMEM or a bad option get here; the daemon hears of it like any failure. */
         int code = d == NULL ? -ENOMEM : -errno;
-        nd_error_t err = {.code = code, .name = nd_err_name(code), .syscall = "connect",
+        nd_error_t err = {.code = code,
+                          .name = nd_err_name(code),
+                          .syscall = "connect",
                           .address = cfg->path != NULL ? cfg->path : host,
                           .port = cfg->path != NULL ? -1 : cfg->port,
                           .message = nd_strerror(code)};
@@ -161,7 +163,7 @@ static void proxy_connection(const netd_handler_cfg_t *cfg, nd_socket_t *client,
 }
 
 static void proxy_adopt(const netd_handler_cfg_t *cfg, nd_socket_t *sock,
-                      const netd_handler_env_t *env)
+                        const netd_handler_env_t *env)
 {
     /* The pair moved together and lost its listeners; the pipes survived and lead us to
      * the other half. (Only a connected pair can move, so the dial is long over.) */

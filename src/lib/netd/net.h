@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * libnetd: the semantics of Node's `net` module (v0.10 reference) in C, on libevent.
  *
@@ -71,23 +72,23 @@ struct event_base;
  * X(name, value, message). The name is what nd_err_name() returns and what an error
  * object's `name` holds (Node's err.code).
  */
-#define ND_ERRNO_MAP(X)                                                                       \
-    X(ENOTFOUND, -10001, "getaddrinfo ENOTFOUND")                                             \
-    X(ENOTRUNNING, -10002, "Not running")                                                     \
-    X(ELISTENING, -10003, "Server is already listening")                                      \
-    X(EWRITEAFTEREND, -10004, "write after end")                                              \
-    X(ECLOSED, -10005, "This socket is closed")                                               \
-    X(EENCODING, -10006, "Unknown encoding")                                                  \
-    X(ECONNECTING, -10007, "Socket is already connecting or connected")                       \
-    X(EDNS, -10008, "DNS resolution failed")                                                  \
-    X(ENOTCONNECTED, -10009, "Socket is not connected")                                      \
+#define ND_ERRNO_MAP(X)                                                                            \
+    X(ENOTFOUND, -10001, "getaddrinfo ENOTFOUND")                                                  \
+    X(ENOTRUNNING, -10002, "Not running")                                                          \
+    X(ELISTENING, -10003, "Server is already listening")                                           \
+    X(EWRITEAFTEREND, -10004, "write after end")                                                   \
+    X(ECLOSED, -10005, "This socket is closed")                                                    \
+    X(EENCODING, -10006, "Unknown encoding")                                                       \
+    X(ECONNECTING, -10007, "Socket is already connecting or connected")                            \
+    X(EDNS, -10008, "DNS resolution failed")                                                       \
+    X(ENOTCONNECTED, -10009, "Socket is not connected")                                            \
     X(EFORMAT, -10010, "Not an export record this version can read")
 
 enum {
 #define ND__ERRNO_ENUM(name, value, msg) ND_##name = (value),
     ND_ERRNO_MAP(ND__ERRNO_ENUM)
 #undef ND__ERRNO_ENUM
-    ND__ERRNO_MIN = -10000
+        ND__ERRNO_MIN = -10000
 };
 
 /* The name of a code: "ECONNREFUSED", "ENOTFOUND", ... ("UNKNOWN" for unknown codes).
@@ -101,9 +102,10 @@ const char *nd_strerror(int code);
  * Valid only for the duration of the callback: copy what you need.
  */
 typedef struct nd_error {
-    int code;             /* negative: -errno or ND_E* */
-    const char *name;     /* nd_err_name(code), e.g. "EADDRINUSE" */
-    const char *syscall;  /* "connect", "listen", "bind", "getaddrinfo", "read", "write"... or NULL */
+    int code;         /* negative: -errno or ND_E* */
+    const char *name; /* nd_err_name(code), e.g. "EADDRINUSE" */
+    const char
+        *syscall; /* "connect", "listen", "bind", "getaddrinfo", "read", "write"... or NULL */
     const char *address;  /* the IP or unix path involved, or NULL */
     int port;             /* the port involved, or -1 */
     const char *hostname; /* the name that failed to resolve (ENOTFOUND), or NULL */
@@ -486,8 +488,8 @@ int nd_socket_write(nd_socket_t *sock, const void *data, size_t len, nd_write_cb
  * pair, as Node does. Returns as nd_socket_write(), or ND_EENCODING synchronously for an
  * unknown encoding (nothing is written).
  */
-int nd_socket_write_string(nd_socket_t *sock, const char *str, const char *encoding,
-                           nd_write_cb cb, void *arg);
+int nd_socket_write_string(nd_socket_t *sock, const char *str, const char *encoding, nd_write_cb cb,
+                           void *arg);
 
 /*
  * end([data]): writes data (may be NULL) then sends FIN once the queue is flushed
@@ -655,14 +657,14 @@ int nd_loop_stop_post(nd_loop_t *loop);
 /* Per-thread counters, written by the loop's own thread and readable from any thread
  * (relaxed atomics): a snapshot, summed on request. The list is written once, here: the
  * struct, the library's counters and their copy come from it. */
-#define ND_LOOP_STATS(X)                                                                     \
-    X(connections)   /* live sockets owned by this loop that belong to a server */          \
-    X(accepted)      /* connections accepted by listeners on this loop */                   \
-    X(handed_off)    /* connections this loop got from its group's acceptor: another        \
-                        loop's accept, or its own as a worker_accepts group's acceptor */   \
-    X(moved_in)      /* live sockets moved to this loop */                                  \
-    X(bytes_read)                                                                            \
-    X(bytes_written) /* bytes handed to the kernel */                                       \
+#define ND_LOOP_STATS(X)                                                                           \
+    X(connections) /* live sockets owned by this loop that belong to a server */                   \
+    X(accepted)    /* connections accepted by listeners on this loop */                            \
+    X(handed_off)  /* connections this loop got from its group's acceptor: another        \
+                        loop's accept, or its own as a worker_accepts group's acceptor */        \
+    X(moved_in)    /* live sockets moved to this loop */                                           \
+    X(bytes_read)                                                                                  \
+    X(bytes_written) /* bytes handed to the kernel */                                              \
     X(bytes_spliced) /* of bytes_written: moved by a pipe kernel to kernel (splice(2)),     \
                         never copied through user memory */
 
@@ -758,9 +760,9 @@ int nd_server_worker_index(const nd_server_t *server);
  * group's counters through its owner pointer only via a message; on the owner thread:
  * direct. */
 typedef struct nd_server_stats {
-    uint64_t connections;  /* live, exact over the group */
-    uint64_t accepted;     /* accepted and counted */
-    uint64_t rejected;     /* closed at once because of maxConnections */
+    uint64_t connections; /* live, exact over the group */
+    uint64_t accepted;    /* accepted and counted */
+    uint64_t rejected;    /* closed at once because of maxConnections */
     uint64_t handoff_failed;
     uint64_t accept_paused; /* times accepting paused for lack of descriptors */
 } nd_server_stats_t;
@@ -894,8 +896,8 @@ int nd_server_listen_fd_path(nd_server_t *server, int fd, const char *path, int 
  * 'listening' follows as for nd_server_listen. Returns 0, -EINVAL (not a reuseport
  * group's owner, or n differs), or as nd_server_listen. Other servers import with
  * nd_server_listen_fd. */
-int nd_server_listen_reuseport_fds(nd_server_t *server, int owner_fd, const int *member_fds,
-                                   int n, int backlog);
+int nd_server_listen_reuseport_fds(nd_server_t *server, int owner_fd, const int *member_fds, int n,
+                                   int backlog);
 void nd_server_export_commit(nd_server_t *server);
 void nd_server_export_abort(nd_server_t *server);
 
