@@ -364,6 +364,7 @@ static void cache_local(nd_socket_t *s)
     if (s->have_local || s->fd < 0)
         return;
     nd__sockaddr_t sa;
+    sa.sa.sa_family = AF_UNSPEC; /* the analyzer does not know getsockname fills it */
     socklen_t len = sizeof(sa);
     if (getsockname(s->fd, &sa.sa, &len) != 0)
         return;
@@ -386,6 +387,7 @@ static void cache_remote(nd_socket_t *s)
     if (s->have_remote || s->fd < 0)
         return;
     nd__sockaddr_t sa;
+    sa.sa.sa_family = AF_UNSPEC; /* as in cache_local */
     socklen_t len = sizeof(sa);
     if (getpeername(s->fd, &sa.sa, &len) == 0) {
         endpoint_set(&s->remote, &sa.sa);
