@@ -2141,10 +2141,11 @@ typedef struct wbuf {
     bool failed;
 } wbuf_t;
 
-static void put(wbuf_t *w, const void *data, size_t n)
+/* Room for n more bytes; false (and the record failed) when out of memory. */
+static bool reserve(wbuf_t *w, size_t n)
 {
     if (w->failed)
-        return;
+        return false;
     if (w->len + n > w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 512;
         while (cap < w->len + n)
@@ -2152,11 +2153,18 @@ static void put(wbuf_t *w, const void *data, size_t n)
         unsigned char *p = realloc(w->p, cap);
         if (!p) {
             w->failed = true;
-            return;
+            return false;
         }
         w->p = p;
         w->cap = cap;
     }
+    return true;
+}
+
+static void put(wbuf_t *w, const void *data, size_t n)
+{
+    if (!reserve(w, n))
+        return;
     memcpy(w->p + w->len, data, n);
     w->len += n;
 }
@@ -2180,21 +2188,9 @@ static void put_evbuffer(wbuf_t *w, struct evbuffer *b)
 {
     size_t n = b ? evbuffer_get_length(b) : 0;
     put_u64(w, n);
-    if (n == 0 || w->failed)
-        return;
     /* Copied out, not drained: an abort leaves the socket exactly as it was. */
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 512;
-        while (cap < w->len + n)
-            cap *= 2;
-        unsigned char *p = realloc(w->p, cap);
-        if (!p) {
-            w->failed = true;
-            return;
-        }
-        w->p = p;
-        w->cap = cap;
-    }
+    if (n == 0 || !reserve(w, n))
+        return;
     evbuffer_copyout(b, w->p + w->len, n);
     w->len += n;
 }
