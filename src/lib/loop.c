@@ -19,11 +19,43 @@ static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 static void mailbox_settle(nd_loop_t *loop);
 
+/* libevent 2.1 ends the process (event_sock_err, then exit) when a base cannot get its
+ * descriptors: epoll's, and the socketpair it keeps for signals. Make sure that many are
+ * free first, so a full table is EMFILE for the caller, as for any other call. */
+#define ND__BASE_DESCRIPTORS 3
+
+static int descriptors_free(int n)
+{
+    int fds[ND__BASE_DESCRIPTORS], got = 0, err = 0;
+    while (got < n) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            err = errno;
+            break;
+        }
+        fds[got++] = fd;
+    }
+    while (got > 0)
+        close(fds[--got]);
+    return err;
+}
+
 ND_EXPORT nd_loop_t *nd_loop_new(void)
 {
     nd_loop_t *loop = calloc(1, sizeof(*loop));
     if (!loop)
         return NULL; /* errno: ENOMEM */
+    loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int err = loop->mb_fd < 0 ? errno : descriptors_free(ND__BASE_DESCRIPTORS);
+    if (!err)
+        err = pthread_mutex_init(&loop->mb_lock, NULL);
+    if (err) {
+        if (loop->mb_fd >= 0)
+            close(loop->mb_fd);
+        free(loop);
+        errno = err; /* EMFILE or ENFILE: no descriptor for the mailbox or the base */
+        return NULL;
+    }
     /* One base per thread and never touched by another: no libevent locking at all. */
     struct event_config *cfg = event_config_new();
     if (cfg) {
@@ -36,8 +68,10 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
         if (loop->base)
             event_base_free(loop->base);
         free(loop->scratch);
+        pthread_mutex_destroy(&loop->mb_lock);
+        close(loop->mb_fd);
         free(loop);
-        errno = ENOMEM; /* libevent's base fails only without memory (poll needs no fd) */
+        errno = ENOMEM; /* with its descriptors there, a base fails only without memory */
         return NULL;
     }
     TAILQ_INIT(&loop->handles);
@@ -45,17 +79,6 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
     STAILQ_INIT(&loop->defers);
     STAILQ_INIT(&loop->mb_queue);
     event_assign(&loop->pending_ev, loop->base, -1, 0, run_pending, loop);
-    loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    int err = loop->mb_fd < 0 ? errno : pthread_mutex_init(&loop->mb_lock, NULL);
-    if (err) {
-        if (loop->mb_fd >= 0)
-            close(loop->mb_fd);
-        event_base_free(loop->base);
-        free(loop->scratch);
-        free(loop);
-        errno = err; /* EMFILE or ENFILE for the eventfd */
-        return NULL;
-    }
     /* The mailbox is a plain libevent event: it never counts in loop->alive. */
     event_assign(&loop->mb_ev, loop->base, loop->mb_fd, EV_READ | EV_PERSIST, on_mailbox, loop);
     event_add(&loop->mb_ev, NULL);

@@ -376,12 +376,14 @@ START_TEST(constructors_take_bad_arguments)
 }
 END_TEST
 
-/* documented: a loop that cannot get its mailbox's descriptor is NULL with EMFILE, and
- * gives back everything it took (ASan checks the memory, the lowest free descriptor the
- * rest). Three descriptors are left for libevent's base (epoll and its signal socketpair):
- * without them libevent 2.1 exit()s inside event_base_new, which no caller can prevent. */
+/* documented: a loop that cannot get its descriptors (the mailbox's, and the three
+ * libevent's base needs) is NULL with EMFILE, and gives back everything it took (ASan
+ * checks the memory, the lowest free descriptor the rest). libevent 2.1 itself would
+ * exit() the process inside event_base_new without them: with 0, 1 or 2 free this test's
+ * process ended with status 1 before nd_loop_new checked first. With 4 free it works. */
 START_TEST(loop_new_without_descriptors_gives_emfile)
 {
+    int free_fds = _i;
     struct rlimit old, low;
     ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
     int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -393,17 +395,23 @@ START_TEST(loop_new_without_descriptors_gives_emfile)
     int taken[16], n = 0, fd;
     while (n < 16 && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
         taken[n++] = fd;
-    ck_assert_int_ge(n, 4);
-    for (int i = 0; i < 3; i++)
+    ck_assert_int_ge(n, free_fds);
+    for (int i = 0; i < free_fds; i++)
         close(taken[--n]);
     errno = 0;
     nd_loop_t *loop = nd_loop_new();
     int err = errno;
+    if (loop)
+        nd_loop_free(loop);
     for (int i = 0; i < n; i++)
         close(taken[i]);
     ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
-    ck_assert_ptr_null(loop);
-    ck_assert_int_eq(err, EMFILE);
+    if (free_fds < 4) {
+        ck_assert_ptr_null(loop);
+        ck_assert_int_eq(err, EMFILE);
+    } else {
+        ck_assert_ptr_nonnull(loop);
+    }
     /* Nothing stayed open: the lowest free descriptor is the same as before. */
     fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     ck_assert_int_eq(fd, probe);
@@ -1952,7 +1960,7 @@ static Suite *misuse_suite(void)
     tcase_add_test(tc, balance_parse_takes_null_and_unknown_names);
     tcase_add_test(tc, server_group_with_bad_arguments);
     tcase_add_test(tc, constructors_take_bad_arguments);
-    tcase_add_test(tc, loop_new_without_descriptors_gives_emfile);
+    tcase_add_loop_test(tc, loop_new_without_descriptors_gives_emfile, 0, 5);
     tcase_add_test(tc, set_nameserver_rejects_bad_addresses);
     tcase_add_test(tc, is_ip_takes_null_and_empty);
     tcase_add_test(tc, server_functions_take_a_null_server);

@@ -118,9 +118,10 @@ typedef struct nd_error {
 
 typedef struct nd_loop nd_loop_t;
 
-/* Creates a loop with its own event_base. Returns NULL with errno set: ENOMEM (libevent
- * cannot create a base only without memory), EMFILE or ENFILE (no descriptor for the
- * mailbox's eventfd). The loop belongs to the thread that runs it. */
+/* Creates a loop with its own event_base. Returns NULL with errno set: ENOMEM, EMFILE or
+ * ENFILE (it needs four descriptors: the mailbox's eventfd, epoll's and libevent's signal
+ * socketpair; they are checked before libevent is asked, which would end the process
+ * without them). The loop belongs to the thread that runs it. */
 nd_loop_t *nd_loop_new(void);
 
 /*
