@@ -44,7 +44,7 @@ static const netd_arg_t args_rebalance[] = {A("id", ANY, false), A("server", SER
                                             END};
 static const netd_arg_t args_set[] = {A("id", ANY, false), A("server", SERVER, true),
                                       A("maxConnections", INT_OR_NULL, false),
-                                      A("timeout", INT, false), END};
+                                      A("timeout", DURATION, false), END};
 static const netd_arg_t args_watch[] = {A("id", ANY, false), A("events", STRING_ARRAY, false),
                                         END};
 static const netd_arg_t args_shutdown[] = {A("id", ANY, false), A("timeoutMs", INT, false),

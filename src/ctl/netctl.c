@@ -839,7 +839,7 @@ static const subcommand_t subcommands[] = {
               " [--greeting TEXT] [--max-connections N|none] [--allow-half-open]"
               " [--timeout DURATION] [--balance leastconn|roundrobin|reuseport]"
               " [--no-delay|--nagle] [--keep-alive DURATION]"
-              " [--mode 0660] [--user U] [--group G]",
+              " [--mode 0660] [--user U] [--group G] [--access-log]",
      .build = build_listen, .print = netctl_print_server, .opts = listen_opts,
      .pos = POS_TARGET},
     {.name = "close", .cmd = "close", .usage = "SERVER [--destroy] [--no-wait]",
@@ -853,7 +853,7 @@ static const subcommand_t subcommands[] = {
      .print = netctl_print_count, .opts = plain_opts, .pos = POS_SERVER},
     {.name = "sockets", .cmd = "sockets",
      .usage = "[SERVER] [--limit N] [--older-than DURATION] [--idle-more-than DURATION]"
-              " [--role client|upstream|all]",
+              " [--role client|upstream|all] [--peer ADDR[:PORT]] [--sort bytes|age|idle]",
      .build = build_sockets, .print = netctl_print_sockets, .opts = sockets_opts,
      .pos = POS_SERVER},
     {.name = "destroy", .cmd = "destroy", .usage = "SOCKET", .build = build_destroy,

@@ -985,7 +985,8 @@ static int parse_control(const perr_t *e, const json_t *obj, const char *base_di
     if ((v = json_object_get(obj, "mode")) &&
         read_mode(e, "control.mode", v, &cfg->control_mode) < 0)
         return -1;
-    if ((v = json_object_get(obj, "group")) && read_group(e, v, cfg) < 0)
+    /* null: none, as --check -v prints the default */
+    if ((v = json_object_get(obj, "group")) && !json_is_null(v) && read_group(e, v, cfg) < 0)
         return -1;
     if ((v = json_object_get(obj, "maxClients")) &&
         read_int(e, "control.maxClients", v, 1, INT_MAX, &cfg->control_max_clients) < 0)
@@ -1152,7 +1153,8 @@ static int parse_config(const perr_t *e, const json_t *root, const char *base_di
         return -1;
     if ((v = json_object_get(root, "servers")) && parse_servers(e, v, base_dir, cfg) < 0)
         return -1;
-    if ((v = json_object_get(root, "metrics")) && parse_metrics(e, v, cfg) < 0)
+    /* null: off, as --check -v prints the default */
+    if ((v = json_object_get(root, "metrics")) && !json_is_null(v) && parse_metrics(e, v, cfg) < 0)
         return -1;
     if ((v = json_object_get(root, "accessLog")) && read_access_log(e, v, base_dir, cfg) < 0)
         return -1;

@@ -496,7 +496,7 @@ void netd_stats_metrics(netd_t *d, netd_text_t *t);
 uint64_t netd_stats_accept_paused(netd_t *d);
 /* Keeps a closing server's totals in the daemon's (inside its 'close'). */
 void netd_stats_closed_server(netd_t *d, netd_server_t *s);
-/* Upgrade: the closed servers' totals travel to the new process. */
+/* Upgrade: the closed servers' totals and the threads' counters travel to the new process. */
 json_t *netd_stats_closed_json(netd_t *d);
 void netd_stats_closed_load(netd_t *d, const json_t *closed);
 

@@ -41,9 +41,11 @@ typedef struct totals {
       "Proxy upstream connects that failed.", upstream_failed)                                     \
     X("servers", "netd_servers", "gauge", "Servers open.", servers)
 
-/* What the servers that are gone counted: the daemon's totals never go down. */
+/* What the servers that are gone counted, and what the threads of the process this one
+ * took over from (upgrade) counted: the daemon's totals never go down. */
 struct netd_closed_totals {
     uint64_t accepted, rejected, accept_paused, handoff_failed;
+    uint64_t bytes_read, bytes_written, idle_timeouts, slow_destroyed, upstream_failed;
 };
 
 int netd_stats_init(netd_t *d)
@@ -65,6 +67,11 @@ static void sum(netd_t *d, totals_t *t)
     t->rejected = d->closed->rejected;
     t->accept_paused = d->closed->accept_paused;
     t->handoff_failed = d->closed->handoff_failed;
+    t->bytes_read = d->closed->bytes_read;
+    t->bytes_written = d->closed->bytes_written;
+    t->idle_timeouts = d->closed->idle_timeouts;
+    t->slow_destroyed = d->closed->slow_destroyed;
+    t->upstream_failed = d->closed->upstream_failed;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
     {
@@ -117,9 +124,16 @@ void netd_stats_closed_server(netd_t *d, netd_server_t *s)
 json_t *netd_stats_closed_json(netd_t *d)
 {
     const struct netd_closed_totals *c = d->closed;
-    return json_pack("{s:I, s:I, s:I, s:I}", "accepted", (json_int_t)c->accepted, "rejected",
-                     (json_int_t)c->rejected, "acceptPaused", (json_int_t)c->accept_paused,
-                     "handoffFailed", (json_int_t)c->handoff_failed);
+    /* The threads' counters as they stand: the new process's threads start from zero. */
+    totals_t t;
+    sum(d, &t);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "accepted",
+                     (json_int_t)c->accepted, "rejected", (json_int_t)c->rejected, "acceptPaused",
+                     (json_int_t)c->accept_paused, "handoffFailed", (json_int_t)c->handoff_failed,
+                     "bytesRead", (json_int_t)t.bytes_read, "bytesWritten",
+                     (json_int_t)t.bytes_written, "idleTimeouts", (json_int_t)t.idle_timeouts,
+                     "slowDestroyed", (json_int_t)t.slow_destroyed, "upstreamFailed",
+                     (json_int_t)t.upstream_failed);
 }
 
 static uint64_t uget(const json_t *o, const char *key)
@@ -135,6 +149,11 @@ void netd_stats_closed_load(netd_t *d, const json_t *closed)
     c->rejected = uget(closed, "rejected");
     c->accept_paused = uget(closed, "acceptPaused");
     c->handoff_failed = uget(closed, "handoffFailed");
+    c->bytes_read = uget(closed, "bytesRead");
+    c->bytes_written = uget(closed, "bytesWritten");
+    c->idle_timeouts = uget(closed, "idleTimeouts");
+    c->slow_destroyed = uget(closed, "slowDestroyed");
+    c->upstream_failed = uget(closed, "upstreamFailed");
 }
 
 static json_t *threads_json(netd_t *d)

@@ -616,6 +616,12 @@ START_TEST(test_set_timeout)
     ck_assert_msg(np_expect_eof(after) == 1, "an idle connection (opened after set) lives on");
     np_wait_stat_ge(np, "idleTimeoutTotal", 2);
     np_wait_count(np, "echo", 0, 0, 2);
+    /* A duration string, as listen and the config take (CONTROL.md "Durations"). */
+    r = np_ok(np_qcall(np, "{'cmd':'set','server':'echo','timeout':'2m'}"));
+    ck_assert_int_eq(np_jint(np_jobj(r, "server"), "timeout"), 120000);
+    np_expect_error(np_qcall(np, "{'cmd':'set','server':'echo','timeout':'2 weeks'}"), "EARG",
+                    "timeout");
+    ck_assert_int_eq(np_jint(np_server_obj(np, "echo"), "timeout"), 120000);
     /* timeout 0: none. */
     r = np_ok(np_qcall(np, "{'cmd':'set','server':'echo','timeout':0}"));
     ck_assert_int_eq(np_jint(np_jobj(r, "server"), "timeout"), 0);

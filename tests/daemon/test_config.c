@@ -1138,6 +1138,30 @@ START_TEST(effective_config_json)
 }
 END_TEST
 
+/* What --check -v prints is a config netd takes back, meaning the same: its nulls
+ * (control.group, metrics, accessLog) are the defaults they print. */
+START_TEST(effective_config_loads_again)
+{
+    netd_config_t cfg, again;
+    char err[ERRLEN] = "";
+    int rc = load_text("{\"servers\": [{\"name\": \"e\", \"port\": 8124}]}", &cfg, err, NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    json_t *j = netd_config_json(&cfg, "/run/netd/netd.sock");
+    char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    rc = load_text(text, &again, err, NULL);
+    ck_assert_msg(rc == 0, "the printed config is refused: %s", err);
+    json_t *j2 = netd_config_json(&again, "/run/netd/netd.sock");
+    char *text2 = json_dumps(j2, JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(text2, text);
+    free(text2);
+    free(text);
+    json_decref(j2);
+    json_decref(j);
+    netd_config_free(&again);
+    netd_config_free(&cfg);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ suite */
 
 static TCase *new_tcase(Suite *s, const char *name)
@@ -1205,6 +1229,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, socket_file_options);
     tcase_add_test(tc, name_given_flag);
     tcase_add_test(tc, effective_config_json);
+    tcase_add_test(tc, effective_config_loads_again);
     return s;
 }
 

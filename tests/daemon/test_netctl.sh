@@ -30,6 +30,14 @@ out=$(ctl --json ping)
 check "ping --json is one line with ok:true" true "$(python3 -c 'import json,sys; print(str(json.loads(sys.argv[1])["ok"]).lower())' "$out")"
 check "ping pid" "$pid" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$out")"
 ctl help | grep -q '^ *listen' && ok || fail "help lists listen"
+# Every option a subcommand takes (what the completion offers) is in its --help.
+for sub in listen close sockets set shutdown upgrade top; do
+    usage=$("$NETCTL" "$sub" --help)
+    for opt in $("$NETCTL" __complete 2 "$sub" --); do
+        case $opt in --json | --quiet | --help) continue ;; esac
+        grep -q -- "$opt" <<<"$usage" && ok || fail "netctl $sub --help does not show $opt"
+    done
+done
 
 # ---- the issue's script: listen, read the port, 20 clients, count, close, count
 ctl listen 0 --host 127.0.0.1 --name web --handler echo >/dev/null

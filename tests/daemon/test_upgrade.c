@@ -405,6 +405,38 @@ START_TEST(test_upgrade_by_signal_twice)
 }
 END_TEST
 
+/* The daemon's counters go on in the new process (DESIGN 2b): the threads' byte and
+ * destroy counts included, not only the servers' (the new threads start from zero). */
+START_TEST(test_upgrade_keeps_daemon_totals)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    netd_proc_t *a = np_start(Q(CFG), 2);
+    int fd = np_tcp_connect(np_server_port(a, "echo"));
+    np_echo_check(fd, "0123456789");
+    np_wait_stat_ge(a, "bytesWrittenTotal", 10);
+    /* One connection destroyed for idleness. */
+    np_ok(np_qcall(a, "{'cmd':'set','server':'echo2','timeout':50}"));
+    int idle = np_tcp_connect(np_server_port(a, "echo2"));
+    ck_assert_int_eq(np_expect_eof(idle), 1);
+    close(idle);
+    json_t *before = np_ok(np_qcall(a, "{'cmd':'stats'}"));
+    ck_assert_int_ge(np_jint(before, "idleTimeoutTotal"), 1);
+    json_t *r = np_ok(np_qcall(a, "{'cmd':'upgrade'}"));
+    ck_assert_int_eq(np_wait_exit(a, 10000), 0);
+    netd_proc_t *b = np_adopt(a, (pid_t)np_jint(r, "pid"));
+    b->ctl = np_client_open(b->sock);
+    json_t *after = np_ok(np_qcall(b, "{'cmd':'stats'}"));
+    const char *keys[] = {"acceptedTotal",    "bytesReadTotal",     "bytesWrittenTotal",
+                          "idleTimeoutTotal", "slowDestroyedTotal", "upstreamFailedTotal"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        ck_assert_msg(np_jint(after, keys[i]) >= np_jint(before, keys[i]),
+                      "%s went down across the upgrade: %s -> %s", keys[i], np_json_str(before),
+                      np_json_str(after));
+    np_echo_check(fd, "after");
+    close(fd);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ failures */
 
 /* After a failed upgrade the old netd serves everything: the streams (checked byte for
@@ -627,6 +659,7 @@ int main(void)
     TCase *tc = np_tcase(s, "upgrade", 90);
     tcase_add_test(tc, test_upgrade_under_load);
     tcase_add_test(tc, test_upgrade_by_signal_twice);
+    tcase_add_test(tc, test_upgrade_keeps_daemon_totals);
     tcase_add_test(tc, test_upgrade_binary_missing);
     tcase_add_test(tc, test_upgrade_binary_exits);
     tcase_add_test(tc, test_upgrade_other_protocol);
