@@ -297,6 +297,24 @@ static void wait_sockets(netd_proc_t *np, json_int_t want)
     ck_assert_int_ge(got, want);
 }
 
+/* Waits until the streams have carried more bytes than they can hold in flight (so the
+ * process serving now echoed some of them) and the connector and the caller have each
+ * been answered again: the traffic runs through whichever process serves at the call. */
+static void wait_progress(load_t *l, prober_t *p)
+{
+    unsigned long long bytes = atomic_load(&l->bytes) + (unsigned long long)l->n * WINDOW;
+    int ok = atomic_load(&p->ok), calls = atomic_load(&p->calls);
+    uint64_t deadline = np_now_ms() + th_scale(10000);
+    while ((atomic_load(&l->bytes) <= bytes || atomic_load(&p->ok) <= ok ||
+            atomic_load(&p->calls) <= calls) &&
+           np_now_ms() < deadline)
+        np_pause_ms(10);
+    ck_assert_msg(atomic_load(&l->bytes) > bytes, "the streams stalled: %llu bytes, want > %llu",
+                  (unsigned long long)atomic_load(&l->bytes), bytes);
+    ck_assert_int_gt(atomic_load(&p->ok), ok);
+    ck_assert_int_gt(atomic_load(&p->calls), calls);
+}
+
 /* ------------------------------------------------------------------ the upgrade */
 
 START_TEST(test_upgrade_under_load)
@@ -314,7 +332,7 @@ START_TEST(test_upgrade_under_load)
     /* New connections come and go on a server of their own, so the streams' count is
      * exact. */
     probes_start(&p, np_server_port(old, "echo2"), old->sock);
-    np_pause_ms(300); /* polling interval only: let the streams run */
+    wait_progress(&l, &p);
 
     json_int_t before_conns[2] = {np_get_connections(old, "echo"), np_get_connections(old, "px")};
     static json_int_t ids_before[4096], ids_after[4096];
@@ -332,7 +350,7 @@ START_TEST(test_upgrade_under_load)
     netd_proc_t *nu = np_adopt(old, newpid);
     nu->ctl = np_client_open(nu->sock);
     ck_assert_ptr_nonnull(nu->ctl);
-    np_pause_ms(500); /* and the streams go on through the new process */
+    wait_progress(&l, &p); /* and the streams go on through the new process */
 
     ck_assert_int_eq(np_get_connections(nu, "echo"), before_conns[0]);
     ck_assert_int_eq(np_get_connections(nu, "px"), before_conns[1]);
@@ -443,7 +461,7 @@ END_TEST
  * byte meanwhile), new connections, control calls. */
 static void check_still_serving(netd_proc_t *np, load_t *l, prober_t *p)
 {
-    np_pause_ms(300);
+    wait_progress(l, p);
     np_ok(np_call(np, "{s:s}", "cmd", "ping"));
     probes_stop(p);
     load_stop(l);
@@ -469,7 +487,7 @@ static void failed_upgrade(const char *test_env, const char *exec, unsigned time
                NP_SANITIZED ? 20 : 50);
     prober_t p;
     probes_start(&p, np_server_port(np, "echo"), np->sock);
-    np_pause_ms(200);
+    wait_progress(&l, &p);
     json_t *r = np_call(np, "{s:s, s:s, s:i}", "cmd", "upgrade", "exec", bin, "timeoutMs",
                         (int)timeout_ms);
     np_expect_error(r, "EUPGRADE", in_message);
@@ -524,7 +542,12 @@ START_TEST(test_sigterm_during_upgrade)
     np_client_t *c = np_connect(np);
     np_client_send(c, json_pack("{s:s, s:s, s:i, s:i}", "cmd", "upgrade", "exec", new_binary(np),
                                 "timeoutMs", 60000, "id", 5));
-    np_pause_ms(300); /* the new process has started and waits */
+    /* The new process has started (and, told not to, never says it is ready). */
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    while (!np_str_in(np_stderr(np), "upgrade: started") && np_now_ms() < deadline)
+        np_pause_ms(10);
+    ck_assert_msg(np_str_in(np_stderr(np), "upgrade: started"), "no upgrade started: %s",
+                  np_stderr(np));
     np_signal(np, SIGTERM);
     json_t *r = np_client_recv(c, NP_TIMEOUT_MS);
     ck_assert_int_eq(np_jint(r, "id"), 5);

@@ -198,16 +198,10 @@ static void seq_conn(world_t *w, int widx, nd_socket_t *sock)
     report_now(seq_got, 0, 0, NULL);
 }
 
-static void seq_gclose(void *self, const nd_event_t *ev, void *arg)
-{
-    SEQ.gclosed++;
-    world_done(W);
-}
-
 static void seq_cl_close(client_t *c)
 {
     if (CL.closed == CL.n)
-        ck_assert_int_eq(nd_server_close(W->group, seq_gclose, NULL), 0);
+        group_close_done(W, &SEQ.gclosed);
 }
 
 static void seq_listening(void *self, const nd_event_t *ev, void *arg)
@@ -978,16 +972,10 @@ static struct {
     int reported, gclosed;
 } DC;
 
-static void dc_gclose(void *self, const nd_event_t *ev, void *arg)
-{
-    DC.gclosed++;
-    world_done(W);
-}
-
 static void dc_maybe_done(void)
 {
     if (DC.reported && CL.closed == CL.n)
-        ck_assert_int_eq(nd_server_close(W->group, dc_gclose, NULL), 0);
+        group_close_done(W, &DC.gclosed);
 }
 
 static void dc_report(msg_t *m)

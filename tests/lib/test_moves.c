@@ -438,16 +438,10 @@ static void st_cclose(void *self, const nd_event_t *ev, void *arg)
     st_finish_if_done();
 }
 
-static void st_gclose(void *self, const nd_event_t *ev, void *arg)
-{
-    ST.gclosed++;
-    world_done(W);
-}
-
 static void st_finish_if_done(void)
 {
     if (ST.cclosed && ST.sreported)
-        ck_assert_int_eq(nd_server_close(W->group, st_gclose, NULL), 0);
+        group_close_done(W, &ST.gclosed);
 }
 
 static void st_listening(void *self, const nd_event_t *ev, void *arg)
@@ -777,18 +771,10 @@ static void ad_conn(world_t *w, int widx, nd_socket_t *sock)
     atomic_store(&AD.move_rc, nd_socket_move(sock, w->wl[1], ad_on_adopt, c));
 }
 
-static void ad_maybe_done(void);
-
-static void ad_gclose(void *self, const nd_event_t *ev, void *arg)
-{
-    AD.gclosed++;
-    world_done(W);
-}
-
 static void ad_maybe_done(void)
 {
     if (AD.sclosed && CL.closed == CL.n)
-        ck_assert_int_eq(nd_server_close(W->group, ad_gclose, NULL), 0);
+        group_close_done(W, &AD.gclosed);
 }
 
 static void ad_sclosed(msg_t *m)
@@ -1079,16 +1065,10 @@ static struct {
 
 static void ui_maybe_done(void);
 
-static void ui_gclose(void *self, const nd_event_t *ev, void *arg)
-{
-    UI.gclosed++;
-    world_done(W);
-}
-
 static void ui_maybe_done(void)
 {
     if (UI.checked && UI.sclosed && CL.closed == CL.n)
-        ck_assert_int_eq(nd_server_close(W->group, ui_gclose, NULL), 0);
+        group_close_done(W, &UI.gclosed);
 }
 
 static void ui_checked(msg_t *m)

@@ -354,6 +354,17 @@ int group_port(world_t *w)
     return a.port;
 }
 
+static void group_closed(void *self, const nd_event_t *ev, void *arg)
+{
+    (*(int *)arg)++;
+    world_done(W);
+}
+
+void group_close_done(world_t *w, int *closed)
+{
+    ck_assert_int_eq(nd_server_close(w->group, group_closed, closed), 0);
+}
+
 /* The generic server-side 'close': off the list, reported late with the bytes read. */
 void wc_close(void *self, const nd_event_t *ev, void *arg)
 {

@@ -135,6 +135,8 @@ nd_server_t *group_new(world_t *w, const nd_server_options_t *opts, int nw, nd_b
 void group_start(world_t *w, nd_balance_t b, nd_listener_fn on_listening);
 /* Inside 'listening': the group's port (also kept in w->port). */
 int group_port(world_t *w);
+/* Closes the group; once it has closed, counts that in *closed and calls world_done. */
+void group_close_done(world_t *w, int *closed);
 
 /* A worker's list of its connections (on that worker only). */
 void list_add(wlist_t *l, wconn_t *c);
