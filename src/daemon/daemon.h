@@ -443,7 +443,6 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
                                    const netd_client_export_t *state);
 void netd_control_start_clients(netd_t *d);
 int netd_control_adopt_listener(netd_t *d, int fd);
-void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields);
 
 /* upgrade.c: the live upgrade (DESIGN.md 2b). */
 /* Remembers how this process was started, so the new binary starts the same way. */
