@@ -292,8 +292,6 @@ typedef struct netd_event {
 netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_server_t *s);
 /* Any thread: hands the event to the main loop (cannot fail). */
 void netd_event_post(netd_event_t *ev);
-/* An event's name ("listening", ...). */
-const char *netd_event_name(enum netd_event_kind kind);
 uint64_t netd_wall_ms(void);
 
 /* ---------------------------------------------------------------------- the daemon */
