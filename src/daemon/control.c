@@ -707,11 +707,6 @@ void netd_control_start_clients(netd_t *d)
     }
 }
 
-void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields)
-{
-    netd_reply_ok(c, id, fields);
-}
-
 int netd_control_adopt_listener(netd_t *d, int fd)
 {
     /* Taken over from the previous netd: the file at the path now is this one's to

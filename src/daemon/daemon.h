@@ -292,8 +292,6 @@ typedef struct netd_event {
 netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_server_t *s);
 /* Any thread: hands the event to the main loop (cannot fail). */
 void netd_event_post(netd_event_t *ev);
-/* An event's name ("listening", ...). */
-const char *netd_event_name(enum netd_event_kind kind);
 uint64_t netd_wall_ms(void);
 
 /* ---------------------------------------------------------------------- the daemon */
@@ -443,7 +441,6 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
                                    const netd_client_export_t *state);
 void netd_control_start_clients(netd_t *d);
 int netd_control_adopt_listener(netd_t *d, int fd);
-void netd_client_reply(netd_client_t *c, json_t *id, json_t *fields);
 
 /* upgrade.c: the live upgrade (DESIGN.md 2b). */
 /* Remembers how this process was started, so the new binary starts the same way. */

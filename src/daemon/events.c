@@ -15,11 +15,6 @@
 
 static const char *const names[] = {"listening", "connection", "close", "error"};
 
-const char *netd_event_name(enum netd_event_kind kind)
-{
-    return names[kind];
-}
-
 uint64_t netd_wall_ms(void)
 {
     struct timespec ts;

@@ -427,6 +427,25 @@ static int bind_path(netd_t *d, const netd_listen_spec_t *spec, bool from_client
     return fd;
 }
 
+/* The record's group, as every server has it: opened here, or taken over by an upgrade.
+ * The first worker accepts (leastconn, roundrobin): the main loop, which also serves the
+ * control socket, is not woken for every connection. */
+static nd_server_t *server_group_new(netd_t *d, netd_server_t *s)
+{
+    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open, .worker_accepts = 1};
+    nd_server_t *g = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers,
+                                         s->spec.balance, netd_worker_server_init, s);
+    if (!g)
+        return NULL;
+    nd_server_set_max_connections(g, s->spec.max_connections);
+    /* CONTROL.md: descriptors stay for control clients and proxy upstreams. */
+    nd_server_set_fd_reserve(g, NETD_FD_RESERVE);
+    nd_server_on(g, ND_EV_LISTENING, on_srv_listening, s);
+    nd_server_on(g, ND_EV_ERROR, on_srv_error, s);
+    nd_server_on(g, ND_EV_CLOSE, on_srv_close, s);
+    return g;
+}
+
 int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, const char **code,
                      char *msg, size_t msglen)
 {
@@ -508,19 +527,9 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     atomic_init(&s->refs, 1 + d->nworkers);
     s->inherited_fd = fd >= 0 && !file;
     TAILQ_INIT(&s->waiters);
-    /* The first worker accepts (leastconn, roundrobin): the main loop, which also serves
-     * the control socket, is not woken for every connection. */
-    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open, .worker_accepts = 1};
-    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers, s->spec.balance,
-                                   netd_worker_server_init, s);
+    s->group = server_group_new(d, s);
     int rc = s->group ? 0 : -ENOMEM;
     if (!rc) {
-        nd_server_set_max_connections(s->group, s->spec.max_connections);
-        /* CONTROL.md: descriptors stay for control clients and proxy upstreams. */
-        nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
-        nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
-        nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
-        nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);
         if (fd >= 0)
             rc = nd_server_listen_fd(s->group, fd, s->spec.backlog);
         else
@@ -664,20 +673,13 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
     atomic_init(&s->bytes_written_closed,
                 (uint64_t)json_integer_value(json_object_get(rec, "bytesWrittenClosed")));
     TAILQ_INIT(&s->waiters);
-    nd_server_options_t opts = {.allow_half_open = s->spec.allow_half_open};
-    s->group = nd_server_new_group(d->loop, &opts, d->worker_loops, d->nworkers, s->spec.balance,
-                                   netd_worker_server_init, s);
+    s->group = server_group_new(d, s);
     if (!s->group) {
         atomic_store(&s->refs, 1);
         netd_server_release(s);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    nd_server_set_max_connections(s->group, s->spec.max_connections);
-    nd_server_set_fd_reserve(s->group, NETD_FD_RESERVE);
-    nd_server_on(s->group, ND_EV_LISTENING, on_srv_listening, s);
-    nd_server_on(s->group, ND_EV_ERROR, on_srv_error, s);
-    nd_server_on(s->group, ND_EV_CLOSE, on_srv_close, s);
     s->state = NETD_SRV_STARTING;
     TAILQ_INSERT_TAIL(&d->servers, s, link);
     return s;

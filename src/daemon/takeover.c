@@ -511,10 +511,10 @@ int netd_takeover(netd_t *d, int ch)
     close(ch);
     uint64_t ms = netd_wall_ms() - t.t0;
     if (d->upgrade_requester) {
-        netd_client_reply(d->upgrade_requester, d->upgrade_reply_id,
-                          json_pack("{s:i, s:i, s:I, s:I, s:I}", "pid", (int)getpid(),
-                                    "previousPid", t.prev_pid, "servers", (json_int_t)t.nservers,
-                                    "sockets", (json_int_t)t.nsockets, "ms", (json_int_t)ms));
+        netd_reply_ok(d->upgrade_requester, d->upgrade_reply_id,
+                      json_pack("{s:i, s:i, s:I, s:I, s:I}", "pid", (int)getpid(), "previousPid",
+                                t.prev_pid, "servers", (json_int_t)t.nservers, "sockets",
+                                (json_int_t)t.nsockets, "ms", (json_int_t)ms));
     }
     json_decref(d->upgrade_reply_id);
     d->upgrade_reply_id = NULL;

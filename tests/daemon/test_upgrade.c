@@ -455,6 +455,53 @@ START_TEST(test_upgrade_keeps_daemon_totals)
 }
 END_TEST
 
+/* The taken-over servers accept as the ones netd opens do: on the first worker
+ * (worker_accepts), never on the main loop, which serves the control socket and is not to
+ * be woken for every connection. Its wake-ups are its voluntary context switches. */
+static long main_thread_wakeups(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/status", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long n = -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+            break;
+    fclose(f);
+    ck_assert_int_ge(n, 0);
+    return n;
+}
+
+/* 40 connections one after the other: woken for each, the main loop switches 40 times or
+ * more; otherwise only its timers (once a second) wake it. */
+static long wakeups_for_connections(netd_proc_t *np)
+{
+    int port = np_server_port(np, "echo");
+    long before = main_thread_wakeups(np->pid);
+    for (int i = 0; i < 40; i++) {
+        int fd = np_tcp_connect(port);
+        np_echo_check(fd, "x");
+        close(fd);
+    }
+    return main_thread_wakeups(np->pid) - before;
+}
+
+START_TEST(test_upgrade_workers_still_accept)
+{
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    netd_proc_t *a = np_start(Q(CFG), 2);
+    long w = wakeups_for_connections(a);
+    ck_assert_msg(w < 20, "before the upgrade, the main loop woke %ld times", w);
+    json_t *r = np_ok(np_qcall(a, "{'cmd':'upgrade'}"));
+    ck_assert_int_eq(np_wait_exit(a, 10000), 0);
+    netd_proc_t *b = np_adopt(a, (pid_t)np_jint(r, "pid"));
+    b->ctl = np_client_open(b->sock);
+    w = wakeups_for_connections(b);
+    ck_assert_msg(w < 20, "after the upgrade, the main loop woke %ld times", w);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ failures */
 
 /* After a failed upgrade the old netd serves everything: the streams (checked byte for
@@ -683,6 +730,7 @@ int main(void)
     tcase_add_test(tc, test_upgrade_under_load);
     tcase_add_test(tc, test_upgrade_by_signal_twice);
     tcase_add_test(tc, test_upgrade_keeps_daemon_totals);
+    tcase_add_test(tc, test_upgrade_workers_still_accept);
     tcase_add_test(tc, test_upgrade_binary_missing);
     tcase_add_test(tc, test_upgrade_binary_exits);
     tcase_add_test(tc, test_upgrade_other_protocol);
