@@ -558,6 +558,16 @@ char *np_stderr(netd_proc_t *np)
     return (char *)json_string_value(s);
 }
 
+void np_wait_log(netd_proc_t *np, const char *needle)
+{
+    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
+    while (!np_str_in(np_stderr(np), needle)) {
+        ck_assert_msg(np_now_ms() < deadline, "netd never logged \"%s\"; stderr:\n%s", needle,
+                      np_stderr(np));
+        np_pause_ms(10);
+    }
+}
+
 void np_tmproot_init(void)
 {
     char tmpl[] = "/tmp/netd-test-daemon-XXXXXX";

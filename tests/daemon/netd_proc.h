@@ -124,6 +124,9 @@ void np_signal(netd_proc_t *np, int sig);
 int np_wait_exit(netd_proc_t *np, unsigned timeout_ms);
 /* netd's stderr so far (malloc'd, NUL-terminated). */
 char *np_stderr(netd_proc_t *np);
+/* Waits until netd's stderr holds needle (fails the test, showing stderr, after
+ * NP_TIMEOUT_MS scaled). */
+void np_wait_log(netd_proc_t *np, const char *needle);
 /* Kills netd if it still runs, reaps it, closes the control connection, removes the
  * directory (when it made it) and frees np. NULL is fine. */
 void np_stop(netd_proc_t *np);

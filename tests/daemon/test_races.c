@@ -67,6 +67,8 @@ static uint64_t rng(uint64_t *s)
 typedef struct movers {
     np_client_t *c[16];
     int k, m;
+    int read[16]; /* replies already read, per client */
+    int ok;       /* moves answered ok so far */
 } movers_t;
 
 static void movers_start(netd_proc_t *np, movers_t *mv, int k, int m, const json_int_t *ids,
@@ -74,7 +76,9 @@ static void movers_start(netd_proc_t *np, movers_t *mv, int k, int m, const json
 {
     mv->k = k;
     mv->m = m;
+    mv->ok = 0;
     for (int i = 0; i < k; i++) {
+        mv->read[i] = 0;
         mv->c[i] = np_connect(np);
         char *buf = NULL;
         size_t len = 0;
@@ -88,24 +92,36 @@ static void movers_start(netd_proc_t *np, movers_t *mv, int k, int m, const json
     }
 }
 
-/* Reads every reply, in order; each ok or one of the codes a move may meet. */
+/* Reads the next reply of mover i: in order, ok or one of the codes a move may meet. */
+static void movers_read(movers_t *mv, int i)
+{
+    json_t *r = np_client_recv(mv->c[i], 20000);
+    ck_assert_int_eq(np_jint(r, "id"), mv->read[i]);
+    mv->read[i]++;
+    if (json_is_true(json_object_get(r, "ok"))) {
+        mv->ok++;
+        return;
+    }
+    const char *code = np_jstr(np_jobj(r, "error"), "code");
+    ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0, "move: %s",
+                  np_json_str(r));
+}
+
+/* Waits for every mover's first reply: netd works through each one's requests in order,
+ * so from then on the rest of its moves are under way. */
+static void movers_under_way(movers_t *mv)
+{
+    for (int i = 0; i < mv->k; i++)
+        movers_read(mv, i);
+}
+
+/* Reads every reply not read yet; returns how many moves were ok. */
 static int movers_finish(movers_t *mv)
 {
-    int ok = 0;
-    for (int i = 0; i < mv->k; i++) {
-        for (int j = 0; j < mv->m; j++) {
-            json_t *r = np_client_recv(mv->c[i], 20000);
-            ck_assert_int_eq(np_jint(r, "id"), j);
-            if (json_is_true(json_object_get(r, "ok"))) {
-                ok++;
-                continue;
-            }
-            const char *code = np_jstr(np_jobj(r, "error"), "code");
-            ck_assert_msg(strcmp(code, "EBUSY") == 0 || strcmp(code, "ENOSOCKET") == 0, "move: %s",
-                          np_json_str(r));
-        }
-    }
-    return ok;
+    for (int i = 0; i < mv->k; i++)
+        while (mv->read[i] < mv->m)
+            movers_read(mv, i);
+    return mv->ok;
 }
 
 /* ------------------------------------------------------------------ move replies */
@@ -328,7 +344,7 @@ START_TEST(test_close_destroy_reaches_sockets_in_transit)
     ck_assert_int_eq(socket_ids(np, "echo", ids, N), N);
     movers_t mv;
     movers_start(np, &mv, 6, NP_SANITIZED ? 15 : 40, ids, N, 7);
-    np_pause_ms(5); /* polling interval only: let some moves start */
+    movers_under_way(&mv);
     np_ok(np_call(np, "{s:s, s:s, s:b}", "cmd", "close", "server", "echo", "destroy", 1));
     for (int i = 0; i < N; i++)
         ck_assert_msg(np_expect_eof(fds[i]) == 1, "connection %d was not ended", i);
@@ -353,9 +369,9 @@ START_TEST(test_exit_cut_with_moves_in_flight)
     ck_assert_int_eq(socket_ids(np, "echo", ids, N), N);
     movers_t mv;
     movers_start(np, &mv, 6, NP_SANITIZED ? 15 : 40, ids, N, 99);
-    np_pause_ms(5);
+    movers_under_way(&mv);
     np_signal(np, SIGTERM);
-    np_pause_ms(20); /* the first starts the drain; the second cuts */
+    np_wait_log(np, "draining:"); /* the first starts the drain; the second cuts */
     np_signal(np, SIGTERM);
     ck_assert_int_eq(np_wait_exit(np, 10000), 1);
     for (int i = 0; i < N; i++)

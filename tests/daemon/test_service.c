@@ -50,17 +50,6 @@ static const char *server_names(netd_proc_t *np)
     return out;
 }
 
-/* Waits until netd's stderr holds needle. */
-static void wait_log(netd_proc_t *np, const char *needle)
-{
-    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
-    while (!np_str_in(np_stderr(np), needle)) {
-        ck_assert_msg(np_now_ms() < deadline, "netd never logged \"%s\"; stderr:\n%s", needle,
-                      np_stderr(np));
-        np_pause_ms(10);
-    }
-}
-
 /* A unix socket bound at path; listening when backlog >= 0. The fd (caller closes). */
 static int unix_bound(const char *path, int backlog)
 {
@@ -549,7 +538,7 @@ START_TEST(test_reload_after_set_keeps_the_server)
     int held = np_echo_client(np_server_port(np, "echo"));
     np_ok(np_qcall(np, "{'cmd':'set','server':'echo','maxConnections':100}"));
     np_signal(np, SIGHUP);
-    wait_log(np, "reloaded");
+    np_wait_log(np, "reloaded");
     json_t *s = np_server_obj(np, "echo");
     ck_assert_int_eq(np_jint(s, "id"), id);
     ck_assert_int_eq(np_jint(s, "maxConnections"), 100);
@@ -646,9 +635,9 @@ START_TEST(test_reload_refused_while_draining)
     int port = np_server_port(np, "echo");
     int held = np_echo_client(port);
     np_ok(np_qcall(np, "{'cmd':'shutdown'}"));
-    wait_log(np, "draining");
+    np_wait_log(np, "draining");
     np_signal(np, SIGHUP);
-    wait_log(np, "SIGHUP refused: netd is draining");
+    np_wait_log(np, "SIGHUP refused: netd is draining");
     np_expect_error(np_qcall(np, "{'cmd':'reload'}"), "ESHUTDOWN", "draining");
     ck_assert_int_eq(np_tcp_try_connect(port), -ECONNREFUSED);
     np_echo_check(held, "still served while draining\n");
@@ -774,7 +763,7 @@ START_TEST(test_log_escapes_control_characters)
     netd_proc_t *np = np_start("{}", 2);
     np_ok(np_call(np, "{s:s, s:i, s:s, s:s}", "cmd", "listen", "port", 0, "host", "127.0.0.1",
                   "name", "evil\nnetd: error: forged"));
-    wait_log(np, "evil\\nnetd: error: forged");
+    np_wait_log(np, "evil\\nnetd: error: forged");
     ck_assert_msg(!np_str_in(np_stderr(np), "\nnetd: error: forged"),
                   "a name split a log line:\n%s", np_stderr(np));
 }
@@ -794,7 +783,7 @@ START_TEST(test_log_repeats_rate_limited)
         ck_assert_int_eq(np_expect_eof(fd), 1);
         close(fd);
     }
-    wait_log(np, "more like this in the last second");
+    np_wait_log(np, "more like this in the last second");
     const char *err = np_stderr(np);
     size_t lines = count_in(err, "server front: proxy upstream:");
     ck_assert_msg(lines >= 3 && lines <= 6, "%zu upstream lines (want a few):\n%s", lines, err);
@@ -811,7 +800,7 @@ START_TEST(test_log_verbose_reload_diff)
     np_write_config(np, np_q("{'servers':[{'name':'web','port':0,'host':'127.0.0.1',"
                              "'maxConnections':5}]}"));
     np_ok(np_qcall(np, "{'cmd':'reload'}"));
-    wait_log(np, "reload: web changed: maxConnections");
+    np_wait_log(np, "reload: web changed: maxConnections");
 }
 END_TEST
 

@@ -590,11 +590,7 @@ START_TEST(test_sigterm_during_upgrade)
     np_client_send(c, json_pack("{s:s, s:s, s:i, s:i}", "cmd", "upgrade", "exec", new_binary(np),
                                 "timeoutMs", 60000, "id", 5));
     /* The new process has started (and, told not to, never says it is ready). */
-    uint64_t deadline = np_now_ms() + th_scale(NP_TIMEOUT_MS);
-    while (!np_str_in(np_stderr(np), "upgrade: started") && np_now_ms() < deadline)
-        np_pause_ms(10);
-    ck_assert_msg(np_str_in(np_stderr(np), "upgrade: started"), "no upgrade started: %s",
-                  np_stderr(np));
+    np_wait_log(np, "upgrade: started");
     np_signal(np, SIGTERM);
     json_t *r = np_client_recv(c, NP_TIMEOUT_MS);
     ck_assert_int_eq(np_jint(r, "id"), 5);
