@@ -18,6 +18,7 @@
 static void run_pending(evutil_socket_t fd, short what, void *arg);
 static void on_mailbox(evutil_socket_t fd, short what, void *arg);
 static void mailbox_settle(nd_loop_t *loop);
+static void pool_trim(nd_loop_t *loop, int keep);
 
 /* libevent 2.1 ends the process (event_sock_err, then exit) when a base cannot get its
  * descriptors: epoll's, and the socketpair it keeps for signals. Make sure that many are
@@ -215,13 +216,19 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
     pthread_mutex_destroy(&loop->mb_lock);
     event_del(&loop->pending_ev);
     event_base_free(loop->base);
-    while (loop->npipes > 0) {
+    pool_trim(loop, 0);
+    free(loop->scratch);
+    free(loop);
+}
+
+/* Closes pooled pipes until at most `keep` are left. */
+static void pool_trim(nd_loop_t *loop, int keep)
+{
+    while (loop->npipes > keep && loop->npipes > 0) {
         loop->npipes--;
         close(loop->pipes[loop->npipes][0]);
         close(loop->pipes[loop->npipes][1]);
     }
-    free(loop->scratch);
-    free(loop);
 }
 
 int nd__loop_pipe_get(nd_loop_t *loop, int *r, int *w)
@@ -255,11 +262,7 @@ void nd__loop_pipe_put(nd_loop_t *loop, int r, int w)
 void nd__loop_splicer_gone(nd_loop_t *loop)
 {
     loop->splicers--;
-    while (loop->npipes > loop->splicers && loop->npipes > 0) {
-        loop->npipes--;
-        close(loop->pipes[loop->npipes][0]);
-        close(loop->pipes[loop->npipes][1]);
-    }
+    pool_trim(loop, loop->splicers);
 }
 
 ND_EXPORT struct event_base *nd_loop_base(nd_loop_t *loop)

@@ -2342,17 +2342,18 @@ static int unsplice(nd_socket_t *s)
     if (s->sp_len == 0)
         return 0;
     size_t n = s->sp_len;
-    char *tmp = malloc(n);
-    struct evbuffer *b = tmp ? evbuffer_new() : NULL;
-    if (!b || evbuffer_expand(b, n) != 0 || (!s->out && !(s->out = evbuffer_new()))) {
+    struct evbuffer *b = evbuffer_new();
+    struct evbuffer_iovec v; /* one vector: n contiguous bytes, read straight into */
+    if (!b || evbuffer_reserve_space(b, (ev_ssize_t)n, &v, 1) != 1 ||
+        (!s->out && !(s->out = evbuffer_new()))) {
         if (b)
             evbuffer_free(b);
-        free(tmp);
         return -ENOMEM;
     }
     size_t got = 0;
     while (got < n) {
-        ssize_t r = read(s->sp_r, tmp + got, n - got); /* the bytes are there: no EAGAIN */
+        /* the bytes are there: no EAGAIN */
+        ssize_t r = read(s->sp_r, (char *)v.iov_base + got, n - got);
         if (r > 0)
             got += (size_t)r;
         else if (r < 0 && errno == EINTR)
@@ -2360,10 +2361,10 @@ static int unsplice(nd_socket_t *s)
         else
             break; /* cannot happen on our own pipe */
     }
-    evbuffer_add(b, tmp, got); /* into the space reserved above */
+    v.iov_len = got;
+    evbuffer_commit_space(b, &v, 1);
     evbuffer_prepend_buffer(s->out, b);
     evbuffer_free(b);
-    free(tmp);
     nd__loop_pipe_put(s->h.loop, s->sp_r, s->sp_w);
     s->sp_r = s->sp_w = -1;
     s->sp_len = 0;
