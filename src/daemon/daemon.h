@@ -110,9 +110,14 @@ struct netd_server {
     uint64_t id;
     netd_t *d;
     /* spec.name alone may change after open (a retired server becomes "NAME#ID"), and
-     * only the main loop reads it; workers read `label`, the name at open. */
+     * only the main loop reads it; workers read netd_server_label(). */
     netd_listen_spec_t spec;
-    char *label;
+    /* The name workers show (watch, sockets, the access log): the name at open, then, for
+     * an unnamed server bound at once, its address name. A worker may accept before the
+     * main loop knows the address (worker_accepts), so the switch is published with
+     * release and read with acquire; both strings live as long as the record. */
+    _Atomic(const char *) label;
+    char *label_open, *label_bound;
     struct netd_unix_file *unix_file; /* the socket file netd made for a path server */
     _Atomic unsigned timeout_ms;
     _Atomic bool destroying;      /* `close {"destroy":true}`: sockets that arrive are destroyed */
@@ -137,6 +142,12 @@ struct netd_server {
     void *settled_arg;
     TAILQ_ENTRY(netd_server) link;
 };
+
+/* The server's name as workers show it (any thread). */
+static inline const char *netd_server_label(const netd_server_t *s)
+{
+    return atomic_load_explicit(&s->label, memory_order_acquire);
+}
 
 void netd_server_retain(netd_server_t *s);
 void netd_server_release(netd_server_t *s);

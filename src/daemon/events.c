@@ -28,7 +28,8 @@ netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_se
         return NULL; /* nobody listens: no allocation, no message */
     /* The label, not spec.name: workers call this, and a retired server's name changes
      * on the main loop ("NAME#ID"). */
-    size_t name_len = strlen(s->label);
+    const char *label = netd_server_label(s);
+    size_t name_len = strlen(label);
     netd_event_t *e = calloc(1, sizeof(*e) + name_len + 1);
     if (!e)
         return NULL;
@@ -37,7 +38,7 @@ netd_event_t *netd_event_new(netd_t *d, enum netd_event_kind kind, const netd_se
     e->server = s->id;
     e->thread = -1;
     e->time_ms = netd_wall_ms();
-    memcpy(e->server_name, s->label, name_len + 1);
+    memcpy(e->server_name, label, name_len + 1);
     return e;
 }
 

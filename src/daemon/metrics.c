@@ -230,7 +230,7 @@ static void server_row(netd_server_t *s, srow_t *r)
     memset(r, 0, sizeof(*r));
     /* The name it opened under: a closing server that gave its name to its successor is
      * renamed NAME#ID, yet it is the same series. */
-    r->name = s->label;
+    r->name = netd_server_label(s);
     nd_server_stats_t st = s->final;
     if (s->group)
         nd_server_stats(s->group, &st);
@@ -265,9 +265,9 @@ void netd_obs_server_closed(netd_t *d, netd_server_t *s)
     srow_t row;
     server_row(s, &row);
     row.connections = 0;
-    retired_t *r = retired_find(m, s->label);
+    retired_t *r = retired_find(m, netd_server_label(s));
     if (!r) {
-        char *name = strdup(s->label);
+        char *name = strdup(netd_server_label(s));
         if (!name)
             return; /* its series may restart at 0 after a reopen: no worse than before */
         if (m->nretired < RETIRED_MAX) {

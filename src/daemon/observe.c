@@ -159,7 +159,7 @@ static size_t format_line(char *buf, size_t cap, const netd_conn_t *c, uint64_t 
     gmtime_r(&secs, &tm);
     l.len = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
     put(&l, ".%03uZ ", (unsigned)(now % 1000));
-    put_name(&l, c->server->label); /* spec.name may change on the main loop */
+    put_name(&l, netd_server_label(c->server)); /* spec.name may change on the main loop */
     const char *ra = nd_socket_remote_address(c->sock);
     const char *fam = nd_socket_remote_family(c->sock);
     if (!ra)

@@ -33,7 +33,8 @@ void netd_server_release(netd_server_t *s)
          * process's. */
         netd_unix_file_forget(s->unix_file);
         netd_listen_spec_free(&s->spec);
-        free(s->label);
+        free(s->label_open);
+        free(s->label_bound);
         free(s->members);
         free(s);
     }
@@ -518,7 +519,8 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
     s->id = netd_next_id(d);
     s->d = d;
     s->spec = *spec;
-    s->label = label;
+    s->label_open = label;
+    atomic_init(&s->label, label);
     s->unix_file = file;
     memset(spec, 0, sizeof(*spec));
     atomic_init(&s->timeout_ms, s->spec.timeout_ms);
@@ -555,14 +557,14 @@ int netd_server_open(netd_t *d, netd_listen_spec_t *spec, netd_pending_t *p, con
         return -1;
     }
     s->state = NETD_SRV_STARTING;
-    /* Bound at once (an IP literal): the reply, the log and the workers' label already
-     * carry the final name (no worker has seen this server yet). */
+    /* Bound at once (an IP literal): the reply, the log and the workers' label carry the
+     * final name. A worker may already accept (worker_accepts): the old label stays. */
     if (nd_server_address(s->group, &s->address) == 0) {
         name_after_address(s);
-        char *final = strcmp(s->label, s->spec.name) != 0 ? strdup(s->spec.name) : NULL;
-        if (final) {
-            free(s->label);
-            s->label = final;
+        if (strcmp(s->label_open, s->spec.name) != 0) {
+            s->label_bound = strdup(s->spec.name);
+            if (s->label_bound)
+                atomic_store_explicit(&s->label, s->label_bound, memory_order_release);
         }
     }
     TAILQ_INSERT_TAIL(&d->servers, s, link);
@@ -655,7 +657,8 @@ netd_server_t *netd_server_import(netd_t *d, const json_t *rec, char *err, size_
     s->id = (uint64_t)json_integer_value(json_object_get(rec, "id"));
     s->d = d;
     s->spec = spec;
-    s->label = label;
+    s->label_open = label;
+    atomic_init(&s->label, label);
     /* Its socket file is this process's to remove now (while it still is that file). */
     if (s->spec.path && !json_is_true(json_object_get(rec, "inheritedFd")))
         s->unix_file = netd_unix_file_adopt(s->spec.path);

@@ -164,7 +164,7 @@ static void upstream_failed(void *ctx, nd_socket_t *client, const nd_error_t *er
     if (cc)
         netd_obs_end(cc, NETD_END_UPSTREAM);
     netd_log_limited(NETD_LOG_WARN, "upstream", "server %s: proxy upstream: %s",
-                     cc ? cc->server->label : "?", err ? err->message : "failed");
+                     cc ? netd_server_label(cc->server) : "?", err ? err->message : "failed");
 }
 
 static void upstream_opened(void *ctx, nd_socket_t *client, nd_socket_t *upstream)
@@ -227,7 +227,7 @@ static void on_connection(void *ws, const nd_event_t *ev, void *arg)
     if (netd_log_level >= NETD_LOG_TRACE) {
         const char *peer = nd_socket_remote_address(sock);
         netd_log(NETD_LOG_TRACE, "server %s: connection %llu from %s:%d handed to thread %d",
-                 srv->label, (unsigned long long)c->id, peer ? peer : "(unix)",
+                 netd_server_label(srv), (unsigned long long)c->id, peer ? peer : "(unix)",
                  nd_socket_remote_port(sock), w->index);
     }
     watch_connection(c);
@@ -477,7 +477,7 @@ void netd_sockinfo_of(const netd_conn_t *c, netd_sockinfo_t *out)
     memset(out, 0, sizeof(*out));
     out->id = c->id;
     out->server = c->server->id;
-    snprintf(out->server_name, sizeof(out->server_name), "%s", c->server->label);
+    snprintf(out->server_name, sizeof(out->server_name), "%s", netd_server_label(c->server));
     out->thread = c->worker->index;
     out->role = c->role;
     out->state = state_of(s);
