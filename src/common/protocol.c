@@ -131,7 +131,9 @@ bool netd_arg_accepts(netd_argtype_t t, const json_t *v)
             return false;
         size_t i;
         json_t *e;
-        json_array_foreach(v, i, e) if (!json_is_string(e)) return false;
+        json_array_foreach(v, i, e)
+            if (!json_is_string(e))
+                return false;
         return true;
     }
     case NETD_ARG_SERVER:

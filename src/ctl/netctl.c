@@ -971,8 +971,7 @@ static void print_help_reply(const json_t *reply)
     netctl_table_t *t = netctl_table_new(cols, 3);
     size_t i;
     json_t *c;
-    json_array_foreach(json_object_get(reply, "commands"), i, c)
-    {
+    json_array_foreach(json_object_get(reply, "commands"), i, c) {
         const char *name = json_string_value(json_object_get(c, "cmd"));
         const subcommand_t *sub = name ? sub_for_cmd(name) : NULL;
         netctl_table_cell(t, "%s", name ? name : "?");
@@ -1150,8 +1149,7 @@ static void complete_servers(void)
                                json_pack("{s:i, s:s}", "id", 1, "cmd", "servers"), 300);
     size_t i;
     json_t *srv;
-    json_array_foreach(json_object_get(reply, "servers"), i, srv)
-    {
+    json_array_foreach(json_object_get(reply, "servers"), i, srv) {
         printf("%lld\n", (long long)json_integer_value(json_object_get(srv, "id")));
         const char *name = json_string_value(json_object_get(srv, "name"));
         if (name && !strpbrk(name, "\n\r"))
@@ -1512,8 +1510,7 @@ static int handle_reply(const subcommand_t *sub, const request_t *r, const conn_
     const json_t *failed = sub->failed_list ? json_object_get(reply, "failed") : NULL;
     size_t i;
     const json_t *f;
-    json_array_foreach(failed, i, f)
-    {
+    json_array_foreach(failed, i, f) {
         status = EXIT_DAEMON_ERROR;
         if (!g.quiet)
             fprintf(stderr, "netctl: reload: server %s: %s: %s\n",

@@ -284,8 +284,7 @@ static void print_fields(const json_t *obj, bool skip_envelope)
     netctl_table_t *t = netctl_table_new(cols, 2);
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)obj, key, v)
-    {
+    json_object_foreach((json_t *)obj, key, v) {
         if (json_is_array(v))
             continue;
         if (skip_envelope && (strcmp(key, "id") == 0 || strcmp(key, "ok") == 0))
@@ -317,8 +316,7 @@ void netctl_print_reload(const json_t *reply)
         const json_t *name;
         if (json_array_size(arr) == 0)
             printf(" -");
-        json_array_foreach(arr, i, name)
-        {
+        json_array_foreach(arr, i, name) {
             printf("%s%s", i ? ", " : " ", json_is_string(name) ? json_string_value(name) : "?");
         }
         putchar('\n');
@@ -326,8 +324,7 @@ void netctl_print_reload(const json_t *reply)
     const json_t *failed = json_object_get(reply, "failed");
     size_t i;
     const json_t *f;
-    json_array_foreach(failed, i, f)
-    {
+    json_array_foreach(failed, i, f) {
         printf("failed:   %s (%s)\n", json_string_value(json_object_get(f, "name")),
                json_string_value(json_object_get(f, "code")));
     }
@@ -359,8 +356,7 @@ void netctl_print_servers(const json_t *reply)
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *s;
-    json_array_foreach(json_object_get(reply, "servers"), i, s)
-    {
+    json_array_foreach(json_object_get(reply, "servers"), i, s) {
         char buf[512];
         cell_field(t, s, "id");
         cell_field(t, s, "name");
@@ -389,8 +385,7 @@ static void print_socket_table(const json_t *sockets)
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *s;
-    json_array_foreach(sockets, i, s)
-    {
+    json_array_foreach(sockets, i, s) {
         char buf[512];
         cell_field(t, s, "id");
         /* The name; a daemon from before serverName gives the id. */
@@ -452,8 +447,7 @@ void netctl_print_stats(const json_t *reply)
     netctl_table_t *t = netctl_table_new(cols, sizeof(cols) / sizeof(cols[0]));
     size_t i;
     json_t *th;
-    json_array_foreach(threads, i, th)
-    {
+    json_array_foreach(threads, i, th) {
         cell_field(t, th, "id");
         cell_field(t, th, "connections");
         cell_field(t, th, "acceptedTotal");
@@ -523,8 +517,7 @@ void netctl_print_event(const json_t *event)
     printf(" %s", name ? name : "?");
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)event, key, v)
-    {
+    json_object_foreach((json_t *)event, key, v) {
         if (strcmp(key, "event") == 0)
             continue;
         printf(" %s=", key);

@@ -273,7 +273,9 @@ static const json_t *find_prev(const json_t *arr, const char *key, const json_t 
     const json_t *want = json_object_get(like, key);
     size_t i;
     json_t *o;
-    json_array_foreach(arr, i, o) if (json_equal(json_object_get(o, key), (json_t *)want)) return o;
+    json_array_foreach(arr, i, o)
+        if (json_equal(json_object_get(o, key), (json_t *)want))
+            return o;
     return NULL;
 }
 
@@ -395,8 +397,7 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     const json_t *pservers = prev ? json_object_get(prev->servers, "servers") : NULL;
     size_t i;
     json_t *o;
-    json_array_foreach(servers, i, o)
-    {
+    json_array_foreach(servers, i, o) {
         const json_t *p = pservers ? find_prev(pservers, "name", o) : NULL;
         char name[64];
         clean(name, sizeof(name), json_string_value(json_object_get(o, "name")));
@@ -409,12 +410,12 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     line(&s, "%s", "");
 
     long long most = 1;
-    json_array_foreach(threads, i, o) if (jint(o, "connections") > most)
-        most = jint(o, "connections");
+    json_array_foreach(threads, i, o)
+        if (jint(o, "connections") > most)
+            most = jint(o, "connections");
     int barw = s.cols - 16 > 60 ? 60 : s.cols - 16;
     line(&s, "%-6s %7s", "THREAD", "CONNS");
-    json_array_foreach(threads, i, o)
-    {
+    json_array_foreach(threads, i, o) {
         char bar[128];
         long long c = jint(o, "connections");
         int n = barw > 0 ? (int)(c * barw / most) : 0;
@@ -429,8 +430,7 @@ static void draw(const sample_t *cur, const sample_t *prev, const char *sort, bo
     /* BYTES is in + out, what the bytes order sorts on. */
     line(&s, "%-7s %-12s %3s %-21s %9s %9s %8s %7s %7s %7s", "SOCKET", "SERVER", "THR", "REMOTE",
          "IN/S", "OUT/S", "BYTES", "SEND-Q", "AGE", "IDLE");
-    json_array_foreach(socks, i, o)
-    {
+    json_array_foreach(socks, i, o) {
         const json_t *p = psocks ? find_prev(psocks, "id", o) : NULL;
         char name[64], remote[64], bytes[16], age[16], idle[16];
         clean(name, sizeof(name), json_string_value(json_object_get(o, "serverName")));

@@ -55,8 +55,7 @@ void netd_cmd_watch(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     json_t *events = json_object_get(req, "events");
     size_t i;
     json_t *e;
-    json_array_foreach(events, i, e)
-    {
+    json_array_foreach(events, i, e) {
         if (!netd_watch_event_known(json_string_value(e))) {
             netd_reply_error(c, id, NETD_EARG,
                              "events: unknown event \"%s\" (listening, connection, close, error)",

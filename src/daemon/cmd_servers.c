@@ -18,8 +18,7 @@
 void netd_bytes_collect(netd_worker_t *w, netd_bytes_slot_t *slot)
 {
     netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (c->role != NETD_ROLE_CLIENT)
             continue;
         size_t i = 0;
@@ -73,8 +72,8 @@ static void servers_collect(netd_worker_t *w, void *arg)
     if (q->apply_timeout) {
         netd_conn_t *c;
         TAILQ_FOREACH(c, &w->conns, link)
-        if (c->server->id == q->server_id && c->role == NETD_ROLE_CLIENT)
-            netd_conn_apply_timeout(c);
+            if (c->server->id == q->server_id && c->role == NETD_ROLE_CLIENT)
+                netd_conn_apply_timeout(c);
     }
     netd_bytes_collect(w, &q->slots[w->index]);
 }
@@ -168,8 +167,8 @@ static void servers_reply(netd_t *d, servers_q_t *q)
     json_t *arr = json_array();
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->state != NETD_SRV_CLOSED)
-        json_array_append_new(arr, netd_server_json_with(d, s, q->slots));
+        if (s->state != NETD_SRV_CLOSED)
+            json_array_append_new(arr, netd_server_json_with(d, s, q->slots));
     netd_pending_ok(q->p, json_pack("{s:o}", "servers", arr));
 }
 

@@ -81,8 +81,7 @@ static void collect_sockets(netd_worker_t *w, void *arg)
     sockets_q_t *q = arg;
     info_vec_t *slot = &q->slots[w->index];
     netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
+    TAILQ_FOREACH(c, &w->conns, link) {
         netd_sockinfo_t info;
         netd_sockinfo_of(c, &info);
         if (!matches(q, &info))
@@ -406,8 +405,7 @@ static void collect_movable(netd_worker_t *w, void *arg)
 {
     rebalance_t *rb = arg;
     netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (c->role != NETD_ROLE_CLIENT || (rb->server_id && c->server->id != rb->server_id))
             continue;
         netd_sockinfo_t *e = info_push(&rb->slots[w->index]);

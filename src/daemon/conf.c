@@ -179,8 +179,7 @@ static int check_keys(const perr_t *e, const char *base, const json_t *obj,
     const char *key;
     json_t *value;
 
-    json_object_foreach((json_t *)obj, key, value)
-    {
+    json_object_foreach((json_t *)obj, key, value) {
         bool ok = skip_envelope && (!strcmp(key, "id") || !strcmp(key, "cmd"));
         for (const char *const *k = known; !ok && *k; k++)
             ok = !strcmp(key, *k);

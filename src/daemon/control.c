@@ -468,8 +468,7 @@ void netd_client_watch(netd_client_t *c, json_t *events)
     c->events = 0;
     size_t i;
     json_t *e;
-    json_array_foreach(events, i, e)
-    {
+    json_array_foreach(events, i, e) {
         for (int k = 0; watch_events[k]; k++)
             if (strcmp(json_string_value(e), watch_events[k]) == 0)
                 c->events |= 1u << k;
@@ -579,8 +578,8 @@ void netd_control_stop(netd_t *d)
         return; /* netd stopped before netd_control_init */
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-    if (c->sock)
-        nd_socket_destroy(c->sock);
+        if (c->sock)
+            nd_socket_destroy(c->sock);
 }
 
 /* ------------------------------------------------------------------ handing over (upgrade.c) */
@@ -590,8 +589,8 @@ bool netd_control_settled(netd_t *d, const netd_pending_t *upgrade)
 {
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-    if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
-        return false;
+        if (c->sock && c->pending > (upgrade && upgrade->client == c ? 1 : 0))
+            return false;
     return true;
 }
 
@@ -644,7 +643,7 @@ void netd_control_export_abort(netd_t *d, netd_client_export_t *items, size_t n)
     free(items);
     netd_client_t *c;
     TAILQ_FOREACH(c, &d->clients->list, link)
-    schedule_processing(c); /* requests held back during the attempt run now */
+        schedule_processing(c); /* requests held back during the attempt run now */
 }
 
 void netd_control_export_commit(netd_t *d, netd_client_export_t *items, size_t n)
@@ -698,8 +697,7 @@ netd_client_t *netd_control_import(netd_t *d, const void *rec, size_t len, int f
 void netd_control_start_clients(netd_t *d)
 {
     netd_client_t *c;
-    TAILQ_FOREACH(c, &d->clients->list, link)
-    {
+    TAILQ_FOREACH(c, &d->clients->list, link) {
         if (c->sock) {
             nd_socket_import_start(c->sock);
             schedule_processing(c); /* lines that came with it, or a last one before EOF */

@@ -240,8 +240,7 @@ static void names_of(const json_t *arr, char *out, size_t len)
     size_t i, o = 0;
     json_t *e;
     out[0] = '\0';
-    json_array_foreach(arr, i, e)
-    {
+    json_array_foreach(arr, i, e) {
         const char *name = json_is_string(e) ? json_string_value(e)
                                              : json_string_value(json_object_get(e, "name"));
         const char *code = json_string_value(json_object_get(e, "code"));
@@ -347,9 +346,9 @@ static netd_server_t *config_server(netd_t *d, const char *name)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->from_config && (s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_STARTING) &&
-        strcmp(s->spec.name, name) == 0)
-        return s;
+        if (s->from_config && (s->state == NETD_SRV_LISTENING || s->state == NETD_SRV_STARTING) &&
+            strcmp(s->spec.name, name) == 0)
+            return s;
     return NULL;
 }
 
@@ -397,8 +396,7 @@ static void log_changed_keys(const netd_listen_spec_t *o, const netd_listen_spec
     json_t *v;
     json_t *both[2] = {o->source, n->source};
     for (int side = 0; side < 2; side++) {
-        json_object_foreach(both[side], key, v)
-        {
+        json_object_foreach(both[side], key, v) {
             json_t *other = json_object_get(both[1 - side], key);
             if ((side == 1 && other) || (other && json_equal(v, other)))
                 continue;

@@ -294,13 +294,12 @@ static srow_t *server_rows(netd_t *d, size_t *n)
     size_t cap = 0;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    cap++;
+        cap++;
     srow_t *rows = calloc(cap ? cap : 1, sizeof(*rows));
     if (!rows)
         return NULL;
     *n = 0;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         srow_t r;
         server_row(s, &r);
         size_t i = 0;
@@ -549,8 +548,8 @@ static void settle_worker(netd_worker_t *w, void *ctx)
     (void)ctx;
     netd_conn_t *c;
     TAILQ_FOREACH(c, &w->conns, link)
-    if (c->role == NETD_ROLE_CLIENT)
-        netd_obs_settle(c);
+        if (c->role == NETD_ROLE_CLIENT)
+            netd_obs_settle(c);
 }
 
 static void part_done(netd_t *d, struct netd_metrics *m)

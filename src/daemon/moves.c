@@ -38,8 +38,8 @@ netd_move_t *netd_move_find(netd_t *d, uint64_t socket_id)
 {
     netd_move_t *m;
     TAILQ_FOREACH(m, &d->moves, link)
-    if (m->socket_id == socket_id)
-        return m;
+        if (m->socket_id == socket_id)
+            return m;
     return NULL;
 }
 
@@ -92,10 +92,10 @@ void netd_moves_foreach_since(netd_t *d, uint64_t begin,
 {
     const netd_move_t *m;
     TAILQ_FOREACH(m, &d->moves, link)
-    fn(m, arg);
-    TAILQ_FOREACH(m, &d->moves_retired, link)
-    if (m->retired_seq > begin)
         fn(m, arg);
+    TAILQ_FOREACH(m, &d->moves_retired, link)
+        if (m->retired_seq > begin)
+            fn(m, arg);
 }
 
 void netd_moves_free_all(netd_t *d)

@@ -70,8 +70,7 @@ int netd_request_parse(const char *line, size_t len, netd_request_t *r)
                     json_string_value(cmdv), "");
     const char *key;
     json_t *v;
-    json_object_foreach(r->req, key, v)
-    {
+    json_object_foreach(r->req, key, v) {
         if (strcmp(key, "cmd") == 0)
             continue;
         const netd_arg_t *a = netd_command_arg(r->cmd, key);

@@ -94,16 +94,15 @@ netd_server_t *netd_server_by_id(netd_t *d, uint64_t id)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->id == id)
-        return s;
+        if (s->id == id)
+            return s;
     return NULL;
 }
 
 netd_server_t *netd_server_find(netd_t *d, const json_t *ref)
 {
     netd_server_t *s, *closing = NULL;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         if (json_is_integer(ref) && (json_int_t)s->id == json_integer_value(ref))
             return s;
         if (json_is_string(ref) && strcmp(s->spec.name, json_string_value(ref)) == 0 &&
@@ -145,9 +144,9 @@ static netd_server_t *find_live_by_name(netd_t *d, const char *name)
 {
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
-        strcmp(s->spec.name, name) == 0)
-        return s;
+        if (s->state != NETD_SRV_CLOSING && s->state != NETD_SRV_CLOSED &&
+            strcmp(s->spec.name, name) == 0)
+            return s;
     return NULL;
 }
 
@@ -196,8 +195,8 @@ static netd_server_t *clashing_server(netd_t *d, const netd_server_t *s)
 {
     netd_server_t *o;
     TAILQ_FOREACH(o, &d->servers, link)
-    if (o != s && o->state == NETD_SRV_LISTENING && addresses_clash(&o->address, &s->address))
-        return o;
+        if (o != s && o->state == NETD_SRV_LISTENING && addresses_clash(&o->address, &s->address))
+            return o;
     return NULL;
 }
 
@@ -323,8 +322,7 @@ static bool address_taken(netd_t *d, const netd_listen_spec_t *spec)
     if (spec->port <= 0)
         return false;
     netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         if (s->state == NETD_SRV_CLOSING || s->state == NETD_SRV_CLOSED || s->spec.port < 0)
             continue;
         int port = s->address.port ? s->address.port : s->spec.port;
@@ -352,8 +350,7 @@ static void name_after_address(netd_server_t *s)
 static void retire_name(netd_t *d, const char *name)
 {
     netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         if (s->state == NETD_SRV_CLOSING && strcmp(s->spec.name, name) == 0) {
             char retired[160];
             snprintf(retired, sizeof(retired), "%.120s#%llu", name, (unsigned long long)s->id);

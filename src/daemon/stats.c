@@ -73,8 +73,7 @@ static void sum(netd_t *d, totals_t *t)
     t->slow_destroyed = d->closed->slow_destroyed;
     t->upstream_failed = d->closed->upstream_failed;
     netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         t->servers++;
         /* Counted by the process this one took over from (upgrade). */
         t->accepted += s->carried.accepted;

@@ -246,8 +246,7 @@ void netd_fdstore_listeners(netd_t *d)
         return;
     int stored = 0;
     netd_server_t *s;
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         if (s->state != NETD_SRV_LISTENING || !s->group || s->spec.path ||
             s->spec.balance == ND_BALANCE_REUSEPORT || !fd_name_ok(s->spec.name))
             continue;
@@ -276,8 +275,7 @@ void netd_fdstore_forget_unused(netd_t *d)
             continue;
         bool used = false;
         netd_server_t *s;
-        TAILQ_FOREACH(s, &d->servers, link)
-        {
+        TAILQ_FOREACH(s, &d->servers, link) {
             if (strcmp(s->spec.name, name) == 0 ||
                 (s->spec.fd_name && strcmp(s->spec.fd_name, name) == 0) ||
                 s->spec.fd == SD_LISTEN_FDS_START + i)

@@ -112,8 +112,7 @@ static void worker_start(nd_loop_t *loop, void *arg)
     in_part_t *p = arg;
     netd_worker_t *w = &p->d->workers[p->index];
     netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (!c->parked)
             continue;
         nd_socket_import_start(c->sock); /* and its pair */

@@ -159,8 +159,7 @@ static int export_pass(netd_worker_t *w, ho_slot_t *slot)
 {
     int busy = 0;
     netd_conn_t *c;
-    TAILQ_FOREACH(c, &w->conns, link)
-    {
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (c->parked)
             continue;
         /* A pair goes from its client side, as one record. */
@@ -725,7 +724,7 @@ static void export_all(upgrade_t *u)
     size_t n = 0;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    n++;
+        n++;
     u->srv = calloc(n ? n : 1, sizeof(*u->srv));
     u->rp = calloc(n ? n : 1, sizeof(netd_server_t *)); // NOLINT(bugprone-sizeof-expression)
     u->slots = calloc((size_t)d->nworkers, sizeof(*u->slots));
@@ -737,8 +736,7 @@ static void export_all(upgrade_t *u)
         fail(u, "out of memory");
         return;
     }
-    TAILQ_FOREACH(s, &d->servers, link)
-    {
+    TAILQ_FOREACH(s, &d->servers, link) {
         int fd = s->group ? nd_server_export(s->group) : -1;
         u->srv[u->nsrv++] = (ho_server_t){s, fd};
         if (s->spec.balance == ND_BALANCE_REUSEPORT)
@@ -764,8 +762,8 @@ static bool settled(upgrade_t *u)
         return false;
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->state != NETD_SRV_LISTENING)
-        return false;
+        if (s->state != NETD_SRV_LISTENING)
+            return false;
     return true;
 }
 
@@ -874,11 +872,11 @@ void netd_upgrade_start(netd_t *d, netd_pending_t *p, const char *exec, unsigned
     char msg[512];
     netd_server_t *s;
     TAILQ_FOREACH(s, &d->servers, link)
-    if (s->state == NETD_SRV_CLOSING && !why) {
-        snprintf(msg, sizeof(msg), "server %s is closing: upgrade once it has closed",
-                 s->spec.name);
-        why = msg;
-    }
+        if (s->state == NETD_SRV_CLOSING && !why) {
+            snprintf(msg, sizeof(msg), "server %s is closing: upgrade once it has closed",
+                     s->spec.name);
+            why = msg;
+        }
     const char *exe = exec ? exec : d->exe;
     if (d->upgrade) {
         why = "an upgrade is already in progress";

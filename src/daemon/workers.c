@@ -272,8 +272,8 @@ netd_conn_t *netd_worker_find(netd_worker_t *w, uint64_t id)
 {
     netd_conn_t *c;
     TAILQ_FOREACH(c, &w->conns, link)
-    if (c->id == id)
-        return c;
+        if (c->id == id)
+            return c;
     return NULL;
 }
 

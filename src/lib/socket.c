@@ -432,8 +432,7 @@ static void complete_wreqs(nd_socket_t *s, int err)
 {
     wreq_t *w;
     bool any = false;
-    TAILQ_FOREACH(w, &s->wreqs, link)
-    {
+    TAILQ_FOREACH(w, &s->wreqs, link) {
         if (!w->done && (err || flushed(s) >= w->mark)) {
             w->done = true;
             w->err = err;

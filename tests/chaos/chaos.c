@@ -925,8 +925,7 @@ static void stall_evidence(stream_t *s, char *out, size_t len)
     bool found = false;
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(r, "sockets"), i, e)
-    {
+    json_array_foreach(json_object_get(r, "sockets"), i, e) {
         if (json_integer_value(json_object_get(e, "remotePort")) != s->lport ||
             json_integer_value(json_object_get(e, "server")) != (json_int_t)srvs[s->srv].id)
             continue;
@@ -1450,8 +1449,7 @@ static void learn_sockets(json_t *arr)
     nknown = 0;
     size_t i;
     json_t *e;
-    json_array_foreach(arr, i, e)
-    {
+    json_array_foreach(arr, i, e) {
         if (nknown == capknown) {
             capknown = capknown ? capknown * 2 : 512;
             known = xrealloc(known, capknown * sizeof(*known));
@@ -1492,11 +1490,11 @@ static void learn_servers(json_t *arr)
 {
     size_t i;
     json_t *e;
-    json_array_foreach(arr, i, e) srv_learn(e);
+    json_array_foreach(arr, i, e)
+        srv_learn(e);
     /* A listening server missing from the list has gone (a reload closed it). */
     bool *seen = xcalloc((size_t)nsrvs, sizeof(bool));
-    json_array_foreach(arr, i, e)
-    {
+    json_array_foreach(arr, i, e) {
         int idx = srv_find((uint64_t)json_integer_value(json_object_get(e, "id")));
         if (idx >= 0)
             seen[idx] = true;
@@ -2690,8 +2688,7 @@ static bool learn_core(void)
         return false;
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(r, "servers"), i, e)
-    {
+    json_array_foreach(json_object_get(r, "servers"), i, e) {
         int idx = srv_learn(e);
         if (idx < 0)
             continue;
@@ -2732,8 +2729,7 @@ static bool only_core_servers(void)
     size_t i, n = 0, core = 0;
     json_t *e;
     last_state[0] = '\0';
-    json_array_foreach(json_object_get(r, "servers"), i, e)
-    {
+    json_array_foreach(json_object_get(r, "servers"), i, e) {
         const char *name = json_string_value(json_object_get(e, "name"));
         const char *st = json_string_value(json_object_get(e, "state"));
         size_t l = strlen(last_state);

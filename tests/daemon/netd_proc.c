@@ -1136,8 +1136,7 @@ json_int_t np_socket_id_of(netd_proc_t *np, const char *server, int fd)
         np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server, "limit", 100000));
     size_t i;
     json_t *k;
-    json_array_foreach(np_jarr(r, "sockets"), i, k)
-    {
+    json_array_foreach(np_jarr(r, "sockets"), i, k) {
         if (json_integer_value(json_object_get(k, "remotePort")) == port)
             return np_jint(k, "id");
     }
@@ -1318,8 +1317,7 @@ json_int_t np_listed_connections(netd_proc_t *np, const char *name)
     json_t *arr = np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers");
     size_t i;
     json_t *s;
-    json_array_foreach(arr, i, s)
-    {
+    json_array_foreach(arr, i, s) {
         if (strcmp(np_jstr(s, "name"), name) == 0)
             return np_jint(s, "connections");
     }

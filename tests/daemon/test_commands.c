@@ -37,8 +37,7 @@ static json_t *socket_of_client(netd_proc_t *np, const char *name, int client_fd
     json_t *arr = np_jarr(sockets_of(np, name), "sockets");
     size_t i;
     json_t *k;
-    json_array_foreach(arr, i, k)
-    {
+    json_array_foreach(arr, i, k) {
         if (np_jint(k, "remotePort") == lport)
             return k;
     }
@@ -199,8 +198,7 @@ START_TEST(test_servers_list)
     size_t i;
     json_t *s;
     bool echo = false, u = false;
-    json_array_foreach(arr, i, s)
-    {
+    json_array_foreach(arr, i, s) {
         np_check_server_object(s);
         echo = echo || strcmp(np_jstr(s, "name"), "echo") == 0;
         u = u || strcmp(np_jstr(s, "name"), "u") == 0;
@@ -293,7 +291,8 @@ START_TEST(test_sockets_filter_server)
     ck_assert_int_eq(np_jint(r, "total"), 2);
     size_t i;
     json_t *k;
-    json_array_foreach(np_jarr(r, "sockets"), i, k) ck_assert_int_eq(np_jint(k, "server"), id2);
+    json_array_foreach(np_jarr(r, "sockets"), i, k)
+        ck_assert_int_eq(np_jint(k, "server"), id2);
     r = np_ok(np_qcall(np, "{'cmd':'sockets','server':%lld}", (long long)np_server_id(np, "echo")));
     ck_assert_int_eq(np_jint(r, "total"), 1);
     ck_assert_int_eq(np_jint(json_array_get(np_jarr(r, "sockets"), 0), "remotePort"),
@@ -524,8 +523,7 @@ static void thread_counts(netd_proc_t *np, int *counts, int n)
     json_t *arr = np_jarr(np_ok(np_qcall(np, "{'cmd':'sockets'}")), "sockets");
     size_t i;
     json_t *k;
-    json_array_foreach(arr, i, k)
-    {
+    json_array_foreach(arr, i, k) {
         int t = (int)np_jint(k, "thread");
         ck_assert_int_lt(t, n);
         counts[t]++;
@@ -543,8 +541,10 @@ START_TEST(test_rebalance)
     json_t *arr = np_jarr(np_ok(np_qcall(np, "{'cmd':'sockets'}")), "sockets");
     size_t i;
     json_t *k;
-    json_array_foreach(arr, i, k) if (np_jint(k, "thread") != 0)
-        np_ok(np_qcall(np, "{'cmd':'move','socket':%lld,'thread':0}", (long long)np_jint(k, "id")));
+    json_array_foreach(arr, i, k)
+        if (np_jint(k, "thread") != 0)
+            np_ok(np_qcall(np, "{'cmd':'move','socket':%lld,'thread':0}",
+                           (long long)np_jint(k, "id")));
     int counts[2];
     thread_counts(np, counts, 2);
     ck_assert_int_eq(counts[0], 8);
@@ -833,8 +833,7 @@ START_TEST(test_help)
         bool found = false;
         size_t k;
         json_t *c;
-        json_array_foreach(arr, k, c)
-        {
+        json_array_foreach(arr, k, c) {
             if (strcmp(np_jstr(c, "cmd"), cmds[i]) == 0) {
                 ck_assert_msg(*np_jstr(c, "usage"), "%s: empty usage", cmds[i]);
                 found = true;

@@ -167,7 +167,8 @@ START_TEST(test_reload)
         bool has_b = false;
         size_t i;
         json_t *s;
-        json_array_foreach(arr, i, s) has_b = has_b || strcmp(np_jstr(s, "name"), "b") == 0;
+        json_array_foreach(arr, i, s)
+            has_b = has_b || strcmp(np_jstr(s, "name"), "b") == 0;
         if (!has_b && json_array_size(arr) == 3)
             break;
         ck_assert_msg(np_now_ms() < deadline, "after reload: %s", np_json_str(arr));

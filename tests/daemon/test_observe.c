@@ -266,8 +266,9 @@ static json_int_t socket_thread(netd_proc_t *np, json_int_t id)
     json_t *r = np_ok(np_call(np, "{s:s, s:s}", "cmd", "sockets", "role", "all"));
     size_t i;
     json_t *s;
-    json_array_foreach(np_jarr(r, "sockets"), i,
-                       s) if (np_jint(s, "id") == id) return np_jint(s, "thread");
+    json_array_foreach(np_jarr(r, "sockets"), i, s)
+        if (np_jint(s, "id") == id)
+            return np_jint(s, "thread");
     ck_abort_msg("socket %lld not listed", (long long)id);
     return -1;
 }
@@ -650,8 +651,7 @@ START_TEST(test_metrics_name_survives_reopen)
     int new_port = 0;
     size_t i;
     json_t *o;
-    json_array_foreach(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers"), i, o)
-    {
+    json_array_foreach(np_jarr(np_ok(np_call(np, "{s:s}", "cmd", "servers")), "servers"), i, o) {
         if (strcmp(np_jstr(o, "state"), "listening") == 0)
             new_port = (int)np_jint(np_jobj(o, "address"), "port");
     }

@@ -47,7 +47,9 @@ static size_t socket_ids(netd_proc_t *np, const char *server, json_int_t *ids, s
             np_call(np, "{s:s, s:s, s:i}", "cmd", "sockets", "server", server, "limit", 100000));
         size_t i, n = 0;
         json_t *k;
-        json_array_foreach(np_jarr(r, "sockets"), i, k) if (n < want) ids[n++] = np_jint(k, "id");
+        json_array_foreach(np_jarr(r, "sockets"), i, k)
+            if (n < want)
+                ids[n++] = np_jint(k, "id");
         if (n >= want || np_now_ms() > deadline)
             return n;
         np_pause_ms(10);
@@ -312,8 +314,7 @@ START_TEST(test_sockets_lists_sockets_in_transit)
         json_int_t prev = 0;
         size_t i;
         json_t *k;
-        json_array_foreach(arr, i, k)
-        {
+        json_array_foreach(arr, i, k) {
             json_int_t id = np_jint(k, "id");
             ck_assert_msg(id > prev, "ids out of order or twice: %lld after %lld", (long long)id,
                           (long long)prev);

@@ -42,8 +42,7 @@ static const char *server_names(netd_proc_t *np)
     out[0] = '\0';
     size_t i;
     json_t *s;
-    json_array_foreach(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers"), i, s)
-    {
+    json_array_foreach(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers"), i, s) {
         strncat(out, i ? "," : "", sizeof(out) - strlen(out) - 1);
         strncat(out, np_jstr(s, "name"), sizeof(out) - strlen(out) - 1);
     }

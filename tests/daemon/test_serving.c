@@ -238,8 +238,7 @@ START_TEST(test_proxy_backpressure)
     ck_assert_int_eq(json_array_size(arr), 2);
     size_t i;
     json_t *k;
-    json_array_foreach(arr, i, k)
-    {
+    json_array_foreach(arr, i, k) {
         json_int_t queued = np_jint(k, "bufferSize");
         ck_assert_msg(queued <= 65536 + 4 * CHUNK,
                       "%s socket queues %lld bytes (highWaterMark 65536; sent %zu)",

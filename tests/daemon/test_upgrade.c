@@ -282,7 +282,9 @@ static size_t socket_ids(netd_proc_t *np, json_int_t *ids, size_t cap)
     json_t *r = np_ok(np_call(np, "{s:s, s:i}", "cmd", "sockets", "limit", 100000));
     size_t i, n = 0;
     json_t *k;
-    json_array_foreach(np_jarr(r, "sockets"), i, k) if (n < cap) ids[n++] = np_jint(k, "id");
+    json_array_foreach(np_jarr(r, "sockets"), i, k)
+        if (n < cap)
+            ids[n++] = np_jint(k, "id");
     return n;
 }
 

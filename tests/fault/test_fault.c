@@ -450,8 +450,7 @@ static long long max_buffer_size(netd_proc_t *np)
     long long max = 0;
     size_t i;
     json_t *s;
-    json_array_foreach(json_object_get(r, "sockets"), i, s)
-    {
+    json_array_foreach(json_object_get(r, "sockets"), i, s) {
         long long b = (long long)json_integer_value(json_object_get(s, "bufferSize"));
         if (b > max)
             max = b;

@@ -59,8 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         const char *key;
         json_t *v;
-        json_object_foreach(r.req, key, v)
-        {
+        json_object_foreach(r.req, key, v) {
             if (strcmp(key, "cmd") != 0 && !netd_command_arg(r.cmd, key))
                 __builtin_trap(); /* an unknown argument got through */
         }
