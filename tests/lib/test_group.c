@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -815,22 +816,47 @@ static void *em_clients(void *arg)
             atomic_fetch_add(&EM.connected, 1);
     }
     sem_wait(&EM.go);
-    /* Each close frees a descriptor on the server side, which must start accepting again. */
-    for (int i = 0; i < EM_CLIENTS; i++) {
-        char buf[2];
-        size_t got = 0;
-        while (got < 2) {
-            ssize_t n = recv(EM.fds[i], buf + got, 2 - got, 0);
-            if (n <= 0)
-                break;
-            got += (size_t)n;
+    /*
+     * Each close frees a descriptor on the server side, which must start accepting again.
+     * Served in whatever order replies come, not by index: with reuseport each worker has
+     * its own queue, and a client waiting in one queue while the other worker takes every
+     * freed descriptor for later clients (all held until read) would wait for good.
+     */
+    struct pollfd pfd[EM_CLIENTS];
+    size_t got[EM_CLIENTS];
+    char buf[EM_CLIENTS][2];
+    int left = EM_CLIENTS, idle_ms = 0;
+    memset(got, 0, sizeof(got));
+    while (left > 0 && idle_ms < 20000) {
+        int n = 0;
+        for (int i = 0; i < EM_CLIENTS; i++)
+            if (EM.fds[i] >= 0)
+                pfd[n++] = (struct pollfd){.fd = EM.fds[i], .events = POLLIN};
+        int ready = poll(pfd, (nfds_t)n, 100);
+        idle_ms = ready > 0 ? 0 : idle_ms + 100;
+        for (int i = 0; i < EM_CLIENTS && ready > 0; i++) {
+            if (EM.fds[i] < 0)
+                continue;
+            ssize_t r = recv(EM.fds[i], buf[i] + got[i], 2 - got[i], MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (r > 0 && (got[i] += (size_t)r) < 2)
+                continue;
+            if (got[i] == 2 && memcmp(buf[i], "ok", 2) == 0)
+                atomic_fetch_add(&EM.served, 1);
+            else
+                atomic_fetch_add(&EM.failed, 1);
+            close(EM.fds[i]);
+            EM.fds[i] = -1;
+            left--;
         }
-        if (got == 2 && memcmp(buf, "ok", 2) == 0)
-            atomic_fetch_add(&EM.served, 1);
-        else
-            atomic_fetch_add(&EM.failed, 1);
-        close(EM.fds[i]);
-        EM.fds[i] = -1;
+    }
+    for (int i = 0; i < EM_CLIENTS; i++) {
+        if (EM.fds[i] >= 0) {
+            atomic_fetch_add(&EM.failed, 1); /* never answered within 20 s */
+            close(EM.fds[i]);
+            EM.fds[i] = -1;
+        }
     }
     post_msg(W->owner, em_clients_done, -1, 0, 0, NULL);
     return NULL;
