@@ -1174,6 +1174,66 @@ int np_fd_count(pid_t pid)
     return n;
 }
 
+/* The inodes of the listening TCP sockets on `port` in one /proc/net table (hex fields:
+ * "sl local_address:port rem_address:port st ... uid timeout inode"). */
+static int listening_inodes(const char *table, int port, unsigned long *ino, int max, int n)
+{
+    FILE *f = fopen(table, "r");
+    if (!f)
+        return n;
+    char line[512];
+    while (n < max && fgets(line, sizeof(line), f)) {
+        char local[64], remote[64];
+        unsigned st;
+        unsigned long inode;
+        if (sscanf(line, " %*d: %63s %63s %x %*s %*s %*s %*u %*u %lu", local, remote, &st,
+                   &inode) != 4)
+            continue; /* the header */
+        const char *colon = strrchr(local, ':');
+        if (st == 0x0A && colon && strtol(colon + 1, NULL, 16) == port)
+            ino[n++] = inode;
+    }
+    fclose(f);
+    return n;
+}
+
+void np_assert_not_listening(netd_proc_t *np, int port)
+{
+    int fd = np_tcp_try_connect(port);
+    if (fd == -ECONNREFUSED)
+        return;
+    ck_assert_msg(fd >= 0, "connect 127.0.0.1:%d: %s", port, strerror(-fd));
+    close(fd);
+    /* Someone listens: it must not be netd. */
+    unsigned long ino[64];
+    int n = listening_inodes("/proc/net/tcp", port, ino, 64, 0);
+    n = listening_inodes("/proc/net/tcp6", port, ino, 64, n);
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)np->pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return; /* netd has exited: it listens on nothing */
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char link[320], target[64];
+        snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+        ssize_t k = readlink(link, target, sizeof(target) - 1);
+        if (k <= 0)
+            continue;
+        target[k] = '\0';
+        unsigned long inode;
+        if (sscanf(target, "socket:[%lu]", &inode) != 1)
+            continue;
+        for (int i = 0; i < n; i++) {
+            if (ino[i] == inode) {
+                closedir(d);
+                ck_abort_msg("netd still listens on port %d (descriptor %s)", port, e->d_name);
+            }
+        }
+    }
+    closedir(d);
+}
+
 void np_rst_close(int fd)
 {
     struct linger lg = {1, 0};

@@ -160,6 +160,10 @@ const char *np_json_str(const json_t *v);
 int np_tcp_connect(int port);
 /* The same, returning -errno instead of asserting (ECONNREFUSED...). */
 int np_tcp_try_connect(int port);
+/* Asserts that netd no longer listens on 127.0.0.1:port: a connect is refused, or, when
+ * another program (a test running alongside) has taken the freed port since, none of
+ * netd's descriptors is a listening socket on it. */
+void np_assert_not_listening(netd_proc_t *np, int port);
 /* Blocking unix stream connect with the same timeouts; asserted. */
 int np_unix_connect(const char *path);
 /* A listening TCP socket on 127.0.0.1:0 (CLOEXEC); *port set. */

@@ -893,7 +893,7 @@ START_TEST(test_close_destroy)
     ck_assert_int_eq(np_expect_eof(b), 1);
     ck_assert_int_eq(json_array_size(np_jarr(np_ok(np_qcall(np, "{'cmd':'servers'}")), "servers")),
                      0);
-    ck_assert_int_eq(np_tcp_try_connect(port), -ECONNREFUSED);
+    np_assert_not_listening(np, port);
     close(a);
     close(b);
 }
