@@ -707,7 +707,7 @@ START_TEST(test_proxy_upstream_refused)
     static const char *const names[] = {"ECONNREFUSED", "ENOENT"};
 
     if (_i == 0) {
-        f->cfg.port = th_free_port();
+        f->cfg.port = th_refused_port();
     } else {
         snprintf(f->dir, sizeof(f->dir), "%s", th_tmpdir());
         snprintf(f->path, sizeof(f->path), "%s/nobody.sock", f->dir);

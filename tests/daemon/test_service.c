@@ -771,7 +771,7 @@ END_TEST
 /* 20 connections to a dead upstream: a few lines naming the server, then a count. */
 START_TEST(test_log_repeats_rate_limited)
 {
-    int dead = th_free_port();
+    int dead = th_refused_port();
     netd_proc_t *np = np_start(np_q("{'servers':[{'name':'front','port':0,'host':'127.0.0.1',"
                                     "'handler':{'type':'proxy','port':%d,'host':'127.0.0.1'}}]}",
                                     dead),

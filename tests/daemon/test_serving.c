@@ -186,7 +186,7 @@ END_TEST
 START_TEST(test_proxy_refused)
 {
     netd_proc_t *np = np_start("{}", 2);
-    int dead = th_free_port();
+    int dead = th_refused_port();
     int port = np_listen_tcp0(np, "pr", np_q("{'type':'proxy','port':%d}", dead));
     int fd = np_tcp_connect(port);
     np_send_all(fd, "anyone?", 7);

@@ -484,6 +484,17 @@ int th_free_port(void)
     return port;
 }
 
+int th_refused_port(void)
+{
+    /* Kept open on purpose, and without SO_REUSEADDR: no other socket may bind the port. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = loopback(0);
+
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind: %s", strerror(errno));
+    return bound_port(fd);
+}
+
 const char *th_tmpdir(void)
 {
     static char path[64];

@@ -138,6 +138,10 @@ int th_raw_listen(int *port);
 int th_raw_connect(int port);
 /* A port on 127.0.0.1 where nothing listens (bound then closed). */
 int th_free_port(void);
+/* A port on 127.0.0.1 that refuses connections for the rest of the process: bound and
+ * never listening, so no other program (a test running alongside) can take it, and no
+ * connect picks it as its own source port (which would connect to itself). */
+int th_refused_port(void);
 /* A fresh temporary directory for unix socket paths; the path buffer is static per call
  * site: copy it. Removed by th_finish? No: the caller removes files it created. */
 const char *th_tmpdir(void);

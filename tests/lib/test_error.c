@@ -72,7 +72,7 @@ static void on_error(void *self, const nd_event_t *ev, void *arg)
 START_TEST(test_error_object_shape)
 {
     nd_loop_t *loop = th_loop_new();
-    int port = th_free_port();
+    int port = th_refused_port();
     err_seen_t seen = {0};
     nd_connect_options_t o = {.port = port, .host = "127.0.0.1"};
     nd_socket_t *s = nd_connect(loop, &o, NULL, NULL);

@@ -171,7 +171,7 @@ START_TEST(client_reports_refused_connection)
     child_t client;
     char port[16];
 
-    snprintf(port, sizeof(port), "%d", th_free_port());
+    snprintf(port, sizeof(port), "%d", th_refused_port());
     spawn(&client, "echo-client", port, 1);
     ck_assert_msg(read_until(&client, NULL, 10000), "echo-client did not finish; printed:\n%s",
                   client.buf);

@@ -406,7 +406,7 @@ START_TEST(only_quiet_sockets_export)
 {
     nd_loop_t *loop = th_loop_new();
     nd_export_t ex;
-    nd_connect_options_t o = {.port = th_free_port(), .host = "127.0.0.1"};
+    nd_connect_options_t o = {.port = th_refused_port(), .host = "127.0.0.1"};
     nd_socket_t *c = nd_connect(loop, &o, NULL, NULL);
     ck_assert_int_eq(nd_socket_export(c, &ex), -EBUSY); /* connecting */
     nd_socket_destroy(c);

@@ -948,7 +948,7 @@ START_TEST(nd_connect_with_bad_arguments)
     nd_connect_options_t o;
 
     memset(&o, 0, sizeof(o));
-    o.port = th_free_port();
+    o.port = th_refused_port();
     o.host = "127.0.0.1";
     errno = 0;
     ck_assert_ptr_null(nd_connect(NULL, &o, NULL, NULL));
@@ -1088,7 +1088,7 @@ START_TEST(connect_after_destroy_gives_eclosed)
 
     lone_new(&l, loop);
     memset(&o, 0, sizeof(o));
-    o.port = th_free_port();
+    o.port = th_refused_port();
     o.host = "127.0.0.1";
     nd_socket_destroy(l.s);
     ck_assert_int_eq(nd_socket_connect(l.s, &o), ND_ECLOSED);
@@ -1487,7 +1487,7 @@ static void run_destroy_unconnected(nd_event_type_t at, const char *want)
     lone_new(&l, loop);
     ck_assert_int_eq(nd_socket_on(l.s, at, destroy_self, NULL), 0);
     memset(&o, 0, sizeof(o));
-    o.port = th_free_port();
+    o.port = th_refused_port();
     o.host = "localhost"; /* a name: an IP literal connects without 'lookup' */
     ck_assert_int_eq(nd_socket_connect(l.s, &o), 0);
     th_run(loop, 5000);

@@ -586,7 +586,7 @@ END_TEST
 START_TEST(test_connect_refused)
 {
     t_t *t = t_new();
-    int port = th_free_port();
+    int port = th_refused_port();
     char msg[128];
 
     nd_socket_t *c = client_to(t, "127.0.0.1", port);
@@ -624,7 +624,7 @@ START_TEST(test_reconnect_after_refused_20_times)
     char want[2048] = "";
 
     t->retries = 20;
-    nd_socket_t *c = client_to(t, "127.0.0.1", th_free_port());
+    nd_socket_t *c = client_to(t, "127.0.0.1", th_refused_port());
     ck_assert_int_eq(nd_socket_on(c, ND_EV_CLOSE, reconnect_after_error, t), 0);
     th_run(t->loop, 10000);
 
@@ -650,7 +650,7 @@ START_TEST(test_destroy_inside_error)
 {
     t_t *t = t_new();
 
-    nd_socket_t *c = client_to(t, "127.0.0.1", th_free_port());
+    nd_socket_t *c = client_to(t, "127.0.0.1", th_refused_port());
     ck_assert_int_eq(nd_socket_on(c, ND_EV_ERROR, destroy_twice, NULL), 0);
     th_run(t->loop, 5000);
 
@@ -938,7 +938,7 @@ START_TEST(test_invalid_local_address_sync_einval)
 
     ck_assert_ptr_nonnull(s);
     watch_client(t, s);
-    t->copts = tcp("127.0.0.1", th_free_port());
+    t->copts = tcp("127.0.0.1", th_refused_port());
     t->copts.local_address = "foobar";
     ck_assert_int_eq(nd_socket_connect(s, &t->copts), -EINVAL);
     ck_assert_int_eq(nd_socket_connecting(s), 0);
@@ -1453,7 +1453,7 @@ START_TEST(test_error_async_then_close)
     t->mask = EVBIT(ND_EV_ERROR) | EVBIT(ND_EV_CLOSE);
     watch_client(t, c);
     ck_assert_int_eq(nd_socket_on(c, ND_EV_ERROR, mark_error, t), 0);
-    t->copts = tcp("127.0.0.1", th_free_port());
+    t->copts = tcp("127.0.0.1", th_refused_port());
     ck_assert_int_eq(nd_socket_connect(c, &t->copts), 0);
     th_log(&t->log, "returned");
     th_run(t->loop, 5000);
@@ -1656,7 +1656,7 @@ static void wcb_after_error(nd_socket_t *sock, int err, void *arg)
 START_TEST(test_write_queued_during_failed_connect)
 {
     t_t *t = t_new();
-    nd_socket_t *c = client_to(t, "127.0.0.1", th_free_port());
+    nd_socket_t *c = client_to(t, "127.0.0.1", th_refused_port());
 
     /* Below Node's 16 KiB buffer limit a write while connecting returns true. */
     ck_assert_int_eq(nd_socket_write(c, "x", 1, wcb_after_error, t), 1);
