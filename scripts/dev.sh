@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The developer's entry point: `run` builds and starts the echo example, `test` checks the
-# formatting and runs every suite in a plain and an ASan+UBSan build, the thread and daemon
-# suites under TSan, and the chaos runs under both sanitizers (what CI runs); `lint` runs
-# the static checkers.
+# formatting and runs every suite in a plain, an ASan+UBSan and a TSan build, and the chaos
+# runs under both sanitizers (what CI runs); `lint` runs the static checkers.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -19,7 +18,7 @@ usage() {
 usage: scripts/dev.sh COMMAND
   run    build, then start netd with conf/netd.json (echo on 127.0.0.1:8124)
   test   check the formatting (make format-check), build and run every test suite: plain,
-         ASan+UBSan, the thread and daemon suites under TSan, and the chaos runs
+         ASan+UBSan and TSan, and the chaos runs
          (CHAOS_SECONDS, default 20; CHAOS_SEED to replay) under ASan+UBSan and TSan
   lint   run cppcheck and clang-tidy (make lint)
 EOF
@@ -73,7 +72,6 @@ build() {
 
 passed=0
 failed=0
-make_args=() # extra make arguments for the next check_in (e.g. TESTS=...)
 checks=0
 check_failures=0
 
@@ -84,7 +82,7 @@ check_in() {
     local dir=$1 out rc=0 p f c cf
     shift
     out=$dir/check.out
-    env "$@" make -C "$dir" -j"$JOBS" check "${make_args[@]}" 2>&1 | tee "$out" || rc=$?
+    env "$@" make -C "$dir" -j"$JOBS" check 2>&1 | tee "$out" || rc=$?
 
     p=$(grep -cE '^(PASS|XFAIL): ' "$out" || true)
     f=$(grep -cE '^(FAIL|XPASS|ERROR): ' "$out" || true)
@@ -165,19 +163,10 @@ cmd_test() {
     chaos_in build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 || status=1
 
-    # The threads suites and the daemon's again under ThreadSanitizer: the data races they
-    # could hide (netd's own worker threads included), then the chaos runs.
+    # Every suite again under ThreadSanitizer: the data races they could hide (netd's own
+    # worker threads included), then the chaos runs.
     configure_in build-tsan --enable-tsan --enable-werror
-    local tsan_tests="tests/lib/test_loop tests/lib/test_mailbox tests/lib/test_group"
-    tsan_tests+=" tests/lib/test_thread_stress tests/lib/test_regress tests/lib/test_moves"
-    tsan_tests+=" tests/lib/test_fastpath"
-    tsan_tests+=" tests/daemon/test_config tests/daemon/test_handlers"
-    tsan_tests+=" tests/daemon/test_commands tests/daemon/test_errors tests/daemon/test_conffile"
-    tsan_tests+=" tests/daemon/test_serving tests/daemon/test_systemd tests/daemon/test_process"
-    tsan_tests+=" tests/daemon/test_races"
-    make_args=(TESTS="$tsan_tests")
     check_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
-    make_args=()
     chaos_in build-tsan TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 || status=1
 
     echo "Check test cases: $checks run, $check_failures failed (all builds)"
