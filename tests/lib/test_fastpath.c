@@ -208,6 +208,7 @@ static void mark_poll(void *arg)
             /* The record carries bytes, not the kernel pipe: the spliced ones go back in
              * front of the output buffer, where they were in the queue's order. */
             size_t queued = nd_socket_buffer_size(b->uplink);
+            uint64_t written = nd_socket_bytes_written(b->uplink);
             nd_export_t ex;
             int rc = nd_socket_export(b->front_sock, &ex);
             if (rc == -EBUSY) {
@@ -217,8 +218,13 @@ static void mark_poll(void *arg)
             ck_assert_int_eq(rc, 0);
             ck_assert_int_eq(ex.nfds, 2);
             ck_assert_uint_eq(nd_socket_buffer_size(b->uplink), queued);
+            ck_assert_uint_eq(nd_socket_bytes_written(b->uplink), written);
+            /* Taken back, it flushes at once what the kernel takes now (the sink is paused,
+             * its buffers may still have room): less may stay queued, nothing is lost, and
+             * the sink's check finds every byte in order. */
             nd_socket_export_abort(&ex);
-            ck_assert_uint_eq(nd_socket_buffer_size(b->uplink), queued);
+            ck_assert_uint_le(nd_socket_buffer_size(b->uplink), queued);
+            ck_assert_uint_eq(nd_socket_bytes_written(b->uplink), written);
             b->exported = 1;
         }
         b->mark_at = nd_socket_bytes_written(b->uplink);
