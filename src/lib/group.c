@@ -560,6 +560,7 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
         r->fd = -1;
         ws->accept_gen = r->gen;
         ws->state = SRV_LISTENING;
+        ws->exported = false; /* a new listener */
         nd__server_start_accepting(ws);
     } else if (ws && ws->fd < 0) {
         int fd = r->fd; /* handed over by another process (nd_server_listen_reuseport_fds) */
@@ -572,6 +573,7 @@ static void member_listen_msg(nd_loop_t *loop, void *arg)
         if (!err) {
             ws->fd = fd;
             ws->state = SRV_LISTENING;
+            ws->exported = false; /* a new listener */
             nd__server_start_accepting(ws);
         }
     }

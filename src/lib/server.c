@@ -102,7 +102,7 @@ void nd__server_fail_listen(nd_server_t *s, int code, const char *syscall, const
 
 void nd__server_start_accepting(nd_server_t *s)
 {
-    if (s->accepting || s->fd < 0)
+    if (s->accepting || s->fd < 0 || s->exported)
         return;
     event_assign(&s->accept_ev, s->h.loop->base, s->fd, EV_READ | EV_PERSIST, on_accept, s);
     event_add(&s->accept_ev, NULL);
@@ -128,6 +128,7 @@ static void finish_listen(nd_server_t *s, const char *address, int port)
         return;
     }
     s->state = SRV_LISTENING;
+    s->exported = false;
     if (s->group)
         s->group->owner_accepts = !(s->group->shared && nd__group_share_listener(s) == 0);
     if (!s->group || s->group->owner_accepts)
@@ -943,12 +944,16 @@ ND_EXPORT int nd_server_export(nd_server_t *s)
     if (acceptor_is_member(s))
         nd__group_stop_acceptor(s->group);
     nd__server_stop_accepting(s);
+    s->exported = true;
     return s->fd;
 }
 
 ND_EXPORT void nd_server_export_abort(nd_server_t *s)
 {
-    if (!s || s->state != SRV_LISTENING || s->fd < 0)
+    if (!s)
+        return;
+    s->exported = false;
+    if (s->state != SRV_LISTENING || s->fd < 0)
         return;
     if (acceptor_is_member(s)) {
         atomic_store(&s->group->accept_gen, s->group->listen_gen);

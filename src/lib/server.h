@@ -38,6 +38,10 @@ struct nd_server {
     bool unlink_on_close; /* we created the unix socket file: dirfd, base, dev, ino name it */
     bool ipv6_only;       /* "::" accepts IPv6 clients only */
     bool close_owed;      /* SP_CLOSE is pending: 'close' is emitted even if listen() came since */
+    /* Between nd_server_export and its abort: never accepts, whatever frees a slot or
+     * fires (a destroyed connection, the backoff timer, a group's resume), or connections
+     * the other process should take would be accepted here and lost with this one. */
+    bool exported;
     int max_connections;
     int nconn;      /* live connections: lowered when one is destroyed */
     int nopen;      /* connections whose 'close' has not run yet: a closing server waits for 0 */

@@ -433,6 +433,61 @@ START_TEST(only_quiet_sockets_export)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ an exported server */
+
+typedef struct held {
+    int accepted;
+    nd_socket_t *last;
+} held_t;
+
+static void held_conn(void *server, const nd_event_t *ev, void *arg)
+{
+    held_t *h = arg;
+    h->accepted++;
+    h->last = ev->socket;
+}
+
+static bool accepted_two(void *arg)
+{
+    return ((held_t *)arg)->accepted == 2;
+}
+
+/*
+ * Between export and abort a server accepts nothing, even when one of its connections is
+ * destroyed (a freed slot restarts a paused acceptor): a connection accepted here then
+ * would be lost to the process taking the listener over. netd's control socket lost a
+ * client this way during an upgrade. After the abort, the queued connection comes in.
+ */
+START_TEST(exported_server_accepts_nothing_until_abort)
+{
+    nd_loop_t *loop = th_loop_new();
+    held_t h = {0};
+    nd_server_t *s = nd_server_new(loop, NULL, held_conn, &h);
+    ck_assert_int_eq(nd_server_listen(s, 0, "127.0.0.1", 0), 0);
+    nd_address_t a;
+    ck_assert_int_eq(nd_server_address(s, &a), 0);
+    int c1 = th_raw_connect(a.port);
+    while (h.accepted < 1)
+        nd_loop_run_once(loop, 1);
+    ck_assert_int_ge(nd_server_export(s), 0);
+    nd_socket_destroy(h.last);       /* a slot comes free while exported */
+    int c2 = th_raw_connect(a.port); /* queued by the kernel: the listener is readable */
+    for (int i = 0; i < 20; i++) {
+        nd_loop_run_once(loop, 1);
+        usleep(1000);
+    }
+    ck_assert_msg(h.accepted == 1, "accepted while exported");
+    nd_server_export_abort(s);
+    run_until(loop, accepted_two, &h);
+    nd_socket_destroy(h.last);
+    nd_server_close(s, NULL, NULL);
+    close(c1);
+    close(c2);
+    th_run(loop, 5000); /* the connections' and the server's 'close' */
+    th_finish(loop);
+}
+END_TEST
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -442,5 +497,6 @@ int main(void)
     tcase_add_test(tc, export_pair_across_fork);
     tcase_add_test(tc, unknown_version_refused_then_abort);
     tcase_add_test(tc, only_quiet_sockets_export);
+    tcase_add_test(tc, exported_server_accepts_nothing_until_abort);
     return th_run_suite(s);
 }
