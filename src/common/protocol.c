@@ -177,6 +177,17 @@ int netd_duration_parse(const char *text, unsigned *ms)
     return -1;
 }
 
+int netd_duration_json(const json_t *v, unsigned *ms)
+{
+    if (json_is_string(v))
+        return netd_duration_parse(json_string_value(v), ms);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > (json_int_t)NETD_MAX_DURATION_MS)
+        return -1;
+    *ms = (unsigned)json_integer_value(v);
+    return 0;
+}
+
 const char *netd_default_socket_path(char *buf, size_t len)
 {
     const char *rd = getenv("RUNTIME_DIRECTORY");

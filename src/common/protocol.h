@@ -148,6 +148,8 @@ const char *netd_argtype_name(netd_argtype_t type);
  */
 #define NETD_MAX_DURATION_MS 2147483647u
 int netd_duration_parse(const char *text, unsigned *ms);
+/* The same for a JSON value: a string as above, or an integer of ms (0 to the maximum). */
+int netd_duration_json(const struct json_t *v, unsigned *ms);
 
 /* The default control socket path when neither -s nor the config gives one:
  * $RUNTIME_DIRECTORY/netd.sock, else /run/netd/netd.sock for root and

@@ -226,18 +226,10 @@ void netd_cmd_set(netd_t *d, netd_client_t *c, json_t *req, json_t *id)
     }
     /* A duration, as listen's and the config's timeout (CONTROL.md "Durations"). */
     unsigned timeout_ms = 0;
-    if (timeout && json_is_string(timeout) &&
-        netd_duration_parse(json_string_value(timeout), &timeout_ms) != 0) {
+    if (timeout && netd_duration_json(timeout, &timeout_ms) != 0) {
         netd_reply_error(c, id, NETD_EARG,
-                         "timeout: must be a duration: ms, or a string such as \"30s\"");
+                         "timeout: must be a duration: ms >= 0, or a string such as \"30s\"");
         return;
-    }
-    if (json_is_integer(timeout)) {
-        if (json_integer_value(timeout) < 0 || json_integer_value(timeout) > 0x7fffffff) {
-            netd_reply_error(c, id, NETD_EARG, "timeout: must be 0 or more (ms)");
-            return;
-        }
-        timeout_ms = (unsigned)json_integer_value(timeout);
     }
     if (max && json_integer_value(max) > 0x7fffffff) {
         netd_reply_error(c, id, NETD_EARG, "maxConnections: too large");

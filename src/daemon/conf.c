@@ -113,14 +113,8 @@ static int read_int(const perr_t *e, const char *field, const json_t *v, int min
 /* A duration: ms as an integer, or a string with a unit ("500ms", "30s", "5m", "2h"). */
 static int read_duration(const perr_t *e, const char *field, const json_t *v, unsigned *out)
 {
-    json_int_t n;
-
-    if (json_is_string(v) && netd_duration_parse(json_string_value(v), out) == 0)
+    if (netd_duration_json(v, out) == 0)
         return 0;
-    if (json_is_integer(v) && int_in_range(v, 0, (json_int_t)NETD_MAX_DURATION_MS, &n) == 0) {
-        *out = (unsigned)n;
-        return 0;
-    }
     return fail(e, field,
                 "must be a duration: ms as an integer >= 0, or a string such as \"500ms\", "
                 "\"30s\", \"5m\", \"2h\"");
