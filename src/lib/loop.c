@@ -25,10 +25,11 @@ static void pool_trim(nd_loop_t *loop, int keep);
  * free first, so a full table is EMFILE for the caller, as for any other call. */
 #define ND__BASE_DESCRIPTORS 3
 
-static int descriptors_free(int n)
+/* 0 when that many descriptors are free now, or the errno of the open that failed. */
+static int base_descriptors_free(void)
 {
     int fds[ND__BASE_DESCRIPTORS], got = 0, err = 0;
-    while (got < n) {
+    while (got < ND__BASE_DESCRIPTORS) {
         int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             err = errno;
@@ -47,7 +48,7 @@ ND_EXPORT nd_loop_t *nd_loop_new(void)
     if (!loop)
         return NULL; /* errno: ENOMEM */
     loop->mb_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    int err = loop->mb_fd < 0 ? errno : descriptors_free(ND__BASE_DESCRIPTORS);
+    int err = loop->mb_fd < 0 ? errno : base_descriptors_free();
     if (!err)
         err = pthread_mutex_init(&loop->mb_lock, NULL);
     if (err) {
@@ -224,7 +225,7 @@ ND_EXPORT void nd_loop_free(nd_loop_t *loop)
 /* Closes pooled pipes until at most `keep` are left. */
 static void pool_trim(nd_loop_t *loop, int keep)
 {
-    while (loop->npipes > keep && loop->npipes > 0) {
+    while (loop->npipes > keep) {
         loop->npipes--;
         close(loop->pipes[loop->npipes][0]);
         close(loop->pipes[loop->npipes][1]);
