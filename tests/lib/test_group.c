@@ -823,19 +823,24 @@ static void *em_clients(void *arg)
      * freed descriptor for later clients (all held until read) would wait for good.
      */
     struct pollfd pfd[EM_CLIENTS];
+    int of[EM_CLIENTS]; /* pfd[k] is client of[k] */
     size_t got[EM_CLIENTS];
     char buf[EM_CLIENTS][2];
     int left = EM_CLIENTS, idle_ms = 0;
     memset(got, 0, sizeof(got));
     while (left > 0 && idle_ms < 20000) {
         int n = 0;
-        for (int i = 0; i < EM_CLIENTS; i++)
-            if (EM.fds[i] >= 0)
+        for (int i = 0; i < EM_CLIENTS; i++) {
+            if (EM.fds[i] >= 0) {
+                of[n] = i;
                 pfd[n++] = (struct pollfd){.fd = EM.fds[i], .events = POLLIN};
+            }
+        }
         int ready = poll(pfd, (nfds_t)n, 100);
         idle_ms = ready > 0 ? 0 : idle_ms + 100;
-        for (int i = 0; i < EM_CLIENTS && ready > 0; i++) {
-            if (EM.fds[i] < 0)
+        for (int k = 0; k < n && ready > 0; k++) {
+            int i = of[k];
+            if (!pfd[k].revents)
                 continue;
             ssize_t r = recv(EM.fds[i], buf[i] + got[i], 2 - got[i], MSG_DONTWAIT);
             if (r < 0 && (errno == EAGAIN || errno == EINTR))
